@@ -1,0 +1,1 @@
+"""followup: the MRI follow-up and referral engine (core; no Prefect imports here)."""

@@ -1,0 +1,64 @@
+"""The one value every RIS input (HL7 v2 ORU^R01, FHIR DiagnosticReport) is parsed into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PersonName:
+    family: str
+    given: str = ""
+
+    @property
+    def initials(self) -> str:
+        """What a scheduler may see in artifacts and logs: initials only."""
+        return "".join(part[:1].upper() for part in (self.given, self.family) if part)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRef:
+    """Ordering provider as the RIS names it (XCN: id, family, given)."""
+
+    identifier: str
+    name: PersonName | None = None
+    source_field: str = ""  # e.g. "OBR-16": which fallback step supplied it
+
+
+@dataclass(frozen=True, slots=True)
+class CodedReportItem:
+    """A coded observation value (OBX-5 of type CE/CWE), kept for coded routing rules."""
+
+    system: str
+    code: str
+    display: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ScanCompleted:
+    """A completed, reported imaging study for one patient.
+
+    Times are timezone-aware; HL7 times without an offset are read in the site time zone.
+    """
+
+    accession: str
+    mrn: str
+    patient_name: PersonName
+    result_status: str  # F final, P preliminary, C corrected, X cancelled
+    report_text: str
+    birth_date: date | None = None
+    phone_e164: str | None = None
+    ordering_provider: ProviderRef | None = None
+    procedure_code: str = ""
+    procedure_text: str = ""
+    exam_time: datetime | None = None
+    result_time: datetime | None = None
+    control_id: str = ""
+    sending_facility: str = ""
+    coded_items: tuple[CodedReportItem, ...] = field(default_factory=tuple)
+
+    @property
+    def final_time(self) -> datetime | None:
+        """The moment the follow-up window counts from: result time (OBR-22), else exam (OBR-7)."""
+        return self.result_time or self.exam_time

@@ -1,0 +1,82 @@
+"""One pydantic-settings Settings, built by a function and never at import time.
+
+Every value comes from the environment (or a `.env` file in the working directory); the
+names are the ones in the README's settings table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    database_url: str = Field(
+        default=f"sqlite:///{PROJECT_ROOT / 'var' / 'followup.db'}",
+        validation_alias="DATABASE_URL",
+    )
+
+    site_name: str = Field(default="Demo Spine & Neuro Clinic", validation_alias="FOLLOWUP_SITE_NAME")
+    site_code: str = Field(default="demo", validation_alias="FOLLOWUP_SITE_CODE")
+    site_timezone: str = Field(default="America/New_York", validation_alias="FOLLOWUP_SITE_TIMEZONE")
+    site_country: str = Field(default="US", validation_alias="FOLLOWUP_SITE_COUNTRY")
+    site_subdivision: str | None = Field(default=None, validation_alias="FOLLOWUP_SITE_SUBDIVISION")
+    clinic_phone: str = Field(default="+15555550100", validation_alias="FOLLOWUP_CLINIC_PHONE")
+    default_phone_region: str = Field(default="US", validation_alias="FOLLOWUP_PHONE_REGION")
+
+    rules_path: Path = Field(
+        default=PROJECT_ROOT / "rules" / "routing.yaml", validation_alias="FOLLOWUP_RULES_PATH"
+    )
+    templates_dir: Path = Field(
+        default=PROJECT_ROOT / "templates", validation_alias="FOLLOWUP_TEMPLATES_DIR"
+    )
+
+    routine_window_min_days: int = Field(default=7, validation_alias="FOLLOWUP_ROUTINE_MIN_DAYS")
+    routine_window_max_days: int = Field(default=14, validation_alias="FOLLOWUP_ROUTINE_MAX_DAYS")
+    urgent_window_business_days: int = Field(default=3, validation_alias="FOLLOWUP_URGENT_DAYS")
+    reminder_days_before: list[int] = Field(
+        default=[3, 1], validation_alias="FOLLOWUP_REMINDER_DAYS_BEFORE"
+    )
+    quiet_hours_start: int = Field(default=20, validation_alias="FOLLOWUP_QUIET_START_HOUR")
+    quiet_hours_end: int = Field(default=8, validation_alias="FOLLOWUP_QUIET_END_HOUR")
+
+    mllp_host: str = Field(default="127.0.0.1", validation_alias="FOLLOWUP_MLLP_HOST")
+    mllp_port: int = Field(default=2575, validation_alias="FOLLOWUP_MLLP_PORT")
+    http_host: str = Field(default="127.0.0.1", validation_alias="FOLLOWUP_HTTP_HOST")
+    http_port: int = Field(default=8000, validation_alias="FOLLOWUP_HTTP_PORT")
+
+    twilio_account_sid: str | None = Field(default=None, validation_alias="TWILIO_ACCOUNT_SID")
+    twilio_auth_token: SecretStr | None = Field(default=None, validation_alias="TWILIO_AUTH_TOKEN")
+    twilio_from: str | None = Field(default=None, validation_alias="TWILIO_FROM")
+    twilio_messaging_service_sid: str | None = Field(
+        default=None, validation_alias="TWILIO_MESSAGING_SERVICE_SID"
+    )
+    twilio_api_base: str | None = Field(default=None, validation_alias="TWILIO_API_BASE")
+
+    @field_validator("site_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        ZoneInfo(value)  # raises for an unknown zone name, at settings time, not mid-flow
+        return value
+
+    @property
+    def site_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.site_timezone)
+
+    @property
+    def sms_dry_run(self) -> bool:
+        """SMS are rendered and stored, not sent, unless Twilio credentials and a sender are set."""
+        has_sender = bool(self.twilio_from or self.twilio_messaging_service_sid)
+        return not (self.twilio_account_sid and self.twilio_auth_token and has_sender)
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment; keyword overrides win (tests, CLI flags)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

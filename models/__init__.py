@@ -1,0 +1,1 @@
+"""SQLModel tables, the engine/session factory, queries and Alembic migrations."""

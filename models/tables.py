@@ -1,0 +1,329 @@
+"""The application's tables (first cut of DESIGN.md "Data").
+
+Families follow the `XBase` (fields a caller supplies) / `X` (the table) pattern. Times are
+aware UTC (`UTCDateTime`). Nothing is deleted: rows are superseded or change status, and
+every foreign input is kept raw in `InboxMessage`.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+from models.types import UTCDateTime, utcnow
+
+
+def _utc_column(*, nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+def _created_at() -> Any:
+    return Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class InboxStatus(StrEnum):
+    RECEIVED = "received"
+    PROCESSING = "processing"
+    PROCESSED = "processed"
+    HELD = "held"  # preliminary report, waits for the final one
+    DUPLICATE = "duplicate"
+    ERROR = "error"
+    REJECTED = "rejected"  # wrong type / version / processing id (AR)
+
+
+class InboxMessageBase(SQLModel):
+    source: str = Field(max_length=16)  # mllp | http | cli
+    peer: str | None = Field(default=None, max_length=255)
+    content_type: str = Field(max_length=16)  # hl7v2 | fhir | unknown
+    sender: str | None = Field(default=None, max_length=255, index=True)
+    control_id: str | None = Field(default=None, max_length=199, index=True)
+    message_type: str | None = Field(default=None, max_length=32)
+    accession: str | None = Field(default=None, max_length=64, index=True)
+
+
+class InboxMessage(InboxMessageBase, table=True):
+    __tablename__ = "inbox_message"
+
+    id: int | None = Field(default=None, primary_key=True)
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    received_at: datetime = _created_at()
+    status: str = Field(default=InboxStatus.RECEIVED, max_length=16, index=True)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    error_location: str | None = Field(default=None, max_length=32)
+    duplicate_of_id: int | None = Field(default=None, foreign_key="inbox_message.id")
+    content_hash: str | None = Field(default=None, max_length=64, index=True)
+    summary: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    processed_at: datetime | None = _utc_column()
+
+
+class PatientBase(SQLModel):
+    mrn: str = Field(max_length=64, unique=True)
+    family_name: str = Field(default="", max_length=128)
+    given_name: str = Field(default="", max_length=128)
+    birth_date: date | None = None
+    phone_e164: str | None = Field(default=None, max_length=20)
+    language: str = Field(default="en", max_length=8)
+    timezone: str | None = Field(default=None, max_length=64)
+    sms_opt_out: bool = False
+
+
+class Patient(PatientBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = _created_at()
+    updated_at: datetime = _created_at()
+
+
+class ProviderBase(SQLModel):
+    npi: str = Field(max_length=64, unique=True)
+    family_name: str = Field(max_length=128)
+    given_name: str = Field(default="", max_length=128)
+    practice: str = Field(max_length=128, index=True)
+    timezone: str = Field(max_length=64)
+    covering_provider_id: int | None = Field(default=None, foreign_key="provider.id")
+    active: bool = True
+
+    @property
+    def display_name(self) -> str:
+        return f"Dr. {self.family_name}"
+
+
+class Provider(ProviderBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+
+
+class SlotStatus(StrEnum):
+    FREE = "free"
+    BOOKED = "booked"
+    BLOCKED = "blocked"
+
+
+class SlotBase(SQLModel):
+    provider_id: int = Field(foreign_key="provider.id", index=True)
+    start: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    end: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    status: str = Field(default=SlotStatus.FREE, max_length=16, index=True)
+
+
+class Slot(SlotBase, table=True):
+    __table_args__ = (UniqueConstraint("provider_id", "start", name="uq_slot_provider_start"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+
+
+class ImagingStudyBase(SQLModel):
+    accession: str = Field(max_length=64, unique=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    ordering_provider_id: int | None = Field(default=None, foreign_key="provider.id")
+    ordering_provider_key: str | None = Field(default=None, max_length=255)
+    procedure_code: str = Field(default="", max_length=64)
+    procedure_text: str = Field(default="", max_length=255)
+    performed_at: datetime | None = _utc_column()
+    final_at: datetime | None = _utc_column()
+    report_status: str = Field(max_length=1)
+    report_text: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class ImagingStudy(ImagingStudyBase, table=True):
+    __tablename__ = "imaging_study"
+
+    id: int | None = Field(default=None, primary_key=True)
+    inbox_id: int = Field(foreign_key="inbox_message.id")
+    created_at: datetime = _created_at()
+    updated_at: datetime = _created_at()
+
+
+class Urgency(StrEnum):
+    EMERGENT = "emergent"
+    URGENT = "urgent"
+    ROUTINE = "routine"
+
+
+class DecisionBase(SQLModel):
+    study_id: int = Field(foreign_key="imaging_study.id", index=True)
+    inbox_id: int = Field(foreign_key="inbox_message.id")
+    urgency: str = Field(max_length=16)
+    critical: bool
+    needs_review: bool
+    referrals: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    additional_testing: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    rules_version: str = Field(max_length=64)
+    explanation: str = Field(default="", sa_column=Column(Text, nullable=False))
+
+
+class Decision(DecisionBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = _created_at()
+    superseded_at: datetime | None = _utc_column()
+
+
+class FindingBase(SQLModel):
+    study_id: int = Field(foreign_key="imaging_study.id", index=True)
+    decision_id: int = Field(foreign_key="decision.id", index=True)
+    label: str = Field(max_length=64)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    negated: bool = False
+    uncertain: bool = False
+    section: str = Field(default="", max_length=32)
+    code: str | None = Field(default=None, max_length=64)
+
+
+class Finding(FindingBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+
+
+class AppointmentKind(StrEnum):
+    FOLLOW_UP = "follow_up"
+    SPECIALIST = "specialist"
+
+
+class AppointmentStatus(StrEnum):
+    BOOKED = "booked"
+    CONFIRMED = "confirmed"
+    CANCELLED = "cancelled"
+    COMPLETED = "completed"
+
+
+# Statuses that hold a slot; the partial unique index below lets only one of them per slot.
+ACTIVE_APPOINTMENT_STATUSES = (AppointmentStatus.BOOKED, AppointmentStatus.CONFIRMED)
+
+
+class AppointmentBase(SQLModel):
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    provider_id: int = Field(foreign_key="provider.id", index=True)
+    slot_id: int = Field(foreign_key="slot.id")
+    study_id: int | None = Field(default=None, foreign_key="imaging_study.id", index=True)
+    kind: str = Field(default=AppointmentKind.FOLLOW_UP, max_length=16)
+    start: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    status: str = Field(default=AppointmentStatus.BOOKED, max_length=16)
+
+
+class Appointment(AppointmentBase, table=True):
+    __table_args__ = (
+        # The database, not the application, guarantees no double booking of a slot.
+        Index(
+            "uq_appointment_active_slot",
+            "slot_id",
+            unique=True,
+            sqlite_where=text("status IN ('booked', 'confirmed')"),
+            postgresql_where=text("status IN ('booked', 'confirmed')"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    booked_at: datetime = _created_at()
+    cancelled_at: datetime | None = _utc_column()
+
+
+class ReferralStatus(StrEnum):
+    INITIATED = "initiated"
+    SENT = "sent"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    SCHEDULED = "scheduled"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class ReferralBase(SQLModel):
+    study_id: int = Field(foreign_key="imaging_study.id", index=True)
+    decision_id: int = Field(foreign_key="decision.id")
+    specialty: str = Field(max_length=32)
+    status: str = Field(default=ReferralStatus.INITIATED, max_length=16)
+    uncertain: bool = False
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+
+
+class Referral(ReferralBase, table=True):
+    __table_args__ = (
+        Index(
+            "uq_referral_open_specialty",
+            "study_id",
+            "specialty",
+            unique=True,
+            sqlite_where=text("status != 'cancelled'"),
+            postgresql_where=text("status != 'cancelled'"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = _created_at()
+    status_changed_at: datetime = _created_at()
+
+
+class OutboundStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+    DRY_RUN = "dry_run"
+    SUPPRESSED = "suppressed"
+    CANCELLED = "cancelled"
+
+
+class OutboundMessageBase(SQLModel):
+    idempotency_key: str = Field(max_length=128, unique=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    appointment_id: int | None = Field(default=None, foreign_key="appointment.id", index=True)
+    kind: str = Field(max_length=32)
+    language: str = Field(default="en", max_length=8)
+    template: str = Field(max_length=128)
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    encoding: str = Field(max_length=8)
+    segments: int
+    to_phone: str | None = Field(default=None, max_length=20)
+    scheduled_for: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+
+
+class OutboundMessage(OutboundMessageBase, table=True):
+    __tablename__ = "outbound_message"
+
+    id: int | None = Field(default=None, primary_key=True)
+    status: str = Field(default=OutboundStatus.SCHEDULED, max_length=16, index=True)
+    twilio_sid: str | None = Field(default=None, max_length=64, unique=True)
+    error_code: str | None = Field(default=None, max_length=16)
+    attempts: int = 0
+    created_at: datetime = _created_at()
+    sent_at: datetime | None = _utc_column()
+
+
+class EscalationStatus(StrEnum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+
+
+class EscalationBase(SQLModel):
+    study_id: int | None = Field(default=None, foreign_key="imaging_study.id", index=True)
+    kind: str = Field(max_length=32)  # critical_finding | unbookable | needs_review | no_provider
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    target: str = Field(default="", max_length=255)  # who must act (provider key or queue)
+
+
+class Escalation(EscalationBase, table=True):
+    __table_args__ = (UniqueConstraint("study_id", "kind", name="uq_escalation_study_kind"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    status: str = Field(default=EscalationStatus.OPEN, max_length=16, index=True)
+    created_at: datetime = _created_at()
+    acknowledged_at: datetime | None = _utc_column()
+    acknowledged_by: str | None = Field(default=None, max_length=128)
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _created_at()
+    actor: str = Field(max_length=64)  # "engine", "flow:scan-completed", a user name
+    action: str = Field(max_length=64)
+    entity: str = Field(max_length=32)
+    entity_id: int | None = None
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
