@@ -1,0 +1,362 @@
+"""Queries: keyword-only functions taking a session. No commits here except where the
+durability contract demands one (the raw inbox row); the caller owns the transaction."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from followup.ris.scan import ProviderRef, ScanCompleted
+from followup.scheduling import BookingWindow
+from models.tables import (
+    ACTIVE_APPOINTMENT_STATUSES,
+    Appointment,
+    AuditEvent,
+    Decision,
+    Escalation,
+    Finding,
+    ImagingStudy,
+    InboxMessage,
+    InboxStatus,
+    OutboundMessage,
+    OutboundMessageBase,
+    OutboundStatus,
+    Patient,
+    Provider,
+    Referral,
+    ReferralStatus,
+    Slot,
+    SlotStatus,
+)
+from models.types import utcnow
+
+
+def content_hash(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+# --- inbox -----------------------------------------------------------------------------------
+
+
+def store_inbox_message(
+    *, session: Session, raw: bytes, source: str, peer: str | None = None
+) -> InboxMessage:
+    """Persist the raw bytes and commit at once: nothing is parsed before it is durable."""
+    row = InboxMessage(
+        raw=raw, source=source, peer=peer, content_type="unknown", content_hash=content_hash(raw)
+    )
+    session.add(row)
+    session.commit()
+    return row
+
+
+def get_inbox_message(*, session: Session, inbox_id: int) -> InboxMessage:
+    row = session.get(InboxMessage, inbox_id)
+    if row is None:
+        raise LookupError(f"inbox message {inbox_id} does not exist")
+    return row
+
+
+def find_original_message(
+    *, session: Session, sender: str, control_id: str, before_id: int
+) -> InboxMessage | None:
+    """The first earlier message with the same sender and MSH-10 (the HL7 idempotency key)."""
+    return session.exec(
+        select(InboxMessage)
+        .where(
+            InboxMessage.sender == sender,
+            InboxMessage.control_id == control_id,
+            col(InboxMessage.id) < before_id,
+            InboxMessage.status != InboxStatus.DUPLICATE,
+        )
+        .order_by(col(InboxMessage.id))
+    ).first()
+
+
+def find_same_content(*, session: Session, digest: str, before_id: int) -> InboxMessage | None:
+    return session.exec(
+        select(InboxMessage)
+        .where(
+            InboxMessage.content_hash == digest,
+            col(InboxMessage.id) < before_id,
+            InboxMessage.status != InboxStatus.DUPLICATE,
+        )
+        .order_by(col(InboxMessage.id))
+    ).first()
+
+
+# --- patients, providers, studies --------------------------------------------------------------
+
+
+def upsert_patient(*, session: Session, scan: ScanCompleted) -> Patient:
+    patient = session.exec(select(Patient).where(Patient.mrn == scan.mrn)).first()
+    if patient is None:
+        patient = Patient(mrn=scan.mrn)
+    patient.family_name = scan.patient_name.family
+    patient.given_name = scan.patient_name.given
+    patient.birth_date = scan.birth_date or patient.birth_date
+    patient.phone_e164 = scan.phone_e164 or patient.phone_e164
+    patient.updated_at = utcnow()
+    session.add(patient)
+    session.flush()
+    return patient
+
+
+def find_provider(*, session: Session, ref: ProviderRef | None) -> Provider | None:
+    if ref is None or not ref.identifier:
+        return None
+    return session.exec(select(Provider).where(Provider.npi == ref.identifier)).first()
+
+
+def upsert_study(
+    *,
+    session: Session,
+    scan: ScanCompleted,
+    patient: Patient,
+    provider: Provider | None,
+    inbox_id: int,
+) -> ImagingStudy:
+    study = study_by_accession(session=session, accession=scan.accession)
+    if study is None:
+        study = ImagingStudy(
+            accession=scan.accession,
+            patient_id=patient.id,  # type: ignore[arg-type]
+            report_status=scan.result_status,
+            report_text=scan.report_text,
+            inbox_id=inbox_id,
+        )
+    study.ordering_provider_id = provider.id if provider else None
+    study.ordering_provider_key = (
+        scan.ordering_provider.identifier if scan.ordering_provider else None
+    )
+    study.procedure_code = scan.procedure_code
+    study.procedure_text = scan.procedure_text
+    study.performed_at = scan.exam_time
+    study.final_at = scan.final_time
+    study.report_status = scan.result_status
+    study.report_text = scan.report_text
+    study.inbox_id = inbox_id
+    study.updated_at = utcnow()
+    session.add(study)
+    session.flush()
+    return study
+
+
+def study_by_accession(*, session: Session, accession: str) -> ImagingStudy | None:
+    return session.exec(select(ImagingStudy).where(ImagingStudy.accession == accession)).first()
+
+
+# --- decisions, findings, referrals ------------------------------------------------------------
+
+
+def current_decision(*, session: Session, study_id: int) -> Decision | None:
+    return session.exec(
+        select(Decision)
+        .where(Decision.study_id == study_id, col(Decision.superseded_at).is_(None))
+        .order_by(col(Decision.id).desc())
+    ).first()
+
+
+def record_decision(
+    *, session: Session, decision: Decision, findings: Iterable[Finding]
+) -> Decision:
+    """Store a new current decision for the study, superseding (not deleting) the old one."""
+    previous = current_decision(session=session, study_id=decision.study_id)
+    if previous is not None:
+        previous.superseded_at = utcnow()
+        session.add(previous)
+    session.add(decision)
+    session.flush()
+    for finding in findings:
+        finding.decision_id = decision.id  # type: ignore[assignment]
+        session.add(finding)
+    session.flush()
+    return decision
+
+
+def open_referrals(*, session: Session, study_id: int) -> list[Referral]:
+    return list(
+        session.exec(
+            select(Referral)
+            .where(Referral.study_id == study_id, Referral.status != ReferralStatus.CANCELLED)
+            .order_by(col(Referral.specialty))
+        )
+    )
+
+
+def reconcile_referrals(
+    *, session: Session, decision: Decision, reasons: dict[str, tuple[str, bool]]
+) -> list[Referral]:
+    """Make the study's open referrals match the decision: add new, cancel dropped ones.
+
+    `reasons` maps specialty → (explanation, uncertain). Returns the open referrals.
+    """
+    now = utcnow()
+    existing = {r.specialty: r for r in open_referrals(session=session, study_id=decision.study_id)}
+    for specialty, referral in existing.items():
+        if specialty not in decision.referrals:
+            referral.status = ReferralStatus.CANCELLED
+            referral.status_changed_at = now
+            session.add(referral)
+    for specialty in decision.referrals:
+        if specialty in existing:
+            continue
+        reason, uncertain = reasons.get(specialty, ("", False))
+        session.add(
+            Referral(
+                study_id=decision.study_id,
+                decision_id=decision.id,  # type: ignore[arg-type]
+                specialty=specialty,
+                reason=reason,
+                uncertain=uncertain,
+            )
+        )
+    session.flush()
+    return open_referrals(session=session, study_id=decision.study_id)
+
+
+# --- escalations and audit ---------------------------------------------------------------------
+
+
+def record_escalation(
+    *, session: Session, study_id: int, kind: str, reason: str, target: str
+) -> Escalation:
+    """One open escalation per study and kind; a repeat returns the existing one."""
+    existing = session.exec(
+        select(Escalation).where(Escalation.study_id == study_id, Escalation.kind == kind)
+    ).first()
+    if existing is not None:
+        return existing
+    escalation = Escalation(study_id=study_id, kind=kind, reason=reason, target=target)
+    session.add(escalation)
+    session.flush()
+    return escalation
+
+
+def escalations_for_study(*, session: Session, study_id: int) -> list[Escalation]:
+    return list(
+        session.exec(
+            select(Escalation).where(Escalation.study_id == study_id).order_by(col(Escalation.id))
+        )
+    )
+
+
+def audit(
+    *,
+    session: Session,
+    actor: str,
+    action: str,
+    entity: str,
+    entity_id: int | None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        AuditEvent(
+            actor=actor, action=action, entity=entity, entity_id=entity_id, detail=detail or {}
+        )
+    )
+
+
+# --- booking -----------------------------------------------------------------------------------
+
+
+def active_follow_up(*, session: Session, study_id: int) -> Appointment | None:
+    return session.exec(
+        select(Appointment).where(
+            Appointment.study_id == study_id,
+            col(Appointment.status).in_(ACTIVE_APPOINTMENT_STATUSES),
+        )
+    ).first()
+
+
+def free_slots(
+    *, session: Session, provider_id: int, window: BookingWindow, limit: int = 50
+) -> Sequence[Slot]:
+    return session.exec(
+        select(Slot)
+        .where(
+            Slot.provider_id == provider_id,
+            Slot.status == SlotStatus.FREE,
+            Slot.start >= window.earliest,
+            Slot.start < window.latest,
+        )
+        .order_by(col(Slot.start))
+        .limit(limit)
+    ).all()
+
+
+def claim_slot(
+    *, session: Session, slot: Slot, patient_id: int, study_id: int | None, kind: str
+) -> Appointment | None:
+    """Book one slot inside a savepoint; None when another booker won it first.
+
+    The partial unique index on active appointments per slot is the guard, so two processes
+    racing for the same slot cannot both succeed, on SQLite or PostgreSQL.
+    """
+    try:
+        with session.begin_nested():
+            appointment = Appointment(
+                patient_id=patient_id,
+                provider_id=slot.provider_id,
+                slot_id=slot.id,  # type: ignore[arg-type]
+                study_id=study_id,
+                kind=kind,
+                start=slot.start,
+            )
+            session.add(appointment)
+            slot.status = SlotStatus.BOOKED
+            session.add(slot)
+            session.flush()
+    except IntegrityError:
+        session.refresh(slot)
+        return None
+    return appointment
+
+
+# --- outbox ------------------------------------------------------------------------------------
+
+
+def enqueue_messages(
+    *, session: Session, messages: Iterable[OutboundMessageBase]
+) -> list[OutboundMessage]:
+    """Insert planned messages unless their idempotency key is already there."""
+    stored: list[OutboundMessage] = []
+    for planned in messages:
+        existing = session.exec(
+            select(OutboundMessage).where(
+                OutboundMessage.idempotency_key == planned.idempotency_key
+            )
+        ).first()
+        if existing is None:
+            existing = OutboundMessage.model_validate(planned)
+            session.add(existing)
+            session.flush()
+        stored.append(existing)
+    return stored
+
+
+def cancel_pending_messages(*, session: Session, appointment_id: int) -> int:
+    pending = session.exec(
+        select(OutboundMessage).where(
+            OutboundMessage.appointment_id == appointment_id,
+            OutboundMessage.status == OutboundStatus.SCHEDULED,
+        )
+    ).all()
+    for message in pending:
+        message.status = OutboundStatus.CANCELLED
+        session.add(message)
+    return len(pending)
+
+
+def messages_for_appointment(*, session: Session, appointment_id: int) -> list[OutboundMessage]:
+    return list(
+        session.exec(
+            select(OutboundMessage)
+            .where(OutboundMessage.appointment_id == appointment_id)
+            .order_by(col(OutboundMessage.scheduled_for))
+        )
+    )

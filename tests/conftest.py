@@ -1,0 +1,70 @@
+"""Shared fixtures: databases (SQLite always, PostgreSQL when a URL is given) and Prefect."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+# Prefect reads PREFECT_HOME when first imported: point it at a throwaway folder before any
+# test module imports a flow, so tests never touch the developer's ~/.prefect.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="followup-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
+
+POSTGRES_URL = os.environ.get("FOLLOWUP_TEST_POSTGRES_URL")
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SAMPLES = Path(__file__).resolve().parent / "samples"
+
+
+def _postgres_schema_url(base_url: str) -> Iterator[str]:
+    """A throwaway schema per test: isolation without creating databases."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in base_url else "?"
+    try:
+        yield f"{base_url}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        from models.db import get_engine
+
+        get_engine.cache_clear()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database, once on SQLite and once on PostgreSQL (skipped without a URL)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'followup.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("FOLLOWUP_TEST_POSTGRES_URL not set")
+    yield from _postgres_schema_url(POSTGRES_URL)
+
+
+@pytest.fixture
+def database_url(empty_database_url: str) -> str:
+    from models.db import migrate
+
+    migrate(empty_database_url)
+    return empty_database_url
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A real Prefect API (the test harness's local server), started once per session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
