@@ -23,9 +23,13 @@ class Settings(BaseSettings):
         validation_alias="DATABASE_URL",
     )
 
-    site_name: str = Field(default="Demo Spine & Neuro Clinic", validation_alias="FOLLOWUP_SITE_NAME")
+    site_name: str = Field(
+        default="Riverside Health Clinic", validation_alias="FOLLOWUP_SITE_NAME"
+    )
     site_code: str = Field(default="demo", validation_alias="FOLLOWUP_SITE_CODE")
-    site_timezone: str = Field(default="America/New_York", validation_alias="FOLLOWUP_SITE_TIMEZONE")
+    site_timezone: str = Field(
+        default="America/New_York", validation_alias="FOLLOWUP_SITE_TIMEZONE"
+    )
     site_country: str = Field(default="US", validation_alias="FOLLOWUP_SITE_COUNTRY")
     site_subdivision: str | None = Field(default=None, validation_alias="FOLLOWUP_SITE_SUBDIVISION")
     clinic_phone: str = Field(default="+15555550100", validation_alias="FOLLOWUP_CLINIC_PHONE")

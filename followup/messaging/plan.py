@@ -46,7 +46,7 @@ def plan_booking_messages(
 ) -> list[PlannedSms]:
     """Confirmation at booking plus reminders, all inside quiet hours and within the caps."""
     shown_zone = zone or site_zone
-    base_context = {
+    base_context: dict[str, object] = {
         "clinic_name": visit.clinic_name,
         "clinic_phone": visit.clinic_phone,
         "provider_name": visit.provider_name,

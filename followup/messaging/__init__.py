@@ -1,0 +1,1 @@
+"""Patient SMS: template rendering, segment counting and sending policy."""
