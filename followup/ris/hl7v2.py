@@ -1,0 +1,549 @@
+"""HL7 v2 ORU^R01 → ScanCompleted: pure parsing, no socket I/O, no database.
+
+Choices, and why:
+
+* Bytes to text (`decode_message`). A UTF-8 byte-order mark is dropped (FHIR-Converter samples
+  start with one). The charset comes from MSH-18 (HL7 table 0211). Senders often declare
+  8859/1 by habit while sending UTF-8 (dcm4che's OMI^O23 does), and a single-byte charset never
+  fails to decode, so it cannot reveal the lie by failing: when the declared charset is
+  single-byte, strict UTF-8 is tried first, since Latin-1 text practically never forms valid
+  UTF-8 multi-byte sequences. Otherwise the declared charset comes first, then UTF-8, and
+  Latin-1 last, which maps every byte: decoding never raises. Line ends (\\n, \\r\\n) become the
+  \\r segment separator.
+* Accession is OBR-3 (filler order number, the RIS's own id), else OBR-18, else OBR-2. IHE
+  Radiology puts the accession in OBR-18 and many RIS copy it into OBR-3; OBR-3 comes first
+  because it is the field HL7 defines as the filler's key for the order. dcm4che's samples carry
+  literal placeholders ("FillerOrderNumberImagingServiceRequest") there, which is fine for tests.
+* Checks run from the envelope inwards: MSH-9/11/12 (AR), then the study (accession, OBR-25),
+  then the patient (PID-3, PID-7), then times. The first failure is raised, with the HL7
+  location for the ACK's ERR segment. OBR-25 is required: dcm4che's legacy_ORU^R01 has its F
+  in OBR-24 and an empty OBR-25, which must not pass as final.
+* One ORU carries one study: a message with several OBR groups is rejected rather than having
+  all but one silently dropped (a dropped study would never get its follow-up).
+* Report text is OBX-5 of the TX/ST/FT observations after the OBR, one line per repetition, in
+  message order, with section headings ("IMPRESSION:") kept as sent. ED/RP (embedded PDF/CDA,
+  references) carry no readable text and are skipped, as are the DICOM study/series/instance
+  UID observations that SR-to-HL7 gateways add as ST lines. A result without text parses with
+  an empty report_text: deciding that nothing can be routed (needs_review) is routing's job.
+* Escapes are decoded here rather than with python-hl7's `unescape`, which turns \\.br\\ into
+  \\r (our segment separator), raises on a malformed \\.sp\\ count and logs field content (PHI).
+* Coded items come from CE/CWE/CNE values (primary and alternate triplets) and from OBX-3 when
+  it is coded in a finding terminology (SNOMED CT, RadLex, ICD). OBX-3 is the observation's
+  name: LOINC and DICOM codes there name report sections and references (18782-3 Findings,
+  19005-8 Impression, 113014 Study), and senders put free text in its system component
+  (FHIR-Converter's ORU-R01-RMGEAD has a LOINC long name there), so only known systems count.
+* Times are HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S…]]]]]][±ZZZZ]); without an offset they are site
+  local time. All are returned in the site zone so that day arithmetic sees local dates. A
+  birth date (PID-7) needs at least YYYYMMDD: a guessed day would mislead identity checks.
+* A phone that does not parse to a valid number becomes None: a bad phone must not block the
+  follow-up, it only stops the SMS.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import hl7
+import phonenumbers
+
+from followup.errors import InvalidField, MalformedMessage, MissingField, UnsupportedMessage
+from followup.ris.scan import CodedReportItem, PersonName, ProviderRef, ScanCompleted
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+# HL7 table 0211 names (plus the common non-standard "UTF-8") → Python codecs. UTF-16/32 are
+# absent on purpose: their bytes cannot hold the ASCII "MSH|" this module looks for.
+_CHARSETS = {
+    "ASCII": "ascii",
+    "ISO IR6": "ascii",
+    **{f"8859/{n}": f"iso8859-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 15)},
+    "UNICODE UTF-8": "utf-8",
+    "UTF-8": "utf-8",
+    "GB 18030-2000": "gb18030",
+    "BIG-5": "big5",
+    "KS X 1001": "euc_kr",
+}
+_SINGLE_BYTE = {codec for codec in _CHARSETS.values() if codec.startswith("iso8859")}
+
+_SUPPORTED_TYPE = "ORU^R01"
+_PROCESSING_IDS = {"P", "T", "D"}
+# HL7 table 0123, result status.
+_RESULT_STATUSES = {"O", "I", "S", "A", "P", "C", "R", "F", "X", "Y", "Z"}
+
+_TEXT_TYPES = {"TX", "ST", "FT"}
+_CODED_TYPES = {"CE", "CWE", "CNE"}
+# HL7 table 0396 names (and common spellings) of terminologies whose codes name findings.
+_FINDING_CODE_SYSTEMS = {
+    "SCT", "SNM", "SNM3", "SNOMED", "SNOMED CT", "SNOMEDCT",  # SNOMED CT and predecessors
+    "RADLEX",
+    "I10", "I10C", "ICD10", "ICD-10", "ICD10CM", "ICD-10-CM", "I9C",
+}  # fmt: skip
+_DICOM_STUDY_REFERENCE = "113014"
+
+# Fallback order from DOMAIN.md §5.
+_PROVIDER_FIELDS = (("OBR", 16), ("ORC", 12), ("PV1", 8), ("PV1", 7))
+
+_DTM = re.compile(
+    r"(?P<year>\d{4})(?:(?P<month>\d{2})(?:(?P<day>\d{2})(?:(?P<hour>\d{2})(?:(?P<minute>\d{2})"
+    r"(?:(?P<second>\d{2})(?:\.(?P<fraction>\d{1,4}))?)?)?)?)?)?"
+    r"(?P<offset>[+-]\d{4})?",
+    re.ASCII,  # \d would otherwise accept any Unicode digit
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageHeader:
+    """What an ACK needs from MSH, read without validating anything."""
+
+    message_type: str  # MSH-9.1^MSH-9.2, e.g. "ORU^R01"
+    trigger: str  # MSH-9.2
+    control_id: str  # MSH-10, echoed in MSA-2
+    processing_id: str  # MSH-11.1
+    version: str  # MSH-12.1
+    # Application/facility fields are kept as sent (escaped HD), to be echoed verbatim.
+    sending_application: str
+    sending_facility: str
+    receiving_application: str
+    receiving_facility: str
+    encoding_characters: str  # field separator + MSH-2, e.g. "|^~\\&"
+
+
+@dataclass(frozen=True, slots=True)
+class _Delimiters:
+    field: str
+    repetition: str
+    component: str
+    subcomponent: str
+    escape: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """A segment as raw (still escaped) field strings: fields[n] is XXX-n, MSH included."""
+
+    name: str
+    fields: tuple[str, ...]
+
+    def field(self, number: int) -> str:
+        return self.fields[number] if number < len(self.fields) else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Bytes → text → hl7.Message
+
+
+def decode_message(raw: bytes) -> str:
+    """Decode one HL7 v2 message; never raises. See the module docstring for the order."""
+    data = raw.removeprefix(_UTF8_BOM)
+    text = _decode(data, _encodings_to_try(_declared_charset(data)))
+    return text.replace("\r\n", "\r").replace("\n", "\r")
+
+
+def _declared_charset(data: bytes) -> str | None:
+    """MSH-18 (first repetition) as a Python codec name, None when absent or unknown."""
+    first_segment = re.split(rb"[\r\n]", data, maxsplit=1)[0]
+    if not first_segment.startswith(b"MSH") or len(first_segment) < 4:
+        return None
+    fields = first_segment.split(first_segment[3:4])  # fields[n - 1] is MSH-n
+    if len(fields) < 18:
+        return None
+    repetition = fields[1][1:2] or b"~"
+    name = fields[17].split(repetition)[0].decode("ascii", errors="replace").strip().upper()
+    return _CHARSETS.get(name)
+
+
+def _encodings_to_try(declared: str | None) -> list[str]:
+    if declared is None:
+        return ["utf-8"]
+    if declared in _SINGLE_BYTE:
+        return ["utf-8", declared]
+    return [declared, "utf-8"]
+
+
+def _decode(data: bytes, encodings: Sequence[str]) -> str:
+    for encoding in encodings:
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")  # maps every byte, so this is the floor
+
+
+def parse_message(text: str) -> hl7.Message:
+    """Parse one message; MalformedMessage (location MSH) when it cannot be read at all."""
+    stripped = text.strip()
+    _check_delimiters(stripped)
+    try:
+        return hl7.parse(stripped)
+    except Exception as exc:  # python-hl7 raises assorted types on garbage; all mean "not HL7"
+        raise MalformedMessage(f"cannot parse HL7 v2: {exc}", location="MSH") from exc
+
+
+def _check_delimiters(text: str) -> None:
+    """MSH-1/MSH-2 are the message's grammar: without them nothing after can be read."""
+    if not text.startswith("MSH") or len(text) < 4:
+        raise MalformedMessage("message does not start with an MSH segment", location="MSH")
+    field_sep = text[3]
+    end = text.find(field_sep, 4)
+    encoding_chars = text[4:end] if end != -1 else ""
+    delimiters = field_sep + encoding_chars[:4]
+    if (
+        len(encoding_chars) < 4
+        or len(set(delimiters)) != len(delimiters)
+        or any(c.isalnum() or c.isspace() for c in delimiters)
+    ):
+        raise MalformedMessage("MSH-1/MSH-2 do not define the delimiters", location="MSH")
+
+
+def message_header(msg: hl7.Message) -> MessageHeader:
+    """Read MSH without judging it, so an ACK can be built even for a message that fails."""
+    delims = _delimiters(msg)
+    msh = _segment(msg[0])  # parse_message guarantees the first segment is MSH
+    message_type = _first_repetition(msh.field(9), delims)
+    code = _value(message_type, 1, delims)
+    trigger = _value(message_type, 2, delims)
+    return MessageHeader(
+        message_type=f"{code}^{trigger}" if trigger else code,
+        trigger=trigger,
+        control_id=msh.field(10),
+        processing_id=_field_value(msh, 11, 1, delims),
+        version=_field_value(msh, 12, 1, delims),
+        sending_application=msh.field(3),
+        sending_facility=msh.field(4),
+        receiving_application=msh.field(5),
+        receiving_facility=msh.field(6),
+        encoding_characters=msh.field(1) + msh.field(2),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# ORU^R01 → ScanCompleted
+
+
+def parse_oru(text: str, *, site_zone: ZoneInfo, phone_region: str = "US") -> ScanCompleted:
+    """Validate one ORU^R01 and extract the ScanCompleted it reports.
+
+    Raises an InboundMessageError subclass (and nothing else) when the message cannot be used.
+    """
+    msg = parse_message(text)
+    header = message_header(msg)
+    _check_header(header)
+    delims = _delimiters(msg)
+    segments = [_segment(raw) for raw in msg]
+
+    obr_index = _the_obr_index(segments)
+    obr = segments[obr_index]
+    pid = _required_segment(segments, "PID", location="PID-3")
+    accession = _accession(obr, delims)
+    result_status = _result_status(obr, delims)
+    mrn = _field_value(pid, 3, 1, delims)
+    if not mrn:
+        raise MissingField("patient identifier (MRN) is empty", location="PID-3")
+    birth_date = _birth_date(_field_value(pid, 7, 1, delims))
+    procedure = _first_repetition(obr.field(4), delims)
+    observations = [seg for seg in segments[obr_index + 1 :] if seg.name == "OBX"]
+
+    return ScanCompleted(
+        accession=accession,
+        mrn=mrn,
+        patient_name=_person_name(_first_repetition(pid.field(5), delims), delims),
+        result_status=result_status,
+        report_text=_report_text(observations, delims),
+        birth_date=birth_date,
+        phone_e164=_phone(pid.field(13), delims, phone_region),
+        ordering_provider=_ordering_provider(segments, obr, delims),
+        procedure_code=_value(procedure, 1, delims),
+        procedure_text=_value(procedure, 2, delims),
+        exam_time=_time(obr, 7, delims, site_zone),
+        result_time=_time(obr, 22, delims, site_zone),
+        control_id=header.control_id,
+        sending_facility=header.sending_facility,
+        coded_items=_coded_items(observations, delims),
+    )
+
+
+def _check_header(header: MessageHeader) -> None:
+    if header.message_type != _SUPPORTED_TYPE:
+        raise UnsupportedMessage(
+            f"message type {header.message_type or '(empty)'} is not {_SUPPORTED_TYPE}",
+            location="MSH-9",
+        )
+    if header.processing_id not in _PROCESSING_IDS:
+        raise UnsupportedMessage(
+            f"processing id {header.processing_id or '(empty)'} is not P, T or D",
+            location="MSH-11",
+        )
+    if not header.version.startswith("2."):
+        raise UnsupportedMessage(
+            f"version {header.version or '(empty)'} is not HL7 v2", location="MSH-12"
+        )
+
+
+def _the_obr_index(segments: Sequence[_Segment]) -> int:
+    indexes = [i for i, seg in enumerate(segments) if seg.name == "OBR"]
+    if not indexes:
+        raise MissingField("no OBR segment", location="OBR")
+    if len(indexes) > 1:
+        raise UnsupportedMessage(
+            f"{len(indexes)} OBR groups; one study per message is supported", location="OBR"
+        )
+    return indexes[0]
+
+
+def _required_segment(segments: Sequence[_Segment], name: str, *, location: str) -> _Segment:
+    found = _first_segment(segments, name)
+    if found is None:
+        raise MissingField(f"no {name} segment", location=location)
+    return found
+
+
+def _first_segment(segments: Sequence[_Segment], name: str) -> _Segment | None:
+    return next((seg for seg in segments if seg.name == name), None)
+
+
+def _accession(obr: _Segment, delims: _Delimiters) -> str:
+    for number in (3, 18, 2):
+        accession = _field_value(obr, number, 1, delims)
+        if accession:
+            return accession
+    raise MissingField("no accession in OBR-3, OBR-18 or OBR-2", location="OBR-3")
+
+
+def _result_status(obr: _Segment, delims: _Delimiters) -> str:
+    status = _field_value(obr, 25, 1, delims)
+    if not status:
+        raise MissingField("result status is empty", location="OBR-25")
+    if status not in _RESULT_STATUSES:
+        raise InvalidField(f"result status {status!r} is not in HL7 table 0123", location="OBR-25")
+    return status
+
+
+def _birth_date(value: str) -> date | None:
+    if not value:
+        return None
+    match = _DTM.fullmatch(value)
+    if match is None or match["day"] is None:
+        raise InvalidField(f"birth date {value!r} is not YYYYMMDD[...]", location="PID-7")
+    try:
+        return date(int(match["year"]), int(match["month"]), int(match["day"]))
+    except ValueError as exc:
+        raise InvalidField(f"birth date {value!r}: {exc}", location="PID-7") from exc
+
+
+def _time(obr: _Segment, number: int, delims: _Delimiters, zone: ZoneInfo) -> datetime | None:
+    value = _field_value(obr, number, 1, delims)
+    if not value:
+        return None
+    try:
+        return _parse_dtm(value, zone)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidField(f"time {value!r}: {exc}", location=f"OBR-{number}") from exc
+
+
+def _parse_dtm(value: str, zone: ZoneInfo) -> datetime:
+    """HL7 DTM to an aware datetime in `zone`; ValueError/OverflowError when invalid."""
+    match = _DTM.fullmatch(value)
+    if match is None:
+        raise ValueError("not an HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])")
+    local = datetime(
+        int(match["year"]),
+        int(match["month"] or 1),
+        int(match["day"] or 1),
+        int(match["hour"] or 0),
+        int(match["minute"] or 0),
+        int(match["second"] or 0),
+        int((match["fraction"] or "0").ljust(6, "0")),
+    )
+    offset = match["offset"]
+    if offset is None:
+        return local.replace(tzinfo=zone)
+    return local.replace(tzinfo=_fixed_offset(offset)).astimezone(zone)
+
+
+def _fixed_offset(offset: str) -> timezone:
+    hours, minutes = int(offset[1:3]), int(offset[3:5])
+    if minutes >= 60:
+        raise ValueError(f"offset {offset} has {minutes} minutes")
+    sign = -1 if offset[0] == "-" else 1
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))  # ValueError past 24 h
+
+
+def _person_name(xpn: str, delims: _Delimiters) -> PersonName:
+    return PersonName(family=_value(xpn, 1, delims), given=_value(xpn, 2, delims))
+
+
+def _phone(xtn_field: str, delims: _Delimiters, region: str) -> str | None:
+    """The first valid number, mobiles (equipment type CP) first: SMS needs a mobile."""
+    repetitions = _repetitions(xtn_field, delims)
+    mobiles_first = sorted(repetitions, key=lambda rep: _value(rep, 3, delims) != "CP")
+    for repetition in mobiles_first:
+        e164 = _e164(_xtn_number(repetition, delims), region)
+        if e164:
+            return e164
+    return None
+
+
+def _xtn_number(xtn: str, delims: _Delimiters) -> str:
+    """XTN.1 (free-form, pre-2.6 style), else country code + area code + local number."""
+    free_form = _value(xtn, 1, delims)
+    if free_form:
+        return free_form
+    country, area, local = (_value(xtn, n, delims) for n in (5, 6, 7))
+    return f"+{country}{area}{local}" if country else f"{area}{local}"
+
+
+def _e164(number: str, region: str) -> str | None:
+    if not number:
+        return None
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _ordering_provider(
+    segments: Sequence[_Segment], obr: _Segment, delims: _Delimiters
+) -> ProviderRef | None:
+    for name, number in _PROVIDER_FIELDS:
+        segment = obr if name == "OBR" else _first_segment(segments, name)
+        if segment is None:
+            continue
+        xcn = _first_repetition(segment.field(number), delims)
+        provider = _provider(xcn, delims, source_field=f"{name}-{number}")
+        if provider is not None:
+            return provider
+    return None
+
+
+def _provider(xcn: str, delims: _Delimiters, *, source_field: str) -> ProviderRef | None:
+    """XCN: 1 id, 2 family name, 3 given name. No id → the name is the lookup key."""
+    identifier, family, given = (_value(xcn, n, delims) for n in (1, 2, 3))
+    if not (identifier or family or given):
+        return None
+    return ProviderRef(
+        identifier=identifier or f"name:{family}^{given}",
+        name=PersonName(family=family, given=given) if family or given else None,
+        source_field=source_field,
+    )
+
+
+def _report_text(observations: Sequence[_Segment], delims: _Delimiters) -> str:
+    lines = [
+        line.rstrip()
+        for obx in observations
+        if _field_value(obx, 2, 1, delims) in _TEXT_TYPES and not _is_uid_reference(obx, delims)
+        for repetition in _repetitions(obx.field(5), delims, keep_empty=True)
+        for line in _unescape(repetition, delims).split("\n")
+    ]
+    return "\n".join(lines)
+
+
+def _is_uid_reference(obx: _Segment, delims: _Delimiters) -> bool:
+    """DICOM study/series/SOP instance UIDs that SR-to-HL7 gateways send as ST lines."""
+    code, text = _field_value(obx, 3, 1, delims), _field_value(obx, 3, 2, delims)
+    return code == _DICOM_STUDY_REFERENCE or text.upper().endswith("INSTANCE UID")
+
+
+def _coded_items(
+    observations: Sequence[_Segment], delims: _Delimiters
+) -> tuple[CodedReportItem, ...]:
+    items: list[CodedReportItem] = []
+    for obx in observations:
+        identifier = _first_repetition(obx.field(3), delims)
+        items.extend(
+            item
+            for item in _codings(identifier, delims)
+            if item.system.upper() in _FINDING_CODE_SYSTEMS
+        )
+        if _field_value(obx, 2, 1, delims) in _CODED_TYPES:
+            for repetition in _repetitions(obx.field(5), delims):
+                items.extend(_codings(repetition, delims))
+    return tuple(dict.fromkeys(items))  # the same code on several OBX lines counts once
+
+
+def _codings(coded: str, delims: _Delimiters) -> Iterator[CodedReportItem]:
+    """CE/CWE/CNE triplets: 1-3 primary (code, text, system), 4-6 alternate."""
+    for first in (1, 4):
+        code, display, system = (_value(coded, first + i, delims) for i in range(3))
+        if code:
+            yield CodedReportItem(system=system, code=code, display=display)
+
+
+# ---------------------------------------------------------------------------------------------
+# Field access on raw strings with the message's own delimiters
+
+
+def _delimiters(msg: hl7.Message) -> _Delimiters:
+    separators = msg.separators  # segment, field, repetition, component, subcomponent
+    return _Delimiters(
+        field=separators[1],
+        repetition=separators[2],
+        component=separators[3],
+        subcomponent=separators[4],
+        escape=msg.esc,
+    )
+
+
+def _segment(raw: hl7.Segment) -> _Segment:
+    fields = tuple(str(field) for field in raw)
+    return _Segment(name=fields[0].strip() if fields else "", fields=fields)
+
+
+def _repetitions(field: str, delims: _Delimiters, *, keep_empty: bool = False) -> list[str]:
+    return [rep for rep in field.split(delims.repetition) if keep_empty or rep]
+
+
+def _first_repetition(field: str, delims: _Delimiters) -> str:
+    return field.split(delims.repetition, 1)[0]
+
+
+def _field_value(segment: _Segment, number: int, component: int, delims: _Delimiters) -> str:
+    return _value(_first_repetition(segment.field(number), delims), component, delims)
+
+
+def _value(repetition: str, component: int, delims: _Delimiters) -> str:
+    """Component `component` (1-based), first subcomponent, unescaped and stripped."""
+    components = repetition.split(delims.component)
+    if component > len(components):
+        return ""
+    first_subcomponent = components[component - 1].split(delims.subcomponent, 1)[0]
+    return _unescape(first_subcomponent, delims).strip()
+
+
+def _unescape(value: str, delims: _Delimiters) -> str:
+    if delims.escape not in value:
+        return value
+    esc = re.escape(delims.escape)
+    return re.sub(f"{esc}([^{esc}]*){esc}", lambda m: _escape_sequence(m[1], delims), value)
+
+
+def _escape_sequence(sequence: str, delims: _Delimiters) -> str:
+    delimiter = {
+        "F": delims.field,
+        "S": delims.component,
+        "T": delims.subcomponent,
+        "R": delims.repetition,
+        "E": delims.escape,
+    }.get(sequence)
+    if delimiter is not None:
+        return delimiter
+    if sequence.startswith((".br", ".sp", ".ce")):
+        return "\n"  # line structure matters for section splitting; spacing does not
+    if sequence.startswith("X"):
+        return _hex_bytes(sequence[1:])
+    return ""  # highlighting, indentation, charset switches: presentation only
+
+
+def _hex_bytes(digits: str) -> str:
+    try:
+        data = bytes.fromhex(digits)
+    except ValueError:
+        return ""
+    return _decode(data, ["utf-8"])

@@ -1,0 +1,750 @@
+"""HL7 v2 parsing: the project's sample messages, the public third-party samples, edge cases."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from followup.errors import (
+    InboundMessageError,
+    InvalidField,
+    MalformedMessage,
+    MissingField,
+    UnsupportedMessage,
+)
+from followup.ris.hl7v2 import (
+    MessageHeader,
+    decode_message,
+    message_header,
+    parse_message,
+    parse_oru,
+)
+from followup.ris.scan import CodedReportItem, PersonName, ProviderRef, ScanCompleted
+
+SAMPLES = Path(__file__).parents[1] / "samples" / "hl7"
+# shared/ sits beside the repository checkout (/work/shared next to /work/main, same in CI).
+SHARED_HL7 = Path(__file__).parents[2].parent / "shared" / "data" / "hl7"
+DCM4CHE = SHARED_HL7 / "dcm4che"
+FHIR_CONVERTER = SHARED_HL7 / "fhir-converter"
+
+ZONE = ZoneInfo("America/New_York")
+
+
+def load(path: Path) -> str:
+    return decode_message(path.read_bytes())
+
+
+def parse(path: Path) -> ScanCompleted:
+    return parse_oru(load(path), site_zone=ZONE)
+
+
+def local(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, us: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, us, tzinfo=ZONE)
+
+
+# ---------------------------------------------------------------------------------------------
+# The project's own samples (tests/samples/hl7)
+
+GOOD_SAMPLES = {
+    # file stem: accession, MRN, status, ordering provider id, phone, procedure code, exam, result
+    "spine_neurology_root_compression": (
+        "ACC2026000101", "DM100101", "F", "1000000001", "+14135550123", "72148",
+        local(2026, 11, 3, 10, 15), local(2026, 11, 3, 13, 42),
+    ),
+    "spine_orthopedics_spondylolisthesis": (
+        "ACC2026000102", "DM100102", "F", "1000000002", "+16175550134", "72148",
+        local(2026, 11, 3, 11, 40, 30), local(2026, 11, 3, 15, 18, 5),
+    ),
+    "spine_pain_degenerative": (
+        "ACC2026000103", "DM100103", "F", "1000000003", "+15085550145", "72148",
+        local(2026, 11, 3, 16, 10), local(2026, 11, 4, 9, 21),
+    ),
+    "si_joint_rheumatology_sacroiliitis": (
+        "ACC2026000104", "DM100104", "F", "1000000004", "+17815550156", "72195",
+        local(2026, 11, 4, 12, 5), local(2026, 11, 4, 14, 46),
+    ),
+    "spine_critical_cord_compression": (
+        "ACC2026000105", "DM100105", "F", "1000000005", "+14135550162", "72141",
+        local(2026, 11, 4, 9, 40), local(2026, 11, 4, 11, 2),
+    ),
+    "brain_neurology_demyelination": (
+        "ACC2026000106", "DM100106", "F", "1000000001", "+16175550171", "70553",
+        local(2026, 11, 5, 8, 15), local(2026, 11, 5, 10, 12),
+    ),
+    "spine_normal": (
+        "ACC2026000107", "DM100107", "F", "1000000002", "+15085550178", "72141",
+        local(2026, 11, 5, 12, 30), local(2026, 11, 5, 14, 31),
+    ),
+    "spine_inconclusive": (
+        "ACC2026000108", "DM100108", "F", "1000000003", "+17815550183", "72148",
+        local(2026, 11, 5, 17, 45), local(2026, 11, 6, 9, 15),
+    ),
+    "spine_preliminary": (
+        "ACC2026000109", "DM100109", "P", "1000000004", "+14135550190", "72146",
+        local(2026, 11, 6, 15, 20), local(2026, 11, 6, 17, 11),
+    ),
+    "spine_corrected": (
+        "ACC2026000101", "DM100101", "C", "1000000001", "+14135550123", "72148",
+        local(2026, 11, 3, 10, 15), local(2026, 11, 5, 8, 20),
+    ),
+}  # fmt: skip
+
+BAD_SAMPLES = {
+    # file stem: error type, ERR location, ACK code
+    "bad_no_accession": (MissingField, "OBR-3", "AE"),
+    "bad_no_mrn": (MissingField, "PID-3", "AE"),
+    "bad_birth_date": (InvalidField, "PID-7", "AE"),
+    "bad_wrong_type": (UnsupportedMessage, "MSH-9", "AR"),
+}
+
+# Each heading in report order; the second may be spelled either way.
+REPORT_HEADINGS = (
+    ("EXAM:",),
+    ("CLINICAL HISTORY:", "INDICATION:"),
+    ("TECHNIQUE:",),
+    ("COMPARISON:",),
+    ("FINDINGS:",),
+    ("IMPRESSION:",),
+)
+
+
+def test_every_sample_file_is_covered_and_uses_cr_separators() -> None:
+    files = sorted(SAMPLES.glob("*.hl7"))
+    assert sorted(path.stem for path in files) == sorted([*GOOD_SAMPLES, *BAD_SAMPLES])
+    assert [path.name for path in files if b"\n" in path.read_bytes()] == []
+
+
+@pytest.mark.parametrize(("stem", "expected"), GOOD_SAMPLES.items(), ids=list(GOOD_SAMPLES))
+def test_sample_parses_to_expected_values(stem: str, expected: tuple[object, ...]) -> None:
+    scan = parse(SAMPLES / f"{stem}.hl7")
+
+    assert (
+        scan.accession,
+        scan.mrn,
+        scan.result_status,
+        scan.ordering_provider.identifier if scan.ordering_provider else None,
+        scan.phone_e164,
+        scan.procedure_code,
+        scan.exam_time,
+        scan.result_time,
+    ) == expected
+    assert scan.exam_time.utcoffset() == timedelta(hours=-5)  # type: ignore[union-attr]
+    assert scan.sending_facility == "DEMO_SPINE_NEURO"
+
+
+@pytest.mark.parametrize("stem", list(GOOD_SAMPLES))
+def test_sample_report_keeps_sections_in_order_with_one_line_per_obx(stem: str) -> None:
+    path = SAMPLES / f"{stem}.hl7"
+    lines = parse(path).report_text.split("\n")
+    tx_lines = load(path).count("|TX|")
+
+    positions = [
+        next(i for i, line in enumerate(lines) if line.startswith(spellings))
+        for spellings in REPORT_HEADINGS
+    ]
+    assert positions == sorted(positions)
+    assert len(lines) == tx_lines
+
+
+def test_root_compression_sample_reads_the_full_report() -> None:
+    scan = parse(SAMPLES / "spine_neurology_root_compression.hl7")
+    lines = scan.report_text.split("\n")
+
+    assert scan.patient_name == PersonName(family="Harper", given="Jonah")
+    assert scan.birth_date == date(1978, 4, 12)
+    assert scan.ordering_provider == ProviderRef(
+        identifier="1000000001",
+        name=PersonName(family="Okafor", given="Adaeze"),
+        source_field="OBR-16",
+    )
+    assert scan.procedure_text == "MRI LUMBAR SPINE WITHOUT CONTRAST"
+    assert scan.control_id == "DEMO-ORU-0001"
+    assert scan.coded_items == ()
+    assert lines[0] == "EXAM: MRI LUMBAR SPINE WITHOUT CONTRAST"
+    assert lines[2] == (
+        "TECHNIQUE: Multiplanar multisequence MRI of the lumbar spine without intravenous "
+        "contrast: sagittal T1, T2 & STIR; axial T1 and T2."
+    )
+    assert lines[-3:] == [
+        "IMPRESSION:",
+        "1. Left paracentral L5-S1 disc extrusion with caudal migration compressing the "
+        "descending left S1 nerve root.",
+        "2. Mild L4-5 disc bulge without stenosis.",
+    ]
+
+
+def test_corrected_sample_supersedes_the_original_accession() -> None:
+    original = parse(SAMPLES / "spine_neurology_root_compression.hl7")
+    corrected = parse(SAMPLES / "spine_corrected.hl7")
+    lines = corrected.report_text.split("\n")
+
+    assert (corrected.accession, corrected.mrn) == (original.accession, original.mrn)
+    assert corrected.control_id == "DEMO-ORU-0010"
+    assert lines[0] == "CORRECTED REPORT"
+    assert lines[-1].startswith("ADDENDUM: Laterality corrected on 2026-11-05.")
+    assert "compressing the descending right S1 nerve root." in corrected.report_text
+
+
+def test_spondylolisthesis_sample_carries_coded_impression_items() -> None:
+    scan = parse(SAMPLES / "spine_orthopedics_spondylolisthesis.hl7")
+
+    assert scan.coded_items == (
+        CodedReportItem(system="SCT", code="274152003", display="Spondylolisthesis"),
+        CodedReportItem(system="SCT", code="76107001", display="Spinal stenosis"),
+    )
+    assert scan.report_text.split("\n")[-1] == (
+        "2. Severe bilateral neural foraminal stenosis at L4-5."
+    )
+
+
+def test_sacroiliitis_sample_keeps_the_utf8_patient_name() -> None:
+    scan = parse(SAMPLES / "si_joint_rheumatology_sacroiliitis.hl7")
+
+    assert scan.patient_name == PersonName(family="Núñez", given="Sofía")
+
+
+def test_normal_sample_has_the_rule_out_only_in_the_indication() -> None:
+    lines = parse(SAMPLES / "spine_normal.hl7").report_text.split("\n")
+
+    assert lines[1] == (
+        "INDICATION: Neck pain and intermittent bilateral arm tingling; r/o cord compression."
+    )
+    assert lines[-2:] == [
+        "IMPRESSION:",
+        "No acute abnormality. No disc herniation. No spinal canal stenosis. No cord compression.",
+    ]
+
+
+@pytest.mark.parametrize(("stem", "expected"), BAD_SAMPLES.items(), ids=list(BAD_SAMPLES))
+def test_bad_sample_is_rejected_with_location(
+    stem: str, expected: tuple[type[InboundMessageError], str, str]
+) -> None:
+    error_type, location, ack_code = expected
+
+    with pytest.raises(error_type) as caught:
+        parse(SAMPLES / f"{stem}.hl7")
+
+    assert (caught.value.location, caught.value.ack_code) == (location, ack_code)
+
+
+def test_header_of_a_rejected_message_is_still_readable() -> None:
+    header = message_header(parse_message(load(SAMPLES / "bad_wrong_type.hl7")))
+
+    assert header == MessageHeader(
+        message_type="ADT^A01",
+        trigger="A01",
+        control_id="DEMO-ADT-0001",
+        processing_id="P",
+        version="2.5.1",
+        sending_application="DEMO_RIS",
+        sending_facility="DEMO_SPINE_NEURO",
+        receiving_application="FOLLOWUP",
+        receiving_facility="DEMO_SPINE_NEURO",
+        encoding_characters="|^~\\&",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Public third-party samples (shared/data/hl7)
+
+SR_REPORT_LINES = [
+    "The right kidney is slightly enlarged, but otherwise normal",
+    "There is a small mass in the left lung measuring approximately 3mmx2mm.",
+    "4mmx6mm",
+    "5mmx7mm",
+    "Infiltrate probably representing bronchopneumonia in the rightlower lobe. Also pulmonary "
+    "venous congestion cardiomegaly and cephalization, indicating early congestive heart failure.",
+    "Follow-up with CT of the Abdomen without contrast is recommended in 6 months.",
+    "Patricia R. Smith, MD, requests a consultation to review findings. Contact at "
+    "1-732-123-4567 during normal business hours.",
+    "Patricia R. Smith, MD, requests a feedback regarding whether or not recommended follow-up "
+    "study was ordered. Contact at 1-414-123-4567 during normal business hours.",
+    "Internal technical scan parameters: Organ Characteristic = Abdomen, Body Size = Adult, "
+    "Body Region = Body, X-ray Modulation Type = NONE",
+]
+DCM4CHE_REQUESTER = ProviderRef(
+    identifier="name:RequestingPhysicianFN^RequestingPhysicianGN",
+    name=PersonName(family="RequestingPhysicianFN", given="RequestingPhysicianGN"),
+    source_field="OBR-16",
+)
+
+
+def test_dcm4che_structured_report() -> None:
+    scan = parse(DCM4CHE / "ORU^R01-SR.hl7")
+
+    assert scan == ScanCompleted(
+        accession="FillerOrderNumberImagingServiceRequest",  # a literal placeholder in OBR-3
+        mrn="PID_1",
+        patient_name=PersonName(family="Smith", given="Lucy"),
+        result_status="F",
+        report_text="\n".join(SR_REPORT_LINES),
+        birth_date=date(2014, 10, 14),
+        phone_e164=None,
+        ordering_provider=DCM4CHE_REQUESTER,
+        procedure_code="10637-7",
+        procedure_text="Microscopic Observation",
+        exam_time=local(2022, 3, 24, 19, 30, 57),
+        result_time=None,
+        control_id="1001129",
+        sending_facility="XYZ_RADIOLOGY",
+        coded_items=(
+            CodedReportItem(system="SCT", code="300332007", display="Liver Mass"),
+            CodedReportItem(system="SCT", code="309088003", display="Renal Mass"),
+            CodedReportItem(
+                system="ICD-10", code="C65.2", display="Malignant neoplasm of left renal pelvis"
+            ),
+            CodedReportItem(system="ACR", code="51.71", display="Congestive heartfailure"),
+            CodedReportItem(system="C-110", code="CT10", display="CT of pelvis follow-up"),
+        ),
+    )
+
+
+@pytest.mark.parametrize("name", ["ORU^R01-PDF.hl7", "ORU^R01-CDA.hl7"])
+def test_dcm4che_embedded_documents_and_uids_are_not_report_text(name: str) -> None:
+    scan = parse(DCM4CHE / name)
+
+    assert (scan.accession, scan.mrn, scan.result_status) == (
+        "FillerOrderNumberImagingServiceRequest",
+        "PID_1",
+        "F",
+    )
+    assert scan.report_text == ""
+
+
+def test_dcm4che_legacy_oru_with_status_in_obr24_is_missing_obr25() -> None:
+    with pytest.raises(MissingField) as caught:
+        parse(DCM4CHE / "legacy_ORU^R01.hl7")
+
+    assert caught.value.location == "OBR-25"
+
+
+def test_dcm4che_order_that_lies_about_its_charset_decodes_and_is_rejected() -> None:
+    text = load(DCM4CHE / "OMI^O23-ImagingOrder.hl7")  # declares 8859/1, holds UTF-8
+
+    assert "motor score from 12 –35." in text
+    with pytest.raises(UnsupportedMessage) as caught:
+        parse_oru(text, site_zone=ZONE)
+    assert (caught.value.location, caught.value.ack_code) == ("MSH-9", "AR")
+
+
+def test_dcm4che_general_order_named_orm_is_really_omi() -> None:
+    with pytest.raises(UnsupportedMessage, match=r"OMI\^O23") as caught:
+        parse(DCM4CHE / "ORM^O01-GeneralOrder.hl7")
+
+    assert caught.value.location == "MSH-9"
+
+
+NOT_RESULTS = sorted(
+    [path for path in DCM4CHE.glob("*.hl7") if "ORU" not in path.name]
+    + [path for path in FHIR_CONVERTER.glob("*.hl7") if "ORU" not in path.name]
+)
+
+
+@pytest.mark.parametrize("path", NOT_RESULTS, ids=[p.name for p in NOT_RESULTS])
+def test_orders_schedules_and_adt_are_unsupported(path: Path) -> None:
+    with pytest.raises(UnsupportedMessage) as caught:
+        parse(path)
+
+    assert caught.value.location == "MSH-9"
+
+
+def test_the_shared_samples_are_all_found() -> None:
+    assert len(NOT_RESULTS) == 33  # 12 dcm4che + 21 fhir-converter; a wrong path finds none
+
+
+FHIR_CONVERTER_ORM = sorted(FHIR_CONVERTER.glob("ORM-O01-*.hl7"))
+
+
+@pytest.mark.parametrize("path", FHIR_CONVERTER_ORM, ids=[p.name for p in FHIR_CONVERTER_ORM])
+def test_fhir_converter_byte_order_mark_is_stripped(path: Path) -> None:
+    raw = path.read_bytes()
+    text = decode_message(raw)
+
+    assert raw.startswith(b"\xef\xbb\xbfMSH|")
+    assert text.startswith("MSH|^~\\&|ORDApp|")
+    assert "\n" not in text
+    assert message_header(parse_message(text)).message_type == "ORM^O01"
+
+
+def test_fhir_converter_oru_falls_back_to_the_referring_doctor_in_pv1_8() -> None:
+    scan = parse(FHIR_CONVERTER / "ORU-R01-01.hl7")
+
+    assert (scan.accession, scan.mrn, scan.result_status) == ("986", "14", "F")
+    assert scan.patient_name == PersonName(family="Finn", given="Huckleberry")
+    assert scan.ordering_provider == ProviderRef(
+        identifier="C006",
+        name=PersonName(family="Woolfson", given="Kathleen"),
+        source_field="PV1-8",
+    )
+    assert scan.exam_time == local(2002, 2, 15, 0, 15)  # 200202150730+0215
+    assert scan.result_time == local(2002, 3, 15, 0, 15)
+    assert scan.coded_items == (
+        CodedReportItem(system="SCT", code="27268008", display="Salmonella"),
+    )
+    assert scan.report_text == ""
+
+
+def test_fhir_converter_glucose_result_phone_offset_and_junk_code_system() -> None:
+    scan = parse(FHIR_CONVERTER / "ORU-R01-RMGEAD.hl7")
+
+    assert (scan.accession, scan.mrn, scan.phone_e164) == ("1045813", "555-44-4444", "+12063345232")
+    assert scan.ordering_provider == ProviderRef(
+        identifier="555-55-5555",
+        name=PersonName(family="PRIMARY", given="PATRICIA P"),
+        source_field="OBR-16",
+    )
+    assert scan.exam_time == local(2002, 2, 14, 20, 30)  # 20020215073000+0600
+    assert scan.coded_items == ()  # OBX-3 has a LOINC long name where its system belongs
+
+
+# ---------------------------------------------------------------------------------------------
+# Edge cases on a minimal message
+
+
+def set_field(text: str, segment: str, number: int, value: str) -> str:
+    """Set field `number` (HL7 numbering) of the first `segment` in `text`."""
+    segments = text.split("\r")
+    index = next(i for i, seg in enumerate(segments) if seg.split("|")[0] == segment)
+    fields = segments[index].split("|")
+    position = number - 1 if segment == "MSH" else number  # "|" after MSH is MSH-1
+    fields.extend([""] * (position + 1 - len(fields)))
+    fields[position] = value
+    segments[index] = "|".join(fields)
+    return "\r".join(segments)
+
+
+def minimal(**fields: str) -> str:
+    """A valid ORU^R01; keyword names like OBR_25 override single fields."""
+    text = "\r".join(
+        [
+            "MSH|^~\\&|RIS|DEMO|FOLLOWUP|DEMO|20261103120000||ORU^R01^ORU_R01|CTRL-1|P|2.5.1",
+            "PID|1||MRN1^^^DEMO^MR||Doe^Jane||19800101|F|||||413-555-0111^PRN^CP",
+            "OBR|1|PL1|ACC1|72148^MRI LUMBAR SPINE^C4|||202611031015",
+            "OBX|1|TX|18782-3^Findings^LN|1|FINDINGS: Normal.||||||F",
+        ]
+    )
+    text = set_field(text, "OBR", 16, "1000000001^Okafor^Adaeze")
+    text = set_field(text, "OBR", 25, "F")
+    for key, value in fields.items():
+        segment, number = key.split("_")
+        text = set_field(text, segment, int(number), value)
+    return text
+
+
+def oru(text: str) -> ScanCompleted:
+    return parse_oru(text, site_zone=ZONE)
+
+
+def test_minimal_message_parses() -> None:
+    scan = oru(minimal())
+
+    assert (scan.accession, scan.mrn, scan.result_status, scan.report_text) == (
+        "ACC1",
+        "MRN1",
+        "F",
+        "FINDINGS: Normal.",
+    )
+    assert scan.phone_e164 == "+14135550111"
+
+
+def test_decode_strips_bom_and_normalises_line_ends() -> None:
+    raw = b"\xef\xbb\xbfMSH|^~\\&|A\r\nPID|1\nOBR|1\rOBX|1"
+
+    assert decode_message(raw) == "MSH|^~\\&|A\rPID|1\rOBR|1\rOBX|1"
+
+
+@pytest.mark.parametrize(
+    ("charset", "body", "expected"),
+    [
+        ("8859/1", "Dupré".encode("latin-1"), "Dupré"),
+        ("8859/1", "Dupré".encode(), "Dupré"),  # the dcm4che lie: UTF-8 under an 8859/1 label
+        ("ASCII", "Dupré".encode(), "Dupré"),
+        ("UNICODE UTF-8", "Dupré".encode("latin-1"), "Dupré"),  # invalid UTF-8 → Latin-1
+        ("", "Dupré".encode("latin-1"), "Dupré"),
+        ("8859/15", "€".encode("iso8859-15"), "€"),
+    ],
+)
+def test_decode_uses_msh18_with_fallbacks(charset: str, body: bytes, expected: str) -> None:
+    raw = b"MSH|^~\\&|||||||ORU^R01|1|P|2.5.1||||||" + charset.encode() + b"\rPID|||1||" + body
+
+    assert decode_message(raw).split("||")[-1] == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "PID|1", "MSH", "MSH|", "MSH|^~", "MSH|^^\\&|A", "MSHa^~\\&|"]
+)
+def test_unreadable_text_is_malformed(text: str) -> None:
+    with pytest.raises(MalformedMessage) as caught:
+        parse_oru(text, site_zone=ZONE)
+
+    assert caught.value.location == "MSH"
+
+
+@pytest.mark.parametrize(
+    ("fields", "location"),
+    [
+        ({"MSH_9": "ORU^R30"}, "MSH-9"),
+        ({"MSH_9": "ORU"}, "MSH-9"),
+        ({"MSH_11": "X"}, "MSH-11"),
+        ({"MSH_11": ""}, "MSH-11"),
+        ({"MSH_12": "3.0"}, "MSH-12"),
+    ],
+)
+def test_unsupported_headers_are_rejected(fields: dict[str, str], location: str) -> None:
+    with pytest.raises(UnsupportedMessage) as caught:
+        oru(minimal(**fields))
+
+    assert caught.value.location == location
+
+
+@pytest.mark.parametrize("processing_id", ["P", "T", "D", "T^I"])
+def test_processing_ids_p_t_d_are_accepted(processing_id: str) -> None:
+    assert oru(minimal(MSH_11=processing_id)).accession == "ACC1"
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"OBR_3": "", "OBR_18": "ACC18"}, "ACC18"),
+        ({"OBR_3": "", "OBR_2": "PL2"}, "PL2"),
+        ({"OBR_3": "ACC3^RIS", "OBR_18": "ACC18"}, "ACC3"),
+    ],
+)
+def test_accession_falls_back_from_obr3_to_obr18_to_obr2(
+    fields: dict[str, str], expected: str
+) -> None:
+    assert oru(minimal(**fields)).accession == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "error_type", "location"),
+    [
+        ({"OBR_25": "Q"}, InvalidField, "OBR-25"),
+        ({"OBR_25": ""}, MissingField, "OBR-25"),
+        ({"OBR_24": "F", "OBR_25": ""}, MissingField, "OBR-25"),
+        ({"PID_3": "^^^DEMO^MR"}, MissingField, "PID-3"),
+        ({"PID_7": "1980"}, InvalidField, "PID-7"),
+        ({"PID_7": "1980-01-01"}, InvalidField, "PID-7"),
+        ({"OBR_7": "20261340"}, InvalidField, "OBR-7"),
+        ({"OBR_7": "2026-11-03T10:15"}, InvalidField, "OBR-7"),
+        ({"OBR_7": "202611031015+2500"}, InvalidField, "OBR-7"),
+        ({"OBR_7": "202611031015+0175"}, InvalidField, "OBR-7"),
+        ({"OBR_22": "99991231235959-2300"}, InvalidField, "OBR-22"),  # past year 9999 in UTC
+    ],
+)
+def test_invalid_fields_are_located(
+    fields: dict[str, str], error_type: type[InboundMessageError], location: str
+) -> None:
+    with pytest.raises(error_type) as caught:
+        oru(minimal(**fields))
+
+    assert caught.value.location == location
+
+
+def test_missing_segments_are_located() -> None:
+    no_obr = "\r".join(seg for seg in minimal().split("\r") if not seg.startswith("OBR"))
+    no_pid = "\r".join(seg for seg in minimal().split("\r") if not seg.startswith("PID"))
+    two_obr = minimal() + "\rOBR|2|PL2|ACC2"
+
+    with pytest.raises(MissingField, match="no OBR") as missing_obr:
+        oru(no_obr)
+    with pytest.raises(MissingField, match="no PID") as missing_pid:
+        oru(no_pid)
+    with pytest.raises(UnsupportedMessage, match="2 OBR groups") as two_groups:
+        oru(two_obr)
+
+    assert (missing_obr.value.location, missing_pid.value.location) == ("OBR", "PID-3")
+    assert two_groups.value.location == "OBR"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("20261103", local(2026, 11, 3)),
+        ("202611", local(2026, 11, 1)),
+        ("20261103101512.1234", local(2026, 11, 3, 10, 15, 12, 123400)),
+        ("20261103101512-0800", local(2026, 11, 3, 13, 15, 12)),
+        ("202607011015", datetime(2026, 7, 1, 10, 15, tzinfo=timezone(timedelta(hours=-4)))),
+    ],
+)
+def test_times_are_hl7_dtm_in_the_site_zone(value: str, expected: datetime) -> None:
+    exam_time = oru(minimal(OBR_7=value)).exam_time
+
+    assert exam_time == expected
+    assert exam_time.tzinfo == ZONE  # type: ignore[union-attr]
+
+
+def test_birth_date_takes_the_date_of_a_dtm() -> None:
+    assert oru(minimal(PID_7="198001011230")).birth_date == date(1980, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("phone", "expected"),
+    [
+        ("^PRN^PH^^1^413^5550187~^PRN^CP^^1^413^5550123", "+14135550123"),
+        ("(413)555-0187^PRN^PH~^ORN^CP^^^617^5550142", "+16175550142"),
+        ("(413)555-0187^PRN^PH", "+14135550187"),
+        ("not a phone^PRN^CP~413-555-0187^PRN^PH", "+14135550187"),
+        ("not a phone^PRN^CP", None),
+        ("555-0100^PRN^CP", None),
+        ("", None),
+    ],
+)
+def test_phone_prefers_a_valid_mobile(phone: str, expected: str | None) -> None:
+    assert oru(minimal(PID_13=phone)).phone_e164 == expected
+
+
+def test_phone_region_reads_national_numbers() -> None:
+    text = minimal(PID_13="020 7946 0321^PRN^CP")
+
+    assert parse_oru(text, site_zone=ZONE, phone_region="GB").phone_e164 == "+442079460321"
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (
+            {"OBR_16": "", "ORC_12": "2000000002^Vance^Ruth"},
+            ProviderRef("2000000002", PersonName("Vance", "Ruth"), "ORC-12"),
+        ),
+        (
+            {"OBR_16": "", "PV1_8": "^Stone^Ira", "PV1_7": "3000000003^Attend^Al"},
+            ProviderRef("name:Stone^Ira", PersonName("Stone", "Ira"), "PV1-8"),
+        ),
+        (
+            {"OBR_16": "", "PV1_7": "3000000003"},
+            ProviderRef("3000000003", None, "PV1-7"),
+        ),
+        ({"OBR_16": ""}, None),
+    ],
+)
+def test_ordering_provider_fallbacks(fields: dict[str, str], expected: ProviderRef | None) -> None:
+    text = minimal()
+    segments = text.split("\r")
+    text = "\r".join([*segments[:2], "PV1|1|O", "ORC|RE", *segments[2:]])
+    for key, value in fields.items():
+        segment, number = key.split("_")
+        text = set_field(text, segment, int(number), value)
+
+    assert oru(text).ordering_provider == expected
+
+
+def test_report_text_unescapes_and_splits_lines() -> None:
+    value = "A\\.br\\B \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\H\\bold\\N\\ \\X41\\ \\.sp2\\C ~D \\F"
+    scan = oru(minimal(OBX_2="FT", OBX_5=value))
+
+    assert scan.report_text == "A\nB | ^ & ~ \\ bold A\nC\nD \\F"
+
+
+def test_report_text_keeps_obx_order_and_skips_non_text_types() -> None:
+    text = "\r".join(
+        [
+            minimal(),
+            "OBX|2|ED|18748-4^Diagnostic Imaging Report^LN||^Application^PDF^Base64^JVBERi0=",
+            "OBX|3|RP|18748-4^Report^LN||http://pacs/report.pdf^^AP",
+            "OBX|4|ST|113014^DICOM Study^DCM||1.2.3.4.5",
+            "OBX|5|ST|^SOP Instance UID||1.2.3.4.5.6",
+            "OBX|6|TX|19005-8^Impression^LN|2|IMPRESSION:",
+            "OBX|7|TX|19005-8^Impression^LN|2|1. No acute abnormality.   ",
+            "OBX|8|TX|19005-8^Impression^LN|2|",
+        ]
+    )
+
+    assert oru(text).report_text == "FINDINGS: Normal.\nIMPRESSION:\n1. No acute abnormality.\n"
+
+
+def test_observations_before_the_obr_are_not_part_of_the_report() -> None:
+    segments = minimal().split("\r")
+    text = "\r".join([*segments[:2], "OBX|1|TX|8302-2^Height^LN||not the report", *segments[2:]])
+
+    assert oru(text).report_text == "FINDINGS: Normal."
+
+
+def test_coded_items_from_values_and_finding_identifiers() -> None:
+    text = "\r".join(
+        [
+            minimal(),
+            "OBX|2|CWE|19005-8^Impression^LN|2|L-SPON^Spondylolisthesis^99LOCAL^274152003"
+            "^Spondylolisthesis^SCT",
+            "OBX|3|TX|73589001^Disc herniation^SCT|1|L4-5 protrusion",
+            "OBX|4|CE|18782-3^Findings^LN|1|G35.A^Relapsing-remitting MS^I10~^no code^I10",
+            "OBX|5|TX|18782-3^Findings^LN|1|L5-S1 protrusion",
+            "OBX|6|TX|73589001^Disc herniation^SCT|2|L5-S1 protrusion",
+        ]
+    )
+
+    assert oru(text).coded_items == (
+        CodedReportItem(system="99LOCAL", code="L-SPON", display="Spondylolisthesis"),
+        CodedReportItem(system="SCT", code="274152003", display="Spondylolisthesis"),
+        CodedReportItem(system="SCT", code="73589001", display="Disc herniation"),
+        CodedReportItem(system="I10", code="G35.A", display="Relapsing-remitting MS"),
+    )
+
+
+def test_header_is_read_without_judging_the_content() -> None:
+    text = minimal(MSH_9="ORU", MSH_11="", MSH_12="")
+
+    assert message_header(parse_message(text)) == MessageHeader(
+        message_type="ORU",
+        trigger="",
+        control_id="CTRL-1",
+        processing_id="",
+        version="",
+        sending_application="RIS",
+        sending_facility="DEMO",
+        receiving_application="FOLLOWUP",
+        receiving_facility="DEMO",
+        encoding_characters="|^~\\&",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties: decoding never raises; parsing raises only InboundMessageError
+
+ORU_SOURCES = [
+    DCM4CHE / "ORU^R01-SR.hl7",
+    DCM4CHE / "ORU^R01-PDF.hl7",
+    DCM4CHE / "legacy_ORU^R01.hl7",
+    FHIR_CONVERTER / "ORU-R01-01.hl7",
+    FHIR_CONVERTER / "ORU-R01-RMGEAD.hl7",
+    *(SAMPLES / f"{stem}.hl7" for stem in GOOD_SAMPLES),
+]
+ORU_TEXTS = [load(path) for path in ORU_SOURCES]
+FRAGMENTS = st.text(alphabet="|^~\\&\r\n0123456789.+-TFPCXMSH AZé–", max_size=16)
+
+
+@st.composite
+def mutated_messages(draw: st.DrawFn) -> str:
+    """A real ORU with a few fields replaced and text spliced in, delimiters favoured."""
+    segments = [seg.split("|") for seg in draw(st.sampled_from(ORU_TEXTS)).split("\r")]
+    for _ in range(draw(st.integers(1, 4))):
+        fields = segments[draw(st.integers(0, len(segments) - 1))]
+        fields[draw(st.integers(0, len(fields) - 1))] = draw(FRAGMENTS)
+    text = "\r".join("|".join(fields) for fields in segments)
+    cut = draw(st.integers(0, len(text)))
+    return text[:cut] + draw(FRAGMENTS) + text[cut + draw(st.integers(0, 8)) :]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=512) | st.sampled_from(ORU_SOURCES).map(Path.read_bytes))
+def test_decode_never_raises(raw: bytes) -> None:
+    text = decode_message(raw)
+
+    assert "\n" not in text
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_messages() | st.text(max_size=200))
+def test_parse_oru_raises_only_inbound_message_errors(text: str) -> None:
+    try:
+        scan = parse_oru(text, site_zone=ZONE)
+    except InboundMessageError:
+        return
+    assert scan.accession and scan.mrn and scan.result_status
