@@ -94,11 +94,11 @@ def _seed_demo_clinic(settings: Settings) -> tuple[int, int]:
 
 def _ingest(raw: bytes, settings: Settings, *, source: str) -> dict[str, Any]:
     """The gateway's path: store raw, validate, then run the flow for an accepted message."""
-    from followup import pipeline
+    from followup import intake, pipeline
     from models.db import session_scope
 
     with session_scope(settings.database_url) as session:
-        receipt = pipeline.receive_message(
+        receipt = intake.receive_message(
             session=session, raw=raw, source=source, settings=settings
         )
     if receipt.should_process:

@@ -7,7 +7,6 @@ flows/ only sequences these; the CLI and the tests call the same functions.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,7 +15,7 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session
 
 from followup import routing
-from followup.errors import InboundMessageError, MalformedMessage, UnsupportedMessage
+from followup.errors import InboundMessageError
 from followup.messaging.plan import VisitDetails, plan_booking_messages
 from followup.ris import hl7v2
 from followup.ris.scan import PersonName, ScanCompleted
@@ -30,7 +29,6 @@ from models.tables import (
     Decision,
     Finding,
     ImagingStudy,
-    InboxMessage,
     InboxStatus,
     OutboundMessageBase,
     Patient,
@@ -39,133 +37,6 @@ from models.tables import (
 from models.types import utcnow
 
 ACTOR = "engine"
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """What the receiving edge (MLLP, HTTP, CLI) answers, and whether a flow should run."""
-
-    inbox_id: int
-    status: str
-    ack_code: str  # AA accepted, AE error in content, AR rejected
-    reason: str = ""
-    location: str | None = None
-    accession: str | None = None
-    control_id: str | None = None
-    duplicate_of: int | None = None
-
-    @property
-    def should_process(self) -> bool:
-        return self.status == InboxStatus.RECEIVED
-
-
-def _looks_like_hl7(raw: bytes) -> bool:
-    return raw.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"MSH")
-
-
-def _report_fingerprint(scan: ScanCompleted) -> str:
-    """Same accession, status and text: the same report, whatever the envelope says."""
-    material = "\x1f".join((scan.accession, scan.result_status, scan.report_text))
-    return "report:" + hashlib.sha256(material.encode()).hexdigest()[:56]
-
-
-def receive_message(
-    *, session: Session, raw: bytes, source: str, settings: Settings, peer: str | None = None
-) -> Receipt:
-    """Store the raw message durably, then validate it and detect duplicates.
-
-    The raw row is committed before anything is parsed, so even input that crashes the
-    parser is kept; every outcome is written back to that row.
-    """
-    row = queries.store_inbox_message(session=session, raw=raw, source=source, peer=peer)
-    assert row.id is not None
-    if not _looks_like_hl7(raw):
-        return _reject(
-            session, row, MalformedMessage("not an HL7 v2 message (no MSH segment at the start)")
-        )
-    row.content_type = "hl7v2"
-    try:
-        message = hl7v2.parse_message(hl7v2.decode_message(raw))
-        header = hl7v2.message_header(message)
-    except InboundMessageError as error:
-        return _reject(session, row, error)
-    row.sender = f"{header.sending_application}|{header.sending_facility}"
-    row.control_id = header.control_id or None
-    row.message_type = header.message_type
-
-    if row.control_id:
-        original = queries.find_original_message(
-            session=session, sender=row.sender, control_id=row.control_id, before_id=row.id
-        )
-        if original is not None:
-            return _duplicate(session, row, original)
-    try:
-        scan = hl7v2.parse_oru(
-            hl7v2.decode_message(raw),
-            site_zone=settings.site_zone,
-            phone_region=settings.default_phone_region,
-        )
-    except InboundMessageError as error:
-        return _reject(session, row, error)
-    row.accession = scan.accession
-    row.content_hash = _report_fingerprint(scan)
-    same_report = queries.find_same_content(
-        session=session, digest=row.content_hash, before_id=row.id
-    )
-    if same_report is not None and same_report.status != InboxStatus.ERROR:
-        return _duplicate(session, row, same_report)
-    session.add(row)
-    session.commit()
-    return Receipt(
-        inbox_id=row.id,
-        status=row.status,
-        ack_code="AA",
-        accession=scan.accession,
-        control_id=row.control_id,
-    )
-
-
-def _reject(session: Session, row: InboxMessage, error: InboundMessageError) -> Receipt:
-    assert row.id is not None
-    row.status = (
-        InboxStatus.REJECTED if isinstance(error, UnsupportedMessage) else InboxStatus.ERROR
-    )
-    row.error = error.reason
-    row.error_location = error.location
-    session.add(row)
-    session.commit()
-    return Receipt(
-        inbox_id=row.id,
-        status=row.status,
-        ack_code=error.ack_code,
-        reason=error.reason,
-        location=error.location,
-        control_id=row.control_id,
-    )
-
-
-def _duplicate(session: Session, row: InboxMessage, original: InboxMessage) -> Receipt:
-    """A resend gets the original's answer and summary; no work is redone."""
-    assert row.id is not None
-    row.status = InboxStatus.DUPLICATE
-    row.duplicate_of_id = original.id
-    row.accession = original.accession
-    row.summary = original.summary
-    row.error = original.error
-    row.error_location = original.error_location
-    session.add(row)
-    session.commit()
-    ack_code = {InboxStatus.REJECTED: "AR", InboxStatus.ERROR: "AE"}.get(original.status, "AA")
-    return Receipt(
-        inbox_id=row.id,
-        status=row.status,
-        ack_code=ack_code,
-        reason=original.error or "",
-        location=original.error_location,
-        accession=original.accession,
-        control_id=row.control_id,
-        duplicate_of=original.id,
-    )
 
 
 # --- the scan-completed steps ------------------------------------------------------------------
@@ -285,7 +156,9 @@ def record_decision(
     )
 
 
-def referral_reasons(decision: routing.Decision, rules: RoutingRules) -> dict[str, tuple[str, bool]]:
+def referral_reasons(
+    decision: routing.Decision, rules: RoutingRules
+) -> dict[str, tuple[str, bool]]:
     """specialty → (the decision's explanation for it, whether it rests on uncertain findings)."""
     reasons: dict[str, tuple[str, bool]] = {}
     for specialty in decision.referrals:
@@ -370,16 +243,19 @@ def book_follow_up(
                 detail={"study_id": recorded.study_id, "slot_id": slot.id},
             )
             return BookingOutcome(appointment.id, None, f"booked in the {window.tier} window")
-    local = f"{window.earliest.date()}–{(window.latest.date())}"
-    return _unbookable(
-        session, study, f"no free slot with the ordering provider in the {window.tier} window {local}"
-    )
+    days = f"{window.earliest.date()}–{window.latest.date()}"
+    reason = f"no free slot with the ordering provider in the {window.tier} window {days}"
+    return _unbookable(session, study, reason)
 
 
 def _unbookable(session: Session, study: ImagingStudy, reason: str) -> BookingOutcome:
     assert study.id is not None
     escalation = queries.record_escalation(
-        session=session, study_id=study.id, kind="unbookable", reason=reason, target="scheduler-queue"
+        session=session,
+        study_id=study.id,
+        kind="unbookable",
+        reason=reason,
+        target="scheduler-queue",
     )
     return BookingOutcome(None, escalation.id, reason)
 
@@ -484,20 +360,21 @@ def summarize(*, session: Session, inbox_id: int) -> dict[str, Any]:
         {"id": e.id, "kind": e.kind, "status": e.status, "target": e.target}
         for e in queries.escalations_for_study(session=session, study_id=study.id)
     ]
-    summary["scheduled_messages"] = (
-        [
-            {
-                "kind": m.kind,
-                "scheduled_for": m.scheduled_for.isoformat(),
-                "status": m.status,
-                "segments": m.segments,
-                "body": m.body,
-            }
-            for m in queries.messages_for_appointment(session=session, appointment_id=appointment.id)  # type: ignore[arg-type]
-        ]
-        if appointment
+    messages = (
+        queries.messages_for_appointment(session=session, appointment_id=appointment.id)
+        if appointment is not None and appointment.id is not None
         else []
     )
+    summary["scheduled_messages"] = [
+        {
+            "kind": m.kind,
+            "scheduled_for": m.scheduled_for.isoformat(),
+            "status": m.status,
+            "segments": m.segments,
+            "body": m.body,
+        }
+        for m in messages
+    ]
     return summary
 
 
@@ -543,6 +420,9 @@ def scheduler_markdown(summary: dict[str, Any]) -> str:
     """What a scheduler sees in the Prefect UI: accession, initials, times; no names or text."""
     decision = summary.get("decision") or {}
     appointment = summary.get("appointment")
+    follow_up = (
+        f"{appointment['start']} with {appointment['provider']}" if appointment else "not booked"
+    )
     lines = [
         f"# Scan {summary['accession']} ({summary.get('patient_initials', '')})",
         "",
@@ -554,7 +434,7 @@ def scheduler_markdown(summary: dict[str, Any]) -> str:
         f"| referrals | {', '.join(decision.get('referrals', [])) or 'none'} |",
         f"| additional testing | {', '.join(decision.get('additional_testing', [])) or 'none'} |",
         f"| needs review | {'yes' if decision.get('needs_review') else 'no'} |",
-        f"| follow-up | {appointment['start'] + ' with ' + appointment['provider'] if appointment else 'not booked'} |",
+        f"| follow-up | {follow_up} |",
         f"| messages scheduled | {len(summary.get('scheduled_messages', []))} |",
         f"| rules version | {decision.get('rules_version', '-')} |",
     ]
