@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,21 @@ DEMO_MESSAGES = (
 )
 
 err = Console(stderr=True)
+
+# Defaults for running Prefect from this command without a configured server: a temporary
+# local server whose first start (migrating its own SQLite) can take a while on a cold machine,
+# state kept under var/, and no telemetry attempts from an offline clinic network.
+PREFECT_DEFAULTS = {
+    "PREFECT_HOME": str(PROJECT_ROOT / "var" / "prefect"),
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+@app.callback()
+def _prefect_environment() -> None:
+    for name, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def _read_input(path: str) -> bytes:
@@ -98,9 +114,7 @@ def _ingest(raw: bytes, settings: Settings, *, source: str) -> dict[str, Any]:
     from models.db import session_scope
 
     with session_scope(settings.database_url) as session:
-        receipt = intake.receive_message(
-            session=session, raw=raw, source=source, settings=settings
-        )
+        receipt = intake.receive_message(session=session, raw=raw, source=source, settings=settings)
     if receipt.should_process:
         from flows.scan_completed import scan_completed
 
@@ -142,30 +156,40 @@ def demo() -> None:
         raw = restamp_for_today((DEMO_MESSAGES_DIR / name).read_bytes(), now=now)
         err.print(f"ingesting {name}")
         rows.append(_ingest(raw, settings, source="demo"))
-    Console().print(demo_table(rows, settings))
+    # Wide enough for the table even when stdout is not a terminal (CI logs, pipes).
+    console = Console()
+    console.width = max(console.width, 150)
+    console.print(demo_table(rows, settings))
 
 
 def demo_table(rows: list[dict[str, Any]], settings: Settings) -> Table:
     table = Table(title="Demo: scan-completed messages through the engine")
-    for column in ("accession", "urgency", "referrals", "follow-up", "messages", "escalations"):
-        table.add_column(column)
+    for column in (
+        "accession",
+        "urgency",
+        "referrals",
+        "testing",
+        "follow-up",
+        "SMS",
+        "escalations",
+    ):
+        table.add_column(column, no_wrap=column in ("accession", "follow-up"))
     for row in rows:
         decision = row.get("decision") or {}
         appointment = row.get("appointment")
         when = (
             datetime.fromisoformat(appointment["start"])
             .astimezone(settings.site_zone)
-            .strftime("%a %Y-%m-%d %H:%M")
-            + f" {appointment['provider']}"
+            .strftime("%a %Y-%m-%d %H:%M ")
+            + appointment["provider"]
             if appointment
             else "-"
         )
         table.add_row(
             str(row.get("accession")),
             ("CRITICAL " if decision.get("critical") else "") + str(decision.get("urgency", "-")),
-            ", ".join(decision.get("referrals", []))
-            or ", ".join(decision.get("additional_testing", []))
-            or "-",
+            ", ".join(decision.get("referrals", [])) or "-",
+            ", ".join(decision.get("additional_testing", [])) or "-",
             when,
             str(len(row.get("scheduled_messages", []))),
             ", ".join(e["kind"] for e in row.get("escalations", [])) or "-",

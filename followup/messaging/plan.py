@@ -10,8 +10,19 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import phonenumbers
+
 from followup.messaging.policy import apply_caps, next_allowed_send_time, reminder_send_times
 from followup.messaging.render import format_visit_time, render_sms
+
+
+def display_phone(e164: str) -> str:
+    """A callback number as patients dial it: national format for the number's own country."""
+    try:
+        number = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return e164
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +59,7 @@ def plan_booking_messages(
     shown_zone = zone or site_zone
     base_context: dict[str, object] = {
         "clinic_name": visit.clinic_name,
-        "clinic_phone": visit.clinic_phone,
+        "clinic_phone": display_phone(visit.clinic_phone),
         "provider_name": visit.provider_name,
         "visit_time": format_visit_time(visit.start, shown_zone, language),
     }
