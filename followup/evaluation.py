@@ -1,0 +1,174 @@
+"""Measure the classifier on a labelled corpus of reports (tests/corpus/*.jsonl).
+
+A case is `{"id", "text", "expected": {"urgency", "critical", "referrals", "additional_testing",
+"needs_review"}}`. The report gives per-specialty precision/recall, critical recall (the number
+that matters most: a missed cord compression is harm) and exact-decision accuracy (all five
+fields right), and lists every case that was not exactly right.
+
+    python -m followup.evaluation tests/corpus/dev.jsonl [--rules PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from followup.routing import Decision, classify_reports
+from followup.rules import SPECIALTIES, RoutingRules, load_rules
+from followup.settings import get_settings
+
+_FIELDS = ("urgency", "critical", "referrals", "additional_testing", "needs_review")
+
+
+@dataclass(frozen=True, slots=True)
+class SpecialtyScore:
+    specialty: str
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+
+    @property
+    def precision(self) -> float:
+        predicted = self.true_positives + self.false_positives
+        return self.true_positives / predicted if predicted else 1.0
+
+    @property
+    def recall(self) -> float:
+        actual = self.true_positives + self.false_negatives
+        return self.true_positives / actual if actual else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class WrongCase:
+    id: str
+    text: str
+    expected: dict[str, Any]
+    got: dict[str, Any]
+    explanations: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class EvalReport:
+    cases: int
+    exact: int
+    critical_expected: int
+    critical_found: int
+    critical_false_alarms: int
+    review_expected: int
+    review_found: int
+    specialties: list[SpecialtyScore]
+    wrong: list[WrongCase]
+
+    @property
+    def exact_accuracy(self) -> float:
+        return self.exact / self.cases if self.cases else 1.0
+
+    @property
+    def critical_recall(self) -> float:
+        return self.critical_found / self.critical_expected if self.critical_expected else 1.0
+
+
+def load_cases(path: Path) -> list[dict[str, Any]]:
+    cases = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            case = json.loads(line)
+            if set(case) != {"id", "text", "expected"} or set(case["expected"]) != set(_FIELDS):
+                raise ValueError(
+                    f"{path}:{number}: a case is {{id, text, expected{{{', '.join(_FIELDS)}}}}}"
+                )
+            cases.append(case)
+    return cases
+
+
+def evaluate(cases: Iterable[Mapping[str, Any]], rules: RoutingRules) -> EvalReport:
+    cases = list(cases)
+    decisions = classify_reports((case["text"] for case in cases), rules)
+    counts = {specialty: [0, 0, 0] for specialty in sorted(SPECIALTIES)}
+    exact = critical_expected = critical_found = false_alarms = 0
+    review_expected = review_found = 0
+    wrong = []
+    for case, decision in zip(cases, decisions, strict=True):
+        expected = _normalized(case["expected"])
+        got = _normalized(_fields(decision))
+        for specialty, tally in counts.items():
+            want, have = specialty in expected["referrals"], specialty in got["referrals"]
+            tally[0] += want and have
+            tally[1] += have and not want
+            tally[2] += want and not have
+        critical_expected += expected["critical"]
+        critical_found += expected["critical"] and got["critical"]
+        false_alarms += got["critical"] and not expected["critical"]
+        review_expected += expected["needs_review"]
+        review_found += expected["needs_review"] and got["needs_review"]
+        if got == expected:
+            exact += 1
+        else:
+            wrong.append(
+                WrongCase(case["id"], case["text"], expected, got, list(decision.explanations))
+            )
+    return EvalReport(
+        cases=len(cases),
+        exact=exact,
+        critical_expected=critical_expected,
+        critical_found=critical_found,
+        critical_false_alarms=false_alarms,
+        review_expected=review_expected,
+        review_found=review_found,
+        specialties=[SpecialtyScore(name, *tally) for name, tally in counts.items()],
+        wrong=wrong,
+    )
+
+
+def format_report(report: EvalReport) -> str:
+    lines = [
+        f"cases                  {report.cases}",
+        f"exact decisions        {report.exact}/{report.cases} = {report.exact_accuracy:.1%}",
+        f"critical recall        {report.critical_found}/{report.critical_expected}"
+        f" = {report.critical_recall:.1%}  (false alarms: {report.critical_false_alarms})",
+        f"needs_review recall    {report.review_found}/{report.review_expected}",
+        "",
+        f"{'specialty':<18}{'precision':>10}{'recall':>8}{'tp':>5}{'fp':>5}{'fn':>5}",
+    ]
+    for score in report.specialties:
+        lines.append(
+            f"{score.specialty:<18}{score.precision:>10.1%}{score.recall:>8.1%}"
+            f"{score.true_positives:>5}{score.false_positives:>5}{score.false_negatives:>5}"
+        )
+    for case in report.wrong:
+        differing = [f for f in _FIELDS if case.expected[f] != case.got[f]]
+        lines += ["", f"WRONG {case.id}: {case.text[:160]!r}"]
+        lines += [f"  {f}: expected {case.expected[f]!r}, got {case.got[f]!r}" for f in differing]
+        lines += [f"  | {line}" for line in case.explanations]
+    return "\n".join(lines)
+
+
+def _fields(decision: Decision) -> dict[str, Any]:
+    return {field: getattr(decision, field) for field in _FIELDS}
+
+
+def _normalized(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "urgency": values["urgency"],
+        "critical": bool(values["critical"]),
+        "referrals": sorted(values["referrals"]),
+        "additional_testing": sorted(values["additional_testing"]),
+        "needs_review": bool(values["needs_review"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("corpus", type=Path, help="JSONL file of labelled reports")
+    parser.add_argument("--rules", type=Path, help="rules file (default: FOLLOWUP_RULES_PATH)")
+    args = parser.parse_args(argv)
+    rules = load_rules(args.rules or get_settings().rules_path)
+    print(format_report(evaluate(load_cases(args.corpus), rules)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Findings + rules → a decision: urgency, critical, referrals, suggested tests, review flag.
+
+Policy (DOMAIN.md §2–4), with the rules file supplying every clinical fact:
+- A finding counts when it is asserted: not negated, historical or hypothetical. An uncertain
+  finding counts ("cord compression cannot be excluded" escalates; an uncertain herniation is
+  referred, flagged `uncertain`).
+- The most urgent tier wins; several referrals are possible; a critical finding makes the
+  decision critical (emergent: escalate now, never a routine booking).
+- A finding is not routed when a rule it is `superseded_by` is asserted in the same sentence or
+  at the same spinal level (a herniation compressing the S1 root goes to neurology, not also to
+  pain management); a critical superseding finding with no level given covers the whole report.
+- Nondiagnostic studies suggest additional testing; normal or incidental-only reports refer to
+  no one and stay routine.
+- A human must read the report (`needs_review`) when abnormal language matched no rule, a code
+  is unknown, a concept is both asserted and negated at the same place, a critical finding is
+  only asked about ("evaluate for epidural abscess"), or there is no routable text at all.
+  The engine never turns "don't know" into a silent routine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from followup.findings import (
+    CODED,
+    CodedItem,
+    Finding,
+    analyze_report,
+    analyze_reports,
+    findings_from_codes,
+    levels_overlap,
+    same_place,
+)
+from followup.rules import TIERS, RoutingRules
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    urgency: str  # "emergent" | "urgent" | "routine"
+    critical: bool
+    referrals: list[str]  # sorted, ⊆ the contract's four specialties
+    additional_testing: list[str]
+    needs_review: bool
+    findings: list[Finding]  # every recognised finding, negated ones included (flagged)
+    rules_version: str
+    explanations: list[str]  # one sentence per referral, escalation, suggestion, review reason
+
+    def to_contract(self) -> dict[str, Any]:
+        """The design's JSON contract (`followup classify`), plus the explanations."""
+        return {
+            "urgency": self.urgency,
+            "critical": self.critical,
+            "referrals": list(self.referrals),
+            "additional_testing": list(self.additional_testing),
+            "needs_review": self.needs_review,
+            "findings": [
+                {
+                    "label": finding.label,
+                    "text": finding.text,
+                    "negated": finding.negated,
+                    "uncertain": finding.uncertain,
+                    "section": finding.section,
+                }
+                for finding in self.findings
+            ],
+            "rules_version": self.rules_version,
+            "explanations": list(self.explanations),
+        }
+
+
+def classify_report(
+    text: str, rules: RoutingRules, coded_items: Iterable[CodedItem] = ()
+) -> Decision:
+    """Route one report text (and the RIS's coded items for it, if any)."""
+    analysis = analyze_report(text, rules)
+    decision = decide(
+        analysis.findings, rules, coded_findings=findings_from_codes(coded_items, rules)
+    )
+    return decision if analysis.routed_sections else _no_routable_text(decision, rules)
+
+
+def classify_reports(
+    texts: Iterable[str], rules: RoutingRules, *, batch_size: int = 64
+) -> list[Decision]:
+    """Route many report texts in one batched pass through the NLP pipeline."""
+    decisions = []
+    for analysis in analyze_reports(texts, rules, batch_size=batch_size):
+        decision = decide(analysis.findings, rules)
+        decisions.append(
+            decision if analysis.routed_sections else _no_routable_text(decision, rules)
+        )
+    return decisions
+
+
+def decide(
+    findings: Sequence[Finding], rules: RoutingRules, *, coded_findings: Sequence[Finding] = ()
+) -> Decision:
+    """Apply the routing policy (module docstring) to a report's findings."""
+    version = f"v{rules.version}"
+    rule_of = {rule.label: rule for rule in rules.rules}
+    everything = [*findings, *coded_findings]
+    known = [finding for finding in everything if finding.label in rule_of]
+    asserted = [finding for finding in known if _asserted(finding)]
+    routed = [finding for finding in asserted if _covering(finding, asserted, rules) is None]
+
+    tier = max((TIERS.index(rule_of[f.label].tier) for f in routed), default=0)
+    critical = any(rule_of[f.label].critical for f in routed)
+    referrals = sorted({specialty for f in routed for specialty in rule_of[f.label].referrals})
+    testing = list(
+        dict.fromkeys(test for f in routed for test in rule_of[f.label].additional_testing)
+    )
+
+    explanations = []
+    if critical:
+        explanations.append(
+            f"emergent: {_describe(f for f in routed if rule_of[f.label].critical)}; "
+            f"escalate to the ordering provider now, {version}"
+        )
+    elif TIERS[tier] == "urgent":
+        urgent = (f for f in routed if rule_of[f.label].tier == "urgent")
+        explanations.append(f"urgent: {_describe(urgent)}, {version}")
+    for specialty in referrals:
+        supporting = (f for f in routed if specialty in rule_of[f.label].referrals)
+        explanations.append(f"{specialty}: {_describe(supporting)}, {version}")
+    if testing:
+        reasons = (f for f in routed if rule_of[f.label].additional_testing)
+        explanations.append(
+            f"additional testing: {_describe(reasons)}; suggest {', '.join(testing)}, {version}"
+        )
+    if not referrals:
+        explanations.append(
+            f"no referral: no finding calls for a specialist; follow-up with the ordering "
+            f"provider, {version}"
+        )
+    for finding in asserted:
+        cover = _covering(finding, asserted, rules)
+        if cover is not None:
+            explanations.append(
+                f"not routed separately: '{finding.text}' ({finding.label}) is covered by "
+                f"'{cover.text}' ({cover.label}), {version}"
+            )
+    review = _review_reasons(everything, known, asserted, rules)
+    explanations += [f"needs review: {reason}, {version}" for reason in review]
+    return Decision(
+        urgency=TIERS[tier],
+        critical=critical,
+        referrals=referrals,
+        additional_testing=testing,
+        needs_review=bool(review),
+        findings=known,
+        rules_version=rules.version,
+        explanations=explanations,
+    )
+
+
+def _asserted(finding: Finding) -> bool:
+    """Present for routing; an uncertain finding is present (DOMAIN.md §4)."""
+    return not (finding.negated or finding.historical or finding.hypothetical)
+
+
+def _covering(finding: Finding, asserted: Sequence[Finding], rules: RoutingRules) -> Finding | None:
+    """The asserted finding that supersedes this one, if any (module docstring)."""
+    superseders = rules.rule(finding.label).superseded_by
+    for other in asserted:
+        if other.label not in superseders:
+            continue
+        same_sentence = (
+            other.section == finding.section != CODED and other.sentence == finding.sentence
+        )
+        known_levels_meet = bool(other.levels and finding.levels) and levels_overlap(
+            other.levels, finding.levels
+        )
+        critical_here = rules.rule(other.label).critical and same_place(
+            other.levels, finding.levels
+        )
+        if same_sentence or known_levels_meet or critical_here:
+            return other
+    return None
+
+
+def _review_reasons(
+    everything: Sequence[Finding],
+    known: Sequence[Finding],
+    asserted: Sequence[Finding],
+    rules: RoutingRules,
+) -> list[str]:
+    reasons = []
+    for finding in everything:
+        if finding not in known and _asserted(finding):
+            reasons.append(f"'{finding.text}' in {finding.section} matched no rule")
+    denied = [f for f in known if f.negated and not (f.historical or f.hypothetical)]
+    conflicted: set[str] = set()
+    for finding in asserted:
+        for negation in denied:
+            if (
+                negation.label == finding.label
+                and finding.label not in conflicted
+                and _same_concept(negation.text, finding.text)
+                # "No X" with no level denies X everywhere; "no X at C3-4" only there.
+                and (not negation.levels or levels_overlap(negation.levels, finding.levels))
+            ):
+                conflicted.add(finding.label)
+                reasons.append(
+                    f"'{finding.text}' is both asserted and negated in {finding.section}"
+                )
+    asserted_labels = {f.label for f in asserted}
+    for finding in known:
+        if (
+            finding.hypothetical
+            and not finding.negated
+            and rules.rule(finding.label).critical
+            and finding.label not in asserted_labels
+        ):
+            reasons.append(
+                f"critical finding '{finding.text}' is raised only as a question in "
+                f"{finding.section}"
+            )
+    return list(dict.fromkeys(reasons))
+
+
+def _no_routable_text(decision: Decision, rules: RoutingRules) -> Decision:
+    reason = (
+        "needs review: the report has no IMPRESSION, FINDINGS or unheaded text to route, "
+        f"v{rules.version}"
+    )
+    return dataclasses.replace(
+        decision, needs_review=True, explanations=[*decision.explanations, reason]
+    )
+
+
+def _describe(findings: Iterable[Finding]) -> str:
+    """ "'cord compression' in IMPRESSION matched rule cord_compression (uncertain); ..." """
+    parts: dict[str, None] = {}
+    for finding in findings:
+        part = f"'{finding.text}' in {finding.section} matched rule {finding.label}"
+        if finding.qualifier:
+            part += f" (with '{finding.qualifier}')"
+        if finding.uncertain:
+            part += " (uncertain)"
+        parts[part] = None
+    return "; ".join(parts)
+
+
+def _same_concept(a: str, b: str) -> bool:
+    """One wording contains the other ("spondylolisthesis" / "grade 1 spondylolisthesis");
+    different words under one rule ("metastasis" / "pathologic fracture") are not a conflict."""
+    words_a, words_b = _words(a), _words(b)
+    return words_a <= words_b or words_b <= words_a
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", text.lower()))
