@@ -5,12 +5,11 @@ A case is `{"id", "text", "expected": {"urgency", "critical", "referrals", "addi
 that matters most: a missed cord compression is harm) and exact-decision accuracy (all five
 fields right), and lists every case that was not exactly right.
 
-    python -m followup.evaluation tests/corpus/dev.jsonl [--rules PATH]
+    followup eval tests/corpus/dev.jsonl
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from followup.routing import Decision, classify_reports
-from followup.rules import SPECIALTIES, RoutingRules, load_rules
-from followup.settings import get_settings
+from followup.rules import SPECIALTIES, RoutingRules
 
 _FIELDS = ("urgency", "critical", "referrals", "additional_testing", "needs_review")
 
@@ -159,16 +157,3 @@ def _normalized(values: Mapping[str, Any]) -> dict[str, Any]:
         "additional_testing": sorted(values["additional_testing"]),
         "needs_review": bool(values["needs_review"]),
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("corpus", type=Path, help="JSONL file of labelled reports")
-    parser.add_argument("--rules", type=Path, help="rules file (default: FOLLOWUP_RULES_PATH)")
-    args = parser.parse_args(argv)
-    rules = load_rules(args.rules or get_settings().rules_path)
-    print(format_report(evaluate(load_cases(args.corpus), rules)))
-
-
-if __name__ == "__main__":
-    main()
