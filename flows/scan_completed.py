@@ -3,28 +3,31 @@
 The flow only sequences tasks; every task calls one step of `followup.pipeline` in its own
 transaction. Flow and tasks are async: a sync flow pays about a second at exit for its
 heartbeat thread, and sync tasks cost ~20 ms each against ~2 ms for async ones.
-Database tasks retry (I/O); the pure classification does not.
+Database and API tasks retry twice (I/O); the pure classification does not.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
-from prefect import flow, task
+from prefect import flow, get_client, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
+from flows.daily_worklist import daily_worklist
+from flows.hooks import publish_needs_attention
 from followup import pipeline, routing
+from followup.redaction import install_redaction
 from followup.ris.scan import ScanCompleted
 from followup.rules import load_rules
 from followup.settings import Settings, get_settings
 from models.db import session_scope
 from models.types import utcnow
 
-DB_RETRIES = {"retries": 2, "retry_delay_seconds": 1}
 
-
-@task(name="load-scan", cache_policy=NO_CACHE, **DB_RETRIES)
+@task(name="load-scan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 async def load_scan(inbox_id: int, settings: Settings) -> ScanCompleted:
     with session_scope(settings.database_url) as session:
         return pipeline.load_scan(session=session, inbox_id=inbox_id, settings=settings)
@@ -37,7 +40,19 @@ async def classify(scan: ScanCompleted, settings: Settings) -> routing.Decision:
     )
 
 
-@task(name="record-decision", cache_policy=NO_CACHE, **DB_RETRIES)
+@task(name="tag-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+async def tag_run(tags: list[str]) -> None:
+    """Route and urgency tags, so schedulers can filter runs in the UI."""
+    current_id = flow_run.get_id()
+    if current_id is None:
+        return
+    run_id = UUID(current_id)
+    async with get_client() as client:
+        current = await client.read_flow_run(run_id)
+        await client.update_flow_run(run_id, tags=sorted(set(current.tags) | set(tags)))
+
+
+@task(name="record-decision", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 async def record_decision(
     inbox_id: int, scan: ScanCompleted, decision: routing.Decision, settings: Settings
 ) -> pipeline.RecordedStudy:
@@ -51,7 +66,7 @@ async def record_decision(
         )
 
 
-@task(name="book-follow-up", cache_policy=NO_CACHE, **DB_RETRIES)
+@task(name="book-follow-up", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 async def book_follow_up(
     recorded: pipeline.RecordedStudy, settings: Settings
 ) -> pipeline.BookingOutcome:
@@ -59,7 +74,7 @@ async def book_follow_up(
         return pipeline.book_follow_up(session=session, recorded=recorded, settings=settings)
 
 
-@task(name="schedule-reminders", cache_policy=NO_CACHE, **DB_RETRIES)
+@task(name="schedule-reminders", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 async def schedule_reminders(appointment_id: int, settings: Settings) -> list[int]:
     with session_scope(settings.database_url) as session:
         return pipeline.schedule_reminders(
@@ -67,13 +82,13 @@ async def schedule_reminders(appointment_id: int, settings: Settings) -> list[in
         )
 
 
-@task(name="finish", cache_policy=NO_CACHE, **DB_RETRIES)
+@task(name="finish", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 async def finish(inbox_id: int, held: bool, settings: Settings) -> dict[str, Any]:
     with session_scope(settings.database_url) as session:
         return pipeline.finish(session=session, inbox_id=inbox_id, held=held)
 
 
-@task(name="mark-failed", cache_policy=NO_CACHE, **DB_RETRIES)
+@task(name="mark-failed", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 async def mark_failed(inbox_id: int, error: Exception, settings: Settings) -> None:
     with session_scope(settings.database_url) as session:
         pipeline.fail(session=session, inbox_id=inbox_id, error=error)
@@ -88,16 +103,24 @@ async def publish_summary(summary: dict[str, Any]) -> None:
     )
 
 
-@flow(name="scan-completed", flow_run_name="scan-{accession}", log_prints=False)
+@flow(
+    name="scan-completed",
+    flow_run_name="scan-{accession}",
+    log_prints=False,
+    on_failure=[publish_needs_attention],
+    on_crashed=[publish_needs_attention],
+)
 async def scan_completed(inbox_id: int, accession: str = "") -> dict[str, Any]:
     """Process one stored scan-completed message (the inbox row is the durable record).
 
     `accession` only names the run; the accession processed is the one in the stored message.
     """
     settings = get_settings()
+    install_redaction("", "prefect")
     try:
         scan = await load_scan(inbox_id, settings)
         decision = await classify(scan, settings)
+        await tag_run(pipeline.run_tags(decision, site=settings.site_code))
         recorded = await record_decision(inbox_id, scan, decision, settings)
         if not recorded.held:
             booking = await book_follow_up(recorded, settings)
@@ -108,4 +131,7 @@ async def scan_completed(inbox_id: int, accession: str = "") -> dict[str, Any]:
         await mark_failed(inbox_id, error, settings)
         raise
     await publish_summary(summary)
+    if summary.get("escalations"):
+        # Escalations must not wait for the 07:00 refresh of the schedulers' tables.
+        await daily_worklist()
     return summary

@@ -83,6 +83,20 @@ def classify(
     typer.echo(json.dumps(decision.to_contract(), indent=2))
 
 
+@app.command("eval")
+def evaluate_corpus(
+    corpus: Annotated[
+        Path, typer.Argument(help="JSONL of labelled reports")
+    ] = PROJECT_ROOT / "tests" / "corpus" / "test.jsonl",
+) -> None:
+    """Per-specialty precision/recall, critical recall and the wrong cases on a labelled corpus."""
+    from followup.evaluation import evaluate, format_report, load_cases
+    from followup.rules import load_rules
+
+    report = evaluate(load_cases(corpus), load_rules(get_settings().rules_path))
+    typer.echo(format_report(report))
+
+
 @app.command("seed-demo")
 def seed_demo() -> None:
     """Create the demo clinic: 5 providers with business-hours slots for 4 weeks."""
@@ -195,6 +209,443 @@ def demo_table(rows: list[dict[str, Any]], settings: Settings) -> Table:
             ", ".join(e["kind"] for e in row.get("escalations", [])) or "-",
         )
     return table
+
+
+@app.command()
+def serve() -> None:
+    """Run the engine: local Prefect server, MLLP and HTTP gateways, served flows (Ctrl-C stops)."""
+    import logging
+
+    from followup.gateway.serve import serve_engine
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per runner poll otherwise
+    serve_engine(get_settings())
+
+
+# --- provider calendars and booking operations ---------------------------------------------
+
+providers_app = typer.Typer(
+    help="Provider calendars, availability and closures.", no_args_is_help=True
+)
+appointments_app = typer.Typer(help="Cancel and reschedule follow-ups.", no_args_is_help=True)
+waitlist_app = typer.Typer(help="Waitlist offers of freed slots.", no_args_is_help=True)
+referrals_app = typer.Typer(help="Closed-loop referral tracking.", no_args_is_help=True)
+app.add_typer(providers_app, name="providers")
+app.add_typer(appointments_app, name="appointments")
+app.add_typer(waitlist_app, name="waitlist")
+app.add_typer(referrals_app, name="referrals")
+
+HORIZON_DAYS = 56  # how far ahead slots are laid from the providers' weekly hours
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def _closed_days(settings: Settings, session: Any) -> frozenset[Any]:
+    from models import booking
+
+    year = datetime.now(settings.site_zone).year
+    return booking.site_closed_days(session=session, settings=settings, years=range(year, year + 2))
+
+
+def _aware(value: str, settings: Settings) -> datetime:
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=settings.site_zone)
+
+
+@providers_app.command("import")
+def providers_import(
+    paths: Annotated[list[Path], typer.Argument(help="CSV files and FHIR Schedule/Slot JSON")],
+    days: Annotated[
+        int, typer.Option(help="days of slots to lay from weekly hours")
+    ] = HORIZON_DAYS,
+) -> None:
+    """Import providers, weekly hours and availability; print what was stored and skipped."""
+    from dataclasses import asdict
+
+    from followup.calendars import CalendarImportError, read_calendar_files
+    from models import booking
+    from models.db import migrate, session_scope
+
+    settings = get_settings()
+    try:
+        data = read_calendar_files(paths)
+    except CalendarImportError as error:
+        err.print(f"[red]import refused[/red]: {error}")
+        raise typer.Exit(code=1) from error
+    migrate(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        report = booking.import_calendars(
+            session=session,
+            data=data,
+            first_day=datetime.now(settings.site_zone).date(),
+            days=days,
+            closed_days=_closed_days(settings, session),
+        )
+    _print_json(asdict(report))
+
+
+@providers_app.command("slots")
+def providers_slots(
+    days: Annotated[int, typer.Option(help="days ahead to lay slots for")] = HORIZON_DAYS,
+) -> None:
+    """Lay (or bring in line) every active provider's slots from their calendars."""
+    from sqlmodel import select
+
+    from models import booking
+    from models.db import migrate, session_scope
+    from models.tables import Provider
+
+    settings = get_settings()
+    migrate(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        closed = _closed_days(settings, session)
+        providers = session.exec(select(Provider).where(Provider.active)).all()
+        totals = {"providers": len(providers), "created": 0, "blocked": 0, "reopened": 0}
+        for provider in providers:
+            assert provider.id is not None
+            sync = booking.materialize_slots(
+                session=session,
+                provider_id=provider.id,
+                first_day=datetime.now(settings.site_zone).date(),
+                days=days,
+                closed_days=closed,
+            )
+            totals["created"] += sync.created
+            totals["blocked"] += sync.blocked
+            totals["reopened"] += sync.reopened
+    _print_json(totals)
+
+
+@providers_app.command("block")
+def providers_block(
+    npi: str,
+    start: Annotated[str, typer.Argument(help="ISO time; site time zone when no offset")],
+    end: Annotated[str, typer.Argument(help="ISO time; site time zone when no offset")],
+    reason: Annotated[str, typer.Option(help="why (vacation, conference, ...)")] = "",
+) -> None:
+    """Block a provider's time; prints the appointments that now need moving."""
+    from sqlmodel import select
+
+    from models import booking
+    from models.db import migrate, session_scope
+    from models.tables import Provider
+
+    settings = get_settings()
+    migrate(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        provider = session.exec(select(Provider).where(Provider.npi == npi)).first()
+        if provider is None or provider.id is None:
+            err.print(f"[red]no provider with NPI {npi}[/red]")
+            raise typer.Exit(code=1)
+        change = booking.add_blocked_period(
+            session=session,
+            provider_id=provider.id,
+            start=_aware(start, settings),
+            end=_aware(end, settings),
+            reason=reason,
+            actor="cli",
+        )
+    _print_json({"slots_blocked": change.blocked_slots, "conflicts": list(change.conflicts)})
+
+
+@providers_app.command("close")
+def providers_close(
+    day: Annotated[str, typer.Argument(help="YYYY-MM-DD, a day the whole site is closed")],
+    reason: Annotated[str, typer.Option(help="why (snow day, training, ...)")] = "",
+) -> None:
+    """Close the site for a day on top of the public holidays."""
+    from datetime import date
+
+    from models import booking
+    from models.db import migrate, session_scope
+
+    settings = get_settings()
+    migrate(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        change = booking.add_site_closure(
+            session=session,
+            day=date.fromisoformat(day),
+            reason=reason,
+            zone=settings.site_zone,
+            actor="cli",
+        )
+    _print_json(
+        {"already_closed": True}
+        if change is None
+        else {"slots_blocked": change.blocked_slots, "conflicts": list(change.conflicts)}
+    )
+
+
+@appointments_app.command("cancel")
+def appointments_cancel(
+    appointment_id: int, reason: Annotated[str, typer.Option(help="why")] = "cancelled"
+) -> None:
+    """Cancel an appointment: frees the slot (offered to the waitlist), cancels unsent SMS."""
+    from models import booking
+    from models.db import session_scope
+
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        result = booking.cancel_appointment(
+            session=session, appointment_id=appointment_id, reason=reason, actor="cli"
+        )
+        summary = {
+            "appointment": appointment_id,
+            "status": result.appointment.status,
+            "messages_cancelled": result.messages_cancelled,
+            "offer": result.offer.id if result.offer else None,
+        }
+    _print_json(summary)
+
+
+@appointments_app.command("reschedule")
+def appointments_reschedule(
+    appointment_id: int, reason: Annotated[str, typer.Option(help="why")] = "patient asked"
+) -> None:
+    """Move a follow-up to the next fitting slot in its window, or escalate."""
+    from models import booking
+    from models.db import session_scope
+
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        result = booking.reschedule_appointment(
+            session=session,
+            appointment_id=appointment_id,
+            reason=reason,
+            settings=settings,
+            actor="cli",
+        )
+        summary = {
+            "previous": appointment_id,
+            "appointment": result.appointment.id if result.appointment else None,
+            "start": result.appointment.start if result.appointment else None,
+            "escalation": result.escalation_id,
+            "reason": result.reason,
+        }
+    _print_json(summary)
+
+
+@waitlist_app.command("expire")
+def waitlist_expire() -> None:
+    """Expire unanswered offers, offer their slots onwards, lapse closed windows."""
+    from models import booking
+    from models.db import session_scope
+    from models.types import utcnow
+
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        offers = booking.expire_offers(session=session, now=utcnow(), actor="cli")
+        summary = [{"offer": o.id, "slot": o.slot_id, "expires_at": o.expires_at} for o in offers]
+    _print_json(summary)
+
+
+@referrals_app.command("overdue")
+def referrals_overdue() -> None:
+    """Open referrals still without an appointment past their tier's allowance."""
+    from models import booking
+    from models.db import session_scope
+    from models.types import utcnow
+
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        rows = [
+            {
+                "referral": r.id,
+                "study": r.study_id,
+                "specialty": r.specialty,
+                "status": r.status,
+                "opened": r.created_at,
+            }
+            for r in booking.overdue_referrals(session=session, now=utcnow())
+        ]
+    _print_json(rows)
+
+
+@referrals_app.command("move")
+def referrals_move(
+    referral_id: int,
+    status: Annotated[str, typer.Argument(help="sent, accepted, declined, scheduled, ...")],
+    reason: Annotated[str, typer.Option(help="why")] = "",
+    scheduled_for: Annotated[str | None, typer.Option(help="appointment time (scheduled)")] = None,
+    actor: Annotated[str, typer.Option(help="who made the change")] = "cli",
+) -> None:
+    """Move a referral to its next state; illegal moves are refused."""
+    from followup.referrals import IllegalReferralTransition
+    from models import booking
+    from models.db import session_scope
+
+    settings = get_settings()
+    try:
+        with session_scope(settings.database_url) as session:
+            referral = booking.transition_referral(
+                session=session,
+                referral_id=referral_id,
+                to=status,
+                actor=actor,
+                reason=reason,
+                scheduled_for=_aware(scheduled_for, settings) if scheduled_for else None,
+            )
+            summary = {"referral": referral.id, "status": referral.status}
+    except IllegalReferralTransition as error:
+        err.print(f"[red]refused[/red]: {error}")
+        raise typer.Exit(code=1) from error
+    _print_json(summary)
+
+
+# --- SMS: templates check and dispatch ---------------------------------------------------------
+
+templates_app = typer.Typer(help="Patient SMS templates.", no_args_is_help=True)
+sms_app = typer.Typer(help="Patient SMS outbox.", no_args_is_help=True)
+app.add_typer(templates_app, name="templates")
+app.add_typer(sms_app, name="sms")
+
+# Sample values for `templates check`: a fixed visit (Tue Dec 8, 9:30 in New York) and an offer
+# deadline the day before, so the printed texts and segment counts do not change between runs.
+SAMPLE_VISIT = datetime.fromisoformat("2026-12-08T14:30:00+00:00")
+SAMPLE_OFFER_DEADLINE = datetime.fromisoformat("2026-12-07T22:00:00+00:00")
+SAMPLE_PROVIDER = "Dr. Okafor"
+
+
+@templates_app.command("check")
+def templates_check() -> None:
+    """Render every template with sample values: encoding, segments, and no clinical words.
+
+    Exits 1 when a template does not render or its text holds a word of the PHI deny-list.
+    """
+    from followup.errors import TemplateProblem
+    from followup.messaging.plan import display_phone
+    from followup.messaging.policy import phi_terms_in
+    from followup.messaging.render import SMS_KINDS, format_visit_time, render_sms
+
+    settings = get_settings()
+    table = Table(title=f"SMS templates in {settings.templates_dir / 'sms'}")
+    for column in ("language", "template", "encoding", "segments", "chars", "check", "text"):
+        table.add_column(column, no_wrap=column != "text")
+    problems = 0
+    for folder in sorted(p for p in (settings.templates_dir / "sms").iterdir() if p.is_dir()):
+        language = folder.name
+        for kind in sorted(SMS_KINDS):
+            for days in settings.reminder_days_before if kind == "reminder" else [None]:
+                context: dict[str, object] = {
+                    "clinic_name": settings.site_name,
+                    "clinic_phone": display_phone(settings.clinic_phone),
+                    "provider_name": SAMPLE_PROVIDER,
+                    "visit_time": format_visit_time(SAMPLE_VISIT, settings.site_zone, language),
+                    "offer_expires": format_visit_time(
+                        SAMPLE_OFFER_DEADLINE, settings.site_zone, language
+                    ),
+                    "days_before": days,
+                }
+                name = kind if days is None else f"{kind} ({days} d)"
+                source = folder / f"{kind}.j2"
+                try:
+                    rendered = render_sms(
+                        kind, language, context, templates_dir=settings.templates_dir
+                    )
+                    if not source.exists():
+                        raise TemplateProblem(f"missing: falls back to {rendered.language}")
+                    if terms := phi_terms_in(source.read_text(encoding="utf-8")):
+                        raise TemplateProblem(f"clinical terms in the template source: {terms}")
+                except TemplateProblem as problem:
+                    problems += 1
+                    table.add_row(language, name, "-", "-", "-", "[red]FAIL[/red]", str(problem))
+                    continue
+                table.add_row(
+                    language,
+                    name,
+                    rendered.encoding,
+                    str(rendered.segments),
+                    str(len(rendered.body)),
+                    "ok",
+                    rendered.body,
+                )
+    console = Console()
+    console.width = max(console.width, 160)
+    console.print(table)
+    if problems:
+        err.print(f"[red]{problems} template problem(s)[/red]")
+        raise typer.Exit(code=1)
+
+
+@sms_app.command("dispatch")
+def sms_dispatch(
+    max_seconds: Annotated[
+        float, typer.Option(help="stop claiming new messages after this long")
+    ] = 50.0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="mark due messages dry_run, send nothing")
+    ] = False,
+) -> None:
+    """Send the SMS that are due now (what the dispatch-reminders deployment runs each minute)."""
+    from followup.messaging.dispatch import Dispatcher, DispatchPolicy
+    from followup.messaging.sender import DryRunSender, build_sender
+    from models import messaging_queries
+    from models.db import migrate, session_scope
+
+    settings = get_settings()
+    migrate(settings.database_url)
+    dispatcher = Dispatcher(
+        database_url=settings.database_url,
+        sender=DryRunSender() if dry_run else build_sender(settings),
+        policy=DispatchPolicy.from_settings(settings),
+    )
+    report = dispatcher.run(max_seconds=max_seconds)
+    with session_scope(settings.database_url) as session:
+        statuses = messaging_queries.message_counts_by_status(session=session)
+    _print_json({"run": report.as_dict(), "outbox": statuses})
+
+
+# --- the schedulers' worklist and escalations -------------------------------------------------
+
+escalations_app = typer.Typer(help="Escalations that wait for a person.", no_args_is_help=True)
+app.add_typer(escalations_app, name="escalations")
+
+
+@escalations_app.command("ack")
+def escalations_ack(
+    escalation_id: Annotated[int, typer.Argument(help="escalation id (see `followup worklist`)")],
+    by: Annotated[str, typer.Option(help="who acknowledges (name or user id)")],
+) -> None:
+    """Acknowledge an escalation: it stops re-notifying and leaves the open list."""
+    from models import worklist
+    from models.db import session_scope
+    from models.types import utcnow
+
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        try:
+            escalation = worklist.acknowledge_escalation(
+                session=session, escalation_id=escalation_id, by=by, now=utcnow()
+            )
+        except LookupError as error:
+            err.print(f"[red]{error}[/red]")
+            raise typer.Exit(code=1) from error
+        typer.echo(
+            f"escalation {escalation.id} ({escalation.kind}) acknowledged by "
+            f"{escalation.acknowledged_by} at {escalation.acknowledged_at:%Y-%m-%d %H:%M} UTC"
+        )
+
+
+@app.command("worklist")
+def show_worklist() -> None:
+    """Print the schedulers' worklist tables (the same ones published as Prefect artifacts)."""
+    from flows.daily_worklist import gather_worklist
+
+    settings = get_settings()
+    console = Console()
+    for table in asyncio.run(gather_worklist.fn(settings)):
+        view = Table(title=table.description)
+        columns = list(table.rows[0]) if table.rows else ["status"]
+        for column in columns:
+            view.add_column(column)
+        for row in table.rows or [{"status": "nothing to do"}]:
+            view.add_row(*(row[column] for column in columns))
+        console.print(view)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,52 @@
 """Intake: what every receiving edge (MLLP, HTTP, CLI) does with an inbound message.
 
 Store the raw bytes durably first, then validate, detect duplicates and decide the answer.
+
+Rules, and why:
+
+* The raw row is committed before the message is validated, so even input that crashes the
+  parser is kept; every outcome is written back to that row. Only MSH is read before that
+  commit, so that the row's sender and MSH-10 are committed with it, before the duplicate
+  check: two copies of one message arriving at once on two connections see each other (the
+  later row is the duplicate). A failure reading MSH is answered after the commit.
+* A duplicate (same sender and MSH-10, or the same accession, status and text) gets the
+  original's answer and starts nothing. The answer is the original ACK: an intake rejection is
+  remembered in the row's summary (`ack_code`, `error_kind`); a row that failed later, in the
+  flow, was answered AA and is answered AA again.
+* Results (ORU^R01, FHIR DiagnosticReport) are accepted as `received`, for a flow run to claim,
+  except: a cancelled result (X) has nothing to route, and a preliminary (P) arriving after the
+  study's final or corrected report is stale; both are stored and answered AA with no run.
+  A corrected report (C) has new text, so it is new content and runs again; a preliminary
+  before any final runs too, and the flow holds it unless critical (DOMAIN.md §5).
+* Orders (ORM^O01, OMI^O23) and ADT (A04, A08, A31) update the patient (phone, language, name)
+  and the study's ordering provider, and start no flow: `processed` at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any
 
 from sqlmodel import Session
 
-from followup.errors import InboundMessageError, MalformedMessage, UnsupportedMessage
-from followup.ris import hl7v2
+from followup.errors import InboundMessageError, InvalidField, MalformedMessage, UnsupportedMessage
+from followup.ris import fhir, hl7v2, updates
+from followup.ris.hl7v2 import MessageHeader
 from followup.ris.scan import ScanCompleted
 from followup.settings import Settings
-from models import queries
+from models import inbox_queries, queries
 from models.tables import InboxMessage, InboxStatus
+from models.types import utcnow
+
+RESULT_TYPE = "ORU^R01"
+_FINAL_STATUSES = {"F", "C"}
+# Column sizes of InboxMessage / ImagingStudy: longer values are refused or cut, not crashed on.
+_ACCESSION_LENGTH = 64
+_CONTROL_ID_LENGTH = 199
+_SENDER_LENGTH = 255
+_MESSAGE_TYPE_LENGTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +58,11 @@ class Receipt:
     ack_code: str  # AA accepted, AE error in content, AR rejected
     reason: str = ""
     location: str | None = None
+    error_kind: str | None = None  # InboundMessageError subclass name of a rejection
     accession: str | None = None
     control_id: str | None = None
     duplicate_of: int | None = None
+    header: MessageHeader | None = None  # HL7 v2 only: what the ACK echoes
 
     @property
     def should_process(self) -> bool:
@@ -49,81 +82,242 @@ def _report_fingerprint(scan: ScanCompleted) -> str:
 def receive_message(
     *, session: Session, raw: bytes, source: str, settings: Settings, peer: str | None = None
 ) -> Receipt:
-    """Store the raw message durably, then validate it and detect duplicates.
-
-    The raw row is committed before anything is parsed, so even input that crashes the
-    parser is kept; every outcome is written back to that row.
-    """
-    row = queries.store_inbox_message(session=session, raw=raw, source=source, peer=peer)
-    assert row.id is not None
-    if not _looks_like_hl7(raw):
-        return _reject(
-            session, row, MalformedMessage("not an HL7 v2 message (no MSH segment at the start)")
-        )
-    row.content_type = "hl7v2"
-    try:
-        message = hl7v2.parse_message(hl7v2.decode_message(raw))
-        header = hl7v2.message_header(message)
-    except InboundMessageError as error:
-        return _reject(session, row, error)
-    row.sender = f"{header.sending_application}|{header.sending_facility}"
-    row.control_id = header.control_id or None
-    row.message_type = header.message_type
-
+    """Store one HL7 v2 message durably, then validate it and detect duplicates."""
+    text, header, problem = "", None, None
+    if _looks_like_hl7(raw):
+        text = hl7v2.decode_message(raw)
+        try:
+            header = _peek_header(text)
+        except Exception as exc:  # answered (or raised) once the raw bytes are stored
+            problem = exc
+    row = inbox_queries.store_message(
+        session=session,
+        raw=raw,
+        source=source,
+        peer=peer,
+        content_type="hl7v2" if text else "unknown",
+        sender=_sender(header),
+        control_id=(header.control_id[:_CONTROL_ID_LENGTH] or None) if header else None,
+        message_type=header.message_type[:_MESSAGE_TYPE_LENGTH] if header else None,
+    )
+    if not text:
+        not_hl7 = MalformedMessage("not an HL7 v2 message (no MSH segment at the start)")
+        return _reject(session, row, not_hl7)
+    if isinstance(problem, InboundMessageError):
+        return _reject(session, row, problem)
+    if problem is not None:
+        raise problem
+    assert header is not None and row.sender is not None
     if row.control_id:
-        original = queries.find_original_message(
-            session=session, sender=row.sender, control_id=row.control_id, before_id=row.id
+        original = inbox_queries.original_message(
+            session=session, sender=row.sender, control_id=row.control_id, before_id=_id(row)
         )
         if original is not None:
-            return _duplicate(session, row, original)
+            return _duplicate(session, row, original, header)
+    if header.message_type in updates.UPDATE_TYPES:
+        return _apply_update(session, row, text, settings, header)
+    if header.message_type != RESULT_TYPE:
+        accepted = ", ".join([RESULT_TYPE, *sorted(updates.UPDATE_TYPES)])
+        unsupported = UnsupportedMessage(
+            f"message type {header.message_type or '(empty)'} is not one of {accepted}",
+            location="MSH-9",
+        )
+        return _reject(session, row, unsupported, header)
     try:
         scan = hl7v2.parse_oru(
-            hl7v2.decode_message(raw),
-            site_zone=settings.site_zone,
-            phone_region=settings.default_phone_region,
+            text, site_zone=settings.site_zone, phone_region=settings.default_phone_region
+        )
+    except InboundMessageError as error:
+        return _reject(session, row, error, header)
+    return _accept_result(session, row, scan, header=header, accession_location="OBR-3")
+
+
+def _peek_header(text: str) -> MessageHeader:
+    """MSH, read before the raw row is stored so one commit holds both.
+
+    MSH alone is parsed: parsing is most of the cost, and parse_oru parses the whole message.
+    The header fields must be committed with the row, before the duplicate check, so that two
+    copies arriving at once on two connections see each other (the later row is the duplicate).
+    """
+    return hl7v2.message_header(hl7v2.parse_message(text.lstrip().partition("\r")[0]))
+
+
+def _sender(header: MessageHeader | None) -> str | None:
+    if header is None:
+        return None
+    return f"{header.sending_application}|{header.sending_facility}"[:_SENDER_LENGTH]
+
+
+def receive_fhir(
+    *, session: Session, raw: bytes, source: str, settings: Settings, peer: str | None = None
+) -> Receipt:
+    """Store one FHIR DiagnosticReport or Bundle durably, then validate it and deduplicate.
+
+    The report's identifier, status and text are its idempotency key: the same report posted
+    again is a duplicate, a corrected one (new status or text) is new content.
+    """
+    row = queries.store_inbox_message(session=session, raw=raw, source=source, peer=peer)
+    row.content_type = "fhir"
+    try:
+        report = fhir.parse_report(
+            raw, site_zone=settings.site_zone, phone_region=settings.default_phone_region
         )
     except InboundMessageError as error:
         return _reject(session, row, error)
+    row.sender = "fhir"
+    row.control_id = report.identifier[:_CONTROL_ID_LENGTH]
+    row.message_type = report.resource_path.partition(".")[0]
+    return _accept_result(
+        session, row, report.scan, accession_location=f"{report.resource_path}.identifier"
+    )
+
+
+def receive_unterminated(
+    *, session: Session, raw: bytes, source: str, peer: str | None = None
+) -> Receipt:
+    """A frame cut off by the end of its connection: kept as an error row, never processed.
+
+    Its end may be missing, so even a message that parses is not trusted. MSH is read only to
+    address the answer; MSH-10 is not recorded, so the sender's complete resend is not taken
+    for a duplicate of this fragment.
+    """
+    row = queries.store_inbox_message(session=session, raw=raw, source=source, peer=peer)
+    header = None
+    if _looks_like_hl7(raw):
+        row.content_type = "hl7v2"
+        with suppress(InboundMessageError):
+            header = hl7v2.message_header(hl7v2.parse_message(hl7v2.decode_message(raw)))
+    cut_off = MalformedMessage("the frame ended without the MLLP end block; it may be cut off")
+    return _reject(session, row, cut_off, header)
+
+
+def parse_stored(row: InboxMessage, settings: Settings) -> ScanCompleted:
+    """Re-read an accepted result from its raw bytes, whichever protocol brought it."""
+    if row.content_type == "fhir":
+        return fhir.parse_report(
+            row.raw, site_zone=settings.site_zone, phone_region=settings.default_phone_region
+        ).scan
+    return hl7v2.parse_oru(
+        hl7v2.decode_message(row.raw),
+        site_zone=settings.site_zone,
+        phone_region=settings.default_phone_region,
+    )
+
+
+def _id(row: InboxMessage) -> int:
+    assert row.id is not None  # set by the commit in store_inbox_message
+    return row.id
+
+
+def _accept_result(
+    session: Session,
+    row: InboxMessage,
+    scan: ScanCompleted,
+    *,
+    accession_location: str,
+    header: MessageHeader | None = None,
+) -> Receipt:
+    if len(scan.accession) > _ACCESSION_LENGTH:
+        too_long = InvalidField(
+            f"accession is longer than {_ACCESSION_LENGTH} characters",
+            location=accession_location,
+        )
+        return _reject(session, row, too_long, header)
     row.accession = scan.accession
     row.content_hash = _report_fingerprint(scan)
     same_report = queries.find_same_content(
-        session=session, digest=row.content_hash, before_id=row.id
+        session=session, digest=row.content_hash, before_id=_id(row)
     )
     if same_report is not None and same_report.status != InboxStatus.ERROR:
-        return _duplicate(session, row, same_report)
+        return _duplicate(session, row, same_report, header)
+    note = _no_run_reason(session, scan)
+    if note:
+        _finish_without_run(row, {"note": note})
     session.add(row)
     session.commit()
     return Receipt(
-        inbox_id=row.id,
+        inbox_id=_id(row),
         status=row.status,
         ack_code="AA",
         accession=scan.accession,
         control_id=row.control_id,
+        header=header,
     )
 
 
-def _reject(session: Session, row: InboxMessage, error: InboundMessageError) -> Receipt:
-    assert row.id is not None
+def _no_run_reason(session: Session, scan: ScanCompleted) -> str | None:
+    if scan.result_status == "X":
+        return "cancelled result: nothing to route"
+    if scan.result_status == "P":
+        current = inbox_queries.report_status(session=session, accession=scan.accession)
+        if current in _FINAL_STATUSES:
+            return f"preliminary after a {current} report: kept, not routed"
+    return None
+
+
+def _apply_update(
+    session: Session, row: InboxMessage, text: str, settings: Settings, header: MessageHeader
+) -> Receipt:
+    try:
+        update = updates.parse_update(text, phone_region=settings.default_phone_region)
+    except InboundMessageError as error:
+        return _reject(session, row, error, header)
+    changed = inbox_queries.apply_ris_update(session=session, update=update)
+    row.accession = (update.accession or "")[:_ACCESSION_LENGTH] or None
+    provider = update.ordering_provider.identifier if update.ordering_provider else None
+    _finish_without_run(row, {"updated": changed, "ordering_provider": provider})
+    session.add(row)
+    session.commit()
+    return Receipt(
+        inbox_id=_id(row),
+        status=row.status,
+        ack_code="AA",
+        accession=row.accession,
+        control_id=row.control_id,
+        header=header,
+    )
+
+
+def _finish_without_run(row: InboxMessage, summary: dict[str, Any]) -> None:
+    row.status = InboxStatus.PROCESSED
+    row.processed_at = utcnow()
+    row.summary = summary
+
+
+def _reject(
+    session: Session,
+    row: InboxMessage,
+    error: InboundMessageError,
+    header: MessageHeader | None = None,
+) -> Receipt:
     row.status = (
         InboxStatus.REJECTED if isinstance(error, UnsupportedMessage) else InboxStatus.ERROR
     )
     row.error = error.reason
     row.error_location = error.location
+    # Remembered for a resend, which must get this very answer (see the module docstring).
+    row.summary = {"ack_code": error.ack_code, "error_kind": type(error).__name__}
     session.add(row)
     session.commit()
     return Receipt(
-        inbox_id=row.id,
+        inbox_id=_id(row),
         status=row.status,
         ack_code=error.ack_code,
         reason=error.reason,
         location=error.location,
+        error_kind=type(error).__name__,
         control_id=row.control_id,
+        header=header,
     )
 
 
-def _duplicate(session: Session, row: InboxMessage, original: InboxMessage) -> Receipt:
+def _duplicate(
+    session: Session,
+    row: InboxMessage,
+    original: InboxMessage,
+    header: MessageHeader | None,
+) -> Receipt:
     """A resend gets the original's answer and summary; no work is redone."""
-    assert row.id is not None
     row.status = InboxStatus.DUPLICATE
     row.duplicate_of_id = original.id
     row.accession = original.accession
@@ -132,14 +326,16 @@ def _duplicate(session: Session, row: InboxMessage, original: InboxMessage) -> R
     row.error_location = original.error_location
     session.add(row)
     session.commit()
-    ack_code = {InboxStatus.REJECTED: "AR", InboxStatus.ERROR: "AE"}.get(original.status, "AA")
+    remembered = original.summary or {}
     return Receipt(
-        inbox_id=row.id,
+        inbox_id=_id(row),
         status=row.status,
-        ack_code=ack_code,
-        reason=original.error or "",
-        location=original.error_location,
+        ack_code=remembered.get("ack_code", "AA"),
+        reason=(original.error or "") if "ack_code" in remembered else "",
+        location=original.error_location if "ack_code" in remembered else None,
+        error_kind=remembered.get("error_kind"),
         accession=original.accession,
         control_id=row.control_id,
         duplicate_of=original.id,
+        header=header,
     )

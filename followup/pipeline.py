@@ -20,12 +20,11 @@ from followup.messaging.plan import VisitDetails, plan_booking_messages
 from followup.ris import hl7v2
 from followup.ris.scan import PersonName, ScanCompleted
 from followup.rules import RoutingRules
-from followup.scheduling import EMERGENT, WindowPolicy, booking_window, site_holidays
+from followup.scheduling import EMERGENT, WindowPolicy, booking_window
 from followup.settings import Settings
-from models import queries
+from models import booking, queries
 from models.tables import (
     Appointment,
-    AppointmentKind,
     Decision,
     Finding,
     ImagingStudy,
@@ -186,13 +185,13 @@ class BookingOutcome:
 def book_follow_up(
     *, session: Session, recorded: RecordedStudy, settings: Settings
 ) -> BookingOutcome:
-    """Book the first free slot with the ordering provider in the tier's window, or escalate.
-
-    Idempotent: a study that already holds an active follow-up keeps it.
+    """Book the follow-up in the tier's window: ordering provider, else their covering provider,
+    else another provider of the practice; else waitlist the patient and escalate to the
+    schedulers' queue. Idempotent: a study that already holds an active follow-up keeps it.
     """
     study = session.get(ImagingStudy, recorded.study_id)
     assert study is not None
-    existing = queries.active_follow_up(session=session, study_id=recorded.study_id)
+    existing = booking.active_follow_up(session=session, study_id=recorded.study_id)
     if existing is not None:
         return BookingOutcome(existing.id, None, "already booked")
     if recorded.urgency == EMERGENT:
@@ -206,16 +205,16 @@ def book_follow_up(
             else "no exam or result time to count the window from"
         )
         return _unbookable(session, study, reason)
-    zone = settings.site_zone
+    closed_days = booking.site_closed_days(
+        session=session,
+        settings=settings,
+        years=range(study.final_at.year, study.final_at.year + 2),
+    )
     window = booking_window(
         study.final_at,
         recorded.urgency,
-        zone=zone,
-        closed_days=site_holidays(
-            settings.site_country,
-            settings.site_subdivision,
-            range(study.final_at.year, study.final_at.year + 2),
-        ),
+        zone=settings.site_zone,
+        closed_days=closed_days,
         policy=WindowPolicy(
             routine_min_days=settings.routine_window_min_days,
             routine_max_days=settings.routine_window_max_days,
@@ -223,39 +222,49 @@ def book_follow_up(
         ),
     )
     assert window is not None
-    for slot in queries.free_slots(
-        session=session, provider_id=recorded.ordering_provider_id, window=window
-    ):
-        appointment = queries.claim_slot(
-            session=session,
-            slot=slot,
-            patient_id=recorded.patient_id,
-            study_id=recorded.study_id,
-            kind=AppointmentKind.FOLLOW_UP,
-        )
-        if appointment is not None:
-            queries.audit(
-                session=session,
-                actor=ACTOR,
-                action="appointment.booked",
-                entity="appointment",
-                entity_id=appointment.id,
-                detail={"study_id": recorded.study_id, "slot_id": slot.id},
-            )
-            return BookingOutcome(appointment.id, None, f"booked in the {window.tier} window")
-    days = f"{window.earliest.date()}–{window.latest.date()}"
-    reason = f"no free slot with the ordering provider in the {window.tier} window {days}"
-    return _unbookable(session, study, reason)
+    patient = session.get(Patient, recorded.patient_id)
+    assert patient is not None
+    result = booking.book_with_fallback(
+        session=session,
+        patient_id=recorded.patient_id,
+        study_id=recorded.study_id,
+        ordering_provider_id=recorded.ordering_provider_id,
+        window=window,
+        closed_days=closed_days,
+        preferences=booking.patient_preferences(patient),
+        actor=ACTOR,
+    )
+    if result.booked is not None:
+        return BookingOutcome(result.booked.appointment_id, None, result.reason)
+    booking.add_to_waitlist(
+        session=session,
+        patient_id=recorded.patient_id,
+        study_id=recorded.study_id,
+        provider_id=recorded.ordering_provider_id,
+        window=window,
+        reason=result.reason,
+        actor=ACTOR,
+    )
+    return _unbookable(session, study, f"{result.reason}; waitlisted for a freed slot")
 
 
 def _unbookable(session: Session, study: ImagingStudy, reason: str) -> BookingOutcome:
+    """Escalate to the schedulers' queue; the reason says what was tried and why it failed."""
     assert study.id is not None
     escalation = queries.record_escalation(
         session=session,
         study_id=study.id,
         kind="unbookable",
         reason=reason,
-        target="scheduler-queue",
+        target=booking.SCHEDULER_QUEUE,
+    )
+    queries.audit(
+        session=session,
+        actor=ACTOR,
+        action="booking.escalated",
+        entity="study",
+        entity_id=study.id,
+        detail={"escalation_id": escalation.id, "reason": reason},
     )
     return BookingOutcome(None, escalation.id, reason)
 
@@ -337,7 +346,7 @@ def summarize(*, session: Session, inbox_id: int) -> dict[str, Any]:
         PersonName(patient.family_name, patient.given_name).initials if patient else ""
     )
     decision = queries.current_decision(session=session, study_id=study.id)
-    appointment = queries.active_follow_up(session=session, study_id=study.id)
+    appointment = booking.active_follow_up(session=session, study_id=study.id)
     summary["decision"] = (
         {
             "urgency": decision.urgency,
@@ -408,6 +417,16 @@ def fail(*, session: Session, inbox_id: int, error: Exception) -> None:
     row.error = str(error)
     row.error_location = error.location if isinstance(error, InboundMessageError) else None
     session.add(row)
+
+
+def run_tags(decision: routing.Decision, *, site: str) -> list[str]:
+    """`route:<specialty>` per referral (or the ordering provider), `urgency:<tier>`, `site:`."""
+    routes = list(decision.referrals) or ["ordering-provider"]
+    if decision.critical:
+        routes.append("critical-escalation")
+    if decision.needs_review:
+        routes.append("needs-review")
+    return [*(f"route:{route}" for route in routes), f"urgency:{decision.urgency}", f"site:{site}"]
 
 
 def artifact_key(accession: str) -> str:

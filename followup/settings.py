@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     mllp_port: int = Field(default=2575, validation_alias="FOLLOWUP_MLLP_PORT")
     http_host: str = Field(default="127.0.0.1", validation_alias="FOLLOWUP_HTTP_HOST")
     http_port: int = Field(default=8000, validation_alias="FOLLOWUP_HTTP_PORT")
+    # Bearer token the HTTP gateway requires on its FHIR endpoints; None leaves them open.
+    http_token: SecretStr | None = Field(default=None, validation_alias="FOLLOWUP_HTTP_TOKEN")
 
     twilio_account_sid: str | None = Field(default=None, validation_alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: SecretStr | None = Field(default=None, validation_alias="TWILIO_AUTH_TOKEN")
@@ -63,6 +65,19 @@ class Settings(BaseSettings):
         default=None, validation_alias="TWILIO_MESSAGING_SERVICE_SID"
     )
     twilio_api_base: str | None = Field(default=None, validation_alias="TWILIO_API_BASE")
+    # The public https base URL Twilio calls (…/twilio/status, …/twilio/inbound): webhook
+    # signatures are checked against it (a proxy in front changes the URL the app sees) and
+    # status callbacks are requested with it. None: check against the URL as received and ask
+    # for no status callbacks.
+    twilio_webhook_base_url: str | None = Field(
+        default=None, validation_alias="FOLLOWUP_TWILIO_WEBHOOK_BASE_URL"
+    )
+    # Messages handed to Twilio per second by one dispatcher (a US long code takes about 1).
+    sms_rate_per_second: float = Field(
+        default=1.0, gt=0, validation_alias="FOLLOWUP_SMS_RATE_PER_SECOND"
+    )
+    # API attempts per message on 429, 5xx and network errors before it is marked failed.
+    sms_max_attempts: int = Field(default=5, ge=1, validation_alias="FOLLOWUP_SMS_MAX_ATTEMPTS")
 
     @field_validator("site_timezone")
     @classmethod

@@ -4,18 +4,14 @@ durability contract demands one (the raw inbox row); the caller owns the transac
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlalchemy import insert
+from sqlmodel import Session, SQLModel, col, select
 
 from followup.ris.scan import ProviderRef, ScanCompleted
-from followup.scheduling import BookingWindow
 from models.tables import (
-    ACTIVE_APPOINTMENT_STATUSES,
-    Appointment,
-    AuditEvent,
     Decision,
     Escalation,
     Finding,
@@ -29,10 +25,10 @@ from models.tables import (
     Provider,
     Referral,
     ReferralStatus,
-    Slot,
-    SlotStatus,
 )
 from models.types import utcnow
+
+_NEW_AUDIT_EVENT = insert(SQLModel.metadata.tables["audit_event"])
 
 
 def content_hash(raw: bytes) -> str:
@@ -254,67 +250,18 @@ def audit(
     entity_id: int | None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    session.add(
-        AuditEvent(
-            actor=actor, action=action, entity=entity, entity_id=entity_id, detail=detail or {}
-        )
+    # A Core insert: the ORM unit of work costs more than the row (booking writes several).
+    session.execute(
+        _NEW_AUDIT_EVENT,
+        {
+            "at": utcnow(),
+            "actor": actor,
+            "action": action,
+            "entity": entity,
+            "entity_id": entity_id,
+            "detail": detail or {},
+        },
     )
-
-
-# --- booking -----------------------------------------------------------------------------------
-
-
-def active_follow_up(*, session: Session, study_id: int) -> Appointment | None:
-    return session.exec(
-        select(Appointment).where(
-            Appointment.study_id == study_id,
-            col(Appointment.status).in_(ACTIVE_APPOINTMENT_STATUSES),
-        )
-    ).first()
-
-
-def free_slots(
-    *, session: Session, provider_id: int, window: BookingWindow, limit: int = 50
-) -> Sequence[Slot]:
-    return session.exec(
-        select(Slot)
-        .where(
-            Slot.provider_id == provider_id,
-            Slot.status == SlotStatus.FREE,
-            Slot.start >= window.earliest,
-            Slot.start < window.latest,
-        )
-        .order_by(col(Slot.start))
-        .limit(limit)
-    ).all()
-
-
-def claim_slot(
-    *, session: Session, slot: Slot, patient_id: int, study_id: int | None, kind: str
-) -> Appointment | None:
-    """Book one slot inside a savepoint; None when another booker won it first.
-
-    The partial unique index on active appointments per slot is the guard, so two processes
-    racing for the same slot cannot both succeed, on SQLite or PostgreSQL.
-    """
-    try:
-        with session.begin_nested():
-            appointment = Appointment(
-                patient_id=patient_id,
-                provider_id=slot.provider_id,
-                slot_id=slot.id,  # type: ignore[arg-type]
-                study_id=study_id,
-                kind=kind,
-                start=slot.start,
-            )
-            session.add(appointment)
-            slot.status = SlotStatus.BOOKED
-            session.add(slot)
-            session.flush()
-    except IntegrityError:
-        session.refresh(slot)
-        return None
-    return appointment
 
 
 # --- outbox ------------------------------------------------------------------------------------

@@ -1,15 +1,16 @@
-"""The demo clinic: five providers in two practices with business-hours slots."""
+"""The demo clinic: five providers in two practices, business hours, slots laid from them."""
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Iterable
 from datetime import date
 from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, select
 
-from followup.scheduling import business_hour_slots
-from models.tables import Provider, Slot
+from followup.scheduling import DEFAULT_SESSIONS
+from models.booking import materialize_slots, set_working_hours
+from models.tables import Provider, WorkingHours
 
 # (NPI, family, given, practice). The bundled demo messages order from these NPIs.
 DEMO_PROVIDERS = (
@@ -26,10 +27,12 @@ def seed_demo_clinic(
     session: Session,
     zone: ZoneInfo,
     first_day: date,
-    closed_days: Container[date],
+    closed_days: Iterable[date],
     days: int = 28,
 ) -> tuple[int, int]:
-    """Create the demo providers and their slots; idempotent. Returns (providers, new slots)."""
+    """Create the demo providers, their hours (Mon–Fri 09–12, 13–17, 30-minute slots) and
+    their slots for `days` days; idempotent. Returns (providers, new slots)."""
+    closed = frozenset(closed_days)
     providers: list[Provider] = []
     for npi, family, given, practice in DEMO_PROVIDERS:
         provider = session.exec(select(Provider).where(Provider.npi == npi)).first()
@@ -49,13 +52,17 @@ def seed_demo_clinic(
 
     created = 0
     for provider in providers:
-        existing = set(
-            session.exec(select(Slot.start).where(Slot.provider_id == provider.id)).all()
-        )
-        for start, end in business_hour_slots(first_day, days, zone=zone, closed_days=closed_days):
-            if start in existing:
-                continue
-            session.add(Slot(provider_id=provider.id, start=start, end=end))  # type: ignore[arg-type]
-            created += 1
-    session.flush()
+        assert provider.id is not None
+        has_hours = session.exec(
+            select(WorkingHours.id).where(WorkingHours.provider_id == provider.id)
+        ).first()
+        if has_hours is None:  # hours set since (an import) are the clinic's, not the demo's
+            set_working_hours(session=session, provider_id=provider.id, sessions=DEFAULT_SESSIONS)
+        created += materialize_slots(
+            session=session,
+            provider_id=provider.id,
+            first_day=first_day,
+            days=days,
+            closed_days=closed,
+        ).created
     return len(providers), created

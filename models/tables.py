@@ -7,13 +7,15 @@ every foreign input is kept raw in `InboxMessage`.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, time
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
+from followup.referrals import ReferralStatus
+from followup.scheduling import SlotStatus
 from models.types import UTCDateTime, utcnow
 
 
@@ -69,6 +71,10 @@ class PatientBase(SQLModel):
     language: str = Field(default="en", max_length=8)
     timezone: str | None = Field(default=None, max_length=64)
     sms_opt_out: bool = False
+    # Scheduling preferences when the patient stated them: "morning" | "afternoon", and
+    # weekdays (0 = Monday). None means no preference.
+    preferred_day_part: str | None = Field(default=None, max_length=16)
+    preferred_weekdays: list[int] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class Patient(PatientBase, table=True):
@@ -85,6 +91,7 @@ class ProviderBase(SQLModel):
     timezone: str = Field(max_length=64)
     covering_provider_id: int | None = Field(default=None, foreign_key="provider.id")
     active: bool = True
+    slot_minutes: int = Field(default=30, sa_column_kwargs={"server_default": "30"})
 
     @property
     def display_name(self) -> str:
@@ -95,10 +102,48 @@ class Provider(ProviderBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
 
 
-class SlotStatus(StrEnum):
-    FREE = "free"
-    BOOKED = "booked"
-    BLOCKED = "blocked"
+class WorkingHours(SQLModel, table=True):
+    """One weekly session of a provider's clinic hours; replaced hours are superseded."""
+
+    __tablename__ = "working_hours"
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider_id: int = Field(foreign_key="provider.id", index=True)
+    weekday: int  # 0 = Monday
+    start: time
+    end: time
+    created_at: datetime = _created_at()
+    superseded_at: datetime | None = _utc_column()
+
+
+class BlockedPeriod(SQLModel, table=True):
+    """Time a provider cannot see patients: vacation, or busy in another system's calendar."""
+
+    __tablename__ = "blocked_period"
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider_id: int = Field(foreign_key="provider.id", index=True)
+    start: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    end: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+    source: str = Field(default="manual", max_length=64)  # manual | csv | fhir:Slot/<id>
+    created_at: datetime = _created_at()
+
+
+class SiteClosure(SQLModel, table=True):
+    """A day the whole site is closed on top of the public holidays (snow day, training day)."""
+
+    __tablename__ = "site_closure"
+
+    id: int | None = Field(default=None, primary_key=True)
+    day: date = Field(unique=True)
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+    created_at: datetime = _created_at()
+
+
+class SlotSource(StrEnum):
+    CALENDAR = "calendar"  # laid from the provider's weekly hours
+    IMPORT = "import"  # an imported FHIR Slot / CSV row
 
 
 class SlotBase(SQLModel):
@@ -106,10 +151,29 @@ class SlotBase(SQLModel):
     start: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     end: datetime = Field(sa_type=UTCDateTime, nullable=False)
     status: str = Field(default=SlotStatus.FREE, max_length=16, index=True)
+    source: str = Field(
+        default=SlotSource.CALENDAR, max_length=16, sa_column_kwargs={"server_default": "calendar"}
+    )
+
+    @property
+    def generated(self) -> bool:
+        return self.source == SlotSource.CALENDAR
 
 
 class Slot(SlotBase, table=True):
-    __table_args__ = (UniqueConstraint("provider_id", "start", name="uq_slot_provider_start"),)
+    __table_args__ = (
+        # One open slot per provider and start; blocked slots stay as history beside it.
+        Index(
+            "uq_slot_provider_start_open",
+            "provider_id",
+            "start",
+            unique=True,
+            sqlite_where=text("status != 'blocked'"),
+            postgresql_where=text("status != 'blocked'"),
+        ),
+        # The booking query: one provider's free slots in a time range.
+        Index("ix_slot_provider_status_start", "provider_id", "status", "start"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
 
@@ -201,6 +265,10 @@ class AppointmentBase(SQLModel):
     kind: str = Field(default=AppointmentKind.FOLLOW_UP, max_length=16)
     start: datetime = Field(sa_type=UTCDateTime, nullable=False)
     status: str = Field(default=AppointmentStatus.BOOKED, max_length=16)
+    # The window the appointment had to start in; a reschedule looks for a slot in it.
+    tier: str | None = Field(default=None, max_length=16)
+    window_start: datetime | None = _utc_column()
+    window_end: datetime | None = _utc_column()
 
 
 class Appointment(AppointmentBase, table=True):
@@ -218,16 +286,8 @@ class Appointment(AppointmentBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
     booked_at: datetime = _created_at()
     cancelled_at: datetime | None = _utc_column()
-
-
-class ReferralStatus(StrEnum):
-    INITIATED = "initiated"
-    SENT = "sent"
-    ACCEPTED = "accepted"
-    DECLINED = "declined"
-    SCHEDULED = "scheduled"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
+    cancel_reason: str | None = Field(default=None, sa_column=Column(Text))
+    replaced_by_id: int | None = Field(default=None, foreign_key="appointment.id")
 
 
 class ReferralBase(SQLModel):
@@ -254,6 +314,101 @@ class Referral(ReferralBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = _created_at()
     status_changed_at: datetime = _created_at()
+    scheduled_for: datetime | None = _utc_column()
+
+
+class ReferralStatusChange(SQLModel, table=True):
+    """One move of a referral through its states, with when, who and why."""
+
+    __tablename__ = "referral_status_change"
+
+    id: int | None = Field(default=None, primary_key=True)
+    referral_id: int = Field(foreign_key="referral.id", index=True)
+    from_status: str = Field(max_length=16)
+    to_status: str = Field(max_length=16)
+    at: datetime = _created_at()
+    actor: str = Field(max_length=64)
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+
+
+class WaitlistStatus(StrEnum):
+    WAITING = "waiting"
+    OFFERED = "offered"  # a freed slot is on offer to this patient
+    BOOKED = "booked"
+    LAPSED = "lapsed"  # the window closed before a slot came free
+    CANCELLED = "cancelled"
+
+
+OPEN_WAITLIST_STATUSES = (WaitlistStatus.WAITING, WaitlistStatus.OFFERED)
+
+
+class WaitlistEntry(SQLModel, table=True):
+    """A patient the fallback chain could not book, waiting for a slot to come free."""
+
+    __tablename__ = "waitlist_entry"
+    __table_args__ = (
+        Index(
+            "uq_waitlist_open_study",
+            "study_id",
+            unique=True,
+            sqlite_where=text("status IN ('waiting', 'offered')"),
+            postgresql_where=text("status IN ('waiting', 'offered')"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    patient_id: int = Field(foreign_key="patient.id", index=True)
+    study_id: int | None = Field(default=None, foreign_key="imaging_study.id")
+    provider_id: int = Field(foreign_key="provider.id")  # the ordering provider
+    practice: str = Field(max_length=128)
+    kind: str = Field(default=AppointmentKind.FOLLOW_UP, max_length=16)
+    urgency: str = Field(max_length=16)
+    window_start: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    window_end: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    status: str = Field(default=WaitlistStatus.WAITING, max_length=16, index=True)
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+    created_at: datetime = _created_at()
+    resolved_at: datetime | None = _utc_column()
+    appointment_id: int | None = Field(default=None, foreign_key="appointment.id")
+
+
+class OfferStatus(StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    EXPIRED = "expired"
+
+
+class WaitlistOffer(SQLModel, table=True):
+    """A freed slot held for one waitlisted patient until they answer or the offer lapses."""
+
+    __tablename__ = "waitlist_offer"
+    __table_args__ = (
+        # A slot is on offer to one patient at a time, and a patient holds one offer at a time.
+        Index(
+            "uq_waitlist_offer_pending_slot",
+            "slot_id",
+            unique=True,
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index(
+            "uq_waitlist_offer_pending_entry",
+            "entry_id",
+            unique=True,
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    entry_id: int = Field(foreign_key="waitlist_entry.id", index=True)
+    slot_id: int = Field(foreign_key="slot.id", index=True)
+    status: str = Field(default=OfferStatus.PENDING, max_length=16, index=True)
+    offered_at: datetime = _created_at()
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    responded_at: datetime | None = _utc_column()
+    appointment_id: int | None = Field(default=None, foreign_key="appointment.id")
 
 
 class OutboundStatus(StrEnum):
@@ -285,6 +440,8 @@ class OutboundMessageBase(SQLModel):
 
 class OutboundMessage(OutboundMessageBase, table=True):
     __tablename__ = "outbound_message"
+    # The dispatcher's claim query: scheduled rows in send-time order.
+    __table_args__ = (Index("ix_outbound_message_due", "status", "scheduled_for"),)
 
     id: int | None = Field(default=None, primary_key=True)
     status: str = Field(default=OutboundStatus.SCHEDULED, max_length=16, index=True)
@@ -293,6 +450,9 @@ class OutboundMessage(OutboundMessageBase, table=True):
     attempts: int = 0
     created_at: datetime = _created_at()
     sent_at: datetime | None = _utc_column()
+    # When a dispatcher took the row (status scheduled → sending); a claim that never got a
+    # Twilio sid is released after a timeout, so a crashed worker does not strand it.
+    claimed_at: datetime | None = _utc_column()
 
 
 class EscalationStatus(StrEnum):
@@ -327,3 +487,49 @@ class AuditEvent(SQLModel, table=True):
     entity: str = Field(max_length=32)
     entity_id: int | None = None
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class TwilioEventKind(StrEnum):
+    STATUS = "status"  # a status callback for one of our messages
+    INBOUND = "inbound"  # a patient's text to us
+
+
+class TwilioEvent(SQLModel, table=True):
+    """Every signed Twilio webhook, kept raw before it is acted on.
+
+    (message_sid, message_status) is unique: Twilio repeats callbacks, and a repeat must
+    change nothing. An inbound text has the status "received".
+    """
+
+    __tablename__ = "twilio_event"
+    __table_args__ = (
+        UniqueConstraint("message_sid", "message_status", name="uq_twilio_event_sid_status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)
+    message_sid: str = Field(max_length=64)
+    message_status: str = Field(max_length=16)
+    error_code: str | None = Field(default=None, max_length=16)
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    outbound_id: int | None = Field(default=None, foreign_key="outbound_message.id", index=True)
+    patient_id: int | None = Field(default=None, foreign_key="patient.id", index=True)
+    intents: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    received_at: datetime = _created_at()
+
+
+class SmsSuppression(SQLModel, table=True):
+    """The engine's own opt-out list, per phone number (a carrier blocks numbers, not people).
+
+    Kept beside `Patient.sms_opt_out` so a number that opts out before it is linked to a
+    patient, or is later given by another patient, stays suppressed.
+    """
+
+    __tablename__ = "sms_suppression"
+
+    id: int | None = Field(default=None, primary_key=True)
+    phone_e164: str = Field(max_length=20, unique=True)
+    active: bool = True
+    source: str = Field(max_length=32)  # keyword | free_text | twilio_21610 | manual
+    created_at: datetime = _created_at()
+    changed_at: datetime = _created_at()

@@ -30,6 +30,7 @@ SMS_KINDS = frozenset(
         "waitlist_offer",
         "help",
         "opt_out_confirmation",
+        "urgent_advice",
     }
 )
 DEFAULT_LANGUAGE = "en"

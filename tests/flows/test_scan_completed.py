@@ -11,48 +11,17 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from sqlmodel import select
 
-from followup.demo import restamp_for_today
-from followup.intake import receive_message
-from followup.scheduling import site_holidays
-from followup.settings import Settings, get_settings
+from followup.settings import Settings
 from models.db import session_scope
-from models.seed import seed_demo_clinic
 from models.tables import Appointment, OutboundMessage, Referral
 from tests.conftest import SAMPLES
+from tests.flows.conftest import run_sample
 
 pytestmark = pytest.mark.prefect
 
 
-@pytest.fixture
-def settings(database_url: str, monkeypatch: pytest.MonkeyPatch, prefect_api: None) -> Settings:
-    # The flow builds its own Settings from the environment, as it does under a worker.
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    settings = get_settings()
-    today = datetime.now(settings.site_zone).date()
-    with session_scope(database_url) as session:
-        seed_demo_clinic(
-            session=session,
-            zone=settings.site_zone,
-            first_day=today,
-            closed_days=site_holidays("US", None, (today.year, today.year + 1)),
-        )
-    return settings
-
-
-def _run(settings: Settings, sample: str) -> dict[str, Any]:
-    from flows.scan_completed import scan_completed
-
-    raw = restamp_for_today(
-        (SAMPLES / "hl7" / sample).read_bytes(), now=datetime.now(settings.site_zone)
-    )
-    with session_scope(settings.database_url) as session:
-        receipt = receive_message(session=session, raw=raw, source="test", settings=settings)
-    assert receipt.should_process
-    return asyncio.run(scan_completed(inbox_id=receipt.inbox_id, accession=receipt.accession))
-
-
 def test_routine_scan_books_in_window_with_referral_and_reminders(settings: Settings) -> None:
-    summary = _run(settings, "spine_neurology_root_compression.hl7")
+    summary = run_sample(settings, "spine_neurology_root_compression.hl7")
 
     assert summary["status"] == "processed"
     assert summary["decision"]["urgency"] == "routine"
@@ -72,7 +41,7 @@ def test_routine_scan_books_in_window_with_referral_and_reminders(settings: Sett
 
 
 def test_critical_finding_escalates_and_books_nothing(settings: Settings) -> None:
-    summary = _run(settings, "spine_critical_cord_compression.hl7")
+    summary = run_sample(settings, "spine_critical_cord_compression.hl7")
 
     assert summary["decision"]["critical"] is True
     assert summary["decision"]["urgency"] == "emergent"
@@ -86,7 +55,7 @@ def test_critical_finding_escalates_and_books_nothing(settings: Settings) -> Non
 def test_rerunning_the_flow_for_the_same_row_does_no_work_twice(settings: Settings) -> None:
     from flows.scan_completed import scan_completed
 
-    first = _run(settings, "spine_pain_degenerative.hl7")
+    first = run_sample(settings, "spine_pain_degenerative.hl7")
     again = asyncio.run(scan_completed(inbox_id=first["inbox_id"], accession="ACC2026000103"))
 
     assert again["appointment"] == first["appointment"]
@@ -97,13 +66,60 @@ def test_rerunning_the_flow_for_the_same_row_does_no_work_twice(settings: Settin
 
 
 def test_flow_run_is_named_by_accession_in_the_prefect_api(settings: Settings) -> None:
-    _run(settings, "si_joint_rheumatology_sacroiliitis.hl7")
+    summary = run_sample(settings, "si_joint_rheumatology_sacroiliitis.hl7")
 
+    run = _read_run("scan-ACC2026000104")
+    assert run.name == "scan-ACC2026000104"
+    assert run.state.is_completed()
+    assert summary["decision"]["referrals"] == ["rheumatology"]
+
+
+def _read_run(name: str) -> Any:
     async def runs() -> list[Any]:
         async with get_client() as client:
             return await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["scan-ACC2026000104"]))
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
             )
 
-    [run] = [r for r in asyncio.run(runs()) if r.state and r.state.is_completed()][-1:]
-    assert run.name == "scan-ACC2026000104"
+    return asyncio.run(runs())[0]
+
+
+def test_run_is_tagged_with_route_urgency_and_site(settings: Settings) -> None:
+    run_sample(settings, "spine_orthopedics_spondylolisthesis.hl7")
+
+    run = _read_run("scan-ACC2026000102")
+    assert {"route:orthopedics", "urgency:routine", f"site:{settings.site_code}"} <= set(run.tags)
+
+
+def test_a_failing_run_marks_the_row_and_lands_in_needs_attention(settings: Settings) -> None:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.scan_completed import scan_completed
+    from models.queries import get_inbox_message, store_inbox_message
+
+    with session_scope(settings.database_url) as session:
+        row = store_inbox_message(
+            session=session,
+            raw=(SAMPLES / "hl7" / "bad_no_mrn.hl7").read_bytes(),
+            source="test",
+        )
+        row.accession = "ACC2026000111"  # as if intake had let it through
+        session.add(row)
+        inbox_id = row.id
+
+    with pytest.raises(Exception, match="PID-3"):
+        asyncio.run(scan_completed(inbox_id=inbox_id, accession="ACC2026000111"))
+
+    with session_scope(settings.database_url) as session:
+        failed = get_inbox_message(session=session, inbox_id=inbox_id)
+        assert (failed.status, failed.error_location) == ("error", "PID-3")
+
+    async def artifact() -> Any:
+        async with get_client() as client:
+            return await client.read_latest_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["needs-attention"]))
+            )
+
+    [latest] = asyncio.run(artifact())
+    assert "ACC2026000111" in str(latest.data)
+    assert "PID-3" in str(latest.data)

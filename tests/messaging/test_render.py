@@ -95,6 +95,12 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
         1,
     ),
     (
+        "en", "urgent_advice", 3,
+        "Riverside Clinic: Please call us now at 555-555-0100. If this is an emergency, "
+        "call 911 or go to the nearest emergency room. Reply STOP to opt out.",
+        1,
+    ),
+    (
         "es", "confirmation", 3,
         "Riverside Clinic: Su cita con Dr. Okafor es el mar 8 dic a las 9:30. "
         "Para cambiarla responda R. Preguntas: 555-555-0100. Responda STOP para darse de baja.",
@@ -149,6 +155,12 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
         "Responda START para volver a recibirlos. Preguntas: 555-555-0100.",
         1,
     ),
+    (
+        "es", "urgent_advice", 3,
+        "Riverside Clinic: Llame ahora al 555-555-0100. Si es una emergencia, llame al 911 "
+        "o vaya a urgencias de inmediato. Responda STOP para darse de baja.",
+        1,
+    ),
 ]  # fmt: skip
 
 
@@ -187,7 +199,7 @@ def test_required_content(language: str, kind: str, days_before: int) -> None:
     assert phi_terms_in(body) == []
     assert "Riverside Clinic" in body
     assert "555-555-0100" in body
-    if kind not in {"help", "opt_out_confirmation"}:
+    if kind not in {"help", "opt_out_confirmation", "urgent_advice"}:
         assert "Dr. Okafor" in body  # FCC exemption: provider name in the text
         assert "9:30" in body
     stop_text = "Reply STOP to opt out" if language == "en" else "Responda STOP"

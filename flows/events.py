@@ -1,0 +1,55 @@
+"""The `ris.scan.completed` event (design contract) that starts the scan-completed flow.
+
+The event id is derived from the inbox row (uuid5), so the same row always yields the same
+event: when sweep-inbox re-emits for a row still unclaimed, Prefect's event deduplication
+drops the copy if the first one arrived, and a lost one is replaced. The inbox row, not the
+event, is the durable record (Prefect holds accepted events in memory until processed).
+"""
+
+from __future__ import annotations
+
+import logging
+from uuid import UUID, uuid5
+
+from prefect.events import emit_event
+
+from followup.intake import Receipt
+
+EVENT = "ris.scan.completed"
+# Fixed forever: changing it would let a re-emitted event start a second run.
+NAMESPACE = UUID("6f1c2a4e-3b7d-5e8f-9a0b-1c2d3e4f5a6b")
+
+logger = logging.getLogger(__name__)
+
+
+def event_id(inbox_id: int) -> UUID:
+    return uuid5(NAMESPACE, f"inbox:{inbox_id}")
+
+
+def emit_for_inbox(*, inbox_id: int, accession: str) -> bool:
+    """Emit the event for one accepted inbox row; False when Prefect took nothing.
+
+    `emit_event` queues the event for a background sender and returns None when no Prefect
+    API is configured; the row then waits for the sweep.
+    """
+    emitted = emit_event(
+        event=EVENT,
+        resource={
+            "prefect.resource.id": f"ris.study.{accession}",
+            "prefect.resource.name": accession,
+            "followup.inbox-id": str(inbox_id),
+        },
+        payload={"inbox_id": inbox_id, "accession": accession},
+        id=event_id(inbox_id),
+    )
+    if emitted is None:
+        logger.warning(
+            "no event for inbox %d (%s): Prefect API not configured", inbox_id, accession
+        )
+    return emitted is not None
+
+
+def emit_scan_completed(receipt: Receipt) -> None:
+    """The gateway's `on_accepted` callback."""
+    assert receipt.accession is not None  # an accepted result always has its accession
+    emit_for_inbox(inbox_id=receipt.inbox_id, accession=receipt.accession)

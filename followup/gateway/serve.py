@@ -1,0 +1,235 @@
+"""`followup serve`: the whole engine in one process tree, on embedded defaults.
+
+What runs:
+* a local Prefect server (`prefect server start`, SQLite under PREFECT_HOME, 127.0.0.1) when
+  PREFECT_API_URL is not set; with PREFECT_API_URL set, that server is used instead;
+* the MLLP listener and the HTTP gateway (uvicorn: FHIR, /healthz and Twilio's webhooks),
+  both emitting `ris.scan.completed`;
+* every deployment in prefect.yaml, served from this process (flow runs execute in
+  subprocesses started by Prefect's runner) with the triggers, schedules, parameters and
+  concurrency limits written there, read with the same code `prefect deploy` uses, so the
+  served and the deployed engine cannot drift apart. Work pools are ignored: this process is
+  the worker. The runner polls every second (an event-triggered run starts in about 1.4 s,
+  against 5.7 s with Prefect's default 10 s poll).
+
+Ctrl-C (SIGINT) or SIGTERM stops the listeners, the runner and the Prefect server started here.
+
+Prefect reads its settings when first imported, so PREFECT_API_URL and PREFECT_HOME are set in
+the environment before anything imports Prefect; hence the imports inside `_serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import uvicorn
+import yaml
+from fastapi import FastAPI
+
+from followup.gateway import OnAccepted
+from followup.gateway.http import create_app
+from followup.gateway.mllp import MLLPListener
+from followup.gateway.twilio_webhooks import twilio_router
+from followup.settings import PROJECT_ROOT, Settings
+
+if TYPE_CHECKING:
+    from prefect import Flow
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.events import DeploymentTriggerTypes, TriggerTypes
+
+logger = logging.getLogger(__name__)
+
+PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
+RUNNER_POLL_SECONDS = 1
+SERVER_STARTUP_SECONDS = 180  # a cold first start migrates Prefect's own SQLite database
+_PREFECT_SERVER_ENV = {
+    "PREFECT_HOME": str(PROJECT_ROOT / "var" / "prefect"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # clinic networks are often offline
+    "PREFECT_RUNNER_POLL_FREQUENCY": str(RUNNER_POLL_SECONDS),
+}
+
+
+def serve_engine(settings: Settings, *, prefect_yaml: Path = PREFECT_YAML) -> None:
+    """Run the engine until Ctrl-C or SIGTERM."""
+    from models.db import migrate
+
+    migrate(settings.database_url)
+    for name, value in _PREFECT_SERVER_ENV.items():
+        os.environ.setdefault(name, value)
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        server = start_prefect_server(port=int(os.environ.get("PREFECT_SERVER_API_PORT", "4200")))
+        os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        asyncio.run(_serve(settings, prefect_yaml))
+    finally:
+        _drain_prefect_queues()
+        if server is not None:
+            server.stop()
+
+
+def _drain_prefect_queues() -> None:
+    """Send the logs and events still queued while the Prefect server started here runs."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
+
+
+class PrefectServer:
+    """A `prefect server start` subprocess on 127.0.0.1."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+        self.process = process
+        self.api_url = f"http://127.0.0.1:{port}/api"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_prefect_server(*, port: int, timeout: float = SERVER_STARTUP_SECONDS) -> PrefectServer:
+    """Start a local Prefect server and wait until its API answers."""
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("prefect")),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=os.environ.copy(),
+        # Its own session: a Ctrl-C in the terminal reaches this process only, which stops the
+        # runner (it still needs the API) before it stops the server.
+        start_new_session=True,
+    )
+    server = PrefectServer(process, port)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with code {process.returncode}")
+        try:
+            if httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200:
+                logger.info("Prefect server at %s", server.api_url)
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    server.stop()
+    raise TimeoutError(f"the Prefect server did not answer within {timeout:.0f} s")
+
+
+async def served_deployments(prefect_yaml: Path) -> list[RunnerDeployment]:
+    """Every deployment of prefect.yaml as a runner deployment, as `prefect deploy` reads it."""
+    # The helpers `prefect deploy` itself uses to read these sections.
+    from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+    from prefect.flows import load_flow_from_entrypoint
+
+    project = yaml.safe_load(prefect_yaml.read_text())
+    deployments = []
+    for spec in project["deployments"]:
+        path, _, function = spec["entrypoint"].partition(":")
+        flow: Flow[..., Any] = load_flow_from_entrypoint(f"{prefect_yaml.parent / path}:{function}")
+        triggers: list[DeploymentTriggerTypes | TriggerTypes] = [
+            *_initialize_deployment_triggers(spec["name"], spec.get("triggers", []))
+        ]
+        deployments.append(
+            await flow.ato_deployment(
+                name=spec["name"],
+                description=spec.get("description"),
+                tags=spec.get("tags"),
+                parameters=spec.get("parameters"),
+                concurrency_limit=spec.get("concurrency_limit"),
+                triggers=triggers,
+                schedules=[
+                    _schedule_config_to_deployment_schedule(schedule)
+                    for schedule in spec.get("schedules") or []
+                ],
+            )
+        )
+    return deployments
+
+
+def gateway_app(settings: Settings, *, on_accepted: OnAccepted) -> FastAPI:
+    """The HTTP gateway of the design contract: FHIR, health, and Twilio's webhooks."""
+    app = create_app(settings, on_accepted=on_accepted)
+    # No sender: answers to patients go through the outbox, sent by dispatch-reminders.
+    app.include_router(twilio_router(settings, database_url=settings.database_url))
+    return app
+
+
+async def _serve(settings: Settings, prefect_yaml: Path) -> None:
+    from prefect.runner import Runner
+
+    from flows.events import emit_scan_completed
+
+    deployments = await served_deployments(prefect_yaml)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    listener = MLLPListener(settings, on_accepted=emit_scan_completed)
+    http = uvicorn.Server(
+        uvicorn.Config(
+            gateway_app(settings, on_accepted=emit_scan_completed),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level="info",
+        )
+    )
+    # Schedules are not paused on shutdown: the server may already be gone (Ctrl-C), and a
+    # restart re-applies the deployments anyway.
+    runner = Runner(query_seconds=RUNNER_POLL_SECONDS, pause_on_shutdown=False)
+    tasks: list[asyncio.Task[object]] = []
+    try:
+        await listener.start()
+        for deployment in deployments:
+            await runner.aadd_deployment(deployment)
+        # The runner stops itself on SIGTERM; uvicorn captures SIGINT/SIGTERM while it serves
+        # and re-raises them when done, which sets `stop`: whichever ends first ends it all.
+        tasks = [
+            asyncio.create_task(http.serve(), name="http"),
+            asyncio.create_task(runner.start(), name="runner"),
+            asyncio.create_task(stop.wait(), name="stop"),
+        ]
+        logger.info(
+            "engine up: MLLP %s:%d, HTTP %s:%d",
+            settings.mllp_host,
+            listener.port,
+            settings.http_host,
+            settings.http_port,
+        )
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.exception() is not None:
+                logger.error("%s stopped: %r", task.get_name(), task.exception())
+    finally:
+        logger.info("stopping the engine")
+        http.should_exit = True
+        await listener.stop()
+        if runner.started:
+            await asyncio.wait_for(runner.astop(), timeout=30)
+        stop.set()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=15)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)

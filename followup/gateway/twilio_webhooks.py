@@ -1,0 +1,218 @@
+"""Twilio's webhooks: message status callbacks and patients' texts back.
+
+`twilio_router(settings, database_url=...)` returns an APIRouter with
+
+* `POST /twilio/status`: a status callback for one of our messages. The row is found by its
+  sid, or by the `outbound_id` our status-callback URL carries (a callback can beat the sid
+  into the database), and moves through the monotonic state machine (dispatch.advance).
+* `POST /twilio/inbound`: a patient's text, acted on by messaging.replies. The answer is an
+  empty TwiML document: answers to the patient go through the outbox (tracked, exactly once),
+  and are sent at once when the router was given a sender.
+
+Both check X-Twilio-Signature with the twilio library's RequestValidator against the URL
+Twilio called (FOLLOWUP_TWILIO_WEBHOOK_BASE_URL + path when a proxy sits in front) and answer
+403 when it is missing or wrong, or when no auth token is configured. Every signed request is
+stored raw (TwilioEvent) before it is acted on, in the same transaction as its effect;
+(MessageSid, MessageStatus) is unique, so a repeat is answered 200 and changes nothing.
+Inserting the event first also takes SQLite's write lock, which serialises callbacks racing
+for one message; on PostgreSQL the message row is locked.
+
+Logs carry sids, ids and statuses, never numbers or text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response
+from sqlmodel import Session
+from twilio.request_validator import RequestValidator
+
+from followup.messaging.dispatch import Dispatcher, DispatchPolicy, apply_status_report
+from followup.messaging.replies import InboundSms, handle_inbound
+from followup.messaging.sender import SmsSender
+from followup.settings import Settings
+from models import messaging_queries as mq
+from models.db import session_scope
+from models.tables import OutboundMessage, TwilioEvent, TwilioEventKind
+from models.types import utcnow
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Twilio-Signature"
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+MAX_BODY_BYTES = 64 * 1024  # an SMS webhook is a few hundred bytes; MMS adds media URLs
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    params: dict[str, str]
+    query: dict[str, str]
+
+
+def twilio_router(
+    settings: Settings,
+    *,
+    database_url: str,
+    sender: SmsSender | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> APIRouter:
+    """The webhook routes; `sender` (optional) sends answers to patients at once."""
+    router = APIRouter(prefix="/twilio", tags=["twilio"])
+    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
+    validator = RequestValidator(token) if token else None
+    dispatcher = (
+        Dispatcher(
+            database_url=database_url,
+            sender=sender,
+            policy=DispatchPolicy.from_settings(settings),
+            now=clock,
+            workers=1,
+        )
+        if sender is not None
+        else None
+    )
+
+    async def signed(request: Request) -> SignedRequest:
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise HTTPException(413, "body too large")
+        try:
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise HTTPException(400, "the body is not form-encoded UTF-8") from None
+        params = dict(pairs)
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        url = _called_url(request, settings.twilio_webhook_base_url)
+        if validator is None or not signature or not validator.validate(url, params, signature):
+            logger.warning("Twilio webhook %s refused: bad or missing signature", request.url.path)
+            raise HTTPException(403, "invalid Twilio signature")
+        return SignedRequest(params=params, query=dict(request.query_params))
+
+    @router.post("/status")
+    async def status(request: Request) -> Response:
+        signed_request = await signed(request)
+        params = signed_request.params
+        sid = params.get("MessageSid") or params.get("SmsSid")
+        reported = params.get("MessageStatus") or params.get("SmsStatus")
+        if not sid or not reported:
+            raise HTTPException(400, "MessageSid and MessageStatus are required")
+        hint = signed_request.query.get("outbound_id", "")
+        result = await asyncio.to_thread(
+            _record_status,
+            database_url,
+            params,
+            sid=sid,
+            reported=reported,
+            outbound_id=int(hint) if hint.isdigit() else None,
+            now=clock(),
+        )
+        logger.info("Twilio status %s %s: %s", sid, reported, result)
+        return Response(status_code=204)
+
+    @router.post("/inbound")
+    async def inbound(request: Request, background: BackgroundTasks) -> Response:
+        params = (await signed(request)).params
+        sid = params.get("MessageSid") or params.get("SmsSid")
+        from_phone = params.get("From")
+        if not sid or not from_phone:
+            raise HTTPException(400, "MessageSid and From are required")
+        sms = InboundSms(
+            message_sid=sid,
+            from_phone=from_phone,
+            body=params.get("Body", ""),
+            carrier_handled=(params.get("OptOutType") or "").upper() or None,
+        )
+        reply_ids = await asyncio.to_thread(
+            _record_inbound, database_url, settings, params, sms, now=clock()
+        )
+        if dispatcher is not None and reply_ids:
+            background.add_task(dispatcher.run, ids=reply_ids)
+        return Response(EMPTY_TWIML, media_type="text/xml")
+
+    return router
+
+
+def _called_url(request: Request, public_base: str | None) -> str:
+    """The URL Twilio signed: the public base + path + query behind a proxy, else as received."""
+    if not public_base:
+        return str(request.url)
+    query = f"?{request.url.query}" if request.url.query else ""
+    return f"{public_base.rstrip('/')}{request.url.path}{query}"
+
+
+def _record_status(
+    database_url: str,
+    params: dict[str, str],
+    *,
+    sid: str,
+    reported: str,
+    outbound_id: int | None,
+    now: datetime,
+) -> str:
+    with session_scope(database_url) as session:
+        event = mq.record_twilio_event(
+            session=session,
+            event=TwilioEvent(
+                kind=TwilioEventKind.STATUS,
+                message_sid=sid,
+                message_status=reported,
+                error_code=params.get("ErrorCode") or None,
+                params=params,
+            ),
+        )
+        if event is None:
+            return "duplicate"
+        message = _message_for(session, sid=sid, outbound_id=outbound_id)
+        if message is None:
+            return "unknown message"
+        event.outbound_id = message.id
+        event.patient_id = message.patient_id
+        session.add(event)
+        new = apply_status_report(
+            session=session,
+            message=message,
+            sid=sid,
+            reported=reported,
+            error_code=event.error_code,
+            now=now,
+        )
+        return f"message {message.id} -> {new}" if new else f"message {message.id} unchanged"
+
+
+def _message_for(session: Session, *, sid: str, outbound_id: int | None) -> OutboundMessage | None:
+    message = mq.message_by_sid(session=session, sid=sid, lock=True)
+    if message is None and outbound_id is not None:
+        candidate = session.get(OutboundMessage, outbound_id, with_for_update=True)
+        # The id rides in a signed URL, but a row already tied to another sid is not this one.
+        if candidate is not None and candidate.twilio_sid in (None, sid):
+            message = candidate
+    return message
+
+
+def _record_inbound(
+    database_url: str, settings: Settings, params: dict[str, str], sms: InboundSms, *, now: datetime
+) -> list[int]:
+    with session_scope(database_url) as session:
+        event = mq.record_twilio_event(
+            session=session,
+            event=TwilioEvent(
+                kind=TwilioEventKind.INBOUND,
+                message_sid=sms.message_sid,
+                message_status=params.get("SmsStatus") or "received",
+                params=params,
+            ),
+        )
+        if event is None:
+            logger.info("inbound SMS %s already handled", sms.message_sid)
+            return []
+        outcome = handle_inbound(session=session, sms=sms, settings=settings, now=now)
+        event.patient_id = outcome.patient_id
+        event.intents = [str(intent) for intent in outcome.intents]
+        session.add(event)
+        return list(outcome.reply_message_ids)

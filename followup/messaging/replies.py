@@ -1,0 +1,372 @@
+"""What a patient's text back means, and what the engine does about it.
+
+The reply is matched to a patient by the number it came from and to a visit by the last
+visit text that number got (else the patient's next visit). Every intent in the text is acted
+on (`policy.reply_intents`): "stop texting me, I'm getting worse" both suppresses and
+escalates. Answers to the patient are outbox rows like any other (kinds in
+`dispatch.REPLY_KINDS`: any hour, outside the caps), so they are sent exactly once and their
+delivery is tracked.
+
+Where Twilio's Advanced Opt-Out already answered a keyword (the webhook's `OptOutType`), the
+engine records the opt-out or opt-in but does not answer a second time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sqlmodel import Session
+
+from followup.errors import BookingError
+from followup.messaging.plan import VisitDetails, display_phone, plan_booking_messages
+from followup.messaging.policy import ReplyIntent, reply_intents
+from followup.messaging.render import RenderedSms, format_visit_time, render_sms
+from followup.settings import Settings
+from models import booking, queries
+from models import messaging_queries as mq
+from models.tables import (
+    ACTIVE_APPOINTMENT_STATUSES,
+    Appointment,
+    AppointmentStatus,
+    ImagingStudy,
+    OutboundMessageBase,
+    Patient,
+    Provider,
+)
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "sms-replies"
+
+WORSENING_TASK = "patient_worsening"  # urgent: a clinician calls the patient now
+RESCHEDULE_TASK = "patient_reschedule"  # a scheduler offers the patient another slot
+REPLY_TASK = "patient_reply"  # a scheduler reads a text the engine could not act on
+SCHEDULER_QUEUE = "scheduler-queue"
+CLINICIAN_QUEUE = "clinician-queue"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundSms:
+    message_sid: str
+    from_phone: str
+    body: str
+    # Twilio's OptOutType ("STOP", "START", "HELP") when its Advanced Opt-Out already replied.
+    carrier_handled: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyOutcome:
+    intents: tuple[ReplyIntent, ...]
+    patient_id: int | None
+    appointment_id: int | None
+    reply_message_ids: tuple[int, ...]
+    task_ids: tuple[int, ...]
+
+
+@dataclass
+class _Context:
+    session: Session
+    sms: InboundSms
+    settings: Settings
+    now: datetime
+    patients: list[Patient]
+    patient: Patient | None
+    appointment: Appointment | None
+
+    @property
+    def patient_ids(self) -> list[int]:
+        return [p.id for p in self.patients if p.id is not None]
+
+    @property
+    def study_id(self) -> int | None:
+        return self.appointment.study_id if self.appointment else None
+
+    def about(self) -> str:
+        """Which patient and visit a task is about: ids only, the text stays in the event."""
+        patient = f"patient {self.patient.id}" if self.patient else "an unknown number"
+        visit = f", appointment {self.appointment.id}" if self.appointment else ""
+        return f"{patient}{visit} (inbound SMS {self.sms.message_sid})"
+
+
+def handle_inbound(
+    *, session: Session, sms: InboundSms, settings: Settings, now: datetime
+) -> ReplyOutcome:
+    """Act on one inbound text. The caller stores the raw webhook and deduplicates it."""
+    patients = mq.patients_with_phone(session=session, phone=sms.from_phone)
+    opted_out = mq.phone_suppressed(session=session, phone=sms.from_phone) or any(
+        p.sms_opt_out for p in patients
+    )
+    intents = tuple(reply_intents(sms.body, opted_out=opted_out))
+    ctx = _resolve(session, sms, settings, now, patients)
+    tasks: list[int | None] = []
+    replies: list[str] = []
+    # Suppression first: it cancels queued texts, and must not cancel the answers made below.
+    if ReplyIntent.OPT_OUT in intents:
+        _set_opt_out(ctx, opted_out=True)
+        if sms.carrier_handled != "STOP":
+            replies.append("opt_out_confirmation")
+    if ReplyIntent.OPT_IN in intents:
+        _set_opt_out(ctx, opted_out=False)
+    if ReplyIntent.WORSENING in intents:
+        tasks.append(_worsening(ctx))
+        replies.insert(0, "urgent_advice")
+    if ReplyIntent.HELP in intents and sms.carrier_handled != "HELP":
+        replies.append("help")
+    visit_answers: list[tuple[str, Appointment]] = []
+    if ReplyIntent.CONFIRM in intents:
+        tasks.append(_confirm(ctx, visit_answers))
+    if ReplyIntent.RESCHEDULE in intents:
+        tasks.append(_reschedule(ctx, visit_answers))
+    if ReplyIntent.OTHER in intents:
+        tasks.append(_task(ctx, REPLY_TASK, "replied with text the engine cannot act on: read it"))
+    reply_ids = _enqueue_replies(ctx, replies)
+    for kind, appointment in visit_answers:
+        reply_ids += _enqueue_visit_messages(ctx, appointment, answer_kind=kind)
+    queries.audit(
+        session=session,
+        actor=ACTOR,
+        action="sms.reply_received",
+        entity="patient",
+        entity_id=ctx.patient.id if ctx.patient else None,
+        detail={"intents": list(intents), "message_sid": sms.message_sid},
+    )
+    logger.info("inbound SMS %s: intents %s", sms.message_sid, ",".join(intents))
+    return ReplyOutcome(
+        intents=intents,
+        patient_id=ctx.patient.id if ctx.patient else None,
+        appointment_id=ctx.appointment.id if ctx.appointment else None,
+        reply_message_ids=tuple(reply_ids),
+        task_ids=tuple(task for task in tasks if task is not None),
+    )
+
+
+def _resolve(
+    session: Session, sms: InboundSms, settings: Settings, now: datetime, patients: list[Patient]
+) -> _Context:
+    """The patient and visit a reply is about: those of the last visit text to that number."""
+    last = mq.last_visit_message_to(session=session, phone=sms.from_phone)
+    patient = next((p for p in patients if last and p.id == last.patient_id), None)
+    patient = patient or (patients[0] if patients else None)
+    appointment = (
+        session.get(Appointment, last.appointment_id) if last and last.appointment_id else None
+    )
+    if appointment is None or appointment.status not in ACTIVE_APPOINTMENT_STATUSES:
+        appointment = (
+            mq.next_active_appointment(
+                session=session, patient_ids=[p.id for p in patients if p.id], after=now
+            )
+            if patients
+            else None
+        )
+    return _Context(session, sms, settings, now, patients, patient, appointment)
+
+
+def _set_opt_out(ctx: _Context, *, opted_out: bool) -> None:
+    source = "keyword" if ctx.sms.carrier_handled else "free_text"
+    mq.set_suppression(
+        session=ctx.session, phone=ctx.sms.from_phone, active=opted_out, source=source, now=ctx.now
+    )
+    for patient in ctx.patients:
+        patient.sms_opt_out = opted_out
+        patient.updated_at = ctx.now
+        ctx.session.add(patient)
+    cancelled = (
+        mq.cancel_scheduled_for_patients(session=ctx.session, patient_ids=ctx.patient_ids)
+        if opted_out and ctx.patients
+        else 0
+    )
+    queries.audit(
+        session=ctx.session,
+        actor=ACTOR,
+        action="sms.opted_out" if opted_out else "sms.opted_in",
+        entity="patient",
+        entity_id=ctx.patient.id if ctx.patient else None,
+        detail={"patients": ctx.patient_ids, "cancelled_messages": cancelled, "source": source},
+    )
+
+
+def _worsening(ctx: _Context) -> int | None:
+    study = ctx.session.get(ImagingStudy, ctx.study_id) if ctx.study_id else None
+    target = (study.ordering_provider_key if study else None) or CLINICIAN_QUEUE
+    return _task(
+        ctx,
+        WORSENING_TASK,
+        "reports worsening symptoms: call the patient now",
+        target=target,
+    )
+
+
+def _confirm(ctx: _Context, answers: list[tuple[str, Appointment]]) -> int | None:
+    """C / CONFIRM / YES: a pending waitlist offer is taken (and confirmed by text), else the
+    visit is confirmed; with neither, a person looks."""
+    offer = (
+        mq.pending_offer_for(session=ctx.session, patient_ids=ctx.patient_ids)
+        if ctx.patients
+        else None
+    )
+    if offer is not None and offer.id is not None:
+        booked = booking.accept_offer(
+            session=ctx.session, offer_id=offer.id, now=ctx.now, actor=ACTOR
+        )
+        if booked is not None:
+            answers.append(("confirmation", booked))
+            return None
+        return _task(ctx, REPLY_TASK, "answered a waitlist offer that had expired")
+    appointment = ctx.appointment
+    if appointment is None:
+        return _task(ctx, REPLY_TASK, "confirmed, but has no upcoming visit on file")
+    if appointment.status == AppointmentStatus.BOOKED:
+        appointment.status = AppointmentStatus.CONFIRMED
+        ctx.session.add(appointment)
+        queries.audit(
+            session=ctx.session,
+            actor=ACTOR,
+            action="appointment.confirmed",
+            entity="appointment",
+            entity_id=appointment.id,
+            detail={"message_sid": ctx.sms.message_sid},
+        )
+    return None
+
+
+def _reschedule(ctx: _Context, answers: list[tuple[str, Appointment]]) -> int | None:
+    """R / RESCHEDULE: the next fitting slot in the visit's window, texted to the patient; when
+    none fits, the booking engine's escalation (the patient keeps the visit they have)."""
+    appointment = ctx.appointment
+    if appointment is None or appointment.id is None:
+        return _task(ctx, RESCHEDULE_TASK, "asks to reschedule but has no upcoming visit on file")
+    try:
+        with ctx.session.begin_nested():
+            result = booking.reschedule_appointment(
+                session=ctx.session,
+                appointment_id=appointment.id,
+                reason=f"patient asked by SMS {ctx.sms.message_sid}",
+                settings=ctx.settings,
+                now=ctx.now,
+                actor=ACTOR,
+            )
+    except BookingError:
+        return _task(ctx, RESCHEDULE_TASK, "asks to reschedule: offer another slot")
+    if result.appointment is None:
+        return result.escalation_id
+    answers.append(("reschedule", result.appointment))
+    return None
+
+
+def _task(ctx: _Context, kind: str, what: str, *, target: str = SCHEDULER_QUEUE) -> int | None:
+    task = mq.open_task(
+        session=ctx.session,
+        kind=kind,
+        reason=f"{ctx.about()} {what}.",
+        target=target,
+        study_id=ctx.study_id,
+    )
+    return task.id
+
+
+def _enqueue_replies(ctx: _Context, kinds: list[str]) -> list[int]:
+    """Render each answer in the patient's language and put it in the outbox, due now."""
+    patient = ctx.patient
+    if patient is None or patient.id is None or not kinds:
+        return []
+    context: dict[str, object] = {
+        "clinic_name": ctx.settings.site_name,
+        "clinic_phone": display_phone(ctx.settings.clinic_phone),
+    }
+    planned = [
+        _row(
+            ctx,
+            patient.id,
+            f"reply:{ctx.sms.message_sid}:{kind}",
+            render_sms(kind, patient.language, context, templates_dir=ctx.settings.templates_dir),
+            None,
+        )
+        for kind in kinds
+    ]
+    stored = queries.enqueue_messages(session=ctx.session, messages=planned)
+    return [message.id for message in stored if message.id is not None]
+
+
+def _row(
+    ctx: _Context, patient_id: int, key: str, rendered: RenderedSms, appointment_id: int | None
+) -> OutboundMessageBase:
+    """An answer to the patient's text: to the number it came from, due now."""
+    return OutboundMessageBase(
+        idempotency_key=key,
+        patient_id=patient_id,
+        appointment_id=appointment_id,
+        kind=rendered.kind,
+        language=rendered.language,
+        template=f"sms/{rendered.language}/{rendered.kind}.j2",
+        body=rendered.body,
+        encoding=rendered.encoding,
+        segments=rendered.segments,
+        to_phone=ctx.sms.from_phone,
+        scheduled_for=ctx.now,
+    )
+
+
+def _enqueue_visit_messages(
+    ctx: _Context, appointment: Appointment, *, answer_kind: str
+) -> list[int]:
+    """For a visit booked by the patient's reply: the answer now (`reschedule` or
+    `confirmation`, as a reply) and the visit's reminders, planned as at booking."""
+    patient = ctx.session.get(Patient, appointment.patient_id)
+    provider = ctx.session.get(Provider, appointment.provider_id)
+    assert patient is not None and patient.id is not None and provider is not None
+    assert appointment.id is not None
+    settings = ctx.settings
+    zone = ZoneInfo(patient.timezone) if patient.timezone else None
+    visit = VisitDetails(
+        start=appointment.start,
+        provider_name=provider.display_name,
+        clinic_name=settings.site_name,
+        clinic_phone=settings.clinic_phone,
+    )
+    planned = plan_booking_messages(
+        visit,
+        language=patient.language,
+        zone=zone or settings.site_zone,
+        site_zone=settings.site_zone,
+        now=ctx.now,
+        reminder_days=tuple(settings.reminder_days_before),
+        templates_dir=settings.templates_dir,
+    )
+    answer = render_sms(
+        answer_kind,
+        patient.language,
+        {
+            "clinic_name": settings.site_name,
+            "clinic_phone": display_phone(settings.clinic_phone),
+            "provider_name": provider.display_name,
+            "visit_time": format_visit_time(
+                appointment.start, zone or settings.site_zone, patient.language
+            ),
+        },
+        templates_dir=settings.templates_dir,
+    )
+    rows = [
+        _row(ctx, patient.id, f"reply:{ctx.sms.message_sid}:{answer_kind}", answer, appointment.id)
+    ]
+    rows += [
+        OutboundMessageBase(
+            idempotency_key=f"appt:{appointment.id}:{sms.kind}:{sms.occurrence}",
+            patient_id=patient.id,
+            appointment_id=appointment.id,
+            kind=sms.kind,
+            language=sms.language,
+            template=sms.template,
+            body=sms.body,
+            encoding=sms.encoding,
+            segments=sms.segments,
+            to_phone=patient.phone_e164,
+            scheduled_for=sms.send_at,
+        )
+        for sms in planned
+        if sms.kind == "reminder"
+    ]
+    stored = queries.enqueue_messages(session=ctx.session, messages=rows)
+    return [message.id for message in stored[:1] if message.id is not None]

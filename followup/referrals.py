@@ -1,0 +1,75 @@
+"""Closed-loop referral states (DOMAIN.md §7), modelled on FHIR ServiceRequest + Task / ONC 360X.
+
+    initiated → sent → accepted | declined → scheduled → completed, or cancelled
+
+Plain data and one check; the database layer records every transition with its time, actor
+and reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from enum import StrEnum
+
+from followup.errors import FollowupError
+from followup.scheduling import EMERGENT, ROUTINE, URGENT
+
+
+class ReferralStatus(StrEnum):
+    INITIATED = "initiated"
+    SENT = "sent"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    SCHEDULED = "scheduled"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+# From each state, where a referral may go next. A declined referral may be sent again (to
+# another specialist); a scheduled one goes back to accepted when its appointment is cancelled.
+TRANSITIONS: Mapping[ReferralStatus, frozenset[ReferralStatus]] = {
+    ReferralStatus.INITIATED: frozenset({ReferralStatus.SENT, ReferralStatus.CANCELLED}),
+    ReferralStatus.SENT: frozenset(
+        {ReferralStatus.ACCEPTED, ReferralStatus.DECLINED, ReferralStatus.CANCELLED}
+    ),
+    ReferralStatus.ACCEPTED: frozenset({ReferralStatus.SCHEDULED, ReferralStatus.CANCELLED}),
+    ReferralStatus.DECLINED: frozenset({ReferralStatus.SENT, ReferralStatus.CANCELLED}),
+    ReferralStatus.SCHEDULED: frozenset(
+        {ReferralStatus.COMPLETED, ReferralStatus.ACCEPTED, ReferralStatus.CANCELLED}
+    ),
+    ReferralStatus.COMPLETED: frozenset(),
+    ReferralStatus.CANCELLED: frozenset(),
+}
+
+# States in which the loop is still open: the referral has no appointment yet.
+AWAITING_APPOINTMENT = frozenset(
+    {
+        ReferralStatus.INITIATED,
+        ReferralStatus.SENT,
+        ReferralStatus.ACCEPTED,
+        ReferralStatus.DECLINED,
+    }
+)
+
+# How long after it was opened a referral may wait for its appointment, by the decision's tier.
+DEFAULT_ALLOWANCE: Mapping[str, timedelta] = {
+    EMERGENT: timedelta(days=1),
+    URGENT: timedelta(days=3),
+    ROUTINE: timedelta(days=14),
+}
+
+
+class IllegalReferralTransition(FollowupError):
+    """A move the referral state machine does not allow (e.g. completed → sent)."""
+
+
+def check_transition(current: str, target: str) -> ReferralStatus:
+    """The target state, when the move from `current` is allowed; raises otherwise."""
+    source, destination = ReferralStatus(current), ReferralStatus(target)
+    if destination not in TRANSITIONS[source]:
+        allowed = ", ".join(sorted(TRANSITIONS[source])) or "nothing (final state)"
+        raise IllegalReferralTransition(
+            f"referral cannot go from {source} to {destination}; allowed: {allowed}"
+        )
+    return destination

@@ -1,0 +1,370 @@
+"""FHIR R4 DiagnosticReport (alone or in a transaction Bundle) → ScanCompleted: pure parsing.
+
+fhir.resources 8 reads R4 with its `R4B` classes (its default classes are R5); R4B changed
+nothing in the elements read here. Choices, and why:
+
+* Locations are FHIRPath-like ("DiagnosticReport.identifier", "Bundle.entry[2].resource.status")
+  so an OperationOutcome's `expression` points the sender at the element. Structural problems
+  fhir.resources finds (wrong types, unknown elements) are InvalidField; a missing required
+  element is MissingField; not JSON or no resource at all is MalformedMessage; a resource or
+  Bundle type this endpoint does not take is UnsupportedMessage.
+* Accession: the identifier typed ACSN (HL7 v2 table 0203, how US Core and IHE mark it), else
+  the first identifier with a value. The same identifier is the report's idempotency key.
+* Status: final → F; amended/corrected/appended → C; preliminary/partial → P; cancelled and
+  entered-in-error → X (nothing to route). `registered` carries no result and is refused.
+* Patient and requester come from `contained` resources or from the Bundle's entries (matched by
+  fullUrl, or by Type/id), or from a logical reference's identifier. A literal reference this
+  server cannot resolve is refused: fetching it from another server is not this gateway's job.
+* Ordering provider: `basedOn` ServiceRequest → `requester` (Practitioner, or PractitionerRole →
+  practitioner): its NPI identifier if any, else its first identifier, else its name.
+* Text: `presentedForm` attachments of type text/plain (base64, charset from the content type,
+  UTF-8 by default) in order, then `conclusion` under an IMPRESSION heading unless the text
+  already contains it. PDF and other forms carry no readable text and are skipped.
+* Times: `effective[x]` is the exam time, `issued` the result time; a date without a time is
+  local midnight in the site zone, like an HL7 DTM without offset.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.fhirresourcemodel import FHIRResourceModel
+from fhir.resources.R4B.identifier import Identifier
+from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.practitioner import Practitioner
+from fhir.resources.R4B.practitionerrole import PractitionerRole
+from fhir.resources.R4B.reference import Reference
+from fhir.resources.R4B.servicerequest import ServiceRequest
+from pydantic import ValidationError
+
+from followup.errors import InvalidField, MalformedMessage, MissingField, UnsupportedMessage
+from followup.ris.hl7v2 import _e164
+from followup.ris.scan import CodedReportItem, PersonName, ProviderRef, ScanCompleted
+
+_STATUSES = {
+    "final": "F",
+    "amended": "C",
+    "corrected": "C",
+    "appended": "C",
+    "preliminary": "P",
+    "partial": "P",
+    "cancelled": "X",
+    "entered-in-error": "X",
+}
+_BUNDLE_TYPES = {"transaction", "batch", "collection"}
+_ACCESSION_TYPE = "ACSN"
+_MRN_TYPE = "MR"
+_NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
+_BOM = "\ufeff"
+
+_M = TypeVar("_M", bound=FHIRResourceModel)
+
+
+@dataclass(frozen=True, slots=True)
+class FhirReport:
+    """The parsed ScanCompleted and where the report sat (for locations and the answer)."""
+
+    scan: ScanCompleted
+    identifier: str  # the report's identifier (system|value), its idempotency key
+    resource_path: str  # "DiagnosticReport" or "Bundle.entry[1].resource"
+
+
+@dataclass(slots=True)
+class _Resources:
+    """Resources a reference may point at: contained ones by '#id', the Bundle's by URL."""
+
+    by_key: dict[str, FHIRResourceModel] = field(default_factory=dict)
+
+    def add(self, resource: FHIRResourceModel, *keys: str | None) -> None:
+        for key in keys:
+            if key:
+                self.by_key[key] = resource
+
+    def get(self, reference: str) -> FHIRResourceModel | None:
+        found = self.by_key.get(reference)
+        if found is None and "/_history/" in reference:
+            found = self.by_key.get(reference.split("/_history/", 1)[0])
+        if found is None and reference.count("/") > 1:  # absolute URL: try its Type/id tail
+            found = self.by_key.get("/".join(reference.rsplit("/", 2)[-2:]))
+        return found
+
+
+def parse_report(raw: bytes | str, *, site_zone: ZoneInfo, phone_region: str = "US") -> FhirReport:
+    """Validate a DiagnosticReport or a Bundle holding exactly one and extract its scan."""
+    document = _json(raw)
+    resource_type = document.get("resourceType")
+    if resource_type == "DiagnosticReport":
+        report = _validate(DiagnosticReport, document, "DiagnosticReport")
+        resources = _Resources()
+        path = "DiagnosticReport"
+    elif resource_type == "Bundle":
+        report, resources, path = _from_bundle(document)
+    else:
+        raise UnsupportedMessage(
+            f"resource type {resource_type or '(none)'} is not DiagnosticReport or Bundle",
+            location="resourceType",
+        )
+    for contained in report.contained or []:
+        resources.add(contained, f"#{contained.id}" if contained.id else None)
+    return _scan(report, resources, path, site_zone=site_zone, phone_region=phone_region)
+
+
+def _json(raw: bytes | str) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        document = json.loads(text.removeprefix(_BOM))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedMessage(f"not UTF-8 JSON: {exc}") from exc
+    if not isinstance(document, dict) or "resourceType" not in document:
+        raise MalformedMessage("not a FHIR resource (no resourceType)")
+    return document
+
+
+def _validate(model: type[_M], document: Mapping[str, Any], path: str) -> _M:
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        location = _fhirpath(path, first["loc"])
+        if first["type"].endswith("missing"):
+            raise MissingField(f"{location} is required", location=location) from exc
+        raise InvalidField(f"{location}: {first['msg']}", location=location) from exc
+
+
+def _fhirpath(path: str, loc: Sequence[int | str]) -> str:
+    parts = [path]
+    for part in loc:
+        if isinstance(part, int):
+            parts[-1] += f"[{part}]"
+        elif part != "resource_type":
+            parts.append(str(part).removesuffix("__ext"))
+    return ".".join(parts)
+
+
+def _from_bundle(
+    document: Mapping[str, Any],
+) -> tuple[DiagnosticReport, _Resources, str]:
+    bundle = _validate(Bundle, document, "Bundle")
+    if bundle.type not in _BUNDLE_TYPES:
+        raise UnsupportedMessage(
+            f"Bundle type {bundle.type} is not one of {', '.join(sorted(_BUNDLE_TYPES))}",
+            location="Bundle.type",
+        )
+    resources = _Resources()
+    reports: list[tuple[int, DiagnosticReport]] = []
+    for index, entry in enumerate(bundle.entry or []):
+        resource = entry.resource
+        if resource is None:
+            continue
+        type_id = f"{resource.get_resource_type()}/{resource.id}" if resource.id else None
+        resources.add(resource, entry.fullUrl, type_id)
+        if isinstance(resource, DiagnosticReport):
+            reports.append((index, resource))
+    if not reports:
+        raise MissingField("the Bundle holds no DiagnosticReport", location="Bundle.entry")
+    if len(reports) > 1:
+        raise UnsupportedMessage(
+            f"the Bundle holds {len(reports)} DiagnosticReports; one per request is supported",
+            location="Bundle.entry",
+        )
+    index, report = reports[0]
+    return report, resources, f"Bundle.entry[{index}].resource"
+
+
+def _scan(
+    report: DiagnosticReport,
+    resources: _Resources,
+    path: str,
+    *,
+    site_zone: ZoneInfo,
+    phone_region: str,
+) -> FhirReport:
+    identifier, accession = _accession(report, path)
+    status = _STATUSES.get(report.status or "")
+    if status is None:
+        raise InvalidField(
+            f"status {report.status} carries no result to route", location=f"{path}.status"
+        )
+    patient_path = f"{path}.subject"
+    if report.subject is None:
+        raise MissingField("the report has no subject (patient)", location=patient_path)
+    patient, mrn = _patient(report.subject, resources, patient_path)
+    procedure = next(iter(report.code.coding or []), None)
+    return FhirReport(
+        scan=ScanCompleted(
+            accession=accession,
+            mrn=mrn,
+            patient_name=_name(patient.name if patient else None),
+            result_status=status,
+            report_text=_report_text(report, path),
+            birth_date=patient.birthDate if patient else None,
+            phone_e164=_phone(patient, phone_region) if patient else None,
+            ordering_provider=_ordering_provider(report, resources),
+            procedure_code=(procedure.code or "") if procedure else "",
+            procedure_text=report.code.text or ((procedure.display or "") if procedure else ""),
+            exam_time=_time(
+                report.effectiveDateTime
+                or (report.effectivePeriod.start if report.effectivePeriod else None),
+                site_zone,
+            ),
+            result_time=_time(report.issued, site_zone),
+            control_id=identifier,
+            coded_items=tuple(
+                CodedReportItem(
+                    system=coding.system or "", code=coding.code, display=coding.display or ""
+                )
+                for concept in report.conclusionCode or []
+                for coding in concept.coding or []
+                if coding.code
+            ),
+        ),
+        identifier=identifier,
+        resource_path=path,
+    )
+
+
+def _accession(report: DiagnosticReport, path: str) -> tuple[str, str]:
+    """(system|value as the idempotency key, value as the accession)."""
+    chosen = _pick(report.identifier or [], lambda i: _has_type(i.type, _ACCESSION_TYPE))
+    if chosen is None:
+        raise MissingField(
+            "the report has no identifier (accession)", location=f"{path}.identifier"
+        )
+    identifier, value = chosen
+    return f"{identifier.system or ''}|{value}", value
+
+
+def _pick(
+    identifiers: Iterable[Identifier | None], prefer: Callable[[Identifier], bool]
+) -> tuple[Identifier, str] | None:
+    """The first identifier with a value that `prefer` likes, else the first with a value."""
+    valued = [(i, i.value) for i in identifiers if i is not None and i.value]
+    return next(iter([pair for pair in valued if prefer(pair[0])] or valued), None)
+
+
+def _has_type(concept: Any, code: str) -> bool:
+    return concept is not None and any(c.code == code for c in concept.coding or [])
+
+
+def _patient(
+    subject: Reference, resources: _Resources, location: str
+) -> tuple[Patient | None, str]:
+    patient = _resolve(subject, resources, location)
+    if patient is None:  # a logical reference: the identifier is all there is
+        assert subject.identifier is not None and subject.identifier.value
+        return None, subject.identifier.value
+    if not isinstance(patient, Patient):
+        raise InvalidField(
+            f"subject is a {patient.get_resource_type()}, not a Patient", location=location
+        )
+    chosen = _pick(patient.identifier or [], lambda i: _has_type(i.type, _MRN_TYPE))
+    if chosen is None:
+        raise MissingField("the patient has no identifier (MRN)", location="Patient.identifier")
+    return patient, chosen[1]
+
+
+def _resolve(
+    reference: Reference, resources: _Resources, location: str
+) -> FHIRResourceModel | None:
+    """The resource a reference points at; None for a logical (identifier-only) reference."""
+    if reference.reference:
+        found = resources.get(reference.reference)
+        if found is None:
+            raise InvalidField(
+                f"{reference.reference} is neither contained nor in the Bundle",
+                location=f"{location}.reference",
+            )
+        return found
+    if reference.identifier is not None and reference.identifier.value:
+        return None
+    raise MissingField("the reference has neither a reference nor an identifier", location=location)
+
+
+def _name(names: Iterable[Any] | None) -> PersonName:
+    candidates = list(names or [])
+    official = [n for n in candidates if n.use == "official"]
+    chosen = next(iter(official or candidates), None)
+    if chosen is None:
+        return PersonName(family="")
+    return PersonName(family=chosen.family or "", given=next(iter(chosen.given or []), ""))
+
+
+def _phone(patient: Patient, region: str) -> str | None:
+    """The first valid phone number, mobiles first: SMS needs a mobile."""
+    phones = [t for t in patient.telecom or [] if t.system == "phone" and t.value]
+    for telecom in sorted(phones, key=lambda t: t.use != "mobile"):
+        e164 = _e164(telecom.value or "", region)
+        if e164:
+            return e164
+    return None
+
+
+def _ordering_provider(report: DiagnosticReport, resources: _Resources) -> ProviderRef | None:
+    for based_on in report.basedOn or []:
+        request = resources.get(based_on.reference) if based_on.reference else None
+        if isinstance(request, ServiceRequest) and request.requester is not None:
+            provider = _provider(request.requester, resources)
+            if provider is not None:
+                return provider
+    return None
+
+
+def _provider(reference: Reference, resources: _Resources) -> ProviderRef | None:
+    target = resources.get(reference.reference) if reference.reference else None
+    if isinstance(target, PractitionerRole):
+        return _provider(target.practitioner, resources) if target.practitioner else None
+    practitioner = target if isinstance(target, Practitioner) else None
+    identifiers = [*(practitioner.identifier or [] if practitioner else []), reference.identifier]
+    chosen = _pick(identifiers, lambda i: i.system == _NPI_SYSTEM)
+    name = _name(practitioner.name) if practitioner else PersonName(family="")
+    if chosen is None and not name.family:
+        return None
+    return ProviderRef(
+        identifier=chosen[1] if chosen else f"name:{name.family}^{name.given}",
+        name=name if name.family else None,
+        source_field="ServiceRequest.requester",
+    )
+
+
+def _report_text(report: DiagnosticReport, path: str) -> str:
+    parts: list[str] = []
+    for index, form in enumerate(report.presentedForm or []):
+        media_type, _, parameters = (form.contentType or "").partition(";")
+        if media_type.strip().lower() != "text/plain" or form.data is None:
+            continue
+        charset = _charset(parameters)
+        try:
+            parts.append(form.data.decode(charset).strip())
+        except (LookupError, UnicodeDecodeError) as exc:
+            raise InvalidField(
+                f"presentedForm is not readable as {charset}: {exc}",
+                location=f"{path}.presentedForm[{index}].data",
+            ) from exc
+    conclusion = (report.conclusion or "").strip()
+    if conclusion and not any(conclusion in part for part in parts):
+        parts.append(f"IMPRESSION:\n{conclusion}")
+    return "\n".join(part.replace("\r\n", "\n") for part in parts if part)
+
+
+def _charset(parameters: str) -> str:
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip():
+            return value.strip().strip('"')
+    return "utf-8"
+
+
+def _time(value: date | datetime | None, zone: ZoneInfo) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        # FHIR requires an offset with a time; the site zone covers senders that omit it.
+        return value.astimezone(zone) if value.tzinfo else value.replace(tzinfo=zone)
+    return datetime.combine(value, time(), tzinfo=zone)

@@ -1,0 +1,119 @@
+"""HL7 v2 orders (ORM^O01, OMI^O23) and patient administration (ADT^A04/A08/A31) → RisUpdate.
+
+These messages start no flow: they only carry what later results rely on, the patient's
+phone and language and the study's ordering provider. Pure parsing, like `hl7v2`, whose
+field-access helpers (escapes, delimiters, phone and provider rules) are reused on purpose so
+an order and its result are read by the same rules: the accession is found the way
+`parse_oru` finds it, so the order and the result land on the same study.
+
+* PID-15 (primary language, CWE) is reduced to a two-letter ISO 639-1 code, the key of the SMS
+  template folders; "en-US", "SPA^Spanish^HL70296" and "eng" all work. An unknown language is
+  None (the stored one is kept) rather than a guess.
+* An order without any accession still updates its patient: nothing is dropped for want of a
+  key that only results need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from followup.errors import MissingField, UnsupportedMessage
+from followup.ris.hl7v2 import (
+    _accession,
+    _birth_date,
+    _Delimiters,
+    _delimiters,
+    _field_value,
+    _first_repetition,
+    _first_segment,
+    _ordering_provider,
+    _person_name,
+    _phone,
+    _Segment,
+    _segment,
+    message_header,
+    parse_message,
+)
+from followup.ris.scan import PersonName, ProviderRef
+
+ORDER_TYPES = frozenset({"ORM^O01", "OMI^O23"})
+ADT_TYPES = frozenset({"ADT^A04", "ADT^A08", "ADT^A31"})
+UPDATE_TYPES = ORDER_TYPES | ADT_TYPES
+_PROCESSING_IDS = {"P", "T", "D"}
+
+# ISO 639-2 (and HL7 table 0296's) three-letter codes of the languages seen most in US clinics.
+_LANGUAGE_ALPHA3 = {
+    "eng": "en", "spa": "es", "chi": "zh", "zho": "zh", "vie": "vi", "tgl": "tl", "kor": "ko",
+    "rus": "ru", "ara": "ar", "fre": "fr", "fra": "fr", "por": "pt", "hat": "ht", "ger": "de",
+    "deu": "de", "ita": "it", "pol": "pl", "jpn": "ja", "hin": "hi", "urd": "ur", "per": "fa",
+    "fas": "fa", "som": "so",
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RisUpdate:
+    """What an order or ADT message says about a patient (and, for orders, a study)."""
+
+    message_type: str
+    mrn: str
+    patient_name: PersonName
+    phone_e164: str | None = None
+    language: str | None = None
+    accession: str | None = None
+    ordering_provider: ProviderRef | None = None
+
+
+def parse_update(text: str, *, phone_region: str = "US") -> RisUpdate:
+    """Validate one order or ADT message and extract what it updates."""
+    msg = parse_message(text)
+    header = message_header(msg)
+    if header.message_type not in UPDATE_TYPES:
+        supported = ", ".join(sorted(UPDATE_TYPES))
+        raise UnsupportedMessage(
+            f"message type {header.message_type or '(empty)'} is not one of {supported}",
+            location="MSH-9",
+        )
+    if header.processing_id not in _PROCESSING_IDS:
+        raise UnsupportedMessage(
+            f"processing id {header.processing_id or '(empty)'} is not P, T or D",
+            location="MSH-11",
+        )
+    if not header.version.startswith("2."):
+        raise UnsupportedMessage(
+            f"version {header.version or '(empty)'} is not HL7 v2", location="MSH-12"
+        )
+    delims = _delimiters(msg)
+    segments = [_segment(raw) for raw in msg]
+    pid = _first_segment(segments, "PID")
+    if pid is None:
+        raise MissingField("no PID segment", location="PID")
+    mrn = _field_value(pid, 3, 1, delims)
+    if not mrn:
+        raise MissingField("patient identifier (MRN) is empty", location="PID-3")
+    _birth_date(_field_value(pid, 7, 1, delims))  # a bad PID-7 is an AE here as in results
+    is_order = header.message_type in ORDER_TYPES
+    obr = _first_segment(segments, "OBR") if is_order else None
+    return RisUpdate(
+        message_type=header.message_type,
+        mrn=mrn,
+        patient_name=_person_name(_first_repetition(pid.field(5), delims), delims),
+        phone_e164=_phone(pid.field(13), delims, phone_region),
+        language=language_code(_field_value(pid, 15, 1, delims)),
+        accession=_order_accession(obr, delims) if obr is not None else None,
+        ordering_provider=(_ordering_provider(segments, obr, delims) if obr is not None else None),
+    )
+
+
+def language_code(value: str) -> str | None:
+    """A PID-15 code ("en-US", "SPA", "eng", "es") as ISO 639-1; None when not recognised."""
+    code = value.strip().lower().replace("_", "-").split("-", 1)[0]
+    if len(code) == 2 and code.isascii() and code.isalpha():
+        return code
+    return _LANGUAGE_ALPHA3.get(code)
+
+
+def _order_accession(obr: _Segment, delims: _Delimiters) -> str | None:
+    try:
+        return _accession(obr, delims)
+    except MissingField:
+        return None

@@ -1,0 +1,1217 @@
+"""Booking, waitlist and referral-tracking queries: keyword-only functions taking a session.
+
+The caller owns the transaction. What fits, in which order providers are tried and who on the
+waitlist comes first are decided by the pure core (followup.scheduling, followup.referrals);
+this module reads and writes the rows and records every step in the audit trail.
+
+No double booking: a slot changes hands by one conditional write (free → booked) that only one
+transaction can win; on PostgreSQL the winner is picked with `FOR UPDATE SKIP LOCKED`, so
+racing bookers move on to another slot instead of queueing behind each other. The partial
+unique index `uq_appointment_active_slot` stays the last guard: a violation raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, NamedTuple, cast
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    CursorResult,
+    Integer,
+    and_,
+    bindparam,
+    insert,
+    or_,
+    update,
+)
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, SQLModel, col, select
+
+from followup.calendars import CalendarImport
+from followup.errors import BookingError
+from followup.referrals import (
+    AWAITING_APPOINTMENT,
+    DEFAULT_ALLOWANCE,
+    ReferralStatus,
+    check_transition,
+)
+from followup.scheduling import (
+    NO_PREFERENCES,
+    BookingWindow,
+    DayPart,
+    Period,
+    Preferences,
+    ProviderCalendar,
+    SlotStatus,
+    WorkingSession,
+    fallback_chain,
+    fitting_slots,
+    offer_deadline,
+    plan_slot_sync,
+    site_holidays,
+    waitlist_priority,
+)
+from followup.settings import Settings
+from models.queries import audit, cancel_pending_messages, record_escalation
+from models.tables import (
+    ACTIVE_APPOINTMENT_STATUSES,
+    Appointment,
+    AppointmentKind,
+    AppointmentStatus,
+    BlockedPeriod,
+    Decision,
+    Escalation,
+    EscalationStatus,
+    ImagingStudy,
+    OfferStatus,
+    Patient,
+    Provider,
+    Referral,
+    ReferralStatusChange,
+    SiteClosure,
+    Slot,
+    SlotSource,
+    WaitlistEntry,
+    WaitlistOffer,
+    WaitlistStatus,
+    WorkingHours,
+)
+from models.types import utcnow
+
+ACTOR = "engine"
+SCHEDULER_QUEUE = "scheduler-queue"
+PAGE_SIZE = 16  # free slots read per round trip while looking for one that fits
+OFFER_TTL = timedelta(hours=4)  # how long a waitlisted patient has to answer an offer
+OFFER_NOTICE = timedelta(hours=12)  # an offer lapses at the latest this long before the visit
+
+
+# --- site and provider calendars ---------------------------------------------------------------
+
+
+def site_closed_days(
+    *, session: Session, settings: Settings, years: Iterable[int]
+) -> frozenset[date]:
+    """Public holidays of the site's country and subdivision, plus the site's own closures."""
+    years = tuple(years)
+    closures = session.exec(
+        select(col(SiteClosure.day)).where(
+            col(SiteClosure.day) >= date(min(years), 1, 1),
+            col(SiteClosure.day) <= date(max(years), 12, 31),
+        )
+    ).all()
+    return site_holidays(settings.site_country, settings.site_subdivision, years) | set(closures)
+
+
+def provider_calendar(*, session: Session, provider: Provider) -> ProviderCalendar:
+    hours = session.exec(
+        select(WorkingHours).where(
+            WorkingHours.provider_id == provider.id, col(WorkingHours.superseded_at).is_(None)
+        )
+    ).all()
+    blocked = session.exec(
+        select(BlockedPeriod).where(BlockedPeriod.provider_id == provider.id)
+    ).all()
+    return ProviderCalendar(
+        zone=ZoneInfo(provider.timezone),
+        sessions=tuple(sorted(WorkingSession(h.weekday, h.start, h.end) for h in hours)),
+        slot_minutes=provider.slot_minutes,
+        blocked=tuple(Period(b.start, b.end) for b in blocked),
+    )
+
+
+def set_working_hours(
+    *, session: Session, provider_id: int, sessions: Iterable[WorkingSession]
+) -> bool:
+    """Make `sessions` the provider's weekly hours, superseding the old ones. True if changed."""
+    wanted = sorted(set(sessions))
+    current = session.exec(
+        select(WorkingHours).where(
+            WorkingHours.provider_id == provider_id, col(WorkingHours.superseded_at).is_(None)
+        )
+    ).all()
+    if sorted(WorkingSession(h.weekday, h.start, h.end) for h in current) == wanted:
+        return False
+    now = utcnow()
+    for row in current:
+        row.superseded_at = now
+        session.add(row)
+    session.add_all(
+        WorkingHours(provider_id=provider_id, weekday=s.weekday, start=s.start, end=s.end)
+        for s in wanted
+    )
+    session.flush()
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class SlotSync:
+    created: int
+    blocked: int
+    reopened: int
+
+
+def materialize_slots(
+    *,
+    session: Session,
+    provider_id: int,
+    first_day: date,
+    days: int,
+    closed_days: Iterable[date],
+) -> SlotSync:
+    """Lay the provider's slots for `days` days from `first_day` from its calendar (idempotent).
+
+    Slots the calendar no longer wants (changed hours, a new blocked period or closure) are
+    blocked when free; booked ones are left to the schedulers (`add_blocked_period` names them).
+    """
+    provider = _provider(session, provider_id)
+    calendar = provider_calendar(session=session, provider=provider)
+    zone = calendar.zone
+    first = datetime.combine(first_day, time.min, tzinfo=zone)
+    last = datetime.combine(first_day + timedelta(days=days), time.min, tzinfo=zone)
+    existing = session.exec(
+        select(Slot).where(Slot.provider_id == provider_id, Slot.start >= first, Slot.start < last)
+    ).all()
+    wanted = [
+        (start.astimezone(UTC), end.astimezone(UTC))
+        for start, end in calendar.slot_times(first_day, days, closed_days=frozenset(closed_days))
+    ]
+    plan = plan_slot_sync(wanted, existing)
+    for slot in plan.block:
+        slot.status = SlotStatus.BLOCKED
+    for slot in plan.reopen:
+        slot.status = SlotStatus.FREE
+    session.add_all([*plan.block, *plan.reopen])
+    session.flush()  # blocked rows leave the open-slot unique index before new ones arrive
+    session.add_all(
+        Slot(provider_id=provider_id, start=start, end=end) for start, end in plan.create
+    )
+    session.flush()
+    return SlotSync(created=len(plan.create), blocked=len(plan.block), reopened=len(plan.reopen))
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarChange:
+    blocked_slots: int  # free slots that may no longer be booked
+    conflicts: tuple[int, ...]  # active appointments in the closed time: schedulers move them
+
+
+def add_blocked_period(
+    *,
+    session: Session,
+    provider_id: int,
+    start: datetime,
+    end: datetime,
+    reason: str,
+    source: str = "manual",
+    actor: str = ACTOR,
+) -> CalendarChange:
+    """Block the provider's time from `start` to `end` (vacation, busy elsewhere); idempotent."""
+    if not start < end:
+        raise BookingError(f"blocked period ends ({end}) before it starts ({start})")
+    known = session.exec(
+        select(BlockedPeriod.id).where(
+            BlockedPeriod.provider_id == provider_id,
+            BlockedPeriod.start == start,
+            BlockedPeriod.end == end,
+        )
+    ).first()
+    if known is None:
+        session.add(
+            BlockedPeriod(
+                provider_id=provider_id, start=start, end=end, reason=reason, source=source
+            )
+        )
+    overlapping = [
+        col(Slot.provider_id) == provider_id,
+        col(Slot.start) < end,
+        col(Slot.end) > start,
+    ]
+    blocked = session.exec(
+        update(Slot)
+        .where(*overlapping, col(Slot.status) == SlotStatus.FREE)
+        .values(status=SlotStatus.BLOCKED)
+    ).rowcount
+    conflicts = _active_appointments(session, overlapping)
+    session.flush()
+    audit(
+        session=session,
+        actor=actor,
+        action="calendar.blocked",
+        entity="provider",
+        entity_id=provider_id,
+        detail={
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "reason": reason,
+            "slots_blocked": blocked,
+            "conflicting_appointments": list(conflicts),
+        },
+    )
+    return CalendarChange(blocked_slots=blocked, conflicts=conflicts)
+
+
+def add_site_closure(
+    *, session: Session, day: date, reason: str, zone: ZoneInfo, actor: str = ACTOR
+) -> CalendarChange | None:
+    """Close the whole site on `day` (local): every provider's free slots that day are blocked.
+
+    Returns None when the day was already closed.
+    """
+    if session.exec(select(SiteClosure).where(SiteClosure.day == day)).first() is not None:
+        return None
+    session.add(SiteClosure(day=day, reason=reason))
+    start = datetime.combine(day, time.min, tzinfo=zone)
+    end = start + timedelta(days=1)
+    overlapping = [col(Slot.start) < end, col(Slot.end) > start]
+    blocked = session.exec(
+        update(Slot)
+        .where(*overlapping, col(Slot.status) == SlotStatus.FREE)
+        .values(status=SlotStatus.BLOCKED)
+    ).rowcount
+    conflicts = _active_appointments(session, overlapping)
+    session.flush()
+    audit(
+        session=session,
+        actor=actor,
+        action="calendar.site_closed",
+        entity="site",
+        entity_id=None,
+        detail={
+            "day": day.isoformat(),
+            "reason": reason,
+            "slots_blocked": blocked,
+            "conflicting_appointments": list(conflicts),
+        },
+    )
+    return CalendarChange(blocked_slots=blocked, conflicts=conflicts)
+
+
+def _active_appointments(
+    session: Session, slot_conditions: Sequence[ColumnElement[bool]]
+) -> tuple[int, ...]:
+    return tuple(
+        appointment_id
+        for appointment_id in session.exec(
+            select(Appointment.id)
+            .join(Slot, col(Slot.id) == col(Appointment.slot_id))
+            .where(*slot_conditions, col(Appointment.status).in_(ACTIVE_APPOINTMENT_STATUSES))
+            .order_by(col(Appointment.start))
+        ).all()
+        if appointment_id is not None
+    )
+
+
+# --- imports -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    providers_created: int
+    providers_updated: int
+    slots_created: int
+    slots_blocked: int
+    blocked_periods: int
+    skipped: tuple[str, ...]
+    conflicts: tuple[int, ...]
+
+
+def import_calendars(
+    *,
+    session: Session,
+    data: CalendarImport,
+    first_day: date,
+    days: int,
+    closed_days: Iterable[date],
+    actor: str = ACTOR,
+) -> ImportReport:
+    """Store imported providers and availability, then lay the providers' slots (idempotent)."""
+    closed = frozenset(closed_days)
+    skipped = list(data.skipped)
+    created = updated = slots_created = slots_blocked = periods = 0
+    by_npi: dict[str, Provider] = {}
+    for record in data.providers:
+        provider = session.exec(select(Provider).where(Provider.npi == record.npi)).first()
+        if provider is None:
+            provider = Provider(
+                npi=record.npi, family_name=record.family_name, practice="", timezone=""
+            )
+            created += 1
+        else:
+            updated += 1
+        provider.family_name = record.family_name
+        provider.given_name = record.given_name
+        provider.practice = record.practice
+        provider.timezone = record.timezone
+        provider.slot_minutes = record.slot_minutes
+        session.add(provider)
+        session.flush()
+        by_npi[record.npi] = provider
+    for record in data.providers:
+        provider = by_npi[record.npi]
+        covering = (
+            session.exec(select(Provider).where(Provider.npi == record.covering_npi)).first()
+            if record.covering_npi
+            else None
+        )
+        if record.covering_npi and covering is None:
+            skipped.append(
+                f"provider {record.npi}: covering provider {record.covering_npi} unknown"
+            )
+        provider.covering_provider_id = covering.id if covering else None
+        session.add(provider)
+        assert provider.id is not None
+        set_working_hours(session=session, provider_id=provider.id, sessions=record.sessions)
+    conflicts: list[int] = []
+    touched: set[int] = {p.id for p in by_npi.values() if p.id is not None}
+    for row in data.availability:
+        provider = (
+            by_npi.get(row.npi)
+            or session.exec(select(Provider).where(Provider.npi == row.npi)).first()
+        )
+        if provider is None or provider.id is None:
+            skipped.append(f"{row.source}: provider NPI {row.npi} is not in the directory")
+            continue
+        touched.add(provider.id)
+        if not row.bookable:
+            result = add_blocked_period(
+                session=session,
+                provider_id=provider.id,
+                start=row.start,
+                end=row.end,
+                reason=row.comment or row.status,
+                source=row.source[:64],
+                actor=actor,
+            )
+            periods += 1
+            slots_blocked += result.blocked_slots
+            conflicts.extend(result.conflicts)
+            continue
+        problem = _imported_slot_problem(session, provider, row.start, row.end, closed)
+        if problem == "already there":
+            continue
+        if problem:
+            skipped.append(f"{row.source}: {problem}")
+            continue
+        session.add(
+            Slot(provider_id=provider.id, start=row.start, end=row.end, source=SlotSource.IMPORT)
+        )
+        session.flush()
+        slots_created += 1
+    for provider_id in sorted(touched):
+        sync = materialize_slots(
+            session=session,
+            provider_id=provider_id,
+            first_day=first_day,
+            days=days,
+            closed_days=closed,
+        )
+        slots_created += sync.created
+        slots_blocked += sync.blocked
+    audit(
+        session=session,
+        actor=actor,
+        action="calendar.imported",
+        entity="provider",
+        entity_id=None,
+        detail={"providers": sorted(by_npi), "slots_created": slots_created, "skipped": skipped},
+    )
+    return ImportReport(
+        providers_created=created,
+        providers_updated=updated,
+        slots_created=slots_created,
+        slots_blocked=slots_blocked,
+        blocked_periods=periods,
+        skipped=tuple(skipped),
+        conflicts=tuple(sorted(set(conflicts))),
+    )
+
+
+def _imported_slot_problem(
+    session: Session, provider: Provider, start: datetime, end: datetime, closed: frozenset[date]
+) -> str:
+    local_day = start.astimezone(ZoneInfo(provider.timezone)).date()
+    if local_day in closed or local_day.weekday() >= 5:
+        return f"{local_day} is not a business day of the site"
+    clash = session.exec(
+        select(Slot).where(
+            Slot.provider_id == provider.id,
+            Slot.status != SlotStatus.BLOCKED,
+            Slot.start < end,
+            Slot.end > start,
+        )
+    ).first()
+    if clash is None:
+        return ""
+    if clash.start == start and clash.end == end:
+        return "already there"
+    return f"overlaps the provider's slot at {clash.start.isoformat()}"
+
+
+# --- booking -----------------------------------------------------------------------------------
+
+
+def active_follow_up(*, session: Session, study_id: int) -> Appointment | None:
+    return session.exec(
+        select(Appointment).where(
+            Appointment.study_id == study_id,
+            col(Appointment.status).in_(ACTIVE_APPOINTMENT_STATUSES),
+        )
+    ).first()
+
+
+def patient_preferences(patient: Patient) -> Preferences:
+    return Preferences(
+        day_part=DayPart(patient.preferred_day_part) if patient.preferred_day_part else None,
+        weekdays=frozenset(patient.preferred_weekdays or ()),
+    )
+
+
+def set_patient_preferences(
+    *, session: Session, patient_id: int, preferences: Preferences
+) -> Patient:
+    patient = session.get(Patient, patient_id)
+    if patient is None:
+        raise LookupError(f"patient {patient_id} does not exist")
+    patient.preferred_day_part = preferences.day_part
+    patient.preferred_weekdays = sorted(preferences.weekdays) or None
+    session.add(patient)
+    session.flush()
+    return patient
+
+
+@dataclass(frozen=True, slots=True)
+class Booked:
+    appointment_id: int
+    slot_id: int
+    provider_id: int
+    start: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BookingResult:
+    booked: Booked | None
+    reason: str  # what happened, step by step, for the BookingOutcome and the escalation
+    fallbacks: tuple[str, ...]  # why each earlier step of the chain could not book
+
+
+class _ProviderRow(NamedTuple):
+    id: int
+    family_name: str
+    practice: str
+    covering_provider_id: int | None
+    active: bool
+    timezone: str
+
+    @property
+    def display_name(self) -> str:
+        return f"Dr. {self.family_name}"
+
+
+class _FreeSlot(NamedTuple):
+    id: int
+    provider_id: int
+    start: datetime
+    end: datetime
+
+
+# The booking path runs on prebuilt Core statements: building and ORM-loading them per call
+# cost more than the queries themselves (bench/results/booking.md).
+_ORDERING: BindParameter[int] = bindparam("ordering", type_=Integer)
+_DIRECTORY = sa_select(
+    col(Provider.id),
+    col(Provider.family_name),
+    col(Provider.practice),
+    col(Provider.covering_provider_id),
+    col(Provider.active),
+    col(Provider.timezone),
+).where(
+    or_(
+        col(Provider.id) == _ORDERING,
+        col(Provider.id)
+        == select(col(Provider.covering_provider_id))
+        .where(col(Provider.id) == _ORDERING)
+        .scalar_subquery(),
+        col(Provider.practice)
+        == select(col(Provider.practice)).where(col(Provider.id) == _ORDERING).scalar_subquery(),
+    )
+)
+_FREE_PAGE = (
+    select(col(Slot.id), col(Slot.provider_id), col(Slot.start), col(Slot.end))
+    .where(
+        col(Slot.provider_id).in_(bindparam("providers", expanding=True)),
+        col(Slot.status) == SlotStatus.FREE,
+        col(Slot.start) >= bindparam("earliest"),
+        col(Slot.start) < bindparam("latest"),
+        or_(
+            col(Slot.start) > bindparam("after_start"),
+            and_(col(Slot.start) == bindparam("after_start"), col(Slot.id) > bindparam("after_id")),
+        ),
+    )
+    .order_by(col(Slot.start), col(Slot.id))
+    .limit(PAGE_SIZE)
+)
+_SLOTS = SQLModel.metadata.tables["slot"]
+# Take the first candidate still free, in one statement: on PostgreSQL the row is locked with
+# SKIP LOCKED, so a booker never waits for another's uncommitted booking but moves on to the
+# next candidate; SQLite runs the whole statement under its single write lock.
+_TAKE_FIRST_FREE = (
+    update(_SLOTS)
+    .where(
+        _SLOTS.c.id
+        == sa_select(_SLOTS.c.id)
+        .where(
+            _SLOTS.c.id.in_(bindparam("ids", expanding=True)),
+            _SLOTS.c.status == SlotStatus.FREE,
+        )
+        .order_by(_SLOTS.c.start, _SLOTS.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    .values(status=SlotStatus.BOOKED)
+    .returning(_SLOTS.c.id)
+)
+_MOVE_SLOT = (
+    update(_SLOTS)
+    .where(_SLOTS.c.id == bindparam("slot_id"), _SLOTS.c.status == bindparam("current"))
+    .values(status=bindparam("target"))
+)
+_APPOINTMENTS = SQLModel.metadata.tables["appointment"]
+_NEW_APPOINTMENT = insert(_APPOINTMENTS).returning(_APPOINTMENTS.c.id)
+
+
+def book_with_fallback(
+    *,
+    session: Session,
+    patient_id: int,
+    study_id: int | None,
+    ordering_provider_id: int,
+    window: BookingWindow,
+    closed_days: frozenset[date],
+    preferences: Preferences = NO_PREFERENCES,
+    actor: str = ACTOR,
+) -> BookingResult:
+    """Book the earliest fitting slot: ordering provider → covering provider → practice.
+
+    Each step that cannot book is audited with its reason; the result says who was booked
+    after which fallbacks, or why nobody could be.
+    """
+    directory = {
+        row.id: row
+        for row in map(
+            _ProviderRow._make, session.execute(_DIRECTORY, {"ordering": ordering_provider_id})
+        )
+    }
+    ordering = directory.get(ordering_provider_id)
+    if ordering is None:
+        raise LookupError(f"provider {ordering_provider_id} does not exist")
+    covering = directory.get(ordering.covering_provider_id or 0)
+    colleagues = [p for p in directory.values() if p.practice == ordering.practice]
+    zone = ZoneInfo(ordering.timezone)
+    wanted = window.describe(zone)
+    if preferences != NO_PREFERENCES:
+        wanted += f" matching the patient's preferences ({preferences.describe()})"
+    fallbacks: list[str] = []
+    for link in fallback_chain(ordering, covering=covering, practice=colleagues):
+        providers = [directory[pid] for pid in link.provider_ids]
+        taken = _take_first_fitting(
+            session, providers, window=window, closed_days=closed_days, preferences=preferences
+        )
+        who = " or ".join(p.display_name for p in providers)
+        if taken is None:
+            fallbacks.append(f"{link.step} {who}: no free slot in the {wanted}")
+            audit(
+                session=session,
+                actor=actor,
+                action="booking.fallback",
+                entity="study",
+                entity_id=study_id,
+                detail={
+                    "step": link.step,
+                    "providers": list(link.provider_ids),
+                    "reason": fallbacks[-1],
+                },
+            )
+            continue
+        appointment_id = _insert_appointment(
+            session, taken, patient_id=patient_id, study_id=study_id, window=window
+        )
+        booked_with = directory[taken.provider_id].display_name
+        reason = f"booked with the {link.step} {booked_with} in the {window.describe(zone)}"
+        if fallbacks:
+            reason += " after: " + "; ".join(fallbacks)
+        audit(
+            session=session,
+            actor=actor,
+            action="appointment.booked",
+            entity="appointment",
+            entity_id=appointment_id,
+            detail={
+                "study_id": study_id,
+                "slot_id": taken.id,
+                "provider_id": taken.provider_id,
+                "step": link.step,
+                "fallbacks": fallbacks,
+            },
+        )
+        booked = Booked(appointment_id, taken.id, taken.provider_id, taken.start)
+        return BookingResult(booked=booked, reason=reason, fallbacks=tuple(fallbacks))
+    if not ordering.active:
+        fallbacks.insert(0, f"ordering provider {ordering.display_name} is inactive")
+    return BookingResult(booked=None, reason="; ".join(fallbacks), fallbacks=tuple(fallbacks))
+
+
+def _provider(session: Session, provider_id: int) -> Provider:
+    provider = session.get(Provider, provider_id)
+    if provider is None:
+        raise LookupError(f"provider {provider_id} does not exist")
+    return provider
+
+
+def _take_first_fitting(
+    session: Session,
+    providers: Sequence[_ProviderRow],
+    *,
+    window: BookingWindow,
+    closed_days: frozenset[date],
+    preferences: Preferences,
+) -> _FreeSlot | None:
+    """Read the providers' free slots in the window page by page and take the first that fits."""
+    zones = {p.id: ZoneInfo(p.timezone) for p in providers}
+    params = {
+        "providers": list(zones),
+        "earliest": window.earliest,
+        "latest": window.latest,
+        "after_start": window.earliest,
+        "after_id": 0,
+    }
+    while True:
+        page = list(map(_FreeSlot._make, session.execute(_FREE_PAGE, params)))
+        candidates = sorted(
+            (
+                slot
+                for provider_id, zone in zones.items()
+                for slot in fitting_slots(
+                    [s for s in page if s.provider_id == provider_id],
+                    window,
+                    zone=zone,
+                    closed_days=closed_days,
+                    preferences=preferences,
+                )
+            ),
+            key=lambda slot: (slot.start, slot.id),
+        )
+        taken = _take_first(session, candidates)
+        if taken is not None or len(page) < PAGE_SIZE:
+            return taken
+        params |= {"after_start": page[-1].start, "after_id": page[-1].id}
+
+
+def _take_first(session: Session, candidates: Sequence[_FreeSlot]) -> _FreeSlot | None:
+    """Mark the first candidate that is still free as booked; None when others took them all."""
+    if not candidates:
+        return None
+    by_id = {slot.id: slot for slot in candidates}
+    slot_id = session.execute(_TAKE_FIRST_FREE, {"ids": list(by_id)}).scalar()
+    return None if slot_id is None else by_id[slot_id]
+
+
+def _move_slot(session: Session, slot_id: int, current: SlotStatus, target: SlotStatus) -> bool:
+    """Compare-and-set of a slot's status: True when this transaction made the change.
+
+    A Core write: a Slot object this session already holds is expired, so it reloads.
+    """
+    result = session.execute(_MOVE_SLOT, {"slot_id": slot_id, "current": current, "target": target})
+    loaded = session.identity_map.get(session.identity_key(Slot, slot_id))
+    if loaded is not None:
+        session.expire(loaded, ["status"])
+    return cast(CursorResult[Any], result).rowcount == 1
+
+
+def _insert_appointment(
+    session: Session,
+    slot: _FreeSlot | Slot,
+    *,
+    patient_id: int,
+    study_id: int | None,
+    window: BookingWindow,
+) -> int:
+    assert slot.id is not None
+    appointment_id: int = session.execute(
+        _NEW_APPOINTMENT,
+        {
+            "patient_id": patient_id,
+            "provider_id": slot.provider_id,
+            "slot_id": slot.id,
+            "study_id": study_id,
+            "kind": AppointmentKind.FOLLOW_UP,
+            "start": slot.start,
+            "status": AppointmentStatus.BOOKED,
+            "tier": window.tier,
+            "window_start": window.earliest,
+            "window_end": window.latest,
+            "booked_at": utcnow(),
+        },
+    ).scalar_one()
+    return appointment_id
+
+
+# --- the waitlist ------------------------------------------------------------------------------
+
+
+def add_to_waitlist(
+    *,
+    session: Session,
+    patient_id: int,
+    study_id: int | None,
+    provider_id: int,
+    window: BookingWindow,
+    reason: str,
+    actor: str = ACTOR,
+) -> WaitlistEntry:
+    """Put the patient on the waitlist for the window; a study already waiting keeps its entry."""
+    if study_id is not None:
+        existing = session.exec(
+            select(WaitlistEntry).where(
+                WaitlistEntry.study_id == study_id,
+                col(WaitlistEntry.status).in_((WaitlistStatus.WAITING, WaitlistStatus.OFFERED)),
+            )
+        ).first()
+        if existing is not None:
+            return existing
+    entry = WaitlistEntry(
+        patient_id=patient_id,
+        study_id=study_id,
+        provider_id=provider_id,
+        practice=_provider(session, provider_id).practice,
+        urgency=window.tier,
+        window_start=window.earliest,
+        window_end=window.latest,
+        reason=reason,
+    )
+    session.add(entry)
+    session.flush()
+    audit(
+        session=session,
+        actor=actor,
+        action="waitlist.added",
+        entity="waitlist_entry",
+        entity_id=entry.id,
+        detail={"study_id": study_id, "urgency": window.tier, "reason": reason},
+    )
+    return entry
+
+
+def offer_freed_slot(
+    *,
+    session: Session,
+    slot_id: int,
+    now: datetime,
+    ttl: timedelta = OFFER_TTL,
+    notice: timedelta = OFFER_NOTICE,
+    actor: str = ACTOR,
+) -> WaitlistOffer | None:
+    """Hold a free slot for the first waitlisted patient it suits (urgent first, then longest
+    waiting; the slot's provider must be theirs, their covering provider or in their practice,
+    the slot inside their window and as they prefer). None when nobody fits or it is too late.
+
+    The offer goes out by SMS elsewhere; `accept_offer` books it, `expire_offers` moves it on.
+    """
+    slot = session.get(Slot, slot_id)
+    if slot is None or slot.status != SlotStatus.FREE:
+        return None
+    deadline = offer_deadline(now, slot.start, ttl=ttl, notice=notice)
+    if deadline is None:
+        return None
+    provider = _provider(session, slot.provider_id)
+    covered_by_slot_provider = select(Provider.id).where(
+        Provider.covering_provider_id == provider.id
+    )
+    already_offered = select(WaitlistOffer.entry_id).where(WaitlistOffer.slot_id == slot_id)
+    rows = session.exec(
+        select(WaitlistEntry, Patient)
+        .join(Patient, col(Patient.id) == col(WaitlistEntry.patient_id))
+        .where(
+            WaitlistEntry.status == WaitlistStatus.WAITING,
+            WaitlistEntry.window_start <= slot.start,
+            WaitlistEntry.window_end > slot.start,
+            or_(
+                col(WaitlistEntry.provider_id) == provider.id,
+                col(WaitlistEntry.practice) == provider.practice,
+                col(WaitlistEntry.provider_id).in_(covered_by_slot_provider),
+            ),
+            col(WaitlistEntry.id).not_in(already_offered),
+        )
+    ).all()
+    zone = ZoneInfo(provider.timezone)
+    suited = [
+        entry for entry, patient in rows if patient_preferences(patient).accepts(slot.start, zone)
+    ]
+    if not suited:
+        return None
+    entry = min(suited, key=lambda e: waitlist_priority(e.urgency, e.created_at))
+    if not _move_slot(session, slot_id, SlotStatus.FREE, SlotStatus.HELD):
+        return None
+    entry.status = WaitlistStatus.OFFERED
+    offer = WaitlistOffer(entry_id=entry.id, slot_id=slot_id, offered_at=now, expires_at=deadline)  # type: ignore[arg-type]
+    session.add_all([entry, offer])
+    session.flush()
+    audit(
+        session=session,
+        actor=actor,
+        action="waitlist.offered",
+        entity="waitlist_offer",
+        entity_id=offer.id,
+        detail={"entry_id": entry.id, "slot_id": slot_id, "expires_at": deadline.isoformat()},
+    )
+    return offer
+
+
+def accept_offer(
+    *, session: Session, offer_id: int, now: datetime, actor: str = ACTOR
+) -> Appointment | None:
+    """Book the held slot for the patient who accepted; None when the offer is no longer open
+    (answered, expired or past its deadline: then it is expired and the slot moves on)."""
+    offer = _offer(session, offer_id)
+    if offer.status != OfferStatus.PENDING:
+        return None
+    if offer.expires_at <= now:
+        _close_offer(session, offer, OfferStatus.EXPIRED, now=now, actor=actor)
+        return None
+    entry = session.get(WaitlistEntry, offer.entry_id)
+    slot = session.get(Slot, offer.slot_id)
+    assert entry is not None and slot is not None
+    if not _move_slot(session, slot.id, SlotStatus.HELD, SlotStatus.BOOKED):  # type: ignore[arg-type]
+        raise BookingError(f"slot {slot.id} of pending offer {offer_id} is not held")
+    window = BookingWindow(entry.window_start, entry.window_end, entry.urgency)
+    appointment_id = _insert_appointment(
+        session, slot, patient_id=entry.patient_id, study_id=entry.study_id, window=window
+    )
+    offer.status = OfferStatus.ACCEPTED
+    offer.responded_at = now
+    offer.appointment_id = appointment_id
+    entry.status = WaitlistStatus.BOOKED
+    entry.resolved_at = now
+    entry.appointment_id = appointment_id
+    session.add_all([offer, entry])
+    if entry.study_id is not None:
+        _resolve_unbookable(session, entry.study_id, now=now)
+    session.flush()
+    audit(
+        session=session,
+        actor=actor,
+        action="appointment.booked",
+        entity="appointment",
+        entity_id=appointment_id,
+        detail={
+            "study_id": entry.study_id,
+            "slot_id": slot.id,
+            "step": "waitlist",
+            "offer_id": offer_id,
+        },
+    )
+    return session.get_one(Appointment, appointment_id)
+
+
+def decline_offer(
+    *, session: Session, offer_id: int, now: datetime, actor: str = ACTOR
+) -> WaitlistOffer | None:
+    """The patient said no: they wait on, and the slot goes to the next one (returned)."""
+    offer = _offer(session, offer_id)
+    if offer.status != OfferStatus.PENDING:
+        return None
+    return _close_offer(session, offer, OfferStatus.DECLINED, now=now, actor=actor)
+
+
+def expire_offers(*, session: Session, now: datetime, actor: str = ACTOR) -> list[WaitlistOffer]:
+    """Expire unanswered offers past their deadline and offer each slot to the next patient;
+    entries whose window has closed lapse. Returns the new offers (to be sent)."""
+    due = session.exec(
+        select(WaitlistOffer)
+        .where(WaitlistOffer.status == OfferStatus.PENDING, WaitlistOffer.expires_at <= now)
+        .order_by(col(WaitlistOffer.id))
+    ).all()
+    offers = [
+        offer
+        for expired in due
+        if (offer := _close_offer(session, expired, OfferStatus.EXPIRED, now=now, actor=actor))
+    ]
+    lapsed = session.exec(
+        select(WaitlistEntry).where(
+            WaitlistEntry.status == WaitlistStatus.WAITING, WaitlistEntry.window_end <= now
+        )
+    ).all()
+    for entry in lapsed:
+        entry.status = WaitlistStatus.LAPSED
+        entry.resolved_at = now
+        session.add(entry)
+        audit(
+            session=session,
+            actor=actor,
+            action="waitlist.lapsed",
+            entity="waitlist_entry",
+            entity_id=entry.id,
+            detail={"study_id": entry.study_id},
+        )
+    session.flush()
+    return offers
+
+
+def _offer(session: Session, offer_id: int) -> WaitlistOffer:
+    offer = session.get(WaitlistOffer, offer_id)
+    if offer is None:
+        raise LookupError(f"waitlist offer {offer_id} does not exist")
+    return offer
+
+
+def _close_offer(
+    session: Session, offer: WaitlistOffer, status: OfferStatus, *, now: datetime, actor: str
+) -> WaitlistOffer | None:
+    """Close a pending offer unanswered; the patient waits on, the slot is offered onwards."""
+    offer.status = status
+    offer.responded_at = now if status == OfferStatus.DECLINED else None
+    entry = session.get(WaitlistEntry, offer.entry_id)
+    assert entry is not None
+    entry.status = WaitlistStatus.WAITING
+    session.add_all([offer, entry])
+    _move_slot(session, offer.slot_id, SlotStatus.HELD, SlotStatus.FREE)
+    session.flush()
+    audit(
+        session=session,
+        actor=actor,
+        action=f"waitlist.offer_{status}",
+        entity="waitlist_offer",
+        entity_id=offer.id,
+        detail={"entry_id": entry.id, "slot_id": offer.slot_id},
+    )
+    return offer_freed_slot(session=session, slot_id=offer.slot_id, now=now, actor=actor)
+
+
+def _resolve_unbookable(session: Session, study_id: int, *, now: datetime) -> None:
+    escalation = session.exec(
+        select(Escalation).where(
+            Escalation.study_id == study_id,
+            Escalation.kind == "unbookable",
+            Escalation.status == EscalationStatus.OPEN,
+        )
+    ).first()
+    if escalation is not None:
+        escalation.status = EscalationStatus.ACKNOWLEDGED
+        escalation.acknowledged_at = now
+        escalation.acknowledged_by = "waitlist"
+        session.add(escalation)
+
+
+# --- cancel and reschedule ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    appointment: Appointment
+    messages_cancelled: int
+    offer: WaitlistOffer | None  # the freed slot, offered to a waitlisted patient
+
+
+def cancel_appointment(
+    *,
+    session: Session,
+    appointment_id: int,
+    reason: str,
+    now: datetime | None = None,
+    actor: str = ACTOR,
+) -> CancelResult:
+    """Cancel the appointment and its unsent messages; the slot is freed and offered to the
+    waitlist. Cancelling a cancelled appointment changes nothing."""
+    now = now or utcnow()
+    appointment = _appointment(session, appointment_id)
+    if appointment.status == AppointmentStatus.CANCELLED:
+        return CancelResult(appointment=appointment, messages_cancelled=0, offer=None)
+    if appointment.status not in ACTIVE_APPOINTMENT_STATUSES:
+        raise BookingError(f"appointment {appointment_id} is {appointment.status}")
+    appointment.status = AppointmentStatus.CANCELLED
+    appointment.cancelled_at = now
+    appointment.cancel_reason = reason
+    session.add(appointment)
+    session.flush()  # out of the active-slot index before the slot is offered again
+    messages = cancel_pending_messages(session=session, appointment_id=appointment_id)
+    freed = _move_slot(session, appointment.slot_id, SlotStatus.BOOKED, SlotStatus.FREE)
+    offer = (
+        offer_freed_slot(session=session, slot_id=appointment.slot_id, now=now, actor=actor)
+        if freed
+        else None
+    )
+    audit(
+        session=session,
+        actor=actor,
+        action="appointment.cancelled",
+        entity="appointment",
+        entity_id=appointment_id,
+        detail={
+            "reason": reason,
+            "messages_cancelled": messages,
+            "offer_id": offer.id if offer else None,
+        },
+    )
+    return CancelResult(appointment=appointment, messages_cancelled=messages, offer=offer)
+
+
+@dataclass(frozen=True, slots=True)
+class RescheduleResult:
+    previous: Appointment
+    appointment: Appointment | None  # the new one; None when escalated
+    offer: WaitlistOffer | None  # the freed old slot, offered to a waitlisted patient
+    escalation_id: int | None
+    reason: str
+
+
+def reschedule_appointment(
+    *,
+    session: Session,
+    appointment_id: int,
+    reason: str,
+    settings: Settings,
+    now: datetime | None = None,
+    actor: str = ACTOR,
+) -> RescheduleResult:
+    """Move a follow-up to the next fitting slot after it, inside its booking window, through
+    the same fallback chain; the old slot is freed. When nothing fits, the patient keeps the
+    appointment they have and the schedulers get an escalation to call them."""
+    now = now or utcnow()
+    previous = _appointment(session, appointment_id)
+    if previous.status not in ACTIVE_APPOINTMENT_STATUSES:
+        raise BookingError(f"appointment {appointment_id} is {previous.status}")
+    if (
+        previous.study_id is None
+        or previous.tier is None
+        or previous.window_start is None
+        or previous.window_end is None
+    ):
+        raise BookingError(f"appointment {appointment_id} has no study window to reschedule in")
+    study = session.get(ImagingStudy, previous.study_id)
+    patient = session.get(Patient, previous.patient_id)
+    assert study is not None and patient is not None
+    window = BookingWindow(previous.window_start, previous.window_end, previous.tier)
+    window = window.starting_after(max(previous.start, now))
+    result = book_with_fallback(
+        session=session,
+        patient_id=previous.patient_id,
+        study_id=previous.study_id,
+        ordering_provider_id=study.ordering_provider_id or previous.provider_id,
+        window=window,
+        closed_days=site_closed_days(
+            session=session, settings=settings, years=range(now.year, now.year + 2)
+        ),
+        preferences=patient_preferences(patient),
+        actor=actor,
+    )
+    if result.booked is None:
+        why = f"reschedule asked ({reason}); {result.reason or 'the window has passed'}"
+        escalation = record_escalation(
+            session=session,
+            study_id=previous.study_id,
+            kind="reschedule",
+            reason=why,
+            target=SCHEDULER_QUEUE,
+        )
+        return RescheduleResult(previous, None, None, escalation.id, why)
+    previous.replaced_by_id = result.booked.appointment_id
+    cancelled = cancel_appointment(
+        session=session,
+        appointment_id=appointment_id,
+        reason=f"rescheduled to appointment {result.booked.appointment_id}: {reason}",
+        now=now,
+        actor=actor,
+    )
+    appointment = session.get_one(Appointment, result.booked.appointment_id)
+    return RescheduleResult(previous, appointment, cancelled.offer, None, result.reason)
+
+
+def _appointment(session: Session, appointment_id: int) -> Appointment:
+    appointment = session.get(Appointment, appointment_id)
+    if appointment is None:
+        raise LookupError(f"appointment {appointment_id} does not exist")
+    return appointment
+
+
+# --- referral tracking -------------------------------------------------------------------------
+
+
+def transition_referral(
+    *,
+    session: Session,
+    referral_id: int,
+    to: str,
+    actor: str,
+    reason: str = "",
+    at: datetime | None = None,
+    scheduled_for: datetime | None = None,
+) -> Referral:
+    """Move a referral to its next state (refusing moves the state machine does not allow),
+    timestamped, kept in its history and audited. `scheduled` needs the appointment time."""
+    referral = session.get(Referral, referral_id)
+    if referral is None:
+        raise LookupError(f"referral {referral_id} does not exist")
+    target = check_transition(referral.status, to)
+    if (target == ReferralStatus.SCHEDULED) != (scheduled_for is not None):
+        raise BookingError("scheduled_for is given with, and only with, the scheduled state")
+    at = at or utcnow()
+    session.add(
+        ReferralStatusChange(
+            referral_id=referral_id,
+            from_status=referral.status,
+            to_status=target,
+            at=at,
+            actor=actor,
+            reason=reason,
+        )
+    )
+    audit(
+        session=session,
+        actor=actor,
+        action=f"referral.{target}",
+        entity="referral",
+        entity_id=referral_id,
+        detail={"from": referral.status, "to": target, "reason": reason},
+    )
+    referral.status = target
+    referral.status_changed_at = at
+    referral.scheduled_for = scheduled_for
+    session.add(referral)
+    session.flush()
+    return referral
+
+
+def referral_history(*, session: Session, referral_id: int) -> list[ReferralStatusChange]:
+    return list(
+        session.exec(
+            select(ReferralStatusChange)
+            .where(ReferralStatusChange.referral_id == referral_id)
+            .order_by(col(ReferralStatusChange.at), col(ReferralStatusChange.id))
+        )
+    )
+
+
+def overdue_referrals(
+    *,
+    session: Session,
+    now: datetime,
+    allowance: Mapping[str, timedelta] = DEFAULT_ALLOWANCE,
+) -> list[Referral]:
+    """Open referrals still without an appointment past their tier's allowance, oldest first."""
+    late = [
+        and_(col(Decision.urgency) == tier, col(Referral.created_at) < now - delta)
+        for tier, delta in allowance.items()
+    ]
+    return list(
+        session.exec(
+            select(Referral)
+            .join(Decision, col(Decision.id) == col(Referral.decision_id))
+            .where(col(Referral.status).in_(AWAITING_APPOINTMENT), or_(*late))
+            .order_by(col(Referral.created_at), col(Referral.id))
+        )
+    )

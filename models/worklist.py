@@ -1,0 +1,158 @@
+"""Queries behind the schedulers' worklist artifacts (keyword-only, session passed in).
+
+Rows come back as `WorklistRow` dicts already limited to what a scheduler may see: accession,
+patient initials, times, provider, kinds and statuses — never names, phones or report text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from followup.ris.scan import PersonName
+from models import booking, queries
+from models.tables import (
+    Appointment,
+    Escalation,
+    EscalationStatus,
+    ImagingStudy,
+    InboxMessage,
+    InboxStatus,
+    OutboundMessage,
+    OutboundStatus,
+    Patient,
+    Provider,
+)
+from models.types import utcnow
+
+WorklistRow = dict[str, Any]
+
+
+def failed_inbox_rows(*, session: Session, limit: int) -> Sequence[InboxMessage]:
+    """Accepted messages whose processing failed, newest first (rejected input is not here:
+    its sender got an AE/AR and must resend)."""
+    return session.exec(
+        select(InboxMessage)
+        .where(InboxMessage.status == InboxStatus.ERROR, col(InboxMessage.accession).is_not(None))
+        .order_by(col(InboxMessage.id).desc())
+        .limit(limit)
+    ).all()
+
+
+def _initials(patient: Patient | None) -> str:
+    return PersonName(patient.family_name, patient.given_name).initials if patient else ""
+
+
+def bookings_between(*, session: Session, start: datetime, end: datetime) -> list[WorklistRow]:
+    rows = session.exec(
+        select(Appointment, Provider, Patient, ImagingStudy)
+        .join(Provider, col(Provider.id) == col(Appointment.provider_id))
+        .join(Patient, col(Patient.id) == col(Appointment.patient_id))
+        .join(ImagingStudy, col(ImagingStudy.id) == col(Appointment.study_id), isouter=True)
+        .where(col(Appointment.start) >= start, col(Appointment.start) < end)
+        .order_by(col(Appointment.start))
+    ).all()
+    return [
+        {
+            "time": appointment.start,
+            "provider": provider.display_name,
+            "accession": study.accession if study else "-",
+            "patient": _initials(patient),
+            "status": appointment.status,
+        }
+        for appointment, provider, patient, study in rows
+    ]
+
+
+def open_escalations(
+    *, session: Session, kinds: Sequence[str] | None = None, now: datetime | None = None
+) -> list[WorklistRow]:
+    now = now or utcnow()
+    query = (
+        select(Escalation, ImagingStudy, Patient)
+        .join(ImagingStudy, col(ImagingStudy.id) == col(Escalation.study_id), isouter=True)
+        .join(Patient, col(Patient.id) == col(ImagingStudy.patient_id), isouter=True)
+        .where(Escalation.status == EscalationStatus.OPEN)
+        .order_by(col(Escalation.created_at))
+    )
+    if kinds is not None:
+        query = query.where(col(Escalation.kind).in_(kinds))
+    return [
+        {
+            "id": escalation.id,
+            "kind": escalation.kind,
+            "accession": study.accession if study else "-",
+            "patient": _initials(patient),
+            "waiting (min)": int((now - escalation.created_at).total_seconds() // 60),
+            "for": escalation.target,
+            "reason": escalation.reason[:160],
+        }
+        for escalation, study, patient in session.exec(query).all()
+    ]
+
+
+def undeliverable_messages(*, session: Session, limit: int = 200) -> list[WorklistRow]:
+    rows = session.exec(
+        select(OutboundMessage, Patient)
+        .join(Patient, col(Patient.id) == col(OutboundMessage.patient_id))
+        .where(col(OutboundMessage.status).in_((OutboundStatus.FAILED, OutboundStatus.UNDELIVERED)))
+        .order_by(col(OutboundMessage.id).desc())
+        .limit(limit)
+    ).all()
+    return [
+        {
+            "message id": message.id,
+            "kind": message.kind,
+            "patient": _initials(patient),
+            "status": message.status,
+            "error": message.error_code or "-",
+        }
+        for message, patient in rows
+    ]
+
+
+def overdue_referral_rows(*, session: Session, now: datetime) -> list[WorklistRow]:
+    overdue = booking.overdue_referrals(session=session, now=now)
+    studies = {
+        study.id: study
+        for study in session.exec(
+            select(ImagingStudy).where(col(ImagingStudy.id).in_([r.study_id for r in overdue]))
+        ).all()
+    }
+    return [
+        {
+            "referral id": referral.id,
+            "specialty": referral.specialty,
+            "accession": studies[referral.study_id].accession,
+            "status": referral.status,
+            "open since": referral.created_at,
+        }
+        for referral in overdue
+    ]
+
+
+def acknowledge_escalation(
+    *, session: Session, escalation_id: int, by: str, now: datetime
+) -> Escalation:
+    """Close an escalation; acknowledging twice keeps the first acknowledgement."""
+    escalation = session.get(Escalation, escalation_id)
+    if escalation is None:
+        raise LookupError(f"escalation {escalation_id} does not exist")
+    if escalation.status == EscalationStatus.OPEN:
+        escalation.status = EscalationStatus.ACKNOWLEDGED
+        escalation.acknowledged_at = now
+        escalation.acknowledged_by = by
+        session.add(escalation)
+        queries.audit(
+            session=session,
+            actor=by,
+            action="escalation.acknowledged",
+            entity="escalation",
+            entity_id=escalation.id,
+            detail={"kind": escalation.kind},
+        )
+        session.flush()
+    return escalation

@@ -1,0 +1,132 @@
+"""The booking commands of `followup`, run in-process against the test database."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+from typer.testing import CliRunner
+
+from followup.cli import app
+from followup.scheduling import BookingWindow
+from models.db import session_scope
+from models.tables import Appointment, Provider, Slot
+from tests.booking.conftest import NY, Clinic
+from tests.booking.test_calendars import FHIR_EXAMPLES
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli(clinic: Clinic, monkeypatch: pytest.MonkeyPatch) -> Clinic:
+    monkeypatch.setenv("DATABASE_URL", clinic.url)
+    return clinic
+
+
+def _run(*args: str, code: int = 0) -> Any:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == code, result.output
+    return json.loads(result.stdout) if code == 0 else result.output
+
+
+def test_providers_import_reads_csv_and_fhir_and_reports_what_it_skipped(
+    cli: Clinic, tmp_path: Path
+) -> None:
+    providers = tmp_path / "providers.csv"
+    providers.write_text(
+        "npi,family_name,given_name,practice,timezone,covering_npi,slot_minutes,hours\n"
+        "3000000001,Okafor,Ada,Riverside,America/New_York,3000000002,30,Mon-Fri 09:00-12:00\n"
+        "3000000002,Lindqvist,Erik,Riverside,America/New_York,,30,Mon-Fri 13:00-17:00\n"
+    )
+    schedule = str(FHIR_EXAMPLES / "Schedule-exampleloc1.json")
+
+    first = _run("providers", "import", str(providers), schedule, "--days", "14")
+    again = _run("providers", "import", str(providers), schedule, "--days", "14")
+
+    assert (first["providers_created"], first["providers_updated"]) == (2, 0)
+    assert first["slots_created"] >= 8 * 6 + 8 * 8  # at least 8 business days in 14
+    assert first["skipped"] == ["Schedule/exampleloc1: Practitioner/1 carries no NPI identifier"]
+    assert (again["providers_created"], again["slots_created"]) == (0, 0)
+    with session_scope(cli.url) as session:
+        okafor = session.exec(select(Provider).where(Provider.npi == "3000000001")).one()
+        assert okafor.covering_provider_id is not None
+    assert _run("providers", "slots", "--days", "14") == {
+        "providers": 2,
+        "created": 0,
+        "blocked": 0,
+        "reopened": 0,
+    }
+
+
+def test_providers_import_refuses_a_broken_file_without_touching_the_database(
+    cli: Clinic, tmp_path: Path
+) -> None:
+    broken = tmp_path / "providers.csv"
+    broken.write_text("npi,when\n1,now\n")
+    output = _run("providers", "import", str(broken), code=1)
+    assert "import refused" in output and "unknown CSV header" in output
+
+
+def test_block_close_cancel_and_reschedule_from_the_command_line(cli: Clinic) -> None:
+    doctor = cli.provider()
+    tomorrow = datetime.now(NY).date() + timedelta(days=1)
+    cli.lay_slots(doctor, first_day=tomorrow, days=21, closed=())
+    patient = cli.patient()
+    with session_scope(cli.url) as session:
+        npi = session.get_one(Provider, doctor).npi
+        first = session.exec(
+            select(Slot).where(Slot.provider_id == doctor).order_by(col(Slot.start))
+        ).first()
+        assert first is not None
+        local = first.start.astimezone(NY)
+
+    blocked = _run(
+        "providers", "block", npi, local.isoformat(), (local + timedelta(hours=1)).isoformat()
+    )
+    assert blocked == {"slots_blocked": 2, "conflicts": []}
+    closed = _run("providers", "close", (local + timedelta(days=1)).date().isoformat())
+    assert closed["conflicts"] == []
+    assert _run("providers", "close", (local + timedelta(days=1)).date().isoformat()) == {
+        "already_closed": True
+    }
+
+    study, _ = cli.study(patient, doctor)
+    start = datetime.combine(tomorrow, datetime.min.time(), tzinfo=NY)
+    booked = cli.book(
+        patient,
+        doctor,
+        study_id=study,
+        window=BookingWindow(start, start + timedelta(days=14), "routine"),
+    ).booked
+    assert booked is not None
+    moved = _run("appointments", "reschedule", str(booked.appointment_id))
+    assert moved["previous"] == booked.appointment_id and moved["appointment"] is not None
+    assert datetime.fromisoformat(moved["start"]) > booked.start
+    cancelled = _run("appointments", "cancel", str(moved["appointment"]), "--reason", "flu")
+    assert cancelled == {
+        "appointment": moved["appointment"],
+        "status": "cancelled",
+        "messages_cancelled": 0,
+        "offer": None,
+    }
+    with session_scope(cli.url) as session:
+        assert session.get_one(Appointment, moved["appointment"]).cancel_reason == "flu"
+        assert session.get_one(Appointment, booked.appointment_id).status == "cancelled"
+    assert _run("waitlist", "expire") == []
+
+
+def test_referral_moves_are_checked_and_overdue_ones_listed(cli: Clinic) -> None:
+    referral = cli.referral(opened=datetime.now(NY) - timedelta(days=20))
+
+    assert _run("referrals", "move", str(referral), "sent", "--reason", "faxed") == {
+        "referral": referral,
+        "status": "sent",
+    }
+    refused = _run("referrals", "move", str(referral), "completed", code=1)
+    assert "refused" in refused and "from sent to completed" in refused
+    [overdue] = _run("referrals", "overdue")
+    assert (overdue["referral"], overdue["status"]) == (referral, "sent")

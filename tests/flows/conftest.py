@@ -1,0 +1,45 @@
+"""Fixtures for flow tests: a migrated database with the demo clinic, and a real Prefect API."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from followup.demo import restamp_for_today
+from followup.intake import receive_message
+from followup.scheduling import site_holidays
+from followup.settings import Settings, get_settings
+from models.db import session_scope
+from models.seed import seed_demo_clinic
+from tests.conftest import SAMPLES
+
+
+@pytest.fixture
+def settings(database_url: str, monkeypatch: pytest.MonkeyPatch, prefect_api: None) -> Settings:
+    # The flow builds its own Settings from the environment, as it does under a worker.
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    settings = get_settings()
+    today = datetime.now(settings.site_zone).date()
+    with session_scope(database_url) as session:
+        seed_demo_clinic(
+            session=session,
+            zone=settings.site_zone,
+            first_day=today,
+            closed_days=site_holidays("US", None, (today.year, today.year + 1)),
+        )
+    return settings
+
+
+def run_sample(settings: Settings, sample: str) -> dict[str, Any]:
+    from flows.scan_completed import scan_completed
+
+    raw = restamp_for_today(
+        (SAMPLES / "hl7" / sample).read_bytes(), now=datetime.now(settings.site_zone)
+    )
+    with session_scope(settings.database_url) as session:
+        receipt = receive_message(session=session, raw=raw, source="test", settings=settings)
+    assert receipt.should_process
+    return asyncio.run(scan_completed(inbox_id=receipt.inbox_id, accession=receipt.accession))

@@ -1,0 +1,273 @@
+"""FHIR R4 DiagnosticReport / Bundle → ScanCompleted, pure: the project's samples, the official
+R4 examples (which reference patients that are not there), and every kind of bad input."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from followup.errors import (
+    InboundMessageError,
+    InvalidField,
+    MalformedMessage,
+    MissingField,
+    UnsupportedMessage,
+)
+from followup.ris.fhir import FhirReport, parse_report
+from followup.ris.hl7v2 import decode_message, parse_oru
+from followup.ris.scan import CodedReportItem, PersonName, ProviderRef
+from tests.conftest import SAMPLES, SHARED_DATA
+
+ZONE = ZoneInfo("America/New_York")
+FHIR = SAMPLES / "fhir"
+OFFICIAL = SHARED_DATA / "fhir-r4"
+SPINE = SAMPLES / "hl7" / "spine_pain_degenerative.hl7"
+REQUESTER = ProviderRef(
+    identifier="1000000003",
+    name=PersonName(family="Ramanathan", given="Priya"),
+    source_field="ServiceRequest.requester",
+)
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((FHIR / name).read_text())
+
+
+def parse(document: dict[str, Any]) -> FhirReport:
+    return parse_report(json.dumps(document).encode(), site_zone=ZONE)
+
+
+def failure(document: dict[str, Any] | bytes) -> InboundMessageError:
+    raw = document if isinstance(document, bytes) else json.dumps(document).encode()
+    with pytest.raises(InboundMessageError) as caught:
+        parse_report(raw, site_zone=ZONE)
+    return caught.value
+
+
+def test_report_with_contained_resources() -> None:
+    report = parse(load("diagnosticreport_contained.json"))
+    scan = report.scan
+
+    assert (report.identifier, report.resource_path) == (
+        "urn:oid:2.16.840.1.113883.3.9999.2|ACC2026200103",
+        "DiagnosticReport",
+    )
+    assert (scan.accession, scan.mrn, scan.result_status) == ("ACC2026200103", "DM200103", "F")
+    assert scan.patient_name == PersonName(family="Whitaker", given="Thomas")
+    assert (scan.birth_date, scan.phone_e164) == (date(1971, 11, 30), "+15085550145")
+    assert scan.ordering_provider == REQUESTER
+    assert (scan.procedure_code, scan.procedure_text) == (
+        "72148",
+        "MRI LUMBAR SPINE WITHOUT CONTRAST",
+    )
+    assert scan.exam_time == datetime(2026, 11, 3, 16, 10, tzinfo=ZONE)
+    assert scan.result_time == datetime(2026, 11, 4, 9, 21, tzinfo=ZONE)
+    assert scan.exam_time.utcoffset() == ZONE.utcoffset(datetime(2026, 11, 3, 16, 10))
+    # presentedForm (text/plain; the PDF beside it is skipped), then the conclusion.
+    assert scan.report_text.startswith("EXAM: MRI LUMBAR SPINE WITHOUT CONTRAST\n")
+    assert scan.report_text.endswith(
+        "\nIMPRESSION:\n1. Broad-based L4-5 disc protrusion with annular fissure, without nerve"
+        " root contact. No spinal canal stenosis.\n2. Multilevel lower lumbar facet arthropathy,"
+        " most pronounced at L4-5 and L5-S1.\n3. Degenerative disc disease at L5-S1 with Modic"
+        " type 2 endplate changes."
+    )
+    assert "%PDF" not in scan.report_text
+
+
+def test_transaction_bundle_with_practitioner_role() -> None:
+    report = parse(load("bundle_transaction.json"))
+    scan = report.scan
+
+    assert report.resource_path == "Bundle.entry[4].resource"
+    assert (scan.accession, scan.mrn) == ("ACC2026300103", "DM300103")
+    assert scan.ordering_provider == REQUESTER
+    assert scan.report_text.startswith("IMPRESSION:\n1. Broad-based L4-5 disc protrusion")
+
+
+def test_conclusion_already_in_the_text_is_not_repeated() -> None:
+    document = load("diagnosticreport_contained.json")
+    document["conclusion"] = "Paraspinal soft tissues: Unremarkable."
+
+    assert parse(document).scan.report_text.count("Paraspinal soft tissues") == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        ("final", "F"),
+        ("corrected", "C"),
+        ("amended", "C"),
+        ("appended", "C"),
+        ("preliminary", "P"),
+        ("partial", "P"),
+        ("cancelled", "X"),
+        ("entered-in-error", "X"),
+    ],
+)
+def test_status_mapping(status: str, code: str) -> None:
+    document = load("diagnosticreport_contained.json")
+    document["status"] = status
+
+    assert parse(document).scan.result_status == code
+
+
+def test_official_example_made_routable() -> None:
+    """DiagnosticReport-f201 (CT head-neck) with an accession and its patient contained."""
+    document = json.loads((OFFICIAL / "DiagnosticReport-f201.json").read_text())
+    document["identifier"] = [{"value": "F201-ACC"}]
+    document["contained"] = [
+        {"resourceType": "Patient", "id": "roel", "identifier": [{"value": "f201-mrn"}]}
+    ]
+    document["subject"] = {"reference": "#roel"}
+
+    scan = parse(document).scan
+
+    assert (scan.accession, scan.mrn) == ("F201-ACC", "f201-mrn")
+    assert scan.report_text == "IMPRESSION:\nCT brains: large tumor sphenoid/clivus."
+    assert scan.coded_items == (
+        CodedReportItem(
+            system="http://snomed.info/sct",
+            code="188340000",
+            display="Malignant tumor of craniopharyngeal duct",
+        ),
+    )
+    # effectiveDateTime carries +01:00: the same instant, in the site zone.
+    assert scan.exam_time == datetime(2012, 12, 1, 6, 0, tzinfo=ZONE)
+
+
+@pytest.mark.parametrize(
+    ("example", "error", "location"),
+    [
+        ("DiagnosticReport-f201.json", MissingField, "DiagnosticReport.identifier"),
+        ("DiagnosticReport-ultrasound.json", MissingField, "DiagnosticReport.identifier"),
+        ("DiagnosticReport-102.json", MissingField, "DiagnosticReport.identifier"),
+        ("DiagnosticReport-pap.json", MissingField, "DiagnosticReport.identifier"),
+        ("DiagnosticReport-example-pgx.json", MissingField, "DiagnosticReport.identifier"),
+        # an identifier, but the subject is only a display name
+        ("DiagnosticReport-gingival-mass.json", MissingField, "DiagnosticReport.subject"),
+    ],
+)
+def test_official_examples_are_refused_with_the_element(
+    example: str, error: type[InboundMessageError], location: str
+) -> None:
+    caught = failure((OFFICIAL / example).read_bytes())
+
+    assert (type(caught), caught.location) == (error, location)
+
+
+def test_unresolvable_subject_is_refused() -> None:
+    document = json.loads((OFFICIAL / "DiagnosticReport-ultrasound.json").read_text())
+    document["identifier"] = [{"value": "US-1"}]
+
+    caught = failure(document)
+
+    assert (type(caught), caught.location) == (InvalidField, "DiagnosticReport.subject.reference")
+    assert "Patient/example" in caught.reason
+
+
+def test_logical_subject_reference_gives_the_mrn() -> None:
+    document = load("diagnosticreport_contained.json")
+    document["subject"] = {"identifier": {"system": "urn:mrn", "value": "LOGICAL-1"}}
+
+    scan = parse(document).scan
+
+    assert (scan.mrn, scan.patient_name.family, scan.phone_e164) == ("LOGICAL-1", "", None)
+
+
+def test_accession_typed_acsn_wins_over_the_first_identifier() -> None:
+    document = load("diagnosticreport_contained.json")
+    document["identifier"].insert(0, {"system": "urn:placer", "value": "PLACER-9"})
+
+    assert parse(document).scan.accession == "ACC2026200103"
+
+
+def test_date_only_effective_time_is_local_midnight() -> None:
+    document = load("diagnosticreport_contained.json")
+    document["effectiveDateTime"] = "2026-11-03"
+
+    assert parse(document).scan.exam_time == datetime(2026, 11, 3, tzinfo=ZONE)
+
+
+def test_latin1_presented_form() -> None:
+    document = load("diagnosticreport_contained.json")
+    document["presentedForm"] = [
+        {
+            "contentType": "text/plain; charset=ISO-8859-1",
+            "data": base64.b64encode("Núñez: no stenosis.".encode("latin-1")).decode(),
+        }
+    ]
+
+    assert parse(document).scan.report_text.startswith("Núñez: no stenosis.\n")
+
+
+def _bundle_patient_with_bad_birth_date() -> dict[str, Any]:
+    bundle = load("bundle_transaction.json")
+    bundle["entry"][0]["resource"]["birthDate"] = "1971-13-30"
+    return bundle
+
+
+def _report(**changes: Any) -> dict[str, Any]:
+    document = copy.deepcopy(load("diagnosticreport_contained.json"))
+    document.update(changes)
+    return {k: v for k, v in document.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("document", "error", "location"),
+    [
+        (b"{not json", MalformedMessage, None),
+        (b"[1, 2]", MalformedMessage, None),
+        ({"resourceType": "Patient"}, UnsupportedMessage, "resourceType"),
+        ({"resourceType": "Bundle", "type": "searchset"}, UnsupportedMessage, "Bundle.type"),
+        ({"resourceType": "Bundle", "type": "transaction"}, MissingField, "Bundle.entry"),
+        (_report(status=None), MissingField, "DiagnosticReport.status"),
+        (_report(status="registered"), InvalidField, "DiagnosticReport.status"),
+        (_report(subject={"reference": 5}), InvalidField, "DiagnosticReport.subject.reference"),
+        (_report(unknownElement=1), InvalidField, "DiagnosticReport.unknownElement"),
+        (_report(subject=None), MissingField, "DiagnosticReport.subject"),
+        (_report(identifier=[{"system": "urn:x"}]), MissingField, "DiagnosticReport.identifier"),
+        (
+            _report(subject={"reference": "#req"}),  # a Practitioner
+            InvalidField,
+            "DiagnosticReport.subject",
+        ),
+        (
+            _report(presentedForm=[{"contentType": "text/plain; charset=utf-8", "data": "/w=="}]),
+            InvalidField,
+            "DiagnosticReport.presentedForm[0].data",
+        ),
+        (
+            _bundle_patient_with_bad_birth_date(),
+            InvalidField,
+            "Bundle.entry[0].resource.birthDate",
+        ),
+    ],
+)
+def test_bad_input_names_the_element(
+    document: dict[str, Any] | bytes, error: type[InboundMessageError], location: str | None
+) -> None:
+    caught = failure(document)
+
+    assert (type(caught), caught.location) == (error, location)
+
+
+def test_patient_without_identifier() -> None:
+    document = load("diagnosticreport_contained.json")
+    del document["contained"][0]["identifier"]
+
+    caught = failure(document)
+
+    assert (type(caught), caught.location) == (MissingField, "Patient.identifier")
+
+
+def test_same_report_as_hl7_gives_the_same_text_as_its_hl7_twin() -> None:
+    """The FHIR sample carries the HL7 sample's report: FINDINGS and IMPRESSION as sent."""
+    hl7_text = parse_oru(decode_message(SPINE.read_bytes()), site_zone=ZONE).report_text
+
+    assert parse(load("diagnosticreport_contained.json")).scan.report_text == hl7_text

@@ -1,0 +1,591 @@
+"""POST /twilio/status and /twilio/inbound, signed with Twilio's RequestValidator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlmodel import col, select
+from twilio.request_validator import RequestValidator
+
+from followup.gateway import twilio_webhooks
+from followup.gateway.twilio_webhooks import twilio_router
+from followup.messaging.dispatch import UNDELIVERABLE_TASK
+from followup.messaging.replies import REPLY_TASK, RESCHEDULE_TASK, WORSENING_TASK
+from followup.messaging.sender import SmsSender
+from models import messaging_queries as mq
+from models.db import session_scope
+from models.tables import (
+    Appointment,
+    ImagingStudy,
+    InboxMessage,
+    OutboundStatus,
+    Slot,
+    TwilioEvent,
+)
+from tests.sms.conftest import (
+    CLINIC_FROM,
+    NOW,
+    PHONE,
+    Clock,
+    RecordingSender,
+    World,
+    dispatcher,
+    twilio_settings,
+)
+from tests.sms.twilio_mock import ACCOUNT_SID, AUTH_TOKEN
+
+PUBLIC = "https://followup.example.org"
+SID = "SM" + "ab" * 16
+
+
+@dataclass
+class Gateway:
+    client: TestClient
+    base: str  # the URL Twilio signs: what it called
+
+    def post(
+        self,
+        path: str,
+        params: dict[str, str],
+        *,
+        query: str = "",
+        signature: str | None = None,
+        signed_params: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        url = f"{self.base}{path}" + (f"?{query}" if query else "")
+        if signature is None:
+            signature = RequestValidator(AUTH_TOKEN).compute_signature(
+                url, signed_params if signed_params is not None else params
+            )
+        return self.client.post(
+            path + (f"?{query}" if query else ""),
+            content=urlencode(params),
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "X-Twilio-Signature": signature,
+            },
+        )
+
+    def status(self, sid: str, status: str, *, error: str | None = None, query: str = "") -> int:
+        params = {"MessageSid": sid, "MessageStatus": status, "AccountSid": ACCOUNT_SID}
+        if error:
+            params["ErrorCode"] = error
+        return self.post("/twilio/status", params, query=query).status_code
+
+    def text(
+        self, body: str, *, sid: str = SID, phone: str = PHONE, opt_out_type: str | None = None
+    ) -> httpx.Response:
+        params = {
+            "MessageSid": sid,
+            "SmsSid": sid,
+            "AccountSid": ACCOUNT_SID,
+            "From": phone,
+            "To": CLINIC_FROM,
+            "Body": body,
+            "NumMedia": "0",
+            "SmsStatus": "received",
+        }
+        if opt_out_type:
+            params["OptOutType"] = opt_out_type
+        return self.post("/twilio/inbound", params)
+
+
+def make_gateway(
+    database_url: str,
+    *,
+    public_base: str | None = None,
+    sender: SmsSender | None = None,
+    token: str | None = AUTH_TOKEN,
+    clock: Clock | None = None,
+) -> Gateway:
+    settings = twilio_settings(
+        "http://127.0.0.1:9",
+        twilio_auth_token=token,
+        twilio_webhook_base_url=public_base,
+        database_url=database_url,
+    )
+    app = FastAPI()
+    app.include_router(
+        twilio_router(settings, database_url=database_url, sender=sender, clock=clock or Clock())
+    )
+    return Gateway(TestClient(app), public_base or "http://testserver")
+
+
+@pytest.fixture
+def gateway(database_url: str, clock: Clock) -> Iterator[Gateway]:
+    gateway = make_gateway(database_url, clock=clock)
+    with gateway.client:
+        yield gateway
+
+
+def sent_message(world: World, **values: object) -> int:
+    """A message already handed to Twilio under SID."""
+    message_id = world.message(world.patient(), **values)  # type: ignore[arg-type]
+    with session_scope(world.database_url) as session:
+        message = mq.get_message(session=session, message_id=message_id)
+        message.status, message.twilio_sid, message.sent_at = OutboundStatus.SENDING, SID, NOW
+        session.add(message)
+    return message_id
+
+
+def events(world: World) -> list[TwilioEvent]:
+    with session_scope(world.database_url) as session:
+        return list(session.exec(select(TwilioEvent).order_by(col(TwilioEvent.id))))
+
+
+# --- signatures --------------------------------------------------------------------------------
+
+
+def test_a_signed_status_callback_moves_the_message_on(gateway: Gateway, world: World) -> None:
+    message_id = sent_message(world)
+
+    assert gateway.status(SID, "sent") == 204
+    assert gateway.status(SID, "delivered") == 204
+
+    assert world.get(message_id).status == OutboundStatus.DELIVERED
+    assert [(e.message_status, e.outbound_id) for e in events(world)] == [
+        ("sent", message_id),
+        ("delivered", message_id),
+    ]
+
+
+@pytest.mark.parametrize(
+    "signature",
+    ["", "bm90IGEgc2lnbmF0dXJl", RequestValidator("another-token").compute_signature("x", {})],
+)
+def test_an_unsigned_or_wrongly_signed_request_is_refused_and_changes_nothing(
+    gateway: Gateway, world: World, signature: str
+) -> None:
+    message_id = sent_message(world)
+    params = {"MessageSid": SID, "MessageStatus": "delivered"}
+
+    assert gateway.post("/twilio/status", params, signature=signature).status_code == 403
+    assert gateway.post("/twilio/inbound", {"MessageSid": SID, "From": PHONE, "Body": "STOP"},
+                        signature=signature).status_code == 403  # fmt: skip
+    assert world.get(message_id).status == OutboundStatus.SENDING
+    assert events(world) == []
+
+
+def test_a_tampered_body_fails_the_signature(gateway: Gateway, world: World) -> None:
+    message_id = sent_message(world)
+    signed = {"MessageSid": SID, "MessageStatus": "sent"}
+    sent = {"MessageSid": SID, "MessageStatus": "delivered"}
+
+    response = gateway.post("/twilio/status", sent, signed_params=signed)
+
+    assert response.status_code == 403
+    assert world.get(message_id).status == OutboundStatus.SENDING
+
+
+def test_without_an_auth_token_every_webhook_is_refused(database_url: str, world: World) -> None:
+    gateway = make_gateway(database_url, token=None)
+
+    assert gateway.status(SID, "sent") == 403
+    assert gateway.text("STOP").status_code == 403
+
+
+def test_behind_a_proxy_the_public_url_is_what_is_signed(database_url: str, world: World) -> None:
+    message_id = sent_message(world)
+    behind_proxy = make_gateway(database_url, public_base=PUBLIC)
+    as_received = Gateway(behind_proxy.client, "http://testserver")
+
+    assert as_received.status(SID, "sent") == 403
+    assert behind_proxy.status(SID, "sent") == 204
+    assert world.get(message_id).status == OutboundStatus.SENT
+
+
+# --- status callbacks --------------------------------------------------------------------------
+
+
+def test_a_repeated_callback_is_stored_once_and_changes_nothing(
+    gateway: Gateway, world: World
+) -> None:
+    message_id = sent_message(world)
+
+    assert [gateway.status(SID, "undelivered", error="30006") for _ in range(3)] == [204] * 3
+
+    assert len(events(world)) == 1
+    assert len(world.escalations()) == 1
+    assert world.get(message_id).status == OutboundStatus.UNDELIVERED
+
+
+def test_callbacks_out_of_order_never_move_a_message_back(gateway: Gateway, world: World) -> None:
+    message_id = sent_message(world)
+
+    for status in ("delivered", "sent", "queued", "sending"):
+        gateway.status(SID, status)
+
+    assert world.get(message_id).status == OutboundStatus.DELIVERED
+    assert len(events(world)) == 4  # every report is kept, whatever it changed
+
+
+def test_a_callback_that_beats_the_sid_finds_its_row_by_the_signed_id(
+    gateway: Gateway, world: World
+) -> None:
+    message_id = world.message(world.patient())
+    with session_scope(world.database_url) as session:
+        assert mq.claim_due_messages(session=session, now=NOW, limit=1) == [message_id]
+
+    assert gateway.status(SID, "sent", query=f"outbound_id={message_id}") == 204
+
+    message = world.get(message_id)
+    assert (message.twilio_sid, message.status) == (SID, OutboundStatus.SENT)
+
+
+def test_the_id_hint_cannot_move_a_row_that_belongs_to_another_sid(
+    gateway: Gateway, world: World
+) -> None:
+    message_id = sent_message(world)
+    other = "SM" + "cd" * 16
+
+    assert gateway.status(other, "delivered", query=f"outbound_id={message_id}") == 204
+
+    assert (world.get(message_id).twilio_sid, world.get(message_id).status) == (SID, "sending")
+    assert events(world)[0].outbound_id is None
+
+
+def test_an_unreachable_handset_is_tried_again_a_few_times_then_a_person_calls(
+    gateway: Gateway, world: World
+) -> None:
+    message_id = sent_message(world, key="appt:1:reminder:d1")
+
+    gateway.status(SID, "undelivered", error="30003")
+
+    again = world.messages()[-1]
+    assert world.get(message_id).status == OutboundStatus.UNDELIVERED
+    assert (again.idempotency_key, again.status, again.body) == (
+        "appt:1:reminder:d1:redeliver1",
+        OutboundStatus.SCHEDULED,
+        world.get(message_id).body,
+    )
+    assert again.scheduled_for > NOW
+    for number in (1, 2):
+        sid = f"SM{number:032x}"
+        with session_scope(world.database_url) as session:
+            row = mq.get_message(session=session, message_id=world.messages()[-1].id or 0)
+            row.status, row.twilio_sid = OutboundStatus.SENDING, sid
+            session.add(row)
+        gateway.status(sid, "undelivered", error="30003")
+
+    keys = [m.idempotency_key for m in world.messages()]
+    assert keys == ["appt:1:reminder:d1", "appt:1:reminder:d1:redeliver1",
+                    "appt:1:reminder:d1:redeliver2"]  # fmt: skip
+    assert [e.kind for e in world.escalations()] == [UNDELIVERABLE_TASK]
+
+
+@pytest.mark.parametrize(("status", "code"), [("failed", "30006"), ("undelivered", "30005")])
+def test_a_landline_or_unknown_handset_opens_a_call_task(
+    gateway: Gateway, world: World, status: str, code: str
+) -> None:
+    message_id = sent_message(world)
+
+    gateway.status(SID, status, error=code)
+
+    assert (world.get(message_id).status, world.get(message_id).error_code) == (status, code)
+    [task] = world.escalations()
+    assert task.kind == UNDELIVERABLE_TASK and code in task.reason
+
+
+def test_a_21610_callback_suppresses_the_number(gateway: Gateway, world: World) -> None:
+    message_id = sent_message(world)
+
+    gateway.status(SID, "failed", error="21610")
+
+    message = world.get(message_id)
+    assert (message.status, message.error_code) == (OutboundStatus.SUPPRESSED, "21610")
+    assert world.get_patient(message.patient_id).sms_opt_out is True
+
+
+def test_a_callback_for_an_unknown_message_is_kept_and_ignored(
+    gateway: Gateway, world: World
+) -> None:
+    assert gateway.status("SM" + "ee" * 16, "delivered") == 204
+    assert [(e.outbound_id, e.message_status) for e in events(world)] == [(None, "delivered")]
+
+
+# --- inbound texts -----------------------------------------------------------------------------
+
+
+def replies(world: World) -> list[tuple[str, str]]:
+    return [(m.kind, m.status) for m in world.messages() if m.idempotency_key.startswith("reply:")]
+
+
+@pytest.mark.parametrize("body", ["STOP", "stop", "Unsubscribe", "please stop texting me",
+                                  "No me envien mas mensajes"])  # fmt: skip
+def test_stop_and_free_text_revocation_suppress_and_cancel_what_is_queued(
+    gateway: Gateway, world: World, body: str
+) -> None:
+    patient = world.patient()
+    queued = world.message(patient, scheduled_for=NOW + timedelta(days=1))
+
+    response = gateway.text(body)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/xml")
+    assert "<Response>" in response.text and "<Message" not in response.text
+    assert world.get_patient(patient).sms_opt_out is True
+    assert world.get(queued).status == OutboundStatus.CANCELLED
+    with session_scope(world.database_url) as session:
+        assert mq.phone_suppressed(session=session, phone=PHONE)
+    assert replies(world) == [("opt_out_confirmation", OutboundStatus.SCHEDULED)]
+
+
+def test_when_twilio_answered_the_keyword_the_engine_does_not_answer_again(
+    gateway: Gateway, world: World
+) -> None:
+    patient = world.patient()
+
+    gateway.text("STOP", opt_out_type="STOP")
+    gateway.text("HELP", sid="SM" + "01" * 16, opt_out_type="HELP")
+
+    assert world.get_patient(patient).sms_opt_out is True
+    assert replies(world) == []
+
+
+def test_start_after_stop_resumes_texts(gateway: Gateway, world: World) -> None:
+    patient = world.patient()
+
+    gateway.text("STOP")
+    gateway.text("START", sid="SM" + "02" * 16)
+
+    assert world.get_patient(patient).sms_opt_out is False
+    with session_scope(world.database_url) as session:
+        assert not mq.phone_suppressed(session=session, phone=PHONE)
+
+
+def test_help_is_answered_with_the_help_text(gateway: Gateway, world: World) -> None:
+    world.patient(language="es")
+
+    gateway.text("AYUDA")
+
+    [answer] = [m for m in world.messages() if m.kind == "help"]
+    assert answer.language == "es" and "Para ayuda llame al" in answer.body
+    assert (answer.to_phone, answer.scheduled_for) == (PHONE, NOW)
+
+
+def test_confirm_confirms_the_visit_the_last_text_was_about(gateway: Gateway, world: World) -> None:
+    patient = world.patient()
+    visit = world.visit(patient, NOW + timedelta(days=3))
+    world.message(patient, appointment_id=visit, status="delivered", sent_at=NOW)
+
+    gateway.text("C")
+
+    assert world.get_appointment(visit).status == "confirmed"
+    assert world.escalations() == []
+
+
+def test_confirm_with_no_visit_on_file_goes_to_a_person(gateway: Gateway, world: World) -> None:
+    world.patient()
+
+    gateway.text("CONFIRM")
+
+    assert [e.kind for e in world.escalations()] == [REPLY_TASK]
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["I'm getting worse", "can't walk since this morning", "lost bladder control",
+     "the numbness is spreading", "me siento peor", "no puedo caminar"],
+)  # fmt: skip
+def test_worsening_opens_an_urgent_task_and_answers_call_now(
+    gateway: Gateway, world: World, body: str
+) -> None:
+    patient = world.patient()
+    world.visit(patient, NOW + timedelta(days=3))
+
+    gateway.text(body)
+
+    [task] = world.escalations()
+    assert (task.kind, task.status) == (WORSENING_TASK, "open")
+    assert f"patient {patient}" in task.reason and body not in task.reason
+    assert replies(world) == [("urgent_advice", OutboundStatus.SCHEDULED)]
+
+
+def test_worsening_from_an_opted_out_patient_is_still_answered(
+    gateway: Gateway, world: World, clock: Clock
+) -> None:
+    world.patient()
+    gateway.text("STOP", opt_out_type="STOP")
+    sender = RecordingSender()
+
+    gateway.text("stop texting me, I am worse", sid="SM" + "03" * 16)
+    dispatcher(world.database_url, sender, clock).run()
+
+    assert [m.kind for m in world.messages()] == ["urgent_advice", "opt_out_confirmation"]
+    assert {sms.body.split(":")[0] for sms in sender.sent} == {"Riverside Health Clinic"}
+    assert len(sender.sent) == 2
+    assert [e.kind for e in world.escalations()] == [WORSENING_TASK]
+
+
+def test_other_text_goes_to_a_scheduler(gateway: Gateway, world: World) -> None:
+    world.patient()
+
+    gateway.text("Is parking free at the clinic?")
+
+    [task] = world.escalations()
+    assert (task.kind, task.target) == (REPLY_TASK, "scheduler-queue")
+    assert replies(world) == []
+
+
+def test_a_text_from_an_unknown_number_still_reaches_a_person(
+    gateway: Gateway, world: World
+) -> None:
+    gateway.text("who is this? I feel worse", phone="+15555559999")
+
+    [task] = world.escalations()
+    assert task.kind == WORSENING_TASK and "an unknown number" in task.reason
+    assert world.messages() == []
+
+
+def test_a_repeated_inbound_webhook_is_acted_on_once(gateway: Gateway, world: World) -> None:
+    world.patient()
+
+    assert {gateway.text("HELP").status_code for _ in range(3)} == {200}
+
+    assert replies(world) == [("help", OutboundStatus.SCHEDULED)]
+    assert len(events(world)) == 1
+
+
+def test_with_a_sender_the_answer_goes_out_at_once(database_url: str, world: World) -> None:
+    world.patient()
+    sender = RecordingSender()
+    gateway = make_gateway(database_url, sender=sender)
+
+    gateway.text("HELP")
+
+    [sms] = sender.sent
+    assert sms.to == PHONE and "For help call" in sms.body
+    assert replies(world) == [("help", OutboundStatus.SENDING)]
+
+
+# --- STOP in the middle of a sequence ----------------------------------------------------------
+
+
+def test_stop_mid_sequence_means_no_later_text(
+    gateway: Gateway, world: World, clock: Clock
+) -> None:
+    patient = world.patient()
+    visit = world.visit(patient, NOW + timedelta(days=5))
+    confirmation = world.message(patient, appointment_id=visit, kind="confirmation")
+    reminders = [
+        world.message(patient, appointment_id=visit, scheduled_for=NOW + timedelta(days=d))
+        for d in (2, 4)
+    ]
+    sender = RecordingSender()
+    dispatcher(world.database_url, sender, clock).run()
+    assert [sms.message_id for sms in sender.sent] == [confirmation]
+
+    gateway.text("STOP", opt_out_type="STOP")
+    for days in (2, 4):
+        clock.now = NOW + timedelta(days=days)
+        dispatcher(world.database_url, sender, clock).run()
+
+    assert [sms.message_id for sms in sender.sent] == [confirmation]
+    assert {world.get(r).status for r in reminders} == {OutboundStatus.CANCELLED}
+
+
+def test_stop_suppresses_rows_queued_after_it_too(
+    gateway: Gateway, world: World, clock: Clock
+) -> None:
+    patient = world.patient()
+    gateway.text("STOP", opt_out_type="STOP")
+    late = world.message(patient)  # planned by a booking after the STOP
+    sender = RecordingSender()
+
+    dispatcher(world.database_url, sender, clock).run()
+
+    assert sender.sent == []
+    assert world.get(late).status == OutboundStatus.SUPPRESSED
+
+
+# --- rescheduling by text ----------------------------------------------------------------------
+
+
+def study_visit(world: World, patient: int) -> tuple[int, list[int]]:
+    """A follow-up booked for a study, with its window, and two free slots later in it."""
+    start = NOW + timedelta(days=1, hours=-4)  # Wed Dec 9, 10:00 New York
+    visit = world.visit(patient, start)
+    with session_scope(world.database_url) as session:
+        inbox = InboxMessage(source="test", content_type="hl7v2", raw=b"MSH|")
+        session.add(inbox)
+        session.flush()
+        study = ImagingStudy(
+            accession="ACC1",
+            patient_id=patient,
+            ordering_provider_id=world.provider_id,
+            ordering_provider_key="1234567890",
+            report_status="F",
+            report_text="",
+            inbox_id=inbox.id or 0,
+        )
+        session.add(study)
+        session.flush()
+        appointment = session.get(Appointment, visit)
+        assert appointment is not None and world.provider_id is not None
+        appointment.study_id = study.id
+        appointment.tier = "routine"
+        appointment.window_start = NOW
+        appointment.window_end = NOW + timedelta(days=14)
+        session.add(appointment)
+        free = [
+            Slot(provider_id=world.provider_id, start=start + timedelta(days=d),
+                 end=start + timedelta(days=d, minutes=30))
+            for d in (1, 2)
+        ]  # fmt: skip
+        session.add_all(free)
+        session.flush()
+        return visit, [slot.id or 0 for slot in free]
+
+
+def test_reschedule_moves_the_visit_to_the_next_slot_and_texts_the_new_time(
+    gateway: Gateway, world: World
+) -> None:
+    patient = world.patient()
+    visit, (next_slot, _) = study_visit(world, patient)
+    world.message(patient, appointment_id=visit, status="delivered", sent_at=NOW)
+
+    gateway.text("R")
+
+    old = world.get_appointment(visit)
+    assert old.status == "cancelled" and old.replaced_by_id is not None
+    new = world.get_appointment(old.replaced_by_id)
+    assert (new.slot_id, new.status) == (next_slot, "booked")
+    [answer] = [m for m in world.messages() if m.idempotency_key.startswith("reply:")]
+    assert answer.kind == "reschedule" and "Thu Dec 10 at 10:00 AM" in answer.body
+    assert answer.appointment_id == new.id
+    assert world.escalations() == []
+
+
+def test_reschedule_without_a_visit_goes_to_a_scheduler(gateway: Gateway, world: World) -> None:
+    world.patient()
+
+    gateway.text("RESCHEDULE")
+
+    assert [e.kind for e in world.escalations()] == [RESCHEDULE_TASK]
+
+
+def test_a_webhook_whose_handling_fails_leaves_no_trace_so_the_retry_is_handled(
+    database_url: str, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patient = world.patient()
+    gateway = make_gateway(database_url)
+    failing = TestClient(gateway.client.app, raise_server_exceptions=False)
+    real = twilio_webhooks.handle_inbound
+
+    def broken(**kwargs: object) -> object:
+        raise RuntimeError("database went away mid-request")
+
+    monkeypatch.setattr(twilio_webhooks, "handle_inbound", broken)
+    assert Gateway(failing, gateway.base).text("STOP").status_code == 500
+    assert events(world) == []
+    monkeypatch.setattr(twilio_webhooks, "handle_inbound", real)
+
+    assert gateway.text("STOP").status_code == 200
+    assert world.get_patient(patient).sms_opt_out is True
