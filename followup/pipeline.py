@@ -14,10 +14,9 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
-from followup import routing
+from followup import intake, routing
 from followup.errors import InboundMessageError
 from followup.messaging.plan import VisitDetails, plan_booking_messages
-from followup.ris import hl7v2
 from followup.ris.scan import PersonName, ScanCompleted
 from followup.rules import RoutingRules
 from followup.scheduling import EMERGENT, WindowPolicy, booking_window
@@ -46,11 +45,7 @@ def load_scan(*, session: Session, inbox_id: int, settings: Settings) -> ScanCom
     row = queries.get_inbox_message(session=session, inbox_id=inbox_id)
     row.status = InboxStatus.PROCESSING
     session.add(row)
-    return hl7v2.parse_oru(
-        hl7v2.decode_message(row.raw),
-        site_zone=settings.site_zone,
-        phone_region=settings.default_phone_region,
-    )
+    return intake.parse_stored(row, settings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,12 +39,15 @@ def _ensure_sqlite_folder(database_url: str) -> None:
 
 @lru_cache(maxsize=8)
 def get_engine(database_url: str) -> Engine:
+    # hide_parameters: a failing statement's traceback must not carry an MRN or a phone number.
     _ensure_sqlite_folder(database_url)
     if make_url(database_url).get_backend_name() == "sqlite":
-        engine = create_engine(database_url, connect_args={"check_same_thread": False})
+        engine = create_engine(
+            database_url, connect_args={"check_same_thread": False}, hide_parameters=True
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(database_url, pool_pre_ping=True)
+    return create_engine(database_url, pool_pre_ping=True, hide_parameters=True)
 
 
 @contextmanager

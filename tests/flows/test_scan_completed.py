@@ -123,3 +123,28 @@ def test_a_failing_run_marks_the_row_and_lands_in_needs_attention(settings: Sett
     [latest] = asyncio.run(artifact())
     assert "ACC2026000111" in str(latest.data)
     assert "PID-3" in str(latest.data)
+
+
+def test_fhir_report_runs_through_the_same_flow(settings: Settings) -> None:
+    import json
+
+    from flows.scan_completed import scan_completed
+    from followup.intake import receive_fhir
+
+    report = json.loads((SAMPLES / "fhir" / "diagnosticreport_contained.json").read_text())
+    now = datetime.now(settings.site_zone)
+    report["effectiveDateTime"] = (now - timedelta(hours=2)).isoformat(timespec="seconds")
+    report["issued"] = (now - timedelta(minutes=30)).isoformat(timespec="seconds")
+    with session_scope(settings.database_url) as session:
+        receipt = receive_fhir(
+            session=session, raw=json.dumps(report).encode(), source="test", settings=settings
+        )
+    assert receipt.should_process
+
+    summary = asyncio.run(scan_completed(inbox_id=receipt.inbox_id, accession=receipt.accession))
+
+    assert summary["status"] == "processed"
+    assert summary["accession"] == "ACC2026200103"
+    assert summary["appointment"]["provider_npi"] == "1000000003"
+    start = datetime.fromisoformat(summary["appointment"]["start"]).astimezone(settings.site_zone)
+    assert timedelta(days=7) <= start.date() - now.date() <= timedelta(days=14)
