@@ -116,7 +116,8 @@ def progress(total: int) -> tuple[Counter[str], object]:
         done = sum(counts.values())
         if done % 100 == 0 or done == total:
             rate = done / max(time.monotonic() - started, 1e-9)
-            print(f"  {done:5d}/{total} handled  {rate:6.1f}/s  {dict(counts)}", file=sys.stderr)
+            summary = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
+            print(f"  {done:5d}/{total} handled  {rate:6.1f}/s  {summary}", file=sys.stderr)
 
     return counts, on_outcome
 
@@ -247,7 +248,7 @@ def main() -> int:
         f"| sends outside 08:00–20:00 local | {checks['sent_outside_quiet_hours']} | 0 |",
         f"| night-zone messages sent / deferred | {checks['night_rows_sent']} / "
         f"{checks['night_rows_deferred']} | 0 / {args.night} |",
-        f"| outcomes | {dict(sorted(counts.items()))} | |",
+        "| outcomes | " + ", ".join(f"{n} {name}" for name, n in sorted(counts.items())) + " | |",
         f"| verdict | {'PASS' if ok else 'FAIL'} | |",
         "",
     ]

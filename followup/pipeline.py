@@ -282,7 +282,7 @@ def schedule_reminders(
             clinic_phone=settings.clinic_phone,
         ),
         language=patient.language,
-        zone=patient_zone or settings.site_zone,
+        zone=patient_zone,  # None: the strict all-US quiet-hours window, as the dispatcher checks
         site_zone=settings.site_zone,
         now=now,
         reminder_days=tuple(settings.reminder_days_before),
