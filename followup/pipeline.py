@@ -28,7 +28,6 @@ from models.tables import (
     Finding,
     ImagingStudy,
     InboxStatus,
-    OutboundMessageBase,
     Patient,
     Provider,
 )
@@ -288,24 +287,15 @@ def schedule_reminders(
         reminder_days=tuple(settings.reminder_days_before),
         templates_dir=settings.templates_dir,
     )
+    assert patient.id is not None
     stored = queries.enqueue_messages(
         session=session,
-        messages=[
-            OutboundMessageBase(
-                idempotency_key=f"appt:{appointment_id}:{sms.kind}:{sms.occurrence}",
-                patient_id=patient.id,  # type: ignore[arg-type]
-                appointment_id=appointment_id,
-                kind=sms.kind,
-                language=sms.language,
-                template=sms.template,
-                body=sms.body,
-                encoding=sms.encoding,
-                segments=sms.segments,
-                to_phone=patient.phone_e164,
-                scheduled_for=sms.send_at,
-            )
-            for sms in planned
-        ],
+        messages=queries.visit_message_rows(
+            planned,
+            appointment_id=appointment_id,
+            patient_id=patient.id,
+            to_phone=patient.phone_e164,
+        ),
     )
     return [message.id for message in stored if message.id is not None]
 

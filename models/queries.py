@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlmodel import Session, SQLModel, col, select
 
+from followup.messaging.plan import PlannedSms
 from followup.ris.scan import ProviderRef, ScanCompleted
 from models.tables import (
     Decision,
@@ -284,6 +285,28 @@ def enqueue_messages(
             session.flush()
         stored.append(existing)
     return stored
+
+
+def visit_message_rows(
+    planned: Iterable[PlannedSms], *, appointment_id: int, patient_id: int, to_phone: str | None
+) -> list[OutboundMessageBase]:
+    """Outbox rows for an appointment's planned texts, keyed (appointment, kind, occurrence)."""
+    return [
+        OutboundMessageBase(
+            idempotency_key=f"appt:{appointment_id}:{sms.kind}:{sms.occurrence}",
+            patient_id=patient_id,
+            appointment_id=appointment_id,
+            kind=sms.kind,
+            language=sms.language,
+            template=sms.template,
+            body=sms.body,
+            encoding=sms.encoding,
+            segments=sms.segments,
+            to_phone=to_phone,
+            scheduled_for=sms.send_at,
+        )
+        for sms in planned
+    ]
 
 
 def cancel_pending_messages(*, session: Session, appointment_id: int) -> int:

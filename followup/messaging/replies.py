@@ -351,22 +351,11 @@ def _enqueue_visit_messages(
     rows = [
         _row(ctx, patient.id, f"reply:{ctx.sms.message_sid}:{answer_kind}", answer, appointment.id)
     ]
-    rows += [
-        OutboundMessageBase(
-            idempotency_key=f"appt:{appointment.id}:{sms.kind}:{sms.occurrence}",
-            patient_id=patient.id,
-            appointment_id=appointment.id,
-            kind=sms.kind,
-            language=sms.language,
-            template=sms.template,
-            body=sms.body,
-            encoding=sms.encoding,
-            segments=sms.segments,
-            to_phone=patient.phone_e164,
-            scheduled_for=sms.send_at,
-        )
-        for sms in planned
-        if sms.kind == "reminder"
-    ]
+    rows += queries.visit_message_rows(
+        [sms for sms in planned if sms.kind == "reminder"],
+        appointment_id=appointment.id,
+        patient_id=patient.id,
+        to_phone=patient.phone_e164,
+    )
     stored = queries.enqueue_messages(session=ctx.session, messages=rows)
     return [message.id for message in stored[:1] if message.id is not None]

@@ -42,7 +42,7 @@ Choices, and why:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -231,7 +231,7 @@ def parse_oru(text: str, *, site_zone: ZoneInfo, phone_region: str = "US") -> Sc
     """
     msg = parse_message(text)
     header = message_header(msg)
-    _check_header(header)
+    check_header(header, accepted_types=(_SUPPORTED_TYPE,))
     delims = _delimiters(msg)
     segments = [_segment(raw) for raw in msg]
 
@@ -266,10 +266,12 @@ def parse_oru(text: str, *, site_zone: ZoneInfo, phone_region: str = "US") -> Sc
     )
 
 
-def _check_header(header: MessageHeader) -> None:
-    if header.message_type != _SUPPORTED_TYPE:
+def check_header(header: MessageHeader, *, accepted_types: Collection[str]) -> None:
+    """Reject (AR) a message of the wrong type, processing id or version."""
+    if header.message_type not in accepted_types:
+        expected = ", ".join(sorted(accepted_types))
         raise UnsupportedMessage(
-            f"message type {header.message_type or '(empty)'} is not {_SUPPORTED_TYPE}",
+            f"message type {header.message_type or '(empty)'} is not {expected}",
             location="MSH-9",
         )
     if header.processing_id not in _PROCESSING_IDS:

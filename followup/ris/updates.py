@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from followup.errors import MissingField, UnsupportedMessage
+from followup.errors import MissingField
 from followup.ris.hl7v2 import (
     _accession,
     _birth_date,
@@ -31,6 +31,7 @@ from followup.ris.hl7v2 import (
     _phone,
     _Segment,
     _segment,
+    check_header,
     message_header,
     parse_message,
 )
@@ -39,7 +40,6 @@ from followup.ris.scan import PersonName, ProviderRef
 ORDER_TYPES = frozenset({"ORM^O01", "OMI^O23"})
 ADT_TYPES = frozenset({"ADT^A04", "ADT^A08", "ADT^A31"})
 UPDATE_TYPES = ORDER_TYPES | ADT_TYPES
-_PROCESSING_IDS = {"P", "T", "D"}
 
 # ISO 639-2 (and HL7 table 0296's) three-letter codes of the languages seen most in US clinics.
 _LANGUAGE_ALPHA3 = {
@@ -67,21 +67,7 @@ def parse_update(text: str, *, phone_region: str = "US") -> RisUpdate:
     """Validate one order or ADT message and extract what it updates."""
     msg = parse_message(text)
     header = message_header(msg)
-    if header.message_type not in UPDATE_TYPES:
-        supported = ", ".join(sorted(UPDATE_TYPES))
-        raise UnsupportedMessage(
-            f"message type {header.message_type or '(empty)'} is not one of {supported}",
-            location="MSH-9",
-        )
-    if header.processing_id not in _PROCESSING_IDS:
-        raise UnsupportedMessage(
-            f"processing id {header.processing_id or '(empty)'} is not P, T or D",
-            location="MSH-11",
-        )
-    if not header.version.startswith("2."):
-        raise UnsupportedMessage(
-            f"version {header.version or '(empty)'} is not HL7 v2", location="MSH-12"
-        )
+    check_header(header, accepted_types=UPDATE_TYPES)
     delims = _delimiters(msg)
     segments = [_segment(raw) for raw in msg]
     pid = _first_segment(segments, "PID")
