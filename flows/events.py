@@ -2,13 +2,15 @@
 
 The event id is derived from the inbox row (uuid5), so the same row always yields the same
 event: when sweep-inbox re-emits for a row still unclaimed, Prefect's event deduplication
-drops the copy if the first one arrived, and a lost one is replaced. The inbox row, not the
-event, is the durable record (Prefect holds accepted events in memory until processed).
+drops the copy if the first one arrived, and a lost one is replaced. A row whose run died is
+submitted again under an id derived from the dead run's claim (`event_id`). The inbox row, not
+the event, is the durable record (Prefect holds accepted events in memory until processed).
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from uuid import UUID, uuid5
 
 from prefect.events import emit_event
@@ -22,11 +24,18 @@ NAMESPACE = UUID("6f1c2a4e-3b7d-5e8f-9a0b-1c2d3e4f5a6b")
 logger = logging.getLogger(__name__)
 
 
-def event_id(inbox_id: int) -> UUID:
-    return uuid5(NAMESPACE, f"inbox:{inbox_id}")
+def event_id(inbox_id: int, previous_claim: datetime | None = None) -> UUID:
+    """The row's event id; a row given back by a run that died (its claim `previous_claim`)
+    gets another, derived from that claim: Prefect would drop a repeat of the first for 30
+    minutes as already seen, and two sweeps re-submitting the same death still agree."""
+    if previous_claim is None:
+        return uuid5(NAMESPACE, f"inbox:{inbox_id}")
+    return uuid5(NAMESPACE, f"inbox:{inbox_id}:after:{previous_claim.astimezone(UTC).isoformat()}")
 
 
-def emit_for_inbox(*, inbox_id: int, accession: str) -> bool:
+def emit_for_inbox(
+    *, inbox_id: int, accession: str, previous_claim: datetime | None = None
+) -> bool:
     """Emit the event for one accepted inbox row; False when Prefect took nothing.
 
     `emit_event` queues the event for a background sender and returns None when no Prefect
@@ -40,7 +49,7 @@ def emit_for_inbox(*, inbox_id: int, accession: str) -> bool:
             "followup.inbox-id": str(inbox_id),
         },
         payload={"inbox_id": inbox_id, "accession": accession},
-        id=event_id(inbox_id),
+        id=event_id(inbox_id, previous_claim),
     )
     if emitted is None:
         logger.warning(

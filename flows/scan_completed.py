@@ -120,7 +120,9 @@ async def scan_completed(inbox_id: int, accession: str = "") -> dict[str, Any]:
     try:
         scan = await load_scan(inbox_id, settings)
         decision = await classify(scan, settings)
-        await tag_run(pipeline.run_tags(decision, site=settings.site_code))
+        await tag_run(
+            pipeline.run_tags(decision, site=settings.site_code, result_status=scan.result_status)
+        )
         recorded = await record_decision(inbox_id, scan, decision, settings)
         if not recorded.held:
             booking = await book_follow_up(recorded, settings)

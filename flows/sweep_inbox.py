@@ -1,10 +1,14 @@
-"""sweep-inbox: re-submit accepted messages that no flow run has claimed.
+"""sweep-inbox: re-submit accepted messages that no live flow run holds.
 
 Prefect keeps accepted events in memory until its trigger service processes them (an event
 is lost if the server stops first), so the inbox is the record and this flow, scheduled every
 minute, re-emits `ris.scan.completed` for rows still `received` after `older_than_seconds`.
 The event id is the row's, so a re-emitted event whose original was processed is dropped by
 Prefect's deduplication instead of starting a second run.
+
+A run that dies (its runner killed) leaves its row `processing`. Once the claim is older than
+the lease (`FOLLOWUP_PROCESSING_LEASE_SECONDS`) the row is given back, by a compare-and-set
+that only one of two sweeps wins, and submitted under an id derived from the dead claim.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from flows.events import emit_for_inbox
 from followup.settings import get_settings
 from models import inbox_queries
 from models.db import session_scope
+from models.inbox_queries import Submission
 from models.types import utcnow
 
 
 @task(name="unclaimed-messages", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-async def unclaimed_messages(older_than_seconds: int, limit: int) -> list[tuple[int, str]]:
+async def unclaimed_messages(older_than_seconds: int, limit: int) -> list[Submission]:
     settings = get_settings()
     with session_scope(settings.database_url) as session:
         rows = inbox_queries.unclaimed_messages(
@@ -30,15 +35,45 @@ async def unclaimed_messages(older_than_seconds: int, limit: int) -> list[tuple[
             received_before=utcnow() - timedelta(seconds=older_than_seconds),
             limit=limit,
         )
-        return [(row.id, row.accession or "") for row in rows if row.id is not None]
+        return [
+            Submission(row.id, row.accession or "", row.claimed_at)
+            for row in rows
+            if row.id is not None
+        ]
+
+
+@task(name="release-stale-claims", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+async def release_stale_claims(limit: int) -> list[Submission]:
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        return inbox_queries.release_stale_claims(
+            session=session,
+            claimed_before=utcnow() - timedelta(seconds=settings.processing_lease_seconds),
+            limit=limit,
+        )
 
 
 @flow(name="sweep-inbox", log_prints=False)
 async def sweep_inbox(older_than_seconds: int = 120, limit: int = 500) -> int:
-    """Re-emit the event of every accepted row older than `older_than_seconds`; the count."""
+    """Re-emit the event of every accepted row older than `older_than_seconds` and of every
+    row whose run died; the count emitted."""
     logger = get_run_logger()
-    rows = await unclaimed_messages(older_than_seconds, limit)
-    emitted = sum(emit_for_inbox(inbox_id=inbox_id, accession=acc) for inbox_id, acc in rows)
+    # Unclaimed rows first: a row released below is then submitted once, not twice.
+    waiting = await unclaimed_messages(older_than_seconds, limit)
+    released = await release_stale_claims(limit)
+    rows = waiting + released
+    emitted = sum(
+        emit_for_inbox(
+            inbox_id=row.inbox_id, accession=row.accession, previous_claim=row.previous_claim
+        )
+        for row in rows
+    )
     if rows:
-        logger.info("re-emitted %d of %d unclaimed inbox rows", emitted, len(rows))
+        logger.info(
+            "re-emitted %d of %d inbox rows (%d unclaimed, %d released from dead runs)",
+            emitted,
+            len(rows),
+            len(waiting),
+            len(released),
+        )
     return emitted

@@ -14,10 +14,12 @@ Rules, and why:
   remembered in the row's summary (`ack_code`, `error_kind`); a row that failed later, in the
   flow, was answered AA and is answered AA again.
 * Results (ORU^R01, FHIR DiagnosticReport) are accepted as `received`, for a flow run to claim,
-  except: a cancelled result (X) has nothing to route, and a preliminary (P) arriving after the
-  study's final or corrected report is stale; both are stored and answered AA with no run.
-  A corrected report (C) has new text, so it is new content and runs again; a preliminary
-  before any final runs too, and the flow holds it unless critical (DOMAIN.md §5).
+  except: a cancelled result (X) for a study never routed has nothing to undo, and a
+  preliminary (P) arriving after the study's final or corrected report is stale; both are
+  stored and answered AA with no run. A corrected report (C) has new text, so it is new
+  content and runs again (superseding the decision); a cancellation of a routed study runs to
+  withdraw its decision, referrals and follow-up; a preliminary before any final runs too,
+  and the flow holds it unless critical (DOMAIN.md §5).
 * Orders (ORM^O01, OMI^O23) and ADT (A04, A08, A31) update the patient (phone, language, name)
   and the study's ordering provider, and start no flow: `processed` at once.
 """
@@ -41,7 +43,6 @@ from models.tables import InboxMessage, InboxStatus
 from models.types import utcnow
 
 RESULT_TYPE = "ORU^R01"
-_FINAL_STATUSES = {"F", "C"}
 # Column sizes of InboxMessage / ImagingStudy: longer values are refused or cut, not crashed on.
 _ACCESSION_LENGTH = 64
 _CONTROL_ID_LENGTH = 199
@@ -230,7 +231,7 @@ def _accept_result(
     )
     if same_report is not None and same_report.status != InboxStatus.ERROR:
         return _duplicate(session, row, same_report, header)
-    note = _no_run_reason(session, scan)
+    note = _no_run_reason(session, scan, _id(row))
     if note:
         _finish_without_run(row, {"note": note})
     session.add(row)
@@ -245,12 +246,19 @@ def _accept_result(
     )
 
 
-def _no_run_reason(session: Session, scan: ScanCompleted) -> str | None:
+def _no_run_reason(session: Session, scan: ScanCompleted, inbox_id: int) -> str | None:
     if scan.result_status == "X":
-        return "cancelled result: nothing to route"
+        routed = inbox_queries.report_status(session=session, accession=scan.accession)
+        if routed is None and not inbox_queries.result_awaiting_run(
+            session=session, accession=scan.accession, before_id=inbox_id
+        ):
+            return "cancelled result: nothing to route"
+        # The run withdraws the study's decision, referrals and follow-up; run before the
+        # result it cancels, it leaves that result stale (older than the study's report).
+        return None
     if scan.result_status == "P":
         current = inbox_queries.report_status(session=session, accession=scan.accession)
-        if current in _FINAL_STATUSES:
+        if current in queries.FINAL_STATUSES:
             return f"preliminary after a {current} report: kept, not routed"
     return None
 

@@ -7,21 +7,22 @@ flows/ only sequences these; the CLI and the tests call the same functions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
 from followup import intake, routing
-from followup.errors import InboundMessageError
-from followup.messaging.plan import VisitDetails, plan_booking_messages
+from followup.errors import FollowupError, InboundMessageError
+from followup.messaging.plan import PlannedSms, VisitDetails, display_phone, plan_booking_messages
+from followup.messaging.render import format_visit_time, render_sms
 from followup.ris.scan import PersonName, ScanCompleted
 from followup.rules import RoutingRules
-from followup.scheduling import EMERGENT, WindowPolicy, booking_window
+from followup.scheduling import EMERGENT, BookingWindow, WindowPolicy, booking_window
 from followup.settings import Settings
-from models import booking, queries
+from models import booking, inbox_queries, queries
 from models.tables import (
     Appointment,
     Decision,
@@ -38,12 +39,26 @@ ACTOR = "engine"
 
 # --- the scan-completed steps ------------------------------------------------------------------
 
+CANCELLED_RESULT = "X"
 
-def load_scan(*, session: Session, inbox_id: int, settings: Settings) -> ScanCompleted:
-    """Re-read the stored raw message; the inbox row, not the event, is the record."""
+
+class InboxRowClaimed(FollowupError):
+    """Another flow run holds the inbox row under a live lease: this run must not touch it."""
+
+
+def load_scan(
+    *, session: Session, inbox_id: int, settings: Settings, now: datetime | None = None
+) -> ScanCompleted:
+    """Claim the row for this run and re-read the stored raw message; the inbox row, not the
+    event, is the record. A row another run claimed less than the lease ago is refused, one
+    whose run died (older claim) is taken over."""
+    now = now or utcnow()
     row = queries.get_inbox_message(session=session, inbox_id=inbox_id)
-    row.status = InboxStatus.PROCESSING
-    session.add(row)
+    lease = timedelta(seconds=settings.processing_lease_seconds)
+    if not inbox_queries.claim_message(
+        session=session, inbox_id=inbox_id, now=now, stale_before=now - lease
+    ):
+        raise InboxRowClaimed(f"inbox message {inbox_id} is being processed by another run")
     return intake.parse_stored(row, settings)
 
 
@@ -51,12 +66,13 @@ def load_scan(*, session: Session, inbox_id: int, settings: Settings) -> ScanCom
 class RecordedStudy:
     study_id: int
     patient_id: int
-    decision_id: int
+    decision_id: int | None  # None when the report was cancelled (no current decision)
     ordering_provider_id: int | None
     urgency: str
     critical: bool
-    held: bool
+    held: bool  # nothing to book: a preliminary, or a report older than the study's
     escalation_ids: tuple[int, ...] = field(default_factory=tuple)
+    withdrawn: bool = False  # the result was cancelled (X): its follow-up goes too
 
 
 def record_decision(
@@ -67,13 +83,31 @@ def record_decision(
     decision: routing.Decision,
     rules: RoutingRules,
 ) -> RecordedStudy:
-    """Store patient, study, decision, findings, referrals and the escalations it calls for."""
+    """Store patient, study, decision, findings, referrals and the escalations it calls for.
+
+    A corrected report supersedes the decision and reconciles the referrals; a cancelled one
+    withdraws both; a report older than the study's current one changes nothing (held).
+    """
     patient = queries.upsert_patient(session=session, scan=scan)
     provider = queries.find_provider(session=session, ref=scan.ordering_provider)
     study = queries.upsert_study(
         session=session, scan=scan, patient=patient, provider=provider, inbox_id=inbox_id
     )
     assert study.id is not None and patient.id is not None
+    recorded = RecordedStudy(
+        study_id=study.id,
+        patient_id=patient.id,
+        decision_id=None,
+        ordering_provider_id=provider.id if provider else None,
+        urgency=decision.urgency,
+        critical=decision.critical,
+        held=False,
+    )
+    if queries.is_stale_report(study=study, scan=scan, inbox_id=inbox_id):
+        return _stale(session, recorded, scan, inbox_id)
+    if scan.result_status == CANCELLED_RESULT:
+        return _withdraw(session, recorded, inbox_id)
+    previous = queries.current_decision(session=session, study_id=study.id)
     stored = queries.record_decision(
         session=session,
         decision=Decision(
@@ -129,24 +163,77 @@ def record_decision(
                 target="scheduler-queue",
             )
         )
-    queries.audit(
-        session=session,
-        actor=ACTOR,
-        action="decision.recorded",
-        entity="study",
-        entity_id=study.id,
-        detail={"urgency": decision.urgency, "referrals": list(decision.referrals), "held": held},
-    )
-    return RecordedStudy(
-        study_id=study.id,
-        patient_id=patient.id,
+    if previous is None or previous.id != stored.id:
+        queries.audit(
+            session=session,
+            actor=ACTOR,
+            action="decision.recorded",
+            entity="study",
+            entity_id=study.id,
+            detail={
+                "decision_id": stored.id,
+                "inbox_id": inbox_id,
+                "result_status": scan.result_status,
+                "urgency": decision.urgency,
+                "referrals": list(decision.referrals),
+                "held": held,
+                "supersedes": previous.id if previous else None,
+            },
+        )
+    return replace(
+        recorded,
         decision_id=stored.id,
-        ordering_provider_id=provider.id if provider else None,
-        urgency=decision.urgency,
-        critical=decision.critical,
         held=held,
         escalation_ids=tuple(e.id for e in escalations if e.id is not None),
     )
+
+
+def _stale(
+    session: Session, recorded: RecordedStudy, scan: ScanCompleted, inbox_id: int
+) -> RecordedStudy:
+    """A report older than the study's current one: kept in the inbox, routed never."""
+    current = queries.current_decision(session=session, study_id=recorded.study_id)
+    queries.audit(
+        session=session,
+        actor=ACTOR,
+        action="report.stale",
+        entity="study",
+        entity_id=recorded.study_id,
+        detail={"inbox_id": inbox_id, "result_status": scan.result_status},
+    )
+    return replace(
+        recorded,
+        decision_id=current.id if current else None,
+        urgency=current.urgency if current else recorded.urgency,
+        critical=current.critical if current else False,
+        held=True,
+    )
+
+
+def _withdraw(session: Session, recorded: RecordedStudy, inbox_id: int) -> RecordedStudy:
+    """A cancelled result: its decision is superseded with no successor and its referrals are
+    cancelled (the follow-up goes in book_follow_up). A repeat finds nothing left to do."""
+    withdrawn = queries.withdraw_decision(session=session, study_id=recorded.study_id)
+    cancelled = queries.cancel_referrals(
+        session=session,
+        referrals=queries.open_referrals(session=session, study_id=recorded.study_id),
+        actor=ACTOR,
+        reason="the result was cancelled by the RIS (OBR-25 X)",
+    )
+    if withdrawn is not None or cancelled:
+        queries.audit(
+            session=session,
+            actor=ACTOR,
+            action="decision.withdrawn",
+            entity="study",
+            entity_id=recorded.study_id,
+            detail={
+                "inbox_id": inbox_id,
+                "decision_id": withdrawn.id if withdrawn else None,
+                "referrals_cancelled": cancelled,
+            },
+        )
+    return replace(recorded, critical=False, withdrawn=True)
 
 
 def referral_reasons(
@@ -177,47 +264,54 @@ class BookingOutcome:
 
 
 def book_follow_up(
-    *, session: Session, recorded: RecordedStudy, settings: Settings
+    *,
+    session: Session,
+    recorded: RecordedStudy,
+    settings: Settings,
+    now: datetime | None = None,
 ) -> BookingOutcome:
-    """Book the follow-up in the tier's window: ordering provider, else their covering provider,
-    else another provider of the practice; else waitlist the patient and escalate to the
-    schedulers' queue. Idempotent: a study that already holds an active follow-up keeps it.
+    """Make the study's follow-up match its current decision.
+
+    No follow-up yet: book in the tier's window with the ordering provider, else their
+    covering provider, else another provider of the practice; else waitlist the patient and
+    escalate to the schedulers' queue. A follow-up already booked (the report was corrected,
+    or the flow runs again) is kept while it lies in the tier's window, moved into it when it
+    does not, and cancelled when the result was cancelled or is now emergent.
     """
+    now = now or utcnow()
     study = session.get(ImagingStudy, recorded.study_id)
     assert study is not None
     existing = booking.active_follow_up(session=session, study_id=recorded.study_id)
-    if existing is not None:
-        return BookingOutcome(existing.id, None, "already booked")
+    if recorded.withdrawn:
+        if existing is None:
+            return BookingOutcome(None, None, "result cancelled: no follow-up to cancel")
+        return _cancel_follow_up(
+            session, study, existing, now=now, why="the result was cancelled by the RIS"
+        )
     if recorded.urgency == EMERGENT:
-        return BookingOutcome(
-            None, None, "emergent: no routine booking; escalated to the ordering provider"
+        reason = "emergent: no routine booking; escalated to the ordering provider"
+        if existing is None:
+            return BookingOutcome(None, None, reason)
+        return _cancel_follow_up(
+            session, study, existing, now=now, why=f"the corrected report is {reason}"
         )
-    if recorded.ordering_provider_id is None or study.final_at is None:
-        reason = (
-            f"ordering provider {study.ordering_provider_key or '(none)'} not in the directory"
-            if recorded.ordering_provider_id is None
-            else "no exam or result time to count the window from"
-        )
+    if existing is not None and (existing.tier == recorded.urgency or study.final_at is None):
+        # Same tier: the window it was booked in still holds, whatever time the correction
+        # has (counting again from it would move a visit for nothing).
+        return BookingOutcome(existing.id, None, "already booked")
+    if recorded.ordering_provider_id is None and existing is None:
+        reason = f"ordering provider {study.ordering_provider_key or '(none)'} not in the directory"
         return _unbookable(session, study, reason)
-    closed_days = booking.site_closed_days(
-        session=session,
-        settings=settings,
-        years=range(study.final_at.year, study.final_at.year + 2),
-    )
-    window = booking_window(
-        study.final_at,
-        recorded.urgency,
-        zone=settings.site_zone,
-        closed_days=closed_days,
-        policy=WindowPolicy(
-            routine_min_days=settings.routine_window_min_days,
-            routine_max_days=settings.routine_window_max_days,
-            urgent_business_days=settings.urgent_window_business_days,
-        ),
-    )
-    assert window is not None
+    if study.final_at is None:
+        return _unbookable(session, study, "no exam or result time to count the window from")
+    window, closed_days = _window(session, study, recorded.urgency, settings)
     patient = session.get(Patient, recorded.patient_id)
     assert patient is not None
+    if existing is not None:
+        return _move_follow_up(
+            session, study, existing, window, closed_days, patient, settings, now=now
+        )
+    assert recorded.ordering_provider_id is not None
     result = booking.book_with_fallback(
         session=session,
         patient_id=recorded.patient_id,
@@ -240,6 +334,115 @@ def book_follow_up(
         actor=ACTOR,
     )
     return _unbookable(session, study, f"{result.reason}; waitlisted for a freed slot")
+
+
+def _window(
+    session: Session, study: ImagingStudy, urgency: str, settings: Settings
+) -> tuple[BookingWindow, frozenset[date]]:
+    assert study.final_at is not None
+    closed_days = booking.site_closed_days(
+        session=session,
+        settings=settings,
+        years=range(study.final_at.year, study.final_at.year + 2),
+    )
+    window = booking_window(
+        study.final_at,
+        urgency,
+        zone=settings.site_zone,
+        closed_days=closed_days,
+        policy=WindowPolicy(
+            routine_min_days=settings.routine_window_min_days,
+            routine_max_days=settings.routine_window_max_days,
+            urgent_business_days=settings.urgent_window_business_days,
+        ),
+    )
+    assert window is not None  # emergent never gets here
+    return window, closed_days
+
+
+def _move_follow_up(
+    session: Session,
+    study: ImagingStudy,
+    existing: Appointment,
+    window: BookingWindow,
+    closed_days: frozenset[date],
+    patient: Patient,
+    settings: Settings,
+    *,
+    now: datetime,
+) -> BookingOutcome:
+    """The tier changed: keep the visit if it lies in the new window, else book one in it and
+    cancel the old (its unsent texts go with it; the new one gets its own)."""
+    assert existing.id is not None and study.id is not None
+    moved_from = {"appointment_id": existing.id, "tier": existing.tier, "to_tier": window.tier}
+    if window.contains(existing.start):
+        queries.audit(
+            session=session,
+            actor=ACTOR,
+            action="follow_up.kept",
+            entity="appointment",
+            entity_id=existing.id,
+            detail={**moved_from, "reason": "still in the new tier's window"},
+        )
+        return BookingOutcome(existing.id, None, f"already booked, in the {window.tier} window")
+    result = booking.book_with_fallback(
+        session=session,
+        patient_id=existing.patient_id,
+        study_id=study.id,
+        ordering_provider_id=study.ordering_provider_id or existing.provider_id,
+        window=window,
+        closed_days=closed_days,
+        preferences=booking.patient_preferences(patient),
+        actor=ACTOR,
+    )
+    zone = settings.site_zone
+    if result.booked is None:
+        # Nothing free in the new window: the patient keeps the visit they have (better than
+        # none) and the schedulers move it by hand. No waitlist entry: an offer accepted
+        # later would book a second visit beside the kept one.
+        reason = (
+            f"corrected to {window.tier}: {result.reason}; the patient keeps the visit of "
+            f"{existing.start.astimezone(zone):%Y-%m-%d %H:%M}, to be moved by hand"
+        )
+        return replace(_unbookable(session, study, reason), appointment_id=existing.id)
+    existing.replaced_by_id = result.booked.appointment_id
+    session.add(existing)
+    booking.cancel_appointment(
+        session=session,
+        appointment_id=existing.id,
+        reason=f"moved to appointment {result.booked.appointment_id}: report corrected to "
+        f"{window.tier}",
+        now=now,
+        actor=ACTOR,
+    )
+    queries.audit(
+        session=session,
+        actor=ACTOR,
+        action="follow_up.moved",
+        entity="appointment",
+        entity_id=result.booked.appointment_id,
+        detail={**moved_from, "reason": result.reason},
+    )
+    return BookingOutcome(result.booked.appointment_id, None, f"moved: {result.reason}")
+
+
+def _cancel_follow_up(
+    session: Session, study: ImagingStudy, existing: Appointment, *, now: datetime, why: str
+) -> BookingOutcome:
+    """Cancel the visit and its unsent texts; the schedulers tell the patient (a text saying
+    only "cancelled" could read as "no care needed")."""
+    assert existing.id is not None and study.id is not None
+    booking.cancel_appointment(
+        session=session, appointment_id=existing.id, reason=why, now=now, actor=ACTOR
+    )
+    escalation = queries.record_escalation(
+        session=session,
+        study_id=study.id,
+        kind="visit_cancelled",
+        reason=f"follow-up appointment {existing.id} cancelled: {why}; tell the patient",
+        target=booking.SCHEDULER_QUEUE,
+    )
+    return BookingOutcome(None, escalation.id, f"follow-up cancelled: {why}")
 
 
 def _unbookable(session: Session, study: ImagingStudy, reason: str) -> BookingOutcome:
@@ -266,20 +469,25 @@ def _unbookable(session: Session, study: ImagingStudy, reason: str) -> BookingOu
 def schedule_reminders(
     *, session: Session, appointment_id: int, settings: Settings, now: datetime
 ) -> list[int]:
-    """Render and store the confirmation and reminders (idempotent per appointment and kind)."""
+    """Render and store the confirmation and reminders (idempotent per appointment and kind).
+
+    A visit that replaced another (moved after a corrected report) gets the `reschedule` text
+    instead of the confirmation: the patient already had one for the old time.
+    """
     appointment = session.get(Appointment, appointment_id)
     assert appointment is not None
     patient = session.get(Patient, appointment.patient_id)
     provider = session.get(Provider, appointment.provider_id)
     assert patient is not None and provider is not None
     patient_zone = _zone_or_none(patient.timezone)
+    visit = VisitDetails(
+        start=appointment.start,
+        provider_name=provider.display_name,
+        clinic_name=settings.site_name,
+        clinic_phone=settings.clinic_phone,
+    )
     planned = plan_booking_messages(
-        VisitDetails(
-            start=appointment.start,
-            provider_name=provider.display_name,
-            clinic_name=settings.site_name,
-            clinic_phone=settings.clinic_phone,
-        ),
+        visit,
         language=patient.language,
         zone=patient_zone,  # None: the strict all-US quiet-hours window, as the dispatcher checks
         site_zone=settings.site_zone,
@@ -287,6 +495,13 @@ def schedule_reminders(
         reminder_days=tuple(settings.reminder_days_before),
         templates_dir=settings.templates_dir,
     )
+    if queries.replaced_appointment(session=session, appointment_id=appointment_id) is not None:
+        planned = [
+            _as_reschedule(sms, visit, patient_zone or settings.site_zone, settings)
+            if sms.kind == "confirmation"
+            else sms
+            for sms in planned
+        ]
     assert patient.id is not None
     stored = queries.enqueue_messages(
         session=session,
@@ -298,6 +513,32 @@ def schedule_reminders(
         ),
     )
     return [message.id for message in stored if message.id is not None]
+
+
+def _as_reschedule(
+    confirmation: PlannedSms, visit: VisitDetails, zone: ZoneInfo, settings: Settings
+) -> PlannedSms:
+    """The `reschedule` text ("your visit is now …"), sent when the confirmation would be."""
+    rendered = render_sms(
+        "reschedule",
+        confirmation.language,
+        {
+            "clinic_name": visit.clinic_name,
+            "clinic_phone": display_phone(visit.clinic_phone),
+            "provider_name": visit.provider_name,
+            "visit_time": format_visit_time(visit.start, zone, confirmation.language),
+        },
+        templates_dir=settings.templates_dir,
+    )
+    return replace(
+        confirmation,
+        kind=rendered.kind,
+        language=rendered.language,
+        template=f"sms/{rendered.language}/{rendered.kind}.j2",
+        body=rendered.body,
+        encoding=rendered.encoding,
+        segments=rendered.segments,
+    )
 
 
 def _zone_or_none(name: str | None) -> ZoneInfo | None:
@@ -397,6 +638,8 @@ def finish(*, session: Session, inbox_id: int, held: bool) -> dict[str, Any]:
 
 
 def fail(*, session: Session, inbox_id: int, error: Exception) -> None:
+    if isinstance(error, InboxRowClaimed):
+        return  # the row is the live run's, which records its own outcome
     row = queries.get_inbox_message(session=session, inbox_id=inbox_id)
     row.status = InboxStatus.ERROR
     row.error = str(error)
@@ -404,14 +647,21 @@ def fail(*, session: Session, inbox_id: int, error: Exception) -> None:
     session.add(row)
 
 
-def run_tags(decision: routing.Decision, *, site: str) -> list[str]:
-    """`route:<specialty>` per referral (or the ordering provider), `urgency:<tier>`, `site:`."""
+def run_tags(decision: routing.Decision, *, site: str, result_status: str = "F") -> list[str]:
+    """`route:<specialty>` per referral (or the ordering provider), `urgency:<tier>`, `site:`;
+    `result:corrected` for a corrected report. A cancelled result routes nothing: its text
+    (if any) is not what the run acts on, so it is tagged `result:cancelled` only."""
+    if result_status == CANCELLED_RESULT:
+        return ["result:cancelled", f"site:{site}"]
     routes = list(decision.referrals) or ["ordering-provider"]
     if decision.critical:
         routes.append("critical-escalation")
     if decision.needs_review:
         routes.append("needs-review")
-    return [*(f"route:{route}" for route in routes), f"urgency:{decision.urgency}", f"site:{site}"]
+    tags = [*(f"route:{route}" for route in routes), f"urgency:{decision.urgency}", f"site:{site}"]
+    if result_status == "C":
+        tags.append("result:corrected")
+    return tags
 
 
 def artifact_key(accession: str) -> str:

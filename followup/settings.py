@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     mllp_port: int = Field(default=2575, validation_alias="FOLLOWUP_MLLP_PORT")
     http_host: str = Field(default="127.0.0.1", validation_alias="FOLLOWUP_HTTP_HOST")
     http_port: int = Field(default=8000, validation_alias="FOLLOWUP_HTTP_PORT")
+    # A flow run holds its inbox row this long; a row still `processing` after that belongs to
+    # a run that died, and sweep-inbox submits it again. Far above a run's seconds.
+    processing_lease_seconds: int = Field(
+        default=600, gt=0, validation_alias="FOLLOWUP_PROCESSING_LEASE_SECONDS"
+    )
     # Bearer token the HTTP gateway requires on its FHIR endpoints; None leaves them open.
     http_token: SecretStr | None = Field(default=None, validation_alias="FOLLOWUP_HTTP_TOKEN")
 
@@ -78,6 +83,18 @@ class Settings(BaseSettings):
     )
     # API attempts per message on 429, 5xx and network errors before it is marked failed.
     sms_max_attempts: int = Field(default=5, ge=1, validation_alias="FOLLOWUP_SMS_MAX_ATTEMPTS")
+
+    # A critical finding not acknowledged within this many minutes is notified again, and
+    # again every as many minutes until someone acknowledges it (renotify-escalations).
+    escalation_renotify_minutes: int = Field(
+        default=15, ge=1, validation_alias="FOLLOWUP_ESCALATION_RENOTIFY_MINUTES"
+    )
+    # The Prefect notification block re-notices go through, as `<block-type-slug>/<name>`
+    # (e.g. `slack-webhook/critical-findings`). None: the flow logs and refreshes the
+    # critical-findings artifact only.
+    escalation_block: str | None = Field(
+        default=None, pattern=r"^[a-z0-9-]+/.+$", validation_alias="FOLLOWUP_ESCALATION_BLOCK"
+    )
 
     @field_validator("site_timezone")
     @classmethod

@@ -1,4 +1,5 @@
-"""Queries of the RIS gateway: the inbox sweep and what orders and ADT messages update.
+"""Queries of the RIS gateway: duplicates, run claims and the inbox sweep, and what orders and
+ADT messages update.
 
 Keyword-only functions taking a session; the caller owns the transaction (as in queries.py).
 """
@@ -6,8 +7,11 @@ Keyword-only functions taking a session; the caller owns the transaction (as in 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
+from sqlalchemy import ColumnElement, CursorResult, func, or_, update
 from sqlmodel import Session, col, select
 
 from followup.ris.updates import ORDER_TYPES as ORDER_MESSAGE_TYPES
@@ -51,23 +55,18 @@ def store_message(
 def original_message(
     *, session: Session, sender: str, control_id: str, before_id: int
 ) -> InboxMessage | None:
-    """The first earlier message with the same sender and MSH-10 (the HL7 idempotency key).
-
-    Same answer as `queries.find_original_message`, but the rows are found through the MSH-10
-    index alone and the sender is compared on those few: given both single-column indexes,
-    SQLite picks the one on sender and walks every message that sender ever sent, so the
-    check (and the ACK) slowed down with each message received.
-    """
-    candidates = session.exec(
+    """The first earlier message with the same sender and MSH-10 (the HL7 idempotency key),
+    found through the (sender, control_id) index."""
+    return session.exec(
         select(InboxMessage)
         .where(
+            InboxMessage.sender == sender,
             InboxMessage.control_id == control_id,
             col(InboxMessage.id) < before_id,
             InboxMessage.status != InboxStatus.DUPLICATE,
         )
         .order_by(col(InboxMessage.id))
-    )
-    return next((row for row in candidates if row.sender == sender), None)
+    ).first()
 
 
 def unclaimed_messages(
@@ -85,11 +84,111 @@ def unclaimed_messages(
     ).all()
 
 
+def _claim_time() -> ColumnElement[datetime]:
+    # A row left `processing` before claims were recorded counts from its arrival.
+    return func.coalesce(col(InboxMessage.claimed_at), col(InboxMessage.received_at))
+
+
+def claim_message(
+    *, session: Session, inbox_id: int, now: datetime, stale_before: datetime
+) -> bool:
+    """Take the row for one flow run: True when this run holds it now.
+
+    One conditional UPDATE, so of two runs only one wins: a row another run claimed after
+    `stale_before` (its lease is live) is refused; any other row, including a finished one
+    run again, is taken. On PostgreSQL the loser waits for the winner's commit and then sees
+    its claim; SQLite serialises the writes.
+    """
+    result = session.execute(
+        update(InboxMessage)
+        .where(
+            col(InboxMessage.id) == inbox_id,
+            or_(
+                col(InboxMessage.status) != InboxStatus.PROCESSING,
+                _claim_time() < stale_before,
+            ),
+        )
+        .values(status=InboxStatus.PROCESSING, claimed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    loaded = session.identity_map.get(session.identity_key(InboxMessage, inbox_id))
+    if loaded is not None:
+        session.expire(loaded, ["status", "claimed_at"])
+    return cast(CursorResult[Any], result).rowcount == 1
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A row to (re-)submit to the flow, and the claim it replaces (None: never claimed)."""
+
+    inbox_id: int
+    accession: str
+    previous_claim: datetime | None
+
+
+def release_stale_claims(
+    *, session: Session, claimed_before: datetime, limit: int
+) -> list[Submission]:
+    """Give rows whose run died (`processing`, claimed before `claimed_before`) back to
+    `received`, each by a compare-and-set on the claim seen: of two sweeps that find the same
+    row only one releases it, and only that one submits it again. Oldest first."""
+    stale = session.exec(
+        select(InboxMessage.id, InboxMessage.accession, InboxMessage.claimed_at)
+        .where(InboxMessage.status == InboxStatus.PROCESSING, _claim_time() < claimed_before)
+        .order_by(col(InboxMessage.id))
+        .limit(limit)
+    ).all()
+    released: list[Submission] = []
+    for inbox_id, accession, claimed_at in stale:
+        assert inbox_id is not None
+        same_claim = (
+            col(InboxMessage.claimed_at).is_(None)
+            if claimed_at is None
+            else col(InboxMessage.claimed_at) == claimed_at
+        )
+        result = session.execute(
+            update(InboxMessage)
+            .where(
+                col(InboxMessage.id) == inbox_id,
+                col(InboxMessage.status) == InboxStatus.PROCESSING,
+                same_claim,
+            )
+            .values(status=InboxStatus.RECEIVED)
+            .execution_options(synchronize_session=False)
+        )
+        if cast(CursorResult[Any], result).rowcount != 1:
+            continue
+        queries.audit(
+            session=session,
+            actor="sweep-inbox",
+            action="inbox.released",
+            entity="inbox_message",
+            entity_id=inbox_id,
+            detail={"claimed_at": claimed_at.isoformat() if claimed_at else None},
+        )
+        released.append(Submission(inbox_id, accession or "", claimed_at))
+    return released
+
+
 def report_status(*, session: Session, accession: str) -> str | None:
     """The result status (F, P, C, X) of the study's current report, None before any."""
     return session.exec(
         select(ImagingStudy.report_status).where(ImagingStudy.accession == accession)
     ).first()
+
+
+def result_awaiting_run(*, session: Session, accession: str, before_id: int) -> bool:
+    """Whether an earlier message for the accession waits for, or is in, its flow run."""
+    return (
+        session.exec(
+            select(InboxMessage.id).where(
+                InboxMessage.accession == accession,
+                col(InboxMessage.id) < before_id,
+                col(InboxMessage.status).in_((InboxStatus.RECEIVED, InboxStatus.PROCESSING)),
+            )
+        ).first()
+        is not None
+    )
 
 
 def apply_ris_update(*, session: Session, update: RisUpdate) -> list[str]:

@@ -13,8 +13,10 @@ from sqlmodel import Session, SQLModel, col, select
 from followup.messaging.plan import PlannedSms
 from followup.ris.scan import ProviderRef, ScanCompleted
 from models.tables import (
+    Appointment,
     Decision,
     Escalation,
+    EscalationStatus,
     Finding,
     ImagingStudy,
     InboxMessage,
@@ -29,6 +31,8 @@ from models.tables import (
 )
 from models.types import utcnow
 
+ENGINE = "engine"
+FINAL_STATUSES = frozenset({"F", "C"})  # OBR-25 of a report that routes (DOMAIN.md §5)
 _NEW_AUDIT_EVENT = insert(SQLModel.metadata.tables["audit_event"])
 
 
@@ -58,22 +62,6 @@ def get_inbox_message(*, session: Session, inbox_id: int) -> InboxMessage:
     return row
 
 
-def find_original_message(
-    *, session: Session, sender: str, control_id: str, before_id: int
-) -> InboxMessage | None:
-    """The first earlier message with the same sender and MSH-10 (the HL7 idempotency key)."""
-    return session.exec(
-        select(InboxMessage)
-        .where(
-            InboxMessage.sender == sender,
-            InboxMessage.control_id == control_id,
-            col(InboxMessage.id) < before_id,
-            InboxMessage.status != InboxStatus.DUPLICATE,
-        )
-        .order_by(col(InboxMessage.id))
-    ).first()
-
-
 def find_same_content(*, session: Session, digest: str, before_id: int) -> InboxMessage | None:
     return session.exec(
         select(InboxMessage)
@@ -97,6 +85,7 @@ def upsert_patient(*, session: Session, scan: ScanCompleted) -> Patient:
     patient.given_name = scan.patient_name.given
     patient.birth_date = scan.birth_date or patient.birth_date
     patient.phone_e164 = scan.phone_e164 or patient.phone_e164
+    patient.language = scan.language or patient.language
     patient.updated_at = utcnow()
     session.add(patient)
     session.flush()
@@ -109,6 +98,20 @@ def find_provider(*, session: Session, ref: ProviderRef | None) -> Provider | No
     return session.exec(select(Provider).where(Provider.npi == ref.identifier)).first()
 
 
+def is_stale_report(*, study: ImagingStudy, scan: ScanCompleted, inbox_id: int) -> bool:
+    """True when the study already holds a newer report than this message's.
+
+    A preliminary after the final or corrected report, or any message older than the one the
+    study was last updated from (a late delivery, a re-run of an old row), must not replace
+    the report the current decision was made on.
+    """
+    if study.id is None:
+        return False
+    if scan.result_status == "P" and study.report_status in FINAL_STATUSES:
+        return True
+    return study.inbox_id > inbox_id
+
+
 def upsert_study(
     *,
     session: Session,
@@ -117,6 +120,7 @@ def upsert_study(
     provider: Provider | None,
     inbox_id: int,
 ) -> ImagingStudy:
+    """Create or update the study from a result; a stale one (`is_stale_report`) changes nothing."""
     study = study_by_accession(session=session, accession=scan.accession)
     if study is None:
         study = ImagingStudy(
@@ -126,6 +130,8 @@ def upsert_study(
             report_text=scan.report_text,
             inbox_id=inbox_id,
         )
+    elif is_stale_report(study=study, scan=scan, inbox_id=inbox_id):
+        return study
     study.ordering_provider_id = provider.id if provider else None
     study.ordering_provider_key = (
         scan.ordering_provider.identifier if scan.ordering_provider else None
@@ -135,7 +141,8 @@ def upsert_study(
     study.performed_at = scan.exam_time
     study.final_at = scan.final_time
     study.report_status = scan.result_status
-    study.report_text = scan.report_text
+    # A cancellation often carries no text: the report it cancels stays readable.
+    study.report_text = scan.report_text or study.report_text
     study.inbox_id = inbox_id
     study.updated_at = utcnow()
     session.add(study)
@@ -161,8 +168,14 @@ def current_decision(*, session: Session, study_id: int) -> Decision | None:
 def record_decision(
     *, session: Session, decision: Decision, findings: Iterable[Finding]
 ) -> Decision:
-    """Store a new current decision for the study, superseding (not deleting) the old one."""
+    """Store a new current decision for the study, superseding (not deleting) the old one.
+
+    Idempotent per inbox row: when the current decision was made from the same message (a
+    re-run of its flow), that one is returned and nothing is written.
+    """
     previous = current_decision(session=session, study_id=decision.study_id)
+    if previous is not None and previous.inbox_id == decision.inbox_id:
+        return previous
     if previous is not None:
         previous.superseded_at = utcnow()
         session.add(previous)
@@ -173,6 +186,17 @@ def record_decision(
         session.add(finding)
     session.flush()
     return decision
+
+
+def withdraw_decision(*, session: Session, study_id: int) -> Decision | None:
+    """Supersede the study's current decision without a successor (its report was cancelled);
+    the withdrawn decision, None when there was none."""
+    current = current_decision(session=session, study_id=study_id)
+    if current is not None:
+        current.superseded_at = utcnow()
+        session.add(current)
+        session.flush()
+    return current
 
 
 def open_referrals(*, session: Session, study_id: int) -> list[Referral]:
@@ -186,34 +210,77 @@ def open_referrals(*, session: Session, study_id: int) -> list[Referral]:
 
 
 def reconcile_referrals(
-    *, session: Session, decision: Decision, reasons: dict[str, tuple[str, bool]]
+    *,
+    session: Session,
+    decision: Decision,
+    reasons: dict[str, tuple[str, bool]],
+    actor: str = ENGINE,
 ) -> list[Referral]:
     """Make the study's open referrals match the decision: add new, cancel dropped ones.
 
-    `reasons` maps specialty → (explanation, uncertain). Returns the open referrals.
+    `reasons` maps specialty → (explanation, uncertain). Cancelling goes through the referral
+    state machine, so it is in the referral's history and the audit trail; a completed
+    referral is left as it is. Referrals the decision keeps follow it (their overdue allowance
+    is the current decision's tier). Returns the open referrals.
     """
-    now = utcnow()
+    assert decision.id is not None
     existing = {r.specialty: r for r in open_referrals(session=session, study_id=decision.study_id)}
-    for specialty, referral in existing.items():
-        if specialty not in decision.referrals:
-            referral.status = ReferralStatus.CANCELLED
-            referral.status_changed_at = now
-            session.add(referral)
+    cancel_referrals(
+        session=session,
+        referrals=[r for s, r in existing.items() if s not in decision.referrals],
+        actor=actor,
+        reason=f"decision {decision.id} no longer refers the patient there",
+    )
     for specialty in decision.referrals:
-        if specialty in existing:
+        kept = existing.get(specialty)
+        if kept is not None:
+            kept.decision_id = decision.id
+            session.add(kept)
             continue
         reason, uncertain = reasons.get(specialty, ("", False))
-        session.add(
-            Referral(
-                study_id=decision.study_id,
-                decision_id=decision.id,  # type: ignore[arg-type]
-                specialty=specialty,
-                reason=reason,
-                uncertain=uncertain,
-            )
+        referral = Referral(
+            study_id=decision.study_id,
+            decision_id=decision.id,
+            specialty=specialty,
+            reason=reason,
+            uncertain=uncertain,
+        )
+        session.add(referral)
+        session.flush()
+        audit(
+            session=session,
+            actor=actor,
+            action=f"referral.{ReferralStatus.INITIATED}",
+            entity="referral",
+            entity_id=referral.id,
+            detail={"specialty": specialty, "decision_id": decision.id, "uncertain": uncertain},
         )
     session.flush()
     return open_referrals(session=session, study_id=decision.study_id)
+
+
+def cancel_referrals(
+    *, session: Session, referrals: Iterable[Referral], actor: str, reason: str
+) -> int:
+    """Cancel each referral through the closed-loop state machine (history and audit kept);
+    completed ones stay completed. Returns how many were cancelled."""
+    # booking imports this module, so the transition is imported where it is used.
+    from models.booking import transition_referral
+
+    cancelled = 0
+    for referral in referrals:
+        if referral.status in (ReferralStatus.COMPLETED, ReferralStatus.CANCELLED):
+            continue
+        assert referral.id is not None
+        transition_referral(
+            session=session,
+            referral_id=referral.id,
+            to=ReferralStatus.CANCELLED,
+            actor=actor,
+            reason=reason,
+        )
+        cancelled += 1
+    return cancelled
 
 
 # --- escalations and audit ---------------------------------------------------------------------
@@ -222,9 +289,14 @@ def reconcile_referrals(
 def record_escalation(
     *, session: Session, study_id: int, kind: str, reason: str, target: str
 ) -> Escalation:
-    """One open escalation per study and kind; a repeat returns the existing one."""
+    """One open escalation per study and kind: while it is unacknowledged a repeat returns it;
+    after its acknowledgement the news is new and opens another (the old one stays history)."""
     existing = session.exec(
-        select(Escalation).where(Escalation.study_id == study_id, Escalation.kind == kind)
+        select(Escalation).where(
+            Escalation.study_id == study_id,
+            Escalation.kind == kind,
+            Escalation.status == EscalationStatus.OPEN,
+        )
     ).first()
     if existing is not None:
         return existing
@@ -307,6 +379,13 @@ def visit_message_rows(
         )
         for sms in planned
     ]
+
+
+def replaced_appointment(*, session: Session, appointment_id: int) -> Appointment | None:
+    """The appointment this one was booked to replace (moved), if any."""
+    return session.exec(
+        select(Appointment).where(Appointment.replaced_by_id == appointment_id)
+    ).first()
 
 
 def cancel_pending_messages(*, session: Session, appointment_id: int) -> int:

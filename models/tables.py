@@ -41,7 +41,7 @@ class InboxMessageBase(SQLModel):
     source: str = Field(max_length=16)  # mllp | http | cli
     peer: str | None = Field(default=None, max_length=255)
     content_type: str = Field(max_length=16)  # hl7v2 | fhir | unknown
-    sender: str | None = Field(default=None, max_length=255, index=True)
+    sender: str | None = Field(default=None, max_length=255)
     control_id: str | None = Field(default=None, max_length=199, index=True)
     message_type: str | None = Field(default=None, max_length=32)
     accession: str | None = Field(default=None, max_length=64, index=True)
@@ -49,6 +49,9 @@ class InboxMessageBase(SQLModel):
 
 class InboxMessage(InboxMessageBase, table=True):
     __tablename__ = "inbox_message"
+    # The HL7 idempotency key (MSH-10 per sender) is looked up on every message received,
+    # before its ACK; it also serves the sender-only prefix, so sender has no index of its own.
+    __table_args__ = (Index("ix_inbox_message_sender_control_id", "sender", "control_id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
@@ -60,6 +63,10 @@ class InboxMessage(InboxMessageBase, table=True):
     content_hash: str | None = Field(default=None, max_length=64, index=True)
     summary: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     processed_at: datetime | None = _utc_column()
+    # When a flow run last took the row (status processing). A claim older than the lease
+    # belongs to a run that died: the sweep gives the row back. Kept after that, so the
+    # re-submission's event id can be derived from the claim it replaces.
+    claimed_at: datetime | None = _utc_column()
 
 
 class PatientBase(SQLModel):
@@ -468,13 +475,27 @@ class EscalationBase(SQLModel):
 
 
 class Escalation(EscalationBase, table=True):
-    __table_args__ = (UniqueConstraint("study_id", "kind", name="uq_escalation_study_kind"),)
+    __table_args__ = (
+        # One open escalation per study and kind; once acknowledged, new news opens a new one.
+        Index(
+            "uq_escalation_open_study_kind",
+            "study_id",
+            "kind",
+            unique=True,
+            sqlite_where=text("status = 'open'"),
+            postgresql_where=text("status = 'open'"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     status: str = Field(default=EscalationStatus.OPEN, max_length=16, index=True)
     created_at: datetime = _created_at()
     acknowledged_at: datetime | None = _utc_column()
     acknowledged_by: str | None = Field(default=None, max_length=128)
+    # Re-notices of an unacknowledged one (renotify-escalations): the last one sent and how
+    # many; None and 0 until the first, which falls due N minutes after `created_at`.
+    notified_at: datetime | None = _utc_column()
+    notify_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class AuditEvent(SQLModel, table=True):

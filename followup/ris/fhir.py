@@ -20,6 +20,8 @@ nothing in the elements read here. Choices, and why:
 * Text: `presentedForm` attachments of type text/plain (base64, charset from the content type,
   UTF-8 by default) in order, then `conclusion` under an IMPRESSION heading unless the text
   already contains it. PDF and other forms carry no readable text and are skipped.
+* Language: `Patient.communication`, the preferred one first, as the two-letter code the SMS
+  templates are filed under (BCP 47 "es-MX", ISO 639-2 "spa"); unrecognised is unknown.
 * Times: `effective[x]` is the exam time, `issued` the result time; a date without a time is
   local midnight in the site zone, like an HL7 DTM without offset.
 """
@@ -47,6 +49,7 @@ from pydantic import ValidationError
 from followup.errors import InvalidField, MalformedMessage, MissingField, UnsupportedMessage
 from followup.ris.hl7v2 import _e164
 from followup.ris.scan import CodedReportItem, PersonName, ProviderRef, ScanCompleted
+from followup.ris.updates import language_code
 
 _STATUSES = {
     "final": "F",
@@ -206,6 +209,7 @@ def _scan(
             report_text=_report_text(report, path),
             birth_date=patient.birthDate if patient else None,
             phone_e164=_phone(patient, phone_region) if patient else None,
+            language=_language(patient) if patient else None,
             ordering_provider=_ordering_provider(report, resources),
             procedure_code=(procedure.code or "") if procedure else "",
             procedure_text=report.code.text or ((procedure.display or "") if procedure else ""),
@@ -303,6 +307,18 @@ def _phone(patient: Patient, region: str) -> str | None:
         e164 = _e164(telecom.value or "", region)
         if e164:
             return e164
+    return None
+
+
+def _language(patient: Patient) -> str | None:
+    """The patient's preferred language (else the first one given) that is recognised."""
+    spoken = sorted(patient.communication or [], key=lambda c: not c.preferred)
+    for communication in spoken:
+        concept = communication.language
+        for value in [*(c.code for c in concept.coding or []), concept.text]:
+            code = language_code(value or "")
+            if code:
+                return code
     return None
 
 

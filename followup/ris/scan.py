@@ -49,6 +49,7 @@ class ScanCompleted:
     report_text: str
     birth_date: date | None = None
     phone_e164: str | None = None
+    language: str | None = None  # ISO 639-1, the key of the SMS template folders; None: unknown
     ordering_provider: ProviderRef | None = None
     procedure_code: str = ""
     procedure_text: str = ""

@@ -148,3 +148,41 @@ def test_fhir_report_runs_through_the_same_flow(settings: Settings) -> None:
     assert summary["appointment"]["provider_npi"] == "1000000003"
     start = datetime.fromisoformat(summary["appointment"]["start"]).astimezone(settings.site_zone)
     assert timedelta(days=7) <= start.date() - now.date() <= timedelta(days=14)
+
+
+def test_corrected_report_runs_again_and_moves_the_follow_up(settings: Settings) -> None:
+    from flows.scan_completed import scan_completed
+    from followup.demo import restamp_for_today
+    from followup.intake import receive_message
+
+    first = run_sample(settings, "spine_neurology_root_compression.hl7")
+    corrected = restamp_for_today(
+        (SAMPLES / "hl7" / "spine_corrected.hl7")
+        .read_bytes()
+        .replace(
+            b"2. Mild L4-5 disc bulge without stenosis.",
+            b"2. Marrow-replacing lesion in the L3 vertebral body, concerning for metastasis.",
+        ),
+        now=datetime.now(settings.site_zone),
+    )
+    with session_scope(settings.database_url) as session:
+        receipt = receive_message(session=session, raw=corrected, source="test", settings=settings)
+
+    summary = asyncio.run(scan_completed(inbox_id=receipt.inbox_id, accession="ACC2026000101"))
+
+    assert summary["decision"]["urgency"] == "urgent"
+    assert summary["appointment"]["id"] != first["appointment"]["id"]
+    assert "reschedule" in {m["kind"] for m in summary["scheduled_messages"]}
+    with session_scope(settings.database_url) as session:
+        old = session.get(Appointment, first["appointment"]["id"])
+        assert old is not None and old.status == "cancelled"
+    runs = asyncio.run(_runs_named("scan-ACC2026000101"))
+    corrected_run = next(r for r in runs if "result:corrected" in r.tags)
+    assert {"urgency:urgent", "route:orthopedics"} <= set(corrected_run.tags)
+
+
+async def _runs_named(name: str) -> list[Any]:
+    async with get_client() as client:
+        return await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )

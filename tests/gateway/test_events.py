@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventIDFilter
+from sqlmodel import select
 
 from flows.events import EVENT, emit_for_inbox, event_id
 from flows.sweep_inbox import sweep_inbox
 from followup import intake
 from followup.settings import get_settings
 from models.db import session_scope
-from models.tables import InboxMessage
+from models.tables import AuditEvent, InboxMessage, InboxStatus
 from models.types import utcnow
 from tests.conftest import SAMPLES
 
@@ -88,3 +90,67 @@ def test_sweep_re_emits_only_old_unclaimed_rows_and_prefect_keeps_one_event(
     events = stored_events([event_id(old), event_id(recent)], expected=1)
     assert [(e.id, e.payload["inbox_id"]) for e in events] == [(event_id(old), old)]
     assert events[0].resource.id == "ris.study.ACC2026000107"
+
+
+def test_a_resubmission_gets_its_own_event_id_per_dead_claim() -> None:
+    claim = datetime(2026, 11, 5, 14, 0, tzinfo=UTC)
+
+    assert event_id(41, claim) == event_id(41, claim.astimezone(ZoneInfo("America/New_York")))
+    assert len({event_id(41), event_id(41, claim), event_id(41, claim + timedelta(minutes=1))}) == 3
+
+
+def claimed(database_url: str, inbox_id: int, *, ago: timedelta) -> datetime:
+    with session_scope(database_url) as session:
+        row = session.get_one(InboxMessage, inbox_id)
+        row.status, row.claimed_at = InboxStatus.PROCESSING, utcnow() - ago
+        session.add(row)
+    with session_scope(database_url) as session:
+        claim = session.get_one(InboxMessage, inbox_id).claimed_at
+    assert claim is not None
+    return claim
+
+
+@pytest.mark.prefect
+def test_sweep_resubmits_a_row_whose_run_died_once_and_the_new_run_takes_it(
+    prefect_api: None, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.scan_completed import scan_completed
+    from followup.pipeline import InboxRowClaimed
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("FOLLOWUP_PROCESSING_LEASE_SECONDS", "600")
+    dead = receive(database_url, "spine_normal.hl7", age=timedelta(minutes=30))
+    live = receive(database_url, "spine_inconclusive.hl7", age=timedelta(minutes=30))
+    dead_claim = claimed(database_url, dead, ago=timedelta(minutes=20))
+    live_claim = claimed(database_url, live, ago=timedelta(minutes=1))
+
+    first = asyncio.run(sweep_inbox(older_than_seconds=120))
+    # The released row now waits as `received`: re-emitted under the same id, dropped by Prefect.
+    again = asyncio.run(sweep_inbox(older_than_seconds=120))
+
+    assert (first, again) == (1, 1)
+    resubmitted = event_id(dead, dead_claim)
+    # (Plain row ids repeat across tests on the shared server; claim-derived ids do not.)
+    candidates = [resubmitted, event_id(live, live_claim)]
+    stored_events(candidates, expected=1)
+    time.sleep(2)  # room for a second copy to (wrongly) arrive
+    events = stored_events(candidates, expected=1)
+    assert [(e.id, e.payload["inbox_id"]) for e in events] == [(resubmitted, dead)]
+    with session_scope(database_url) as session:
+        released = session.exec(
+            select(AuditEvent.entity_id).where(AuditEvent.action == "inbox.released")
+        ).all()
+        assert released == [dead]
+
+    summary = asyncio.run(scan_completed(inbox_id=dead, accession="ACC2026000107"))
+    with pytest.raises(InboxRowClaimed):
+        asyncio.run(scan_completed(inbox_id=live, accession="ACC2026000108"))
+
+    assert summary["status"] == InboxStatus.PROCESSED
+    with session_scope(database_url) as session:
+        held = session.get_one(InboxMessage, live)
+        assert (held.status, held.claimed_at, held.error) == (
+            InboxStatus.PROCESSING,
+            live_claim,
+            None,
+        )

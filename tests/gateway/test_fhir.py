@@ -271,3 +271,51 @@ def test_same_report_as_hl7_gives_the_same_text_as_its_hl7_twin() -> None:
     hl7_text = parse_oru(decode_message(SPINE.read_bytes()), site_zone=ZONE).report_text
 
     assert parse(load("diagnosticreport_contained.json")).scan.report_text == hl7_text
+
+
+def test_patient_language_from_the_preferred_communication() -> None:
+    assert parse(load("diagnosticreport_contained.json")).scan.language == "en"  # "en-US"
+
+    document = load("bundle_transaction.json")
+    patient = next(
+        e["resource"] for e in document["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
+    patient["communication"] = [
+        {"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "en"}]}},
+        {
+            "language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "es-MX"}]},
+            "preferred": True,
+        },
+    ]
+
+    assert parse(document).scan.language == "es"
+
+
+@pytest.mark.parametrize(
+    ("language", "code"),
+    [
+        ({"coding": [{"system": "urn:ietf:bcp:47", "code": "vi"}]}, "vi"),
+        (
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v2-0296", "code": "SPA"}
+                ]
+            },
+            "es",
+        ),
+        ({"coding": [{"system": "urn:x-local", "code": "SPANISH"}], "text": "es"}, "es"),
+        ({"text": "Klingon"}, None),
+    ],
+)
+def test_patient_language_codes(language: dict[str, Any], code: str | None) -> None:
+    document = load("diagnosticreport_contained.json")
+    document["contained"][0]["communication"] = [{"language": language}]
+
+    assert parse(document).scan.language == code
+
+
+def test_patient_without_communication_has_no_language() -> None:
+    document = load("diagnosticreport_contained.json")
+    del document["contained"][0]["communication"]
+
+    assert parse(document).scan.language is None

@@ -30,6 +30,13 @@ def test_migrations_upgrade_an_empty_database_and_match_the_models(
         "escalation",
         "audit_event",
     } <= tables
+    inbox_indexes = {
+        tuple(index["column_names"])
+        for index in inspect(get_engine(empty_database_url)).get_indexes("inbox_message")
+    }
+    # The HL7 idempotency lookup (sender, MSH-10); its prefix serves sender alone.
+    assert ("sender", "control_id") in inbox_indexes
+    assert ("sender",) not in inbox_indexes
 
 
 def test_migrations_downgrade_to_empty_and_upgrade_again(empty_database_url: str) -> None:
