@@ -48,8 +48,7 @@ from pydantic import ValidationError
 
 from followup.errors import InvalidField, MalformedMessage, MissingField, UnsupportedMessage
 from followup.ris.hl7v2 import _e164
-from followup.ris.scan import CodedReportItem, PersonName, ProviderRef, ScanCompleted
-from followup.ris.updates import language_code
+from followup.ris.scan import CodedReportItem, PersonName, ProviderRef, ScanCompleted, language_code
 
 _STATUSES = {
     "final": "F",

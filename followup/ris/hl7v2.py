@@ -51,7 +51,13 @@ import hl7
 import phonenumbers
 
 from followup.errors import InvalidField, MalformedMessage, MissingField, UnsupportedMessage
-from followup.ris.scan import CodedReportItem, PersonName, ProviderRef, ScanCompleted
+from followup.ris.scan import (
+    CodedReportItem,
+    PersonName,
+    ProviderRef,
+    ScanCompleted,
+    language_code,
+)
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -255,6 +261,7 @@ def parse_oru(text: str, *, site_zone: ZoneInfo, phone_region: str = "US") -> Sc
         report_text=_report_text(observations, delims),
         birth_date=birth_date,
         phone_e164=_phone(pid.field(13), delims, phone_region),
+        language=language_code(_field_value(pid, 15, 1, delims)),
         ordering_provider=_ordering_provider(segments, obr, delims),
         procedure_code=_value(procedure, 1, delims),
         procedure_text=_value(procedure, 2, delims),

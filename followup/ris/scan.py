@@ -63,3 +63,19 @@ class ScanCompleted:
     def final_time(self) -> datetime | None:
         """The moment the follow-up window counts from: result time (OBR-22), else exam (OBR-7)."""
         return self.result_time or self.exam_time
+
+
+_LANGUAGE_ALPHA3 = {
+    "eng": "en", "spa": "es", "chi": "zh", "zho": "zh", "vie": "vi", "tgl": "tl", "kor": "ko",
+    "rus": "ru", "ara": "ar", "fre": "fr", "fra": "fr", "por": "pt", "hat": "ht", "ger": "de",
+    "deu": "de", "ita": "it", "pol": "pl", "jpn": "ja", "hin": "hi", "urd": "ur", "per": "fa",
+    "fas": "fa", "som": "so",
+}  # fmt: skip
+
+
+def language_code(value: str) -> str | None:
+    """A PID-15 code ("en-US", "SPA", "eng", "es") as ISO 639-1; None when not recognised."""
+    code = value.strip().lower().replace("_", "-").split("-", 1)[0]
+    if len(code) == 2 and code.isascii() and code.isalpha():
+        return code
+    return _LANGUAGE_ALPHA3.get(code)

@@ -35,19 +35,13 @@ from followup.ris.hl7v2 import (
     message_header,
     parse_message,
 )
-from followup.ris.scan import PersonName, ProviderRef
+from followup.ris.scan import PersonName, ProviderRef, language_code
 
 ORDER_TYPES = frozenset({"ORM^O01", "OMI^O23"})
 ADT_TYPES = frozenset({"ADT^A04", "ADT^A08", "ADT^A31"})
 UPDATE_TYPES = ORDER_TYPES | ADT_TYPES
 
 # ISO 639-2 (and HL7 table 0296's) three-letter codes of the languages seen most in US clinics.
-_LANGUAGE_ALPHA3 = {
-    "eng": "en", "spa": "es", "chi": "zh", "zho": "zh", "vie": "vi", "tgl": "tl", "kor": "ko",
-    "rus": "ru", "ara": "ar", "fre": "fr", "fra": "fr", "por": "pt", "hat": "ht", "ger": "de",
-    "deu": "de", "ita": "it", "pol": "pl", "jpn": "ja", "hin": "hi", "urd": "ur", "per": "fa",
-    "fas": "fa", "som": "so",
-}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +82,6 @@ def parse_update(text: str, *, phone_region: str = "US") -> RisUpdate:
         accession=_order_accession(obr, delims) if obr is not None else None,
         ordering_provider=(_ordering_provider(segments, obr, delims) if obr is not None else None),
     )
-
-
-def language_code(value: str) -> str | None:
-    """A PID-15 code ("en-US", "SPA", "eng", "es") as ISO 639-1; None when not recognised."""
-    code = value.strip().lower().replace("_", "-").split("-", 1)[0]
-    if len(code) == 2 and code.isascii() and code.isalpha():
-        return code
-    return _LANGUAGE_ALPHA3.get(code)
 
 
 def _order_accession(obr: _Segment, delims: _Delimiters) -> str | None:

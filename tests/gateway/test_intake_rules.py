@@ -9,7 +9,7 @@ from sqlmodel import Session, select
 
 from followup import intake
 from followup.intake import Receipt
-from followup.ris.updates import language_code
+from followup.ris.scan import language_code
 from followup.settings import get_settings
 from models import inbox_queries
 from models.db import session_scope

@@ -210,6 +210,28 @@ def test_sacroiliitis_sample_keeps_the_utf8_patient_name() -> None:
     assert scan.patient_name == PersonName(family="Núñez", given="Sofía")
 
 
+def _with_pid_field(text: str, number: int, value: str) -> str:
+    segments = text.split("\r")
+    for index, segment in enumerate(segments):
+        if segment.startswith("PID|"):
+            fields = segment.split("|")
+            fields.extend([""] * (number + 1 - len(fields)))
+            fields[number] = value
+            segments[index] = "|".join(fields)
+    return "\r".join(segments)
+
+
+@pytest.mark.parametrize(("pid_15", "language"), [("SPA^Spanish^ISO639", "es"), ("en-US", "en")])
+def test_primary_language_pid_15_is_read_as_iso_639_1(pid_15: str, language: str) -> None:
+    text = _with_pid_field(load(SAMPLES / "spine_pain_degenerative.hl7"), 15, pid_15)
+
+    assert parse_oru(text, site_zone=ZONE).language == language
+
+
+def test_a_result_without_pid_15_leaves_the_language_unknown() -> None:
+    assert parse(SAMPLES / "spine_pain_degenerative.hl7").language is None
+
+
 def test_normal_sample_has_the_rule_out_only_in_the_indication() -> None:
     lines = parse(SAMPLES / "spine_normal.hl7").report_text.split("\n")
 
