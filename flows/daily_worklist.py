@@ -9,13 +9,10 @@ from prefect.artifacts import acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from followup.settings import Settings, get_settings
-from followup.worklist import WorklistTable, worklist_tables
+from followup.worklist import CRITICAL_KINDS, UNBOOKABLE_KINDS, WorklistTable, worklist_tables
 from models import worklist
 from models.db import session_scope
 from models.types import utcnow
-
-CRITICAL_KINDS = ("critical_finding",)
-UNBOOKABLE_KINDS = ("unbookable",)
 
 
 @task(name="gather-worklist", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)

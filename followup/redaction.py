@@ -1,13 +1,19 @@
-"""Keep PHI out of logs: a logging filter that masks phone numbers and HL7 patient segments.
+"""Keep PHI out of logs: a logging filter that masks phone numbers, patient names and HL7
+identity segments.
 
 The engine itself logs accession and row ids only; this filter is the net under third-party
-libraries (HTTP clients, parsers) that may log a request or a raw message.
+libraries (HTTP clients, parsers) that may log a request or a raw message, and under a
+careless `extra=`. It runs on every record, so each pattern is tried only when a cheap
+substring test says it could match.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from functools import lru_cache
+
+from followup.ris.scan import PersonName
 
 # E.164 and common North American spellings: +15555550123, (555) 555-0123, 555-555-0123.
 _PHONE = re.compile(
@@ -17,22 +23,54 @@ _PHONE = re.compile(
 _HL7_IDENTITY_SEGMENT = re.compile(r"\b(PID|NK1|GT1|IN1)\|[^\r\n]*")
 # Twilio form fields that hold numbers or message text.
 _TWILIO_FIELDS = re.compile(r"\b(To|From|Body)=[^&\s]*")
+# An HL7 person name outside a whole PID segment (PID-5 `DOE^JANE^Q^^^^L`): family and given
+# name of letters only, so message types (ORU^R01), codes (72148^MRI) and identifiers
+# (MRN1^^^HOSP) stay readable; not after a `^`, so a name is taken from its first component.
+_LETTERS = r"[^\W\d_]+(?:['’-][^\W\d_]+)*"
+_HL7_NAME = re.compile(rf"(?<![\w^]){_LETTERS}\^{_LETTERS}(?![\w'’-])(?:\^[^\s|^~\\&'\"]*)*")
+# FHIR HumanName parts in JSON ("family": "Doe", "given": ["Jane"]).
+_FHIR_NAME = re.compile(r'("(?:family|given)"\s*:\s*)(?:"(?:[^"\\]|\\.)*"|\[[^\]]*\])')
+# A PersonName's repr, alone or inside a logged ScanCompleted / ProviderRef.
+_PERSON_NAME_REPR = re.compile(r"PersonName\([^)]*\)")
+
+# Attributes every LogRecord has; anything else came in through `extra=`.
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# `extra=` keys that hold a person's name. Not every "*_name": Prefect adds flow_name,
+# task_run_name and the like, which schedulers need.
+_NAME_KEY = re.compile(r"(?:^|_)(?:patient(?:_name)?|(?:family|given|first|last|full)_name)$")
 
 
 def redact(text: str) -> str:
     text = _HL7_IDENTITY_SEGMENT.sub(r"\1|[redacted]", text)
+    if "^" in text:
+        text = _HL7_NAME.sub("[name]", text)
+    if '"family"' in text or '"given"' in text:
+        text = _FHIR_NAME.sub(r'\1"[name]"', text)
+    if "PersonName(" in text:
+        text = _PERSON_NAME_REPR.sub("[name]", text)
     text = _TWILIO_FIELDS.sub(r"\1=[redacted]", text)
     return _PHONE.sub("[phone]", text)
 
 
+@lru_cache(maxsize=256)
+def _is_name_key(key: str) -> bool:
+    return _NAME_KEY.search(key) is not None
+
+
 class RedactingFilter(logging.Filter):
-    """Rewrites each record's message once, before any handler formats it."""
+    """Rewrites each record's message and `extra=` values once, before any handler formats
+    them (a JSON formatter writes the extras too)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        # Extras are masked by key or type only: running every pattern over Prefect's own
+        # extras (run ids and names) on every record would cost more than the message itself.
+        for key in vars(record).keys() - _STANDARD_ATTRIBUTES:
+            if _is_name_key(key) or isinstance(getattr(record, key), PersonName):
+                setattr(record, key, "[name]")
         return True
 
 

@@ -8,6 +8,13 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+# Escalation kinds per table: a critical finding waits for a doctor (and is re-notified until
+# acknowledged), an unbookable patient for a scheduler's call.
+CRITICAL_KINDS = ("critical_finding",)
+UNBOOKABLE_KINDS = ("unbookable",)
+CRITICAL_KEY = "worklist-critical-unacknowledged"
+CRITICAL_TITLE = "Critical findings awaiting a doctor"
+
 
 @dataclass(frozen=True, slots=True)
 class WorklistTable:
@@ -43,10 +50,39 @@ def worklist_tables(
 ) -> list[WorklistTable]:
     sections = (
         ("worklist-bookings-today", "Follow-ups booked for today", bookings),
-        ("worklist-critical-unacknowledged", "Critical findings awaiting a doctor", critical),
+        (CRITICAL_KEY, CRITICAL_TITLE, critical),
         ("worklist-escalations", "Other open escalations", other_escalations),
         ("worklist-unbookable", "Patients the engine could not book", unbookable),
         ("worklist-sms-call-instead", "Texts that could not be delivered: call", undeliverable),
         ("worklist-overdue-referrals", "Referrals overdue for an appointment", overdue_referrals),
     )
     return [WorklistTable(key, title, local_cells(rows, zone)) for key, title, rows in sections]
+
+
+def critical_table(rows: list[dict[str, Any]], zone: ZoneInfo) -> WorklistTable:
+    """The critical-findings table alone, as `worklist_tables` builds it (re-notify refresh)."""
+    return WorklistTable(CRITICAL_KEY, CRITICAL_TITLE, local_cells(rows, zone))
+
+
+@dataclass(frozen=True, slots=True)
+class DueNotice:
+    """An open escalation whose re-notice is due: ids, accession and provider key, no PHI."""
+
+    escalation_id: int
+    kind: str
+    accession: str
+    target: str  # the ordering provider's identifier, or a queue
+    waiting_minutes: int
+    notice: int  # this notice's number: 1 for the first re-notice
+
+    def message(self) -> tuple[str, str]:
+        """Subject and body of the notice. No finding or patient: notification channels
+        (chat, e-mail) are not cleared for PHI; the accession leads to the report in the RIS."""
+        subject = f"Critical finding not acknowledged: {self.accession}"
+        body = (
+            f"Escalation {self.escalation_id} (accession {self.accession}, for {self.target}) "
+            f"has waited {self.waiting_minutes} min without acknowledgement; notice "
+            f"{self.notice}. Acknowledge: followup escalations ack {self.escalation_id} "
+            f"--by NAME, or POST /escalations/{self.escalation_id}/ack."
+        )
+        return subject, body

@@ -10,9 +10,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from followup.ris.scan import PersonName
+from followup.worklist import DueNotice
 from models import booking, queries
 from models.tables import (
     Appointment,
@@ -87,11 +89,73 @@ def open_escalations(
             "accession": study.accession if study else "-",
             "patient": _initials(patient),
             "waiting (min)": int((now - escalation.created_at).total_seconds() // 60),
+            "notices": escalation.notify_count,
             "for": escalation.target,
             "reason": escalation.reason[:160],
         }
         for escalation, study, patient in session.exec(query).all()
     ]
+
+
+def _last_notice() -> Any:
+    """When an escalation was last brought to someone: its last re-notice, else its creation."""
+    return func.coalesce(col(Escalation.notified_at), col(Escalation.created_at))
+
+
+def due_notices(
+    *, session: Session, kinds: Sequence[str], due_before: datetime, now: datetime, limit: int = 200
+) -> list[DueNotice]:
+    """Open escalations of `kinds` last brought to someone at or before `due_before`, oldest
+    first."""
+    rows = session.exec(
+        select(Escalation, ImagingStudy)
+        .join(ImagingStudy, col(ImagingStudy.id) == col(Escalation.study_id), isouter=True)
+        .where(
+            Escalation.status == EscalationStatus.OPEN,
+            col(Escalation.kind).in_(kinds),
+            _last_notice() <= due_before,
+        )
+        .order_by(col(Escalation.created_at))
+        .limit(limit)
+    ).all()
+    return [
+        DueNotice(
+            escalation_id=escalation.id,
+            kind=escalation.kind,
+            accession=study.accession if study else "-",
+            target=escalation.target,
+            waiting_minutes=int((now - escalation.created_at).total_seconds() // 60),
+            notice=escalation.notify_count + 1,
+        )
+        for escalation, study in rows
+        if escalation.id is not None
+    ]
+
+
+def record_notice(
+    *, session: Session, escalation_id: int, due_before: datetime, now: datetime, channel: str
+) -> bool:
+    """Count one notice sent for an escalation; False (nothing written) when it is no longer
+    open and due: acknowledged while the notice went out, or counted by another run."""
+    counted = session.exec(
+        update(Escalation)
+        .where(
+            col(Escalation.id) == escalation_id,
+            col(Escalation.status) == EscalationStatus.OPEN,
+            _last_notice() <= due_before,
+        )
+        .values(notified_at=now, notify_count=col(Escalation.notify_count) + 1)
+    ).rowcount
+    if counted:
+        queries.audit(
+            session=session,
+            actor="flow:renotify-escalations",
+            action="escalation.renotified",
+            entity="escalation",
+            entity_id=escalation_id,
+            detail={"channel": channel},
+        )
+    return bool(counted)
 
 
 def undeliverable_messages(*, session: Session, limit: int = 200) -> list[WorklistRow]:
@@ -135,9 +199,12 @@ def overdue_referral_rows(*, session: Session, now: datetime) -> list[WorklistRo
 
 
 def acknowledge_escalation(
-    *, session: Session, escalation_id: int, by: str, now: datetime
+    *, session: Session, escalation_id: int, by: str, now: datetime, via: str = "cli"
 ) -> Escalation:
-    """Close an escalation; acknowledging twice keeps the first acknowledgement."""
+    """Close an escalation; acknowledging twice keeps the first acknowledgement.
+
+    `via` (cli, http) goes to the audit trail beside who acknowledged.
+    """
     escalation = session.get(Escalation, escalation_id)
     if escalation is None:
         raise LookupError(f"escalation {escalation_id} does not exist")
@@ -152,7 +219,7 @@ def acknowledge_escalation(
             action="escalation.acknowledged",
             entity="escalation",
             entity_id=escalation.id,
-            detail={"kind": escalation.kind},
+            detail={"kind": escalation.kind, "via": via},
         )
         session.flush()
     return escalation

@@ -1,4 +1,5 @@
-"""The log filter masks phone numbers and identity segments and leaves the rest readable."""
+"""The log filter masks phone numbers, patient names and identity segments and leaves the rest
+readable."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import logging
 
 import pytest
 
-from followup.redaction import install_redaction, redact
+from followup.redaction import RedactingFilter, install_redaction, redact
+from followup.ris.scan import PersonName
 
 
 @pytest.mark.parametrize(
@@ -23,6 +25,23 @@ from followup.redaction import install_redaction, redact
         (
             "accession ACC2026000101 inbox 42 at 2026-11-26",
             "accession ACC2026000101 inbox 42 at 2026-11-26",
+        ),
+        # HL7 person names outside a PID segment (PID-5 quoted in a parser's error).
+        ("PID-5 'DOE^JANE^Q^^^^L' is too long", "PID-5 '[name]' is too long"),
+        ("field |O'Brien-Smith^Mary| invalid", "field |[name]| invalid"),
+        ("name Müller^Jürgen", "name [name]"),
+        # ...but not message types, codes and identifiers, which share the caret.
+        ("ORU^R01^ORU_R01 from RIS", "ORU^R01^ORU_R01 from RIS"),
+        ("procedure 72148^MRI LUMBAR SPINE", "procedure 72148^MRI LUMBAR SPINE"),
+        ("MRN123^^^HOSP^MR", "MRN123^^^HOSP^MR"),
+        # FHIR HumanName in a logged request body, and a logged PersonName (alone or nested).
+        (
+            '{"name": [{"family": "Doe", "given": ["Jane", "Q"]}], "gender": "female"}',
+            '{"name": [{"family": "[name]", "given": "[name]"}], "gender": "female"}',
+        ),
+        (
+            "ref ProviderRef(identifier='1', name=PersonName(family='Doe', given='Jo'))",
+            "ref ProviderRef(identifier='1', name=[name])",
         ),
     ],
 )
@@ -52,3 +71,42 @@ def test_installed_filter_masks_records_propagated_from_child_loggers() -> None:
 
     assert handler.lines == ["texting [phone]"]
     assert len(handler.filters) == 1
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.addFilter(RedactingFilter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_filter_masks_names_passed_as_extra_and_keeps_run_names() -> None:
+    logger = logging.getLogger("followup-test-extra")
+    handler = _Records()
+    logger.addHandler(handler)
+    try:
+        logger.warning(
+            "booked %s",
+            "ACC2026000101",
+            extra={
+                "patient_name": "Jane Doe",
+                "family_name": "Doe",
+                "patient": "Jane Doe",
+                "who": PersonName("Doe", "Jane"),
+                "flow_run_name": "scan-ACC2026000101",
+                "patient_id": 7,
+            },
+        )
+    finally:
+        logger.removeHandler(handler)
+
+    [record] = handler.records
+    extras = {key: getattr(record, key) for key in ("patient_name", "family_name", "patient")}
+    assert extras == dict.fromkeys(extras, "[name]")
+    assert record.who == "[name]"
+    assert record.flow_run_name == "scan-ACC2026000101"
+    assert record.patient_id == 7
+    assert record.getMessage() == "booked ACC2026000101"

@@ -17,24 +17,34 @@ Choices, and why:
   not reveal how much of a guess was right.
 * `on_accepted` (the event emitter) runs as a background task after the response is sent.
 * Logs carry the inbox id, accession and status, never the body (PHI).
+* `POST /escalations/{id}/ack` closes an escalation (who: `by` in a JSON body or the query)
+  through the same function as `followup escalations ack`, so both keep the first
+  acknowledgement and audit it: 200 with the acknowledgement (the original one on a repeat),
+  404 for an unknown id, 401 without the bearer token. Acknowledging silences the re-notices
+  of a critical finding, so it is never open: without a configured token the endpoint
+  answers 403.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import BackgroundTasks, Depends, FastAPI, Request
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, SecretStr, StringConstraints
 from sqlalchemy import text
 
 from followup import intake
 from followup.gateway import OnAccepted, in_database_thread
 from followup.intake import Receipt
 from followup.settings import Settings
+from models import worklist
 from models.db import get_engine, session_scope
-from models.tables import InboxStatus
+from models.tables import Escalation, InboxStatus
+from models.types import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +59,26 @@ _ISSUES = {
     "MissingField": ("required", 422),
     "InvalidField": ("value", 422),
 }
+
+
+# Who acknowledges: a user name or id, as long as the audit trail's actor column takes.
+Acknowledger = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+
+
+class Acknowledgement(BaseModel):
+    by: Acknowledger
+
+
+class AcknowledgedEscalation(BaseModel):
+    """The answer: the escalation's acknowledgement, never its reason (clinical text)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str
+    status: str
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
 
 
 class _Refusal(Exception):
@@ -88,13 +118,19 @@ def create_app(
         )
 
     def authorized(request: Request) -> None:
-        if settings.http_token is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        expected = settings.http_token.get_secret_value().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
+        if settings.http_token is not None and not _bearer_matches(request, settings.http_token):
             raise _Refusal(
                 401, "login", "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
+            )
+
+    def token_required(request: Request) -> None:
+        if settings.http_token is None:
+            raise HTTPException(
+                403, "acknowledging over HTTP needs FOLLOWUP_HTTP_TOKEN set on the gateway"
+            )
+        if not _bearer_matches(request, settings.http_token):
+            raise HTTPException(
+                401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
             )
 
     async def receive(request: Request, background: BackgroundTasks) -> JSONResponse:
@@ -125,6 +161,24 @@ def create_app(
     app.post("/fhir/DiagnosticReport", dependencies=[Depends(authorized)])(receive)
     app.post("/fhir", dependencies=[Depends(authorized)])(receive)
 
+    @app.post("/escalations/{escalation_id}/ack", dependencies=[Depends(token_required)])
+    async def acknowledge(
+        escalation_id: int,
+        body: Acknowledgement | None = None,
+        by: Annotated[Acknowledger | None, Query()] = None,
+    ) -> AcknowledgedEscalation:
+        who = body.by if body is not None else by
+        if who is None:
+            raise HTTPException(422, "say who acknowledges: `by` in a JSON body or the query")
+        try:
+            escalation = await in_database_thread(
+                settings.database_url, _acknowledge, settings.database_url, escalation_id, who
+            )
+        except LookupError as error:
+            raise HTTPException(404, str(error)) from error
+        logger.info("escalation %d (%s) acknowledged over HTTP", escalation_id, escalation.kind)
+        return AcknowledgedEscalation.model_validate(escalation)
+
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         try:
@@ -135,6 +189,20 @@ def create_app(
         return JSONResponse({"status": "ok", "database": "ok"})
 
     return app
+
+
+def _bearer_matches(request: Request, expected: SecretStr) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.encode(), expected.get_secret_value().encode()
+    )
+
+
+def _acknowledge(database_url: str, escalation_id: int, by: str) -> Escalation:
+    with session_scope(database_url) as session:
+        return worklist.acknowledge_escalation(
+            session=session, escalation_id=escalation_id, by=by, now=utcnow(), via="http"
+        )
 
 
 def _store(settings: Settings, raw: bytes, peer: str | None) -> Receipt:

@@ -1,14 +1,24 @@
-"""Every prefect.yaml deployment points at a loadable flow whose parameters match."""
+"""Every prefect.yaml deployment points at a loadable flow whose parameters match, and
+`prefect deploy --all` registers them all on a server as written."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prefect import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.events.actions import RunDeployment
 from prefect.flows import load_flow_from_entrypoint
+from prefect.settings import PREFECT_API_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENTS: list[dict[str, Any]] = yaml.safe_load((ROOT / "prefect.yaml").read_text())[
@@ -42,3 +52,88 @@ def test_scan_completed_is_triggered_by_the_contract_event() -> None:
     assert trigger["expect"] == ["ris.scan.completed"]
     assert trigger["match"] == {"prefect.resource.id": "ris.study.*"}
     assert trigger["parameters"]["inbox_id"] == "{{ event.payload.inbox_id }}"
+
+
+def _deployed() -> dict[str, tuple[Any, list[Any]]]:
+    """Each prefect.yaml deployment as the server holds it, with the automations it triggers."""
+
+    async def read() -> dict[str, tuple[Any, list[Any]]]:
+        async with get_client() as client:
+            automations = await client.read_automations()
+            found = {}
+            for spec in DEPLOYMENTS:
+                deployment = await client.read_deployment_by_name(f"{spec['name']}/{spec['name']}")
+                found[spec["name"]] = (
+                    deployment,
+                    [
+                        automation
+                        for automation in automations
+                        for action in automation.actions
+                        if isinstance(action, RunDeployment)
+                        and action.deployment_id == deployment.id
+                    ],
+                )
+            return found
+
+    return asyncio.run(read())
+
+
+@pytest.mark.prefect
+def test_prefect_deploy_all_registers_every_deployment_as_written(prefect_api: None) -> None:
+    async def create_pool() -> None:
+        async with get_client() as client:
+            await client.create_work_pool(
+                WorkPoolCreate(name="followup", type="process"), overwrite=True
+            )
+
+    asyncio.run(create_pool())
+    deploy = subprocess.run(
+        [str(Path(sys.executable).with_name("prefect")), "--no-prompt", "deploy", "--all"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "FOLLOWUP_HOME": str(ROOT),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
+
+    deployed = _deployed()
+    for spec in DEPLOYMENTS:
+        deployment, automations = deployed[spec["name"]]
+        assert deployment.entrypoint == spec["entrypoint"]
+        assert deployment.work_pool_name == spec["work_pool"]["name"]
+        assert deployment.tags == spec["tags"]
+        assert deployment.parameters == spec.get("parameters", {})
+        assert deployment.global_concurrency_limit.limit == spec["concurrency_limit"]
+        assert deployment.pull_steps == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
+        ]
+        assert [_schedule(s.schedule) for s in deployment.schedules] == spec.get("schedules", [])
+        assert [_trigger(a) for a in automations] == [
+            {k: t[k] for k in ("type", "enabled", "match", "expect", "parameters")}
+            for t in spec.get("triggers", [])
+        ]
+
+
+def _schedule(schedule: Any) -> dict[str, Any]:
+    """A server-side schedule in prefect.yaml's spelling."""
+    if isinstance(schedule, IntervalSchedule):
+        return {"interval": int(schedule.interval.total_seconds())}
+    assert isinstance(schedule, CronSchedule)
+    return {"cron": schedule.cron, "timezone": schedule.timezone}
+
+
+def _trigger(automation: Any) -> dict[str, Any]:
+    """A deployment trigger's automation in prefect.yaml's spelling."""
+    [action] = automation.actions
+    return {
+        "type": automation.trigger.type,
+        "enabled": automation.enabled,
+        "match": automation.trigger.match.model_dump(),
+        "expect": sorted(automation.trigger.expect),
+        "parameters": action.parameters,
+    }

@@ -1,19 +1,30 @@
-"""The schedulers' worklist: a critical finding shows until a person acknowledges it."""
+"""The schedulers' worklist: a critical finding shows, and is re-notified, until a person
+acknowledges it."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from followup.settings import Settings
+from followup.gateway.http import create_app
+from followup.settings import Settings, get_settings
 from models import worklist
 from models.db import session_scope
+from models.tables import Escalation
 from models.types import utcnow
 from tests.flows.conftest import run_sample
+from tests.gateway.test_http import serve
 
 pytestmark = pytest.mark.prefect
 
@@ -59,3 +70,96 @@ def test_critical_escalation_is_listed_until_acknowledged(settings: Settings) ->
 def test_acknowledging_an_unknown_escalation_is_an_error(settings: Settings) -> None:
     with session_scope(settings.database_url) as session, pytest.raises(LookupError):
         worklist.acknowledge_escalation(session=session, escalation_id=999, by="x", now=utcnow())
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    """A local chat webhook: keeps each JSON body it is sent."""
+
+    received: list[dict[str, Any]]
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        self.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *_args: Any) -> None:  # keep pytest's output clean
+        return
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    received: list[dict[str, Any]] = []
+    handler = type("Webhook", (_Webhook,), {"received": received})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hooks/critical", received
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def _backdate(database_url: str, escalation_id: int, minutes: int) -> None:
+    """Move the escalation's clock back, as if that much time had passed since its last notice."""
+    with session_scope(database_url) as session:
+        escalation = session.get(Escalation, escalation_id)
+        assert escalation is not None
+        escalation.created_at -= timedelta(minutes=minutes)
+        if escalation.notified_at is not None:
+            escalation.notified_at -= timedelta(minutes=minutes)
+        session.add(escalation)
+
+
+def test_unacknowledged_critical_finding_is_renotified_until_acknowledged_over_http(
+    settings: Settings,
+    webhook: tuple[str, list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.renotify_escalations import renotify_escalations
+
+    url, received = webhook
+    CustomWebhookNotificationBlock(
+        name="critical findings",
+        url=url,
+        json_data={"subject": "{{subject}}", "text": "{{body}}"},
+    ).save("followup-critical-test", overwrite=True)
+    monkeypatch.setenv("FOLLOWUP_ESCALATION_BLOCK", "custom-webhook/followup-critical-test")
+    [escalation] = run_sample(settings, "spine_critical_cord_compression.hl7")["escalations"]
+
+    fresh = asyncio.run(renotify_escalations())
+    _backdate(settings.database_url, escalation["id"], minutes=16)
+    overdue = asyncio.run(renotify_escalations())
+    just_notified = asyncio.run(renotify_escalations())
+
+    assert fresh == {"due": 0, "notified": 0, "open": 1}
+    assert overdue == {"due": 1, "notified": 1, "open": 1}
+    assert just_notified == {"due": 0, "notified": 0, "open": 1}
+    [notice] = received
+    assert notice["subject"] == "Critical finding not acknowledged: ACC2026000105"
+    assert f"Escalation {escalation['id']} (accession ACC2026000105" in notice["text"]
+    assert "Abernathy" not in json.dumps(notice)
+    assert "compression" not in json.dumps(notice)  # no finding outside the clinical record
+
+    gateway = create_app(
+        get_settings(FOLLOWUP_HTTP_TOKEN="ack-token"), on_accepted=lambda _receipt: None
+    )
+    for base_url in serve(gateway):
+        acked = httpx.post(
+            f"{base_url}/escalations/{escalation['id']}/ack",
+            json={"by": "dr.brennan"},
+            headers={"Authorization": "Bearer ack-token"},
+            timeout=10,
+        )
+        assert acked.status_code == 200
+    _backdate(settings.database_url, escalation["id"], minutes=16)
+    after_ack = asyncio.run(renotify_escalations())
+
+    assert after_ack == {"due": 0, "notified": 0, "open": 0}
+    assert len(received) == 1
+    assert "ACC2026000105" not in str(_latest("worklist-critical-unacknowledged").data)
+    with session_scope(settings.database_url) as session:
+        stored = session.get(Escalation, escalation["id"])
+    assert stored is not None
+    assert (stored.notify_count, stored.acknowledged_by) == (1, "dr.brennan")
