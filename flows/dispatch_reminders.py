@@ -1,10 +1,15 @@
-"""dispatch-reminders: send the SMS that are due, every minute.
+"""dispatch-reminders: expire unanswered waitlist offers, then send the SMS that are due, every
+minute.
 
-Orchestration only: the dispatcher (followup.messaging.dispatch) claims due outbox rows, runs
-the send-time checks, paces the API calls and records what Twilio said. The task has no Prefect
-retries: each message carries its own retry schedule in the outbox, and a run that stops half
-way leaves the rest for the next minute. The deployment's concurrency limit of 1 keeps one
-dispatcher, so the messages-per-second limit holds across runs.
+Orchestration only. Expiry (followup.messaging.visits) closes offers past their deadline and
+offers each slot to the next waitlisted patient, with its text in the outbox, before the
+dispatcher (followup.messaging.dispatch) claims due rows: the next offer goes out in the same
+run. The dispatcher runs the send-time checks, paces the API calls and records what Twilio
+said. A failed expiry does not hold the sends back; the run still fails after them, so it
+shows. The send task has no Prefect retries: each message carries its own retry schedule in
+the outbox, and a run that stops half way leaves the rest for the next minute. The
+deployment's concurrency limit of 1 keeps one dispatcher, so the messages-per-second limit
+holds across runs.
 """
 
 from __future__ import annotations
@@ -15,9 +20,28 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from followup.messaging import visits
 from followup.messaging.dispatch import Dispatcher, DispatchPolicy
 from followup.messaging.sender import build_sender
 from followup.settings import get_settings
+from models.db import session_scope
+from models.types import utcnow
+
+ACTOR = "flow:dispatch-reminders"
+
+
+@task(name="expire-waitlist-offers", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def expire_waitlist_offers() -> int:
+    """Expire what is past its deadline and enqueue the next offers' texts; how many texts.
+
+    Synchronous: one short transaction, nothing else in the flow runs meanwhile.
+    """
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        expired = visits.expire_waitlist_offers(
+            session=session, settings=settings, now=utcnow(), actor=ACTOR
+        )
+        return len(expired.texts.offers)
 
 
 @task(name="send-due-sms", cache_policy=NO_CACHE)
@@ -34,7 +58,9 @@ async def send_due_sms(max_seconds: float) -> dict[str, object]:
 
 @flow(name="dispatch-reminders", log_prints=False)
 async def dispatch_reminders(max_seconds: float = 50.0) -> dict[str, object]:
-    """Send what is due for up to `max_seconds` (less than the one-minute schedule)."""
+    """Expire lapsed waitlist offers, then send what is due for up to `max_seconds` (less than
+    the one-minute schedule)."""
+    expiry = expire_waitlist_offers(return_state=True)
     outcomes = await send_due_sms(max_seconds)
     handled = {name: count for name, count in outcomes.items() if count and name != "seconds"}
     if handled:
@@ -45,4 +71,4 @@ async def dispatch_reminders(max_seconds: float = 50.0) -> dict[str, object]:
             table=[{"outcome": name, "messages": count} for name, count in handled.items()],
             description="Outbox messages handled by the last dispatch run",
         )
-    return outcomes
+    return {"offer_texts": await expiry.aresult(), **outcomes}

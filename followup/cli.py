@@ -385,20 +385,30 @@ def providers_close(
 def appointments_cancel(
     appointment_id: int, reason: Annotated[str, typer.Option(help="why")] = "cancelled"
 ) -> None:
-    """Cancel an appointment: frees the slot (offered to the waitlist), cancels unsent SMS."""
-    from models import booking
+    """Cancel an appointment: cancels its unsent SMS, texts the patient, and offers the freed
+    slot to the waitlist by SMS."""
+    from followup.messaging import visits
     from models.db import session_scope
+    from models.types import utcnow
 
     settings = get_settings()
     with session_scope(settings.database_url) as session:
-        result = booking.cancel_appointment(
-            session=session, appointment_id=appointment_id, reason=reason, actor="cli"
+        cancelled = visits.cancel_visit(
+            session=session,
+            appointment_id=appointment_id,
+            reason=reason,
+            settings=settings,
+            now=utcnow(),
+            actor="cli",
         )
+        result = cancelled.result
         summary = {
             "appointment": appointment_id,
             "status": result.appointment.status,
             "messages_cancelled": result.messages_cancelled,
+            "notice_message": cancelled.texts.notice,
             "offer": result.offer.id if result.offer else None,
+            "offer_messages": list(cancelled.texts.offers),
         }
     _print_json(summary)
 
@@ -407,40 +417,57 @@ def appointments_cancel(
 def appointments_reschedule(
     appointment_id: int, reason: Annotated[str, typer.Option(help="why")] = "patient asked"
 ) -> None:
-    """Move a follow-up to the next fitting slot in its window, or escalate."""
-    from models import booking
+    """Move a follow-up to the next fitting slot in its window, or escalate. The old visit's
+    unsent SMS are cancelled; the patient gets a reschedule notice and new reminders, and the
+    freed slot is offered to the waitlist by SMS."""
+    from followup.messaging import visits
     from models.db import session_scope
+    from models.types import utcnow
 
     settings = get_settings()
     with session_scope(settings.database_url) as session:
-        result = booking.reschedule_appointment(
+        moved = visits.reschedule_visit(
             session=session,
             appointment_id=appointment_id,
             reason=reason,
             settings=settings,
+            now=utcnow(),
             actor="cli",
         )
+        result = moved.result
         summary = {
             "previous": appointment_id,
             "appointment": result.appointment.id if result.appointment else None,
             "start": result.appointment.start if result.appointment else None,
             "escalation": result.escalation_id,
             "reason": result.reason,
+            "notice_message": moved.texts.notice,
+            "reminder_messages": list(moved.texts.reminders),
+            "offer_messages": list(moved.texts.offers),
         }
     _print_json(summary)
 
 
 @waitlist_app.command("expire")
 def waitlist_expire() -> None:
-    """Expire unanswered offers, offer their slots onwards, lapse closed windows."""
-    from models import booking
+    """Expire unanswered offers, offer their slots onwards by SMS, lapse closed windows (the
+    dispatch-reminders deployment does this every minute)."""
+    from followup.messaging import visits
     from models.db import session_scope
     from models.types import utcnow
 
     settings = get_settings()
     with session_scope(settings.database_url) as session:
-        offers = booking.expire_offers(session=session, now=utcnow(), actor="cli")
-        summary = [{"offer": o.id, "slot": o.slot_id, "expires_at": o.expires_at} for o in offers]
+        expired = visits.expire_waitlist_offers(
+            session=session, settings=settings, now=utcnow(), actor="cli"
+        )
+        summary = {
+            "new_offers": [
+                {"offer": o.id, "slot": o.slot_id, "expires_at": o.expires_at}
+                for o in expired.result
+            ],
+            "offer_messages": list(expired.texts.offers),
+        }
     _print_json(summary)
 
 
@@ -509,6 +536,7 @@ app.add_typer(sms_app, name="sms")
 SAMPLE_VISIT = datetime.fromisoformat("2026-12-08T14:30:00+00:00")
 SAMPLE_OFFER_DEADLINE = datetime.fromisoformat("2026-12-07T22:00:00+00:00")
 SAMPLE_PROVIDER = "Dr. Okafor"
+SID_SUFFIX = 6  # characters of a Twilio message SID that `sms list` shows
 
 
 @templates_app.command("check")
@@ -598,6 +626,49 @@ def sms_dispatch(
     with session_scope(settings.database_url) as session:
         statuses = messaging_queries.message_counts_by_status(session=session)
     _print_json({"run": report.as_dict(), "outbox": statuses})
+
+
+@sms_app.command("list")
+def sms_list(
+    state: Annotated[
+        str | None, typer.Option(help="only messages in this state (scheduled, sent, failed, ...)")
+    ] = None,
+    appointment: Annotated[
+        int | None, typer.Option(help="only messages about this appointment")
+    ] = None,
+) -> None:
+    """Every outbox message's state, in due order: no text, phone number or name."""
+    from models import messaging_queries
+    from models.db import session_scope
+    from models.tables import OutboundStatus
+
+    if state is not None and state not in set(OutboundStatus):
+        err.print(f"[red]unknown state {state!r}[/red]: one of {', '.join(OutboundStatus)}")
+        raise typer.Exit(code=2)
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        rows = messaging_queries.message_states(
+            session=session, status=state, appointment_id=appointment
+        )
+    zone = settings.site_zone
+    table = Table(title=f"SMS outbox ({len(rows)} messages; due times in {zone.key})")
+    for column in ("id", "appointment", "kind", "due", "state", "attempts", "error", "sid"):
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(
+            str(row.id),
+            str(row.appointment_id or "-"),
+            row.kind,
+            row.scheduled_for.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z"),
+            row.status,
+            str(row.attempts),
+            row.error_code or "-",
+            # The tail tells messages apart in Twilio's console without the whole identifier.
+            f"…{row.twilio_sid[-SID_SUFFIX:]}" if row.twilio_sid else "-",
+        )
+    console = Console()
+    console.width = max(console.width, 120)
+    console.print(table)
 
 
 # --- the schedulers' worklist and escalations -------------------------------------------------

@@ -34,6 +34,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from followup.calendars import CalendarImport
 from followup.errors import BookingError
+from followup.messaging.policy import next_allowed_send_time
 from followup.referrals import (
     AWAITING_APPOINTMENT,
     DEFAULT_ALLOWANCE,
@@ -57,6 +58,7 @@ from followup.scheduling import (
     waitlist_priority,
 )
 from followup.settings import Settings
+from models.messaging_queries import cancel_offer_message
 from models.queries import audit, cancel_pending_messages, record_escalation
 from models.tables import (
     ACTIVE_APPOINTMENT_STATUSES,
@@ -86,7 +88,8 @@ from models.types import utcnow
 ACTOR = "engine"
 SCHEDULER_QUEUE = "scheduler-queue"
 PAGE_SIZE = 16  # free slots read per round trip while looking for one that fits
-OFFER_TTL = timedelta(hours=4)  # how long a waitlisted patient has to answer an offer
+# How long a waitlisted patient has to answer an offer, from when its text may go out.
+OFFER_TTL = timedelta(hours=4)
 OFFER_NOTICE = timedelta(hours=12)  # an offer lapses at the latest this long before the visit
 
 
@@ -820,13 +823,16 @@ def offer_freed_slot(
     waiting; the slot's provider must be theirs, their covering provider or in their practice,
     the slot inside their window and as they prefer). None when nobody fits or it is too late.
 
-    The offer goes out by SMS elsewhere; `accept_offer` books it, `expire_offers` moves it on.
+    The patient has `ttl` to answer from the moment the offer's text may reach them (08:00 at
+    the earliest in their zone, the strict all-US window when it is unknown), so an offer made
+    at night does not lapse unread; one who cannot be texted in time is passed over. The text
+    itself is enqueued by the caller (followup.messaging.visits); `accept_offer` books the
+    slot, `expire_offers` moves it on.
     """
     slot = session.get(Slot, slot_id)
     if slot is None or slot.status != SlotStatus.FREE:
         return None
-    deadline = offer_deadline(now, slot.start, ttl=ttl, notice=notice)
-    if deadline is None:
+    if offer_deadline(now, slot.start, ttl=ttl, notice=notice) is None:
         return None
     provider = _provider(session, slot.provider_id)
     covered_by_slot_provider = select(Provider.id).where(
@@ -849,12 +855,18 @@ def offer_freed_slot(
         )
     ).all()
     zone = ZoneInfo(provider.timezone)
-    suited = [
-        entry for entry, patient in rows if patient_preferences(patient).accepts(slot.start, zone)
-    ]
-    if not suited:
+    suited = sorted(
+        (
+            (entry, patient)
+            for entry, patient in rows
+            if patient_preferences(patient).accepts(slot.start, zone)
+        ),
+        key=lambda row: waitlist_priority(row[0].urgency, row[0].created_at),
+    )
+    chosen = _first_reachable(suited, now=now, slot_start=slot.start, ttl=ttl, notice=notice)
+    if chosen is None:
         return None
-    entry = min(suited, key=lambda e: waitlist_priority(e.urgency, e.created_at))
+    entry, deadline = chosen
     if not _move_slot(session, slot_id, SlotStatus.FREE, SlotStatus.HELD):
         return None
     entry.status = WaitlistStatus.OFFERED
@@ -872,17 +884,41 @@ def offer_freed_slot(
     return offer
 
 
+def _first_reachable(
+    suited: Iterable[tuple[WaitlistEntry, Patient]],
+    *,
+    now: datetime,
+    slot_start: datetime,
+    ttl: timedelta,
+    notice: timedelta,
+) -> tuple[WaitlistEntry, datetime] | None:
+    """The first entry whose patient can be texted in time, with its offer's deadline."""
+    for entry, patient in suited:
+        zone = ZoneInfo(patient.timezone) if patient.timezone else None
+        reachable = next_allowed_send_time(now, zone)
+        deadline = offer_deadline(reachable, slot_start, ttl=ttl, notice=notice)
+        if deadline is not None:
+            return entry, deadline
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    appointment: Appointment | None  # None: the offer was no longer open
+    next_offer: WaitlistOffer | None  # an answer past the deadline: the slot's next offer
+
+
 def accept_offer(
     *, session: Session, offer_id: int, now: datetime, actor: str = ACTOR
-) -> Appointment | None:
-    """Book the held slot for the patient who accepted; None when the offer is no longer open
-    (answered, expired or past its deadline: then it is expired and the slot moves on)."""
+) -> Acceptance:
+    """Book the held slot for the patient who accepted. An offer no longer open books nothing
+    (answered, expired, or past its deadline: then it is expired and the slot moves on)."""
     offer = _offer(session, offer_id)
     if offer.status != OfferStatus.PENDING:
-        return None
+        return Acceptance(None, None)
     if offer.expires_at <= now:
-        _close_offer(session, offer, OfferStatus.EXPIRED, now=now, actor=actor)
-        return None
+        next_offer = _close_offer(session, offer, OfferStatus.EXPIRED, now=now, actor=actor)
+        return Acceptance(None, next_offer)
     entry = session.get(WaitlistEntry, offer.entry_id)
     slot = session.get(Slot, offer.slot_id)
     assert entry is not None and slot is not None
@@ -895,6 +931,8 @@ def accept_offer(
     offer.status = OfferStatus.ACCEPTED
     offer.responded_at = now
     offer.appointment_id = appointment_id
+    assert offer.id is not None
+    cancel_offer_message(session=session, offer_id=offer.id)
     entry.status = WaitlistStatus.BOOKED
     entry.resolved_at = now
     entry.appointment_id = appointment_id
@@ -915,7 +953,7 @@ def accept_offer(
             "offer_id": offer_id,
         },
     )
-    return session.get_one(Appointment, appointment_id)
+    return Acceptance(session.get_one(Appointment, appointment_id), None)
 
 
 def decline_offer(
@@ -972,13 +1010,19 @@ def _offer(session: Session, offer_id: int) -> WaitlistOffer:
 def _close_offer(
     session: Session, offer: WaitlistOffer, status: OfferStatus, *, now: datetime, actor: str
 ) -> WaitlistOffer | None:
-    """Close a pending offer unanswered; the patient waits on, the slot is offered onwards."""
+    """Close a pending offer unanswered; the patient waits on, the slot is offered onwards.
+
+    Its text, if still waiting in the outbox (quiet hours, the daily cap), is cancelled: it
+    would offer a slot that is no longer theirs.
+    """
+    assert offer.id is not None
     offer.status = status
     offer.responded_at = now if status == OfferStatus.DECLINED else None
     entry = session.get(WaitlistEntry, offer.entry_id)
     assert entry is not None
     entry.status = WaitlistStatus.WAITING
     session.add_all([offer, entry])
+    cancel_offer_message(session=session, offer_id=offer.id)
     _move_slot(session, offer.slot_id, SlotStatus.HELD, SlotStatus.FREE)
     session.flush()
     audit(

@@ -15,7 +15,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import Session, create_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -29,6 +29,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _savepoint_inside_a_transaction(connection: Connection, _name: str | None) -> None:
+    # pysqlite's legacy transaction control (default before Python 3.16) emits BEGIN before
+    # INSERT/UPDATE/DELETE only: a SAVEPOINT taken while no transaction is open starts one of
+    # its own and its RELEASE commits, so an outer rollback would keep its writes. BEGIN
+    # IMMEDIATE first makes it nested, taking the write lock (within busy_timeout) as a write
+    # would. Not the docs' whole-engine recipe (isolation_level=None, BEGIN on every
+    # transaction): under WAL a transaction that reads, then writes after another writer
+    # committed fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT skips
+    # busy_timeout; 19 of 20 threads racing read-then-update failed), and BEGIN IMMEDIATE on
+    # every transaction would queue read-only sessions behind the writers.
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None
+    if not dbapi_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _ensure_sqlite_folder(database_url: str) -> None:
@@ -46,6 +62,7 @@ def get_engine(database_url: str) -> Engine:
             database_url, connect_args={"check_same_thread": False}, hide_parameters=True
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "savepoint", _savepoint_inside_a_transaction)
         return engine
     return create_engine(database_url, pool_pre_ping=True, hide_parameters=True)
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import func, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -273,6 +275,43 @@ def pending_offer_for(*, session: Session, patient_ids: Collection[int]) -> Wait
     ).first()
 
 
+def offer_message_key(offer_id: int) -> str:
+    """The idempotency key of a waitlist offer's text: one per offer."""
+    return f"offer:{offer_id}:waitlist_offer"
+
+
+def offers_without_text(*, session: Session, now: datetime) -> list[WaitlistOffer]:
+    """Open offers whose text is not in the outbox (made by a path that did not enqueue it)."""
+    pending = session.exec(
+        select(WaitlistOffer)
+        .where(WaitlistOffer.status == OfferStatus.PENDING, WaitlistOffer.expires_at > now)
+        .order_by(col(WaitlistOffer.id))
+    ).all()
+    keys = {offer_message_key(offer.id): offer for offer in pending if offer.id is not None}
+    texted = set(
+        session.exec(
+            select(OutboundMessage.idempotency_key).where(
+                col(OutboundMessage.idempotency_key).in_(list(keys))
+            )
+        )
+    )
+    return [offer for key, offer in keys.items() if key not in texted]
+
+
+def cancel_offer_message(*, session: Session, offer_id: int) -> int:
+    """Cancel the offer's text if it has not been claimed yet; how many (0 or 1)."""
+    result = session.execute(
+        update(OutboundMessage)
+        .where(
+            col(OutboundMessage.idempotency_key) == offer_message_key(offer_id),
+            col(OutboundMessage.status) == OutboundStatus.SCHEDULED,
+        )
+        .values(status=OutboundStatus.CANCELLED)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def cancel_scheduled_kind(*, session: Session, appointment_id: int, kind: str) -> int:
     """Cancel the appointment's not-yet-claimed messages of one kind; how many."""
     result = session.execute(
@@ -294,9 +333,9 @@ def cancel_scheduled_kind(*, session: Session, appointment_id: int, kind: str) -
 def record_twilio_event(*, session: Session, event: TwilioEvent) -> TwilioEvent | None:
     """Store one webhook; None when (MessageSid, MessageStatus) was already stored.
 
-    One INSERT … ON CONFLICT DO NOTHING rather than a savepoint: on SQLite a savepoint that
-    opens the transaction commits on release, which would keep the event even when acting on
-    it fails (and Twilio's retry would then be taken for a duplicate).
+    One INSERT … ON CONFLICT DO NOTHING rather than insert-in-a-savepoint-and-catch: one
+    statement, and the event is stored only if acting on it commits too (else Twilio's retry
+    would be taken for a duplicate).
     """
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     new_id = session.execute(
@@ -341,6 +380,40 @@ def open_task(
 
 
 # --- what schedulers and the CLI show ----------------------------------------------------------
+
+
+class MessageState(NamedTuple):
+    """Where one outbox row stands; no text, phone number or name."""
+
+    id: int
+    appointment_id: int | None
+    kind: str
+    scheduled_for: datetime
+    status: str
+    attempts: int
+    error_code: str | None
+    twilio_sid: str | None
+
+
+def message_states(
+    *, session: Session, status: str | None = None, appointment_id: int | None = None
+) -> list[MessageState]:
+    """Outbox rows in due order, optionally only those in `status` or about one appointment."""
+    query = sa_select(
+        col(OutboundMessage.id),
+        col(OutboundMessage.appointment_id),
+        col(OutboundMessage.kind),
+        col(OutboundMessage.scheduled_for),
+        col(OutboundMessage.status),
+        col(OutboundMessage.attempts),
+        col(OutboundMessage.error_code),
+        col(OutboundMessage.twilio_sid),
+    ).order_by(col(OutboundMessage.scheduled_for), col(OutboundMessage.id))
+    if status is not None:
+        query = query.where(col(OutboundMessage.status) == status)
+    if appointment_id is not None:
+        query = query.where(col(OutboundMessage.appointment_id) == appointment_id)
+    return [MessageState(*row) for row in session.execute(query)]
 
 
 def message_counts_by_status(*, session: Session) -> dict[str, int]:

@@ -58,7 +58,7 @@ ACTOR = "sms-dispatcher"
 REPLY_KEY_PREFIX = "reply:"
 REPLY_KINDS = frozenset({"help", "opt_out_confirmation", "urgent_advice"})
 # Texts about a visit that are pointless once it has started or was cancelled.
-VISIT_KINDS = frozenset({"confirmation", "reminder"})
+VISIT_KINDS = frozenset({"confirmation", "reminder", "reschedule"})
 
 # A claim that has not reached Twilio after this long belongs to a worker that died.
 CLAIM_TIMEOUT = timedelta(minutes=10)

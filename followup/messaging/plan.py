@@ -1,4 +1,5 @@
-"""Which texts a booked appointment gets, and when: confirmation now, reminders before.
+"""Which texts a booked appointment gets, and when: a notice now, reminders before; and the
+text offering a freed slot to a waitlisted patient.
 
 Pure: rendering and send-time policy only; storing and sending happen elsewhere.
 """
@@ -54,18 +55,15 @@ def plan_booking_messages(
     now: datetime,
     reminder_days: tuple[int, ...],
     templates_dir: Path,
+    notice: str | None = "confirmation",
 ) -> list[PlannedSms]:
-    """Confirmation at booking plus reminders, all inside quiet hours and within the caps."""
-    shown_zone = zone or site_zone
-    base_context: dict[str, object] = {
-        "clinic_name": visit.clinic_name,
-        "clinic_phone": display_phone(visit.clinic_phone),
-        "provider_name": visit.provider_name,
-        "visit_time": format_visit_time(visit.start, shown_zone, language),
-    }
-    wanted: list[tuple[str, str, datetime, dict[str, object]]] = [
-        ("confirmation", "0", next_allowed_send_time(now, zone), base_context)
-    ]
+    """The notice (`confirmation` at booking, `reschedule` when moved; None when it goes as an
+    answer to the patient's own text instead) plus reminders, all inside quiet hours and
+    within the caps. `zone` None: the strict all-US window, as the dispatcher checks."""
+    base_context = _visit_context(visit, language=language, shown_zone=zone or site_zone)
+    wanted: list[tuple[str, str, datetime, dict[str, object]]] = []
+    if notice is not None:
+        wanted.append((notice, "0", next_allowed_send_time(now, zone), base_context))
     for days_before, send_at in reminder_send_times(
         visit.start, zone, days_before=reminder_days, now=now
     ):
@@ -74,21 +72,77 @@ def plan_booking_messages(
         )
 
     kept_times = set(apply_caps([send_at for _, _, send_at, _ in wanted], zone=zone))
-    planned = []
-    for kind, occurrence, send_at, context in wanted:
-        if send_at not in kept_times:
-            continue
-        rendered = render_sms(kind, language, context, templates_dir=templates_dir)
-        planned.append(
-            PlannedSms(
-                kind=kind,
-                occurrence=occurrence,
-                language=rendered.language,
-                template=f"sms/{rendered.language}/{kind}.j2",
-                body=rendered.body,
-                encoding=rendered.encoding,
-                segments=rendered.segments,
-                send_at=send_at,
-            )
-        )
-    return planned
+    return [
+        _planned(kind, occurrence, send_at, language, context, templates_dir)
+        for kind, occurrence, send_at, context in wanted
+        if send_at in kept_times
+    ]
+
+
+def plan_visit_notice(
+    visit: VisitDetails,
+    kind: str,
+    *,
+    language: str,
+    zone: ZoneInfo | None,
+    site_zone: ZoneInfo,
+    send_at: datetime,
+    templates_dir: Path,
+) -> PlannedSms:
+    """One notice about the visit (`confirmation`, `reschedule`, `cancellation`) due at
+    `send_at`, its time shown in the patient's zone (the site's when unknown)."""
+    context = _visit_context(visit, language=language, shown_zone=zone or site_zone)
+    return _planned(kind, "0", send_at, language, context, templates_dir)
+
+
+def plan_offer_message(
+    visit: VisitDetails,
+    *,
+    expires_at: datetime,
+    language: str,
+    zone: ZoneInfo | None,
+    site_zone: ZoneInfo,
+    now: datetime,
+    templates_dir: Path,
+) -> PlannedSms:
+    """The text offering a freed slot: its time and the answer's deadline in the patient's zone
+    (the site's when unknown), due at the first moment quiet hours allow."""
+    shown_zone = zone or site_zone
+    context = {
+        **_visit_context(visit, language=language, shown_zone=shown_zone),
+        "offer_expires": format_visit_time(expires_at, shown_zone, language),
+    }
+    send_at = next_allowed_send_time(now, zone)
+    return _planned("waitlist_offer", "0", send_at, language, context, templates_dir)
+
+
+def _visit_context(
+    visit: VisitDetails, *, language: str, shown_zone: ZoneInfo
+) -> dict[str, object]:
+    return {
+        "clinic_name": visit.clinic_name,
+        "clinic_phone": display_phone(visit.clinic_phone),
+        "provider_name": visit.provider_name,
+        "visit_time": format_visit_time(visit.start, shown_zone, language),
+    }
+
+
+def _planned(
+    kind: str,
+    occurrence: str,
+    send_at: datetime,
+    language: str,
+    context: dict[str, object],
+    templates_dir: Path,
+) -> PlannedSms:
+    rendered = render_sms(kind, language, context, templates_dir=templates_dir)
+    return PlannedSms(
+        kind=kind,
+        occurrence=occurrence,
+        language=rendered.language,
+        template=f"sms/{rendered.language}/{kind}.j2",
+        body=rendered.body,
+        encoding=rendered.encoding,
+        segments=rendered.segments,
+        send_at=send_at,
+    )

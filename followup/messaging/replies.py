@@ -16,17 +16,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
 from followup.errors import BookingError
-from followup.messaging.plan import VisitDetails, display_phone, plan_booking_messages
+from followup.messaging import visits
+from followup.messaging.plan import display_phone
 from followup.messaging.policy import ReplyIntent, reply_intents
-from followup.messaging.render import RenderedSms, format_visit_time, render_sms
+from followup.messaging.render import RenderedSms, render_sms
 from followup.settings import Settings
-from models import booking, queries
 from models import messaging_queries as mq
+from models import queries
 from models.tables import (
     ACTIVE_APPOINTMENT_STATUSES,
     Appointment,
@@ -34,7 +34,6 @@ from models.tables import (
     ImagingStudy,
     OutboundMessageBase,
     Patient,
-    Provider,
 )
 
 logger = logging.getLogger(__name__)
@@ -84,6 +83,10 @@ class _Context:
     def study_id(self) -> int | None:
         return self.appointment.study_id if self.appointment else None
 
+    @property
+    def answering(self) -> visits.Answering:
+        return visits.Answering(message_sid=self.sms.message_sid, phone=self.sms.from_phone)
+
     def about(self) -> str:
         """Which patient and visit a task is about: ids only, the text stays in the event."""
         patient = f"patient {self.patient.id}" if self.patient else "an unknown number"
@@ -115,16 +118,14 @@ def handle_inbound(
         replies.insert(0, "urgent_advice")
     if ReplyIntent.HELP in intents and sms.carrier_handled != "HELP":
         replies.append("help")
-    visit_answers: list[tuple[str, Appointment]] = []
+    # Enqueued before the visit answers below, so "worse, and YES" gets the advice first.
+    reply_ids = _enqueue_replies(ctx, replies)
     if ReplyIntent.CONFIRM in intents:
-        tasks.append(_confirm(ctx, visit_answers))
+        tasks.append(_confirm(ctx, reply_ids))
     if ReplyIntent.RESCHEDULE in intents:
-        tasks.append(_reschedule(ctx, visit_answers))
+        tasks.append(_reschedule(ctx, reply_ids))
     if ReplyIntent.OTHER in intents:
         tasks.append(_task(ctx, REPLY_TASK, "replied with text the engine cannot act on: read it"))
-    reply_ids = _enqueue_replies(ctx, replies)
-    for kind, appointment in visit_answers:
-        reply_ids += _enqueue_visit_messages(ctx, appointment, answer_kind=kind)
     queries.audit(
         session=session,
         actor=ACTOR,
@@ -199,20 +200,26 @@ def _worsening(ctx: _Context) -> int | None:
     )
 
 
-def _confirm(ctx: _Context, answers: list[tuple[str, Appointment]]) -> int | None:
-    """C / CONFIRM / YES: a pending waitlist offer is taken (and confirmed by text), else the
-    visit is confirmed; with neither, a person looks."""
+def _confirm(ctx: _Context, reply_ids: list[int]) -> int | None:
+    """C / CONFIRM / YES: a pending waitlist offer is taken (confirmed by text, with the new
+    visit's reminders), else the visit is confirmed; with neither, a person looks."""
     offer = (
         mq.pending_offer_for(session=ctx.session, patient_ids=ctx.patient_ids)
         if ctx.patients
         else None
     )
     if offer is not None and offer.id is not None:
-        booked = booking.accept_offer(
-            session=ctx.session, offer_id=offer.id, now=ctx.now, actor=ACTOR
+        accepted = visits.accept_waitlist_offer(
+            session=ctx.session,
+            offer_id=offer.id,
+            settings=ctx.settings,
+            now=ctx.now,
+            actor=ACTOR,
+            answering=ctx.answering,
         )
-        if booked is not None:
-            answers.append(("confirmation", booked))
+        if accepted.result.appointment is not None:
+            assert accepted.texts.notice is not None
+            reply_ids.append(accepted.texts.notice)
             return None
         return _task(ctx, REPLY_TASK, "answered a waitlist offer that had expired")
     appointment = ctx.appointment
@@ -232,27 +239,30 @@ def _confirm(ctx: _Context, answers: list[tuple[str, Appointment]]) -> int | Non
     return None
 
 
-def _reschedule(ctx: _Context, answers: list[tuple[str, Appointment]]) -> int | None:
-    """R / RESCHEDULE: the next fitting slot in the visit's window, texted to the patient; when
-    none fits, the booking engine's escalation (the patient keeps the visit they have)."""
+def _reschedule(ctx: _Context, reply_ids: list[int]) -> int | None:
+    """R / RESCHEDULE: the next fitting slot in the visit's window, texted to the patient with
+    the new visit's reminders; when none fits, the booking engine's escalation (the patient
+    keeps the visit they have)."""
     appointment = ctx.appointment
     if appointment is None or appointment.id is None:
         return _task(ctx, RESCHEDULE_TASK, "asks to reschedule but has no upcoming visit on file")
     try:
         with ctx.session.begin_nested():
-            result = booking.reschedule_appointment(
+            moved = visits.reschedule_visit(
                 session=ctx.session,
                 appointment_id=appointment.id,
                 reason=f"patient asked by SMS {ctx.sms.message_sid}",
                 settings=ctx.settings,
                 now=ctx.now,
                 actor=ACTOR,
+                answering=ctx.answering,
             )
     except BookingError:
         return _task(ctx, RESCHEDULE_TASK, "asks to reschedule: offer another slot")
-    if result.appointment is None:
-        return result.escalation_id
-    answers.append(("reschedule", result.appointment))
+    if moved.result.appointment is None:
+        return moved.result.escalation_id
+    assert moved.texts.notice is not None
+    reply_ids.append(moved.texts.notice)
     return None
 
 
@@ -282,7 +292,6 @@ def _enqueue_replies(ctx: _Context, kinds: list[str]) -> list[int]:
             patient.id,
             f"reply:{ctx.sms.message_sid}:{kind}",
             render_sms(kind, patient.language, context, templates_dir=ctx.settings.templates_dir),
-            None,
         )
         for kind in kinds
     ]
@@ -290,14 +299,11 @@ def _enqueue_replies(ctx: _Context, kinds: list[str]) -> list[int]:
     return [message.id for message in stored if message.id is not None]
 
 
-def _row(
-    ctx: _Context, patient_id: int, key: str, rendered: RenderedSms, appointment_id: int | None
-) -> OutboundMessageBase:
+def _row(ctx: _Context, patient_id: int, key: str, rendered: RenderedSms) -> OutboundMessageBase:
     """An answer to the patient's text: to the number it came from, due now."""
     return OutboundMessageBase(
         idempotency_key=key,
         patient_id=patient_id,
-        appointment_id=appointment_id,
         kind=rendered.kind,
         language=rendered.language,
         template=f"sms/{rendered.language}/{rendered.kind}.j2",
@@ -307,55 +313,3 @@ def _row(
         to_phone=ctx.sms.from_phone,
         scheduled_for=ctx.now,
     )
-
-
-def _enqueue_visit_messages(
-    ctx: _Context, appointment: Appointment, *, answer_kind: str
-) -> list[int]:
-    """For a visit booked by the patient's reply: the answer now (`reschedule` or
-    `confirmation`, as a reply) and the visit's reminders, planned as at booking."""
-    patient = ctx.session.get(Patient, appointment.patient_id)
-    provider = ctx.session.get(Provider, appointment.provider_id)
-    assert patient is not None and patient.id is not None and provider is not None
-    assert appointment.id is not None
-    settings = ctx.settings
-    zone = ZoneInfo(patient.timezone) if patient.timezone else None
-    visit = VisitDetails(
-        start=appointment.start,
-        provider_name=provider.display_name,
-        clinic_name=settings.site_name,
-        clinic_phone=settings.clinic_phone,
-    )
-    planned = plan_booking_messages(
-        visit,
-        language=patient.language,
-        zone=zone or settings.site_zone,
-        site_zone=settings.site_zone,
-        now=ctx.now,
-        reminder_days=tuple(settings.reminder_days_before),
-        templates_dir=settings.templates_dir,
-    )
-    answer = render_sms(
-        answer_kind,
-        patient.language,
-        {
-            "clinic_name": settings.site_name,
-            "clinic_phone": display_phone(settings.clinic_phone),
-            "provider_name": provider.display_name,
-            "visit_time": format_visit_time(
-                appointment.start, zone or settings.site_zone, patient.language
-            ),
-        },
-        templates_dir=settings.templates_dir,
-    )
-    rows = [
-        _row(ctx, patient.id, f"reply:{ctx.sms.message_sid}:{answer_kind}", answer, appointment.id)
-    ]
-    rows += queries.visit_message_rows(
-        [sms for sms in planned if sms.kind == "reminder"],
-        appointment_id=appointment.id,
-        patient_id=patient.id,
-        to_phone=patient.phone_e164,
-    )
-    stored = queries.enqueue_messages(session=ctx.session, messages=rows)
-    return [message.id for message in stored[:1] if message.id is not None]

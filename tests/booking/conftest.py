@@ -91,10 +91,15 @@ class Clinic:
                 closed_days=closed,
             )
 
-    def patient(self, preferences: Preferences | None = None) -> int:
+    def patient(
+        self, preferences: Preferences | None = None, *, timezone: str | None = NY.key
+    ) -> int:
         with session_scope(self.url) as session:
             patient = Patient(
-                mrn=f"MRN{next(_numbers)}", family_name="Doe", phone_e164="+15555550123"
+                mrn=f"MRN{next(_numbers)}",
+                family_name="Doe",
+                phone_e164="+15555550123",
+                timezone=timezone,
             )
             session.add(patient)
             session.flush()

@@ -12,9 +12,13 @@ from sqlmodel import col, select
 from typer.testing import CliRunner
 
 from followup.cli import app
+from followup.messaging import visits
 from followup.scheduling import BookingWindow
+from followup.settings import get_settings
+from models import queries
 from models.db import session_scope
-from models.tables import Appointment, Provider, Slot
+from models.tables import Appointment, OutboundMessage, Provider, Slot
+from models.types import utcnow
 from tests.booking.conftest import NY, Clinic
 from tests.booking.test_calendars import FHIR_EXAMPLES
 
@@ -103,20 +107,47 @@ def test_block_close_cancel_and_reschedule_from_the_command_line(cli: Clinic) ->
         window=BookingWindow(start, start + timedelta(days=14), "routine"),
     ).booked
     assert booked is not None
+    with session_scope(cli.url) as session:
+        planned = visits.plan_visit_texts(
+            session=session,
+            appointment_id=booked.appointment_id,
+            settings=get_settings(),
+            now=utcnow(),
+        )
+
     moved = _run("appointments", "reschedule", str(booked.appointment_id))
+
     assert moved["previous"] == booked.appointment_id and moved["appointment"] is not None
     assert datetime.fromisoformat(moved["start"]) > booked.start
+    old_texts, new_texts = _texts(cli, booked.appointment_id), _texts(cli, moved["appointment"])
+    assert {(m.id, m.status) for m in old_texts} == {
+        (i, "cancelled") for i in (planned.notice, *planned.reminders)
+    }
+    assert {m.id for m in new_texts} == {moved["notice_message"], *moved["reminder_messages"]}
+    assert {m.status for m in new_texts} == {"scheduled"}
+    assert [m.kind for m in new_texts if m.id == moved["notice_message"]] == ["reschedule"]
+
     cancelled = _run("appointments", "cancel", str(moved["appointment"]), "--reason", "flu")
+
     assert cancelled == {
         "appointment": moved["appointment"],
         "status": "cancelled",
-        "messages_cancelled": 0,
+        "messages_cancelled": len(new_texts),
+        "notice_message": cancelled["notice_message"],
         "offer": None,
+        "offer_messages": [],
     }
+    [notice] = [m for m in _texts(cli, moved["appointment"]) if m.status == "scheduled"]
+    assert (notice.id, notice.kind) == (cancelled["notice_message"], "cancellation")
     with session_scope(cli.url) as session:
         assert session.get_one(Appointment, moved["appointment"]).cancel_reason == "flu"
         assert session.get_one(Appointment, booked.appointment_id).status == "cancelled"
-    assert _run("waitlist", "expire") == []
+    assert _run("waitlist", "expire") == {"new_offers": [], "offer_messages": []}
+
+
+def _texts(clinic: Clinic, appointment_id: int) -> list[OutboundMessage]:
+    with session_scope(clinic.url) as session:
+        return queries.messages_for_appointment(session=session, appointment_id=appointment_id)
 
 
 def test_referral_moves_are_checked_and_overdue_ones_listed(cli: Clinic) -> None:

@@ -50,8 +50,9 @@ def _wait(
     window: BookingWindow = ROUTINE,
     since: datetime = NOW,
     preferences: Preferences | None = None,
+    timezone: str | None = NY.key,
 ) -> int:
-    patient = clinic.patient(preferences)
+    patient = clinic.patient(preferences, timezone=timezone)
     study, _ = clinic.study(patient, provider)
     with session_scope(clinic.url) as session:
         entry = booking.add_to_waitlist(
@@ -132,6 +133,32 @@ def test_offers_skip_other_practices_outside_windows_and_unsuited_preferences(
     assert offer is not None and offer.entry_id == suited
 
 
+def test_the_time_to_answer_runs_from_when_the_offer_may_be_texted(clinic: Clinic) -> None:
+    freed = _full_doctor(clinic)
+    # No known zone: texts go only inside 08:00-20:00 everywhere in the US, which in March
+    # opens at 13:00 in New York (08:00 in Honolulu).
+    entry = _wait(clinic, freed.doctor, timezone=None)
+
+    offer = _cancel(clinic, freed)
+
+    assert offer is not None and offer.entry_id == entry
+    assert offer.offered_at == NOW
+    assert offer.expires_at == datetime(2027, 3, 2, 13, tzinfo=NY) + booking.OFFER_TTL
+
+
+def test_a_patient_who_cannot_be_texted_in_time_is_passed_over(clinic: Clinic) -> None:
+    freed = _full_doctor(clinic)  # the slot is Tuesday 9 March 14:00, so offers end by 02:00
+    asleep = _wait(clinic, freed.doctor, window=URGENT, since=NOW - timedelta(days=2))
+    awake = _wait(clinic, freed.doctor, timezone="Pacific/Honolulu")
+    evening = datetime(2027, 3, 8, 21, tzinfo=NY)  # 16:00 in Honolulu
+
+    offer = _cancel(clinic, freed, now=evening)
+
+    assert offer is not None and offer.entry_id == awake
+    assert offer.expires_at == evening + booking.OFFER_TTL
+    assert _entry(clinic, asleep).status == "waiting"
+
+
 def test_accepting_books_the_held_slot_and_closes_the_escalation(clinic: Clinic) -> None:
     freed = _full_doctor(clinic)
     entry_id = _wait(clinic, freed.doctor)
@@ -141,9 +168,9 @@ def test_accepting_books_the_held_slot_and_closes_the_escalation(clinic: Clinic)
     with session_scope(clinic.url) as session:
         appointment = booking.accept_offer(
             session=session, offer_id=offer.id, now=NOW + timedelta(hours=1)
-        )
+        ).appointment
         again = booking.accept_offer(session=session, offer_id=offer.id, now=NOW)
-    assert appointment is not None and again is None
+    assert appointment is not None and again == booking.Acceptance(None, None)
     entry = _entry(clinic, entry_id)
     assert (entry.status, entry.appointment_id) == ("booked", appointment.id)
     assert (appointment.slot_id, appointment.study_id) == (freed.slot_id, entry.study_id)
@@ -171,8 +198,8 @@ def test_a_late_acceptance_expires_the_offer_and_the_slot_moves_on(clinic: Clini
         next_offer = session.exec(
             select(WaitlistOffer).where(WaitlistOffer.status == "pending")
         ).one()
-    assert late is None
-    assert next_offer.entry_id == second
+    assert late.appointment is None and late.next_offer is not None
+    assert late.next_offer.id == next_offer.id and next_offer.entry_id == second
     assert _entry(clinic, first).status == "waiting"
 
 

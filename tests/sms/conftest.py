@@ -14,7 +14,9 @@ from sqlmodel import col, select
 from followup.messaging.dispatch import Dispatcher, DispatchPolicy
 from followup.messaging.sender import OutgoingSms, SendReceipt, SmsSender, TwilioSender
 from followup.messaging.sender import build_twilio_client as build_client
+from followup.scheduling import BookingWindow
 from followup.settings import Settings, get_settings
+from models import booking
 from models.db import session_scope
 from models.tables import (
     Appointment,
@@ -167,6 +169,30 @@ class World:
             session.flush()
             assert appointment.id is not None
             return appointment.id
+
+    def waitlist(
+        self,
+        patient_id: int,
+        *,
+        since: datetime = NOW - timedelta(days=1),
+        window_start: datetime = NOW,
+    ) -> int:
+        """Put the patient on the waitlist of the visits' doctor, for two weeks from
+        `window_start`."""
+        assert self.provider_id is not None, "make a visit first: it makes the doctor"
+        with session_scope(self.database_url) as session:
+            entry = booking.add_to_waitlist(
+                session=session,
+                patient_id=patient_id,
+                study_id=None,
+                provider_id=self.provider_id,
+                window=BookingWindow(window_start, window_start + timedelta(days=14), "routine"),
+                reason="no slot",
+            )
+            entry.created_at = since
+            session.add(entry)
+            assert entry.id is not None
+            return entry.id
 
     def message(
         self,

@@ -7,11 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
-from models.tables import OutboundStatus
+from models.db import session_scope
+from models.tables import OutboundMessage, OutboundStatus
 from models.types import utcnow
-from tests.sms.conftest import TEMPLATES, World
+from tests.sms.conftest import NOW, PHONE, TEMPLATES, World
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,3 +61,48 @@ def test_sms_dispatch_dry_run_marks_due_messages(world: World) -> None:
     assert summary["run"]["dry_run"] == 1
     assert summary["outbox"] == {"dry_run": 1}
     assert world.get(message_id).status == OutboundStatus.DRY_RUN
+
+
+def test_sms_list_shows_every_messages_state_without_numbers_or_names(world: World) -> None:
+    patient = world.patient()
+    visit = world.visit(patient, NOW + timedelta(days=3))
+    sent = world.message(patient, appointment_id=visit, scheduled_for=NOW)
+    waiting = world.message(patient, appointment_id=visit, scheduled_for=NOW + timedelta(days=2))
+    answer = world.message(patient, kind="help", scheduled_for=NOW + timedelta(hours=1))
+    with session_scope(world.database_url) as session:
+        row = session.get_one(OutboundMessage, sent)
+        row.status, row.attempts, row.error_code = "undelivered", 1, "30003"
+        row.twilio_sid = "SM" + "0" * 26 + "a1b2c3"
+        session.add(row)
+    env = {"DATABASE_URL": world.database_url}
+
+    every = followup("sms", "list", env=env)
+    of_visit = followup("sms", "list", "--appointment", str(visit), env=env)
+    undelivered = followup("sms", "list", "--state", "undelivered", env=env)
+
+    assert every.returncode == 0, every.stderr
+    rows = _table_rows(every.stdout)
+    assert [row[0] for row in rows] == [str(sent), str(answer), str(waiting)]  # in due order
+    # The due time in the site's zone (New York), the SID's tail only.
+    assert rows[0] == [
+        str(sent), str(visit), "reminder", "2026-12-08 14:00 EST", "undelivered", "1", "30003",
+        "…a1b2c3",
+    ]  # fmt: skip
+    assert rows[1][:3] == [str(answer), "-", "help"]
+    assert [row[0] for row in _table_rows(of_visit.stdout)] == [str(sent), str(waiting)]
+    assert [row[0] for row in _table_rows(undelivered.stdout)] == [str(sent)]
+    for output in (every.stdout, of_visit.stdout, undelivered.stdout):
+        assert PHONE not in output and "Doe" not in output and "test message" not in output
+
+
+def test_sms_list_refuses_an_unknown_state(world: World) -> None:
+    result = followup("sms", "list", "--state", "lost", env={"DATABASE_URL": world.database_url})
+
+    assert result.returncode == 2
+    assert "unknown state 'lost'" in result.stderr
+
+
+def _table_rows(output: str) -> list[list[str]]:
+    """The body rows of a rich table, cell by cell: those whose first cell is a number."""
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines()]
+    return [row for row in rows if row and row[0].isdigit()]

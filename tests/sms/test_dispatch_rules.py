@@ -149,11 +149,19 @@ def test_answers_go_at_any_hour_and_outside_the_caps() -> None:
     assert check_send(answer, now=NIGHT, policy=POLICY).verdict == Verdict.SEND
 
 
-def test_a_reminder_for_a_cancelled_or_past_visit_is_cancelled() -> None:
-    cancelled = check(visit_start=AFTERNOON + timedelta(days=2), visit_active=False)
-    past = check(visit_start=AFTERNOON - timedelta(minutes=1))
+@pytest.mark.parametrize("kind", ["reminder", "confirmation", "reschedule"])
+def test_a_text_about_a_cancelled_or_past_visit_is_cancelled(kind: str) -> None:
+    cancelled = check(kind=kind, visit_start=AFTERNOON + timedelta(days=2), visit_active=False)
+    past = check(kind=kind, visit_start=AFTERNOON - timedelta(minutes=1))
     assert check_send(cancelled, now=AFTERNOON, policy=POLICY).verdict == Verdict.CANCEL
     assert check_send(past, now=AFTERNOON, policy=POLICY).verdict == Verdict.CANCEL
+
+
+def test_the_cancellation_notice_goes_although_its_visit_is_cancelled() -> None:
+    notice = check(
+        kind="cancellation", visit_start=AFTERNOON + timedelta(days=2), visit_active=False
+    )
+    assert check_send(notice, now=AFTERNOON, policy=POLICY).verdict == Verdict.SEND
 
 
 def test_no_number_fails_and_a_person_calls() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 import httpx
@@ -16,6 +16,7 @@ from twilio.request_validator import RequestValidator
 
 from followup.gateway import twilio_webhooks
 from followup.gateway.twilio_webhooks import twilio_router
+from followup.messaging import visits
 from followup.messaging.dispatch import UNDELIVERABLE_TASK
 from followup.messaging.replies import REPLY_TASK, RESCHEDULE_TASK, WORSENING_TASK
 from followup.messaging.sender import SmsSender
@@ -28,6 +29,7 @@ from models.tables import (
     OutboundStatus,
     Slot,
     TwilioEvent,
+    WaitlistOffer,
 )
 from tests.sms.conftest import (
     CLINIC_FROM,
@@ -550,6 +552,11 @@ def test_reschedule_moves_the_visit_to_the_next_slot_and_texts_the_new_time(
     patient = world.patient()
     visit, (next_slot, _) = study_visit(world, patient)
     world.message(patient, appointment_id=visit, status="delivered", sent_at=NOW)
+    old_reminder = world.message(
+        patient, appointment_id=visit, scheduled_for=NOW + timedelta(hours=18)
+    )
+    waiting = world.patient(phone="+15555550177")
+    world.waitlist(waiting)
 
     gateway.text("R")
 
@@ -560,7 +567,85 @@ def test_reschedule_moves_the_visit_to_the_next_slot_and_texts_the_new_time(
     [answer] = [m for m in world.messages() if m.idempotency_key.startswith("reply:")]
     assert answer.kind == "reschedule" and "Thu Dec 10 at 10:00 AM" in answer.body
     assert answer.appointment_id == new.id
+    assert world.get(old_reminder).status == "cancelled"
+    # Wed Dec 9, 10:00 New York: the day-before reminder for the new visit.
+    assert [(m.kind, m.scheduled_for) for m in world.messages() if m.appointment_id == new.id] == [
+        ("reschedule", NOW),
+        ("reminder", datetime(2026, 12, 9, 15, tzinfo=UTC)),
+    ]
+    # The old slot goes to the waitlist, offered by text.
+    [offer_text] = [m for m in world.messages() if m.kind == "waitlist_offer"]
+    assert (offer_text.patient_id, offer_text.status) == (waiting, "scheduled")
+    assert "Wed Dec 9 at 10:00 AM" in offer_text.body
     assert world.escalations() == []
+
+
+# --- waitlist offers answered by text ----------------------------------------------------------
+
+
+def offer_sent(world: World, *, waiting: int) -> int:
+    """Another patient's visit is cancelled; its slot's offer went to `waiting` by text: the
+    offer's id."""
+    visit = world.visit(world.patient(phone="+15555550199"), NOW + timedelta(days=2))
+    world.waitlist(waiting)
+    with session_scope(world.database_url) as session:
+        cancelled = visits.cancel_visit(
+            session=session,
+            appointment_id=visit,
+            reason="patient called",
+            settings=twilio_settings("http://127.0.0.1:9"),
+            now=NOW,
+            actor="test",
+        )
+        for message_id in cancelled.texts.offers:
+            text = mq.get_message(session=session, message_id=message_id)
+            text.status, text.sent_at = OutboundStatus.DELIVERED, NOW
+            session.add(text)
+        assert cancelled.result.offer is not None and cancelled.result.offer.id is not None
+        return cancelled.result.offer.id
+
+
+def test_c_to_an_open_offer_books_the_slot_and_confirms_it_with_reminders(
+    gateway: Gateway, world: World
+) -> None:
+    waiting = world.patient()
+    offer_id = offer_sent(world, waiting=waiting)
+
+    response = gateway.text("C")
+
+    assert response.status_code == 200
+    with session_scope(world.database_url) as session:
+        offer = session.get_one(WaitlistOffer, offer_id)
+        booked = session.get_one(Appointment, offer.appointment_id)
+    assert (offer.status, booked.patient_id, booked.status) == ("accepted", waiting, "booked")
+    texts = [m for m in world.messages() if m.appointment_id == booked.id]
+    assert [(m.idempotency_key, m.scheduled_for) for m in texts] == [
+        (f"reply:{SID}:confirmation", NOW),
+        (f"appt:{booked.id}:reminder:d1", datetime(2026, 12, 9, 15, tzinfo=UTC)),  # 10:00 NY
+    ]
+    assert "Thu Dec 10 at 2:00 PM" in texts[0].body
+    assert world.escalations() == []
+
+
+def test_c_after_the_deadline_books_nothing_and_the_next_patient_gets_the_offer(
+    gateway: Gateway, world: World, clock: Clock
+) -> None:
+    late = world.patient()
+    offer_id = offer_sent(world, waiting=late)
+    next_patient = world.patient(phone="+15555550177")
+    world.waitlist(next_patient, since=NOW)
+    clock.now = NOW + timedelta(hours=5)  # the offer ran four hours
+
+    gateway.text("C")
+
+    with session_scope(world.database_url) as session:
+        assert session.get_one(WaitlistOffer, offer_id).status == "expired"
+        assert session.exec(select(Appointment).where(Appointment.patient_id == late)).all() == []
+    [next_text] = [
+        m for m in world.messages() if m.kind == "waitlist_offer" and m.patient_id == next_patient
+    ]
+    assert (next_text.status, next_text.scheduled_for) == ("scheduled", clock.now)
+    assert [e.kind for e in world.escalations()] == [REPLY_TASK]
 
 
 def test_reschedule_without_a_visit_goes_to_a_scheduler(gateway: Gateway, world: World) -> None:

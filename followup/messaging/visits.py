@@ -1,0 +1,336 @@
+"""What patients are told when a visit is booked, moved or cancelled, or a freed slot is
+offered to them: the booking use cases every edge shares.
+
+The CLI, the SMS reply handler and the dispatch-reminders flow call these instead of the
+booking operations in models.booking, so a change and the texts about it are written in the
+caller's transaction and commit together or not at all. The booking operation cancels the old
+visit's unsent texts; the new visit's notice and reminders, and the text of every waitlist
+offer the change made, are planned here in the patient's language and zone. Quiet hours, caps
+and opt-outs are checked again when each text is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Generic, TypeVar
+from zoneinfo import ZoneInfo
+
+from sqlmodel import Session
+
+from followup.messaging.dispatch import REPLY_KEY_PREFIX
+from followup.messaging.plan import (
+    PlannedSms,
+    VisitDetails,
+    plan_booking_messages,
+    plan_offer_message,
+    plan_visit_notice,
+)
+from followup.messaging.policy import next_allowed_send_time
+from followup.settings import Settings
+from models import booking, queries
+from models import messaging_queries as mq
+from models.tables import (
+    ACTIVE_APPOINTMENT_STATUSES,
+    Appointment,
+    OutboundMessageBase,
+    Patient,
+    Provider,
+    Slot,
+    WaitlistEntry,
+    WaitlistOffer,
+)
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Answering:
+    """The patient's text a notice answers: the notice goes at once (any hour, outside the
+    caps, like every answer) to the number that wrote."""
+
+    message_sid: str
+    phone: str
+
+
+@dataclass(frozen=True, slots=True)
+class Texts:
+    """Ids of the outbox rows a use case stored."""
+
+    notice: int | None = None  # confirmation, reschedule or cancellation notice
+    reminders: tuple[int, ...] = ()
+    offers: tuple[int, ...] = ()  # waitlist offers of a slot the change freed
+
+
+@dataclass(frozen=True, slots=True)
+class Changed(Generic[R]):
+    result: R  # what the booking operation returned
+    texts: Texts
+
+
+def plan_visit_texts(
+    *,
+    session: Session,
+    appointment_id: int,
+    settings: Settings,
+    now: datetime,
+    notice: str = "confirmation",
+    answering: Answering | None = None,
+) -> Texts:
+    """Store the visit's notice and its reminders (idempotent per appointment and kind).
+
+    The notice is keyed with the visit like the reminders, or, when it answers the patient's
+    text, with that text's sid.
+    """
+    appointment, patient, provider = _visit(session, appointment_id)
+    zone = _zone(patient)
+    visit = _details(appointment.start, provider, settings)
+    planned = plan_booking_messages(
+        visit,
+        language=patient.language,
+        zone=zone,
+        site_zone=settings.site_zone,
+        now=now,
+        reminder_days=tuple(settings.reminder_days_before),
+        templates_dir=settings.templates_dir,
+        notice=None if answering else notice,
+    )
+    rows = queries.visit_message_rows(
+        planned,
+        appointment_id=appointment_id,
+        patient_id=appointment.patient_id,
+        to_phone=patient.phone_e164,
+    )
+    if answering is not None:
+        answer = plan_visit_notice(
+            visit,
+            notice,
+            language=patient.language,
+            zone=zone,
+            site_zone=settings.site_zone,
+            send_at=now,
+            templates_dir=settings.templates_dir,
+        )
+        rows.insert(
+            0,
+            _row(
+                answer,
+                key=f"{REPLY_KEY_PREFIX}{answering.message_sid}:{notice}",
+                patient_id=appointment.patient_id,
+                appointment_id=appointment_id,
+                to_phone=answering.phone,
+            ),
+        )
+    stored = [m.id for m in queries.enqueue_messages(session=session, messages=rows) if m.id]
+    # The notice comes first when there is one: the caps may leave out a planned one.
+    if answering is None and all(sms.kind != notice for sms in planned):
+        return Texts(reminders=tuple(stored))
+    return Texts(notice=stored[0], reminders=tuple(stored[1:]))
+
+
+def cancel_visit(
+    *,
+    session: Session,
+    appointment_id: int,
+    reason: str,
+    settings: Settings,
+    now: datetime,
+    actor: str,
+) -> Changed[booking.CancelResult]:
+    """Cancel the visit (its unsent texts too), tell the patient, and offer the freed slot to
+    the waitlist by text. Cancelling a cancelled or past visit tells nobody anything."""
+    before = session.get(Appointment, appointment_id)
+    was_active = before is not None and before.status in ACTIVE_APPOINTMENT_STATUSES
+    result = booking.cancel_appointment(
+        session=session, appointment_id=appointment_id, reason=reason, now=now, actor=actor
+    )
+    notice = None
+    if was_active and result.appointment.start > now:
+        _, patient, provider = _visit(session, appointment_id)
+        planned = plan_visit_notice(
+            _details(result.appointment.start, provider, settings),
+            "cancellation",
+            language=patient.language,
+            zone=_zone(patient),
+            site_zone=settings.site_zone,
+            send_at=next_allowed_send_time(now, _zone(patient)),
+            templates_dir=settings.templates_dir,
+        )
+        [stored] = queries.enqueue_messages(
+            session=session,
+            messages=queries.visit_message_rows(
+                [planned],
+                appointment_id=appointment_id,
+                patient_id=result.appointment.patient_id,
+                to_phone=patient.phone_e164,
+            ),
+        )
+        notice = stored.id
+    offers = enqueue_offer_texts(session=session, offers=[result.offer], settings=settings, now=now)
+    return Changed(result, Texts(notice=notice, offers=offers))
+
+
+def reschedule_visit(
+    *,
+    session: Session,
+    appointment_id: int,
+    reason: str,
+    settings: Settings,
+    now: datetime,
+    actor: str,
+    answering: Answering | None = None,
+) -> Changed[booking.RescheduleResult]:
+    """Move the visit to the next fitting slot (the old one's unsent texts are cancelled), plan
+    the reschedule notice and the new visit's reminders, and offer the freed slot to the
+    waitlist by text. When nothing fits, the booking operation's escalation and no texts."""
+    result = booking.reschedule_appointment(
+        session=session,
+        appointment_id=appointment_id,
+        reason=reason,
+        settings=settings,
+        now=now,
+        actor=actor,
+    )
+    if result.appointment is None or result.appointment.id is None:
+        return Changed(result, Texts())
+    texts = plan_visit_texts(
+        session=session,
+        appointment_id=result.appointment.id,
+        settings=settings,
+        now=now,
+        notice="reschedule",
+        answering=answering,
+    )
+    offers = enqueue_offer_texts(session=session, offers=[result.offer], settings=settings, now=now)
+    return Changed(result, replace(texts, offers=offers))
+
+
+def accept_waitlist_offer(
+    *,
+    session: Session,
+    offer_id: int,
+    settings: Settings,
+    now: datetime,
+    actor: str,
+    answering: Answering | None = None,
+) -> Changed[booking.Acceptance]:
+    """Book the offered slot and confirm it with the visit's reminders; an answer that came too
+    late books nothing and the slot's offer to the next patient goes out instead."""
+    acceptance = booking.accept_offer(session=session, offer_id=offer_id, now=now, actor=actor)
+    texts = Texts()
+    if acceptance.appointment is not None and acceptance.appointment.id is not None:
+        texts = plan_visit_texts(
+            session=session,
+            appointment_id=acceptance.appointment.id,
+            settings=settings,
+            now=now,
+            answering=answering,
+        )
+    offers = enqueue_offer_texts(
+        session=session, offers=[acceptance.next_offer], settings=settings, now=now
+    )
+    return Changed(acceptance, replace(texts, offers=offers))
+
+
+def expire_waitlist_offers(
+    *, session: Session, settings: Settings, now: datetime, actor: str
+) -> Changed[list[WaitlistOffer]]:
+    """Expire unanswered offers (their unsent texts too) and text each slot's next offer.
+
+    Any other open offer still without its text gets it too: a path that frees slots through
+    models.booking directly leaves the text to this run, a minute later at most.
+    """
+    offers = booking.expire_offers(session=session, now=now, actor=actor)
+    unsent = mq.offers_without_text(session=session, now=now)
+    return Changed(
+        offers,
+        Texts(
+            offers=enqueue_offer_texts(session=session, offers=unsent, settings=settings, now=now)
+        ),
+    )
+
+
+def enqueue_offer_texts(
+    *,
+    session: Session,
+    offers: Iterable[WaitlistOffer | None],
+    settings: Settings,
+    now: datetime,
+) -> tuple[int, ...]:
+    """Store one text per offer (None: no offer was made), keyed by the offer: the slot's time
+    and the answer's deadline, nothing about why the patient waits."""
+    rows = []
+    for offer in offers:
+        if offer is None or offer.id is None:
+            continue
+        entry = session.get_one(WaitlistEntry, offer.entry_id)
+        patient = session.get_one(Patient, entry.patient_id)
+        slot = session.get_one(Slot, offer.slot_id)
+        provider = session.get_one(Provider, slot.provider_id)
+        planned = plan_offer_message(
+            _details(slot.start, provider, settings),
+            expires_at=offer.expires_at,
+            language=patient.language,
+            zone=_zone(patient),
+            site_zone=settings.site_zone,
+            now=now,
+            templates_dir=settings.templates_dir,
+        )
+        rows.append(
+            _row(
+                planned,
+                key=mq.offer_message_key(offer.id),
+                patient_id=entry.patient_id,
+                appointment_id=None,
+                to_phone=patient.phone_e164,
+            )
+        )
+    stored = queries.enqueue_messages(session=session, messages=rows)
+    return tuple(message.id for message in stored if message.id is not None)
+
+
+def _visit(session: Session, appointment_id: int) -> tuple[Appointment, Patient, Provider]:
+    appointment = session.get_one(Appointment, appointment_id)
+    return (
+        appointment,
+        session.get_one(Patient, appointment.patient_id),
+        session.get_one(Provider, appointment.provider_id),
+    )
+
+
+def _zone(patient: Patient) -> ZoneInfo | None:
+    """The patient's zone; None (unknown) means the strict all-US quiet-hours window."""
+    return ZoneInfo(patient.timezone) if patient.timezone else None
+
+
+def _details(start: datetime, provider: Provider, settings: Settings) -> VisitDetails:
+    return VisitDetails(
+        start=start,
+        provider_name=provider.display_name,
+        clinic_name=settings.site_name,
+        clinic_phone=settings.clinic_phone,
+    )
+
+
+def _row(
+    planned: PlannedSms,
+    *,
+    key: str,
+    patient_id: int,
+    appointment_id: int | None,
+    to_phone: str | None,
+) -> OutboundMessageBase:
+    return OutboundMessageBase(
+        idempotency_key=key,
+        patient_id=patient_id,
+        appointment_id=appointment_id,
+        kind=planned.kind,
+        language=planned.language,
+        template=planned.template,
+        body=planned.body,
+        encoding=planned.encoding,
+        segments=planned.segments,
+        to_phone=to_phone,
+        scheduled_for=planned.send_at,
+    )
