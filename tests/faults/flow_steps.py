@@ -1,0 +1,42 @@
+"""The scan-completed flow's steps without Prefect, for faults that need no orchestration.
+
+The same `followup.pipeline` functions in the order flows/scan_completed.py runs its tasks,
+each in its own transaction; what Prefect adds (retries, tags, artifacts) is not under test
+where this is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from followup import pipeline, routing
+from followup.rules import load_rules
+from followup.settings import get_settings
+from models.db import session_scope
+from models.types import utcnow
+
+
+def run_flow_steps(database_url: str, inbox_id: int) -> dict[str, Any]:
+    """Process one accepted inbox row as a scan-completed run does; the run's summary."""
+    settings = get_settings(database_url=database_url)
+    rules = load_rules(settings.rules_path)
+    with session_scope(database_url) as session:
+        scan = pipeline.load_scan(session=session, inbox_id=inbox_id, settings=settings)
+    decision = routing.classify_report(scan.report_text, rules, coded_items=scan.coded_items)
+    with session_scope(database_url) as session:
+        recorded = pipeline.record_decision(
+            session=session, inbox_id=inbox_id, scan=scan, decision=decision, rules=rules
+        )
+    if not recorded.held:
+        with session_scope(database_url) as session:
+            booking = pipeline.book_follow_up(session=session, recorded=recorded, settings=settings)
+        if booking.appointment_id is not None:
+            with session_scope(database_url) as session:
+                pipeline.schedule_reminders(
+                    session=session,
+                    appointment_id=booking.appointment_id,
+                    settings=settings,
+                    now=utcnow(),
+                )
+    with session_scope(database_url) as session:
+        return pipeline.finish(session=session, inbox_id=inbox_id, held=recorded.held)
