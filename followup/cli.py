@@ -225,6 +225,24 @@ def serve() -> None:
     serve_engine(get_settings())
 
 
+@app.command()
+def gateway() -> None:
+    """Run the MLLP and HTTP gateways only, emitting events to PREFECT_API_URL for workers
+    elsewhere (docs/deploy.md); no Prefect server, no flows (Ctrl-C stops)."""
+    import logging
+
+    from followup.gateway.serve import PrefectApiNotSet, serve_gateway
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        serve_gateway(get_settings())
+    except PrefectApiNotSet as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(code=2) from error
+
+
 # --- provider calendars and booking operations ---------------------------------------------
 
 providers_app = typer.Typer(

@@ -54,3 +54,7 @@ class BookingError(FollowupError):
 
 class TemplateProblem(FollowupError):
     """An SMS template is missing, fails to render, or would leak clinical content."""
+
+
+class UnknownEscalation(FollowupError, LookupError):
+    """No escalation has the id asked for (a LookupError, as every unknown id the edges map)."""

@@ -10,14 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
 from followup import intake, routing
 from followup.errors import FollowupError, InboundMessageError
-from followup.messaging.plan import PlannedSms, VisitDetails, display_phone, plan_booking_messages
-from followup.messaging.render import format_visit_time, render_sms
+from followup.messaging import visits
 from followup.ris.scan import PersonName, ScanCompleted
 from followup.rules import RoutingRules
 from followup.scheduling import EMERGENT, BookingWindow, WindowPolicy, booking_window
@@ -283,18 +281,18 @@ def book_follow_up(
     assert study is not None
     existing = booking.active_follow_up(session=session, study_id=recorded.study_id)
     if recorded.withdrawn:
+        why = "the result was cancelled by the RIS"
+        _withdraw_waitlisted(session, study, settings, now=now, why=why)
         if existing is None:
             return BookingOutcome(None, None, "result cancelled: no follow-up to cancel")
-        return _cancel_follow_up(
-            session, study, existing, now=now, why="the result was cancelled by the RIS"
-        )
+        return _cancel_follow_up(session, study, existing, settings, now=now, why=why)
     if recorded.urgency == EMERGENT:
         reason = "emergent: no routine booking; escalated to the ordering provider"
+        why = f"the corrected report is {reason}"
+        _withdraw_waitlisted(session, study, settings, now=now, why=why)
         if existing is None:
             return BookingOutcome(None, None, reason)
-        return _cancel_follow_up(
-            session, study, existing, now=now, why=f"the corrected report is {reason}"
-        )
+        return _cancel_follow_up(session, study, existing, settings, now=now, why=why)
     if existing is not None and (existing.tier == recorded.urgency or study.final_at is None):
         # Same tier: the window it was booked in still holds, whatever time the correction
         # has (counting again from it would move a visit for nothing).
@@ -312,6 +310,12 @@ def book_follow_up(
             session, study, existing, window, closed_days, patient, settings, now=now
         )
     assert recorded.ordering_provider_id is not None
+    waiting = booking.open_waitlist_entry(session=session, study_id=recorded.study_id)
+    if waiting is not None and waiting.urgency != window.tier:
+        # Its entry waits in the old tier's window: an offer there is no longer the visit due.
+        _withdraw_waitlisted(
+            session, study, settings, now=now, why=f"the corrected report is {window.tier}"
+        )
     result = booking.book_with_fallback(
         session=session,
         patient_id=recorded.patient_id,
@@ -323,6 +327,8 @@ def book_follow_up(
         actor=ACTOR,
     )
     if result.booked is not None:
+        # Booked on a later run: an entry still waiting would be offered a second visit.
+        _withdraw_waitlisted(session, study, settings, now=now, why="the follow-up is booked")
         return BookingOutcome(result.booked.appointment_id, None, result.reason)
     booking.add_to_waitlist(
         session=session,
@@ -376,6 +382,7 @@ def _move_follow_up(
     assert existing.id is not None and study.id is not None
     moved_from = {"appointment_id": existing.id, "tier": existing.tier, "to_tier": window.tier}
     if window.contains(existing.start):
+        _retier(session, existing, window)
         queries.audit(
             session=session,
             actor=ACTOR,
@@ -404,16 +411,20 @@ def _move_follow_up(
             f"corrected to {window.tier}: {result.reason}; the patient keeps the visit of "
             f"{existing.start.astimezone(zone):%Y-%m-%d %H:%M}, to be moved by hand"
         )
+        _retier(session, existing, window)
         return replace(_unbookable(session, study, reason), appointment_id=existing.id)
     existing.replaced_by_id = result.booked.appointment_id
     session.add(existing)
-    booking.cancel_appointment(
+    cancelled = booking.cancel_appointment(
         session=session,
         appointment_id=existing.id,
         reason=f"moved to appointment {result.booked.appointment_id}: report corrected to "
         f"{window.tier}",
         now=now,
         actor=ACTOR,
+    )
+    visits.enqueue_offer_texts(
+        session=session, offers=[cancelled.offer], settings=settings, now=now
     )
     queries.audit(
         session=session,
@@ -426,14 +437,32 @@ def _move_follow_up(
     return BookingOutcome(result.booked.appointment_id, None, f"moved: {result.reason}")
 
 
+def _retier(session: Session, kept: Appointment, window: BookingWindow) -> None:
+    """A visit kept through a tier change belongs to the new decision: a reschedule asked
+    later searches the window it is due in now, not the one it was booked in."""
+    kept.tier = window.tier
+    kept.window_start = window.earliest
+    kept.window_end = window.latest
+    session.add(kept)
+
+
 def _cancel_follow_up(
-    session: Session, study: ImagingStudy, existing: Appointment, *, now: datetime, why: str
+    session: Session,
+    study: ImagingStudy,
+    existing: Appointment,
+    settings: Settings,
+    *,
+    now: datetime,
+    why: str,
 ) -> BookingOutcome:
     """Cancel the visit and its unsent texts; the schedulers tell the patient (a text saying
-    only "cancelled" could read as "no care needed")."""
+    only "cancelled" could read as "no care needed"). The freed slot is offered by text."""
     assert existing.id is not None and study.id is not None
-    booking.cancel_appointment(
+    cancelled = booking.cancel_appointment(
         session=session, appointment_id=existing.id, reason=why, now=now, actor=ACTOR
+    )
+    visits.enqueue_offer_texts(
+        session=session, offers=[cancelled.offer], settings=settings, now=now
     )
     escalation = queries.record_escalation(
         session=session,
@@ -443,6 +472,20 @@ def _cancel_follow_up(
         target=booking.SCHEDULER_QUEUE,
     )
     return BookingOutcome(None, escalation.id, f"follow-up cancelled: {why}")
+
+
+def _withdraw_waitlisted(
+    session: Session, study: ImagingStudy, settings: Settings, *, now: datetime, why: str
+) -> None:
+    """Take the study off the waitlist (no-op when it is not on it); the slot its pending
+    offer held goes to the next patient, by text."""
+    assert study.id is not None
+    withdrawal = booking.withdraw_from_waitlist(
+        session=session, study_id=study.id, reason=why, now=now, actor=ACTOR
+    )
+    visits.enqueue_offer_texts(
+        session=session, offers=[withdrawal.next_offer], settings=settings, now=now
+    )
 
 
 def _unbookable(session: Session, study: ImagingStudy, reason: str) -> BookingOutcome:
@@ -469,80 +512,21 @@ def _unbookable(session: Session, study: ImagingStudy, reason: str) -> BookingOu
 def schedule_reminders(
     *, session: Session, appointment_id: int, settings: Settings, now: datetime
 ) -> list[int]:
-    """Render and store the confirmation and reminders (idempotent per appointment and kind).
+    """Store the visit's notice and reminders (idempotent per appointment and kind), planned
+    as the CLI and SMS paths plan them.
 
     A visit that replaced another (moved after a corrected report) gets the `reschedule` text
     instead of the confirmation: the patient already had one for the old time.
     """
-    appointment = session.get(Appointment, appointment_id)
-    assert appointment is not None
-    patient = session.get(Patient, appointment.patient_id)
-    provider = session.get(Provider, appointment.provider_id)
-    assert patient is not None and provider is not None
-    patient_zone = _zone_or_none(patient.timezone)
-    visit = VisitDetails(
-        start=appointment.start,
-        provider_name=provider.display_name,
-        clinic_name=settings.site_name,
-        clinic_phone=settings.clinic_phone,
-    )
-    planned = plan_booking_messages(
-        visit,
-        language=patient.language,
-        zone=patient_zone,  # None: the strict all-US quiet-hours window, as the dispatcher checks
-        site_zone=settings.site_zone,
-        now=now,
-        reminder_days=tuple(settings.reminder_days_before),
-        templates_dir=settings.templates_dir,
-    )
-    if queries.replaced_appointment(session=session, appointment_id=appointment_id) is not None:
-        planned = [
-            _as_reschedule(sms, visit, patient_zone or settings.site_zone, settings)
-            if sms.kind == "confirmation"
-            else sms
-            for sms in planned
-        ]
-    assert patient.id is not None
-    stored = queries.enqueue_messages(
+    replaced = queries.replaced_appointment(session=session, appointment_id=appointment_id)
+    texts = visits.plan_visit_texts(
         session=session,
-        messages=queries.visit_message_rows(
-            planned,
-            appointment_id=appointment_id,
-            patient_id=patient.id,
-            to_phone=patient.phone_e164,
-        ),
+        appointment_id=appointment_id,
+        settings=settings,
+        now=now,
+        notice="reschedule" if replaced is not None else "confirmation",
     )
-    return [message.id for message in stored if message.id is not None]
-
-
-def _as_reschedule(
-    confirmation: PlannedSms, visit: VisitDetails, zone: ZoneInfo, settings: Settings
-) -> PlannedSms:
-    """The `reschedule` text ("your visit is now …"), sent when the confirmation would be."""
-    rendered = render_sms(
-        "reschedule",
-        confirmation.language,
-        {
-            "clinic_name": visit.clinic_name,
-            "clinic_phone": display_phone(visit.clinic_phone),
-            "provider_name": visit.provider_name,
-            "visit_time": format_visit_time(visit.start, zone, confirmation.language),
-        },
-        templates_dir=settings.templates_dir,
-    )
-    return replace(
-        confirmation,
-        kind=rendered.kind,
-        language=rendered.language,
-        template=f"sms/{rendered.language}/{rendered.kind}.j2",
-        body=rendered.body,
-        encoding=rendered.encoding,
-        segments=rendered.segments,
-    )
-
-
-def _zone_or_none(name: str | None) -> ZoneInfo | None:
-    return ZoneInfo(name) if name else None
+    return [*([texts.notice] if texts.notice is not None else []), *texts.reminders]
 
 
 # --- the summary every edge prints or answers with ---------------------------------------------

@@ -62,6 +62,7 @@ from models.messaging_queries import cancel_offer_message
 from models.queries import audit, cancel_pending_messages, record_escalation
 from models.tables import (
     ACTIVE_APPOINTMENT_STATUSES,
+    OPEN_WAITLIST_STATUSES,
     Appointment,
     AppointmentKind,
     AppointmentStatus,
@@ -767,6 +768,16 @@ def _insert_appointment(
 # --- the waitlist ------------------------------------------------------------------------------
 
 
+def open_waitlist_entry(*, session: Session, study_id: int) -> WaitlistEntry | None:
+    """The study's entry still waiting or holding an offer (at most one: a unique index)."""
+    return session.exec(
+        select(WaitlistEntry).where(
+            WaitlistEntry.study_id == study_id,
+            col(WaitlistEntry.status).in_(OPEN_WAITLIST_STATUSES),
+        )
+    ).first()
+
+
 def add_to_waitlist(
     *,
     session: Session,
@@ -779,12 +790,7 @@ def add_to_waitlist(
 ) -> WaitlistEntry:
     """Put the patient on the waitlist for the window; a study already waiting keeps its entry."""
     if study_id is not None:
-        existing = session.exec(
-            select(WaitlistEntry).where(
-                WaitlistEntry.study_id == study_id,
-                col(WaitlistEntry.status).in_((WaitlistStatus.WAITING, WaitlistStatus.OFFERED)),
-            )
-        ).first()
+        existing = open_waitlist_entry(session=session, study_id=study_id)
         if existing is not None:
             return existing
     entry = WaitlistEntry(
@@ -1000,6 +1006,57 @@ def expire_offers(*, session: Session, now: datetime, actor: str = ACTOR) -> lis
     return offers
 
 
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    entry: WaitlistEntry | None  # the study's entry, now cancelled; None: it had none open
+    next_offer: WaitlistOffer | None  # the slot its pending offer held, offered onwards
+
+
+def withdraw_from_waitlist(
+    *, session: Session, study_id: int, reason: str, now: datetime, actor: str = ACTOR
+) -> Withdrawal:
+    """Cancel the study's open waitlist entry: its decision no longer wants the visit it waits
+    for (the result was cancelled, turned emergent, or changed tier and so window). A pending
+    offer lapses (its unsent text too) and its slot is offered to the next patient."""
+    entry = open_waitlist_entry(session=session, study_id=study_id)
+    if entry is None:
+        return Withdrawal(None, None)
+    pending = session.exec(
+        select(WaitlistOffer).where(
+            WaitlistOffer.entry_id == entry.id, WaitlistOffer.status == OfferStatus.PENDING
+        )
+    ).first()
+    entry.resolved_at = now
+    next_offer = None
+    if pending is None:
+        entry.status = WaitlistStatus.CANCELLED
+        session.add(entry)
+        session.flush()
+    else:
+        next_offer = _close_offer(
+            session,
+            pending,
+            OfferStatus.EXPIRED,
+            now=now,
+            actor=actor,
+            entry_status=WaitlistStatus.CANCELLED,
+        )
+    audit(
+        session=session,
+        actor=actor,
+        action="waitlist.withdrawn",
+        entity="waitlist_entry",
+        entity_id=entry.id,
+        detail={
+            "study_id": study_id,
+            "reason": reason,
+            "offer_id": pending.id if pending else None,
+            "next_offer_id": next_offer.id if next_offer else None,
+        },
+    )
+    return Withdrawal(entry, next_offer)
+
+
 def _offer(session: Session, offer_id: int) -> WaitlistOffer:
     offer = session.get(WaitlistOffer, offer_id)
     if offer is None:
@@ -1008,9 +1065,16 @@ def _offer(session: Session, offer_id: int) -> WaitlistOffer:
 
 
 def _close_offer(
-    session: Session, offer: WaitlistOffer, status: OfferStatus, *, now: datetime, actor: str
+    session: Session,
+    offer: WaitlistOffer,
+    status: OfferStatus,
+    *,
+    now: datetime,
+    actor: str,
+    entry_status: WaitlistStatus = WaitlistStatus.WAITING,
 ) -> WaitlistOffer | None:
-    """Close a pending offer unanswered; the patient waits on, the slot is offered onwards.
+    """Close a pending offer unanswered; the patient waits on (unless their entry is being
+    withdrawn), the slot is offered onwards.
 
     Its text, if still waiting in the outbox (quiet hours, the daily cap), is cancelled: it
     would offer a slot that is no longer theirs.
@@ -1020,7 +1084,7 @@ def _close_offer(
     offer.responded_at = now if status == OfferStatus.DECLINED else None
     entry = session.get(WaitlistEntry, offer.entry_id)
     assert entry is not None
-    entry.status = WaitlistStatus.WAITING
+    entry.status = entry_status
     session.add_all([offer, entry])
     cancel_offer_message(session=session, offer_id=offer.id)
     _move_slot(session, offer.slot_id, SlotStatus.HELD, SlotStatus.FREE)

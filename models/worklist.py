@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
+from followup.errors import UnknownEscalation
 from followup.ris.scan import PersonName
 from followup.worklist import DueNotice
 from models import booking, queries
@@ -207,7 +208,7 @@ def acknowledge_escalation(
     """
     escalation = session.get(Escalation, escalation_id)
     if escalation is None:
-        raise LookupError(f"escalation {escalation_id} does not exist")
+        raise UnknownEscalation(f"escalation {escalation_id} does not exist")
     if escalation.status == EscalationStatus.OPEN:
         escalation.status = EscalationStatus.ACKNOWLEDGED
         escalation.acknowledged_at = now

@@ -14,6 +14,10 @@ What runs:
 
 Ctrl-C (SIGINT) or SIGTERM stops the listeners, the runner and the Prefect server started here.
 
+`followup gateway` (`serve_gateway`) runs the listeners alone, for the scale-out setup
+(docs/deploy.md): its events go to the Prefect server at PREFECT_API_URL, whose deployments
+workers elsewhere run. Without PREFECT_API_URL it refuses to start: events would go nowhere.
+
 Prefect reads its settings when first imported, so PREFECT_API_URL and PREFECT_HOME are set in
 the environment before anything imports Prefect; hence the imports inside `_serve`.
 """
@@ -35,6 +39,7 @@ import uvicorn
 import yaml
 from fastapi import FastAPI
 
+from followup.errors import FollowupError
 from followup.gateway import OnAccepted
 from followup.gateway.http import create_app
 from followup.gateway.mllp import MLLPListener
@@ -75,6 +80,30 @@ def serve_engine(settings: Settings, *, prefect_yaml: Path = PREFECT_YAML) -> No
         _drain_prefect_queues()
         if server is not None:
             server.stop()
+
+
+class PrefectApiNotSet(FollowupError):
+    """`followup gateway` needs the Prefect server its events go to (PREFECT_API_URL)."""
+
+
+def serve_gateway(settings: Settings) -> None:
+    """Run the MLLP and HTTP listeners until Ctrl-C or SIGTERM, emitting their events to the
+    Prefect server at PREFECT_API_URL; no flows run here."""
+    from models.db import migrate
+
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        raise PrefectApiNotSet(
+            "PREFECT_API_URL is not set: the gateway emits its events to the Prefect server "
+            "whose workers run the flows (docs/deploy.md)"
+        )
+    migrate(settings.database_url)
+    try:
+        asyncio.run(_serve_gateway(settings, api_url))
+    finally:
+        # Events still queued when the listeners stopped (accepted rows the sweep would
+        # otherwise re-emit up to two minutes later).
+        _drain_prefect_queues()
 
 
 def _drain_prefect_queues() -> None:
@@ -176,25 +205,81 @@ def gateway_app(settings: Settings, *, on_accepted: OnAccepted) -> FastAPI:
     return app
 
 
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _http_server(settings: Settings, on_accepted: OnAccepted) -> uvicorn.Server:
+    return uvicorn.Server(
+        uvicorn.Config(
+            gateway_app(settings, on_accepted=on_accepted),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level="info",
+        )
+    )
+
+
+async def _until_one_ends(tasks: list[asyncio.Task[object]]) -> None:
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task.exception() is not None:
+            logger.error("%s stopped: %r", task.get_name(), task.exception())
+
+
+async def _wind_down(tasks: list[asyncio.Task[object]]) -> None:
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=15)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _serve_gateway(settings: Settings, api_url: str) -> None:
+    from flows.events import emit_scan_completed
+
+    stop = _stop_on_signals()
+    listener = MLLPListener(settings, on_accepted=emit_scan_completed)
+    http = _http_server(settings, emit_scan_completed)
+    tasks: list[asyncio.Task[object]] = []
+    try:
+        await listener.start()
+        # uvicorn captures SIGINT/SIGTERM while it serves and re-raises them when done, which
+        # sets `stop`: whichever ends first ends both.
+        tasks = [
+            asyncio.create_task(http.serve(), name="http"),
+            asyncio.create_task(stop.wait(), name="stop"),
+        ]
+        logger.info(
+            "gateway up: MLLP %s:%d, HTTP %s:%d, events to %s",
+            settings.mllp_host,
+            listener.port,
+            settings.http_host,
+            settings.http_port,
+            api_url,
+        )
+        await _until_one_ends(tasks)
+    finally:
+        logger.info("stopping the gateway")
+        http.should_exit = True
+        await listener.stop()
+        stop.set()
+        await _wind_down(tasks)
+
+
 async def _serve(settings: Settings, prefect_yaml: Path) -> None:
     from prefect.runner import Runner
 
     from flows.events import emit_scan_completed
 
     deployments = await served_deployments(prefect_yaml)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     listener = MLLPListener(settings, on_accepted=emit_scan_completed)
-    http = uvicorn.Server(
-        uvicorn.Config(
-            gateway_app(settings, on_accepted=emit_scan_completed),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_level="info",
-        )
-    )
+    http = _http_server(settings, emit_scan_completed)
     # Schedules are not paused on shutdown: the server may already be gone (Ctrl-C), and a
     # restart re-applies the deployments anyway.
     runner = Runner(query_seconds=RUNNER_POLL_SECONDS, pause_on_shutdown=False)
@@ -217,10 +302,7 @@ async def _serve(settings: Settings, prefect_yaml: Path) -> None:
             settings.http_host,
             settings.http_port,
         )
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task.exception() is not None:
-                logger.error("%s stopped: %r", task.get_name(), task.exception())
+        await _until_one_ends(tasks)
     finally:
         logger.info("stopping the engine")
         http.should_exit = True
@@ -228,8 +310,4 @@ async def _serve(settings: Settings, prefect_yaml: Path) -> None:
         if runner.started:
             await asyncio.wait_for(runner.astop(), timeout=30)
         stop.set()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=15)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await _wind_down(tasks)

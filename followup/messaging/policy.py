@@ -251,6 +251,7 @@ class ReplyIntent(StrEnum):
     HELP = "help"
     CONFIRM = "confirm"
     RESCHEDULE = "reschedule"
+    DECLINE = "decline"  # no to a waitlist offer (a person reads it when none is open)
     WORSENING = "worsening"
     OTHER = "other"
 
@@ -269,6 +270,7 @@ _CONFIRM_WORDS = frozenset(
     {"c", "confirm", "confirmed", "yes", "y", "si", "confirmo", "confirmar", "confirmado"}
 )
 _RESCHEDULE_WORDS = frozenset({"r", "reschedule", "cambiar", "reprogramar"})
+_DECLINE_WORDS = frozenset({"n", "no", "no thanks", "no thank you", "no gracias"})
 
 _CANT = r"(?:can'?t|cannot|can not|unable to)"
 _DONT = r"(?:don'?t|do not)"
@@ -338,6 +340,8 @@ def reply_intents(text: str, *, opted_out: bool = False) -> list[ReplyIntent]:
     confirms = said in _CONFIRM_WORDS or (len(words) > 1 and first in _CONFIRM_WORDS - {"c", "y"})
     if confirms and ReplyIntent.OPT_IN not in intents and ReplyIntent.RESCHEDULE not in intents:
         intents.append(ReplyIntent.CONFIRM)
+    if said in _DECLINE_WORDS:
+        intents.append(ReplyIntent.DECLINE)
     return intents or [ReplyIntent.OTHER]
 
 

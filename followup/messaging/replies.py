@@ -34,6 +34,7 @@ from models.tables import (
     ImagingStudy,
     OutboundMessageBase,
     Patient,
+    WaitlistOffer,
 )
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ def handle_inbound(
         tasks.append(_confirm(ctx, reply_ids))
     if ReplyIntent.RESCHEDULE in intents:
         tasks.append(_reschedule(ctx, reply_ids))
+    if ReplyIntent.DECLINE in intents:
+        tasks.append(_decline(ctx))
     if ReplyIntent.OTHER in intents:
         tasks.append(_task(ctx, REPLY_TASK, "replied with text the engine cannot act on: read it"))
     queries.audit(
@@ -203,11 +206,7 @@ def _worsening(ctx: _Context) -> int | None:
 def _confirm(ctx: _Context, reply_ids: list[int]) -> int | None:
     """C / CONFIRM / YES: a pending waitlist offer is taken (confirmed by text, with the new
     visit's reminders), else the visit is confirmed; with neither, a person looks."""
-    offer = (
-        mq.pending_offer_for(session=ctx.session, patient_ids=ctx.patient_ids)
-        if ctx.patients
-        else None
-    )
+    offer = _pending_offer(ctx)
     if offer is not None and offer.id is not None:
         accepted = visits.accept_waitlist_offer(
             session=ctx.session,
@@ -236,6 +235,27 @@ def _confirm(ctx: _Context, reply_ids: list[int]) -> int | None:
             entity_id=appointment.id,
             detail={"message_sid": ctx.sms.message_sid},
         )
+    return None
+
+
+def _pending_offer(ctx: _Context) -> WaitlistOffer | None:
+    return (
+        mq.pending_offer_for(session=ctx.session, patient_ids=ctx.patient_ids)
+        if ctx.patients
+        else None
+    )
+
+
+def _decline(ctx: _Context) -> int | None:
+    """N / NO: a pending waitlist offer is declined (the patient waits on; the slot is offered
+    to the next patient by text). With none open a person reads it: a no to a visit text may
+    mean the patient cannot come."""
+    offer = _pending_offer(ctx)
+    if offer is None or offer.id is None:
+        return _task(ctx, REPLY_TASK, "answered no, with no waitlist offer open: read it")
+    visits.decline_waitlist_offer(
+        session=ctx.session, offer_id=offer.id, settings=ctx.settings, now=ctx.now, actor=ACTOR
+    )
     return None
 
 

@@ -233,6 +233,21 @@ def accept_waitlist_offer(
     return Changed(acceptance, replace(texts, offers=offers))
 
 
+def decline_waitlist_offer(
+    *, session: Session, offer_id: int, settings: Settings, now: datetime, actor: str
+) -> Changed[WaitlistOffer | None]:
+    """The patient said no: they wait on, and the slot goes to the next patient, by text."""
+    next_offer = booking.decline_offer(session=session, offer_id=offer_id, now=now, actor=actor)
+    return Changed(
+        next_offer,
+        Texts(
+            offers=enqueue_offer_texts(
+                session=session, offers=[next_offer], settings=settings, now=now
+            )
+        ),
+    )
+
+
 def expire_waitlist_offers(
     *, session: Session, settings: Settings, now: datetime, actor: str
 ) -> Changed[list[WaitlistOffer]]:

@@ -1,14 +1,36 @@
-"""`followup serve` serves prefect.yaml's deployments as written there."""
+"""`followup serve` serves prefect.yaml's deployments as written there; `followup gateway`
+runs the listeners alone, emitting to a Prefect server elsewhere."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
+import pytest
+from sqlmodel import select
+from typer.testing import CliRunner
 
+from flows.events import EVENT, event_id
+from followup.cli import app
 from followup.gateway.serve import PREFECT_YAML, gateway_app, served_deployments
 from followup.settings import get_settings
+from models.db import session_scope
+from models.tables import InboxMessage
+from tests.conftest import SAMPLES
+from tests.gateway.conftest import frame, read_acks, segments
+from tests.gateway.test_events import stored_events
+
+ROOT = Path(__file__).resolve().parents[2]
+RunningGateway = tuple[subprocess.Popen[bytes], int, int]  # the process, its MLLP and HTTP ports
 
 
 def test_served_deployments_carry_prefect_yaml_triggers_and_schedules() -> None:
@@ -44,3 +66,96 @@ def test_gateway_app_mounts_the_twilio_webhooks() -> None:
     assert asyncio.run(post("/twilio/status")) == 403
     assert asyncio.run(post("/twilio/inbound")) == 403
     assert asyncio.run(post("/twilio/elsewhere")) == 404
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1].decode()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+@pytest.fixture
+def gateway_process(prefect_api: None, database_url: str) -> Iterator[RunningGateway]:
+    """`followup gateway` as an operator starts it, pointed at the test Prefect API."""
+    from prefect.settings import PREFECT_API_URL
+
+    mllp_port, http_port = _free_port(), _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "followup.cli", "gateway"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "FOLLOWUP_MLLP_PORT": str(mllp_port),
+            "FOLLOWUP_HTTP_PORT": str(http_port),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for_port(mllp_port, process)
+        _wait_for_port(http_port, process)
+        yield process, mllp_port, http_port
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+@pytest.mark.prefect
+@pytest.mark.parametrize("stop_with", [signal.SIGTERM, signal.SIGINT])
+def test_gateway_emits_accepted_scans_to_the_prefect_api_and_stops_cleanly(
+    gateway_process: RunningGateway,
+    database_url: str,
+    stop_with: signal.Signals,
+) -> None:
+    process, mllp_port, http_port = gateway_process
+    raw = (SAMPLES / "hl7" / "spine_neurology_root_compression.hl7").read_bytes()
+
+    with socket.create_connection(("127.0.0.1", mllp_port), timeout=30) as sock:
+        sock.sendall(frame(raw))
+        [ack] = read_acks(sock, 1)
+    health = httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=10)
+
+    assert segments(ack)["MSA"][1] == "AA"
+    assert health.status_code == 200
+    with session_scope(database_url) as session:
+        [row] = session.exec(select(InboxMessage)).all()
+    assert row.id is not None
+    [event] = stored_events([event_id(row.id)], expected=1)
+    assert (event.event, event.payload) == (
+        EVENT,
+        {"inbox_id": row.id, "accession": row.accession},
+    )
+
+    process.send_signal(stop_with)
+    code = process.wait(timeout=60)
+
+    assert code == 0, process.communicate()[1].decode()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", mllp_port), timeout=1).close()
+
+
+def test_gateway_refuses_to_start_without_a_prefect_api(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+
+    result = CliRunner().invoke(app, ["gateway"])
+
+    assert result.exit_code == 2
+    assert "PREFECT_API_URL is not set" in result.stderr

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from followup.errors import TemplateProblem
+from followup.messaging.plan import display_phone
 from followup.messaging.policy import phi_terms_in
 from followup.messaging.render import (
     SMS_KINDS,
@@ -17,6 +18,7 @@ from followup.messaging.render import (
     render_sms,
     template_environment,
 )
+from followup.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 NEW_YORK = ZoneInfo("America/New_York")
@@ -79,7 +81,7 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
     ),
     (
         "en", "waitlist_offer", 3,
-        "Riverside Clinic: Earlier visit open with Dr. Okafor: Tue Dec 8 at 9:30 AM. "
+        "Riverside Clinic: Dr. Okafor can see you Tue Dec 8 at 9:30 AM. "
         "Reply C by Mon Dec 7 at 5:00 PM to book. Call 555-555-0100. Reply STOP to opt out.",
         1,
     ),
@@ -138,8 +140,8 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
     ),
     (
         "es", "waitlist_offer", 3,
-        "Riverside Clinic: Hay una cita antes con Dr. Okafor: mar 8 dic a las 9:30. "
-        "Responda C antes del lun 7 dic a las 17:00 para tomarla. Preguntas: 555-555-0100. "
+        "Riverside Clinic: Dr. Okafor puede atenderle el mar 8 dic a las 9:30. "
+        "Responda C antes del lun 7 dic a las 17:00 para reservar. Preguntas: 555-555-0100. "
         "Responda STOP para darse de baja.",
         2,
     ),
@@ -205,6 +207,32 @@ def test_required_content(language: str, kind: str, days_before: int) -> None:
     stop_text = "Reply STOP to opt out" if language == "en" else "Responda STOP"
     # The confirmation of an opt-out is the one text that must not ask for it again.
     assert (stop_text in body) is (kind != "opt_out_confirmation")
+
+
+@pytest.mark.parametrize(
+    ("language", "visit", "expires", "segments"),
+    [
+        ("en", VISIT, OFFER_ENDS, 1),
+        # The longest times: a two-digit day and 12 o'clock, on both.
+        ("en", utc(2026, 12, 30, 17, 0), utc(2026, 12, 30, 5, 0), 1),
+        # Spanish needs more words than one segment holds (kept in GSM-7: two, not UCS-2's 3).
+        ("es", VISIT, OFFER_ENDS, 2),
+    ],
+)
+def test_the_waitlist_offer_fits_its_segments_with_the_default_site(
+    language: str, visit: datetime, expires: datetime, segments: int
+) -> None:
+    """The site name and callback number the engine ships with, not the short sample ones."""
+    shipped = Settings.model_fields
+    context = {
+        "clinic_name": shipped["site_name"].default,
+        "clinic_phone": display_phone(shipped["clinic_phone"].default),
+        "provider_name": "Dr. Okafor",
+        "visit_time": format_visit_time(visit, NEW_YORK, language),
+        "offer_expires": format_visit_time(expires, NEW_YORK, language),
+    }
+    rendered = render_sms("waitlist_offer", language, context, templates_dir=TEMPLATES)
+    assert (rendered.encoding, rendered.segments) == ("GSM-7", segments)
 
 
 def test_reminders_carry_the_preparation_advice() -> None:

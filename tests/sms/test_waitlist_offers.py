@@ -65,8 +65,8 @@ def test_a_freed_slot_is_offered_by_text_in_the_waiting_patients_language_and_zo
     assert (text.patient_id, text.to_phone, text.scheduled_for) == (waiting, OTHER_PHONE, NOW)
     # The slot and the deadline (four hours on) in Chicago time; nothing about why.
     assert text.body == (
-        "Riverside Health Clinic: Hay una cita antes con Dr. Okafor: jue 10 dic a las 13:00. "
-        "Responda C antes del mar 8 dic a las 17:00 para tomarla. Preguntas: (555) 555-0100. "
+        "Riverside Health Clinic: Dr. Okafor puede atenderle el jue 10 dic a las 13:00. "
+        "Responda C antes del mar 8 dic a las 17:00 para reservar. Preguntas: (555) 555-0100. "
         "Responda STOP para darse de baja."
     )
     assert cancelled.texts.notice is not None

@@ -648,6 +648,43 @@ def test_c_after_the_deadline_books_nothing_and_the_next_patient_gets_the_offer(
     assert [e.kind for e in world.escalations()] == [REPLY_TASK]
 
 
+@pytest.mark.parametrize("answer", ["NO", "n", "No gracias"])
+def test_no_to_an_open_offer_declines_it_and_the_next_patient_gets_the_offer(
+    gateway: Gateway, world: World, answer: str
+) -> None:
+    declining = world.patient()
+    offer_id = offer_sent(world, waiting=declining)
+    next_patient = world.patient(phone="+15555550177")
+    world.waitlist(next_patient, since=NOW)
+
+    response = gateway.text(answer)
+
+    assert response.status_code == 200
+    with session_scope(world.database_url) as session:
+        declined = session.get_one(WaitlistOffer, offer_id)
+        [pending] = session.exec(select(WaitlistOffer).where(WaitlistOffer.status == "pending"))
+        assert (declined.status, declined.responded_at) == ("declined", NOW)
+        assert (
+            session.exec(select(Appointment).where(Appointment.patient_id == declining)).all() == []
+        )
+    [next_text] = [
+        m for m in world.messages() if m.kind == "waitlist_offer" and m.patient_id == next_patient
+    ]
+    assert (next_text.idempotency_key, next_text.status) == (
+        mq.offer_message_key(pending.id or 0),
+        "scheduled",
+    )
+    assert world.escalations() == []
+
+
+def test_no_without_an_open_offer_goes_to_a_scheduler(gateway: Gateway, world: World) -> None:
+    world.visit(world.patient(), NOW + timedelta(days=2))
+
+    gateway.text("NO")
+
+    assert [e.kind for e in world.escalations()] == [REPLY_TASK]
+
+
 def test_reschedule_without_a_visit_goes_to_a_scheduler(gateway: Gateway, world: World) -> None:
     world.patient()
 
