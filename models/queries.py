@@ -364,21 +364,39 @@ def visit_message_rows(
 ) -> list[OutboundMessageBase]:
     """Outbox rows for an appointment's planned texts, keyed (appointment, kind, occurrence)."""
     return [
-        OutboundMessageBase(
-            idempotency_key=f"appt:{appointment_id}:{sms.kind}:{sms.occurrence}",
+        outbox_row(
+            sms,
+            key=f"appt:{appointment_id}:{sms.kind}:{sms.occurrence}",
             patient_id=patient_id,
             appointment_id=appointment_id,
-            kind=sms.kind,
-            language=sms.language,
-            template=sms.template,
-            body=sms.body,
-            encoding=sms.encoding,
-            segments=sms.segments,
             to_phone=to_phone,
-            scheduled_for=sms.send_at,
         )
         for sms in planned
     ]
+
+
+def outbox_row(
+    planned: PlannedSms,
+    *,
+    key: str,
+    patient_id: int,
+    appointment_id: int | None,
+    to_phone: str | None,
+) -> OutboundMessageBase:
+    """One planned text as an outbox row under its idempotency key."""
+    return OutboundMessageBase(
+        idempotency_key=key,
+        patient_id=patient_id,
+        appointment_id=appointment_id,
+        kind=planned.kind,
+        language=planned.language,
+        template=planned.template,
+        body=planned.body,
+        encoding=planned.encoding,
+        segments=planned.segments,
+        to_phone=to_phone,
+        scheduled_for=planned.send_at,
+    )
 
 
 def replaced_appointment(*, session: Session, appointment_id: int) -> Appointment | None:

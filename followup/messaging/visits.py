@@ -21,7 +21,6 @@ from sqlmodel import Session
 
 from followup.messaging.dispatch import REPLY_KEY_PREFIX
 from followup.messaging.plan import (
-    PlannedSms,
     VisitDetails,
     plan_booking_messages,
     plan_offer_message,
@@ -34,7 +33,6 @@ from models import messaging_queries as mq
 from models.tables import (
     ACTIVE_APPOINTMENT_STATUSES,
     Appointment,
-    OutboundMessageBase,
     Patient,
     Provider,
     Slot,
@@ -114,7 +112,7 @@ def plan_visit_texts(
         )
         rows.insert(
             0,
-            _row(
+            queries.outbox_row(
                 answer,
                 key=f"{REPLY_KEY_PREFIX}{answering.message_sid}:{notice}",
                 patient_id=appointment.patient_id,
@@ -293,7 +291,7 @@ def enqueue_offer_texts(
             templates_dir=settings.templates_dir,
         )
         rows.append(
-            _row(
+            queries.outbox_row(
                 planned,
                 key=mq.offer_message_key(offer.id),
                 patient_id=entry.patient_id,
@@ -325,27 +323,4 @@ def _details(start: datetime, provider: Provider, settings: Settings) -> VisitDe
         provider_name=provider.display_name,
         clinic_name=settings.site_name,
         clinic_phone=settings.clinic_phone,
-    )
-
-
-def _row(
-    planned: PlannedSms,
-    *,
-    key: str,
-    patient_id: int,
-    appointment_id: int | None,
-    to_phone: str | None,
-) -> OutboundMessageBase:
-    return OutboundMessageBase(
-        idempotency_key=key,
-        patient_id=patient_id,
-        appointment_id=appointment_id,
-        kind=planned.kind,
-        language=planned.language,
-        template=planned.template,
-        body=planned.body,
-        encoding=planned.encoding,
-        segments=planned.segments,
-        to_phone=to_phone,
-        scheduled_for=planned.send_at,
     )
