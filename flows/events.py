@@ -59,6 +59,8 @@ def emit_for_inbox(
 
 
 def emit_scan_completed(receipt: Receipt) -> None:
-    """The gateway's `on_accepted` callback."""
+    """The gateway's `on_accepted` callback: the event of the row a run should take, which
+    for a resend of a still unclaimed message is the original's, under the original's id."""
     assert receipt.accession is not None  # an accepted result always has its accession
-    emit_for_inbox(inbox_id=receipt.inbox_id, accession=receipt.accession)
+    assert receipt.run_inbox_id is not None  # on_accepted is called when should_process
+    emit_for_inbox(inbox_id=receipt.run_inbox_id, accession=receipt.accession)

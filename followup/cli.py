@@ -85,9 +85,10 @@ def classify(
 
 @app.command("eval")
 def evaluate_corpus(
-    corpus: Annotated[
-        Path, typer.Argument(help="JSONL of labelled reports")
-    ] = PROJECT_ROOT / "tests" / "corpus" / "test.jsonl",
+    corpus: Annotated[Path, typer.Argument(help="JSONL of labelled reports")] = PROJECT_ROOT
+    / "tests"
+    / "corpus"
+    / "test.jsonl",
 ) -> None:
     """Per-specialty precision/recall, critical recall and the wrong cases on a labelled corpus."""
     from followup.evaluation import evaluate, format_report, load_cases
@@ -132,7 +133,12 @@ def _ingest(raw: bytes, settings: Settings, *, source: str) -> dict[str, Any]:
     if receipt.should_process:
         from flows.scan_completed import scan_completed
 
-        asyncio.run(scan_completed(inbox_id=receipt.inbox_id, accession=receipt.accession or ""))
+        asyncio.run(
+            scan_completed(
+                inbox_id=receipt.run_inbox_id or receipt.inbox_id,
+                accession=receipt.accession or "",
+            )
+        )
     with session_scope(settings.database_url) as session:
         summary = pipeline.summarize(session=session, inbox_id=receipt.inbox_id)
     summary["ack"] = receipt.ack_code

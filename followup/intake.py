@@ -33,21 +33,22 @@ from typing import Any
 
 from sqlmodel import Session
 
-from followup.errors import InboundMessageError, InvalidField, MalformedMessage, UnsupportedMessage
+from followup.errors import InboundMessageError, MalformedMessage, UnsupportedMessage
 from followup.ris import fhir, hl7v2, updates
 from followup.ris.hl7v2 import MessageHeader
-from followup.ris.scan import ScanCompleted
+from followup.ris.scan import ACCESSION_LENGTH, ScanCompleted
 from followup.settings import Settings
 from models import inbox_queries, queries
 from models.tables import InboxMessage, InboxStatus
 from models.types import utcnow
 
 RESULT_TYPE = "ORU^R01"
-# Column sizes of InboxMessage / ImagingStudy: longer values are refused or cut, not crashed on.
-_ACCESSION_LENGTH = 64
+# Column sizes of InboxMessage: longer envelope values are cut, not crashed on (the parsers
+# refuse content values longer than their columns: followup/ris/scan.py).
 _CONTROL_ID_LENGTH = 199
 _SENDER_LENGTH = 255
 _MESSAGE_TYPE_LENGTH = 32
+_LOCATION_LENGTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +65,14 @@ class Receipt:
     control_id: str | None = None
     duplicate_of: int | None = None
     header: MessageHeader | None = None  # HL7 v2 only: what the ACK echoes
+    # The row whose ris.scan.completed event the edge emits: this one when accepted, or the
+    # original of a resend when no run has claimed it yet (the sender resends because the
+    # ACK was lost; the event id, derived from the original, lets Prefect drop a repeat).
+    run_inbox_id: int | None = None
 
     @property
     def should_process(self) -> bool:
-        return self.status == InboxStatus.RECEIVED
+        return self.run_inbox_id is not None
 
 
 def _looks_like_hl7(raw: bytes) -> bool:
@@ -98,8 +103,8 @@ def receive_message(
         peer=peer,
         content_type="hl7v2" if text else "unknown",
         sender=_sender(header),
-        control_id=(header.control_id[:_CONTROL_ID_LENGTH] or None) if header else None,
-        message_type=header.message_type[:_MESSAGE_TYPE_LENGTH] if header else None,
+        control_id=(_storable(header.control_id, _CONTROL_ID_LENGTH) or None) if header else None,
+        message_type=_storable(header.message_type, _MESSAGE_TYPE_LENGTH) if header else None,
     )
     if not text:
         not_hl7 = MalformedMessage("not an HL7 v2 message (no MSH segment at the start)")
@@ -109,28 +114,39 @@ def receive_message(
     if problem is not None:
         raise problem
     assert header is not None and row.sender is not None
+    # Parsed before the judging transaction: its locks are held for no longer than the writes.
+    content = _read(text, header, settings)
     if row.control_id:
         original = inbox_queries.original_message(
-            session=session, sender=row.sender, control_id=row.control_id, before_id=_id(row)
+            session=session, sender=row.sender, control_id=row.control_id, inbox_id=_id(row)
         )
         if original is not None:
             return _duplicate(session, row, original, header)
-    if header.message_type in updates.UPDATE_TYPES:
-        return _apply_update(session, row, text, settings, header)
-    if header.message_type != RESULT_TYPE:
-        accepted = ", ".join([RESULT_TYPE, *sorted(updates.UPDATE_TYPES)])
-        unsupported = UnsupportedMessage(
-            f"message type {header.message_type or '(empty)'} is not one of {accepted}",
-            location="MSH-9",
-        )
-        return _reject(session, row, unsupported, header)
+    if isinstance(content, InboundMessageError):
+        return _reject(session, row, content, header)
+    if isinstance(content, updates.RisUpdate):
+        return _apply_update(session, row, content, header)
+    return _accept_result(session, row, content, header=header)
+
+
+def _read(
+    text: str, header: MessageHeader, settings: Settings
+) -> ScanCompleted | updates.RisUpdate | InboundMessageError:
+    """The message's content by its type, or why it cannot be used."""
     try:
-        scan = hl7v2.parse_oru(
+        if header.message_type in updates.UPDATE_TYPES:
+            return updates.parse_update(text, phone_region=settings.default_phone_region)
+        if header.message_type != RESULT_TYPE:
+            accepted = ", ".join([RESULT_TYPE, *sorted(updates.UPDATE_TYPES)])
+            return UnsupportedMessage(
+                f"message type {header.message_type or '(empty)'} is not one of {accepted}",
+                location="MSH-9",
+            )
+        return hl7v2.parse_oru(
             text, site_zone=settings.site_zone, phone_region=settings.default_phone_region
         )
     except InboundMessageError as error:
-        return _reject(session, row, error, header)
-    return _accept_result(session, row, scan, header=header, accession_location="OBR-3")
+        return error
 
 
 def _peek_header(text: str) -> MessageHeader:
@@ -146,7 +162,17 @@ def _peek_header(text: str) -> MessageHeader:
 def _sender(header: MessageHeader | None) -> str | None:
     if header is None:
         return None
-    return f"{header.sending_application}|{header.sending_facility}"[:_SENDER_LENGTH]
+    return _storable(f"{header.sending_application}|{header.sending_facility}", _SENDER_LENGTH)
+
+
+def _storable(value: str, length: int) -> str:
+    """An envelope value as its text column can hold it, so the row is always stored.
+
+    A NUL (which PostgreSQL text cannot hold) becomes U+FFFD rather than vanishing, so that
+    "A\\0B" and "AB" stay different idempotency keys; the message itself is then refused
+    for it, after the commit (hl7v2.check_no_nul).
+    """
+    return value.replace("\x00", "\N{REPLACEMENT CHARACTER}")[:length]
 
 
 def receive_fhir(
@@ -168,9 +194,7 @@ def receive_fhir(
     row.sender = "fhir"
     row.control_id = report.identifier[:_CONTROL_ID_LENGTH]
     row.message_type = report.resource_path.partition(".")[0]
-    return _accept_result(
-        session, row, report.scan, accession_location=f"{report.resource_path}.identifier"
-    )
+    return _accept_result(session, row, report.scan)
 
 
 def receive_unterminated(
@@ -215,22 +239,14 @@ def _accept_result(
     row: InboxMessage,
     scan: ScanCompleted,
     *,
-    accession_location: str,
     header: MessageHeader | None = None,
 ) -> Receipt:
-    if len(scan.accession) > _ACCESSION_LENGTH:
-        too_long = InvalidField(
-            f"accession is longer than {_ACCESSION_LENGTH} characters",
-            location=accession_location,
-        )
-        return _reject(session, row, too_long, header)
+    fingerprint = _report_fingerprint(scan)
+    same = inbox_queries.same_report(session=session, fingerprint=fingerprint, inbox_id=_id(row))
+    row.content_hash = fingerprint
+    if same is not None:
+        return _duplicate(session, row, same, header)
     row.accession = scan.accession
-    row.content_hash = _report_fingerprint(scan)
-    same_report = queries.find_same_content(
-        session=session, digest=row.content_hash, before_id=_id(row)
-    )
-    if same_report is not None and same_report.status != InboxStatus.ERROR:
-        return _duplicate(session, row, same_report, header)
     note = _no_run_reason(session, scan, _id(row))
     if note:
         _finish_without_run(row, {"note": note})
@@ -242,6 +258,7 @@ def _accept_result(
         ack_code="AA",
         accession=scan.accession,
         control_id=row.control_id,
+        run_inbox_id=_id(row) if row.status == InboxStatus.RECEIVED else None,
         header=header,
     )
 
@@ -264,14 +281,10 @@ def _no_run_reason(session: Session, scan: ScanCompleted, inbox_id: int) -> str 
 
 
 def _apply_update(
-    session: Session, row: InboxMessage, text: str, settings: Settings, header: MessageHeader
+    session: Session, row: InboxMessage, update: updates.RisUpdate, header: MessageHeader
 ) -> Receipt:
-    try:
-        update = updates.parse_update(text, phone_region=settings.default_phone_region)
-    except InboundMessageError as error:
-        return _reject(session, row, error, header)
     changed = inbox_queries.apply_ris_update(session=session, update=update)
-    row.accession = (update.accession or "")[:_ACCESSION_LENGTH] or None
+    row.accession = (update.accession or "")[:ACCESSION_LENGTH] or None
     provider = update.ordering_provider.identifier if update.ordering_provider else None
     _finish_without_run(row, {"updated": changed, "ordering_provider": provider})
     session.add(row)
@@ -301,8 +314,9 @@ def _reject(
     row.status = (
         InboxStatus.REJECTED if isinstance(error, UnsupportedMessage) else InboxStatus.ERROR
     )
-    row.error = error.reason
-    row.error_location = error.location
+    row.error = _storable(error.reason, len(error.reason))  # it may quote a NUL it refuses
+    # Cut to the column; the answer below names the whole location.
+    row.error_location = _storable(error.location, _LOCATION_LENGTH) if error.location else None
     # Remembered for a resend, which must get this very answer (see the module docstring).
     row.summary = {"ack_code": error.ack_code, "error_kind": type(error).__name__}
     session.add(row)
@@ -325,7 +339,8 @@ def _duplicate(
     original: InboxMessage,
     header: MessageHeader | None,
 ) -> Receipt:
-    """A resend gets the original's answer and summary; no work is redone."""
+    """A resend gets the original's answer and summary; no work is redone. The original's
+    event is emitted again while no run has claimed it (see `Receipt.run_inbox_id`)."""
     row.status = InboxStatus.DUPLICATE
     row.duplicate_of_id = original.id
     row.accession = original.accession
@@ -335,6 +350,7 @@ def _duplicate(
     session.add(row)
     session.commit()
     remembered = original.summary or {}
+    unclaimed = original.status == InboxStatus.RECEIVED and original.claimed_at is None
     return Receipt(
         inbox_id=_id(row),
         status=row.status,
@@ -345,5 +361,6 @@ def _duplicate(
         accession=original.accession,
         control_id=row.control_id,
         duplicate_of=original.id,
+        run_inbox_id=original.id if unclaimed else None,
         header=header,
     )

@@ -23,9 +23,7 @@ class Settings(BaseSettings):
         validation_alias="DATABASE_URL",
     )
 
-    site_name: str = Field(
-        default="Riverside Health Clinic", validation_alias="FOLLOWUP_SITE_NAME"
-    )
+    site_name: str = Field(default="Riverside Health Clinic", validation_alias="FOLLOWUP_SITE_NAME")
     site_code: str = Field(default="demo", validation_alias="FOLLOWUP_SITE_CODE")
     site_timezone: str = Field(
         default="America/New_York", validation_alias="FOLLOWUP_SITE_TIMEZONE"

@@ -6,12 +6,13 @@ Keyword-only functions taking a session; the caller owns the transaction (as in 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, func, or_, update
+from sqlalchemy import ColumnElement, CursorResult, func, or_, text, update
 from sqlmodel import Session, col, select
 
 from followup.ris.updates import ORDER_TYPES as ORDER_MESSAGE_TYPES
@@ -52,21 +53,81 @@ def store_message(
     return row
 
 
+# What an accepted result's row holds in content_hash once judged (the raw bytes' hash before).
+REPORT_FINGERPRINT_PREFIX = "report:"
+# Namespaces of the two idempotency keys' advisory locks (pg_advisory_xact_lock(int, int)).
+_SENDER_CONTROL_ID_LOCK = 1
+_REPORT_LOCK = 2
+
+
 def original_message(
-    *, session: Session, sender: str, control_id: str, before_id: int
+    *, session: Session, sender: str, control_id: str, inbox_id: int
 ) -> InboxMessage | None:
-    """The first earlier message with the same sender and MSH-10 (the HL7 idempotency key),
-    found through the (sender, control_id) index."""
+    """The message with the same sender and MSH-10 (the HL7 idempotency key) that was judged
+    not a duplicate, if any, found through the (sender, control_id) index.
+
+    Takes the key's lock for the rest of the transaction, which must be the one that records
+    this message's judgment: of copies judged at once on several connections (or gateway
+    hosts) each sees the judgments committed before its own, so the first judged is the
+    original and every later one its duplicate, whatever ids the copies got. A row stored but
+    not judged yet is not an original: its answer is not known.
+    """
+    _lock_key(session, _SENDER_CONTROL_ID_LOCK, f"{sender}\x1f{control_id}")
     return session.exec(
         select(InboxMessage)
         .where(
             InboxMessage.sender == sender,
             InboxMessage.control_id == control_id,
-            col(InboxMessage.id) < before_id,
+            col(InboxMessage.id) != inbox_id,
             InboxMessage.status != InboxStatus.DUPLICATE,
+            _judged(),
         )
         .order_by(col(InboxMessage.id))
     ).first()
+
+
+def same_report(*, session: Session, fingerprint: str, inbox_id: int) -> InboxMessage | None:
+    """The accepted message with the same report fingerprint (accession, status, text), if
+    any; a copy whose run failed (error) is not one, so a resend runs again. Takes the
+    fingerprint's lock for the rest of the transaction, as `original_message` does."""
+    _lock_key(session, _REPORT_LOCK, fingerprint)
+    return session.exec(
+        select(InboxMessage)
+        .where(
+            InboxMessage.content_hash == fingerprint,
+            col(InboxMessage.id) != inbox_id,
+            col(InboxMessage.status).not_in((InboxStatus.DUPLICATE, InboxStatus.ERROR)),
+        )
+        .order_by(col(InboxMessage.id))
+    ).first()
+
+
+def _judged() -> ColumnElement[bool]:
+    # Judging moves a row out of `received`, except an accepted result, which gets its
+    # report fingerprint instead of the raw bytes' hash.
+    return or_(
+        col(InboxMessage.status) != InboxStatus.RECEIVED,
+        col(InboxMessage.content_hash).startswith(REPORT_FINGERPRINT_PREFIX),
+    )
+
+
+def _lock_key(session: Session, namespace: int, key: str) -> None:
+    """Hold a lock on `key` until the session's transaction ends."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        digest = hashlib.sha256(key.encode()).digest()
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:namespace, :key)"),
+            {"namespace": namespace, "key": int.from_bytes(digest[:4], "big", signed=True)},
+        )
+        return
+    # SQLite has one lock, the database's write lock. pysqlite opens a transaction only at
+    # the first write, so the read before it would not be covered: BEGIN IMMEDIATE takes the
+    # lock now (waiting up to busy_timeout), for every key at once.
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None
+    if not dbapi_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def unclaimed_messages(

@@ -20,7 +20,6 @@ from models.tables import (
     Finding,
     ImagingStudy,
     InboxMessage,
-    InboxStatus,
     OutboundMessage,
     OutboundMessageBase,
     OutboundStatus,
@@ -60,21 +59,6 @@ def get_inbox_message(*, session: Session, inbox_id: int) -> InboxMessage:
     if row is None:
         raise LookupError(f"inbox message {inbox_id} does not exist")
     return row
-
-
-def find_same_content(*, session: Session, digest: str, before_id: int) -> InboxMessage | None:
-    return session.exec(
-        select(InboxMessage)
-        .where(
-            InboxMessage.content_hash == digest,
-            col(InboxMessage.id) < before_id,
-            InboxMessage.status != InboxStatus.DUPLICATE,
-        )
-        .order_by(col(InboxMessage.id))
-    ).first()
-
-
-# --- patients, providers, studies --------------------------------------------------------------
 
 
 def upsert_patient(*, session: Session, scan: ScanCompleted) -> Patient:

@@ -15,6 +15,14 @@ from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint,
 from sqlmodel import Field, SQLModel
 
 from followup.referrals import ReferralStatus
+from followup.ris.scan import (
+    ACCESSION_LENGTH,
+    MRN_LENGTH,
+    NAME_LENGTH,
+    PROCEDURE_CODE_LENGTH,
+    PROCEDURE_TEXT_LENGTH,
+    PROVIDER_KEY_LENGTH,
+)
 from followup.scheduling import SlotStatus
 from models.types import UTCDateTime, utcnow
 
@@ -44,7 +52,7 @@ class InboxMessageBase(SQLModel):
     sender: str | None = Field(default=None, max_length=255)
     control_id: str | None = Field(default=None, max_length=199, index=True)
     message_type: str | None = Field(default=None, max_length=32)
-    accession: str | None = Field(default=None, max_length=64, index=True)
+    accession: str | None = Field(default=None, max_length=ACCESSION_LENGTH, index=True)
 
 
 class InboxMessage(InboxMessageBase, table=True):
@@ -70,9 +78,9 @@ class InboxMessage(InboxMessageBase, table=True):
 
 
 class PatientBase(SQLModel):
-    mrn: str = Field(max_length=64, unique=True)
-    family_name: str = Field(default="", max_length=128)
-    given_name: str = Field(default="", max_length=128)
+    mrn: str = Field(max_length=MRN_LENGTH, unique=True)
+    family_name: str = Field(default="", max_length=NAME_LENGTH)
+    given_name: str = Field(default="", max_length=NAME_LENGTH)
     birth_date: date | None = None
     phone_e164: str | None = Field(default=None, max_length=20)
     language: str = Field(default="en", max_length=8)
@@ -186,12 +194,12 @@ class Slot(SlotBase, table=True):
 
 
 class ImagingStudyBase(SQLModel):
-    accession: str = Field(max_length=64, unique=True)
+    accession: str = Field(max_length=ACCESSION_LENGTH, unique=True)
     patient_id: int = Field(foreign_key="patient.id", index=True)
     ordering_provider_id: int | None = Field(default=None, foreign_key="provider.id")
-    ordering_provider_key: str | None = Field(default=None, max_length=255)
-    procedure_code: str = Field(default="", max_length=64)
-    procedure_text: str = Field(default="", max_length=255)
+    ordering_provider_key: str | None = Field(default=None, max_length=PROVIDER_KEY_LENGTH)
+    procedure_code: str = Field(default="", max_length=PROCEDURE_CODE_LENGTH)
+    procedure_text: str = Field(default="", max_length=PROCEDURE_TEXT_LENGTH)
     performed_at: datetime | None = _utc_column()
     final_at: datetime | None = _utc_column()
     report_status: str = Field(max_length=1)
@@ -471,7 +479,9 @@ class EscalationBase(SQLModel):
     study_id: int | None = Field(default=None, foreign_key="imaging_study.id", index=True)
     kind: str = Field(max_length=32)  # critical_finding | unbookable | needs_review | no_provider
     reason: str = Field(sa_column=Column(Text, nullable=False))
-    target: str = Field(default="", max_length=255)  # who must act (provider key or queue)
+    target: str = Field(
+        default="", max_length=PROVIDER_KEY_LENGTH
+    )  # who must act (provider key or queue)
 
 
 class Escalation(EscalationBase, table=True):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlmodel import select
 
 from followup.intake import receive_message
 from followup.settings import get_settings
+from models import inbox_queries
 from models.db import session_scope
 from models.tables import InboxMessage, InboxStatus
+from models.types import utcnow
 from tests.conftest import SAMPLES
 
 HL7 = SAMPLES / "hl7"
@@ -84,7 +88,8 @@ def test_resend_with_same_control_id_is_a_duplicate_with_the_same_answer(
         first.inbox_id,
         "AA",
     )
-    assert not second.should_process
+    # Its original is not claimed yet: the resend's event is the original's (see the test below).
+    assert second.run_inbox_id == first.inbox_id
     assert (bad_second.ack_code, bad_second.location, bad_second.duplicate_of) == (
         "AE",
         "PID-3",
@@ -100,3 +105,124 @@ def test_same_report_under_a_new_control_id_is_not_reprocessed(database_url: str
     second = _receive(database_url, resent)
 
     assert (second.status, second.duplicate_of) == (InboxStatus.DUPLICATE, first.inbox_id)
+
+
+SPINE = (HL7 / "spine_pain_degenerative.hl7").read_bytes()
+
+
+def _spine(old: bytes, new: bytes) -> bytes:
+    assert old in SPINE
+    return SPINE.replace(old, new, 1)
+
+
+def test_a_nul_in_the_control_id_is_stored_refused_and_answered_alike_when_resent(
+    database_url: str,
+) -> None:
+    raw = _spine(b"|DEMO-ORU-0003|", b"|DEMO\x00ORU|")
+    first, resent = _receive(database_url, raw), _receive(database_url, raw)
+
+    assert (first.ack_code, first.location, first.should_process) == ("AE", "MSH-10", False)
+    assert (resent.ack_code, resent.location, resent.duplicate_of) == (
+        "AE",
+        "MSH-10",
+        first.inbox_id,
+    )
+    rows = _rows(database_url)
+    assert [(r.raw, r.control_id, r.status) for r in rows] == [
+        (raw, "DEMO\ufffdORU", InboxStatus.ERROR),
+        (raw, "DEMO\ufffdORU", InboxStatus.DUPLICATE),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "location"),
+    [
+        (b"|DEMO_RIS|", b"|DEMO\x00RIS|", "MSH-3"),
+        (b"Whitaker", b"Whit\x00aker", "PID-5"),
+        (b"Paraspinal", b"Para\x00spinal", "OBX-5"),
+        (b"|DM100103^", b"|" + b"M" * 65 + b"^", "PID-3"),
+        (b"Whitaker", b"W" * 129, "PID-5"),
+        (b"|72148^", b"|" + b"7" * 65 + b"^", "OBR-4"),
+    ],
+)
+def test_a_value_the_tables_cannot_hold_is_refused_with_its_field(
+    database_url: str, old: bytes, new: bytes, location: str
+) -> None:
+    receipt = _receive(database_url, _spine(old, new))
+
+    assert (receipt.ack_code, receipt.location, receipt.should_process) == ("AE", location, False)
+    [row] = _rows(database_url)
+    assert (row.status, row.error_location) == (InboxStatus.ERROR, location)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "location"),
+    [(b"|DM100103^", b"|" + b"M" * 65 + b"^", "PID-3"), (b"Whitaker", b"Whit\x00aker", "PID-5")],
+)
+def test_an_adt_update_the_tables_cannot_hold_is_refused_with_its_field(
+    database_url: str, old: bytes, new: bytes, location: str
+) -> None:
+    adt = SPINE.replace(b"|ORU^R01^ORU_R01|", b"|ADT^A08^ADT_A01|").replace(old, new, 1)
+
+    receipt = _receive(database_url, adt)
+
+    assert (receipt.ack_code, receipt.location) == ("AE", location)
+
+
+def test_a_resend_triggers_the_original_event_only_while_no_run_claimed_it(
+    database_url: str,
+) -> None:
+    first = _receive(database_url, SPINE)
+    before_claim = _receive(database_url, SPINE)
+    now = utcnow()
+    with session_scope(database_url) as session:
+        assert inbox_queries.claim_message(
+            session=session, inbox_id=first.inbox_id, now=now, stale_before=now - timedelta(1)
+        )
+    after_claim = _receive(database_url, SPINE)
+
+    assert (first.run_inbox_id, first.should_process) == (first.inbox_id, True)
+    assert (before_claim.duplicate_of, before_claim.run_inbox_id) == (
+        first.inbox_id,
+        first.inbox_id,
+    )
+    assert (after_claim.duplicate_of, after_claim.should_process) == (first.inbox_id, False)
+
+
+def _store_copy(database_url: str) -> int:
+    """A copy of SPINE stored as the gateway stores it, not judged yet."""
+    with session_scope(database_url) as session:
+        row = inbox_queries.store_message(
+            session=session,
+            raw=SPINE,
+            source="test",
+            peer=None,
+            content_type="hl7v2",
+            sender="DEMO_RIS|DEMO_SPINE_NEURO",
+            control_id="DEMO-ORU-0003",
+            message_type="ORU^R01",
+        )
+        assert row.id is not None
+        return row.id
+
+
+def _original_of(database_url: str, inbox_id: int) -> int | None:
+    with session_scope(database_url) as session:
+        original = inbox_queries.original_message(
+            session=session,
+            sender="DEMO_RIS|DEMO_SPINE_NEURO",
+            control_id="DEMO-ORU-0003",
+            inbox_id=inbox_id,
+        )
+        return original.id if original else None
+
+
+def test_the_copy_judged_first_is_the_original_whatever_its_id(database_url: str) -> None:
+    """A copy stored earlier but judged later (its commit was slow) is the duplicate: a row
+    not judged yet is no original, since its answer is not known."""
+    early = _store_copy(database_url)
+    judged_first = _receive(database_url, SPINE)
+
+    assert judged_first.inbox_id > early
+    assert (judged_first.status, judged_first.duplicate_of) == (InboxStatus.RECEIVED, None)
+    assert _original_of(database_url, early) == judged_first.inbox_id

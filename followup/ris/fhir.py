@@ -22,6 +22,8 @@ nothing in the elements read here. Choices, and why:
   already contains it. PDF and other forms carry no readable text and are skipped.
 * Language: `Patient.communication`, the preferred one first, as the two-letter code the SMS
   templates are filed under (BCP 47 "es-MX", ISO 639-2 "spa"); unrecognised is unknown.
+* A NUL character (JSON "\\u0000") anywhere is refused (InvalidField at its element), as in
+  HL7 v2: no stored text can hold it. Values longer than their columns are refused (scan.py).
 * Times: `effective[x]` is the exam time, `issued` the result time; a date without a time is
   local midnight in the site zone, like an HL7 DTM without offset.
 """
@@ -48,7 +50,14 @@ from pydantic import ValidationError
 
 from followup.errors import InvalidField, MalformedMessage, MissingField, UnsupportedMessage
 from followup.ris.hl7v2 import _e164
-from followup.ris.scan import CodedReportItem, PersonName, ProviderRef, ScanCompleted, language_code
+from followup.ris.scan import (
+    CodedReportItem,
+    PersonName,
+    ProviderRef,
+    ScanCompleted,
+    check_scan_fits,
+    language_code,
+)
 
 _STATUSES = {
     "final": "F",
@@ -102,6 +111,9 @@ def parse_report(raw: bytes | str, *, site_zone: ZoneInfo, phone_region: str = "
     """Validate a DiagnosticReport or a Bundle holding exactly one and extract its scan."""
     document = _json(raw)
     resource_type = document.get("resourceType")
+    nul_at = _first_nul(document, str(resource_type))
+    if nul_at is not None:
+        raise InvalidField("a NUL character is not FHIR content", location=nul_at)
     if resource_type == "DiagnosticReport":
         report = _validate(DiagnosticReport, document, "DiagnosticReport")
         resources = _Resources()
@@ -127,6 +139,23 @@ def _json(raw: bytes | str) -> dict[str, Any]:
     if not isinstance(document, dict) or "resourceType" not in document:
         raise MalformedMessage("not a FHIR resource (no resourceType)")
     return document
+
+
+def _first_nul(value: Any, path: str) -> str | None:
+    """The FHIRPath-like location of the first string (or key) holding a NUL, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = path if "\x00" in key else _first_nul(item, f"{path}.{key}")
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _first_nul(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _validate(model: type[_M], document: Mapping[str, Any], path: str) -> _M:
@@ -199,38 +228,43 @@ def _scan(
         raise MissingField("the report has no subject (patient)", location=patient_path)
     patient, mrn = _patient(report.subject, resources, patient_path)
     procedure = next(iter(report.code.coding or []), None)
-    return FhirReport(
-        scan=ScanCompleted(
-            accession=accession,
-            mrn=mrn,
-            patient_name=_name(patient.name if patient else None),
-            result_status=status,
-            report_text=_report_text(report, path),
-            birth_date=patient.birthDate if patient else None,
-            phone_e164=_phone(patient, phone_region) if patient else None,
-            language=_language(patient) if patient else None,
-            ordering_provider=_ordering_provider(report, resources),
-            procedure_code=(procedure.code or "") if procedure else "",
-            procedure_text=report.code.text or ((procedure.display or "") if procedure else ""),
-            exam_time=_time(
-                report.effectiveDateTime
-                or (report.effectivePeriod.start if report.effectivePeriod else None),
-                site_zone,
-            ),
-            result_time=_time(report.issued, site_zone),
-            control_id=identifier,
-            coded_items=tuple(
-                CodedReportItem(
-                    system=coding.system or "", code=coding.code, display=coding.display or ""
-                )
-                for concept in report.conclusionCode or []
-                for coding in concept.coding or []
-                if coding.code
-            ),
+    scan = ScanCompleted(
+        accession=accession,
+        mrn=mrn,
+        patient_name=_name(patient.name if patient else None),
+        result_status=status,
+        report_text=_report_text(report, path),
+        birth_date=patient.birthDate if patient else None,
+        phone_e164=_phone(patient, phone_region) if patient else None,
+        language=_language(patient) if patient else None,
+        ordering_provider=_ordering_provider(report, resources),
+        procedure_code=(procedure.code or "") if procedure else "",
+        procedure_text=report.code.text or ((procedure.display or "") if procedure else ""),
+        exam_time=_time(
+            report.effectiveDateTime
+            or (report.effectivePeriod.start if report.effectivePeriod else None),
+            site_zone,
         ),
-        identifier=identifier,
-        resource_path=path,
+        result_time=_time(report.issued, site_zone),
+        control_id=identifier,
+        coded_items=tuple(
+            CodedReportItem(
+                system=coding.system or "", code=coding.code, display=coding.display or ""
+            )
+            for concept in report.conclusionCode or []
+            for coding in concept.coding or []
+            if coding.code
+        ),
     )
+    check_scan_fits(
+        scan,
+        accession_at=f"{path}.identifier",
+        mrn_at="Patient.identifier",
+        name_at="Patient.name",
+        procedure_at=f"{path}.code",
+        text_at=f"{path}.presentedForm",
+    )
+    return FhirReport(scan=scan, identifier=identifier, resource_path=path)
 
 
 def _accession(report: DiagnosticReport, path: str) -> tuple[str, str]:

@@ -35,6 +35,9 @@ Choices, and why:
 * Times are HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S…]]]]]][±ZZZZ]); without an offset they are site
   local time. All are returned in the site zone so that day arithmetic sees local dates. A
   birth date (PID-7) needs at least YYYYMMDD: a guessed day would mislead identity checks.
+* A NUL character is not HL7 v2 content anywhere (and PostgreSQL text cannot hold one): the
+  message is refused (AE) naming the field that holds the first (`check_no_nul`). Values longer
+  than the columns they are stored in are refused too (AE), not cut: see `scan.py`.
 * A phone that does not parse to a valid number becomes None: a bad phone must not block the
   follow-up, it only stops the SMS.
 """
@@ -56,6 +59,7 @@ from followup.ris.scan import (
     PersonName,
     ProviderRef,
     ScanCompleted,
+    check_scan_fits,
     language_code,
 )
 
@@ -238,13 +242,14 @@ def parse_oru(text: str, *, site_zone: ZoneInfo, phone_region: str = "US") -> Sc
     msg = parse_message(text)
     header = message_header(msg)
     check_header(header, accepted_types=(_SUPPORTED_TYPE,))
+    check_no_nul(text)
     delims = _delimiters(msg)
     segments = [_segment(raw) for raw in msg]
 
     obr_index = _the_obr_index(segments)
     obr = segments[obr_index]
     pid = _required_segment(segments, "PID", location="PID-3")
-    accession = _accession(obr, delims)
+    accession, accession_field = _accession_and_field(obr, delims)
     result_status = _result_status(obr, delims)
     mrn = _field_value(pid, 3, 1, delims)
     if not mrn:
@@ -253,7 +258,7 @@ def parse_oru(text: str, *, site_zone: ZoneInfo, phone_region: str = "US") -> Sc
     procedure = _first_repetition(obr.field(4), delims)
     observations = [seg for seg in segments[obr_index + 1 :] if seg.name == "OBX"]
 
-    return ScanCompleted(
+    scan = ScanCompleted(
         accession=accession,
         mrn=mrn,
         patient_name=_person_name(_first_repetition(pid.field(5), delims), delims),
@@ -270,6 +275,32 @@ def parse_oru(text: str, *, site_zone: ZoneInfo, phone_region: str = "US") -> Sc
         control_id=header.control_id,
         sending_facility=header.sending_facility,
         coded_items=_coded_items(observations, delims),
+    )
+    check_scan_fits(
+        scan,
+        accession_at=f"OBR-{accession_field}",
+        mrn_at="PID-3",
+        name_at="PID-5",
+        procedure_at="OBR-4",
+        text_at="OBX-5",
+    )
+    return scan
+
+
+def check_no_nul(text: str) -> None:
+    """InvalidField naming the segment and field of the first NUL in the message."""
+    text = text.lstrip()
+    at = text.find("\x00")
+    if at == -1:
+        return
+    start = text.rfind("\r", 0, at) + 1
+    name = text[start : start + 3].replace("\x00", "?")
+    separator = text[3:4]  # MSH-1
+    separators_before = text.count(separator, start + 3, at) if at > start + 3 else 0
+    # MSH-1 is the separator itself, so MSH counts one field more than other segments.
+    number = separators_before + 1 if name == "MSH" else separators_before
+    raise InvalidField(
+        "a NUL character is not HL7 v2 content", location=f"{name}-{number}" if number else name
     )
 
 
@@ -315,10 +346,14 @@ def _first_segment(segments: Sequence[_Segment], name: str) -> _Segment | None:
 
 
 def _accession(obr: _Segment, delims: _Delimiters) -> str:
+    return _accession_and_field(obr, delims)[0]
+
+
+def _accession_and_field(obr: _Segment, delims: _Delimiters) -> tuple[str, int]:
     for number in (3, 18, 2):
         accession = _field_value(obr, number, 1, delims)
         if accession:
-            return accession
+            return accession, number
     raise MissingField("no accession in OBR-3, OBR-18 or OBR-2", location="OBR-3")
 
 

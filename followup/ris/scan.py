@@ -5,6 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+from followup.errors import InvalidField
+
+# Sizes of the columns a ScanCompleted (or an order/ADT update) is stored in; models/tables.py
+# declares those columns with these very constants. The parsers refuse a longer value (AE,
+# naming the field): accepted, it would fail the flow on every retry on PostgreSQL, while
+# SQLite ignores lengths, and the same message must get the same answer on both.
+ACCESSION_LENGTH = 64
+MRN_LENGTH = 64
+NAME_LENGTH = 128
+PROVIDER_KEY_LENGTH = 255
+PROCEDURE_CODE_LENGTH = 64
+PROCEDURE_TEXT_LENGTH = 255
+
 
 @dataclass(frozen=True, slots=True)
 class PersonName:
@@ -63,6 +76,52 @@ class ScanCompleted:
     def final_time(self) -> datetime | None:
         """The moment the follow-up window counts from: result time (OBR-22), else exam (OBR-7)."""
         return self.result_time or self.exam_time
+
+
+def check_patient_fits(
+    *, mrn: str, name: PersonName, provider: ProviderRef | None, mrn_at: str, name_at: str
+) -> None:
+    """InvalidField at the first patient or provider value its column cannot hold."""
+    _fits("patient identifier (MRN)", mrn, MRN_LENGTH, mrn_at)
+    _fits("patient family name", name.family, NAME_LENGTH, name_at)
+    _fits("patient given name", name.given, NAME_LENGTH, name_at)
+    if provider is not None:
+        key, where = provider.identifier, provider.source_field
+        _fits("ordering provider key", key, PROVIDER_KEY_LENGTH, where)
+
+
+def check_scan_fits(
+    scan: ScanCompleted,
+    *,
+    accession_at: str,
+    mrn_at: str,
+    name_at: str,
+    procedure_at: str,
+    text_at: str,
+) -> None:
+    """InvalidField at the first value of the scan its column cannot hold: too long, or with
+    a NUL (which survives parsing when escaped: HL7 \\X00\\, a base64 FHIR attachment).
+    `*_at` are the fields the parser read the values from, for the answer to name."""
+    _fits("accession", scan.accession, ACCESSION_LENGTH, accession_at)
+    check_patient_fits(
+        mrn=scan.mrn,
+        name=scan.patient_name,
+        provider=scan.ordering_provider,
+        mrn_at=mrn_at,
+        name_at=name_at,
+    )
+    _fits("procedure code", scan.procedure_code, PROCEDURE_CODE_LENGTH, procedure_at)
+    _fits("procedure text", scan.procedure_text, PROCEDURE_TEXT_LENGTH, procedure_at)
+    _fits("report text", scan.report_text, None, text_at)
+
+
+def _fits(what: str, value: str, limit: int | None, location: str) -> None:
+    if "\x00" in value:
+        raise InvalidField(f"{what} holds a NUL character", location=location)
+    if limit is not None and len(value) > limit:
+        raise InvalidField(
+            f"{what} is {len(value)} characters long, over {limit}", location=location
+        )
 
 
 _LANGUAGE_ALPHA3 = {

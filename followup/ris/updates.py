@@ -32,10 +32,11 @@ from followup.ris.hl7v2 import (
     _Segment,
     _segment,
     check_header,
+    check_no_nul,
     message_header,
     parse_message,
 )
-from followup.ris.scan import PersonName, ProviderRef, language_code
+from followup.ris.scan import PersonName, ProviderRef, check_patient_fits, language_code
 
 ORDER_TYPES = frozenset({"ORM^O01", "OMI^O23"})
 ADT_TYPES = frozenset({"ADT^A04", "ADT^A08", "ADT^A31"})
@@ -59,6 +60,7 @@ class RisUpdate:
 
 def parse_update(text: str, *, phone_region: str = "US") -> RisUpdate:
     """Validate one order or ADT message and extract what it updates."""
+    check_no_nul(text)
     msg = parse_message(text)
     header = message_header(msg)
     check_header(header, accepted_types=UPDATE_TYPES)
@@ -73,7 +75,7 @@ def parse_update(text: str, *, phone_region: str = "US") -> RisUpdate:
     _birth_date(_field_value(pid, 7, 1, delims))  # a bad PID-7 is an AE here as in results
     is_order = header.message_type in ORDER_TYPES
     obr = _first_segment(segments, "OBR") if is_order else None
-    return RisUpdate(
+    update = RisUpdate(
         message_type=header.message_type,
         mrn=mrn,
         patient_name=_person_name(_first_repetition(pid.field(5), delims), delims),
@@ -82,6 +84,14 @@ def parse_update(text: str, *, phone_region: str = "US") -> RisUpdate:
         accession=_order_accession(obr, delims) if obr is not None else None,
         ordering_provider=(_ordering_provider(segments, obr, delims) if obr is not None else None),
     )
+    check_patient_fits(
+        mrn=update.mrn,
+        name=update.patient_name,
+        provider=update.ordering_provider,
+        mrn_at="PID-3",
+        name_at="PID-5",
+    )
+    return update
 
 
 def _order_accession(obr: _Segment, delims: _Delimiters) -> str | None:

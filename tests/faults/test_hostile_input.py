@@ -37,7 +37,6 @@ from models.tables import (
 )
 from tests.faults.counting import check_counts, tally
 from tests.faults.flow_steps import run_flow_steps
-from tests.faults.known_bugs import POSTGRES_CANNOT_STORE, xfail_on_postgres
 from tests.faults.messages import sample_message
 from tests.gateway.conftest import VT, RunningListener, exchange, read_acks, segments
 from tests.sms.conftest import CLINIC_FROM, NOW, PHONE, Clock, World
@@ -111,14 +110,11 @@ OVER_LONG_FIELDS: dict[str, Callable[[bytes], bytes]] = {
 }  # fmt: skip
 
 
-def test_over_long_fields_are_refused_or_processed(
-    mllp: RunningListener, request: pytest.FixtureRequest
-) -> None:
+def test_over_long_fields_are_refused_or_processed(mllp: RunningListener) -> None:
     """Fault: five ORU^R01, each with one field longer than its column: MRN (64), patient
     family and given name (128), procedure code (64) and procedure text (255).
     Expected: each is either refused with AE at intake or accepted and then processed by the
     flow; none is accepted and then fails in the flow."""
-    xfail_on_postgres(request, POSTGRES_CANNOT_STORE)
     originals = [
         sample_message(accession=f"ACCLONG{n}", control_id=f"LONG-{n}", mrn=f"LONG{n}")
         for n in range(len(OVER_LONG_FIELDS))
@@ -228,14 +224,13 @@ def test_wrongly_encoded_messages_are_answered_stored_and_read(mllp: RunningList
 
 
 def test_nul_bytes_are_stored_answered_and_processed(
-    mllp: RunningListener, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+    mllp: RunningListener, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Fault: NUL bytes in MSH-10 (control id), MSH-4 (sending facility), PID-5 (name) and
     OBX-5 (report text) of four ORU^R01.
     Expected: each is answered with no error logged by the listener (its catch-all AR for an
     exception from intake), and leaves one inbox row with the bytes as sent; every accepted
     one is processed by the flow."""
-    xfail_on_postgres(request, POSTGRES_CANNOT_STORE)
     faults: list[Callable[[bytes], bytes]] = [
         lambda raw: raw.replace(b"|NUL-0|", b"|NUL\x00-0|"),
         lambda raw: raw.replace(b"|DEMO_RIS|DEMO_SPINE_NEURO|", b"|DEMO_RIS|DEMO\x00SPINE|", 1),

@@ -319,3 +319,45 @@ def test_patient_without_communication_has_no_language() -> None:
     del document["contained"][0]["communication"]
 
     assert parse(document).scan.language is None
+
+
+def _with_patient(**changes: Any) -> dict[str, Any]:
+    document = _report()
+    document["contained"][0].update(changes)
+    return document
+
+
+@pytest.mark.parametrize(
+    ("document", "location"),
+    [
+        (_report(conclusion="No acute\u0000 findings."), "DiagnosticReport.conclusion"),
+        (
+            _with_patient(name=[{"family": "Whit\u0000aker"}]),
+            "DiagnosticReport.contained[0].name[0].family",
+        ),
+        (
+            _report(
+                presentedForm=[
+                    {"contentType": "text/plain", "data": base64.b64encode(b"a\x00b").decode()}
+                ]
+            ),
+            "DiagnosticReport.presentedForm",
+        ),
+        (
+            _with_patient(identifier=[{"value": "M" * 65}]),
+            "Patient.identifier",
+        ),
+        (_with_patient(name=[{"family": "W" * 129}]), "Patient.name"),
+        (_report(code={"text": "P" * 256}), "DiagnosticReport.code"),
+        (
+            _report(identifier=[{"system": "urn:x", "value": "A" * 65}]),
+            "DiagnosticReport.identifier",
+        ),
+    ],
+)
+def test_a_value_its_column_cannot_hold_is_refused_naming_the_element(
+    document: dict[str, Any], location: str
+) -> None:
+    caught = failure(document)
+
+    assert (type(caught), caught.location) == (InvalidField, location)

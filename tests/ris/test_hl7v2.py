@@ -770,3 +770,63 @@ def test_parse_oru_raises_only_inbound_message_errors(text: str) -> None:
     except InboundMessageError:
         return
     assert scan.accession and scan.mrn and scan.result_status
+
+
+def _spine(old: str, new: str) -> str:
+    text = load(SAMPLES / "spine_pain_degenerative.hl7")
+    assert old in text
+    return text.replace(old, new, 1)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "location"),
+    [
+        ("|DEMO-ORU-0003|", "|DEMO\x00ORU|", "MSH-10"),
+        ("|DEMO_RIS|", "|DEMO\x00RIS|", "MSH-3"),
+        ("Whitaker", "Whit\x00aker", "PID-5"),
+        ("Paraspinal", "Para\x00spinal", "OBX-5"),
+        ("Paraspinal", "Para\\X00\\spinal", "OBX-5"),  # escaped: a NUL only once unescaped
+        ("OBX|4|", "O\x00X|4|", "O?X"),
+    ],
+)
+def test_a_nul_anywhere_is_refused_naming_its_field(old: str, new: str, location: str) -> None:
+    with pytest.raises(InvalidField) as caught:
+        parse_oru(_spine(old, new), site_zone=ZONE)
+
+    assert caught.value.location == location
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "location"),
+    [
+        ("|DM100103^", "|" + "M" * 65 + "^", "PID-3"),
+        ("Whitaker", "W" * 129, "PID-5"),
+        ("^Thomas^", "^" + "T" * 129 + "^", "PID-5"),
+        ("|72148^", "|" + "7" * 65 + "^", "OBR-4"),
+        ("^MRI LUMBAR SPINE WITHOUT CONTRAST^", "^" + "P" * 256 + "^", "OBR-4"),
+        ("OBR|1|ORD2026000103^DEMO_EHR|ACC", "OBR|1|ORD2026000103^DEMO_EHR|" + "A" * 65, "OBR-3"),
+        ("1000000003^Ramanathan^Priya^^^Dr^MD^^NPI||ACC", "9" * 256 + "||ACC", "OBR-16"),
+    ],
+)
+def test_a_value_longer_than_its_column_is_refused_naming_its_field(
+    old: str, new: str, location: str
+) -> None:
+    with pytest.raises(InvalidField) as caught:
+        parse_oru(_spine(old, new), site_zone=ZONE)
+
+    assert caught.value.location == location
+
+
+def test_values_as_long_as_their_columns_are_accepted() -> None:
+    text = _spine("|DM100103^", "|" + "M" * 64 + "^")
+    text = text.replace("Whitaker^Thomas", "W" * 128 + "^" + "T" * 128)
+    text = text.replace("|72148^MRI LUMBAR SPINE WITHOUT CONTRAST^", f"|{'7' * 64}^{'P' * 255}^")
+
+    scan = parse_oru(text, site_zone=ZONE)
+
+    assert (len(scan.mrn), len(scan.patient_name.family), len(scan.patient_name.given)) == (
+        64,
+        128,
+        128,
+    )
+    assert (len(scan.procedure_code), len(scan.procedure_text)) == (64, 255)
