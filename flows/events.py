@@ -24,13 +24,17 @@ NAMESPACE = UUID("6f1c2a4e-3b7d-5e8f-9a0b-1c2d3e4f5a6b")
 logger = logging.getLogger(__name__)
 
 
-def event_id(inbox_id: int, previous_claim: datetime | None = None) -> UUID:
+def event_id(inbox_id: int, accession: str, previous_claim: datetime | None = None) -> UUID:
     """The row's event id; a row given back by a run that died (its claim `previous_claim`)
     gets another, derived from that claim: Prefect would drop a repeat of the first for 30
-    minutes as already seen, and two sweeps re-submitting the same death still agree."""
+    minutes as already seen, and two sweeps re-submitting the same death still agree. The
+    accession is part of it because row ids alone repeat when two application databases (two
+    sites, or one rebuilt) share a Prefect server, and Prefect would drop the second site's
+    event as a repeat of the first's."""
+    row = f"inbox:{inbox_id}:{accession}"
     if previous_claim is None:
-        return uuid5(NAMESPACE, f"inbox:{inbox_id}")
-    return uuid5(NAMESPACE, f"inbox:{inbox_id}:after:{previous_claim.astimezone(UTC).isoformat()}")
+        return uuid5(NAMESPACE, row)
+    return uuid5(NAMESPACE, f"{row}:after:{previous_claim.astimezone(UTC).isoformat()}")
 
 
 def emit_for_inbox(
@@ -49,7 +53,7 @@ def emit_for_inbox(
             "followup.inbox-id": str(inbox_id),
         },
         payload={"inbox_id": inbox_id, "accession": accession},
-        id=event_id(inbox_id, previous_claim),
+        id=event_id(inbox_id, accession, previous_claim),
     )
     if emitted is None:
         logger.warning(

@@ -27,9 +27,11 @@ HL7 = SAMPLES / "hl7"
 
 
 def test_event_id_is_derived_from_the_inbox_row() -> None:
-    assert event_id(41) == event_id(41)
-    assert event_id(41) != event_id(42)
-    assert event_id(41).version == 5
+    assert event_id(41, "ACC1") == event_id(41, "ACC1")
+    assert event_id(41, "ACC1") != event_id(42, "ACC1")
+    # Another site's database (or a rebuilt one) on the same Prefect server reuses row ids.
+    assert event_id(41, "ACC1") != event_id(41, "ACC2")
+    assert event_id(41, "ACC1").version == 5
 
 
 def receive(database_url: str, sample: str, *, age: timedelta) -> int:
@@ -66,7 +68,7 @@ def stored_events(ids: list[UUID], *, expected: int, timeout: float = 30) -> lis
 def test_emitted_event_reaches_prefect(prefect_api: None) -> None:
     assert emit_for_inbox(inbox_id=900001, accession="ACC-EVENT-1")
 
-    [event] = stored_events([event_id(900001)], expected=1)
+    [event] = stored_events([event_id(900001, "ACC-EVENT-1")], expected=1)
 
     assert event.event == EVENT
     assert event.resource.id == "ris.study.ACC-EVENT-1"
@@ -85,18 +87,28 @@ def test_sweep_re_emits_only_old_unclaimed_rows_and_prefect_keeps_one_event(
     again = asyncio.run(sweep_inbox(older_than_seconds=120))
 
     assert (first, again) == (1, 1)
-    events = stored_events([event_id(old), event_id(recent)], expected=1)
+    candidates = [row_event_id(database_url, old), row_event_id(database_url, recent)]
+    events = stored_events(candidates, expected=1)
     time.sleep(2)  # room for a second copy to (wrongly) arrive
-    events = stored_events([event_id(old), event_id(recent)], expected=1)
-    assert [(e.id, e.payload["inbox_id"]) for e in events] == [(event_id(old), old)]
+    events = stored_events(candidates, expected=1)
+    assert [(e.id, e.payload["inbox_id"]) for e in events] == [(candidates[0], old)]
     assert events[0].resource.id == "ris.study.ACC2026000107"
+
+
+def row_event_id(database_url: str, inbox_id: int, claim: datetime | None = None) -> UUID:
+    with session_scope(database_url) as session:
+        accession = session.get_one(InboxMessage, inbox_id).accession
+    assert accession is not None
+    return event_id(inbox_id, accession, claim)
 
 
 def test_a_resubmission_gets_its_own_event_id_per_dead_claim() -> None:
     claim = datetime(2026, 11, 5, 14, 0, tzinfo=UTC)
 
-    assert event_id(41, claim) == event_id(41, claim.astimezone(ZoneInfo("America/New_York")))
-    assert len({event_id(41), event_id(41, claim), event_id(41, claim + timedelta(minutes=1))}) == 3
+    later = claim + timedelta(minutes=1)
+    in_new_york = claim.astimezone(ZoneInfo("America/New_York"))
+    assert event_id(41, "A", claim) == event_id(41, "A", in_new_york)
+    assert len({event_id(41, "A"), event_id(41, "A", claim), event_id(41, "A", later)}) == 3
 
 
 def claimed(database_url: str, inbox_id: int, *, ago: timedelta) -> datetime:
@@ -129,9 +141,9 @@ def test_sweep_resubmits_a_row_whose_run_died_once_and_the_new_run_takes_it(
     again = asyncio.run(sweep_inbox(older_than_seconds=120))
 
     assert (first, again) == (1, 1)
-    resubmitted = event_id(dead, dead_claim)
+    resubmitted = row_event_id(database_url, dead, dead_claim)
     # (Plain row ids repeat across tests on the shared server; claim-derived ids do not.)
-    candidates = [resubmitted, event_id(live, live_claim)]
+    candidates = [resubmitted, row_event_id(database_url, live, live_claim)]
     stored_events(candidates, expected=1)
     time.sleep(2)  # room for a second copy to (wrongly) arrive
     events = stored_events(candidates, expected=1)

@@ -135,7 +135,8 @@ def test_gateway_emits_accepted_scans_to_the_prefect_api_and_stops_cleanly(
     with session_scope(database_url) as session:
         [row] = session.exec(select(InboxMessage)).all()
     assert row.id is not None
-    [event] = stored_events([event_id(row.id)], expected=1)
+    assert row.accession is not None
+    [event] = stored_events([event_id(row.id, row.accession)], expected=1)
     assert (event.event, event.payload) == (
         EVENT,
         {"inbox_id": row.id, "accession": row.accession},
