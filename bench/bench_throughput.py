@@ -1,0 +1,637 @@
+"""Throughput: a replay of generated scans through the core pipeline alone and through Prefect.
+
+    .venv/bin/python bench/bench_throughput.py [--scans 10000] [--postgres-url URL]
+        [--prefect-scans 300] [--prefect-sqlite-scans 100] [--rate 5] [--profile-scans 1000]
+        [--what-if-scans 2000] [--skip core what-if profile prefect]
+
+Scans are generated ORU^R01 results (bench/_helpers.py) whose report texts come from the
+labelled corpus (tests/corpus/*.jsonl) and the HL7 samples, drawn in a fixed mix of what the
+engine decides for them: routine with a referral 55 %, normal 25 %, inconclusive 5 %, urgent
+10 %, critical 5 % (an assumption: DOMAIN.md gives the tiers, not their frequencies). Each
+goes to one of `scans / 50` providers (practices of five, business hours, 35 days of slots).
+
+1. Core pipeline, no Prefect (target ≥ 200 scans/s): for each scan, in this process, intake
+   (store raw, validate, duplicate check) and then every step of flows/scan_completed.py in
+   its own transaction, as its tasks run them: load, classify, record the decision, book,
+   queue the confirmation and reminders, finish. On a SQLite file and, with --postgres-url, on a
+   fresh PostgreSQL database (`bench_<ts>`, dropped after). Time per step is summed as it runs.
+   What-if (bench only, --what-if-scans): the same steps sharing one transaction after
+   intake, to show what the per-step commits cost.
+2. Profile: the same loop under cProfile on a fresh SQLite file (--profile-scans): own time
+   per package, the engine's functions by cumulative time, all functions by own time.
+3. Through Prefect (target sustained ≥ 5 scans/s): a local Prefect server (its own SQLite
+   under a throwaway PREFECT_HOME) and the engine as `followup serve` runs it (MLLP gateway,
+   runner polling every second, scan-completed's trigger and concurrency limit from
+   prefect.yaml); the scans are sent over MLLP at --rate per second, and the finished inbox
+   rows counted every second until all are done or --prefect-timeout passes. On PostgreSQL
+   (--prefect-scans) and SQLite (--prefect-sqlite-scans) for the application database, each
+   with a Prefect server of its own.
+
+Every process caches bytecode under --bytecode-cache unless --no-bytecode-cache (see
+bench/_helpers.py: use_bytecode_cache). A rich progress bar and a count line every
+--report-every scans go to stderr; the report to stdout and the results file.
+
+Results: bench/results/throughput.md and throughput.png (scans/s over time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
+
+from rich.console import Console  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from bench import _helpers as helpers  # noqa: E402
+
+console = Console(stderr=True)
+WHAT_IF = "what-if: core, steps in one transaction"
+ANALYZE_EVERY = 500
+AUTOVACUUM_NOTE = (
+    "this PostgreSQL server runs with autovacuum off, so the replay runs ANALYZE every "
+    "{every} (as autovacuum's analyze would; without it, tables that grow from empty keep "
+    "sequential-scan plans)"
+)
+FINISHED = ("processed", "held", "error")
+
+
+@dataclass
+class Replay:
+    """One replay: when each scan finished (seconds from the start) and what came of it."""
+
+    label: str
+    database: str
+    scans: int
+    seconds: float = 0.0
+    finished_at: list[float] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    steps: helpers.StepTimes | None = None
+    load_before: str = ""
+    load_after: str = ""
+    command: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return len(self.finished_at)
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds else 0.0
+
+    def steady_rate(self) -> float:
+        """Scans/s between the 10th and the 90th percentile of finishing: no ramp, no tail."""
+        if self.done < 20:
+            return self.rate
+        ordered = sorted(self.finished_at)
+        first, last = ordered[self.done // 10], ordered[self.done * 9 // 10]
+        return (self.done * 9 // 10 - self.done // 10) / (last - first) if last > first else 0.0
+
+
+def progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]:.1f} scans/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def prepared(url: str, count: int, pool: dict[str, list[str]], seed: str) -> list[helpers.Scan]:
+    from followup.settings import get_settings
+
+    settings = get_settings(database_url=url)
+    started = time.perf_counter()
+    npis = helpers.seed_clinic(url, settings, providers=max(10, count // 50))
+    console.log(f"clinic: {len(npis)} providers, seeded in {time.perf_counter() - started:.1f} s")
+    return helpers.generate_scans(count, pool=pool, npis=npis, settings=settings, seed=seed)
+
+
+# --- 1. the core pipeline -------------------------------------------------------------------
+
+
+def core_replay(
+    kind: str,
+    arguments: argparse.Namespace,
+    pool: dict[str, list[str]],
+    *,
+    count: int,
+    profiler: cProfile.Profile | None = None,
+    one_transaction: bool = False,
+) -> Replay:
+    from followup.settings import get_settings
+
+    label = "core, profiled" if profiler else "core pipeline"
+    if one_transaction:
+        label = WHAT_IF
+    replay = Replay(label, kind, count, load_before=helpers.load(), steps=helpers.StepTimes())
+    with helpers.database(kind, arguments.postgres_url, "bench-throughput-") as url:
+        scans = prepared(url, count, pool, seed=f"core-{kind}-{count}")
+        settings = get_settings(database_url=url)
+        assert replay.steps is not None
+        replay.steps.count_statements(url)
+        every = max(1, min(arguments.report_every, count // 5 or 1))
+        analyze_every = ANALYZE_EVERY if helpers.needs_analyze(url) else 0
+        if analyze_every:
+            replay.notes.append(AUTOVACUUM_NOTE.format(every=f"{analyze_every} scans"))
+        with progress() as bar:
+            task = bar.add_task(f"{label} on {kind}", total=count, rate=0.0)
+            started = time.perf_counter()
+            if profiler:
+                profiler.enable()
+            for number, scan in enumerate(scans, start=1):
+                outcome = helpers.process_scan(
+                    scan.raw, settings, replay.steps, one_transaction=one_transaction
+                )
+                replay.outcomes[outcome] += 1
+                replay.finished_at.append(time.perf_counter() - started)
+                if analyze_every and number % analyze_every == 0:
+                    helpers.analyze(url)  # timed with the replay: autovacuum's work
+                if number % 20 == 0 or number == count:
+                    bar.update(task, completed=number, rate=number / replay.finished_at[-1])
+                if number % every == 0:
+                    window = replay.finished_at[-1] - replay.finished_at[-every]
+                    bar.console.log(
+                        f"{label} on {kind}: {number}/{count}, "
+                        f"{(every - 1) / window if window else 0:.1f} scans/s over the last "
+                        f"{every}; {dict(replay.outcomes)}"
+                    )
+            if profiler:
+                profiler.disable()
+            replay.seconds = time.perf_counter() - started
+        replay.notes.append(check_core(url, replay))
+    replay.load_after = helpers.load()
+    return replay
+
+
+def check_core(url: str, replay: Replay) -> str:
+    """Nothing lost, nothing doubled: one appointment per booked scan, one confirmation each."""
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from models.db import session_scope
+    from models.tables import Appointment, InboxMessage, OutboundMessage
+
+    with session_scope(url) as session:
+        inbox = session.exec(select(func.count()).select_from(InboxMessage)).one()
+        appointments = session.exec(select(func.count()).select_from(Appointment)).one()
+        studies_booked = session.exec(select(func.count(func.distinct(Appointment.study_id)))).one()
+        confirmations = session.exec(
+            select(func.count())
+            .select_from(OutboundMessage)
+            .where(OutboundMessage.kind == "confirmation")
+        ).one()
+    booked = replay.outcomes["booked"]
+    if not (inbox == replay.scans and appointments == studies_booked == confirmations == booked):
+        raise SystemExit(
+            f"{replay.database}: {inbox} inbox rows for {replay.scans} scans, {appointments} "
+            f"appointments for {studies_booked} studies, {confirmations} confirmations, "
+            f"{booked} booked"
+        )
+    return (
+        f"checked: {inbox} inbox rows, {appointments} appointments, one per booked study, "
+        f"{confirmations} confirmations"
+    )
+
+
+# --- 2. the profile --------------------------------------------------------------------------
+
+
+def profile_rows(
+    profiler: cProfile.Profile, sort: str, limit: int, *, engine_only: bool = False
+) -> list[str]:
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    stats.sort_stats(sort)
+    total = max(value[3] for value in stats.stats.values())  # type: ignore[attr-defined]
+    rows = []
+    for function in stats.fcn_list:  # type: ignore[attr-defined]
+        filename, line, name = function
+        if engine_only and not _in_project(filename):
+            continue
+        calls, _, own, cumulative, _ = stats.stats[function]  # type: ignore[attr-defined]
+        rows.append(
+            f"| `{_short(filename)}:{line}` {name} | {calls} | {own:.2f} | {cumulative:.2f} "
+            f"| {100 * cumulative / total:.0f} % |"
+        )
+        if len(rows) == limit:
+            break
+    return rows
+
+
+def own_time_by_package(profiler: cProfile.Profile) -> list[str]:
+    """Own (not cumulative) time summed per library: what the CPU actually ran."""
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    buckets: Counter[str] = Counter()
+    for (filename, _, name), value in stats.stats.items():  # type: ignore[attr-defined]
+        buckets[_package(filename, name)] += value[2]
+    total = sum(buckets.values())
+    return [
+        f"| {package} | {seconds:.2f} | {100 * seconds / total:.0f} % |"
+        for package, seconds in buckets.most_common(12)
+    ]
+
+
+def _in_project(filename: str) -> bool:
+    return filename.startswith(str(ROOT) + "/") and "/.venv/" not in filename
+
+
+def _package(filename: str, name: str) -> str:
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1].split("/", 1)[0]
+    if _in_project(filename):
+        return filename.removeprefix(str(ROOT) + "/").split("/", 1)[0] + "/ (this project)"
+    if filename == "~":
+        if "sqlite3" in name:
+            return "sqlite3 (C: execute, commit = fsync)"
+        if "psycopg" in name or "pgconn" in name.lower():
+            return "psycopg (C)"
+        return "built-ins"
+    return "standard library"
+
+
+def _short(filename: str) -> str:
+    for prefix in ("site-packages/", str(ROOT) + "/"):
+        if prefix in filename:
+            return filename.split(prefix, 1)[1]
+    return filename
+
+
+# --- 3. through Prefect ----------------------------------------------------------------------
+
+
+def prefect_replay(
+    kind: str,
+    arguments: argparse.Namespace,
+    pool: dict[str, list[str]],
+    *,
+    count: int,
+    work: Path,
+) -> Replay:
+    """A Prefect server of its own (event ids derive from inbox row ids, which restart at 1 in
+    each database: a shared server would drop the second replay's events as duplicates)."""
+    from sqlalchemy import func
+    from sqlmodel import col, select
+
+    from models.db import session_scope
+    from models.tables import InboxMessage
+
+    replay = Replay("through Prefect", kind, count, load_before=helpers.load())
+    with (
+        helpers.database(kind, arguments.postgres_url, "bench-throughput-") as url,
+        helpers.prefect_server(work / kind) as api_url,
+    ):
+        scans = prepared(url, count, pool, seed=f"prefect-{kind}-{count}")
+        prefect_yaml = helpers.bench_prefect_yaml(
+            work / kind, floor=False, concurrency=arguments.concurrency
+        )
+        limit = helpers._yaml_deployments(prefect_yaml)[0]["concurrency_limit"]
+        runner_limit = os.environ.get("PREFECT_RUNNER_PROCESS_LIMIT", "5, Prefect's default")
+        replay.notes.append(
+            f"scan-completed concurrency limit {limit}; the runner starts at most "
+            f"{runner_limit} flow-run processes at once (`followup serve` does not set it)"
+        )
+        with helpers.served_engine(
+            prefect_yaml, database_url=url, api_url=api_url, log=work / kind / "serve.log"
+        ) as engine:
+            sent: list[float] = []
+            started = time.perf_counter()
+            sender = threading.Thread(
+                target=send_paced,
+                args=(engine.mllp_port, scans, arguments.rate, started, sent),
+                daemon=True,
+            )
+            sender.start()
+            deadline = started + arguments.prefect_timeout
+            seen = 0
+            analyzed = 0.0
+            analyze = helpers.needs_analyze(url)
+            if analyze:
+                replay.notes.append(AUTOVACUUM_NOTE.format(every="60 s"))
+            every = max(1, min(arguments.report_every // 10, count // 5 or 1))
+            with progress() as bar:
+                task = bar.add_task(f"through Prefect on {kind}", total=count, rate=0.0)
+                while seen < count and time.perf_counter() < deadline:
+                    time.sleep(1.0)
+                    with session_scope(url) as session:
+                        finished = session.exec(
+                            select(func.count())
+                            .select_from(InboxMessage)
+                            .where(col(InboxMessage.status).in_(FINISHED))
+                        ).one()
+                    now = time.perf_counter() - started
+                    if analyze and now - analyzed > 60:
+                        helpers.analyze(url)
+                        analyzed = now
+                    replay.finished_at += [now] * (finished - seen)
+                    if finished // every > seen // every:
+                        bar.console.log(
+                            f"through Prefect on {kind}: {finished}/{count} finished, "
+                            f"{len(sent)} sent, {finished / now:.2f} scans/s so far"
+                        )
+                    seen = finished
+                    bar.update(task, completed=finished, rate=finished / now)
+            replay.seconds = (replay.finished_at[-1] if replay.finished_at else 0.0) or (
+                time.perf_counter() - started
+            )
+            sender.join(timeout=5)
+            # Runs still finishing (artifact, worklist subflow) end before the engine stops.
+            states = settled_flow_runs(api_url, timeout=300)
+            replay.notes.append(
+                "flow runs: " + ", ".join(f"{n} {name}" for name, n in sorted(states.items()))
+            )
+            replay.notes.append(
+                f"sent {len(sent)} at {arguments.rate:g}/s in "
+                f"{(sent[-1] if sent else 0):.0f} s; {seen} finished "
+                + (
+                    "(all)"
+                    if seen == count
+                    else f"before the {arguments.prefect_timeout:g} s limit"
+                )
+            )
+        with session_scope(url) as session:
+            for status, number in session.exec(
+                select(InboxMessage.status, func.count()).group_by(InboxMessage.status)
+            ).all():
+                replay.outcomes[str(status)] = number
+    replay.load_after = helpers.load()
+    return replay
+
+
+def settled_flow_runs(api_url: str, *, timeout: float) -> Counter[str]:
+    """Flow runs by state name, once none is scheduled, pending or running (or at `timeout`)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=api_url, timeout=30) as client:
+        while True:
+            runs: list[dict[str, object]] = []
+            while len(runs) % 200 == 0:
+                page = client.post("/flow_runs/filter", json={"limit": 200, "offset": len(runs)})
+                page.raise_for_status()
+                runs += page.json()
+                if not page.json():
+                    break
+            states = Counter(str(run["state_name"]) for run in runs)
+            active = sum(
+                1 for run in runs if run["state_type"] in ("SCHEDULED", "PENDING", "RUNNING")
+            )
+            if not active or time.monotonic() > deadline:
+                return states
+            time.sleep(2)
+
+
+def send_paced(
+    port: int, scans: list[helpers.Scan], rate: float, started: float, sent: list[float]
+) -> None:
+    sender = helpers.MLLPSender(port)
+    try:
+        for number, scan in enumerate(scans):
+            time.sleep(max(0.0, started + number / rate - time.perf_counter()))
+            sender.send(scan.raw)
+            sent.append(time.perf_counter() - started)
+    finally:
+        sender.close()
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def replay_table(replays: list[Replay]) -> list[str]:
+    lines = [
+        "| run | app database | scans | finished | wall s | scans/s | steady scans/s "
+        "| target | outcomes | load before → after |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for r in replays:
+        target = {
+            "through Prefect": "≥ 5/s",
+            "core, profiled": "(cProfile on)",
+            WHAT_IF: "(bench-only variant)",
+        }.get(r.label, "≥ 200/s")
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r.outcomes.items()))
+        lines.append(
+            f"| {r.label} | {r.database} | {r.scans} | {r.done} | {r.seconds:.1f} "
+            f"| **{r.rate:.1f}** | {r.steady_rate():.1f} | {target} | {outcomes} "
+            f"| {r.load_before} → {r.load_after} |"
+        )
+    return lines
+
+
+def steps_table(replays: list[Replay]) -> list[str]:
+    cores = [r for r in replays if r.steps is not None and r.label == "core pipeline"]
+    if not cores:
+        return []
+    header = "| step | " + " | ".join(
+        f"{r.database} ms/scan | share | statements/scan" for r in cores
+    )
+    lines = [header + " |", "|---|" + "---:|---:|---:|" * len(cores)]
+    for step in (*helpers.STEPS, "all"):
+        cells = []
+        for r in cores:
+            assert r.steps is not None
+            total = sum(r.steps.seconds.values())
+            seconds = total if step == "all" else r.steps.seconds[step]
+            statements = (
+                sum(r.steps.statements.values()) if step == "all" else r.steps.statements[step]
+            )
+            cells.append(
+                f"{1000 * seconds / r.scans:.2f} | {100 * seconds / total:.0f} % "
+                f"| {statements / r.scans:.1f}"
+            )
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot(replays: list[Replay], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in replays if r.label in ("core pipeline", "through Prefect") and r.done]
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for axis, label, width, target in (
+        (axes[0], "core pipeline", 5.0, 200),
+        (axes[1], "through Prefect", 30.0, 5),
+    ):
+        for r in (r for r in shown if r.label == label):
+            bins = int(r.seconds // width) + 1
+            counts = [0] * bins
+            for moment in r.finished_at:
+                counts[min(bins - 1, int(moment // width))] += 1
+            axis.step(
+                [width * (i + 1) for i in range(bins)],
+                [c / width for c in counts],
+                where="pre",
+                label=f"{r.database}",
+            )
+        axis.axhline(target, color="grey", linewidth=0.8, linestyle=":", label="target")
+        axis.set_title(f"{label} ({width:g} s bins)")
+        axis.set_xlabel("seconds since the start of the replay")
+        axis.set_ylabel("scans finished per second")
+        axis.set_yscale("log" if label == "core pipeline" else "linear")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def write_report(
+    arguments: argparse.Namespace,
+    replays: list[Replay],
+    profile: cProfile.Profile | None,
+    machine: str,
+    load_start: str,
+    bytecode: str,
+) -> str:
+    command = ".venv/bin/python bench/bench_throughput.py " + " ".join(sys.argv[1:])
+    lines = [
+        "# Throughput: core pipeline and through Prefect",
+        "",
+        f"- command (every row below): `{command.strip()}`",
+        f"- machine: {machine}",
+        f"- load average (1, 5, 15 min) at the start: {load_start}; at the end: {helpers.load()}"
+        " (the machine is shared: other sessions' tests and benchmarks show here)",
+        f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- Python bytecode: {bytecode}",
+        "- mix: "
+        + ", ".join(f"{k} {v:.0%}" for k, v in helpers.MIX.items())
+        + " (report texts from tests/corpus/*.jsonl and tests/samples/hl7, grouped by the "
+        "engine's own decision); one provider per 50 scans, 35 days of slots",
+        "",
+        "Core pipeline = intake plus every step of scan-completed in its own transaction, in "
+        "one process, no Prefect. Through Prefect = MLLP gateway → event → trigger → a flow run "
+        "per scan, served as `followup serve` serves it; a scan counts when its inbox row is "
+        "finished (processed, held or error). Steady = between the 10th and 90th percentile "
+        "of finishing times.",
+        "",
+        *replay_table(replays),
+        "",
+    ]
+    for r in replays:
+        for note in r.notes:
+            lines.append(f"- {r.label} on {r.database}: {note}")
+    steps = steps_table(replays)
+    if steps:
+        lines += ["", "## Core pipeline: time per step (summed as it ran, no profiler)", "", *steps]
+    if profile is not None:
+        header = [
+            "| function | calls | own s | cumulative s | of the run |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            "",
+            f"## Profile: {arguments.profile_scans} scans on SQLite under cProfile",
+            "",
+            "### Own time by package (where the CPU went)",
+            "",
+            "| package | own s | share |",
+            "|---|---:|---:|",
+            *own_time_by_package(profile),
+            "",
+            "### The engine's functions by cumulative time",
+            "",
+            *header,
+            *profile_rows(profile, "cumulative", arguments.profile_top, engine_only=True),
+            "",
+            "### All functions by own time",
+            "",
+            *header,
+            *profile_rows(profile, "tottime", arguments.profile_top // 2),
+        ]
+    lines += ["", "![scans per second over time](throughput.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scans", type=int, default=10_000, help="core pipeline replay")
+    parser.add_argument("--prefect-scans", type=int, default=300, help="through Prefect, PG")
+    parser.add_argument("--prefect-sqlite-scans", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=5.0, help="scans/s sent to the gateway")
+    parser.add_argument("--concurrency", type=int, help="override scan-completed's limit")
+    parser.add_argument("--prefect-timeout", type=float, default=1800.0, help="per replay, s")
+    parser.add_argument("--profile-scans", type=int, default=1000)
+    parser.add_argument(
+        "--what-if-scans",
+        type=int,
+        default=2000,
+        help="core replay with the steps after intake in one transaction (0: none)",
+    )
+    parser.add_argument("--profile-top", type=int, default=30)
+    parser.add_argument("--report-every", type=int, default=1000, help="print counts every N")
+    parser.add_argument("--postgres-url", help="PostgreSQL server for the app database")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["core", "what-if", "profile", "prefect"]
+    )
+    parser.add_argument("--output", type=Path, default=helpers.RESULTS / "throughput.md")
+    parser.add_argument("--log-dir", type=Path, help="keep the servers' logs here")
+    helpers.add_bytecode_arguments(parser)
+    arguments = parser.parse_args()
+    bytecode = helpers.use_bytecode_cache(arguments.bytecode_cache)
+    load_start = helpers.load()
+    machine = helpers.machine(arguments.postgres_url)
+    kinds = ["sqlite"] + (["postgresql"] if arguments.postgres_url else [])
+    from followup.settings import get_settings
+
+    pool = helpers.report_pool(get_settings())
+    replays: list[Replay] = []
+    if "core" not in arguments.skip:
+        replays += [core_replay(kind, arguments, pool, count=arguments.scans) for kind in kinds]
+    if "what-if" not in arguments.skip and arguments.what_if_scans:
+        replays += [
+            core_replay(kind, arguments, pool, count=arguments.what_if_scans, one_transaction=True)
+            for kind in kinds
+        ]
+    profile = None
+    if "profile" not in arguments.skip and arguments.profile_scans:
+        profile = cProfile.Profile()
+        replays.append(
+            core_replay("sqlite", arguments, pool, count=arguments.profile_scans, profiler=profile)
+        )
+    if "prefect" not in arguments.skip:
+        counts = {"postgresql": arguments.prefect_scans, "sqlite": arguments.prefect_sqlite_scans}
+        with tempfile.TemporaryDirectory(prefix="bench-throughput-") as folder:
+            work = arguments.log_dir or Path(folder)
+            for kind in reversed(kinds):  # PostgreSQL first: the headline
+                if counts[kind]:
+                    replays.append(
+                        prefect_replay(kind, arguments, pool, count=counts[kind], work=work)
+                    )
+    arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    png = arguments.output.with_suffix(".png")
+    plot(replays, png)
+    report = write_report(arguments, replays, profile, machine, load_start, bytecode)
+    print(report)
+    arguments.output.write_text(report)
+    console.log(f"written to {arguments.output} and {png}")
+
+
+if __name__ == "__main__":
+    main()
