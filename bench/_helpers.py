@@ -94,6 +94,16 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def stop_cleanly_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the servers started here stop and the PostgreSQL
+    database is dropped."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def add_bytecode_arguments(parser: argparse.ArgumentParser) -> None:
     default = Path(tempfile.gettempdir()) / "followup-bench-pycache"
     parser.add_argument(

@@ -3,11 +3,11 @@ queued, beside Prefect's own floor measured in the same run.
 
     .venv/bin/python bench/bench_e2e.py [--scans 40] [--spacing 2] [--postgres-url URL]
 
-One local Prefect server (`prefect server start` on 127.0.0.1, a free port, a throwaway
-PREFECT_HOME with its own SQLite) and, per application database (a SQLite file; with
---postgres-url also a fresh PostgreSQL database `bench_<ts>`, dropped after), the engine as
-`followup serve` runs it (bench/_serve.py: the MLLP and HTTP gateways and a runner polling every
-second) on a prefect.yaml holding two deployments:
+Per application database (a SQLite file; with --postgres-url also a fresh PostgreSQL database
+`bench_<ts>`, dropped after): a local Prefect server (`prefect server start` on 127.0.0.1, a
+free port, a throwaway PREFECT_HOME with its own SQLite) and the engine as `followup serve` runs
+it (bench/_serve.py: the MLLP and HTTP gateways and a runner polling every second) on a
+prefect.yaml holding two deployments:
 
 * scan-completed exactly as prefect.yaml declares it (its event trigger on
   `ris.scan.completed`, its concurrency limit);
@@ -209,9 +209,8 @@ class Series:
 def run_series(
     kind: str, arguments: argparse.Namespace, pool: dict[str, list[str]], work: Path
 ) -> Series:
-    """One application database, its own Prefect server: the `ris.scan.completed` event id is
-    derived from the inbox row id, so a second database's rows 1, 2, … would be dropped as
-    duplicates of the first's by a shared server."""
+    """One application database with a Prefect server of its own: each series starts from an
+    empty Prefect database, not from the runs, events and automations of the one before."""
     from followup.settings import get_settings
 
     rng = random.Random(f"e2e-{kind}")
@@ -475,11 +474,10 @@ def write_report(
         f"- Python bytecode: {bytecode}",
         f"- runs: {arguments.scans} scans and {arguments.scans} floor events per database, "
         f"alternating, one at a time, after {WARM_UP} completed warm-up runs of each (not "
-        "counted); pause "
-        f"0.5–1.5 × {arguments.spacing:g} s after each",
-        "- Prefect: one local server (`prefect server start`, its own SQLite), the runner of "
-        "`followup serve` polling every 1 s; each flow run is a new `python -m prefect.engine` "
-        "process",
+        f"counted); pause 0.5–1.5 × {arguments.spacing:g} s after each",
+        "- Prefect: a local server per database (`prefect server start`, its own SQLite), the "
+        "runner of `followup serve` polling every 1 s; each flow run is a new "
+        "`python -m prefect.engine` process",
         "",
         "Scan: from the ACK read by the sender (the gateway emits `ris.scan.completed` right "
         "after writing it) to the `created_at` of the confirmation SMS row (outbound_message, "
@@ -496,6 +494,8 @@ def write_report(
     ]
     for s in series:
         lines += [*breakdown(s), ""]
+    if not startup:
+        return "\n".join(lines)
     lines += [
         "## What a flow-run process does before its first task",
         "",
@@ -521,22 +521,30 @@ def main() -> None:
     parser.add_argument("--log-dir", type=Path, help="keep the servers' logs here")
     helpers.add_bytecode_arguments(parser)
     arguments = parser.parse_args()
+    helpers.stop_cleanly_on_sigterm()
     bytecode = helpers.use_bytecode_cache(arguments.bytecode_cache)
     load_start = helpers.load()
     machine = helpers.machine(arguments.postgres_url)
     kinds = ["sqlite"] + (["postgresql"] if arguments.postgres_url else [])
+
+    def publish(series: list[Series], startup: list[tuple[str, float, float]]) -> str:
+        """The report so far, rewritten after each series: a run stopped early keeps its rows."""
+        report = write_report(arguments, series, startup, machine, load_start, bytecode)
+        arguments.output.parent.mkdir(parents=True, exist_ok=True)
+        arguments.output.write_text(report)
+        return report
 
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as folder:
         from followup.settings import get_settings
 
         work = arguments.log_dir or Path(folder)
         pool = helpers.report_pool(get_settings())
-        series = [run_series(kind, arguments, pool, work) for kind in kinds]
-        startup = startup_profile(arguments.startup_rounds)
-    report = write_report(arguments, series, startup, machine, load_start, bytecode)
+        series: list[Series] = []
+        for kind in kinds:
+            series.append(run_series(kind, arguments, pool, work))
+            publish(series, [])
+        report = publish(series, startup_profile(arguments.startup_rounds))
     print(report)
-    arguments.output.parent.mkdir(parents=True, exist_ok=True)
-    arguments.output.write_text(report)
     print(f"written to {arguments.output}", file=sys.stderr)
 
 

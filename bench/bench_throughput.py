@@ -41,13 +41,16 @@ import cProfile
 import io
 import os
 import pstats
+import resource
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,8 +93,8 @@ class Replay:
     steps: helpers.StepTimes | None = None
     load_before: str = ""
     load_after: str = ""
-    command: str = ""
     notes: list[str] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # CPU the replay cost (see cpu_column)
 
     @property
     def done(self) -> int:
@@ -162,7 +165,7 @@ def core_replay(
             replay.notes.append(AUTOVACUUM_NOTE.format(every=f"{analyze_every} scans"))
         with progress() as bar:
             task = bar.add_task(f"{label} on {kind}", total=count, rate=0.0)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             if profiler:
                 profiler.enable()
             for number, scan in enumerate(scans, start=1):
@@ -185,6 +188,7 @@ def core_replay(
             if profiler:
                 profiler.disable()
             replay.seconds = time.perf_counter() - started
+            replay.cpu_seconds = time.process_time() - cpu
         replay.notes.append(check_core(url, replay))
     replay.load_after = helpers.load()
     return replay
@@ -293,8 +297,8 @@ def prefect_replay(
     count: int,
     work: Path,
 ) -> Replay:
-    """A Prefect server of its own (event ids derive from inbox row ids, which restart at 1 in
-    each database: a shared server would drop the second replay's events as duplicates)."""
+    """With a Prefect server of its own: each replay starts from an empty Prefect database, not
+    from the flow runs of the one before."""
     from sqlalchemy import func
     from sqlmodel import col, select
 
@@ -302,6 +306,7 @@ def prefect_replay(
     from models.tables import InboxMessage
 
     replay = Replay("through Prefect", kind, count, load_before=helpers.load())
+    children_cpu = _children_cpu()
     with (
         helpers.database(kind, arguments.postgres_url, "bench-throughput-") as url,
         helpers.prefect_server(work / kind) as api_url,
@@ -311,10 +316,12 @@ def prefect_replay(
             work / kind, floor=False, concurrency=arguments.concurrency
         )
         limit = helpers._yaml_deployments(prefect_yaml)[0]["concurrency_limit"]
-        runner_limit = os.environ.get("PREFECT_RUNNER_PROCESS_LIMIT", "5, Prefect's default")
+        runner_limit = os.environ.get("PREFECT_RUNNER_PROCESS_LIMIT")
         replay.notes.append(
             f"scan-completed concurrency limit {limit}; the runner starts at most "
-            f"{runner_limit} flow-run processes at once (`followup serve` does not set it)"
+            f"{runner_limit or 5} flow-run processes at once ("
+            + ("PREFECT_RUNNER_PROCESS_LIMIT" if runner_limit else "Prefect's default")
+            + "; `followup serve` does not set it)"
         )
         with helpers.served_engine(
             prefect_yaml, database_url=url, api_url=api_url, log=work / kind / "serve.log"
@@ -379,8 +386,16 @@ def prefect_replay(
                 select(InboxMessage.status, func.count()).group_by(InboxMessage.status)
             ).all():
                 replay.outcomes[str(status)] = number
+    # The Prefect server and the engine have exited and been waited for: their CPU, and that
+    # of every flow-run process the engine reaped, is in this process's children's usage.
+    replay.cpu_seconds = _children_cpu() - children_cpu
     replay.load_after = helpers.load()
     return replay
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def settled_flow_runs(api_url: str, *, timeout: float) -> Counter[str]:
@@ -425,8 +440,8 @@ def send_paced(
 def replay_table(replays: list[Replay]) -> list[str]:
     lines = [
         "| run | app database | scans | finished | wall s | scans/s | steady scans/s "
-        "| target | outcomes | load before → after |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|---|",
+        "| target | CPU s/scan | outcomes | load before → after |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for r in replays:
         target = {
@@ -437,7 +452,8 @@ def replay_table(replays: list[Replay]) -> list[str]:
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r.outcomes.items()))
         lines.append(
             f"| {r.label} | {r.database} | {r.scans} | {r.done} | {r.seconds:.1f} "
-            f"| **{r.rate:.1f}** | {r.steady_rate():.1f} | {target} | {outcomes} "
+            f"| **{r.rate:.2f}** | {r.steady_rate():.2f} | {target} "
+            f"| {r.cpu_seconds / max(1, r.done):.3f} | {outcomes} "
             f"| {r.load_before} → {r.load_after} |"
         )
     return lines
@@ -594,6 +610,7 @@ def main() -> None:
     parser.add_argument("--log-dir", type=Path, help="keep the servers' logs here")
     helpers.add_bytecode_arguments(parser)
     arguments = parser.parse_args()
+    helpers.stop_cleanly_on_sigterm()
     bytecode = helpers.use_bytecode_cache(arguments.bytecode_cache)
     load_start = helpers.load()
     machine = helpers.machine(arguments.postgres_url)
@@ -602,35 +619,50 @@ def main() -> None:
 
     pool = helpers.report_pool(get_settings())
     replays: list[Replay] = []
-    if "core" not in arguments.skip:
-        replays += [core_replay(kind, arguments, pool, count=arguments.scans) for kind in kinds]
-    if "what-if" not in arguments.skip and arguments.what_if_scans:
-        replays += [
-            core_replay(kind, arguments, pool, count=arguments.what_if_scans, one_transaction=True)
-            for kind in kinds
-        ]
-    profile = None
-    if "profile" not in arguments.skip and arguments.profile_scans:
-        profile = cProfile.Profile()
-        replays.append(
-            core_replay("sqlite", arguments, pool, count=arguments.profile_scans, profiler=profile)
-        )
-    if "prefect" not in arguments.skip:
-        counts = {"postgresql": arguments.prefect_scans, "sqlite": arguments.prefect_sqlite_scans}
-        with tempfile.TemporaryDirectory(prefix="bench-throughput-") as folder:
-            work = arguments.log_dir or Path(folder)
-            for kind in reversed(kinds):  # PostgreSQL first: the headline
-                if counts[kind]:
-                    replays.append(
-                        prefect_replay(kind, arguments, pool, count=counts[kind], work=work)
-                    )
-    arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    profile = cProfile.Profile() if "profile" not in arguments.skip else None
     png = arguments.output.with_suffix(".png")
-    plot(replays, png)
-    report = write_report(arguments, replays, profile, machine, load_start, bytecode)
-    print(report)
-    arguments.output.write_text(report)
-    console.log(f"written to {arguments.output} and {png}")
+
+    def publish(final: bool) -> None:
+        """The report so far, rewritten after each replay: a run stopped early keeps its rows."""
+        arguments.output.parent.mkdir(parents=True, exist_ok=True)
+        plot(replays, png)
+        profiled = profile if any(r.label == "core, profiled" for r in replays) else None
+        report = write_report(arguments, replays, profiled, machine, load_start, bytecode)
+        arguments.output.write_text(report)
+        if final:
+            print(report)
+            console.log(f"written to {arguments.output} and {png}")
+
+    planned: list[Callable[[], Replay]] = []
+    if "core" not in arguments.skip:
+        planned += [partial(core_replay, k, arguments, pool, count=arguments.scans) for k in kinds]
+    if "what-if" not in arguments.skip and arguments.what_if_scans:
+        count = arguments.what_if_scans
+        planned += [
+            partial(core_replay, k, arguments, pool, count=count, one_transaction=True)
+            for k in kinds
+        ]
+    if profile is not None and arguments.profile_scans:
+        count = arguments.profile_scans
+        planned.append(
+            partial(core_replay, "sqlite", arguments, pool, count=count, profiler=profile)
+        )
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as folder:
+        if "prefect" not in arguments.skip:
+            work = arguments.log_dir or Path(folder)
+            counts = {
+                "postgresql": arguments.prefect_scans,
+                "sqlite": arguments.prefect_sqlite_scans,
+            }
+            planned += [
+                partial(prefect_replay, k, arguments, pool, count=counts[k], work=work)
+                for k in reversed(kinds)  # PostgreSQL first: the headline
+                if counts[k]
+            ]
+        for replay in planned:
+            replays.append(replay())
+            publish(final=False)
+    publish(final=True)
 
 
 if __name__ == "__main__":
