@@ -34,6 +34,7 @@ from followup.settings import PROJECT_ROOT, get_settings
 from models.db import migrate, session_scope
 from models.seed import seed_demo_clinic
 from tests.gateway.conftest import frame, read_acks
+from tests.gateway.test_end_to_end import free_port, listening
 
 BIN = Path(sys.executable).parent
 INJECT = Path(__file__).resolve().parent / "inject"
@@ -42,18 +43,6 @@ RUN_SECONDS = 180  # a flow run, from the event to its end, on a loaded 2-core m
 # A run's claim on its inbox row older than this belongs to a dead run (the sweep releases it).
 # Short, so a test need not wait ten minutes; safe, since sweeps run only when a test asks.
 LEASE_SECONDS = 5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

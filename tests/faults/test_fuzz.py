@@ -33,7 +33,7 @@ from models.db import session_scope
 from models.tables import InboxMessage, InboxStatus
 from tests.conftest import SAMPLES, SHARED_DATA
 from tests.faults.counting import check_counts, tally
-from tests.faults.flow_steps import run_flow_steps
+from tests.flow_steps import run_flow_steps
 from tests.gateway.conftest import RunningListener, exchange
 
 EXAMPLES = 1000

@@ -36,8 +36,8 @@ from models.tables import (
     TwilioEvent,
 )
 from tests.faults.counting import check_counts, tally
-from tests.faults.flow_steps import run_flow_steps
 from tests.faults.messages import sample_message
+from tests.flow_steps import run_flow_steps
 from tests.gateway.conftest import VT, RunningListener, exchange, read_acks, segments
 from tests.sms.conftest import CLINIC_FROM, NOW, PHONE, Clock, World
 from tests.sms.test_webhooks import SID, make_gateway

@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 from sqlmodel import Session, col, select
 
-from followup import intake, pipeline, routing
+from followup import intake
 from followup.demo import restamp_for_today
 from followup.intake import Receipt
-from followup.rules import load_rules
 from followup.scheduling import site_holidays
 from followup.settings import Settings, get_settings
 from models import booking, queries
@@ -38,6 +37,7 @@ from models.tables import (
 )
 from models.types import utcnow
 from tests.conftest import SAMPLES
+from tests.flow_steps import run_flow_steps
 
 HL7 = SAMPLES / "hl7"
 NEURO = HL7 / "spine_neurology_root_compression.hl7"  # ACC2026000101, routine, neurology
@@ -105,35 +105,10 @@ def receive(settings: Settings, raw: bytes) -> Receipt:
         return intake.receive_message(session=session, raw=raw, source="test", settings=settings)
 
 
-def run(settings: Settings, inbox_id: int) -> dict[str, Any]:
-    """The scan-completed flow's steps in its order, each in its own transaction."""
-    url, rules = settings.database_url, load_rules(settings.rules_path)
-    with session_scope(url) as session:
-        scan = pipeline.load_scan(session=session, inbox_id=inbox_id, settings=settings)
-    decision = routing.classify_report(scan.report_text, rules, coded_items=scan.coded_items)
-    with session_scope(url) as session:
-        recorded = pipeline.record_decision(
-            session=session, inbox_id=inbox_id, scan=scan, decision=decision, rules=rules
-        )
-    if not recorded.held:
-        with session_scope(url) as session:
-            outcome = pipeline.book_follow_up(session=session, recorded=recorded, settings=settings)
-        if outcome.appointment_id is not None:
-            with session_scope(url) as session:
-                pipeline.schedule_reminders(
-                    session=session,
-                    appointment_id=outcome.appointment_id,
-                    settings=settings,
-                    now=utcnow(),
-                )
-    with session_scope(url) as session:
-        return pipeline.finish(session=session, inbox_id=inbox_id, held=recorded.held)
-
-
 def ingest(settings: Settings, raw: bytes) -> dict[str, Any]:
     receipt = receive(settings, raw)
     assert receipt.should_process, receipt
-    return run(settings, receipt.inbox_id)
+    return run_flow_steps(settings.database_url, receipt.inbox_id)
 
 
 def all_rows(session: Session, table: Any) -> list[Any]:
@@ -199,7 +174,7 @@ def test_replayed_or_rerun_correction_changes_nothing(settings: Settings) -> Non
     ingest(settings, message(settings, NEURO.read_bytes()))
     raw = corrected_to_urgent(settings)
     receipt = receive(settings, raw)
-    corrected = run(settings, receipt.inbox_id)
+    corrected = run_flow_steps(settings.database_url, receipt.inbox_id)
     with session_scope(settings.database_url) as session:
         before = {
             table: len(all_rows(session, table))
@@ -207,7 +182,8 @@ def test_replayed_or_rerun_correction_changes_nothing(settings: Settings) -> Non
         }
 
     replayed = receive(settings, raw)
-    again = run(settings, receipt.inbox_id)  # a re-submitted run of the same row
+    # a re-submitted run of the same row
+    again = run_flow_steps(settings.database_url, receipt.inbox_id)
 
     assert (replayed.status, replayed.duplicate_of) == (InboxStatus.DUPLICATE, receipt.inbox_id)
     assert again["appointment"] == corrected["appointment"]
@@ -281,8 +257,8 @@ def test_cancelled_result_withdraws_decision_referrals_and_follow_up(settings: S
     cancel = receive(settings, with_status(message(settings, NEURO.read_bytes()), b"X", b"X-1"))
     assert cancel.should_process  # the study was routed: there is something to undo
 
-    withdrawn = run(settings, cancel.inbox_id)
-    again = run(settings, cancel.inbox_id)
+    withdrawn = run_flow_steps(settings.database_url, cancel.inbox_id)
+    again = run_flow_steps(settings.database_url, cancel.inbox_id)
 
     assert withdrawn["status"] == "processed"
     assert (withdrawn["decision"], withdrawn["appointment"], withdrawn["referrals"]) == (
@@ -318,8 +294,8 @@ def test_cancellation_run_before_its_result_leaves_that_result_stale(
     cancel = receive(settings, with_status(message(settings, NEURO.read_bytes()), b"X", b"X-2"))
     assert cancel.should_process  # its result is still waiting for a run
 
-    run(settings, cancel.inbox_id)
-    late = run(settings, final.inbox_id)
+    run_flow_steps(settings.database_url, cancel.inbox_id)
+    late = run_flow_steps(settings.database_url, final.inbox_id)
 
     assert late["status"] == InboxStatus.HELD
     assert (late["decision"], late["appointment"]) == (None, None)
@@ -335,9 +311,9 @@ def test_late_preliminary_does_not_replace_the_final_report(settings: Settings) 
     # Received before the final was routed, so intake lets it through; its run comes last.
     late = receive(settings, with_status(preliminary, b"P", b"LATE-P"))
     assert late.should_process
-    routed = run(settings, final.inbox_id)
+    routed = run_flow_steps(settings.database_url, final.inbox_id)
 
-    held = run(settings, late.inbox_id)
+    held = run_flow_steps(settings.database_url, late.inbox_id)
 
     assert held["status"] == InboxStatus.HELD
     assert held["decision"] == routed["decision"]
@@ -460,7 +436,7 @@ def test_fhir_patient_language_reaches_the_patient_and_the_texts(settings: Setti
             session=session, raw=json.dumps(report).encode(), source="test", settings=settings
         )
 
-    summary = run(settings, receipt.inbox_id)
+    summary = run_flow_steps(settings.database_url, receipt.inbox_id)
 
     assert {m["kind"] for m in summary["scheduled_messages"]} >= {"confirmation"}
     with session_scope(settings.database_url) as session:
