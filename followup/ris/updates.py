@@ -22,7 +22,6 @@ from followup.ris.hl7v2 import (
     _accession,
     _birth_date,
     _Delimiters,
-    _delimiters,
     _field_value,
     _first_repetition,
     _first_segment,
@@ -30,7 +29,6 @@ from followup.ris.hl7v2 import (
     _person_name,
     _phone,
     _Segment,
-    _segment,
     check_header,
     check_no_nul,
     message_header,
@@ -64,8 +62,8 @@ def parse_update(text: str, *, phone_region: str = "US") -> RisUpdate:
     msg = parse_message(text)
     header = message_header(msg)
     check_header(header, accepted_types=UPDATE_TYPES)
-    delims = _delimiters(msg)
-    segments = [_segment(raw) for raw in msg]
+    delims = msg.delimiters
+    segments = msg.segments
     pid = _first_segment(segments, "PID")
     if pid is None:
         raise MissingField("no PID segment", location="PID")

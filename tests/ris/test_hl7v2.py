@@ -6,8 +6,9 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import hl7
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from followup.errors import (
@@ -770,6 +771,34 @@ def test_parse_oru_raises_only_inbound_message_errors(text: str) -> None:
     except InboundMessageError:
         return
     assert scan.accession and scan.mrn and scan.result_status
+
+
+def _python_hl7_fields(text: str) -> list[tuple[str, ...]]:
+    """Each segment's fields as python-hl7's parse tree joins them back."""
+    return [tuple(str(field) for field in segment) for segment in hl7.parse(text.strip())]
+
+
+@pytest.mark.parametrize("path", ORU_SOURCES, ids=lambda path: path.name)
+def test_segments_and_fields_match_python_hl7(path: Path) -> None:
+    text = load(path)
+
+    message = parse_message(text)
+
+    assert [segment.fields for segment in message.segments] == _python_hl7_fields(text)
+    assert message.segments[0].name == "MSH"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_messages())
+def test_fields_match_python_hl7_on_mutated_messages(text: str) -> None:
+    try:
+        message = parse_message(text)
+    except MalformedMessage:
+        return
+    # python-hl7 reads a later segment named MSH/BHS/FHS as a header; here only the first is.
+    assume(not any(segment.name in {"MSH", "BHS", "FHS"} for segment in message.segments[1:]))
+
+    assert [segment.fields for segment in message.segments] == _python_hl7_fields(text)
 
 
 def _spine(old: str, new: str) -> str:
