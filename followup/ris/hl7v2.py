@@ -199,12 +199,11 @@ def _decode(data: bytes, encodings: Sequence[str]) -> str:
 def parse_message(text: str) -> ParsedMessage:
     """Split one message into segments and fields by its own delimiters (MSH-1, MSH-2);
     MalformedMessage (location MSH) when they cannot be read."""
-    stripped = text.strip()
-    _check_delimiters(stripped)
-    field_separator = stripped[3]
-    end_of_msh2 = stripped.find(field_separator, 4)
-    encoding_characters = stripped[4:end_of_msh2]
-    header, *others = stripped.split("\r")
+    header, *others = text.strip().split("\r")
+    _check_delimiters(header)
+    field_separator = header[3]
+    end_of_msh2 = header.find(field_separator, 4)
+    encoding_characters = header[4:end_of_msh2]
     # MSH-1 is the field separator itself and MSH-2 holds the other delimiters, so MSH's
     # fields are counted from the character after "MSH".
     msh_fields = ["MSH", field_separator, encoding_characters]
@@ -225,13 +224,14 @@ def parse_message(text: str) -> ParsedMessage:
     return ParsedMessage(delimiters=delimiters, segments=tuple(segments))
 
 
-def _check_delimiters(text: str) -> None:
-    """MSH-1/MSH-2 are the message's grammar: without them nothing after can be read."""
-    if not text.startswith("MSH") or len(text) < 4:
+def _check_delimiters(msh: str) -> None:
+    """MSH-1/MSH-2 are the message's grammar: without them nothing after can be read.
+    MSH-2 ends at the next field separator within MSH, never in a later segment."""
+    if not msh.startswith("MSH") or len(msh) < 4:
         raise MalformedMessage("message does not start with an MSH segment", location="MSH")
-    field_sep = text[3]
-    end = text.find(field_sep, 4)
-    encoding_chars = text[4:end] if end != -1 else ""
+    field_sep = msh[3]
+    end = msh.find(field_sep, 4)
+    encoding_chars = msh[4:end] if end != -1 else ""
     delimiters = field_sep + encoding_chars[:4]
     if (
         len(encoding_chars) < 4
