@@ -116,6 +116,10 @@ def receive_message(
     assert header is not None and row.sender is not None
     # Parsed before the judging transaction: its locks are held for no longer than the writes.
     content = _read(text, header, settings)
+    fingerprint = _report_fingerprint(content) if isinstance(content, ScanCompleted) else None
+    inbox_queries.lock_idempotency_keys(
+        session=session, sender=row.sender, control_id=row.control_id, fingerprint=fingerprint
+    )
     if row.control_id:
         original = inbox_queries.original_message(
             session=session, sender=row.sender, control_id=row.control_id, inbox_id=_id(row)
@@ -126,7 +130,8 @@ def receive_message(
         return _reject(session, row, content, header)
     if isinstance(content, updates.RisUpdate):
         return _apply_update(session, row, content, header)
-    return _accept_result(session, row, content, header=header)
+    assert fingerprint is not None
+    return _accept_result(session, row, content, fingerprint=fingerprint, header=header)
 
 
 def _read(
@@ -194,7 +199,11 @@ def receive_fhir(
     row.sender = "fhir"
     row.control_id = report.identifier[:_CONTROL_ID_LENGTH]
     row.message_type = report.resource_path.partition(".")[0]
-    return _accept_result(session, row, report.scan)
+    fingerprint = _report_fingerprint(report.scan)
+    inbox_queries.lock_idempotency_keys(
+        session=session, sender=None, control_id=None, fingerprint=fingerprint
+    )
+    return _accept_result(session, row, report.scan, fingerprint=fingerprint)
 
 
 def receive_unterminated(
@@ -239,9 +248,10 @@ def _accept_result(
     row: InboxMessage,
     scan: ScanCompleted,
     *,
+    fingerprint: str,
     header: MessageHeader | None = None,
 ) -> Receipt:
-    fingerprint = _report_fingerprint(scan)
+    """Accept a result, or answer it as a copy of the same report (under the key's lock)."""
     same = inbox_queries.same_report(session=session, fingerprint=fingerprint, inbox_id=_id(row))
     row.content_hash = fingerprint
     if same is not None:
@@ -336,7 +346,7 @@ def _reject(
 def _duplicate(
     session: Session,
     row: InboxMessage,
-    original: InboxMessage,
+    original: inbox_queries.JudgedMessage,
     header: MessageHeader | None,
 ) -> Receipt:
     """A resend gets the original's answer and summary; no work is redone. The original's

@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import Session, create_engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -69,8 +70,16 @@ def get_engine(database_url: str) -> Engine:
 
 @contextmanager
 def session_scope(database_url: str) -> Iterator[Session]:
-    """One unit of work: commits on success, rolls back on error."""
-    with Session(get_engine(database_url), expire_on_commit=False) as session:
+    """One unit of work: commits on success, rolls back on error.
+
+    The unit keeps one connection for its whole life, also across commits of its own: the
+    gateway commits twice per message (the raw bytes, then the judgement), and a connection
+    checked out again after each commit costs a pool round and, on PostgreSQL, a pre-ping.
+    """
+    with (
+        get_engine(database_url).connect() as connection,
+        Session(connection, expire_on_commit=False) as session,
+    ):
         try:
             yield session
             session.commit()
@@ -80,6 +89,9 @@ def session_scope(database_url: str) -> Iterator[Session]:
 
 
 def alembic_config(database_url: str) -> Config:
+    # Imported here: alembic (with mako, pygments) costs ~0.4 s that flow runs never need.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # ConfigParser interpolation would read a '%' in a password as a placeholder.
@@ -89,5 +101,7 @@ def alembic_config(database_url: str) -> Config:
 
 def migrate(database_url: str, revision: str = "head") -> None:
     """Bring the database schema to `revision` (idempotent)."""
+    from alembic import command  # only migrations need alembic (see alembic_config)
+
     _ensure_sqlite_folder(database_url)
     command.upgrade(alembic_config(database_url), revision)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, func, or_, text, update
+import sqlalchemy
+from sqlalchemy import ColumnElement, CursorResult, bindparam, func, or_, text, update
 from sqlmodel import Session, col, select
 
 from followup.ris.updates import ORDER_TYPES as ORDER_MESSAGE_TYPES
@@ -60,74 +61,120 @@ _SENDER_CONTROL_ID_LOCK = 1
 _REPORT_LOCK = 2
 
 
-def original_message(
-    *, session: Session, sender: str, control_id: str, inbox_id: int
-) -> InboxMessage | None:
-    """The message with the same sender and MSH-10 (the HL7 idempotency key) that was judged
-    not a duplicate, if any, found through the (sender, control_id) index.
+@dataclass(frozen=True, slots=True)
+class JudgedMessage:
+    """What a resend needs of the message it repeats: its answer and whether a run took it."""
 
-    Takes the key's lock for the rest of the transaction, which must be the one that records
-    this message's judgment: of copies judged at once on several connections (or gateway
-    hosts) each sees the judgments committed before its own, so the first judged is the
-    original and every later one its duplicate, whatever ids the copies got. A row stored but
-    not judged yet is not an original: its answer is not known.
+    id: int
+    status: str
+    accession: str | None
+    summary: dict[str, Any] | None
+    error: str | None
+    error_location: str | None
+    claimed_at: datetime | None
+
+
+_JUDGED_COLUMNS = (
+    col(InboxMessage.id),
+    col(InboxMessage.status),
+    col(InboxMessage.accession),
+    col(InboxMessage.summary),
+    col(InboxMessage.error),
+    col(InboxMessage.error_location),
+    col(InboxMessage.claimed_at),
+)
+
+
+def lock_idempotency_keys(
+    *, session: Session, sender: str | None, control_id: str | None, fingerprint: str | None
+) -> None:
+    """Hold the locks of a message's idempotency keys until the transaction ends.
+
+    The transaction must be the one that records the message's judgement: of copies judged
+    at once on several connections (or gateway hosts) each then sees the judgements committed
+    before its own, so the first judged is the original and every later one its duplicate,
+    whatever ids the copies got. Keys are the HL7 one (sender, MSH-10) and the report
+    fingerprint (accession, status, text); both are taken in one statement, always in that
+    order, so two judges never wait on each other in a cycle.
     """
-    _lock_key(session, _SENDER_CONTROL_ID_LOCK, f"{sender}\x1f{control_id}")
-    return session.exec(
-        select(InboxMessage)
-        .where(
-            InboxMessage.sender == sender,
-            InboxMessage.control_id == control_id,
-            col(InboxMessage.id) != inbox_id,
-            InboxMessage.status != InboxStatus.DUPLICATE,
-            _judged(),
-        )
-        .order_by(col(InboxMessage.id))
-    ).first()
-
-
-def same_report(*, session: Session, fingerprint: str, inbox_id: int) -> InboxMessage | None:
-    """The accepted message with the same report fingerprint (accession, status, text), if
-    any; a copy whose run failed (error) is not one, so a resend runs again. Takes the
-    fingerprint's lock for the rest of the transaction, as `original_message` does."""
-    _lock_key(session, _REPORT_LOCK, fingerprint)
-    return session.exec(
-        select(InboxMessage)
-        .where(
-            InboxMessage.content_hash == fingerprint,
-            col(InboxMessage.id) != inbox_id,
-            col(InboxMessage.status).not_in((InboxStatus.DUPLICATE, InboxStatus.ERROR)),
-        )
-        .order_by(col(InboxMessage.id))
-    ).first()
-
-
-def _judged() -> ColumnElement[bool]:
-    # Judging moves a row out of `received`, except an accepted result, which gets its
-    # report fingerprint instead of the raw bytes' hash.
-    return or_(
-        col(InboxMessage.status) != InboxStatus.RECEIVED,
-        col(InboxMessage.content_hash).startswith(REPORT_FINGERPRINT_PREFIX),
-    )
-
-
-def _lock_key(session: Session, namespace: int, key: str) -> None:
-    """Hold a lock on `key` until the session's transaction ends."""
+    keys = []
+    if sender is not None and control_id is not None:
+        keys.append((_SENDER_CONTROL_ID_LOCK, f"{sender}\x1f{control_id}"))
+    if fingerprint is not None:
+        keys.append((_REPORT_LOCK, fingerprint))
+    if not keys:
+        return
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        digest = hashlib.sha256(key.encode()).digest()
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(:namespace, :key)"),
-            {"namespace": namespace, "key": int.from_bytes(digest[:4], "big", signed=True)},
+        calls = ", ".join(
+            f"pg_advisory_xact_lock(:namespace{n}, :key{n})" for n in range(len(keys))
         )
+        parameters: dict[str, int] = {}
+        for n, (namespace, key) in enumerate(keys):
+            digest = hashlib.sha256(key.encode()).digest()
+            parameters[f"namespace{n}"] = namespace
+            parameters[f"key{n}"] = int.from_bytes(digest[:4], "big", signed=True)
+        session.execute(text(f"SELECT {calls}"), parameters)
         return
     # SQLite has one lock, the database's write lock. pysqlite opens a transaction only at
-    # the first write, so the read before it would not be covered: BEGIN IMMEDIATE takes the
+    # the first write, so the reads before it would not be covered: BEGIN IMMEDIATE takes the
     # lock now (waiting up to busy_timeout), for every key at once.
     dbapi_connection = connection.connection.dbapi_connection
     assert dbapi_connection is not None
     if not dbapi_connection.in_transaction:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _earliest_matching(*conditions: ColumnElement[bool]) -> sqlalchemy.Select[Any]:
+    # Columns, not the entity: the raw bytes (up to megabytes) are not needed to answer.
+    return (
+        sqlalchemy.select(*_JUDGED_COLUMNS)
+        .where(col(InboxMessage.id) != bindparam("inbox_id"), *conditions)
+        .order_by(col(InboxMessage.id))
+        .limit(1)
+    )
+
+
+# Built once: composing the expressions took longer than running them (gateway profile).
+_ORIGINAL_MESSAGE = _earliest_matching(
+    col(InboxMessage.sender) == bindparam("sender"),
+    col(InboxMessage.control_id) == bindparam("control_id"),
+    col(InboxMessage.status) != InboxStatus.DUPLICATE,
+    # Judged: judging moves a row out of `received`, except an accepted result, which gets
+    # its report fingerprint instead of the raw bytes' hash.
+    or_(
+        col(InboxMessage.status) != InboxStatus.RECEIVED,
+        col(InboxMessage.content_hash).startswith(REPORT_FINGERPRINT_PREFIX),
+    ),
+)
+_SAME_REPORT = _earliest_matching(
+    col(InboxMessage.content_hash) == bindparam("fingerprint"),
+    col(InboxMessage.status).not_in((InboxStatus.DUPLICATE, InboxStatus.ERROR)),
+)
+
+
+def original_message(
+    *, session: Session, sender: str, control_id: str, inbox_id: int
+) -> JudgedMessage | None:
+    """The message with the same sender and MSH-10 (the HL7 idempotency key) that was judged
+    not a duplicate, if any, found through the (sender, control_id) index. Call it under
+    `lock_idempotency_keys`. A row stored but not judged yet is not an original: its answer
+    is not known.
+    """
+    found = session.execute(
+        _ORIGINAL_MESSAGE, {"sender": sender, "control_id": control_id, "inbox_id": inbox_id}
+    ).first()
+    return JudgedMessage(*found) if found is not None else None
+
+
+def same_report(*, session: Session, fingerprint: str, inbox_id: int) -> JudgedMessage | None:
+    """The accepted message with the same report fingerprint (accession, status, text), if
+    any; a copy whose run failed (error) is not one, so a resend runs again. Call it under
+    `lock_idempotency_keys`."""
+    found = session.execute(
+        _SAME_REPORT, {"fingerprint": fingerprint, "inbox_id": inbox_id}
+    ).first()
+    return JudgedMessage(*found) if found is not None else None
 
 
 def unclaimed_messages(
