@@ -3,6 +3,9 @@
 Prefect keeps accepted events in memory until its trigger service processes them (an event
 is lost if the server stops first), so the inbox is the record and this flow, scheduled every
 minute, re-emits `ris.scan.completed` for rows still `received` after `older_than_seconds`.
+A row stored but never judged (its gateway stopped between the commit of the raw bytes and
+the judgement) is judged first, as the gateway would have judged it: when its sender's
+resend was judged meanwhile, it is that resend's duplicate and starts nothing.
 The event id is the row's, so a re-emitted event whose original was processed is dropped by
 Prefect's deduplication instead of starting a second run.
 
@@ -19,6 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.events import emit_for_inbox
+from followup import intake
 from followup.settings import get_settings
 from models import inbox_queries
 from models.db import session_scope
@@ -42,6 +46,19 @@ async def unclaimed_messages(older_than_seconds: int, limit: int) -> list[Submis
         ]
 
 
+@task(name="judge-stranded-messages", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+async def judge_stranded_messages(older_than_seconds: int, limit: int) -> int:
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        receipts = intake.judge_stranded_messages(
+            session=session,
+            settings=settings,
+            received_before=utcnow() - timedelta(seconds=older_than_seconds),
+            limit=limit,
+        )
+        return len(receipts)
+
+
 @task(name="release-stale-claims", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 async def release_stale_claims(limit: int) -> list[Submission]:
     settings = get_settings()
@@ -58,7 +75,9 @@ async def sweep_inbox(older_than_seconds: int = 120, limit: int = 500) -> int:
     """Re-emit the event of every accepted row older than `older_than_seconds` and of every
     row whose run died; the count emitted."""
     logger = get_run_logger()
-    # Unclaimed rows first: a row released below is then submitted once, not twice.
+    # Stranded rows first: those accepted are then among the unclaimed ones.
+    stranded = await judge_stranded_messages(older_than_seconds, limit)
+    # Unclaimed rows before released ones: a row released below is then submitted once.
     waiting = await unclaimed_messages(older_than_seconds, limit)
     released = await release_stale_claims(limit)
     rows = waiting + released
@@ -68,9 +87,11 @@ async def sweep_inbox(older_than_seconds: int = 120, limit: int = 500) -> int:
         )
         for row in rows
     )
-    if rows:
+    if rows or stranded:
         logger.info(
-            "re-emitted %d of %d inbox rows (%d unclaimed, %d released from dead runs)",
+            "judged %d stranded inbox rows; re-emitted %d of %d inbox rows (%d unclaimed, "
+            "%d released from dead runs)",
+            stranded,
             emitted,
             len(rows),
             len(waiting),

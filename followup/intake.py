@@ -9,6 +9,9 @@ Rules, and why:
   commit, so that the row's sender and MSH-10 are committed with it, before the duplicate
   check: two copies of one message arriving at once on two connections see each other (the
   later row is the duplicate). A failure reading MSH is answered after the commit.
+* A row stored but never judged (the gateway stopped between the two commits) is judged
+  later by sweep-inbox (`judge_stranded`), exactly as here; until then no run is submitted
+  for it. Its sender got no answer and resent: the resend, judged first, is the original.
 * A duplicate (same sender and MSH-10, or the same accession, status and text) gets the
   original's answer and starts nothing. The answer is the original ACK: an intake rejection is
   remembered in the row's summary (`ack_code`, `error_kind`); a row that failed later, in the
@@ -27,8 +30,10 @@ Rules, and why:
 from __future__ import annotations
 
 import hashlib
+import logging
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session
@@ -41,6 +46,8 @@ from followup.settings import Settings
 from models import inbox_queries, queries
 from models.tables import InboxMessage, InboxStatus
 from models.types import utcnow
+
+logger = logging.getLogger(__name__)
 
 RESULT_TYPE = "ORU^R01"
 # Column sizes of InboxMessage: longer envelope values are cut, not crashed on (the parsers
@@ -89,30 +96,93 @@ def receive_message(
     *, session: Session, raw: bytes, source: str, settings: Settings, peer: str | None = None
 ) -> Receipt:
     """Store one HL7 v2 message durably, then validate it and detect duplicates."""
-    text, header, problem = "", None, None
-    if _looks_like_hl7(raw):
-        text = hl7v2.decode_message(raw)
-        try:
-            header = _peek_header(text)
-        except Exception as exc:  # answered (or raised) once the raw bytes are stored
-            problem = exc
+    envelope = _Envelope.read(raw)
+    header = envelope.header
     row = inbox_queries.store_message(
         session=session,
         raw=raw,
         source=source,
         peer=peer,
-        content_type="hl7v2" if text else "unknown",
+        content_type="hl7v2" if envelope.text else "unknown",
         sender=_sender(header),
         control_id=(_storable(header.control_id, _CONTROL_ID_LENGTH) or None) if header else None,
         message_type=_storable(header.message_type, _MESSAGE_TYPE_LENGTH) if header else None,
     )
+    return _judge_hl7(session, row, envelope, settings)
+
+
+def judge_stranded(*, session: Session, row: InboxMessage, settings: Settings) -> Receipt:
+    """Judge a row that was stored but never judged, as it would have been judged then.
+
+    Its gateway stopped between the two commits (raw bytes, then judgement), so its sender got
+    no answer and will have resent it: the resend, judged in between, is then the original and
+    this row its duplicate, and one run processes the message, not two.
+    """
+    if row.content_type == "fhir":
+        return _judge_fhir(session, row, settings)
+    return _judge_hl7(session, row, _Envelope.read(row.raw), settings)
+
+
+def judge_stranded_messages(
+    *, session: Session, settings: Settings, received_before: datetime, limit: int
+) -> list[Receipt]:
+    """Judge every row stored but never judged before `received_before` (`judge_stranded`).
+
+    Those accepted are then `received` like any accepted row, for sweep-inbox to submit. A row
+    that cannot be judged is logged and left for the next sweep, so that it does not hold back
+    the others.
+    """
+    receipts = []
+    for row in inbox_queries.stranded_messages(
+        session=session, received_before=received_before, limit=limit
+    ):
+        try:
+            receipt = judge_stranded(session=session, row=row, settings=settings)
+        except Exception as exc:
+            session.rollback()
+            # The type only: parser and database errors can quote the message (PHI).
+            logger.error("could not judge stranded inbox %s: %s", row.id, type(exc).__name__)
+            continue
+        logger.warning(
+            "judged stranded inbox %d: %s%s",
+            receipt.inbox_id,
+            receipt.status,
+            f" (duplicate of {receipt.duplicate_of})" if receipt.duplicate_of else "",
+        )
+        receipts.append(receipt)
+    return receipts
+
+
+@dataclass(frozen=True, slots=True)
+class _Envelope:
+    """The decoded text and MSH of a message, read before its row is stored."""
+
+    text: str  # empty when the bytes do not start with MSH
+    header: MessageHeader | None
+    problem: Exception | None  # why MSH could not be read, answered after the commit
+
+    @classmethod
+    def read(cls, raw: bytes) -> _Envelope:
+        if not _looks_like_hl7(raw):
+            return cls("", None, None)
+        text = hl7v2.decode_message(raw)
+        try:
+            return cls(text, _peek_header(text), None)
+        except Exception as exc:  # answered (or raised) once the raw bytes are stored
+            return cls(text, None, exc)
+
+
+def _judge_hl7(
+    session: Session, row: InboxMessage, envelope: _Envelope, settings: Settings
+) -> Receipt:
+    text, header = envelope.text, envelope.header
     if not text:
         not_hl7 = MalformedMessage("not an HL7 v2 message (no MSH segment at the start)")
         return _reject(session, row, not_hl7)
-    if isinstance(problem, InboundMessageError):
-        return _reject(session, row, problem)
-    if problem is not None:
-        raise problem
+    if isinstance(envelope.problem, InboundMessageError):
+        return _reject(session, row, envelope.problem)
+    if envelope.problem is not None:
+        raise envelope.problem
     assert header is not None and row.sender is not None
     # Parsed before the judging transaction: its locks are held for no longer than the writes.
     content = _read(text, header, settings)
@@ -188,11 +258,16 @@ def receive_fhir(
     The report's identifier, status and text are its idempotency key: the same report posted
     again is a duplicate, a corrected one (new status or text) is new content.
     """
-    row = queries.store_inbox_message(session=session, raw=raw, source=source, peer=peer)
-    row.content_type = "fhir"
+    row = queries.store_inbox_message(
+        session=session, raw=raw, source=source, peer=peer, content_type="fhir"
+    )
+    return _judge_fhir(session, row, settings)
+
+
+def _judge_fhir(session: Session, row: InboxMessage, settings: Settings) -> Receipt:
     try:
         report = fhir.parse_report(
-            raw, site_zone=settings.site_zone, phone_region=settings.default_phone_region
+            row.raw, site_zone=settings.site_zone, phone_region=settings.default_phone_region
         )
     except InboundMessageError as error:
         return _reject(session, row, error)
@@ -215,14 +290,25 @@ def receive_unterminated(
     address the answer; MSH-10 is not recorded, so the sender's complete resend is not taken
     for a duplicate of this fragment.
     """
-    row = queries.store_inbox_message(session=session, raw=raw, source=source, peer=peer)
-    header = None
-    if _looks_like_hl7(raw):
-        row.content_type = "hl7v2"
-        with suppress(InboundMessageError):
-            header = hl7v2.message_header(hl7v2.parse_message(hl7v2.decode_message(raw)))
+    row = InboxMessage(
+        raw=raw,
+        source=source,
+        peer=peer,
+        content_type="hl7v2" if _looks_like_hl7(raw) else "unknown",
+        content_hash=queries.content_hash(raw),
+    )
+    session.add(row)
     cut_off = MalformedMessage("the frame ended without the MLLP end block; it may be cut off")
-    return _reject(session, row, cut_off, header)
+    # Stored and refused in one commit (nothing is parsed before it): a gateway stopped here
+    # leaves no unjudged row that sweep-inbox could take for a complete message.
+    receipt = _reject(session, row, cut_off)
+    if row.content_type != "hl7v2":
+        return receipt
+    with suppress(InboundMessageError):
+        return replace(
+            receipt, header=hl7v2.message_header(hl7v2.parse_message(hl7v2.decode_message(raw)))
+        )
+    return receipt
 
 
 def parse_stored(row: InboxMessage, settings: Settings) -> ScanCompleted:

@@ -185,6 +185,23 @@ def unclaimed_messages(
         select(InboxMessage)
         .where(
             InboxMessage.status == InboxStatus.RECEIVED,
+            col(InboxMessage.content_hash).startswith(REPORT_FINGERPRINT_PREFIX),
+            col(InboxMessage.received_at) < received_before,
+        )
+        .order_by(col(InboxMessage.id))
+        .limit(limit)
+    ).all()
+
+
+def stranded_messages(
+    *, session: Session, received_before: datetime, limit: int
+) -> Sequence[InboxMessage]:
+    """Messages stored but never judged (their gateway stopped in between), oldest first."""
+    return session.exec(
+        select(InboxMessage)
+        .where(
+            InboxMessage.status == InboxStatus.RECEIVED,
+            ~col(InboxMessage.content_hash).startswith(REPORT_FINGERPRINT_PREFIX),
             col(InboxMessage.received_at) < received_before,
         )
         .order_by(col(InboxMessage.id))

@@ -43,11 +43,16 @@ def content_hash(raw: bytes) -> str:
 
 
 def store_inbox_message(
-    *, session: Session, raw: bytes, source: str, peer: str | None = None
+    *,
+    session: Session,
+    raw: bytes,
+    source: str,
+    peer: str | None = None,
+    content_type: str = "unknown",
 ) -> InboxMessage:
     """Persist the raw bytes and commit at once: nothing is parsed before it is durable."""
     row = InboxMessage(
-        raw=raw, source=source, peer=peer, content_type="unknown", content_hash=content_hash(raw)
+        raw=raw, source=source, peer=peer, content_type=content_type, content_hash=content_hash(raw)
     )
     session.add(row)
     session.commit()

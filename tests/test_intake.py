@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
-from followup.intake import receive_message
+from followup.intake import Receipt, judge_stranded_messages, receive_message, receive_unterminated
 from followup.settings import get_settings
-from models import inbox_queries
+from models import inbox_queries, queries
 from models.db import session_scope
 from models.tables import InboxMessage, InboxStatus
 from models.types import utcnow
@@ -226,3 +226,79 @@ def test_the_copy_judged_first_is_the_original_whatever_its_id(database_url: str
     assert judged_first.inbox_id > early
     assert (judged_first.status, judged_first.duplicate_of) == (InboxStatus.RECEIVED, None)
     assert _original_of(database_url, early) == judged_first.inbox_id
+
+
+# A gateway stopped between its two commits (raw bytes, then judgement) leaves a stranded row;
+# sweep-inbox judges it as the gateway would have.
+
+
+def _judge_stranded(database_url: str) -> list[Receipt]:
+    settings = get_settings(database_url=database_url)
+    with session_scope(database_url) as session:
+        return judge_stranded_messages(
+            session=session, settings=settings, received_before=utcnow(), limit=100
+        )
+
+
+def _unclaimed_ids(database_url: str) -> list[int | None]:
+    with session_scope(database_url) as session:
+        rows = inbox_queries.unclaimed_messages(
+            session=session, received_before=utcnow(), limit=100
+        )
+        return [row.id for row in rows]
+
+
+def test_a_stranded_row_whose_resend_was_judged_becomes_its_duplicate(database_url: str) -> None:
+    stranded = _store_copy(database_url)
+    resend = _receive(database_url, SPINE)
+
+    assert _unclaimed_ids(database_url) == [resend.inbox_id]  # never the unjudged row
+    [judged] = _judge_stranded(database_url)
+
+    assert (judged.inbox_id, judged.status, judged.duplicate_of) == (
+        stranded,
+        InboxStatus.DUPLICATE,
+        resend.inbox_id,
+    )
+    assert _unclaimed_ids(database_url) == [resend.inbox_id]
+    assert _judge_stranded(database_url) == []
+
+
+def test_a_stranded_row_without_a_resend_is_accepted_for_the_sweep(database_url: str) -> None:
+    stranded = _store_copy(database_url)
+    assert _unclaimed_ids(database_url) == []
+
+    [judged] = _judge_stranded(database_url)
+
+    assert (judged.inbox_id, judged.status, judged.ack_code) == (
+        stranded,
+        InboxStatus.RECEIVED,
+        "AA",
+    )
+    assert _unclaimed_ids(database_url) == [stranded]
+
+
+def test_a_stranded_fhir_report_is_judged_as_fhir(database_url: str) -> None:
+    raw = (SAMPLES / "fhir" / "diagnosticreport_contained.json").read_bytes()
+    with session_scope(database_url) as session:
+        stored = queries.store_inbox_message(
+            session=session, raw=raw, source="test", content_type="fhir"
+        )
+
+    [judged] = _judge_stranded(database_url)
+
+    assert (judged.inbox_id, judged.status, judged.ack_code) == (
+        stored.id,
+        InboxStatus.RECEIVED,
+        "AA",
+    )
+    assert judged.accession
+
+
+def test_a_cut_off_frame_is_stored_already_refused(database_url: str) -> None:
+    with session_scope(database_url) as session:
+        receipt = receive_unterminated(session=session, raw=SPINE[:200], source="test")
+
+    assert (receipt.status, receipt.ack_code) == (InboxStatus.ERROR, "AE")
+    assert receipt.header is not None
+    assert _judge_stranded(database_url) == []

@@ -17,7 +17,9 @@ from sqlmodel import select
 from flows.events import EVENT, emit_for_inbox, event_id
 from flows.sweep_inbox import sweep_inbox
 from followup import intake
+from followup.ris import hl7v2
 from followup.settings import get_settings
+from models import inbox_queries
 from models.db import session_scope
 from models.tables import AuditEvent, InboxMessage, InboxStatus
 from models.types import utcnow
@@ -166,3 +168,45 @@ def test_sweep_resubmits_a_row_whose_run_died_once_and_the_new_run_takes_it(
             live_claim,
             None,
         )
+
+
+def store_unjudged(database_url: str, sample: str, *, age: timedelta) -> int:
+    """A message stored as the gateway stores it before judging, by a gateway that then died."""
+    raw = (HL7 / sample).read_bytes()
+    header = hl7v2.message_header(hl7v2.parse_message(hl7v2.decode_message(raw)))
+    with session_scope(database_url) as session:
+        row = inbox_queries.store_message(
+            session=session,
+            raw=raw,
+            source="test",
+            peer=None,
+            content_type="hl7v2",
+            sender=f"{header.sending_application}|{header.sending_facility}",
+            control_id=header.control_id,
+            message_type=header.message_type,
+        )
+        row.received_at = utcnow() - age
+        session.add(row)
+        assert row.id is not None
+        return row.id
+
+
+@pytest.mark.prefect
+def test_sweep_judges_stranded_rows_and_submits_only_what_the_gateway_would_have(
+    prefect_api: None, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    stranded_copy = store_unjudged(database_url, "spine_normal.hl7", age=timedelta(minutes=5))
+    resend = receive(database_url, "spine_normal.hl7", age=timedelta(minutes=4))
+    claimed(database_url, resend, ago=timedelta(minutes=1))  # a run is processing the resend
+    lone = store_unjudged(database_url, "spine_inconclusive.hl7", age=timedelta(minutes=5))
+
+    emitted = asyncio.run(sweep_inbox(older_than_seconds=120))
+
+    assert emitted == 1
+    with session_scope(database_url) as session:
+        copy_row, lone_row = (session.get_one(InboxMessage, i) for i in (stranded_copy, lone))
+        assert (copy_row.status, copy_row.duplicate_of_id) == (InboxStatus.DUPLICATE, resend)
+        assert (lone_row.status, lone_row.accession) == (InboxStatus.RECEIVED, "ACC2026000108")
+    [event] = stored_events([row_event_id(database_url, lone)], expected=1)
+    assert event.payload["inbox_id"] == lone
