@@ -944,7 +944,7 @@ def accept_offer(
     entry.appointment_id = appointment_id
     session.add_all([offer, entry])
     if entry.study_id is not None:
-        _resolve_unbookable(session, entry.study_id, now=now)
+        _resolve_unbookable(session, entry.study_id, now=now, by="waitlist")
     session.flush()
     audit(
         session=session,
@@ -1027,6 +1027,9 @@ def withdraw_from_waitlist(
         )
     ).first()
     entry.resolved_at = now
+    # Nobody needs to find this patient a slot any more (a new one opens if the study
+    # comes back to the waitlist).
+    _resolve_unbookable(session, study_id, now=now, by="waitlist withdrawn")
     next_offer = None
     if pending is None:
         entry.status = WaitlistStatus.CANCELLED
@@ -1100,7 +1103,8 @@ def _close_offer(
     return offer_freed_slot(session=session, slot_id=offer.slot_id, now=now, actor=actor)
 
 
-def _resolve_unbookable(session: Session, study_id: int, *, now: datetime) -> None:
+def _resolve_unbookable(session: Session, study_id: int, *, now: datetime, by: str) -> None:
+    """Close the study's open "no slot fits" escalation: the study no longer waits on it."""
     escalation = session.exec(
         select(Escalation).where(
             Escalation.study_id == study_id,
@@ -1111,8 +1115,16 @@ def _resolve_unbookable(session: Session, study_id: int, *, now: datetime) -> No
     if escalation is not None:
         escalation.status = EscalationStatus.ACKNOWLEDGED
         escalation.acknowledged_at = now
-        escalation.acknowledged_by = "waitlist"
+        escalation.acknowledged_by = by
         session.add(escalation)
+        audit(
+            session=session,
+            actor=ACTOR,
+            action="escalation.acknowledged",
+            entity="escalation",
+            entity_id=escalation.id,
+            detail={"kind": escalation.kind, "via": by},
+        )
 
 
 # --- cancel and reschedule ---------------------------------------------------------------------

@@ -256,3 +256,24 @@ def test_the_same_study_is_waitlisted_once(clinic: Clinic) -> None:
         }
         assert len(ids) == 1
         assert session.exec(select(Appointment)).all() == []
+
+
+def test_withdrawing_from_the_waitlist_closes_its_unbookable_escalation(clinic: Clinic) -> None:
+    freed = _full_doctor(clinic)
+    entry_id = _wait(clinic, freed.doctor)
+    study_id = _entry(clinic, entry_id).study_id
+    assert study_id is not None
+
+    with session_scope(clinic.url) as session:
+        booking.withdraw_from_waitlist(
+            session=session, study_id=study_id, reason="result cancelled", now=NOW
+        )
+
+    with session_scope(clinic.url) as session:
+        escalation = session.exec(select(Escalation).where(Escalation.study_id == study_id)).one()
+    assert (escalation.status, escalation.acknowledged_by, escalation.acknowledged_at) == (
+        "acknowledged",
+        "waitlist withdrawn",
+        NOW,
+    )
+    assert _entry(clinic, entry_id).status == "cancelled"
