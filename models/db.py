@@ -6,14 +6,16 @@ URL from `Settings.database_url`, so tests and the CLI choose the database expli
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlmodel import Session, create_engine
 
 if TYPE_CHECKING:
@@ -65,7 +67,31 @@ def get_engine(database_url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "savepoint", _savepoint_inside_a_transaction)
         return engine
-    return create_engine(database_url, pool_pre_ping=True, hide_parameters=True)
+    engine = create_engine(database_url, hide_parameters=True)
+    event.listen(engine, "checkin", _note_checkin)
+    event.listen(engine, "checkout", partial(_ping_if_idle, engine.dialect))
+    return engine
+
+
+# A pooled connection unused this long is pinged before use: the server may have restarted or
+# a firewall dropped it. SQLAlchemy's pool_pre_ping pings on every checkout, one more round trip
+# per unit of work (of about eight for a booking) for connections used a moment ago.
+PING_AFTER_IDLE_SECONDS = 10.0
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info["checked_in"] = time.monotonic()
+
+
+def _ping_if_idle(dialect: Dialect, dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    checked_in = record.info.get("checked_in")
+    if checked_in is None or time.monotonic() - checked_in < PING_AFTER_IDLE_SECONDS:
+        return  # new, or used a moment ago
+    try:
+        dialect.do_ping(dbapi_connection)
+    except Exception as exc:
+        # The pool discards this connection and checks out (or opens) another.
+        raise DisconnectionError("pooled connection failed its ping") from exc
 
 
 @contextmanager
