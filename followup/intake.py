@@ -18,8 +18,10 @@ Rules, and why:
   flow, was answered AA and is answered AA again.
 * Results (ORU^R01, FHIR DiagnosticReport) are accepted as `received`, for a flow run to claim,
   except: a cancelled result (X) for a study never routed has nothing to undo, and a
-  preliminary (P) arriving after the study's final or corrected report is stale; both are
-  stored and answered AA with no run. A corrected report (C) has new text, so it is new
+  preliminary (P) arriving after the study's final or corrected report, or a final or
+  corrected report whose result time (OBR-22) is earlier than the study's current final or
+  corrected report (a RIS queue delivering out of order), is stale; all are stored and
+  answered AA with no run. A corrected report (C) has new text, so it is new
   content and runs again (superseding the decision); a cancellation of a routed study runs to
   withdraw its decision, referrals and follow-up; a preliminary before any final runs too,
   and the flow holds it unless critical (DOMAIN.md §5).
@@ -360,19 +362,23 @@ def _accept_result(
 
 
 def _no_run_reason(session: Session, scan: ScanCompleted, inbox_id: int) -> str | None:
+    current = inbox_queries.current_report(session=session, accession=scan.accession)
     if scan.result_status == "X":
-        routed = inbox_queries.report_status(session=session, accession=scan.accession)
-        if routed is None and not inbox_queries.result_awaiting_run(
+        if current is None and not inbox_queries.result_awaiting_run(
             session=session, accession=scan.accession, before_id=inbox_id
         ):
             return "cancelled result: nothing to route"
         # The run withdraws the study's decision, referrals and follow-up; run before the
         # result it cancels, it leaves that result stale (older than the study's report).
         return None
-    if scan.result_status == "P":
-        current = inbox_queries.report_status(session=session, accession=scan.accession)
-        if current in queries.FINAL_STATUSES:
-            return f"preliminary after a {current} report: kept, not routed"
+    if current is None:
+        return None
+    if scan.result_status == "P" and current.status in queries.FINAL_STATUSES:
+        return f"preliminary after a {current.status} report: kept, not routed"
+    if queries.reported_before(
+        scan, current_status=current.status, current_time=current.reported_at
+    ):
+        return f"reported before the study's current {current.status} report: kept, not routed"
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert
@@ -90,15 +91,37 @@ def find_provider(*, session: Session, ref: ProviderRef | None) -> Provider | No
 def is_stale_report(*, study: ImagingStudy, scan: ScanCompleted, inbox_id: int) -> bool:
     """True when the study already holds a newer report than this message's.
 
-    A preliminary after the final or corrected report, or any message older than the one the
-    study was last updated from (a late delivery, a re-run of an old row), must not replace
-    the report the current decision was made on.
+    A preliminary after the final or corrected report, a report whose result time (OBR-22)
+    is earlier than the study's current report (a RIS queue delivering a final after its
+    correction), or a row older than the one the study was last updated from (a re-run of an
+    old row) must not replace the report the current decision was made on.
     """
     if study.id is None:
         return False
     if scan.result_status == "P" and study.report_status in FINAL_STATUSES:
         return True
+    if reported_before(scan, current_status=study.report_status, current_time=study.final_at):
+        return True
     return study.inbox_id > inbox_id
+
+
+def reported_before(
+    scan: ScanCompleted, *, current_status: str, current_time: datetime | None
+) -> bool:
+    """Whether a final or corrected report was written before the study's current one.
+
+    Only a final or corrected report of record counts as newer (a final always replaces a
+    preliminary, whatever its stamp), and only an explicit result time: without OBR-22 the
+    message's age is unknown and arrival order decides. A cancellation (X) is never judged by
+    its time: a cancelled study must not stay booked because the RIS stamped the cancel oddly.
+    """
+    return (
+        scan.result_status in FINAL_STATUSES
+        and current_status in FINAL_STATUSES
+        and scan.result_time is not None
+        and current_time is not None
+        and scan.result_time < current_time
+    )
 
 
 def upsert_study(

@@ -328,6 +328,68 @@ def test_late_preliminary_does_not_replace_the_final_report(settings: Settings) 
         assert "report.stale" in actions(session)
 
 
+def test_final_delivered_after_its_correction_is_kept_and_not_routed(
+    settings: Settings,
+) -> None:
+    now = datetime.now(settings.site_zone)
+    # The RIS queue hands over the correction (reported 30 min ago) before the final it
+    # corrects (reported an hour ago): the uncorrected text must not become the report again.
+    correction = receive(settings, restamp_for_today(CORRECTED.read_bytes(), now=now))
+    run_flow_steps(settings.database_url, correction.inbox_id)
+    late_final = receive(
+        settings, restamp_for_today(NEURO.read_bytes(), now=now - timedelta(minutes=30))
+    )
+
+    assert late_final.ack_code == "AA"
+    assert not late_final.should_process
+    with session_scope(settings.database_url) as session:
+        row = queries.get_inbox_message(session=session, inbox_id=late_final.inbox_id)
+        assert row.status == InboxStatus.PROCESSED
+        assert row.summary["note"] == (
+            "reported before the study's current C report: kept, not routed"
+        )
+        study = queries.study_by_accession(session=session, accession="ACC2026000101")
+        assert study is not None
+        assert (study.report_status, study.inbox_id) == ("C", correction.inbox_id)
+        assert ADDENDUM.decode() in study.report_text
+        assert len(all_rows(session, Decision)) == 1
+
+
+def test_final_run_after_its_correction_leaves_the_correction_in_force(
+    settings: Settings,
+) -> None:
+    now = datetime.now(settings.site_zone)
+    # The correction, then the final it corrects, both received before either is routed:
+    # intake has no report of record to compare with, so both get a run, in arrival order.
+    correction = receive(settings, restamp_for_today(CORRECTED.read_bytes(), now=now))
+    final = receive(settings, restamp_for_today(NEURO.read_bytes(), now=now - timedelta(hours=1)))
+    assert correction.should_process and final.should_process
+    routed = run_flow_steps(settings.database_url, correction.inbox_id)
+
+    late = run_flow_steps(settings.database_url, final.inbox_id)
+
+    assert late["status"] == InboxStatus.HELD
+    assert (late["decision"], late["appointment"]) == (routed["decision"], routed["appointment"])
+    with session_scope(settings.database_url) as session:
+        study = queries.study_by_accession(session=session, accession="ACC2026000101")
+        assert study is not None
+        assert (study.report_status, study.inbox_id) == ("C", correction.inbox_id)
+        assert len(all_rows(session, Decision)) == 1
+        assert "report.stale" in actions(session)
+
+
+def test_final_reported_after_a_correction_is_new_content_and_runs(settings: Settings) -> None:
+    now = datetime.now(settings.site_zone)
+    correction = receive(settings, restamp_for_today(CORRECTED.read_bytes(), now=now))
+    run_flow_steps(settings.database_url, correction.inbox_id)
+
+    newer_final = receive(
+        settings, restamp_for_today(NEURO.read_bytes(), now=now + timedelta(minutes=5))
+    )
+
+    assert newer_final.should_process
+
+
 def test_upsert_study_keeps_the_final_report_against_a_late_preliminary(
     settings: Settings,
 ) -> None:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlmodel import Session, select
 
 from followup import intake
 from followup.intake import Receipt
-from followup.ris.scan import language_code
+from followup.ris.scan import PersonName, ScanCompleted, language_code
 from followup.settings import get_settings
-from models import inbox_queries
+from models import inbox_queries, queries
 from models.db import session_scope
 from models.tables import ImagingStudy, InboxMessage, InboxStatus, Patient, Provider
 from models.types import utcnow
@@ -70,6 +70,48 @@ def test_preliminary_after_a_final_is_kept_without_a_run(database_url: str) -> N
     with session_scope(database_url) as session:
         row = session.get(InboxMessage, receipt.inbox_id)
         assert row is not None and "preliminary after a F report" in row.summary["note"]
+
+
+AN_HOUR_AGO = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+NOW = AN_HOUR_AGO + timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("status", "result_time", "current_status", "current_time", "older"),
+    [
+        ("F", AN_HOUR_AGO, "C", NOW, True),  # a final delivered after its correction
+        ("C", AN_HOUR_AGO, "C", NOW, True),  # an earlier correction delivered late
+        ("C", AN_HOUR_AGO, "F", NOW, True),
+        ("F", NOW, "C", AN_HOUR_AGO, False),  # written after the correction: new content
+        ("F", NOW, "F", NOW, False),  # same stamp: arrival order decides
+        ("F", None, "C", NOW, False),  # no OBR-22: its age is unknown
+        ("F", AN_HOUR_AGO, "C", None, False),
+        ("F", AN_HOUR_AGO, "P", NOW, False),  # a final always replaces a preliminary
+        ("X", AN_HOUR_AGO, "F", NOW, False),  # a cancellation is never outdated by its stamp
+        ("P", AN_HOUR_AGO, "F", NOW, False),  # (a late preliminary has its own rule)
+    ],
+)
+def test_reported_before_compares_result_times_of_reports_of_record(
+    status: str,
+    result_time: datetime | None,
+    current_status: str,
+    current_time: datetime | None,
+    older: bool,
+) -> None:
+    scan = ScanCompleted(
+        accession="ACC1",
+        mrn="M1",
+        patient_name=PersonName("Doe"),
+        result_status=status,
+        report_text="IMPRESSION: normal.",
+        result_time=result_time,
+        exam_time=AN_HOUR_AGO - timedelta(hours=2),
+    )
+
+    assert (
+        queries.reported_before(scan, current_status=current_status, current_time=current_time)
+        is older
+    )
 
 
 def test_preliminary_before_any_final_runs(database_url: str) -> None:
