@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,13 +16,19 @@ import httpx
 import pytest
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from sqlmodel import select
 
 from followup.gateway.http import create_app
 from followup.settings import Settings, get_settings
 from models import worklist
 from models.db import session_scope
-from models.tables import Escalation
+from models.tables import AuditEvent, Escalation
 from models.types import utcnow
 from tests.flows.conftest import run_sample
 from tests.gateway.test_http import serve
@@ -163,3 +170,46 @@ def test_unacknowledged_critical_finding_is_renotified_until_acknowledged_over_h
         stored = session.get(Escalation, escalation["id"])
     assert stored is not None
     assert (stored.notify_count, stored.acknowledged_by) == (1, "dr.brennan")
+
+
+def test_without_a_notification_block_the_renotice_goes_to_the_run_log(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.renotify_escalations import renotify_escalations
+
+    monkeypatch.delenv("FOLLOWUP_ESCALATION_BLOCK", raising=False)
+    [escalation] = run_sample(settings, "spine_critical_cord_compression.hl7")["escalations"]
+    _backdate(settings.database_url, escalation["id"], minutes=16)
+
+    state = asyncio.run(renotify_escalations(return_state=True))
+
+    assert state.result() == {"due": 1, "notified": 1, "open": 1}
+    warning = _log_line(state.state_details.flow_run_id, "critical finding not acknowledged")
+    assert f"accession ACC2026000105, escalation {escalation['id']}, notice 1" in warning
+    assert "Abernathy" not in warning
+    with session_scope(settings.database_url) as session:
+        stored = session.get(Escalation, escalation["id"])
+        assert stored is not None and stored.notify_count == 1
+        [renotified] = session.exec(
+            select(AuditEvent).where(AuditEvent.action == "escalation.renotified")
+        ).all()
+        assert renotified.detail == {"channel": "log"}
+
+
+def _log_line(flow_run_id: Any, contains: str, timeout: float = 20.0) -> str:
+    """The run's log line containing `contains` (logs reach the API in batches)."""
+
+    async def read() -> list[str]:
+        async with get_client() as client:
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+            )
+        return [log.message for log in logs if contains in log.message]
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = asyncio.run(read())
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no log line with {contains!r} in run {flow_run_id}")
