@@ -8,6 +8,7 @@ flow-run subprocesses Prefect spawns re-import their parent's main module.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -18,14 +19,15 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from sqlmodel import Session
@@ -515,6 +517,42 @@ def process_scan(
 VT, FS_CR = b"\x0b", b"\x1c\r"
 SCAN_DEPLOYMENT = "scan-completed"
 FLOOR_EVENT = "bench.floor.fired"
+T = TypeVar("T")
+
+
+class FloorEvents:
+    """Sends the floor's events over one open websocket from a background event loop, as the
+    gateway's EventsWorker does (Prefect's own `emit_event` here would also start a client for
+    the server named by this process's settings, which change from series to series)."""
+
+    def __init__(self, api_url: str) -> None:
+        from prefect.events.clients import PrefectEventsClient
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.client = PrefectEventsClient(api_url=api_url)
+        self._wait(self.client.__aenter__())
+
+    def _wait(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
+
+    def emit(self, marker: str) -> float:
+        """Send one `bench.floor.fired`; its `occurred` (epoch seconds)."""
+        from prefect.events import Event
+
+        event = Event(
+            event=FLOOR_EVENT,
+            resource={"prefect.resource.id": f"bench.floor.{marker}"},
+            payload={"marker": marker},
+        )
+        self._wait(self.client.emit(event))
+        return event.occurred.timestamp()
+
+    def close(self) -> None:
+        self._wait(self.client.__aexit__(None, None, None))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
 
 
 def free_port() -> int:

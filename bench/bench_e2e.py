@@ -28,7 +28,6 @@ what a flow-run process imports before its first task (each run is a fresh
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import random
 import resource
@@ -36,22 +35,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
 
 from bench import _helpers as helpers  # noqa: E402
 
-T = TypeVar("T")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # Completed runs of each kind before measuring, not counted: the server loads a new deployment's
 # trigger a little after the runner registers it, and the first runs warm connections and caches.
@@ -159,41 +155,6 @@ def confirmation_marks(url: str, scans: list[Run]) -> None:
             record.marks["done"] = created_at.timestamp()
 
 
-class FloorEvents:
-    """Sends the floor's events over one open websocket from a background event loop, as the
-    gateway's EventsWorker does (Prefect's own `emit_event` here would also start a client for
-    the server named by this process's settings, which change from series to series)."""
-
-    def __init__(self, api_url: str) -> None:
-        from prefect.events.clients import PrefectEventsClient
-
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.client = PrefectEventsClient(api_url=api_url)
-        self._wait(self.client.__aenter__())
-
-    def _wait(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
-
-    def emit(self, marker: str) -> float:
-        """Send one `bench.floor.fired`; its `occurred` (epoch seconds)."""
-        from prefect.events import Event
-
-        event = Event(
-            event=helpers.FLOOR_EVENT,
-            resource={"prefect.resource.id": f"bench.floor.{marker}"},
-            payload={"marker": marker},
-        )
-        self._wait(self.client.emit(event))
-        return event.occurred.timestamp()
-
-    def close(self) -> None:
-        self._wait(self.client.__aexit__(None, None, None))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-
-
 @dataclass
 class Series:
     database: str
@@ -238,7 +199,7 @@ def run_series(
             prefect_yaml, database_url=url, api_url=api_url, log=work / kind / "serve.log"
         ) as engine:
             sender = helpers.MLLPSender(engine.mllp_port)
-            events = FloorEvents(api_url)
+            events = helpers.FloorEvents(api_url)
 
             def scan(number: int) -> Run:
                 message = generated[number]

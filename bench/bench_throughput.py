@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_throughput.py [--scans 10000] [--postgres-url URL]
         [--prefect-scans 300] [--prefect-sqlite-scans 100] [--rate 5] [--profile-scans 1000]
-        [--what-if-scans 2000] [--skip core what-if profile prefect]
+        [--what-if-scans 2000] [--floor-events 150] [--skip core what-if profile prefect floor]
 
 Scans are generated ORU^R01 results (bench/_helpers.py) whose report texts come from the
 labelled corpus (tests/corpus/*.jsonl) and the HL7 samples, drawn in a fixed mix of what the
@@ -26,6 +26,9 @@ goes to one of `scans / 50` providers (practices of five, business hours, 35 day
    rows counted every second until all are done or --prefect-timeout passes. On PostgreSQL
    (--prefect-scans) and SQLite (--prefect-sqlite-scans) for the application database, each
    with a Prefect server of its own.
+4. Prefect's floor (--floor-events): the same server and runner set-up serving bench_e2e's
+   empty flow, fired by that many `bench.floor.fired` events at --rate per second; what an
+   empty flow run per event sustains on this machine, the ceiling for the rows of 3.
 
 Every process caches bytecode under --bytecode-cache unless --no-bytecode-cache (see
 bench/_helpers.py: use_bytecode_cache). A rich progress bar and a count line every
@@ -46,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,6 +75,7 @@ from bench import _helpers as helpers  # noqa: E402
 
 console = Console(stderr=True)
 WHAT_IF = "what-if: core, steps in one transaction"
+FLOOR = "Prefect floor: an empty flow run per event"
 ANALYZE_EVERY = 500
 AUTOVACUUM_NOTE = (
     "this PostgreSQL server runs with autovacuum off, so the replay runs ANALYZE every "
@@ -393,6 +398,63 @@ def prefect_replay(
     return replay
 
 
+def floor_replay(arguments: argparse.Namespace, *, count: int, work: Path) -> Replay:
+    """Prefect's own ceiling on this machine: the empty bench-floor flow (bench_e2e's floor),
+    fired by `count` events at the scans' rate through the same kind of trigger and runner, so
+    the through-Prefect rows can be read against what an empty flow run per event sustains."""
+    import httpx
+
+    replay = Replay(FLOOR, "sqlite", count, load_before=helpers.load())
+    children_cpu = _children_cpu()
+    completed = {
+        "flows": {"name": {"any_": ["bench-floor"]}},
+        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+    }
+    with (
+        helpers.database("sqlite", None, "bench-throughput-floor-") as url,
+        helpers.prefect_server(work / "floor") as api_url,
+    ):
+        prefect_yaml = helpers.bench_prefect_yaml(
+            work / "floor", floor=True, concurrency=arguments.concurrency
+        )
+        with (
+            helpers.served_engine(
+                prefect_yaml, database_url=url, api_url=api_url, log=work / "floor" / "serve.log"
+            ),
+            httpx.Client(base_url=api_url, timeout=30) as api,
+        ):
+            events = helpers.FloorEvents(api_url)
+            started = time.perf_counter()
+            deadline = started + arguments.prefect_timeout
+            sent = 0
+            seen = 0
+            with progress() as bar:
+                task = bar.add_task("Prefect floor", total=count, rate=0.0)
+                while seen < count and time.perf_counter() < deadline:
+                    due = min(count, int((time.perf_counter() - started) * arguments.rate) + 1)
+                    for number in range(sent, due):
+                        events.emit(f"{number:05d}-{uuid.uuid4().hex[:8]}")
+                    sent = due
+                    time.sleep(0.2)
+                    response = api.post("/flow_runs/count", json=completed)
+                    response.raise_for_status()
+                    finished = int(response.json())
+                    now = time.perf_counter() - started
+                    replay.finished_at += [now] * (finished - seen)
+                    seen = finished
+                    bar.update(task, completed=finished, rate=finished / now)
+            events.close()
+            replay.seconds = replay.finished_at[-1] if replay.finished_at else 0.0
+            states = settled_flow_runs(api_url, timeout=300)
+        replay.outcomes.update({f"run {name.lower()}": n for name, n in states.items()})
+        replay.notes.append(
+            f"sent {sent} events at {arguments.rate:g}/s; {seen} empty flow runs completed"
+        )
+    replay.cpu_seconds = _children_cpu() - children_cpu
+    replay.load_after = helpers.load()
+    return replay
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -446,6 +508,7 @@ def replay_table(replays: list[Replay]) -> list[str]:
     for r in replays:
         target = {
             "through Prefect": "≥ 5/s",
+            FLOOR: "(Prefect's ceiling)",
             "core, profiled": "(cProfile on)",
             WHAT_IF: "(bench-only variant)",
         }.get(r.label, "≥ 200/s")
@@ -590,6 +653,9 @@ def main() -> None:
     parser.add_argument("--scans", type=int, default=10_000, help="core pipeline replay")
     parser.add_argument("--prefect-scans", type=int, default=300, help="through Prefect, PG")
     parser.add_argument("--prefect-sqlite-scans", type=int, default=100)
+    parser.add_argument(
+        "--floor-events", type=int, default=150, help="empty flow runs, Prefect's ceiling"
+    )
     parser.add_argument("--rate", type=float, default=5.0, help="scans/s sent to the gateway")
     parser.add_argument("--concurrency", type=int, help="override scan-completed's limit")
     parser.add_argument("--prefect-timeout", type=float, default=1800.0, help="per replay, s")
@@ -659,6 +725,10 @@ def main() -> None:
                 for k in reversed(kinds)  # PostgreSQL first: the headline
                 if counts[k]
             ]
+        if "floor" not in arguments.skip and arguments.floor_events:
+            work = arguments.log_dir or Path(folder)
+            floor = partial(floor_replay, arguments, count=arguments.floor_events, work=work)
+            planned.append(floor)
         for replay in planned:
             replays.append(replay())
             publish(final=False)
