@@ -18,10 +18,10 @@ Rules, and why:
   flow, was answered AA and is answered AA again.
 * Results (ORU^R01, FHIR DiagnosticReport) are accepted as `received`, for a flow run to claim,
   except: a cancelled result (X) for a study never routed has nothing to undo, and a
-  preliminary (P) arriving after the study's final or corrected report, or a final or
-  corrected report whose result time (OBR-22) is earlier than the study's current final or
-  corrected report (a RIS queue delivering out of order), is stale; all are stored and
-  answered AA with no run. A corrected report (C) has new text, so it is new
+  preliminary (P) arriving after the study's final or corrected report, or a final (F) whose
+  result time (OBR-22) is not after the study's current correction (a RIS queue delivering
+  the final after its correction), is stale; all are stored, audited and answered AA with no
+  run. A corrected report (C) has new text, so it is new
   content and runs again (superseding the decision); a cancellation of a routed study runs to
   withdraw its decision, referrals and follow-up; a preliminary before any final runs too,
   and the flow holds it unless critical (DOMAIN.md §5).
@@ -348,6 +348,15 @@ def _accept_result(
     note = _no_run_reason(session, scan, _id(row))
     if note:
         _finish_without_run(row, {"note": note})
+        # The flow audits a stale report it holds; one refused here leaves the same trail.
+        queries.audit(
+            session=session,
+            actor="intake",
+            action="report.not_routed",
+            entity="inbox_message",
+            entity_id=_id(row),
+            detail={"accession": scan.accession, "result_status": scan.result_status, "note": note},
+        )
     session.add(row)
     session.commit()
     return Receipt(
@@ -375,10 +384,10 @@ def _no_run_reason(session: Session, scan: ScanCompleted, inbox_id: int) -> str 
         return None
     if scan.result_status == "P" and current.status in queries.FINAL_STATUSES:
         return f"preliminary after a {current.status} report: kept, not routed"
-    if queries.reported_before(
+    if queries.final_after_its_correction(
         scan, current_status=current.status, current_time=current.reported_at
     ):
-        return f"reported before the study's current {current.status} report: kept, not routed"
+        return "final written before the study's correction: kept, not routed"
     return None
 
 

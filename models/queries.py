@@ -91,36 +91,42 @@ def find_provider(*, session: Session, ref: ProviderRef | None) -> Provider | No
 def is_stale_report(*, study: ImagingStudy, scan: ScanCompleted, inbox_id: int) -> bool:
     """True when the study already holds a newer report than this message's.
 
-    A preliminary after the final or corrected report, a report whose result time (OBR-22)
-    is earlier than the study's current report (a RIS queue delivering a final after its
-    correction), or a row older than the one the study was last updated from (a re-run of an
-    old row) must not replace the report the current decision was made on.
+    A preliminary after the final or corrected report, a final written before the correction
+    the study already holds (`final_after_its_correction`), or a row older than the one the
+    study was last updated from (a re-run of an old row) must not replace the report the
+    current decision was made on.
     """
     if study.id is None:
         return False
     if scan.result_status == "P" and study.report_status in FINAL_STATUSES:
         return True
-    if reported_before(scan, current_status=study.report_status, current_time=study.final_at):
+    if final_after_its_correction(
+        scan, current_status=study.report_status, current_time=study.final_at
+    ):
         return True
     return study.inbox_id > inbox_id
 
 
-def reported_before(
+def final_after_its_correction(
     scan: ScanCompleted, *, current_status: str, current_time: datetime | None
 ) -> bool:
-    """Whether a final or corrected report was written before the study's current one.
+    """Whether a final (F) is the one the study's current correction (C) already replaced.
 
-    Only a final or corrected report of record counts as newer (a final always replaces a
-    preliminary, whatever its stamp), and only an explicit result time: without OBR-22 the
-    message's age is unknown and arrival order decides. A cancellation (X) is never judged by
-    its time: a cancelled study must not stay booked because the RIS stamped the cancel oddly.
+    A RIS queue can hand over the correction before the final; routed in arrival order, the
+    uncorrected text and its decision would come back. The final is the older one when its
+    result time (OBR-22) is not after the correction's: equal counts too, since some RISes keep
+    the original OBR-22 on a correction. The rule is kept this narrow on purpose: judged by
+    stamps alone, a correction could be dropped for a date-only OBR-22 or a clock change,
+    so everything else, and a final without OBR-22, goes by arrival order. (The current time
+    falls back to the exam time when the correction had no OBR-22; a final is written after its
+    exam, so that errs towards arrival order.)
     """
     return (
-        scan.result_status in FINAL_STATUSES
-        and current_status in FINAL_STATUSES
+        scan.result_status == "F"
+        and current_status == "C"
         and scan.result_time is not None
         and current_time is not None
-        and scan.result_time < current_time
+        and scan.result_time <= current_time
     )
 
 

@@ -346,8 +346,12 @@ def test_final_delivered_after_its_correction_is_kept_and_not_routed(
         row = queries.get_inbox_message(session=session, inbox_id=late_final.inbox_id)
         assert row.status == InboxStatus.PROCESSED
         assert row.summary["note"] == (
-            "reported before the study's current C report: kept, not routed"
+            "final written before the study's correction: kept, not routed"
         )
+        [refused] = session.exec(
+            select(AuditEvent).where(AuditEvent.action == "report.not_routed")
+        ).all()
+        assert (refused.entity, refused.entity_id) == ("inbox_message", late_final.inbox_id)
         study = queries.study_by_accession(session=session, accession="ACC2026000101")
         assert study is not None
         assert (study.report_status, study.inbox_id) == ("C", correction.inbox_id)
@@ -378,7 +382,9 @@ def test_final_run_after_its_correction_leaves_the_correction_in_force(
         assert "report.stale" in actions(session)
 
 
-def test_final_reported_after_a_correction_is_new_content_and_runs(settings: Settings) -> None:
+def test_final_reported_after_a_correction_is_new_content_and_replaces_it(
+    settings: Settings,
+) -> None:
     now = datetime.now(settings.site_zone)
     correction = receive(settings, restamp_for_today(CORRECTED.read_bytes(), now=now))
     run_flow_steps(settings.database_url, correction.inbox_id)
@@ -386,8 +392,15 @@ def test_final_reported_after_a_correction_is_new_content_and_runs(settings: Set
     newer_final = receive(
         settings, restamp_for_today(NEURO.read_bytes(), now=now + timedelta(minutes=5))
     )
-
     assert newer_final.should_process
+    summary = run_flow_steps(settings.database_url, newer_final.inbox_id)
+
+    assert summary["status"] == InboxStatus.PROCESSED
+    with session_scope(settings.database_url) as session:
+        study = queries.study_by_accession(session=session, accession="ACC2026000101")
+        assert study is not None
+        assert (study.report_status, study.inbox_id) == ("F", newer_final.inbox_id)
+        assert ADDENDUM.decode() not in study.report_text
 
 
 def test_upsert_study_keeps_the_final_report_against_a_late_preliminary(

@@ -79,19 +79,20 @@ NOW = AN_HOUR_AGO + timedelta(hours=1)
 @pytest.mark.parametrize(
     ("status", "result_time", "current_status", "current_time", "older"),
     [
-        ("F", AN_HOUR_AGO, "C", NOW, True),  # a final delivered after its correction
-        ("C", AN_HOUR_AGO, "C", NOW, True),  # an earlier correction delivered late
-        ("C", AN_HOUR_AGO, "F", NOW, True),
+        ("F", AN_HOUR_AGO, "C", NOW, True),  # the final delivered after its correction
+        ("F", NOW, "C", NOW, True),  # a correction that kept the final's OBR-22
         ("F", NOW, "C", AN_HOUR_AGO, False),  # written after the correction: new content
-        ("F", NOW, "F", NOW, False),  # same stamp: arrival order decides
-        ("F", None, "C", NOW, False),  # no OBR-22: its age is unknown
+        ("F", None, "C", NOW, False),  # no OBR-22: its age is unknown, arrival order decides
         ("F", AN_HOUR_AGO, "C", None, False),
+        # Stamps alone never drop a correction (date-only OBR-22, clock changes):
+        ("C", AN_HOUR_AGO, "C", NOW, False),
+        ("C", AN_HOUR_AGO, "F", NOW, False),
+        ("F", AN_HOUR_AGO, "F", NOW, False),
         ("F", AN_HOUR_AGO, "P", NOW, False),  # a final always replaces a preliminary
-        ("X", AN_HOUR_AGO, "F", NOW, False),  # a cancellation is never outdated by its stamp
-        ("P", AN_HOUR_AGO, "F", NOW, False),  # (a late preliminary has its own rule)
+        ("X", AN_HOUR_AGO, "C", NOW, False),  # a cancellation is never outdated by its stamp
     ],
 )
-def test_reported_before_compares_result_times_of_reports_of_record(
+def test_only_a_final_written_before_the_current_correction_is_outdated_by_its_stamp(
     status: str,
     result_time: datetime | None,
     current_status: str,
@@ -109,7 +110,9 @@ def test_reported_before_compares_result_times_of_reports_of_record(
     )
 
     assert (
-        queries.reported_before(scan, current_status=current_status, current_time=current_time)
+        queries.final_after_its_correction(
+            scan, current_status=current_status, current_time=current_time
+        )
         is older
     )
 
