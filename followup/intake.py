@@ -18,13 +18,12 @@ Rules, and why:
   flow, was answered AA and is answered AA again.
 * Results (ORU^R01, FHIR DiagnosticReport) are accepted as `received`, for a flow run to claim,
   except: a cancelled result (X) for a study never routed has nothing to undo, and a
-  preliminary (P) arriving after the study's final or corrected report, or a final (F) whose
-  result time (OBR-22) is not after the study's current correction (a RIS queue delivering
-  the final after its correction), is stale; all are stored, audited and answered AA with no
-  run. A corrected report (C) has new text, so it is new
-  content and runs again (superseding the decision); a cancellation of a routed study runs to
-  withdraw its decision, referrals and follow-up; a preliminary before any final runs too,
-  and the flow holds it unless critical (DOMAIN.md §5).
+  preliminary (P) arriving after the study's final or corrected report is stale; both are
+  stored, audited and answered AA with no run. A corrected report (C) has new text, so it is
+  new content and runs again (superseding the decision); a final written before the study's
+  current correction (a RIS queue delivering out of order) runs and is held; a cancellation
+  of a routed study runs to withdraw its decision, referrals and follow-up; a preliminary
+  before any final runs too, and the flow holds it unless critical (DOMAIN.md §5).
 * Orders (ORM^O01, OMI^O23) and ADT (A04, A08, A31) update the patient (phone, language, name)
   and the study's ordering provider, and start no flow: `processed` at once.
 """
@@ -371,23 +370,21 @@ def _accept_result(
 
 
 def _no_run_reason(session: Session, scan: ScanCompleted, inbox_id: int) -> str | None:
-    current = inbox_queries.current_report(session=session, accession=scan.accession)
+    # Only X and P are judged here: a final written before the study's correction is held by
+    # its run (queries.is_stale_report), which spares every other result a query at intake.
     if scan.result_status == "X":
-        if current is None and not inbox_queries.result_awaiting_run(
+        routed = inbox_queries.report_status(session=session, accession=scan.accession)
+        if routed is None and not inbox_queries.result_awaiting_run(
             session=session, accession=scan.accession, before_id=inbox_id
         ):
             return "cancelled result: nothing to route"
         # The run withdraws the study's decision, referrals and follow-up; run before the
         # result it cancels, it leaves that result stale (older than the study's report).
         return None
-    if current is None:
-        return None
-    if scan.result_status == "P" and current.status in queries.FINAL_STATUSES:
-        return f"preliminary after a {current.status} report: kept, not routed"
-    if queries.final_after_its_correction(
-        scan, current_status=current.status, current_time=current.reported_at
-    ):
-        return "final written before the study's correction: kept, not routed"
+    if scan.result_status == "P":
+        current = inbox_queries.report_status(session=session, accession=scan.accession)
+        if current in queries.FINAL_STATUSES:
+            return f"preliminary after a {current} report: kept, not routed"
     return None
 
 

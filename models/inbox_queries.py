@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import sqlalchemy
 from sqlalchemy import ColumnElement, CursorResult, bindparam, func, or_, text, update
@@ -295,19 +295,11 @@ def release_stale_claims(
     return released
 
 
-class CurrentReport(NamedTuple):
-    status: str  # F, P, C, X
-    reported_at: datetime | None  # the study's final_at: result time, else exam time
-
-
-def current_report(*, session: Session, accession: str) -> CurrentReport | None:
-    """Status and time of the report the study was last updated from, None before any."""
-    row = session.exec(
-        select(ImagingStudy.report_status, ImagingStudy.final_at).where(
-            ImagingStudy.accession == accession
-        )
+def report_status(*, session: Session, accession: str) -> str | None:
+    """The result status (F, P, C, X) of the study's current report, None before any."""
+    return session.exec(
+        select(ImagingStudy.report_status).where(ImagingStudy.accession == accession)
     ).first()
-    return None if row is None else CurrentReport(*row)
 
 
 def result_awaiting_run(*, session: Session, accession: str, before_id: int) -> bool:

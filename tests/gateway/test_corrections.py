@@ -328,35 +328,29 @@ def test_late_preliminary_does_not_replace_the_final_report(settings: Settings) 
         assert "report.stale" in actions(session)
 
 
-def test_final_delivered_after_its_correction_is_kept_and_not_routed(
-    settings: Settings,
-) -> None:
+def test_final_delivered_after_its_correction_is_held_not_routed(settings: Settings) -> None:
     now = datetime.now(settings.site_zone)
     # The RIS queue hands over the correction (reported 30 min ago) before the final it
     # corrects (reported an hour ago): the uncorrected text must not become the report again.
     correction = receive(settings, restamp_for_today(CORRECTED.read_bytes(), now=now))
-    run_flow_steps(settings.database_url, correction.inbox_id)
+    routed = run_flow_steps(settings.database_url, correction.inbox_id)
     late_final = receive(
         settings, restamp_for_today(NEURO.read_bytes(), now=now - timedelta(minutes=30))
     )
-
     assert late_final.ack_code == "AA"
-    assert not late_final.should_process
+
+    held = run_flow_steps(settings.database_url, late_final.inbox_id)
+
+    assert held["status"] == InboxStatus.HELD
+    assert (held["decision"], held["appointment"]) == (routed["decision"], routed["appointment"])
     with session_scope(settings.database_url) as session:
-        row = queries.get_inbox_message(session=session, inbox_id=late_final.inbox_id)
-        assert row.status == InboxStatus.PROCESSED
-        assert row.summary["note"] == (
-            "final written before the study's correction: kept, not routed"
-        )
-        [refused] = session.exec(
-            select(AuditEvent).where(AuditEvent.action == "report.not_routed")
-        ).all()
-        assert (refused.entity, refused.entity_id) == ("inbox_message", late_final.inbox_id)
         study = queries.study_by_accession(session=session, accession="ACC2026000101")
         assert study is not None
         assert (study.report_status, study.inbox_id) == ("C", correction.inbox_id)
         assert ADDENDUM.decode() in study.report_text
         assert len(all_rows(session, Decision)) == 1
+        [stale] = session.exec(select(AuditEvent).where(AuditEvent.action == "report.stale")).all()
+        assert stale.detail == {"inbox_id": late_final.inbox_id, "result_status": "F"}
 
 
 def test_final_run_after_its_correction_leaves_the_correction_in_force(

@@ -13,7 +13,14 @@ from followup.ris.scan import PersonName, ScanCompleted, language_code
 from followup.settings import get_settings
 from models import inbox_queries, queries
 from models.db import session_scope
-from models.tables import ImagingStudy, InboxMessage, InboxStatus, Patient, Provider
+from models.tables import (
+    AuditEvent,
+    ImagingStudy,
+    InboxMessage,
+    InboxStatus,
+    Patient,
+    Provider,
+)
 from models.types import utcnow
 from tests.conftest import SAMPLES, SHARED_DATA
 
@@ -70,6 +77,11 @@ def test_preliminary_after_a_final_is_kept_without_a_run(database_url: str) -> N
     with session_scope(database_url) as session:
         row = session.get(InboxMessage, receipt.inbox_id)
         assert row is not None and "preliminary after a F report" in row.summary["note"]
+        [audited] = session.exec(
+            select(AuditEvent).where(AuditEvent.action == "report.not_routed")
+        ).all()
+        assert (audited.entity, audited.entity_id) == ("inbox_message", receipt.inbox_id)
+        assert audited.detail["result_status"] == "P"
 
 
 AN_HOUR_AGO = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
