@@ -353,29 +353,6 @@ def test_final_delivered_after_its_correction_is_held_not_routed(settings: Setti
         assert stale.detail == {"inbox_id": late_final.inbox_id, "result_status": "F"}
 
 
-def test_final_run_after_its_correction_leaves_the_correction_in_force(
-    settings: Settings,
-) -> None:
-    now = datetime.now(settings.site_zone)
-    # The correction, then the final it corrects, both received before either is routed:
-    # intake has no report of record to compare with, so both get a run, in arrival order.
-    correction = receive(settings, restamp_for_today(CORRECTED.read_bytes(), now=now))
-    final = receive(settings, restamp_for_today(NEURO.read_bytes(), now=now - timedelta(hours=1)))
-    assert correction.should_process and final.should_process
-    routed = run_flow_steps(settings.database_url, correction.inbox_id)
-
-    late = run_flow_steps(settings.database_url, final.inbox_id)
-
-    assert late["status"] == InboxStatus.HELD
-    assert (late["decision"], late["appointment"]) == (routed["decision"], routed["appointment"])
-    with session_scope(settings.database_url) as session:
-        study = queries.study_by_accession(session=session, accession="ACC2026000101")
-        assert study is not None
-        assert (study.report_status, study.inbox_id) == ("C", correction.inbox_id)
-        assert len(all_rows(session, Decision)) == 1
-        assert "report.stale" in actions(session)
-
-
 def test_final_reported_after_a_correction_is_new_content_and_replaces_it(
     settings: Settings,
 ) -> None:
