@@ -288,7 +288,7 @@ class Scan:
 
 def report_pool(settings: Settings) -> dict[str, list[str]]:
     """Corpus and sample report texts, grouped by what the engine decides for them."""
-    from followup import routing
+    from followup import nlp
     from followup.ris import hl7v2
     from followup.rules import load_rules
 
@@ -301,7 +301,7 @@ def report_pool(settings: Settings) -> dict[str, list[str]]:
     rules = load_rules(settings.rules_path)
     pool: dict[str, list[str]] = {category: [] for category in MIX}
     for text in texts:
-        pool[category_of(routing.classify_report(text, rules))].append(text)
+        pool[category_of(nlp.classify_report(text, rules))].append(text)
     return pool
 
 
@@ -450,7 +450,7 @@ def process_scan(
     `one_transaction`: the steps after intake share one transaction instead (a what-if: what
     the per-step commits cost). Returns the outcome: booked, unbookable, emergent, held, or the
     inbox status."""
-    from followup import intake, pipeline, routing
+    from followup import intake, nlp, pipeline
     from followup.rules import load_rules
     from models.db import session_scope
     from models.types import utcnow
@@ -474,7 +474,7 @@ def process_scan(
         with transaction() as session:
             scan = pipeline.load_scan(session=session, inbox_id=inbox_id, settings=settings)
         started = times.add("load", started)
-        decision = routing.classify_report(
+        decision = nlp.classify_report(
             scan.report_text, load_rules(settings.rules_path), coded_items=scan.coded_items
         )
         started = times.add("classify", started)

@@ -80,7 +80,7 @@ def main() -> None:
     ]
     rss_start = rss_mib()
     started = time.perf_counter()
-    from followup.routing import classify_report, classify_reports
+    from followup.nlp import classify_report, classify_reports
     from followup.rules import load_rules
 
     rules = load_rules(ROOT / "rules" / "routing.yaml")

@@ -266,10 +266,10 @@ STARTUP_PROBES = {
         "import prefect.engine\n"
         "from prefect.flows import load_flow_from_entrypoint\n"
         "load_flow_from_entrypoint('flows/scan_completed.py:scan_completed')\n"
-        "from followup import routing\n"
+        "from followup import nlp\n"
         "from followup.rules import load_rules\n"
         "from followup.settings import get_settings\n"
-        "routing.classify_report('IMPRESSION: No acute abnormality.',"
+        "nlp.classify_report('IMPRESSION: No acute abnormality.',"
         " load_rules(get_settings().rules_path))"
     ),
 }

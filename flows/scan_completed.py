@@ -8,14 +8,18 @@ Database and API tasks retry twice (I/O); the pure classification does not.
 
 from __future__ import annotations
 
-from typing import Any
+import contextvars
+from typing import Any, cast
 from uuid import UUID
 
-from prefect import flow, get_client, task
+from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
+from flows.classify import classify
 from flows.daily_worklist import daily_worklist
 from flows.hooks import publish_needs_attention
 from followup import pipeline, routing
@@ -31,13 +35,6 @@ from models.types import utcnow
 async def load_scan(inbox_id: int, settings: Settings) -> ScanCompleted:
     with session_scope(settings.database_url) as session:
         return pipeline.load_scan(session=session, inbox_id=inbox_id, settings=settings)
-
-
-@task(name="classify", cache_policy=NO_CACHE)
-async def classify(scan: ScanCompleted, settings: Settings) -> routing.Decision:
-    return routing.classify_report(
-        scan.report_text, load_rules(settings.rules_path), coded_items=scan.coded_items
-    )
 
 
 @task(name="tag-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -103,6 +100,35 @@ async def publish_summary(summary: dict[str, Any]) -> None:
     )
 
 
+async def classified(inbox_id: int, settings: Settings) -> routing.Decision:
+    """The classify task, run by the classifier worker when there is one (see Settings)."""
+    if not settings.classifier_worker:
+        return await classify(inbox_id)
+    # Queued from an empty context: Prefect stores the caller's run context with a queued
+    # task's parameters, and a flow run's holds the flow (which the worker cannot unpickle
+    # when the runner loaded it from its file) and the flow's parameters (the accession).
+    queued = contextvars.Context().run(classify.delay, inbox_id)
+    logger = get_run_logger()
+    try:
+        # Typed as the coroutine the async task returns; the worker awaited it already.
+        decision = await queued.result_async(timeout=settings.classifier_wait_seconds)
+        logger.info("classified by the classifier worker (task run %s)", queued.task_run_id)
+        return cast(routing.Decision, decision)
+    except TimeoutError:
+        reason = f"no answer within {settings.classifier_wait_seconds:.0f} s"
+        # So that a worker coming back later does not classify it again.
+        async with get_client() as client:
+            await client.set_task_run_state(
+                queued.task_run_id, Cancelled(message="classified in the flow run"), force=True
+            )
+    except ObjectNotFound:
+        reason = "the worker dropped the queued run; see its log"
+    logger.warning(
+        "the classifier worker did not classify the report (%s); classifying here", reason
+    )
+    return await classify(inbox_id)
+
+
 @flow(
     name="scan-completed",
     flow_run_name="scan-{accession}",
@@ -119,7 +145,7 @@ async def scan_completed(inbox_id: int, accession: str = "") -> dict[str, Any]:
     install_redaction("", "prefect")
     try:
         scan = await load_scan(inbox_id, settings)
-        decision = await classify(scan, settings)
+        decision = await classified(inbox_id, settings)
         await tag_run(
             pipeline.run_tags(decision, site=settings.site_code, result_status=scan.result_status)
         )

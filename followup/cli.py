@@ -75,7 +75,7 @@ def classify(
     path: Annotated[str, typer.Argument(help="report text file, or - for stdin")],
 ) -> None:
     """Classify one report text and print the decision as JSON (design contract)."""
-    from followup.routing import classify_report
+    from followup.nlp import classify_report
     from followup.rules import load_rules
 
     text = _read_input(path).decode("utf-8", errors="replace")
@@ -229,6 +229,20 @@ def serve() -> None:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per runner poll otherwise
     serve_engine(get_settings())
+
+
+@app.command("classifier-worker")
+def classifier_worker() -> None:
+    """Serve report classification from one warm process (Prefect task worker), so flow runs
+    need not load the NLP stack; needs PREFECT_API_URL (Ctrl-C stops)."""
+    import logging
+
+    from followup.classifier_worker import serve_classifier
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    serve_classifier(get_settings())
 
 
 @app.command()

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from followup.routing import Decision, classify_reports
+from followup.nlp import classify_reports
+from followup.routing import Decision
 from followup.rules import SPECIALTIES, RoutingRules
 
 _FIELDS = ("urgency", "critical", "referrals", "additional_testing", "needs_review")

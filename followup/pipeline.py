@@ -60,6 +60,13 @@ def load_scan(
     return intake.parse_stored(row, settings)
 
 
+def read_scan(*, session: Session, inbox_id: int, settings: Settings) -> ScanCompleted:
+    """The stored message of a row, parsed, without claiming it (the run has the claim)."""
+    return intake.parse_stored(
+        queries.get_inbox_message(session=session, inbox_id=inbox_id), settings
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RecordedStudy:
     study_id: int

@@ -25,16 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from followup.findings import (
-    CODED,
-    CodedItem,
-    Finding,
-    analyze_report,
-    analyze_reports,
-    findings_from_codes,
-    levels_overlap,
-    same_place,
-)
+from followup.findings import CODED, Finding, ReportFindings, levels_overlap, same_place
 from followup.rules import TIERS, RoutingRules
 
 
@@ -72,28 +63,12 @@ class Decision:
         }
 
 
-def classify_report(
-    text: str, rules: RoutingRules, coded_items: Iterable[CodedItem] = ()
+def decide_report(
+    analysis: ReportFindings, rules: RoutingRules, *, coded_findings: Sequence[Finding] = ()
 ) -> Decision:
-    """Route one report text (and the RIS's coded items for it, if any)."""
-    analysis = analyze_report(text, rules)
-    decision = decide(
-        analysis.findings, rules, coded_findings=findings_from_codes(coded_items, rules)
-    )
+    """The decision for one analysed report (and findings from the RIS's codes, if any)."""
+    decision = decide(analysis.findings, rules, coded_findings=coded_findings)
     return decision if analysis.routed_sections else _no_routable_text(decision, rules)
-
-
-def classify_reports(
-    texts: Iterable[str], rules: RoutingRules, *, batch_size: int = 64
-) -> list[Decision]:
-    """Route many report texts in one batched pass through the NLP pipeline."""
-    decisions = []
-    for analysis in analyze_reports(texts, rules, batch_size=batch_size):
-        decision = decide(analysis.findings, rules)
-        decisions.append(
-            decision if analysis.routed_sections else _no_routable_text(decision, rules)
-        )
-    return decisions
 
 
 def decide(

@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     processing_lease_seconds: int = Field(
         default=600, gt=0, validation_alias="FOLLOWUP_PROCESSING_LEASE_SECONDS"
     )
+    # Classify in the long-lived `followup classifier-worker` (Prefect's task queue) rather than
+    # in each flow-run process, which then never loads spaCy: about a second less per run.
+    # `followup serve` starts that worker and sets this. A run that has no answer within the
+    # wait (worker down) cancels the queued task and classifies in its own process.
+    classifier_worker: bool = Field(default=False, validation_alias="FOLLOWUP_CLASSIFIER_WORKER")
+    classifier_wait_seconds: float = Field(
+        default=30.0, gt=0, validation_alias="FOLLOWUP_CLASSIFIER_WAIT_SECONDS"
+    )
     # Bearer token the HTTP gateway requires on its FHIR endpoints; None leaves them open.
     http_token: SecretStr | None = Field(default=None, validation_alias="FOLLOWUP_HTTP_TOKEN")
 

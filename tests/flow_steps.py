@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from followup import pipeline, routing
+from followup import nlp, pipeline
 from followup.rules import load_rules
 from followup.settings import get_settings
 from models.db import session_scope
@@ -22,7 +22,7 @@ def run_flow_steps(database_url: str, inbox_id: int) -> dict[str, Any]:
     rules = load_rules(settings.rules_path)
     with session_scope(database_url) as session:
         scan = pipeline.load_scan(session=session, inbox_id=inbox_id, settings=settings)
-    decision = routing.classify_report(scan.report_text, rules, coded_items=scan.coded_items)
+    decision = nlp.classify_report(scan.report_text, rules, coded_items=scan.coded_items)
     with session_scope(database_url) as session:
         recorded = pipeline.record_decision(
             session=session, inbox_id=inbox_id, scan=scan, decision=decision, rules=rules

@@ -10,19 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from followup import findings
+from followup import nlp
 from followup.errors import RulesError
 from followup.findings import (
     CODED,
     UNCLASSIFIED,
     Finding,
-    analyze_report,
-    assertion_status,
-    extract_findings,
     findings_from_codes,
     levels_overlap,
     spinal_levels,
 )
+from followup.nlp import analyze_report, assertion_status, extract_findings
 from followup.rules import load_rules
 from followup.settings import PROJECT_ROOT
 
@@ -468,13 +466,13 @@ def test_assertion_status_needs_the_concept_in_the_sentence() -> None:
 
 
 def test_pipeline_is_built_once_per_rules_version(rules) -> None:
-    assert findings._pipeline(rules) is findings._pipeline(rules)
+    assert nlp._pipeline(rules) is nlp._pipeline(rules)
 
 
 def test_pipeline_needs_no_downloaded_model(rules) -> None:
-    nlp = findings._pipeline(rules)
-    assert nlp.meta["name"] == "pipeline"  # spacy.blank("en"), no en_core_web_* package
-    assert nlp.pipe_names == ["followup_sentences", "medspacy_sectionizer"]
+    pipeline = nlp._pipeline(rules)
+    assert pipeline.meta["name"] == "pipeline"  # spacy.blank("en"), no en_core_web_* package
+    assert pipeline.pipe_names == ["followup_sentences", "medspacy_sectionizer"]
 
 
 def test_library_logging_is_quiet(rules, capfd) -> None:

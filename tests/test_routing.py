@@ -10,7 +10,8 @@ import pytest
 
 from followup.evaluation import EvalReport, evaluate, format_report, load_cases
 from followup.findings import CODED, UNCLASSIFIED, Finding
-from followup.routing import classify_report, classify_reports, decide
+from followup.nlp import classify_report, classify_reports
+from followup.routing import decide
 from followup.rules import SPECIALTIES, load_rules
 from followup.settings import PROJECT_ROOT
 

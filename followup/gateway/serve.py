@@ -70,14 +70,19 @@ def serve_engine(settings: Settings, *, prefect_yaml: Path = PREFECT_YAML) -> No
     migrate(settings.database_url)
     for name, value in _PREFECT_SERVER_ENV.items():
         os.environ.setdefault(name, value)
-    server = None
+    server = classifier = None
     if not os.environ.get("PREFECT_API_URL"):
         server = start_prefect_server(port=int(os.environ.get("PREFECT_SERVER_API_PORT", "4200")))
         os.environ["PREFECT_API_URL"] = server.api_url
     try:
+        classifier = start_classifier_worker()
+        # Read by the flow-run processes the runner starts, which inherit this environment.
+        os.environ["FOLLOWUP_CLASSIFIER_WORKER"] = "true"
         asyncio.run(_serve(settings, prefect_yaml))
     finally:
         _drain_prefect_queues()
+        if classifier is not None:
+            stop_process(classifier)
         if server is not None:
             server.stop()
 
@@ -115,6 +120,17 @@ def _drain_prefect_queues() -> None:
     EventsWorker.drain_all(timeout=10)
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if it has not exited 20 s later."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class PrefectServer:
     """A `prefect server start` subprocess on 127.0.0.1."""
 
@@ -123,13 +139,20 @@ class PrefectServer:
         self.api_url = f"http://127.0.0.1:{port}/api"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
+
+
+def start_classifier_worker() -> subprocess.Popen[bytes]:
+    """`followup classifier-worker` against the Prefect server in PREFECT_API_URL.
+
+    Not waited for: until it subscribes, the classify runs wait on Prefect's task queue."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("followup")), "classifier-worker"],
+        env=os.environ.copy(),
+        # Its own session, as the server's: Ctrl-C reaches this process, which stops the
+        # runner before the classifier the runner's flows may still be waiting on.
+        start_new_session=True,
+    )
 
 
 def start_prefect_server(*, port: int, timeout: float = SERVER_STARTUP_SECONDS) -> PrefectServer:

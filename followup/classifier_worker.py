@@ -1,0 +1,37 @@
+"""`followup classifier-worker`: the classify task served from one long-lived, warm process.
+
+Every scan-completed run is a new Python process (Prefect's runner and process worker start
+one per run). Loading spaCy and medspaCy and building the pipeline there cost about a second
+per run, over half of the time from an ACK to the confirmation SMS. This process pays it once
+and takes the classify task runs the flows queue on Prefect's task queue (a Prefect task
+worker, subscribed over a websocket); the flow-run process then imports no NLP library.
+
+`followup serve` starts it next to its runner; in the scale-out setup it runs beside the
+process workers (docs/deploy.md), with FOLLOWUP_CLASSIFIER_WORKER=true in the flows' environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from followup.rules import load_rules
+from followup.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def serve_classifier(settings: Settings) -> None:
+    """Build the pipeline, then serve the classify task until SIGTERM or Ctrl-C."""
+    # Task runs here have no flow run, so Prefect cannot send their logs to its API; it warns
+    # for every record unless told to drop them (the worker's own log still has them).
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    from prefect.task_worker import serve
+
+    from flows.classify import classify
+    from followup import nlp
+
+    # Before subscribing: the first report should not wait for the pipeline to be built.
+    nlp.prepare(load_rules(settings.rules_path))
+    logger.info("classifier ready; serving the classify task")
+    serve(classify)

@@ -1,0 +1,911 @@
+"""Report text → findings → decision, with medspaCy: sections, target matching and ConText.
+
+Only this module loads spaCy and medspaCy (about a second of imports and pipeline building):
+what runs where it is not needed (the flow when `followup classifier-worker` classifies, the
+gateway, the booking code) imports `followup.findings` and `followup.routing` instead.
+
+The pipeline is built once per rules version and cached. Stage one reads the whole report:
+
+    medspaCy tokenizer → radiology sentence splitter → Sectionizer (radiology headers)
+
+stage two reads only the sections that are routed (see `_section_findings`):
+
+    TargetMatcher (rule patterns + abnormal-language cues) → ConText (medspaCy's default
+    rules, minus a few that misread radiology, plus radiology cues)
+
+It loads no statistical model (nothing is downloaded at run time): `medspacy.load` starts from
+`spacy.blank("en")`. medspaCy's default sentence splitter, PyRuSH, is not used: it measured
+~37 ms for a 650-character report, over the whole 10 ms budget, while radiology reports split
+reliably on line breaks, list markers and . ; ? !
+
+Which text counts (DOMAIN.md §3): INDICATION / HISTORY / CLINICAL INFORMATION / COMPARISON /
+TECHNIQUE / EXAM never produce findings; IMPRESSION is authoritative; FINDINGS are used only when
+there is no IMPRESSION; an ADDENDUM supersedes what it speaks about; a report without any header is
+read whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, cast
+
+import numpy
+from loguru import logger as _loguru
+from spacy.attrs import SENT_START
+from spacy.language import Language
+from spacy.matcher import Matcher
+from spacy.tokens import Doc, Span
+from thinc.types import Ints2d
+
+from followup.errors import RulesError
+from followup.findings import (
+    UNCLASSIFIED,
+    UNHEADED,
+    CodedItem,
+    Finding,
+    ReportFindings,
+    apply_addendum,
+    findings_from_codes,
+    spinal_levels,
+)
+from followup.routing import Decision, decide_report
+from followup.rules import RoutingRules, TokenPattern
+
+with warnings.catch_warnings():
+    # medspaCy's matcher module runs warnings.filterwarnings("ignore") at import time, which
+    # would silence every warning in this process; catch_warnings restores the filters.
+    import medspacy
+    from medspacy.context import ConText, ConTextRule
+    from medspacy.section_detection import Sectionizer, SectionRule
+    from medspacy.target_matcher import TargetMatcher, TargetRule
+
+# PyRuSH logs every sentence boundary at DEBUG through loguru; the others use std logging.
+_loguru.disable("PyRuSH")
+for _name in ("medspacy", "PyRuSH", "PyFastNER", "quickumls"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+_TARGETS = "followup_targets"  # span group of matched concepts
+_STAGE_TWO = ("medspacy_target_matcher", "medspacy_context")
+_AUX = "FOLLOWUP_AUX"  # target label of cue / qualifier words, which are not findings themselves
+
+_NEG, _POSS, _HIST, _HYPO = "NEGATED_EXISTENCE", "POSSIBLE_EXISTENCE", "HISTORICAL", "HYPOTHETICAL"
+_CURRENT = "CURRENT"  # "stable", "unchanged", "again seen": the finding is present now
+
+_SECTION_NAMES = {"impression": "IMPRESSION", "findings": "FINDINGS", "addendum": "ADDENDUM"}
+
+# --- public API --------------------------------------------------------------------------------
+
+
+def prepare(rules: RoutingRules) -> None:
+    """Build (and cache) the pipeline for these rules now rather than at the first report."""
+    _pipeline(rules)
+
+
+def classify_report(
+    text: str, rules: RoutingRules, coded_items: Iterable[CodedItem] = ()
+) -> Decision:
+    """Route one report text (and the RIS's coded items for it, if any)."""
+    return decide_report(
+        analyze_report(text, rules), rules, coded_findings=findings_from_codes(coded_items, rules)
+    )
+
+
+def classify_reports(
+    texts: Iterable[str], rules: RoutingRules, *, batch_size: int = 64
+) -> list[Decision]:
+    """Route many report texts in one batched pass through the NLP pipeline."""
+    return [
+        decide_report(analysis, rules)
+        for analysis in analyze_reports(texts, rules, batch_size=batch_size)
+    ]
+
+
+def extract_findings(text: str, rules: RoutingRules) -> list[Finding]:
+    """Findings from the routed sections of one report (negated ones included, flagged)."""
+    return list(analyze_report(text, rules).findings)
+
+
+def analyze_report(text: str, rules: RoutingRules) -> ReportFindings:
+    nlp = _pipeline(rules)
+    return _analyze(nlp, nlp(text), rules)
+
+
+def analyze_reports(
+    texts: Iterable[str], rules: RoutingRules, *, batch_size: int = 64
+) -> Iterator[ReportFindings]:
+    """Batched `analyze_report` (spaCy's nlp.pipe), in input order."""
+    nlp = _pipeline(rules)
+    for doc in nlp.pipe(texts, batch_size=batch_size):
+        yield _analyze(nlp, doc, rules)
+
+
+def assertion_status(sentence: str, concept: str) -> dict[str, bool]:
+    """ConText assertion of any concept in any sentence, with this engine's rules.
+
+    Made for measuring the negation engine on public corpora (e.g. the NegEx annotated
+    sentences): `concept` must occur in `sentence` (case and spacing may differ).
+    Returns the keys negated, uncertain, historical, hypothetical.
+    """
+    nlp = _pipeline(None)
+    doc = nlp.get_pipe("followup_sentences")(nlp.make_doc(sentence))
+    words = concept.split()
+    if not words:
+        raise ValueError("concept must not be empty")
+    found = re.search(
+        r"(?<!\w)" + r"\s+".join(re.escape(word) for word in words) + r"(?!\w)",
+        sentence,
+        flags=re.IGNORECASE,
+    )
+    if found is None:
+        raise ValueError(f"concept {concept!r} does not occur in the sentence")
+    span = doc.char_span(found.start(), found.end(), label="CONCEPT", alignment_mode="expand")
+    if span is None:  # only possible for a concept made of whitespace-only tokens
+        raise ValueError(f"concept {concept!r} does not align with the sentence's tokens")
+    doc.spans[_TARGETS] = [span]
+    doc = nlp.get_pipe("medspacy_context")(doc)
+    negated, uncertain, historical, hypothetical = _assertion(doc.spans[_TARGETS][0])
+    return {
+        "negated": negated,
+        "uncertain": uncertain,
+        "historical": historical,
+        "hypothetical": hypothetical,
+    }
+
+
+# --- pipeline ----------------------------------------------------------------------------------
+
+_SENTENCE_END = frozenset({".", "!", "?", ";"})
+
+
+@Language.component("followup_sentences")
+def _split_sentences(doc: Doc) -> Doc:
+    """Sentence starts for radiology text.
+
+    A sentence starts after a line break, after . ! ? ; (the tokenizer keeps "Dr.", "e.g." and
+    "3.5" whole), and at an inline list marker "2)". ";" ends a sentence because radiologists
+    join separate findings with it ("extrusion contacting S1; L4-5 protrusion"), and negation
+    must not cross it. Section headers must start a sentence (see _section_rules), so
+    "Correction to the impression:" inside an addendum is text, not a new section.
+    """
+    words = [token.text for token in doc]
+    starts = [
+        i == 0
+        or words[i - 1] in _SENTENCE_END
+        or ("\n" in words[i - 1] and not words[i - 1].strip())
+        or (words[i + 1 : i + 2] == [")"] and len(word) <= 2 and word.isdigit())
+        for i, word in enumerate(words)
+    ]
+    if words:
+        # One array write instead of a Python-level setter call per token; spaCy stores
+        # attributes as uint64, so "not a start" (-1) is written wrapped, as to_array gives it.
+        values = numpy.array([[1 if start else -1] for start in starts], dtype=numpy.int64)
+        doc.from_array([SENT_START], cast(Ints2d, values.astype(numpy.uint64)))
+    return doc
+
+
+# Radiology section headers; the category names the policy uses.
+_SECTION_HEADERS = {
+    "exam": ["exam", "examination", "study", "procedure", "type of exam"],
+    "indication": [
+        "indication",
+        "indications",
+        "clinical indication",
+        "clinical indications",
+        "reason for exam",
+        "reason for examination",
+        "reason for study",
+        "reason for referral",
+    ],
+    "history": ["history", "clinical history", "relevant history", "pertinent history"],
+    "clinical_information": [
+        "clinical information",
+        "clinical info",
+        "clinical data",
+        "clinical details",
+        "clinical notes",
+    ],
+    "comparison": ["comparison", "comparisons", "prior studies", "prior exams"],
+    "technique": ["technique", "protocol", "sequences", "contrast"],
+    "findings": ["findings", "finding"],
+    "impression": [
+        "impression",
+        "impressions",
+        "conclusion",
+        "conclusions",
+        "summary",
+        "opinion",
+        "final impression",
+        "diagnostic impression",
+    ],
+    "addendum": ["addendum"],
+}
+# Written on a line of their own without a colon by some RIS templates.
+_BARE_HEADERS = {"impression": "IMPRESSION", "findings": "FINDINGS", "addendum": "ADDENDUM"}
+
+
+def _section_rules() -> list[SectionRule]:
+    rules = []
+    for category, phrases in _SECTION_HEADERS.items():
+        for phrase in phrases:
+            words = phrase.split()
+            first = {"LOWER": words[0], "IS_SENT_START": True}
+            tail: list[dict[str, Any]] = [{"LOWER": word} for word in words[1:]]
+            if category == "addendum":  # "Addendum #2:"
+                tail += [{"ORTH": "#", "OP": "?"}, {"IS_DIGIT": True, "OP": "?"}]
+            rules.append(SectionRule(phrase, category, pattern=[first, *tail, {"ORTH": ":"}]))
+            # An all-capitals header is a header wherever it is ("...at 10:32. IMPRESSION: ...").
+            caps = [{"ORTH": word.upper()} for word in words]
+            rules.append(SectionRule(phrase, category, pattern=[*caps, {"ORTH": ":"}]))
+    for category, word in _BARE_HEADERS.items():
+        pattern = [{"ORTH": word, "IS_SENT_START": True}, {"IS_SPACE": True}]
+        rules.append(SectionRule(word.lower(), category, pattern=pattern))
+    return rules
+
+
+def _rule(
+    literal: str,
+    category: str,
+    direction: str,
+    pattern: list[dict[str, Any]] | None = None,
+    max_scope: int | None = None,
+) -> ConTextRule:
+    return ConTextRule(literal, category, pattern=pattern, direction=direction, max_scope=max_scope)
+
+
+_NOT = {"LOWER": {"IN": ["not", "n't"]}}
+_CAN_NOT = [{"LOWER": {"IN": ["can", "could", "ca"]}}, _NOT]
+_ENTIRELY = {"LOWER": {"IN": ["entirely", "completely", "definitely", "fully"]}, "OP": "?"}
+_BE = {"LOWER": {"IN": ["is", "are", "was", "were", "been", "remains", "remain"]}}
+# Cues starting with "not" take an optional "is" in front: otherwise they tie in length with
+# medspaCy's forward "is not" and overlap pruning may keep that one instead.
+
+# Defaults replaced below (or dropped) because they misread radiology:
+# "free" (backward negation) negates "free fragment" (a sequestered disc); "non diagnostic"
+# negates what precedes it, but nondiagnostic is a finding here; "evaluate for", "to exclude",
+# "rule out", "r/o" are requests (hypothetical), not negation or uncertainty; "ruled out" and
+# "unlikely" get a bounded backward scope; FAMILY rules ("parent", "daughter") misfire on
+# anatomy, and a radiology report only speaks about the patient; ": no" / ": none" would
+# swallow the "No" of "IMPRESSION: No cord compression" and negate nothing.
+_DROPPED_DEFAULTS = frozenset(
+    {
+        "free",
+        "non diagnostic",
+        "evaluate for",
+        "to exclude",
+        "rule out",
+        "rule the patient out",
+        "r/o",
+        "ro",
+        "ruled out",
+        "unlikely",
+        ": no",
+        ": none",
+    }
+)
+
+_RADIOLOGY_CONTEXT = [
+    # negation
+    _rule(
+        "no evidence of",
+        _NEG,
+        "FORWARD",
+        [
+            {"LOWER": "no"},
+            {
+                "LOWER": {
+                    "IN": [
+                        "convincing",
+                        "definite",
+                        "definitive",
+                        "significant",
+                        "suspicious",
+                        "acute",
+                        "other",
+                        "new",
+                    ]
+                },
+                "OP": "?",
+            },
+            {"LOWER": "evidence"},
+            {"LOWER": {"IN": ["of", "for"]}, "OP": "?"},
+        ],
+    ),
+    _rule("neither", _NEG, "FORWARD"),
+    # "Cord compression: none." - a checklist answer, so it must end the statement.
+    _rule(
+        ": no",
+        _NEG,
+        "BACKWARD",
+        [{"ORTH": ":"}, {"LOWER": {"IN": ["no", "none"]}}, {"TEXT": {"REGEX": "^([.;,]|\\s+)$"}}],
+    ),
+    _rule(
+        "interval resolution of",
+        _NEG,
+        "FORWARD",
+        [{"LOWER": "interval", "OP": "?"}, {"LOWER": "resolution"}, {"LOWER": "of"}],
+    ),
+    _rule(
+        "with interval resolution",
+        _NEG,
+        "BACKWARD",
+        [{"LOWER": "interval"}, {"LOWER": {"IN": ["resolution", "resolved"]}}],
+        max_scope=8,
+    ),
+    _rule(
+        "has resolved",
+        _NEG,
+        "BACKWARD",
+        [
+            {"LOWER": {"IN": ["has", "have", "is", "are", "was", "were"]}},
+            {
+                "LOWER": {"IN": ["since", "now", "completely", "largely", "nearly", "entirely"]},
+                "OP": "?",
+            },
+            {"LOWER": "resolved"},
+        ],
+        max_scope=8,
+    ),
+    _rule(
+        "no longer seen",
+        _NEG,
+        "BACKWARD",
+        [
+            {"LOWER": "no"},
+            {"LOWER": "longer"},
+            {
+                "LOWER": {
+                    "IN": [
+                        "seen",
+                        "visualized",
+                        "identified",
+                        "evident",
+                        "present",
+                        "demonstrated",
+                        "appreciated",
+                    ]
+                }
+            },
+        ],
+        max_scope=8,
+    ),
+    _rule(
+        "not seen",
+        _NEG,
+        "BACKWARD",
+        [
+            {**_BE, "OP": "?"},
+            _NOT,
+            {
+                "LOWER": {
+                    "IN": [
+                        "seen",
+                        "identified",
+                        "visualized",
+                        "demonstrated",
+                        "evident",
+                        "present",
+                        "appreciated",
+                        "detected",
+                    ]
+                }
+            },
+        ],
+        max_scope=8,
+    ),
+    _rule(
+        "not supported",
+        _NEG,
+        "BACKWARD",
+        [{**_BE, "OP": "?"}, _NOT, {"LOWER": {"IN": ["supported", "confirmed", "substantiated"]}}],
+        max_scope=8,
+    ),
+    _rule("is absent", _NEG, "BACKWARD", [_BE, {"LOWER": "absent"}], max_scope=6),
+    _rule("is excluded", _NEG, "BACKWARD", [_BE, {"LOWER": "excluded"}], max_scope=8),
+    _rule(
+        "ruled out",
+        _NEG,
+        "BACKWARD",
+        [{"LOWER": {"IN": ["ruled", "rules"]}}, {"LOWER": "out"}],
+        max_scope=8,
+    ),
+    _rule("unlikely", _NEG, "BACKWARD", max_scope=8),
+    _rule(
+        "unlikely to represent",
+        _NEG,
+        "FORWARD",
+        [
+            {"LOWER": "unlikely"},
+            {"LOWER": "to"},
+            {"LOWER": {"IN": ["represent", "be", "reflect", "indicate"]}},
+        ],
+    ),
+    # uncertainty
+    *(
+        _rule(literal, _POSS, "FORWARD")
+        for literal in (
+            "probable",
+            "possibly",
+            "questionable",
+            "suspected",
+            "suspect",
+            "suspicious of",
+            "suggests",
+            "suggest",
+            "suggesting",
+            "may represent",
+            "may reflect",
+            "could represent",
+            "could reflect",
+            "might represent",
+            "can represent",
+            "compatible with",
+            "equivocal",
+            "indeterminate",
+            "presumed",
+            "presumably",
+            "favored",
+            "favor",
+            "differential includes",
+            "differential diagnosis includes",
+            "raising concern for",
+            "question of",
+            "can be seen with",
+            "can be seen in",
+            "not able to exclude",
+        )
+    ),
+    _rule("cannot exclude", _POSS, "FORWARD", [*_CAN_NOT, {"LOWER": "exclude"}]),
+    _rule("cannot rule out", _POSS, "FORWARD", [*_CAN_NOT, {"LOWER": "rule"}, {"LOWER": "out"}]),
+    _rule(
+        "cannot be excluded",
+        _POSS,
+        "BACKWARD",
+        [
+            *_CAN_NOT,
+            {"LOWER": "be"},
+            _ENTIRELY,
+            {"LOWER": {"IN": ["excluded", "ruled"]}},
+            {"LOWER": "out", "OP": "?"},
+        ],
+    ),
+    _rule(
+        "not excluded",
+        _POSS,
+        "BACKWARD",
+        [{**_BE, "OP": "?"}, _NOT, _ENTIRELY, {"LOWER": "excluded"}],
+    ),
+    # One modifier for the whole phrase, so "unlikely" does not negate and "but" does not cut.
+    _rule(
+        "unlikely but cannot be excluded",
+        _POSS,
+        "BACKWARD",
+        [
+            {"LOWER": "unlikely"},
+            {"ORTH": ",", "OP": "?"},
+            {"LOWER": {"IN": ["but", "though", "although", "however"]}},
+            {"ORTH": ",", "OP": "?"},
+            {"LOWER": {"IN": ["it", "this"]}, "OP": "?"},
+            {"LOWER": {"IN": ["can", "could", "ca", "is"]}, "OP": "?"},
+            _NOT,
+            {"LOWER": "be", "OP": "?"},
+            _ENTIRELY,
+            {"LOWER": {"IN": ["excluded", "ruled"]}},
+            {"LOWER": "out", "OP": "?"},
+        ],
+    ),
+    _rule(
+        "is possible",
+        _POSS,
+        "BACKWARD",
+        [
+            _BE,
+            {
+                "LOWER": {
+                    "IN": [
+                        "possible",
+                        "likely",
+                        "probable",
+                        "suspected",
+                        "questioned",
+                        "considered",
+                        "favored",
+                    ]
+                }
+            },
+        ],
+        max_scope=8,
+    ),
+    _rule(
+        "versus", _POSS, "BIDIRECTIONAL", [{"LOWER": {"IN": ["versus", "vs", "vs."]}}], max_scope=6
+    ),
+    # history ("stable"/"unchanged" findings are present: the CURRENT rules below win)
+    *(
+        _rule(literal, _HIST, "FORWARD")
+        for literal in (
+            "previously seen",
+            "previously noted",
+            "previously described",
+            "previously demonstrated",
+            "previously identified",
+            "previously reported",
+        )
+    ),
+    _rule("previous", _HIST, "FORWARD", max_scope=3),
+    # present now
+    *(
+        _rule(literal, _CURRENT, "BIDIRECTIONAL")
+        for literal in (
+            "unchanged",
+            "stable",
+            "again seen",
+            "again noted",
+            "again demonstrated",
+            "again identified",
+            "redemonstrated",
+            "re-demonstrated",
+            "redemonstration",
+            "persistent",
+            "persists",
+            "persisting",
+            "residual",
+            "remains",
+            "similar",
+            "increased",
+            "increasing",
+            "enlarged",
+            "enlarging",
+            "progressed",
+            "progression",
+            "progressive",
+            "worsened",
+            "worsening",
+            "decreased",
+            "decreasing",
+            "smaller",
+            "larger",
+            "improved",
+            "improving",
+            "new",
+            "interval development",
+            "interval increase",
+            "interval decrease",
+        )
+    ),
+    # "no (significant) (interval) change in X" says X is there: longer than "no", so it wins.
+    _rule(
+        "no change",
+        _CURRENT,
+        "BIDIRECTIONAL",
+        [
+            {"LOWER": {"IN": ["no", "without"]}},
+            {"LOWER": {"IN": ["significant", "interval", "appreciable", "substantial"]}, "OP": "*"},
+            {"LOWER": "change"},
+        ],
+    ),
+    _rule(
+        "not significantly changed",
+        _CURRENT,
+        "BIDIRECTIONAL",
+        [
+            {"LOWER": {"IN": ["has", "have", "is", "are"]}, "OP": "?"},
+            _NOT,
+            {"LOWER": {"IN": ["significantly", "appreciably", "substantially"]}, "OP": "?"},
+            {"LOWER": "changed"},
+        ],
+    ),
+    # requests, not findings
+    _rule(
+        "rule out",
+        _HYPO,
+        "FORWARD",
+        [
+            {"LOWER": {"IN": ["may", "might", "must", "should", "will", "could", "to"]}, "OP": "?"},
+            {"LOWER": "rule"},
+            {"LOWER": {"IN": ["him", "her", "them", "patient", "pt"]}, "OP": "?"},
+            {"LOWER": "out"},
+            {"LOWER": {"IN": ["against", "for"]}, "OP": "?"},
+        ],
+    ),
+    *(
+        _rule(literal, _HYPO, "FORWARD")
+        for literal in (
+            "r/o",
+            "to exclude",
+            "evaluate for",
+            "to evaluate for",
+            "eval for",
+            "assess for",
+            "to assess for",
+            "correlate for",
+            "correlation for",
+            "in case of",
+            "if there is",
+        )
+    ),
+    # "no signal abnormality to suggest X": the negation carries on; "suggest" is no hedge here
+    *(_rule(literal, "PSEUDO", "PSEUDO") for literal in ("to suggest", "to indicate")),
+    # scope terminators (medspaCy's defaults already stop at "but", "however", "secondary to")
+    *(_rule(literal, "TERMINATE", "TERMINATE") for literal in ("which", "whereas")),
+    _rule(
+        "there is", "TERMINATE", "TERMINATE", [{"LOWER": "there"}, {"LOWER": {"IN": ["is", "are"]}}]
+    ),
+]
+
+
+def _context_rules() -> list[ConTextRule]:
+    # The same file medspaCy's ConText(rules="default") reads.
+    default_path = (
+        Path(medspacy.__file__).resolve().parents[1] / "resources" / "en" / "context_rules.json"
+    )
+    defaults = [
+        rule
+        for rule in ConTextRule.from_json(str(default_path))
+        if rule.literal not in _DROPPED_DEFAULTS and rule.category != "FAMILY"
+    ]
+    built = []
+    for rule in [*defaults, *_RADIOLOGY_CONTEXT]:
+        # "no X, possible Y" / "possible X, no Y": negation stops at the hedge and the hedge at
+        # the negation. Set here rather than via ConText's `terminating_types` config, which
+        # spaCy's config validation turns into one-shot iterators only the first rule reads.
+        terminated_by = set(rule.terminated_by) | _OPPOSITE.get(rule.category, set())
+        patterns = _expand_sets(rule.pattern) if isinstance(rule.pattern, list) else [rule.pattern]
+        built += [
+            ConTextRule(
+                rule.literal,
+                rule.category,
+                pattern=pattern,
+                direction=rule.direction,
+                allowed_types=rule.allowed_types,
+                excluded_types=rule.excluded_types,
+                max_scope=rule.max_scope,
+                max_targets=rule.max_targets,
+                terminated_by=terminated_by,
+            )
+            for pattern in patterns
+        ]
+    return built
+
+
+_OPPOSITE = {_NEG: {_POSS}, _POSS: {_NEG}}
+
+
+@lru_cache(maxsize=4)
+def _pipeline(rules: RoutingRules | None) -> Language:
+    """The spaCy pipeline for a rules version (None: no targets, for `assertion_status`)."""
+    # Only the tokenizer from medspacy.load: its sentence splitter and ConText are configured here.
+    nlp = medspacy.load(medspacy_enable=["medspacy_tokenizer"])
+    nlp.add_pipe("followup_sentences")
+    sectionizer: Sectionizer = nlp.add_pipe(
+        "medspacy_sectionizer",
+        config={"rules": None, "apply_sentence_boundary": True, "span_attrs": None},
+    )
+    sectionizer.add(_section_rules())
+    # Matches go to a span group, set once: with doc.ents the stock component re-sets the
+    # entity list per match (quadratic, a third of the run time on a full-length report).
+    matcher: TargetMatcher = nlp.add_pipe(
+        "medspacy_target_matcher", config={"result_type": "group", "span_group_name": _TARGETS}
+    )
+    if rules is not None:
+        matcher.add(list(_target_rules(nlp, rules)))
+    context: ConText = nlp.add_pipe(
+        "medspacy_context",
+        config={
+            "rules": None,
+            "span_attrs": None,
+            "input_span_type": "group",
+            "span_group_name": _TARGETS,
+        },
+    )
+    context.add(_context_rules())
+    # Stage two runs per routed section (see _section_findings), not over the whole report.
+    for name in _STAGE_TWO:
+        nlp.disable_pipe(name)
+    return nlp
+
+
+def _target_rules(nlp: Language, rules: RoutingRules) -> Iterator[TargetRule]:
+    variants = dict(rules.spelling_variants)
+    for rule in rules.rules:
+        for pattern in rule.patterns:
+            if isinstance(pattern, TokenPattern):
+                try:
+                    # Surface a bad token pattern now, with its rule and line.
+                    Matcher(nlp.vocab, validate=True).add("check", [pattern.as_spacy()])
+                except ValueError as exc:
+                    raise RulesError(
+                        f"{rules.source}:{rule.line}: rule {rule.label}: "
+                        f"invalid token pattern: {exc}"
+                    ) from exc
+                for expanded in _expand_sets(pattern.as_spacy()):
+                    yield TargetRule(rule.label, rule.label, pattern=expanded)
+            else:
+                for literal in _spellings(nlp, pattern, variants):
+                    yield TargetRule(literal, rule.label)
+    # Cue and qualifier words are matched too, so that ConText decides whether they are negated.
+    cue_words = [_tokens(nlp, cue) for cue in rules.abnormal_cues]
+    roles: dict[str, set[str]] = {phrase: set() for phrase in rules.abnormal_cues}
+    for rule in rules.rules:
+        if rule.qualifier is not None:
+            for phrase in rule.qualifier.phrases:
+                roles.setdefault(phrase, set()).add(rule.label)
+    for phrase, qualifies in roles.items():
+        words = _tokens(nlp, phrase)
+        metadata = {
+            "cue": any(_contains(words, cue) for cue in cue_words),
+            "qualifies": frozenset(qualifies),
+        }
+        for literal in _spellings(nlp, phrase, variants):
+            yield TargetRule(literal, _AUX, metadata=metadata)
+
+
+def _expand_sets(pattern: list[dict[str, Any]], most: int = 8) -> list[list[dict[str, Any]]]:
+    """Split a small `{"LOWER": {"IN": [...]}}` set on a pattern's leading token into one
+    pattern per word (an optional leading token also yields the pattern without it).
+
+    spaCy's Matcher tries every pattern at every token of a report. A plain LOWER there is
+    compared in C; an IN set goes through a Python predicate, several times slower. Expanding
+    a large set or later tokens would only multiply the patterns tried at every token.
+    """
+    if not pattern:
+        return [pattern]
+    first, rest = pattern[0], pattern[1:]
+    lower = first.get("LOWER")
+    words = lower.get("IN") if isinstance(lower, dict) and set(lower) == {"IN"} else None
+    op = first.get("OP")
+    if words is None or len(words) > most or op in {"*", "+"} or set(first) - {"LOWER", "OP"}:
+        return [pattern]
+    expanded = [[{"LOWER": word}, *rest] for word in words]
+    if op == "?":
+        expanded += _expand_sets(rest, most) if rest else []
+    return expanded
+
+
+def _tokens(nlp: Language, phrase: str) -> list[str]:
+    return [token.lower_ for token in nlp.tokenizer(phrase) if not token.is_space]
+
+
+def _contains(words: list[str], part: list[str]) -> bool:
+    width = len(part)
+    return any(words[i : i + width] == part for i in range(len(words) - width + 1))
+
+
+def _spellings(nlp: Language, phrase: str, variants: dict[str, tuple[str, ...]]) -> list[str]:
+    """Every literal form of a phrase: with and without each hyphen, each spelling variant.
+
+    Phrases go to spaCy's PhraseMatcher (hash lookups), not the token Matcher: with ~400
+    phrases that is the difference between ~1 ms and ~10 ms on a full-length report.
+    """
+    forms: list[list[str]] = [[]]
+    for word in _tokens(nlp, phrase):
+        options: list[str | None] = [word, None] if word == "-" else [word, *variants.get(word, ())]
+        forms = [[*form, option] if option else form for form in forms for option in options]
+    return list(dict.fromkeys(" ".join(form) for form in forms))
+
+
+# --- reading a processed report ---------------------------------------------------------------
+
+
+def _assertion(span: Span) -> tuple[bool, bool, bool, bool]:
+    """(negated, uncertain, historical, hypothetical) from the span's ConText modifiers."""
+    categories = {modifier.category for modifier in span._.modifiers}
+    return (
+        _NEG in categories,
+        _POSS in categories,
+        _HIST in categories and _CURRENT not in categories,
+        _HYPO in categories,
+    )
+
+
+def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
+    routed = _routed_categories(doc)
+    findings: list[Finding] = []
+    for section in doc._.sections:
+        body = doc[section.body_start : section.body_end]
+        if section.category in routed and _has_text(body):
+            findings += _section_findings(nlp, body, _section_name(section.category), rules)
+    return ReportFindings(
+        findings=tuple(apply_addendum(findings)),
+        routed_sections=tuple(_section_name(category) for category in routed),
+    )
+
+
+def _section_findings(nlp: Language, body: Span, name: str, rules: RoutingRules) -> list[Finding]:
+    """Stage two (target matching, ConText) on one routed section body.
+
+    Running it on the routed text alone, not the whole report, saves most of its cost on a
+    full-length report; ConText scopes end at sentence ends, so nothing is lost.
+    """
+    part = body.as_doc()
+    for name_of_pipe in _STAGE_TWO:
+        part = nlp.get_pipe(name_of_pipe)(part)
+    offset = body.start_char
+    by_sentence: dict[int, list[Span]] = {}
+    for span in part.spans.get(_TARGETS, []):
+        by_sentence.setdefault(span.sent.start, []).append(span)
+
+    rule_by_label = {rule.label: rule for rule in rules.rules}
+    findings: list[Finding] = []
+    for spans in by_sentence.values():
+        sentence = spans[0].sent
+        sentence_span = (offset + sentence.start_char, offset + sentence.end_char)
+        levels = spinal_levels(sentence.text)
+        auxiliaries = [(span, _assertion(span)) for span in spans if span.label_ == _AUX]
+        targets = [span for span in spans if span.label_ != _AUX]
+        for span in targets:
+            negated, uncertain, historical, hypothetical = _assertion(span)
+            label, qualifier = span.label_, ""
+            rule = rule_by_label[label]
+            if rule.qualifier is not None and not (negated or hypothetical or historical):
+                for aux, (aux_negated, _, aux_historical, aux_hypothetical) in auxiliaries:
+                    asserted = not (aux_negated or aux_historical or aux_hypothetical)
+                    if asserted and label in aux._.target_rule.metadata["qualifies"]:
+                        label, qualifier = rule.qualifier.label, aux.text
+                        break
+            findings.append(
+                Finding(
+                    label=label,
+                    text=span.text,
+                    negated=negated,
+                    uncertain=uncertain,
+                    historical=historical,
+                    hypothetical=hypothetical,
+                    start=offset + span.start_char,
+                    end=offset + span.end_char,
+                    section=name,
+                    sentence=sentence_span,
+                    levels=levels,
+                    qualifier=qualifier,
+                )
+            )
+        if targets:
+            continue  # abnormal words next to a recognised finding are that finding's description
+        for aux, (negated, uncertain, historical, hypothetical) in auxiliaries:
+            if aux._.target_rule.metadata["cue"] and not (negated or historical or hypothetical):
+                findings.append(
+                    Finding(
+                        label=UNCLASSIFIED,
+                        text=aux.text,
+                        uncertain=uncertain,
+                        start=offset + aux.start_char,
+                        end=offset + aux.end_char,
+                        section=name,
+                        sentence=sentence_span,
+                        levels=levels,
+                    )
+                )
+    return findings
+
+
+def _has_text(span: Span) -> bool:
+    return any(not (token.is_space or token.is_punct) for token in span)
+
+
+def _routed_categories(doc: Doc) -> list[str | None]:
+    """Section categories to read, in the policy's order (see module docstring)."""
+    bodies: dict[str | None, list[Span]] = {}
+    for section in doc._.sections:
+        start, end = section.body_span
+        bodies.setdefault(section.category, []).append(doc[start:end])
+
+    def has_text(category: str | None) -> bool:
+        return any(_has_text(body) for body in bodies.get(category, []))
+
+    if not any(category is not None for category in bodies):
+        return [None] if has_text(None) else []
+    routed: list[str | None] = []
+    if has_text("impression"):
+        routed.append("impression")
+    elif has_text("findings"):
+        routed.append("findings")
+    if has_text("addendum"):
+        routed.append("addendum")
+    return routed
+
+
+def _section_name(category: str | None) -> str:
+    return _SECTION_NAMES[category] if category is not None else UNHEADED
