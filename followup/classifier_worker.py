@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
 
 from followup.rules import load_rules
 from followup.settings import Settings
@@ -21,8 +24,15 @@ from followup.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def serve_classifier(settings: Settings) -> None:
-    """Build the pipeline, then serve the classify task until SIGTERM or Ctrl-C."""
+def serve_classifier(settings: Settings, *, stop_with_parent: bool = False) -> None:
+    """Build the pipeline, then serve the classify task until SIGTERM or Ctrl-C; with
+    `stop_with_parent`, also when the pipe on stdin closes (the parent ended, however)."""
+    parent_gone = threading.Event()
+    if stop_with_parent:
+        watch = threading.Thread(
+            target=_stop_when_stdin_closes, args=(parent_gone,), name="parent-watch", daemon=True
+        )
+        watch.start()
     # Task runs here have no flow run, so Prefect cannot send their logs to its API; it warns
     # for every record unless told to drop them (the worker's own log still has them).
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
@@ -34,4 +44,18 @@ def serve_classifier(settings: Settings) -> None:
     # Before subscribing: the first report should not wait for the pipeline to be built.
     nlp.prepare(load_rules(settings.rules_path))
     logger.info("classifier ready; serving the classify task")
-    serve(classify)
+    try:
+        serve(classify)
+    except KeyboardInterrupt:
+        if not parent_gone.is_set():
+            raise
+
+
+def _stop_when_stdin_closes(parent_gone: threading.Event) -> None:
+    # The parent holds the write end; the kernel closes it when the parent exits, even by
+    # SIGKILL, which no signal handler in the parent could pass on.
+    sys.stdin.buffer.read()
+    logger.info("the parent process is gone; stopping")
+    parent_gone.set()
+    # As Ctrl-C, which stops Prefect's task worker cleanly; a normal exit here.
+    os.kill(os.getpid(), signal.SIGINT)

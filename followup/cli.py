@@ -232,7 +232,12 @@ def serve() -> None:
 
 
 @app.command("classifier-worker")
-def classifier_worker() -> None:
+def classifier_worker(
+    stop_with_parent: Annotated[
+        bool,
+        typer.Option(help="Also stop when stdin closes (how `followup serve` runs it)."),
+    ] = False,
+) -> None:
     """Serve report classification from one warm process (Prefect task worker), so flow runs
     need not load the NLP stack; needs PREFECT_API_URL (Ctrl-C stops)."""
     import logging
@@ -242,7 +247,7 @@ def classifier_worker() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    serve_classifier(get_settings())
+    serve_classifier(get_settings(), stop_with_parent=stop_with_parent)
 
 
 @app.command()

@@ -10,7 +10,9 @@ What runs:
   concurrency limits written there, read with the same code `prefect deploy` uses, so the
   served and the deployed engine cannot drift apart. Work pools are ignored: this process is
   the worker. The runner polls every second (an event-triggered run starts in about 1.4 s,
-  against 5.7 s with Prefect's default 10 s poll).
+  against 5.7 s with Prefect's default 10 s poll);
+* `followup classifier-worker` in a subprocess, which classifies for the flow runs (see
+  followup/classifier_worker.py).
 
 Ctrl-C (SIGINT) or SIGTERM stops the listeners, the runner and the Prefect server started here.
 
@@ -145,10 +147,17 @@ class PrefectServer:
 def start_classifier_worker() -> subprocess.Popen[bytes]:
     """`followup classifier-worker` against the Prefect server in PREFECT_API_URL.
 
-    Not waited for: until it subscribes, the classify runs wait on Prefect's task queue."""
+    Not waited for: until it subscribes, the classify runs wait on Prefect's task queue. Its
+    stdin is a pipe this process holds open: it stops when this process ends, even by SIGKILL.
+    """
     return subprocess.Popen(
-        [str(Path(sys.executable).with_name("followup")), "classifier-worker"],
+        [
+            str(Path(sys.executable).with_name("followup")),
+            "classifier-worker",
+            "--stop-with-parent",
+        ],
         env=os.environ.copy(),
+        stdin=subprocess.PIPE,
         # Its own session, as the server's: Ctrl-C reaches this process, which stops the
         # runner before the classifier the runner's flows may still be waiting on.
         start_new_session=True,

@@ -1,0 +1,136 @@
+"""Classification in `followup classifier-worker`: the flow queues it on Prefect's task queue.
+
+The worker is the real command in a subprocess, talking to the session's Prefect API; the flow
+runs as in tests/flows/test_scan_completed.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+from prefect.client.schemas.objects import StateType, TaskRun
+from prefect.settings import get_current_settings
+
+from followup.settings import PROJECT_ROOT, Settings
+from tests.flows.conftest import run_sample
+
+pytestmark = pytest.mark.prefect
+
+FOLLOWUP = Path(sys.executable).with_name("followup")
+
+
+def _classify_runs() -> list[TaskRun]:
+    async def read() -> list[TaskRun]:
+        async with get_client() as client:
+            return await client.read_task_runs(
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="classify"))
+            )
+
+    return asyncio.run(read())
+
+
+def _start_worker(log: Path) -> subprocess.Popen[bytes]:
+    """`followup classifier-worker` against this session's Prefect API, once subscribed."""
+    env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
+    with log.open("wb") as output:
+        worker = subprocess.Popen(
+            [FOLLOWUP, "classifier-worker", "--stop-with-parent"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 120
+    while b"Subscribing to runs of task(s): classify" not in log.read_bytes():
+        if worker.poll() is not None or time.monotonic() > deadline:
+            worker.kill()
+            raise AssertionError(log.read_text())
+        time.sleep(0.2)
+    return worker
+
+
+@pytest.fixture
+def classifier_worker(settings: Settings, tmp_path: Path) -> Iterator[Path]:
+    """A running classifier worker; yields its log."""
+    log = tmp_path / "classifier.log"
+    worker = _start_worker(log)
+    try:
+        yield log
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_the_worker_stops_when_its_parent_goes(tmp_path: Path) -> None:
+    # What the kernel does to the pipe when `followup serve` ends, even by SIGKILL.
+    worker = _start_worker(tmp_path / "classifier.log")
+    assert worker.stdin is not None
+    worker.stdin.close()
+    try:
+        assert worker.wait(timeout=30) == 0
+    finally:
+        worker.kill()
+
+
+def test_the_flow_run_process_loads_no_nlp_library() -> None:
+    # What a runner's flow-run process does before the first task: load the entrypoint.
+    code = (
+        "import sys\n"
+        "from prefect.flows import load_flow_from_entrypoint\n"
+        "load_flow_from_entrypoint('flows/scan_completed.py:scan_completed')\n"
+        "print(sorted(m for m in ('spacy', 'medspacy', 'thinc', 'nltk') if m in sys.modules))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_the_worker_classifies_and_the_run_books(
+    settings: Settings, classifier_worker: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FOLLOWUP_CLASSIFIER_WORKER", "true")
+    before = {run.id for run in _classify_runs()}
+
+    summary = run_sample(settings, "spine_neurology_root_compression.hl7")
+
+    assert summary["decision"]["referrals"] == ["neurology"]
+    assert summary["appointment"] is not None
+    [queued] = [run for run in _classify_runs() if run.id not in before]
+    assert queued.state_type == StateType.COMPLETED
+    # Run by the worker, and queued without the flow's context (no flow run, no accession).
+    assert f"Received task run: {queued.id}" in classifier_worker.read_text()
+    assert queued.flow_run_id is None
+
+
+def test_without_a_worker_the_run_cancels_the_queued_task_and_classifies_itself(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FOLLOWUP_CLASSIFIER_WORKER", "true")
+    monkeypatch.setenv("FOLLOWUP_CLASSIFIER_WAIT_SECONDS", "1")
+    before = {run.id for run in _classify_runs()}
+
+    summary = run_sample(settings, "spine_neurology_root_compression.hl7")
+
+    assert summary["decision"]["referrals"] == ["neurology"]
+    assert summary["appointment"] is not None
+    new = [run for run in _classify_runs() if run.id not in before]
+    # The queued run, cancelled, and the one the flow ran itself.
+    assert sorted(run.state_type.value for run in new if run.state_type) == [
+        "CANCELLED",
+        "COMPLETED",
+    ]
+    cancelled = next(run for run in new if run.state_type == StateType.CANCELLED)
+    in_the_run = next(run for run in new if run.state_type == StateType.COMPLETED)
+    assert cancelled.flow_run_id is None
+    assert in_the_run.flow_run_id is not None
