@@ -16,6 +16,7 @@ from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import ObjectNotFound
+from prefect.futures import PrefectDistributedFuture
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
@@ -100,20 +101,28 @@ async def publish_summary(summary: dict[str, Any]) -> None:
     )
 
 
-async def classified(inbox_id: int, settings: Settings) -> routing.Decision:
-    """The classify task, run by the classifier worker when there is one (see Settings)."""
-    if not settings.classifier_worker:
-        return await classify(inbox_id)
-    # Queued from an empty context: Prefect stores the caller's run context with a queued
-    # task's parameters, and a flow run's holds the flow (which the worker cannot unpickle
-    # when the runner loaded it from its file) and the flow's parameters (the accession).
+def queue_classification(inbox_id: int) -> PrefectDistributedFuture[routing.Decision]:
+    """The classify task, queued for the classifier worker (see Settings)."""
+    # From an empty context: Prefect stores the caller's run context with a queued task's
+    # parameters, and a flow run's holds the flow (which the worker cannot unpickle when the
+    # runner loaded it from its file) and the flow's parameters (the accession).
     queued = contextvars.Context().run(classify.delay, inbox_id)
+    # Typed as the coroutine the async task returns; the worker awaits it.
+    return cast(PrefectDistributedFuture[routing.Decision], queued)
+
+
+async def classified(
+    inbox_id: int, queued: PrefectDistributedFuture[routing.Decision] | None, settings: Settings
+) -> routing.Decision:
+    """The queued classification's decision; classified in this run when nothing was queued,
+    or when the worker does not answer within the wait (the queued run is then cancelled)."""
+    if queued is None:
+        return await classify(inbox_id)
     logger = get_run_logger()
     try:
-        # Typed as the coroutine the async task returns; the worker awaited it already.
         decision = await queued.result_async(timeout=settings.classifier_wait_seconds)
         logger.info("classified by the classifier worker (task run %s)", queued.task_run_id)
-        return cast(routing.Decision, decision)
+        return decision
     except TimeoutError:
         reason = f"no answer within {settings.classifier_wait_seconds:.0f} s"
         # So that a worker coming back later does not classify it again.
@@ -144,8 +153,11 @@ async def scan_completed(inbox_id: int, accession: str = "") -> dict[str, Any]:
     settings = get_settings()
     install_redaction("", "prefect")
     try:
+        # Queued first: the worker classifies (it reads the stored report itself) while this
+        # run claims and parses the row.
+        queued = queue_classification(inbox_id) if settings.classifier_worker else None
         scan = await load_scan(inbox_id, settings)
-        decision = await classified(inbox_id, settings)
+        decision = await classified(inbox_id, queued, settings)
         await tag_run(
             pipeline.run_tags(decision, site=settings.site_code, result_status=scan.result_status)
         )
