@@ -342,7 +342,7 @@ SCAN_PARTS = (
     ("running → load-scan starts (flow set-up)", "running", "load-scan:start"),
     ("load-scan task", "load-scan:start", "load-scan:end"),
     (
-        "classify: the rest of the worker round trip (queued before load-scan)",
+        "classify, in the classifier worker (queued, run, decision read back)",
         "load-scan:end",
         "tag-run:start",
     ),

@@ -9,6 +9,7 @@ Database and API tasks retry twice (I/O); the pure classification does not.
 from __future__ import annotations
 
 import contextvars
+import time
 from typing import Any, cast
 from uuid import UUID
 
@@ -30,6 +31,8 @@ from followup.rules import load_rules
 from followup.settings import Settings, get_settings
 from models.db import session_scope
 from models.types import utcnow
+
+RESULT_POLL_SECONDS = 1.0
 
 
 @task(name="load-scan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -101,26 +104,17 @@ async def publish_summary(summary: dict[str, Any]) -> None:
     )
 
 
-def queue_classification(inbox_id: int) -> PrefectDistributedFuture[routing.Decision]:
-    """The classify task, queued for the classifier worker (see Settings)."""
-    # From an empty context: Prefect stores the caller's run context with a queued task's
-    # parameters, and a flow run's holds the flow (which the worker cannot unpickle when the
-    # runner loaded it from its file) and the flow's parameters (the accession).
-    queued = contextvars.Context().run(classify.delay, inbox_id)
-    # Typed as the coroutine the async task returns; the worker awaits it.
-    return cast(PrefectDistributedFuture[routing.Decision], queued)
-
-
-async def classified(
-    inbox_id: int, queued: PrefectDistributedFuture[routing.Decision] | None, settings: Settings
-) -> routing.Decision:
-    """The queued classification's decision; classified in this run when nothing was queued,
-    or when the worker does not answer within the wait (the queued run is then cancelled)."""
-    if queued is None:
+async def classified(inbox_id: int, settings: Settings) -> routing.Decision:
+    """The classify task, run by the classifier worker when there is one (see Settings)."""
+    if not settings.classifier_worker:
         return await classify(inbox_id)
+    # Queued from an empty context: Prefect stores the caller's run context with a queued
+    # task's parameters, and a flow run's holds the flow (which the worker cannot unpickle
+    # when the runner loaded it from its file) and the flow's parameters (the accession).
+    queued = contextvars.Context().run(classify.delay, inbox_id)
     logger = get_run_logger()
     try:
-        decision = await queued.result_async(timeout=settings.classifier_wait_seconds)
+        decision = await _worker_result(queued, settings.classifier_wait_seconds)
         logger.info("classified by the classifier worker (task run %s)", queued.task_run_id)
         return decision
     except TimeoutError:
@@ -138,6 +132,23 @@ async def classified(
     return await classify(inbox_id)
 
 
+async def _worker_result(
+    queued: PrefectDistributedFuture[Any], wait_seconds: float
+) -> routing.Decision:
+    """The queued run's result, re-reading its state every second: Prefect's waiter learns of
+    the completion from an events subscription that may not be connected yet when the worker
+    finishes (measured: about one run in twenty then waited for the whole timeout)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            slice_seconds = min(RESULT_POLL_SECONDS, max(deadline - time.monotonic(), 0.0))
+            # Typed as the coroutine the async task returns; the worker awaited it already.
+            return cast(routing.Decision, await queued.result_async(timeout=slice_seconds))
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise
+
+
 @flow(
     name="scan-completed",
     flow_run_name="scan-{accession}",
@@ -153,11 +164,8 @@ async def scan_completed(inbox_id: int, accession: str = "") -> dict[str, Any]:
     settings = get_settings()
     install_redaction("", "prefect")
     try:
-        # Queued first: the worker classifies (it reads the stored report itself) while this
-        # run claims and parses the row.
-        queued = queue_classification(inbox_id) if settings.classifier_worker else None
         scan = await load_scan(inbox_id, settings)
-        decision = await classified(inbox_id, queued, settings)
+        decision = await classified(inbox_id, settings)
         await tag_run(
             pipeline.run_tags(decision, site=settings.site_code, result_status=scan.result_status)
         )
