@@ -134,3 +134,41 @@ def test_without_a_worker_the_run_cancels_the_queued_task_and_classifies_itself(
     in_the_run = next(run for run in new if run.state_type == StateType.COMPLETED)
     assert cancelled.flow_run_id is None
     assert in_the_run.flow_run_id is not None
+
+
+class _LateFuture:
+    """A queued run whose completion the waiter misses: each wait times out until `answers`."""
+
+    def __init__(self, answers_after: int) -> None:
+        self.calls: list[float] = []
+        self.answers_after = answers_after
+
+    async def result_async(self, timeout: float) -> str:
+        self.calls.append(timeout)
+        if len(self.calls) <= self.answers_after:
+            await asyncio.sleep(timeout)
+            raise TimeoutError
+        return "decision"
+
+
+def test_a_missed_completion_costs_one_poll_not_the_whole_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows import scan_completed
+
+    monkeypatch.setattr(scan_completed, "RESULT_POLL_SECONDS", 0.05)
+    late = _LateFuture(answers_after=2)
+
+    assert asyncio.run(scan_completed._worker_result(late, 30)) == "decision"  # type: ignore[arg-type]
+    assert late.calls == [0.05, 0.05, 0.05]
+
+
+def test_the_wait_ends_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows import scan_completed
+
+    monkeypatch.setattr(scan_completed, "RESULT_POLL_SECONDS", 0.05)
+    never = _LateFuture(answers_after=1_000)
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(scan_completed._worker_result(never, 0.2))  # type: ignore[arg-type]
+    assert 3 <= len(never.calls) <= 6
