@@ -644,7 +644,8 @@ def write_report(
             *header,
             *profile_rows(profile, "tottime", arguments.profile_top // 2),
         ]
-    lines += ["", "![scans per second over time](throughput.png)"]
+    plot = arguments.output.with_suffix(".png").name
+    lines += ["", f"![scans per second over time]({plot})"]
     return "\n".join(lines) + "\n"
 
 
