@@ -3,7 +3,8 @@
 The flow only sequences tasks; every task calls one step of `followup.pipeline` in its own
 transaction. Flow and tasks are async: a sync flow pays about a second at exit for its
 heartbeat thread, and sync tasks cost ~20 ms each against ~2 ms for async ones.
-Database and API tasks retry twice (I/O); the pure classification does not.
+Database and API tasks retry twice (I/O); classify does too, since it re-reads the stored
+report (flows/classify.py), in the classifier worker when there is one.
 """
 
 from __future__ import annotations

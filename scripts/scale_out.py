@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
 
 from bench import _helpers as helpers  # noqa: E402
+from followup.gateway.serve import stop_process  # noqa: E402
 
 POOL = "followup"
 WORKERS = ("scale-worker-a", "scale-worker-b")
@@ -89,12 +90,7 @@ def process(command: list[str], *, env: dict[str, str], log: Path) -> Iterator[N
         try:
             yield
         finally:
-            child.terminate()
-            try:
-                child.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+            stop_process(child, timeout=60)
 
 
 def wait_for_api(api_url: str, timeout: float = 300) -> None:

@@ -122,12 +122,12 @@ def _drain_prefect_queues() -> None:
     EventsWorker.drain_all(timeout=10)
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, and SIGKILL if it has not exited 20 s later."""
+def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 20) -> None:
+    """SIGTERM, and SIGKILL if it has not exited `timeout` seconds later."""
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

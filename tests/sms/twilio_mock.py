@@ -28,6 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from followup.gateway.serve import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 MOCK_DIR = ROOT / "tools" / "twilio-mock"
 SPEC = ROOT.parent / "shared" / "data" / "twilio" / "twilio_api_v2010.json"
@@ -91,12 +93,7 @@ def running_prism() -> Iterator[str]:
             time.sleep(0.2)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)
         log.unlink(missing_ok=True)
 
 
