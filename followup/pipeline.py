@@ -115,6 +115,7 @@ def record_decision(
     previous = queries.current_decision(session=session, study_id=study.id)
     stored = queries.record_decision(
         session=session,
+        previous=previous,
         decision=Decision(
             study_id=study.id,
             inbox_id=inbox_id,
@@ -620,9 +621,10 @@ def finish(*, session: Session, inbox_id: int, held: bool) -> dict[str, Any]:
     row = queries.get_inbox_message(session=session, inbox_id=inbox_id)
     row.status = InboxStatus.HELD if held else InboxStatus.PROCESSED
     row.processed_at = utcnow()
-    session.add(row)
-    session.flush()
-    summary = summarize(session=session, inbox_id=inbox_id)
+    # summarize reads the status from this object, not the table: unflushed, one UPDATE
+    # writes both.
+    with session.no_autoflush:
+        summary = summarize(session=session, inbox_id=inbox_id)
     row.summary = summary
     session.add(row)
     return summary

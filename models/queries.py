@@ -184,14 +184,18 @@ def current_decision(*, session: Session, study_id: int) -> Decision | None:
 
 
 def record_decision(
-    *, session: Session, decision: Decision, findings: Iterable[Finding]
+    *,
+    session: Session,
+    decision: Decision,
+    findings: Iterable[Finding],
+    previous: Decision | None,
 ) -> Decision:
-    """Store a new current decision for the study, superseding (not deleting) the old one.
+    """Store a new current decision for the study, superseding (not deleting) `previous`, the
+    study's current decision as the caller read it in this transaction (`current_decision`).
 
     Idempotent per inbox row: when the current decision was made from the same message (a
     re-run of its flow), that one is returned and nothing is written.
     """
-    previous = current_decision(session=session, study_id=decision.study_id)
     if previous is not None and previous.inbox_id == decision.inbox_id:
         return previous
     if previous is not None:
@@ -249,32 +253,45 @@ def reconcile_referrals(
         actor=actor,
         reason=f"decision {decision.id} no longer refers the patient there",
     )
+    kept: list[Referral] = []
+    added: list[Referral] = []
     for specialty in decision.referrals:
-        kept = existing.get(specialty)
-        if kept is not None:
-            kept.decision_id = decision.id
-            session.add(kept)
+        referral = existing.get(specialty)
+        if referral is not None:
+            referral.decision_id = decision.id
+            kept.append(referral)
             continue
         reason, uncertain = reasons.get(specialty, ("", False))
-        referral = Referral(
-            study_id=decision.study_id,
-            decision_id=decision.id,
-            specialty=specialty,
-            reason=reason,
-            uncertain=uncertain,
+        added.append(
+            Referral(
+                study_id=decision.study_id,
+                decision_id=decision.id,
+                specialty=specialty,
+                reason=reason,
+                uncertain=uncertain,
+            )
         )
-        session.add(referral)
-        session.flush()
+    session.add_all([*kept, *added])
+    session.flush()
+    for referral in added:
         audit(
             session=session,
             actor=actor,
             action=f"referral.{ReferralStatus.INITIATED}",
             entity="referral",
             entity_id=referral.id,
-            detail={"specialty": specialty, "decision_id": decision.id, "uncertain": uncertain},
+            detail={
+                "specialty": referral.specialty,
+                "decision_id": decision.id,
+                "uncertain": referral.uncertain,
+            },
         )
-    session.flush()
-    return open_referrals(session=session, study_id=decision.study_id)
+    # A completed referral the decision dropped is left as it is, so it is still listed.
+    completed = [
+        r for s, r in existing.items()
+        if s not in decision.referrals and r.status != ReferralStatus.CANCELLED
+    ]  # fmt: skip
+    return sorted([*kept, *added, *completed], key=lambda r: r.specialty)
 
 
 def cancel_referrals(
@@ -361,20 +378,26 @@ def audit(
 def enqueue_messages(
     *, session: Session, messages: Iterable[OutboundMessageBase]
 ) -> list[OutboundMessage]:
-    """Insert planned messages unless their idempotency key is already there."""
-    stored: list[OutboundMessage] = []
-    for planned in messages:
-        existing = session.exec(
-            select(OutboundMessage).where(
-                OutboundMessage.idempotency_key == planned.idempotency_key
-            )
-        ).first()
-        if existing is None:
-            existing = OutboundMessage.model_validate(planned)
-            session.add(existing)
-            session.flush()
-        stored.append(existing)
-    return stored
+    """Insert planned messages unless their idempotency key is already there; the stored rows
+    in the order planned. One read for all the keys and one flush for the new rows: a visit
+    plans three to five texts, and a flush per row costs more than its insert."""
+    planned = list(messages)
+    if not planned:
+        return []
+    keys = [message.idempotency_key for message in planned]
+    stored = {
+        message.idempotency_key: message
+        for message in session.exec(
+            select(OutboundMessage).where(col(OutboundMessage.idempotency_key).in_(keys))
+        )
+    }
+    for message in planned:
+        if message.idempotency_key not in stored:
+            row = OutboundMessage.model_validate(message)
+            stored[message.idempotency_key] = row
+            session.add(row)
+    session.flush()
+    return [stored[key] for key in keys]
 
 
 def visit_message_rows(
