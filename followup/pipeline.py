@@ -28,7 +28,6 @@ from models.tables import (
     ImagingStudy,
     InboxStatus,
     Patient,
-    Provider,
 )
 from models.types import utcnow
 
@@ -552,19 +551,20 @@ def summarize(*, session: Session, inbox_id: int) -> dict[str, Any]:
     }
     if row.status == InboxStatus.DUPLICATE and row.summary:
         return {**row.summary, **summary}
-    study = (
-        queries.study_by_accession(session=session, accession=row.accession)
+    found = (
+        queries.study_with_patient(session=session, accession=row.accession)
         if row.accession
         else None
     )
-    if study is None or study.id is None:
+    if found is None:
         return summary
-    patient = session.get(Patient, study.patient_id)
-    summary["patient_initials"] = (
-        PersonName(patient.family_name, patient.given_name).initials if patient else ""
-    )
+    study, patient = found
+    assert study.id is not None
+    summary["patient_initials"] = PersonName(patient.family_name, patient.given_name).initials
     decision = queries.current_decision(session=session, study_id=study.id)
-    appointment = booking.active_follow_up(session=session, study_id=study.id)
+    appointment, provider = booking.active_follow_up_with_provider(
+        session=session, study_id=study.id
+    ) or (None, None)
     summary["decision"] = (
         {
             "urgency": decision.urgency,
@@ -578,7 +578,17 @@ def summarize(*, session: Session, inbox_id: int) -> dict[str, Any]:
         if decision
         else None
     )
-    summary["appointment"] = _appointment_summary(session, appointment) if appointment else None
+    summary["appointment"] = (
+        {
+            "id": appointment.id,
+            "start": appointment.start.isoformat(),
+            "provider_npi": provider.npi,
+            "provider": provider.display_name,
+            "status": appointment.status,
+        }
+        if appointment and provider
+        else None
+    )
     summary["referrals"] = [
         {"specialty": r.specialty, "status": r.status, "uncertain": r.uncertain}
         for r in queries.open_referrals(session=session, study_id=study.id)
@@ -603,17 +613,6 @@ def summarize(*, session: Session, inbox_id: int) -> dict[str, Any]:
         for m in messages
     ]
     return summary
-
-
-def _appointment_summary(session: Session, appointment: Appointment) -> dict[str, Any]:
-    provider = session.get(Provider, appointment.provider_id)
-    return {
-        "id": appointment.id,
-        "start": appointment.start.isoformat(),
-        "provider_npi": provider.npi if provider else None,
-        "provider": provider.display_name if provider else None,
-        "status": appointment.status,
-    }
 
 
 def finish(*, session: Session, inbox_id: int, held: bool) -> dict[str, Any]:

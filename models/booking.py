@@ -468,6 +468,21 @@ def active_follow_up(*, session: Session, study_id: int) -> Appointment | None:
     ).first()
 
 
+def active_follow_up_with_provider(
+    *, session: Session, study_id: int
+) -> tuple[Appointment, Provider] | None:
+    """The study's active follow-up and the provider it is with, in one read."""
+    found = session.exec(
+        select(Appointment, Provider)
+        .join(Provider, col(Provider.id) == Appointment.provider_id)
+        .where(
+            Appointment.study_id == study_id,
+            col(Appointment.status).in_(ACTIVE_APPOINTMENT_STATUSES),
+        )
+    ).first()
+    return (found[0], found[1]) if found else None
+
+
 def patient_preferences(patient: Patient) -> Preferences:
     return Preferences(
         day_part=DayPart(patient.preferred_day_part) if patient.preferred_day_part else None,

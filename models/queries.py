@@ -168,6 +168,15 @@ def upsert_study(
     return study
 
 
+def study_with_patient(*, session: Session, accession: str) -> tuple[ImagingStudy, Patient] | None:
+    found = session.exec(
+        select(ImagingStudy, Patient)
+        .join(Patient, col(Patient.id) == ImagingStudy.patient_id)
+        .where(ImagingStudy.accession == accession)
+    ).first()
+    return (found[0], found[1]) if found else None
+
+
 def study_by_accession(*, session: Session, accession: str) -> ImagingStudy | None:
     return session.exec(select(ImagingStudy).where(ImagingStudy.accession == accession)).first()
 
@@ -438,6 +447,19 @@ def outbox_row(
         to_phone=to_phone,
         scheduled_for=planned.send_at,
     )
+
+
+def appointment_parties(
+    *, session: Session, appointment_id: int
+) -> tuple[Appointment, Patient, Provider]:
+    """The appointment with its patient and provider, in one read (NoResultFound if absent)."""
+    appointment, patient, provider = session.exec(
+        select(Appointment, Patient, Provider)
+        .join(Patient, col(Patient.id) == Appointment.patient_id)
+        .join(Provider, col(Provider.id) == Appointment.provider_id)
+        .where(Appointment.id == appointment_id)
+    ).one()
+    return appointment, patient, provider
 
 
 def replaced_appointment(*, session: Session, appointment_id: int) -> Appointment | None:

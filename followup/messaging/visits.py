@@ -304,12 +304,7 @@ def enqueue_offer_texts(
 
 
 def _visit(session: Session, appointment_id: int) -> tuple[Appointment, Patient, Provider]:
-    appointment = session.get_one(Appointment, appointment_id)
-    return (
-        appointment,
-        session.get_one(Patient, appointment.patient_id),
-        session.get_one(Provider, appointment.provider_id),
-    )
+    return queries.appointment_parties(session=session, appointment_id=appointment_id)
 
 
 def _zone(patient: Patient) -> ZoneInfo | None:

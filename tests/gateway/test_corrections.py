@@ -126,9 +126,16 @@ def messages_of(session: Session, appointment_id: int) -> list[tuple[str, str]]:
     ]
 
 
-def local_day_offset(settings: Settings, start: str) -> int:
-    today = datetime.now(settings.site_zone).date()
-    return (datetime.fromisoformat(start).astimezone(settings.site_zone).date() - today).days
+def days_after_result(settings: Settings, summary: dict[str, Any]) -> int:
+    """Site-calendar days from the study's result time to its follow-up: the window counts
+    from the result, which `message` stamps half an hour before now (the day before, in the
+    first half hour of a day)."""
+    with session_scope(settings.database_url) as session:
+        study = queries.study_by_accession(session=session, accession=summary["accession"])
+        assert study is not None and study.final_at is not None
+        result_day = study.final_at.astimezone(settings.site_zone).date()
+    start = datetime.fromisoformat(summary["appointment"]["start"])
+    return (start.astimezone(settings.site_zone).date() - result_day).days
 
 
 def test_routine_corrected_to_urgent_moves_the_visit_and_replaces_its_texts(
@@ -136,14 +143,14 @@ def test_routine_corrected_to_urgent_moves_the_visit_and_replaces_its_texts(
 ) -> None:
     first = ingest(settings, message(settings, NEURO.read_bytes()))
     routine_id = first["appointment"]["id"]
-    assert 7 <= local_day_offset(settings, first["appointment"]["start"]) <= 14
+    assert 7 <= days_after_result(settings, first) <= 14
 
     corrected = ingest(settings, corrected_to_urgent(settings))
 
     assert corrected["decision"]["urgency"] == "urgent"
     urgent = corrected["appointment"]
     assert urgent["id"] != routine_id
-    assert 1 <= local_day_offset(settings, urgent["start"]) <= 5  # 3 business days
+    assert 1 <= days_after_result(settings, corrected) <= 5  # 3 business days
     assert [(r["specialty"], r["status"]) for r in corrected["referrals"]] == [
         ("neurology", "initiated"),
         ("orthopedics", "initiated"),
