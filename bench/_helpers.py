@@ -512,6 +512,35 @@ def process_scan(
     return outcome
 
 
+def core_worker(url: str, raws: list[bytes], start: Any, finished: Any) -> None:
+    """One process of a parallel core replay (bench_throughput --core-processes). Warms up
+    (imports, the medspaCy pipeline, a database connection), puts "ready" on `finished`, waits
+    for `start`, then processes `raws` as `process_scan` does, putting (time.perf_counter() at
+    the finish, outcome) for each scan and, at the end, ("cpu", CPU seconds spent on them). An
+    exception goes on the queue as ("error", text) before it is raised."""
+    from followup import nlp
+    from followup.rules import load_rules
+    from followup.settings import get_settings
+    from models.db import get_engine
+
+    try:
+        settings = get_settings(database_url=url)
+        nlp.classify_report("MRI lumbar spine: normal.", load_rules(settings.rules_path))
+        with get_engine(url).connect():
+            pass
+        finished.put("ready")
+        start.wait()
+        cpu = time.process_time()
+        times = StepTimes()
+        for raw in raws:
+            outcome = process_scan(raw, settings, times)
+            finished.put((time.perf_counter(), outcome))
+        finished.put(("cpu", time.process_time() - cpu))
+    except BaseException as exc:
+        finished.put(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+
+
 # --- a local Prefect server and the served engine --------------------------------------------
 
 VT, FS_CR = b"\x0b", b"\x1c\r"

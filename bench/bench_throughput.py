@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_throughput.py [--scans 10000] [--postgres-url URL]
         [--prefect-scans 300] [--prefect-sqlite-scans 100] [--rate 5] [--profile-scans 1000]
-        [--what-if-scans 2000] [--floor-events 150] [--skip core what-if profile prefect floor]
+        [--what-if-scans 2000] [--floor-events 150] [--core-processes 0]
+        [--skip core what-if profile prefect floor]
 
 Scans are generated ORU^R01 results (bench/_helpers.py) whose report texts come from the
 labelled corpus (tests/corpus/*.jsonl) and the HL7 samples, drawn in a fixed mix of what the
@@ -16,7 +17,9 @@ goes to one of `scans / 50` providers (practices of five, business hours, 35 day
    queue the confirmation and reminders, finish. On a SQLite file and, with --postgres-url, on a
    fresh PostgreSQL database (`bench_<ts>`, dropped after). Time per step is summed as it runs.
    What-if (bench only, --what-if-scans): the same steps sharing one transaction after
-   intake, to show what the per-step commits cost.
+   intake, to show what the per-step commits cost. With --core-processes N, the replay runs
+   again on PostgreSQL in N processes sharing the database, as concurrent flow runs share it
+   (the scans dealt out in turn; not on SQLite, which takes one writer at a time).
 2. Profile: the same loop under cProfile on a fresh SQLite file (--profile-scans): own time
    per package, the engine's functions by cumulative time, all functions by own time.
 3. Through Prefect (target sustained ≥ 5 scans/s): a local Prefect server (its own SQLite
@@ -197,6 +200,78 @@ def core_replay(
         replay.notes.append(check_core(url, replay))
     replay.load_after = helpers.load()
     return replay
+
+
+def core_parallel_replay(
+    kind: str, arguments: argparse.Namespace, pool: dict[str, list[str]], *, count: int
+) -> Replay:
+    """The core pipeline in --core-processes processes sharing one database, as concurrent
+    flow runs share it: the scans dealt out in turn, every process warmed up before the clock
+    starts. Nothing may come out doubled: booking races for the same slots are real here."""
+    import multiprocessing
+
+    processes = arguments.core_processes
+    label = f"core pipeline, {processes} processes"
+    replay = Replay(label, kind, count, load_before=helpers.load())
+    with helpers.database(kind, arguments.postgres_url, "bench-throughput-") as url:
+        scans = prepared(url, count, pool, seed=f"core-{kind}-{count}-x{processes}")
+        context = multiprocessing.get_context("spawn")  # no engine or pool inherited
+        start, finished = context.Event(), context.Queue()
+        workers = [
+            context.Process(
+                target=helpers.core_worker,
+                args=(url, [scan.raw for scan in scans[n::processes]], start, finished),
+            )
+            for n in range(processes)
+        ]
+        for worker in workers:
+            worker.start()
+        for _ in workers:
+            _expect_ready(finished.get(timeout=300))
+        analyze_every = ANALYZE_EVERY if helpers.needs_analyze(url) else 0
+        if analyze_every:
+            replay.notes.append(AUTOVACUUM_NOTE.format(every=f"{analyze_every} scans"))
+        every = max(1, min(arguments.report_every, count // 5 or 1))
+        with progress() as bar:
+            task = bar.add_task(f"{label} on {kind}", total=count, rate=0.0)
+            started = time.perf_counter()
+            start.set()
+            running = processes
+            while running:
+                item = finished.get(timeout=600)
+                if item[0] == "error":
+                    raise SystemExit(f"{label} on {kind}: a worker failed: {item[1]}")
+                if item[0] == "cpu":
+                    replay.cpu_seconds += item[1]
+                    running -= 1
+                    continue
+                replay.finished_at.append(item[0] - started)
+                replay.outcomes[item[1]] += 1
+                number = replay.done
+                if analyze_every and number % analyze_every == 0:
+                    helpers.analyze(url)
+                if number % 20 == 0 or number == count:
+                    bar.update(task, completed=number, rate=number / replay.finished_at[-1])
+                if number % every == 0:
+                    bar.console.log(
+                        f"{label} on {kind}: {number}/{count}, "
+                        f"{number / replay.finished_at[-1]:.1f} scans/s; {dict(replay.outcomes)}"
+                    )
+            replay.seconds = time.perf_counter() - started
+        for worker in workers:
+            worker.join(timeout=60)
+        replay.notes.append(
+            f"{processes} processes, scans dealt out in turn, each process warmed up (imports, "
+            "medspaCy pipeline, a connection) before the clock starts; CPU s/scan is theirs"
+        )
+        replay.notes.append(check_core(url, replay))
+    replay.load_after = helpers.load()
+    return replay
+
+
+def _expect_ready(item: object) -> None:
+    if item != "ready":
+        raise SystemExit(f"a core worker did not start: {item}")
 
 
 def check_core(url: str, replay: Replay) -> str:
@@ -667,11 +742,20 @@ def main() -> None:
         default=2000,
         help="core replay with the steps after intake in one transaction (0: none)",
     )
+    parser.add_argument(
+        "--core-processes",
+        type=int,
+        default=0,
+        help="also replay the core pipeline in this many processes on PostgreSQL (0: not)",
+    )
     parser.add_argument("--profile-top", type=int, default=30)
     parser.add_argument("--report-every", type=int, default=1000, help="print counts every N")
     parser.add_argument("--postgres-url", help="PostgreSQL server for the app database")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["core", "what-if", "profile", "prefect"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["core", "what-if", "profile", "prefect", "floor"],
     )
     parser.add_argument("--output", type=Path, default=helpers.RESULTS / "throughput.md")
     parser.add_argument("--log-dir", type=Path, help="keep the servers' logs here")
@@ -703,6 +787,10 @@ def main() -> None:
     planned: list[Callable[[], Replay]] = []
     if "core" not in arguments.skip:
         planned += [partial(core_replay, k, arguments, pool, count=arguments.scans) for k in kinds]
+    if "core" not in arguments.skip and arguments.core_processes and arguments.postgres_url:
+        planned.append(
+            partial(core_parallel_replay, "postgresql", arguments, pool, count=arguments.scans)
+        )
     if "what-if" not in arguments.skip and arguments.what_if_scans:
         count = arguments.what_if_scans
         planned += [
