@@ -17,11 +17,14 @@ import os
 import signal
 import sys
 import threading
+import time
+from pathlib import Path
 
 from followup.rules import load_rules
 from followup.settings import Settings
 
 logger = logging.getLogger(__name__)
+PURGE_EVERY_SECONDS = 3600.0
 
 
 def serve_classifier(settings: Settings, *, stop_with_parent: bool = False) -> None:
@@ -36,6 +39,7 @@ def serve_classifier(settings: Settings, *, stop_with_parent: bool = False) -> N
     # Task runs here have no flow run, so Prefect cannot send their logs to its API; it warns
     # for every record unless told to drop them (the worker's own log still has them).
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    from prefect.settings import get_current_settings
     from prefect.task_worker import serve
 
     from flows.classify import classify
@@ -43,12 +47,53 @@ def serve_classifier(settings: Settings, *, stop_with_parent: bool = False) -> N
 
     # Before subscribing: the first report should not wait for the pipeline to be built.
     nlp.prepare(load_rules(settings.rules_path))
+    storage = Path(get_current_settings().results.local_storage_path).expanduser()
+    retention = settings.classifier_result_retention_hours * 3600
+    purger = threading.Thread(
+        target=_purge_periodically,
+        args=(storage, retention, parent_gone),
+        name="result-purge",
+        daemon=True,
+    )
+    purger.start()
     logger.info("classifier ready; serving the classify task")
     try:
         serve(classify)
     except KeyboardInterrupt:
         if not parent_gone.is_set():
             raise
+
+
+def purge_stored_results(folder: Path, *, older_than_seconds: float, now: float) -> int:
+    """Delete the files in Prefect's local result storage last written more than
+    `older_than_seconds` before `now` (epoch seconds); how many were deleted. Prefect keeps
+    every classify run's parameters and result there and never deletes them."""
+    if not folder.is_dir():
+        return 0
+    purged = 0
+    for path in folder.iterdir():
+        try:
+            if path.is_file() and path.stat().st_mtime < now - older_than_seconds:
+                path.unlink()
+                purged += 1
+        except FileNotFoundError:
+            continue  # another worker on this host purged it first
+    return purged
+
+
+def _purge_periodically(folder: Path, older_than_seconds: float, stop: threading.Event) -> None:
+    while True:
+        try:
+            purged = purge_stored_results(
+                folder, older_than_seconds=older_than_seconds, now=time.time()
+            )
+            hours = older_than_seconds / 3600
+            logger.info("purged %d stored classify results older than %g h", purged, hours)
+        except OSError:
+            # Classification goes on; the files wait for the next round.
+            logger.exception("could not purge the stored classify results in %s", folder)
+        if stop.wait(PURGE_EVERY_SECONDS):
+            return
 
 
 def _stop_when_stdin_closes(parent_gone: threading.Event) -> None:

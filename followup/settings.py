@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     classifier_wait_seconds: float = Field(
         default=30.0, gt=0, validation_alias="FOLLOWUP_CLASSIFIER_WAIT_SECONDS"
     )
+    # The worker deletes files in Prefect's local result storage (a classify run's inbox id and
+    # decision, which holds the matched finding phrases) once they are this old: a run reads
+    # its result within the wait above, and nothing else reads them.
+    classifier_result_retention_hours: float = Field(
+        default=24.0, gt=0, validation_alias="FOLLOWUP_CLASSIFIER_RESULT_RETENTION_HOURS"
+    )
     # Bearer token the HTTP gateway requires on its FHIR endpoints; None leaves them open.
     http_token: SecretStr | None = Field(default=None, validation_alias="FOLLOWUP_HTTP_TOKEN")
 

@@ -7,6 +7,7 @@ runs as in tests/flows/test_scan_completed.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 from prefect.client.schemas.objects import StateType, TaskRun
 from prefect.settings import get_current_settings
 
+from followup.classifier_worker import purge_stored_results
 from followup.settings import PROJECT_ROOT, Settings
 from tests.flows.conftest import run_sample
 
@@ -70,6 +72,48 @@ def classifier_worker(settings: Settings, tmp_path: Path) -> Iterator[Path]:
         worker.wait(timeout=30)
 
 
+def _result_storage() -> Path:
+    # The worker's, since it inherits this process's PREFECT_HOME (tests/conftest.py).
+    return Path(get_current_settings().results.local_storage_path).expanduser()
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_the_worker_purges_stored_results_past_their_retention(tmp_path: Path) -> None:
+    storage = _result_storage()
+    storage.mkdir(parents=True, exist_ok=True)
+    old, recent = storage / "old-classify-result", storage / "recent-classify-result"
+    old.write_text("{}")
+    recent.write_text("{}")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+
+    worker = _start_worker(tmp_path / "classifier.log")
+    worker.terminate()
+    worker.wait(timeout=30)
+
+    assert (
+        "purged 1 stored classify results older than 24 h"
+        in (tmp_path / "classifier.log").read_text()
+    )
+    assert not old.exists()
+    assert recent.exists()
+
+
+def test_purging_keeps_what_is_within_the_retention(tmp_path: Path) -> None:
+    now = time.time()
+    for name, age_hours in (("a", 30.0), ("b", 23.0), ("c", 0.0)):
+        path = tmp_path / name
+        path.write_text("{}")
+        os.utime(path, (now - age_hours * 3600, now - age_hours * 3600))
+    (tmp_path / "folder").mkdir()
+
+    purged = purge_stored_results(tmp_path, older_than_seconds=24 * 3600, now=now)
+
+    assert purged == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c", "folder"]
+    assert purge_stored_results(tmp_path / "missing", older_than_seconds=1, now=now) == 0
+
+
 @pytest.mark.usefixtures("prefect_api")
 def test_the_worker_stops_when_its_parent_goes(tmp_path: Path) -> None:
     # What the kernel does to the pipe when `followup serve` ends, even by SIGKILL.
@@ -101,6 +145,7 @@ def test_the_worker_classifies_and_the_run_books(
 ) -> None:
     monkeypatch.setenv("FOLLOWUP_CLASSIFIER_WORKER", "true")
     before = {run.id for run in _classify_runs()}
+    stored_before = set(_result_storage().glob("*"))
 
     summary = run_sample(settings, "spine_neurology_root_compression.hl7")
 
@@ -111,6 +156,10 @@ def test_the_worker_classifies_and_the_run_books(
     # Run by the worker, and queued without the flow's context (no flow run, no accession).
     assert f"Received task run: {queued.id}" in classifier_worker.read_text()
     assert queued.flow_run_id is None
+    # Its result is a file (Prefect drops the parameters once the worker has read them) in the
+    # folder the worker purges.
+    [result] = {p for p in _result_storage().glob("*") if p.is_file()} - stored_before
+    assert json.loads(result.read_bytes())["metadata"]["storage_key"] == str(result)
 
 
 def test_without_a_worker_the_run_cancels_the_queued_task_and_classifies_itself(
