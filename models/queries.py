@@ -246,13 +246,13 @@ def reconcile_referrals(
     decision: Decision,
     reasons: dict[str, tuple[str, bool]],
     actor: str = ENGINE,
-) -> list[Referral]:
+) -> None:
     """Make the study's open referrals match the decision: add new, cancel dropped ones.
 
     `reasons` maps specialty → (explanation, uncertain). Cancelling goes through the referral
     state machine, so it is in the referral's history and the audit trail; a completed
     referral is left as it is. Referrals the decision keeps follow it (their overdue allowance
-    is the current decision's tier). Returns the open referrals.
+    is the current decision's tier).
     """
     assert decision.id is not None
     existing = {r.specialty: r for r in open_referrals(session=session, study_id=decision.study_id)}
@@ -295,12 +295,6 @@ def reconcile_referrals(
                 "uncertain": referral.uncertain,
             },
         )
-    # A completed referral the decision dropped is left as it is, so it is still listed.
-    completed = [
-        r for s, r in existing.items()
-        if s not in decision.referrals and r.status != ReferralStatus.CANCELLED
-    ]  # fmt: skip
-    return sorted([*kept, *added, *completed], key=lambda r: r.specialty)
 
 
 def cancel_referrals(
