@@ -79,6 +79,7 @@ from bench import _helpers as helpers  # noqa: E402
 console = Console(stderr=True)
 WHAT_IF = "what-if: core, steps in one transaction"
 FLOOR = "Prefect floor: an empty flow run per event"
+PLOTTED = ("core pipeline", "through Prefect")  # and "core pipeline, N processes"
 ANALYZE_EVERY = 500
 AUTOVACUUM_NOTE = (
     "this PostgreSQL server runs with autovacuum off, so the replay runs ANALYZE every "
@@ -628,13 +629,13 @@ def plot(replays: list[Replay], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [r for r in replays if r.label in ("core pipeline", "through Prefect") and r.done]
+    shown = [r for r in replays if r.label.startswith(PLOTTED) and r.done]
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for axis, label, width, target in (
         (axes[0], "core pipeline", 5.0, 200),
         (axes[1], "through Prefect", 30.0, 5),
     ):
-        for r in (r for r in shown if r.label == label):
+        for r in (r for r in shown if r.label.startswith(label)):
             bins = int(r.seconds // width) + 1
             counts = [0] * bins
             for moment in r.finished_at:
@@ -643,7 +644,7 @@ def plot(replays: list[Replay], path: Path) -> None:
                 [width * (i + 1) for i in range(bins)],
                 [c / width for c in counts],
                 where="pre",
-                label=f"{r.database}",
+                label=f"{r.database}{r.label.removeprefix(label)}",
             )
         axis.axhline(target, color="grey", linewidth=0.8, linestyle=":", label="target")
         axis.set_title(f"{label} ({width:g} s bins)")
