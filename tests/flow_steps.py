@@ -7,11 +7,13 @@ where this is used.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from followup import nlp, pipeline
 from followup.rules import load_rules
-from followup.settings import get_settings
+from followup.settings import Settings, get_settings
+from models import queries
 from models.db import session_scope
 from models.types import utcnow
 
@@ -40,3 +42,15 @@ def run_flow_steps(database_url: str, inbox_id: int) -> dict[str, Any]:
                 )
     with session_scope(database_url) as session:
         return pipeline.finish(session=session, inbox_id=inbox_id, held=recorded.held)
+
+
+def days_after_result(settings: Settings, summary: dict[str, Any]) -> int:
+    """Site-calendar days from the study's result time to its follow-up, as the booking window
+    counts them. Not from today: tests stamp results half an hour before now
+    (`followup.demo.restamp_for_today`), which is the day before in a day's first half hour."""
+    with session_scope(settings.database_url) as session:
+        study = queries.study_by_accession(session=session, accession=summary["accession"])
+        assert study is not None and study.final_at is not None
+        result_day = study.final_at.astimezone(settings.site_zone).date()
+    start = datetime.fromisoformat(summary["appointment"]["start"])
+    return (start.astimezone(settings.site_zone).date() - result_day).days

@@ -15,6 +15,7 @@ from followup.settings import Settings
 from models.db import session_scope
 from models.tables import Appointment, OutboundMessage, Referral
 from tests.conftest import SAMPLES
+from tests.flow_steps import days_after_result
 from tests.flows.conftest import run_sample
 
 pytestmark = pytest.mark.prefect
@@ -28,9 +29,7 @@ def test_routine_scan_books_in_window_with_referral_and_reminders(settings: Sett
     assert summary["decision"]["referrals"] == ["neurology"]
     assert [r["specialty"] for r in summary["referrals"]] == ["neurology"]
     assert all(r["status"] == "initiated" for r in summary["referrals"])
-    start = datetime.fromisoformat(summary["appointment"]["start"]).astimezone(settings.site_zone)
-    today = datetime.now(settings.site_zone).date()
-    assert timedelta(days=7) <= start.date() - today <= timedelta(days=14)
+    assert 7 <= days_after_result(settings, summary) <= 14
     assert summary["appointment"]["provider_npi"] == "1000000001"
     kinds = [m["kind"] for m in summary["scheduled_messages"]]
     assert kinds[0] == "confirmation" and set(kinds) == {"confirmation", "reminder"}
@@ -146,8 +145,7 @@ def test_fhir_report_runs_through_the_same_flow(settings: Settings) -> None:
     assert summary["status"] == "processed"
     assert summary["accession"] == "ACC2026200103"
     assert summary["appointment"]["provider_npi"] == "1000000003"
-    start = datetime.fromisoformat(summary["appointment"]["start"]).astimezone(settings.site_zone)
-    assert timedelta(days=7) <= start.date() - now.date() <= timedelta(days=14)
+    assert 7 <= days_after_result(settings, summary) <= 14
 
 
 def test_corrected_report_runs_again_and_moves_the_follow_up(settings: Settings) -> None:

@@ -37,7 +37,7 @@ from models.tables import (
 )
 from models.types import utcnow
 from tests.conftest import SAMPLES
-from tests.flow_steps import run_flow_steps
+from tests.flow_steps import days_after_result, run_flow_steps
 
 HL7 = SAMPLES / "hl7"
 NEURO = HL7 / "spine_neurology_root_compression.hl7"  # ACC2026000101, routine, neurology
@@ -124,18 +124,6 @@ def messages_of(session: Session, appointment_id: int) -> list[tuple[str, str]]:
         (m.kind, m.status)
         for m in queries.messages_for_appointment(session=session, appointment_id=appointment_id)
     ]
-
-
-def days_after_result(settings: Settings, summary: dict[str, Any]) -> int:
-    """Site-calendar days from the study's result time to its follow-up: the window counts
-    from the result, which `message` stamps half an hour before now (the day before, in the
-    first half hour of a day)."""
-    with session_scope(settings.database_url) as session:
-        study = queries.study_by_accession(session=session, accession=summary["accession"])
-        assert study is not None and study.final_at is not None
-        result_day = study.final_at.astimezone(settings.site_zone).date()
-    start = datetime.fromisoformat(summary["appointment"]["start"])
-    return (start.astimezone(settings.site_zone).date() - result_day).days
 
 
 def test_routine_corrected_to_urgent_moves_the_visit_and_replaces_its_texts(
