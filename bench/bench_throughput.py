@@ -630,11 +630,15 @@ def plot(replays: list[Replay], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     shown = [r for r in replays if r.label.startswith(PLOTTED) and r.done]
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for axis, label, width, target in (
-        (axes[0], "core pipeline", 5.0, 200),
-        (axes[1], "through Prefect", 30.0, 5),
-    ):
+    panels = [
+        (label, width, target)
+        for label, width, target in (("core pipeline", 5.0, 200), ("through Prefect", 30.0, 5))
+        if any(r.label.startswith(label) for r in shown)
+    ]
+    if not panels:
+        return
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for axis, (label, width, target) in zip(axes[0], panels, strict=True):
         for r in (r for r in shown if r.label.startswith(label)):
             bins = int(r.seconds // width) + 1
             counts = [0] * bins
