@@ -49,6 +49,7 @@ def serve_classifier(settings: Settings, *, stop_with_parent: bool = False) -> N
     nlp.prepare(load_rules(settings.rules_path))
     storage = Path(get_current_settings().results.local_storage_path).expanduser()
     retention = settings.classifier_result_retention_hours * 3600
+    _purge(storage, retention)
     purger = threading.Thread(
         target=_purge_periodically,
         args=(storage, retention, parent_gone),
@@ -67,7 +68,7 @@ def serve_classifier(settings: Settings, *, stop_with_parent: bool = False) -> N
 def purge_stored_results(folder: Path, *, older_than_seconds: float, now: float) -> int:
     """Delete the files in Prefect's local result storage last written more than
     `older_than_seconds` before `now` (epoch seconds); how many were deleted. Prefect keeps
-    every classify run's parameters and result there and never deletes them."""
+    every classify run's result there and never deletes it."""
     if not folder.is_dir():
         return 0
     purged = 0
@@ -82,18 +83,21 @@ def purge_stored_results(folder: Path, *, older_than_seconds: float, now: float)
 
 
 def _purge_periodically(folder: Path, older_than_seconds: float, stop: threading.Event) -> None:
-    while True:
-        try:
-            purged = purge_stored_results(
-                folder, older_than_seconds=older_than_seconds, now=time.time()
-            )
-            hours = older_than_seconds / 3600
-            logger.info("purged %d stored classify results older than %g h", purged, hours)
-        except OSError:
-            # Classification goes on; the files wait for the next round.
-            logger.exception("could not purge the stored classify results in %s", folder)
-        if stop.wait(PURGE_EVERY_SECONDS):
-            return
+    while not stop.wait(PURGE_EVERY_SECONDS):
+        _purge(folder, older_than_seconds)
+
+
+def _purge(folder: Path, older_than_seconds: float) -> None:
+    try:
+        purged = purge_stored_results(
+            folder, older_than_seconds=older_than_seconds, now=time.time()
+        )
+    except OSError:
+        # Classification goes on; the files wait for the next round.
+        logger.exception("could not purge the stored classify results in %s", folder)
+        return
+    hours = older_than_seconds / 3600
+    logger.info("purged %d stored classify results older than %g h", purged, hours)
 
 
 def _stop_when_stdin_closes(parent_gone: threading.Event) -> None:

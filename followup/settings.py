@@ -66,9 +66,9 @@ class Settings(BaseSettings):
     classifier_wait_seconds: float = Field(
         default=30.0, gt=0, validation_alias="FOLLOWUP_CLASSIFIER_WAIT_SECONDS"
     )
-    # The worker deletes files in Prefect's local result storage (a classify run's inbox id and
-    # decision, which holds the matched finding phrases) once they are this old: a run reads
-    # its result within the wait above, and nothing else reads them.
+    # The worker deletes files in Prefect's local result storage (a classify run's decision,
+    # which holds the matched finding phrases) once they are this old: a run reads its result
+    # within the wait above, and nothing else reads them.
     classifier_result_retention_hours: float = Field(
         default=24.0, gt=0, validation_alias="FOLLOWUP_CLASSIFIER_RESULT_RETENTION_HOURS"
     )
