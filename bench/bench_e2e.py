@@ -342,7 +342,7 @@ SCAN_PARTS = (
     ("running → load-scan starts (flow set-up)", "running", "load-scan:start"),
     ("load-scan task", "load-scan:start", "load-scan:end"),
     (
-        "classify, in the classifier worker (queued, run, decision read back)",
+        "classify: the wait for the classifier worker left after load-scan (queued before it)",
         "load-scan:end",
         "tag-run:start",
     ),
@@ -479,15 +479,26 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0, help="per flow run, s")
     parser.add_argument("--startup-rounds", type=int, default=3)
     parser.add_argument("--postgres-url", help="also measure with a PostgreSQL app database")
+    parser.add_argument(
+        "--databases",
+        nargs="+",
+        choices=["sqlite", "postgresql"],
+        default=["sqlite", "postgresql"],
+        help="app databases to measure (postgresql only with --postgres-url); for quick A/B runs",
+    )
     parser.add_argument("--output", type=Path, default=helpers.RESULTS / "e2e.md")
     parser.add_argument("--log-dir", type=Path, help="keep the servers' logs here")
     helpers.add_bytecode_arguments(parser)
     arguments = parser.parse_args()
+    if "postgresql" in arguments.databases and not arguments.postgres_url:
+        arguments.databases.remove("postgresql")
+    if not arguments.databases:
+        parser.error("--databases postgresql needs --postgres-url")
     helpers.stop_cleanly_on_sigterm()
     bytecode = helpers.use_bytecode_cache(arguments.bytecode_cache)
     load_start = helpers.load()
     machine = helpers.machine(arguments.postgres_url)
-    kinds = ["sqlite"] + (["postgresql"] if arguments.postgres_url else [])
+    kinds = arguments.databases
 
     def publish(series: list[Series], startup: list[tuple[str, float, float]]) -> str:
         """The report so far, rewritten after each series: a run stopped early keeps its rows."""

@@ -105,14 +105,27 @@ async def publish_summary(summary: dict[str, Any]) -> None:
     )
 
 
-async def classified(inbox_id: int, settings: Settings) -> routing.Decision:
-    """The classify task, run by the classifier worker when there is one (see Settings)."""
+def queue_classification(inbox_id: int, settings: Settings) -> PrefectDistributedFuture[Any] | None:
+    """The classify task queued for the classifier worker, when there is one (see Settings).
+
+    Queued before load-scan so that the worker classifies while this run claims and parses
+    the row: classify needs only the row id. Should load-scan then fail (another run holds
+    the row), the worker's answer goes unread: one classification wasted, nothing written.
+    """
     if not settings.classifier_worker:
-        return await classify(inbox_id)
+        return None
     # Queued from an empty context: Prefect stores the caller's run context with a queued
     # task's parameters, and a flow run's holds the flow (which the worker cannot unpickle
     # when the runner loaded it from its file) and the flow's parameters (the accession).
-    queued = contextvars.Context().run(classify.delay, inbox_id)
+    return contextvars.Context().run(classify.delay, inbox_id)
+
+
+async def classified(
+    queued: PrefectDistributedFuture[Any] | None, inbox_id: int, settings: Settings
+) -> routing.Decision:
+    """The decision: the worker's answer to the queued run, else classified in this run."""
+    if queued is None:
+        return await classify(inbox_id)
     logger = get_run_logger()
     try:
         decision = await _worker_result(queued, settings.classifier_wait_seconds)
@@ -165,8 +178,9 @@ async def scan_completed(inbox_id: int, accession: str = "") -> dict[str, Any]:
     settings = get_settings()
     install_redaction("", "prefect")
     try:
+        queued = queue_classification(inbox_id, settings)
         scan = await load_scan(inbox_id, settings)
-        decision = await classified(inbox_id, settings)
+        decision = await classified(queued, inbox_id, settings)
         await tag_run(
             pipeline.run_tags(decision, site=settings.site_code, result_status=scan.result_status)
         )

@@ -40,7 +40,7 @@ from typing import Any
 from sqlmodel import Session
 
 from followup.errors import InboundMessageError, MalformedMessage, UnsupportedMessage
-from followup.ris import fhir, hl7v2, updates
+from followup.ris import hl7v2, updates
 from followup.ris.hl7v2 import MessageHeader
 from followup.ris.scan import ACCESSION_LENGTH, ScanCompleted
 from followup.settings import Settings
@@ -266,6 +266,8 @@ def receive_fhir(
 
 
 def _judge_fhir(session: Session, row: InboxMessage, settings: Settings) -> Receipt:
+    from followup.ris import fhir  # see parse_stored
+
     try:
         report = fhir.parse_report(
             row.raw, site_zone=settings.site_zone, phone_region=settings.default_phone_region
@@ -315,6 +317,10 @@ def receive_unterminated(
 def parse_stored(row: InboxMessage, settings: Settings) -> ScanCompleted:
     """Re-read an accepted result from its raw bytes, whichever protocol brought it."""
     if row.content_type == "fhir":
+        # Imported here: fhir.resources' models cost a flow-run process ~60 ms at start, which
+        # the HL7 v2 results (most of them) never need.
+        from followup.ris import fhir
+
         return fhir.parse_report(
             row.raw, site_zone=settings.site_zone, phone_region=settings.default_phone_region
         ).scan

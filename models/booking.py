@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
@@ -32,7 +32,6 @@ from sqlalchemy import (
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, SQLModel, col, select
 
-from followup.calendars import CalendarImport
 from followup.errors import BookingError
 from followup.messaging.policy import next_allowed_send_time
 from followup.referrals import (
@@ -85,6 +84,11 @@ from models.tables import (
     WorkingHours,
 )
 from models.types import utcnow
+
+if TYPE_CHECKING:
+    # Only named in a signature: the calendar parser imports fhir.resources' models, which
+    # flow runs (every booking) would otherwise load for nothing.
+    from followup.calendars import CalendarImport
 
 ACTOR = "engine"
 SCHEDULER_QUEUE = "scheduler-queue"

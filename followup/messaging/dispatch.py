@@ -33,7 +33,13 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session
 
 from followup.errors import FollowupError
-from followup.messaging.policy import apply_caps, is_send_allowed, next_allowed_send_time
+from followup.messaging.policy import (
+    REPLY_KEY_PREFIX,
+    REPLY_KINDS,
+    apply_caps,
+    is_send_allowed,
+    next_allowed_send_time,
+)
 from followup.messaging.sender import OutgoingSms, SendReceipt, SmsSender, SmsSendError
 from followup.settings import Settings
 from models import messaging_queries as mq
@@ -52,11 +58,6 @@ logger = logging.getLogger(__name__)
 
 ACTOR = "sms-dispatcher"
 
-# Answers to a patient's own text (idempotency key "reply:<inbound sid>:<kind>"): sent at any
-# hour and outside the caps, since the patient asked. The kinds below go even after an opt-out
-# (the opt-out confirmation is one; carriers require the HELP and STOP answers).
-REPLY_KEY_PREFIX = "reply:"
-REPLY_KINDS = frozenset({"help", "opt_out_confirmation", "urgent_advice"})
 # Texts about a visit that are pointless once it has started or was cancelled.
 VISIT_KINDS = frozenset({"confirmation", "reminder", "reschedule"})
 

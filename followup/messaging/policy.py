@@ -244,6 +244,12 @@ def apply_caps(
 
 # --- replies ------------------------------------------------------------------------------------
 
+# Answers to a patient's own text (idempotency key "reply:<inbound sid>:<kind>"): sent at any
+# hour and outside the caps, since the patient asked. The kinds below go even after an opt-out
+# (the opt-out confirmation is one; carriers require the HELP and STOP answers).
+REPLY_KEY_PREFIX = "reply:"
+REPLY_KINDS = frozenset({"help", "opt_out_confirmation", "urgent_advice"})
+
 
 class ReplyIntent(StrEnum):
     OPT_OUT = "opt_out"

@@ -4,7 +4,7 @@ The reply is matched to a patient by the number it came from and to a visit by t
 visit text that number got (else the patient's next visit). Every intent in the text is acted
 on (`policy.reply_intents`): "stop texting me, I'm getting worse" both suppresses and
 escalates. Answers to the patient are outbox rows like any other (kinds in
-`dispatch.REPLY_KINDS`: any hour, outside the caps), so they are sent exactly once and their
+`policy.REPLY_KINDS`: any hour, outside the caps), so they are sent exactly once and their
 delivery is tracked.
 
 Where Twilio's Advanced Opt-Out already answered a keyword (the webhook's `OptOutType`), the

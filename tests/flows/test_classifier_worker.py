@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,18 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 from prefect.client.schemas.objects import StateType, TaskRun
 from prefect.settings import get_current_settings
+from sqlmodel import select
 
 from followup.classifier_worker import purge_stored_results
+from followup.demo import restamp_for_today
+from followup.intake import receive_message
+from followup.pipeline import InboxRowClaimed
 from followup.settings import PROJECT_ROOT, Settings
+from models import inbox_queries
+from models.db import session_scope
+from models.tables import ImagingStudy, InboxMessage, InboxStatus
+from models.types import utcnow
+from tests.conftest import SAMPLES
 from tests.flows.conftest import run_sample
 
 pytestmark = pytest.mark.prefect
@@ -126,18 +136,30 @@ def test_the_worker_stops_when_its_parent_goes(tmp_path: Path) -> None:
         worker.kill()
 
 
-def test_the_flow_run_process_loads_no_nlp_library() -> None:
+@pytest.mark.parametrize(
+    ("why", "modules"),
+    [
+        ("the classifier worker classifies", ("spacy", "medspacy", "thinc", "nltk")),
+        # Imported by what sends texts and parses FHIR results or calendars, never by a run
+        # over an HL7 v2 result; each cost the process 40-70 ms before its first task.
+        ("runs queue texts, they do not send them", ("twilio", "requests")),
+        ("HL7 v2 results are most of them", ("fhir.resources",)),
+    ],
+)
+def test_the_flow_run_process_loads_only_what_a_run_needs(
+    why: str, modules: tuple[str, ...]
+) -> None:
     # What a runner's flow-run process does before the first task: load the entrypoint.
     code = (
         "import sys\n"
         "from prefect.flows import load_flow_from_entrypoint\n"
         "load_flow_from_entrypoint('flows/scan_completed.py:scan_completed')\n"
-        "print(sorted(m for m in ('spacy', 'medspacy', 'thinc', 'nltk') if m in sys.modules))\n"
+        f"print(sorted(m for m in {modules!r} if m in sys.modules))\n"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
     )
-    assert loaded.stdout.strip() == "[]"
+    assert loaded.stdout.strip() == "[]", why
 
 
 def test_the_worker_classifies_and_the_run_books(
@@ -160,6 +182,48 @@ def test_the_worker_classifies_and_the_run_books(
     # folder the worker purges.
     [result] = {p for p in _result_storage().glob("*") if p.is_file()} - stored_before
     assert json.loads(result.read_bytes())["metadata"]["storage_key"] == str(result)
+
+
+def test_a_run_refused_its_row_writes_nothing_though_the_worker_classified_it(
+    settings: Settings, classifier_worker: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Classification is queued before load-scan claims the row: a run refused the row (a live
+    run holds it) leaves only a wasted classification, and the row to the run holding it."""
+    from flows.scan_completed import scan_completed
+
+    monkeypatch.setenv("FOLLOWUP_CLASSIFIER_WORKER", "true")
+    before = {run.id for run in _classify_runs()}
+    raw = restamp_for_today(
+        (SAMPLES / "hl7" / "spine_neurology_root_compression.hl7").read_bytes(),
+        now=datetime.now(settings.site_zone),
+    )
+    with session_scope(settings.database_url) as session:
+        receipt = receive_message(session=session, raw=raw, source="test", settings=settings)
+    live_claim = utcnow()
+    with session_scope(settings.database_url) as session:
+        assert inbox_queries.claim_message(
+            session=session, inbox_id=receipt.inbox_id, now=live_claim, stale_before=live_claim
+        )
+
+    with pytest.raises(InboxRowClaimed):
+        asyncio.run(scan_completed(inbox_id=receipt.inbox_id, accession=receipt.accession))
+
+    deadline = time.monotonic() + 60
+    while not (queued := [run for run in _classify_runs() if run.id not in before]) or (
+        queued[0].state_type != StateType.COMPLETED
+    ):
+        assert time.monotonic() < deadline, queued
+        time.sleep(0.5)
+    assert len(queued) == 1
+    with session_scope(settings.database_url) as session:
+        row = session.get_one(InboxMessage, receipt.inbox_id)
+        assert (row.status, row.claimed_at, row.error) == (
+            InboxStatus.PROCESSING,
+            live_claim,
+            None,
+        )
+        studies = select(ImagingStudy).where(ImagingStudy.accession == receipt.accession)
+        assert session.exec(studies).all() == []
 
 
 def test_without_a_worker_the_run_cancels_the_queued_task_and_classifies_itself(
