@@ -285,3 +285,50 @@ def test_the_wait_ends_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(TimeoutError):
         asyncio.run(scan_completed._worker_result(never, 0.2))  # type: ignore[arg-type]
     assert 3 <= len(never.calls) <= 6
+
+
+class _StatelessFuture:
+    """A queued run that Prefect's server first shows without a state (the worker running it)."""
+
+    def __init__(self, stateless_reads: int, error: RuntimeError | None = None) -> None:
+        self.calls = 0
+        self.stateless_reads = stateless_reads
+        self.error = error
+        self.task_run_id = "run"
+
+    async def result_async(self, timeout: float) -> str:
+        self.calls += 1
+        if self.calls <= self.stateless_reads:
+            raise RuntimeError("Task run run has no state which means it hasn't started yet.")
+        if self.error is not None:
+            raise self.error
+        return "decision"
+
+
+def test_a_run_read_without_a_state_is_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows import scan_completed
+
+    async def not_final(_task_run_id: object) -> bool:
+        return False
+
+    monkeypatch.setattr(scan_completed, "_has_final_state", not_final)
+    stateless = _StatelessFuture(stateless_reads=2)
+
+    assert asyncio.run(scan_completed._worker_result(stateless, 30)) == "decision"  # type: ignore[arg-type]
+    assert stateless.calls == 3
+
+
+def test_a_runtime_error_of_the_classification_itself_is_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows import scan_completed
+
+    async def final(_task_run_id: object) -> bool:
+        return True
+
+    monkeypatch.setattr(scan_completed, "_has_final_state", final)
+    failed = _StatelessFuture(stateless_reads=0, error=RuntimeError("the pipeline broke"))
+
+    with pytest.raises(RuntimeError, match="the pipeline broke"):
+        asyncio.run(scan_completed._worker_result(failed, 30))  # type: ignore[arg-type]
+    assert failed.calls == 1
