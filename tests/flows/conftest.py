@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from followup.demo import restamp_for_today
-from followup.intake import receive_message
+from followup.intake import Receipt, receive_message
 from followup.scheduling import site_holidays
 from followup.settings import Settings, get_settings
 from models.db import session_scope
@@ -33,13 +33,19 @@ def settings(database_url: str, monkeypatch: pytest.MonkeyPatch, prefect_api: No
     return settings
 
 
-def run_sample(settings: Settings, sample: str) -> dict[str, Any]:
-    from flows.scan_completed import scan_completed
-
+def receive_sample(settings: Settings, sample: str) -> Receipt:
+    """An HL7 sample restamped for today, stored and accepted as the gateway would."""
     raw = restamp_for_today(
         (SAMPLES / "hl7" / sample).read_bytes(), now=datetime.now(settings.site_zone)
     )
     with session_scope(settings.database_url) as session:
         receipt = receive_message(session=session, raw=raw, source="test", settings=settings)
     assert receipt.should_process
+    return receipt
+
+
+def run_sample(settings: Settings, sample: str) -> dict[str, Any]:
+    from flows.scan_completed import scan_completed
+
+    receipt = receive_sample(settings, sample)
     return asyncio.run(scan_completed(inbox_id=receipt.inbox_id, accession=receipt.accession))

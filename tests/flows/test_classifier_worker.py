@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -24,16 +23,13 @@ from prefect.settings import get_current_settings
 from sqlmodel import select
 
 from followup.classifier_worker import purge_stored_results
-from followup.demo import restamp_for_today
-from followup.intake import receive_message
 from followup.pipeline import InboxRowClaimed
 from followup.settings import PROJECT_ROOT, Settings
 from models import inbox_queries
 from models.db import session_scope
 from models.tables import ImagingStudy, InboxMessage, InboxStatus
 from models.types import utcnow
-from tests.conftest import SAMPLES
-from tests.flows.conftest import run_sample
+from tests.flows.conftest import receive_sample, run_sample
 
 pytestmark = pytest.mark.prefect
 
@@ -193,12 +189,7 @@ def test_a_run_refused_its_row_writes_nothing_though_the_worker_classified_it(
 
     monkeypatch.setenv("FOLLOWUP_CLASSIFIER_WORKER", "true")
     before = {run.id for run in _classify_runs()}
-    raw = restamp_for_today(
-        (SAMPLES / "hl7" / "spine_neurology_root_compression.hl7").read_bytes(),
-        now=datetime.now(settings.site_zone),
-    )
-    with session_scope(settings.database_url) as session:
-        receipt = receive_message(session=session, raw=raw, source="test", settings=settings)
+    receipt = receive_sample(settings, "spine_neurology_root_compression.hl7")
     live_claim = utcnow()
     with session_scope(settings.database_url) as session:
         assert inbox_queries.claim_message(
