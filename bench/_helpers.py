@@ -163,21 +163,30 @@ def sqlite_database(prefix: str) -> Iterator[str]:
 
 @contextmanager
 def postgres_database(base_url: str) -> Iterator[str]:
-    """A fresh database `bench_<timestamp>_<random>` on the server of `base_url`, dropped after."""
-    from sqlalchemy import create_engine, make_url, text
-
+    """A fresh, migrated application database on the server of `base_url`, dropped after."""
     from models.db import get_engine, migrate
 
-    name = f"bench_{datetime.now(UTC):%Y%m%d%H%M%S}_{uuid.uuid4().hex[:6]}"
+    with empty_postgres_database(base_url) as url:
+        try:
+            migrate(url)
+            yield url
+        finally:
+            get_engine(url).dispose()
+
+
+@contextmanager
+def empty_postgres_database(base_url: str, prefix: str = "bench") -> Iterator[str]:
+    """A new database `<prefix>_<timestamp>_<random>` on the server of `base_url`, dropped
+    after (with whatever is still connected to it)."""
+    from sqlalchemy import create_engine, make_url, text
+
+    name = f"{prefix}_{datetime.now(UTC):%Y%m%d%H%M%S}_{uuid.uuid4().hex[:6]}"
     admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(base_url).set(database=name).render_as_string(hide_password=False)
     try:
-        migrate(url)
-        yield url
+        yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        get_engine(url).dispose()
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
@@ -597,8 +606,10 @@ def listening(port: int) -> bool:
 
 
 @contextmanager
-def prefect_server(folder: Path) -> Iterator[str]:
-    """`prefect server start` on 127.0.0.1 with its own SQLite under `folder`; yields the API URL.
+def prefect_server(folder: Path, postgres_url: str | None = None) -> Iterator[str]:
+    """`prefect server start` on 127.0.0.1; yields the API URL. Its database is a SQLite file
+    under `folder` (as `followup serve` starts it), or with `postgres_url` a new database on
+    that PostgreSQL server (as production runs it, see DESIGN.md), dropped after.
 
     PREFECT_HOME and the runner's poll interval are set in this process's environment, which
     the server and the served engine inherit."""
@@ -611,6 +622,24 @@ def prefect_server(folder: Path) -> Iterator[str]:
         }
     )
     os.environ.pop("PREFECT_API_URL", None)
+    os.environ.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    with ExitStack() as stack:
+        if postgres_url is not None:
+            from sqlalchemy import make_url
+
+            database = stack.enter_context(empty_postgres_database(postgres_url, "bench_prefect"))
+            os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = (
+                make_url(database)
+                .set(drivername="postgresql+asyncpg")
+                .render_as_string(hide_password=False)
+            )
+        try:
+            yield from _started_prefect_server(folder)
+        finally:
+            os.environ.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+
+
+def _started_prefect_server(folder: Path) -> Iterator[str]:
     import httpx
 
     from followup.gateway.serve import SERVER_STARTUP_SECONDS, PrefectServer

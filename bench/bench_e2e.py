@@ -134,7 +134,7 @@ def flow_marks(api: Api, record: Run) -> None:
 
 def confirmation_marks(url: str, scans: list[Run]) -> None:
     """`created_at` of each scan's confirmation row, and its inbox row's `received_at`."""
-    from sqlmodel import select
+    from sqlmodel import col, select
 
     from models.db import session_scope
     from models.tables import Appointment, ImagingStudy, InboxMessage, OutboundMessage
@@ -143,9 +143,9 @@ def confirmation_marks(url: str, scans: list[Run]) -> None:
     with session_scope(url) as session:
         rows = session.exec(
             select(InboxMessage.accession, InboxMessage.received_at, OutboundMessage.created_at)
-            .join(ImagingStudy, ImagingStudy.accession == InboxMessage.accession)
-            .join(Appointment, Appointment.study_id == ImagingStudy.id)
-            .join(OutboundMessage, OutboundMessage.appointment_id == Appointment.id)
+            .join(ImagingStudy, col(ImagingStudy.accession) == InboxMessage.accession)
+            .join(Appointment, col(Appointment.study_id) == ImagingStudy.id)
+            .join(OutboundMessage, col(OutboundMessage.appointment_id) == Appointment.id)
             .where(OutboundMessage.kind == "confirmation")
         ).all()
     for accession, received_at, created_at in rows:
@@ -237,8 +237,8 @@ def run_series(
                     (scan, scans),
                     (floor, floors),
                 ]
-                for start, records in order if number % 2 == 0 else order[::-1]:
-                    records.append(one(start, number, arguments.timeout))
+                for fire, records in order if number % 2 == 0 else order[::-1]:
+                    records.append(one(fire, number, arguments.timeout))
             sender.close()
             events.close()
         for record in scans + floors:

@@ -390,8 +390,9 @@ def prefect_replay(
     children_cpu = _children_cpu()
     with (
         helpers.database(kind, arguments.postgres_url, "bench-throughput-") as url,
-        helpers.prefect_server(work / kind) as api_url,
+        helpers.prefect_server(work / kind, prefect_database(arguments)) as api_url,
     ):
+        replay.notes.append(prefect_database_note(arguments))
         scans = prepared(url, count, pool, seed=f"prefect-{kind}-{count}")
         prefect_yaml = helpers.bench_prefect_yaml(
             work / kind, floor=False, concurrency=arguments.concurrency
@@ -453,6 +454,7 @@ def prefect_replay(
             replay.notes.append(
                 "flow runs: " + ", ".join(f"{n} {name}" for name, n in sorted(states.items()))
             )
+            replay.notes += unsuccessful_flow_runs(api_url)
             replay.notes.append(
                 f"sent {len(sent)} at {arguments.rate:g}/s in "
                 f"{(sent[-1] if sent else 0):.0f} s; {seen} finished "
@@ -467,6 +469,15 @@ def prefect_replay(
                 select(InboxMessage.status, func.count()).group_by(InboxMessage.status)
             ).all():
                 replay.outcomes[str(status)] = number
+            # An error row is a scan that came to nothing: say why, here and not in a log.
+            for inbox_id, location, error in session.exec(
+                select(InboxMessage.id, InboxMessage.error_location, InboxMessage.error).where(
+                    InboxMessage.status == "error"
+                )
+            ).all():
+                reason = (error or "").strip().splitlines()[:1] or ["no reason stored"]
+                replay.notes.append(f"inbox {inbox_id} error at {location}: {reason[0]}")
+        replay.notes.append(f"logs kept in {work / kind}")
     # The Prefect server and the engine have exited and been waited for: their CPU, and that
     # of every flow-run process the engine reaped, is in this process's children's usage.
     replay.cpu_seconds = _children_cpu() - children_cpu
@@ -488,8 +499,9 @@ def floor_replay(arguments: argparse.Namespace, *, count: int, work: Path) -> Re
     }
     with (
         helpers.database("sqlite", None, "bench-throughput-floor-") as url,
-        helpers.prefect_server(work / "floor") as api_url,
+        helpers.prefect_server(work / "floor", prefect_database(arguments)) as api_url,
     ):
+        replay.notes.append(prefect_database_note(arguments))
         prefect_yaml = helpers.bench_prefect_yaml(
             work / "floor", floor=True, concurrency=arguments.concurrency
         )
@@ -557,6 +569,32 @@ def settled_flow_runs(api_url: str, *, timeout: float) -> Counter[str]:
             if not active or time.monotonic() > deadline:
                 return states
             time.sleep(2)
+
+
+def prefect_database(arguments: argparse.Namespace) -> str | None:
+    """The PostgreSQL server for the Prefect server's database, or None for its SQLite file."""
+    return arguments.postgres_url if arguments.prefect_server_database == "postgresql" else None
+
+
+def prefect_database_note(arguments: argparse.Namespace) -> str:
+    if arguments.prefect_server_database == "postgresql":
+        return "Prefect server on PostgreSQL (a database of its own), as production runs it"
+    return "Prefect server on its SQLite file, as `followup serve` starts it"
+
+
+def unsuccessful_flow_runs(api_url: str) -> list[str]:
+    """Every flow run that did not complete, with its name and its final state's message."""
+    import httpx
+
+    unsuccessful = {"flow_runs": {"state": {"type": {"not_any_": ["COMPLETED"]}}}}
+    with httpx.Client(base_url=api_url, timeout=30) as client:
+        response = client.post("/flow_runs/filter", json=unsuccessful | {"limit": 200})
+        response.raise_for_status()
+        return [
+            f"flow run {run['name']}: {run['state_name']}: "
+            + str((run.get("state") or {}).get("message") or "no message")[:300]
+            for run in response.json()
+        ]
 
 
 def send_paced(
@@ -762,10 +800,20 @@ def main() -> None:
         default=[],
         choices=["core", "what-if", "profile", "prefect", "floor"],
     )
+    parser.add_argument(
+        "--prefect-server-database",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="the Prefect server's own database (postgresql: on --postgres-url's server)",
+    )
     parser.add_argument("--output", type=Path, default=helpers.RESULTS / "throughput.md")
-    parser.add_argument("--log-dir", type=Path, help="keep the servers' logs here")
+    parser.add_argument(
+        "--log-dir", type=Path, help="the servers' logs (default: a new folder in /tmp, kept)"
+    )
     helpers.add_bytecode_arguments(parser)
     arguments = parser.parse_args()
+    if arguments.prefect_server_database == "postgresql" and not arguments.postgres_url:
+        parser.error("--prefect-server-database postgresql needs --postgres-url")
     helpers.stop_cleanly_on_sigterm()
     bytecode = helpers.use_bytecode_cache(arguments.bytecode_cache)
     load_start = helpers.load()
@@ -807,25 +855,24 @@ def main() -> None:
         planned.append(
             partial(core_replay, "sqlite", arguments, pool, count=count, profiler=profile)
         )
-    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as folder:
-        if "prefect" not in arguments.skip:
-            work = arguments.log_dir or Path(folder)
-            counts = {
-                "postgresql": arguments.prefect_scans,
-                "sqlite": arguments.prefect_sqlite_scans,
-            }
-            planned += [
-                partial(prefect_replay, k, arguments, pool, count=counts[k], work=work)
-                for k in reversed(kinds)  # PostgreSQL first: the headline
-                if counts[k]
-            ]
-        if "floor" not in arguments.skip and arguments.floor_events:
-            work = arguments.log_dir or Path(folder)
-            floor = partial(floor_replay, arguments, count=arguments.floor_events, work=work)
-            planned.append(floor)
-        for replay in planned:
-            replays.append(replay())
-            publish(final=False)
+    # The servers' logs outlive the run: an error row is explained only by its flow run's log.
+    folder = arguments.log_dir or Path(tempfile.mkdtemp(prefix="bench-throughput-logs-"))
+    if "prefect" not in arguments.skip:
+        counts = {
+            "postgresql": arguments.prefect_scans,
+            "sqlite": arguments.prefect_sqlite_scans,
+        }
+        planned += [
+            partial(prefect_replay, k, arguments, pool, count=counts[k], work=folder)
+            for k in reversed(kinds)  # PostgreSQL first: the headline
+            if counts[k]
+        ]
+    if "floor" not in arguments.skip and arguments.floor_events:
+        floor = partial(floor_replay, arguments, count=arguments.floor_events, work=folder)
+        planned.append(floor)
+    for replay in planned:
+        replays.append(replay())
+        publish(final=False)
     publish(final=True)
 
 

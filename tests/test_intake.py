@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from followup.intake import Receipt, judge_stranded_messages, receive_message, receive_unterminated
 from followup.settings import get_settings
@@ -26,7 +26,7 @@ def _receive(database_url: str, raw: bytes):
 
 def _rows(database_url: str) -> list[InboxMessage]:
     with session_scope(database_url) as session:
-        return list(session.exec(select(InboxMessage).order_by(InboxMessage.id)))
+        return list(session.exec(select(InboxMessage).order_by(col(InboxMessage.id))))
 
 
 def test_accepted_oru_is_stored_and_answered_aa(database_url: str) -> None:

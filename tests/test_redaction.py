@@ -106,7 +106,8 @@ def test_filter_masks_names_passed_as_extra_and_keeps_run_names() -> None:
     [record] = handler.records
     extras = {key: getattr(record, key) for key in ("patient_name", "family_name", "patient")}
     assert extras == dict.fromkeys(extras, "[name]")
-    assert record.who == "[name]"
-    assert record.flow_run_name == "scan-ACC2026000101"
-    assert record.patient_id == 7
+    fields = vars(record)
+    assert fields["who"] == "[name]"
+    assert fields["flow_run_name"] == "scan-ACC2026000101"
+    assert fields["patient_id"] == 7
     assert record.getMessage() == "booked ACC2026000101"

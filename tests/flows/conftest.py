@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from followup.demo import restamp_for_today
-from followup.intake import Receipt, receive_message
+from followup.intake import receive_message
 from followup.scheduling import site_holidays
 from followup.settings import Settings, get_settings
 from models.db import session_scope
@@ -33,19 +33,26 @@ def settings(database_url: str, monkeypatch: pytest.MonkeyPatch, prefect_api: No
     return settings
 
 
-def receive_sample(settings: Settings, sample: str) -> Receipt:
+class Accepted(NamedTuple):
+    """What the gateway's event carries for an accepted message: the row and its accession."""
+
+    inbox_id: int
+    accession: str
+
+
+def receive_sample(settings: Settings, sample: str) -> Accepted:
     """An HL7 sample restamped for today, stored and accepted as the gateway would."""
     raw = restamp_for_today(
         (SAMPLES / "hl7" / sample).read_bytes(), now=datetime.now(settings.site_zone)
     )
     with session_scope(settings.database_url) as session:
         receipt = receive_message(session=session, raw=raw, source="test", settings=settings)
-    assert receipt.should_process
-    return receipt
+    assert receipt.run_inbox_id is not None and receipt.accession is not None
+    return Accepted(receipt.run_inbox_id, receipt.accession)
 
 
 def run_sample(settings: Settings, sample: str) -> dict[str, Any]:
     from flows.scan_completed import scan_completed
 
-    receipt = receive_sample(settings, sample)
-    return asyncio.run(scan_completed(inbox_id=receipt.inbox_id, accession=receipt.accession))
+    accepted = receive_sample(settings, sample)
+    return asyncio.run(scan_completed(inbox_id=accepted.inbox_id, accession=accepted.accession))

@@ -189,15 +189,15 @@ def test_a_run_refused_its_row_writes_nothing_though_the_worker_classified_it(
 
     monkeypatch.setenv("FOLLOWUP_CLASSIFIER_WORKER", "true")
     before = {run.id for run in _classify_runs()}
-    receipt = receive_sample(settings, "spine_neurology_root_compression.hl7")
+    accepted = receive_sample(settings, "spine_neurology_root_compression.hl7")
     live_claim = utcnow()
     with session_scope(settings.database_url) as session:
         assert inbox_queries.claim_message(
-            session=session, inbox_id=receipt.inbox_id, now=live_claim, stale_before=live_claim
+            session=session, inbox_id=accepted.inbox_id, now=live_claim, stale_before=live_claim
         )
 
     with pytest.raises(InboxRowClaimed):
-        asyncio.run(scan_completed(inbox_id=receipt.inbox_id, accession=receipt.accession))
+        asyncio.run(scan_completed(inbox_id=accepted.inbox_id, accession=accepted.accession))
 
     deadline = time.monotonic() + 60
     while not (queued := [run for run in _classify_runs() if run.id not in before]) or (
@@ -207,13 +207,13 @@ def test_a_run_refused_its_row_writes_nothing_though_the_worker_classified_it(
         time.sleep(0.5)
     assert len(queued) == 1
     with session_scope(settings.database_url) as session:
-        row = session.get_one(InboxMessage, receipt.inbox_id)
+        row = session.get_one(InboxMessage, accepted.inbox_id)
         assert (row.status, row.claimed_at, row.error) == (
             InboxStatus.PROCESSING,
             live_claim,
             None,
         )
-        studies = select(ImagingStudy).where(ImagingStudy.accession == receipt.accession)
+        studies = select(ImagingStudy).where(ImagingStudy.accession == accepted.accession)
         assert session.exec(studies).all() == []
 
 

@@ -17,7 +17,7 @@ from prefect import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.events.actions import RunDeployment
-from prefect.flows import load_flow_from_entrypoint
+from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.settings import PREFECT_API_URL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ def test_entrypoint_loads_and_parameters_match_the_signature(
     deployment: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(ROOT)
-    flow = load_flow_from_entrypoint(deployment["entrypoint"])
+    flow: Flow[..., Any] = load_flow_from_entrypoint(deployment["entrypoint"])
     signature = inspect.signature(flow.fn)
     required = {
         name for name, p in signature.parameters.items() if p.default is inspect.Parameter.empty

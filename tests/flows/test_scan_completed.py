@@ -91,7 +91,7 @@ def test_run_is_tagged_with_route_urgency_and_site(settings: Settings) -> None:
 
 
 def test_a_failing_run_marks_the_row_and_lands_in_needs_attention(settings: Settings) -> None:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 
     from flows.scan_completed import scan_completed
     from models.queries import get_inbox_message, store_inbox_message
@@ -105,6 +105,7 @@ def test_a_failing_run_marks_the_row_and_lands_in_needs_attention(settings: Sett
         row.accession = "ACC2026000111"  # as if intake had let it through
         session.add(row)
         inbox_id = row.id
+    assert inbox_id is not None
 
     with pytest.raises(Exception, match="PID-3"):
         asyncio.run(scan_completed(inbox_id=inbox_id, accession="ACC2026000111"))
@@ -116,7 +117,9 @@ def test_a_failing_run_marks_the_row_and_lands_in_needs_attention(settings: Sett
     async def artifact() -> Any:
         async with get_client() as client:
             return await client.read_latest_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["needs-attention"]))
+                artifact_filter=ArtifactCollectionFilter(
+                    key=ArtifactCollectionFilterKey(any_=["needs-attention"])
+                )
             )
 
     [latest] = asyncio.run(artifact())
@@ -138,7 +141,7 @@ def test_fhir_report_runs_through_the_same_flow(settings: Settings) -> None:
         receipt = receive_fhir(
             session=session, raw=json.dumps(report).encode(), source="test", settings=settings
         )
-    assert receipt.should_process
+    assert receipt.should_process and receipt.accession == "ACC2026200103"
 
     summary = asyncio.run(scan_completed(inbox_id=receipt.inbox_id, accession=receipt.accession))
 

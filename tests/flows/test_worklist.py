@@ -17,11 +17,12 @@ import pytest
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterKey,
+    ArtifactCollectionFilter,
+    ArtifactCollectionFilterKey,
     LogFilter,
     LogFilterFlowRunId,
 )
+from prefect.client.schemas.objects import State
 from sqlmodel import select
 
 from followup.gateway.http import create_app
@@ -40,7 +41,9 @@ def _latest(key: str) -> Any:
     async def read() -> Any:
         async with get_client() as client:
             [artifact] = await client.read_latest_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+                artifact_filter=ArtifactCollectionFilter(
+                    key=ArtifactCollectionFilterKey(any_=[key])
+                )
             )
             return artifact
 
@@ -181,7 +184,10 @@ def test_without_a_notification_block_the_renotice_goes_to_the_run_log(
     [escalation] = run_sample(settings, "spine_critical_cord_compression.hl7")["escalations"]
     _backdate(settings.database_url, escalation["id"], minutes=16)
 
-    state = asyncio.run(renotify_escalations(return_state=True))
+    async def renotify() -> State[dict[str, int]]:
+        return await renotify_escalations(return_state=True)
+
+    state = asyncio.run(renotify())
 
     assert state.result() == {"due": 1, "notified": 1, "open": 1}
     warning = _log_line(state.state_details.flow_run_id, "critical finding not acknowledged")

@@ -76,7 +76,8 @@ def test_preliminary_after_a_final_is_kept_without_a_run(database_url: str) -> N
     assert not receipt.should_process
     with session_scope(database_url) as session:
         row = session.get(InboxMessage, receipt.inbox_id)
-        assert row is not None and "preliminary after a F report" in row.summary["note"]
+        assert row is not None and row.summary is not None
+        assert "preliminary after a F report" in row.summary["note"]
         [audited] = session.exec(
             select(AuditEvent).where(AuditEvent.action == "report.not_routed")
         ).all()
@@ -169,10 +170,12 @@ def test_order_updates_the_study_ordering_provider(database_url: str) -> None:
         "B103Z",
     )
     with session_scope(database_url) as session:
-        study = session.get(ImagingStudy, study_id)
+        study_row = session.get_one(ImagingStudy, study_id)
         provider = session.exec(select(Provider).where(Provider.npi == "7101")).one()
-        assert study is not None
-        assert (study.ordering_provider_key, study.ordering_provider_id) == ("7101", provider.id)
+        assert (study_row.ordering_provider_key, study_row.ordering_provider_id) == (
+            "7101",
+            provider.id,
+        )
         assert inbox_queries.ordered_by(session=session, accession="B103Z") == "7101"
 
 

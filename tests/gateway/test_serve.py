@@ -16,6 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prefect.client.schemas.schedules import IntervalSchedule
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+from prefect.events.schemas.events import ResourceSpecification
 from sqlmodel import select
 from typer.testing import CliRunner
 
@@ -38,6 +41,8 @@ def test_served_deployments_carry_prefect_yaml_triggers_and_schedules() -> None:
 
     scan = deployments["scan-completed"]
     [trigger] = scan.triggers
+    assert isinstance(trigger, DeploymentEventTrigger)
+    assert isinstance(trigger.match, ResourceSpecification)
     assert trigger.expect == {"ris.scan.completed"}
     assert trigger.match.model_dump() == {"prefect.resource.id": "ris.study.*"}
     assert trigger.parameters == {
@@ -48,7 +53,9 @@ def test_served_deployments_carry_prefect_yaml_triggers_and_schedules() -> None:
     assert scan.entrypoint == "flows/scan_completed.py:scan_completed"
 
     sweep = deployments["sweep-inbox"]
+    assert sweep.schedules is not None
     [schedule] = sweep.schedules
+    assert isinstance(schedule.schedule, IntervalSchedule)
     assert schedule.schedule.interval == timedelta(seconds=60)
     assert sweep.parameters == {"older_than_seconds": 120}
     assert sweep.triggers == []
