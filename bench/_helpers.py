@@ -429,6 +429,7 @@ class StepTimes:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STEPS, 0))
     statements: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STEPS, 0))
     executed: int = 0  # statements so far, counted by `count_statements`
+    committed: int = 0  # transactions committed so far, counted there too
     _seen: int = 0
 
     def add(self, step: str, started: float) -> float:
@@ -440,7 +441,7 @@ class StepTimes:
         return now
 
     def count_statements(self, url: str) -> None:
-        """Count every statement the engine for `url` sends (commits are not statements)."""
+        """Count every statement the engine for `url` sends, and apart from them its commits."""
         from sqlalchemy import event
 
         from models.db import get_engine
@@ -448,7 +449,11 @@ class StepTimes:
         def count(*_: object) -> None:
             self.executed += 1
 
+        def count_commit(*_: object) -> None:
+            self.committed += 1
+
         event.listen(get_engine(url), "before_cursor_execute", count)
+        event.listen(get_engine(url), "commit", count_commit)
 
 
 def process_scan(
@@ -603,6 +608,26 @@ def listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def add_prefect_server_database_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prefect-server-database",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="the Prefect server's own database (postgresql: on --postgres-url's server)",
+    )
+
+
+def prefect_database(arguments: argparse.Namespace) -> str | None:
+    """The PostgreSQL server for the Prefect server's database, or None for its SQLite file."""
+    return arguments.postgres_url if arguments.prefect_server_database == "postgresql" else None
+
+
+def prefect_database_note(arguments: argparse.Namespace) -> str:
+    if arguments.prefect_server_database == "postgresql":
+        return "Prefect server on PostgreSQL (a database of its own), as production runs it"
+    return "Prefect server on its SQLite file, as `followup serve` starts it"
 
 
 @contextmanager

@@ -178,7 +178,7 @@ def run_series(
     load_before = helpers.load()
     with (
         helpers.database(kind, arguments.postgres_url, "bench-e2e-") as url,
-        helpers.prefect_server(work / kind) as api_url,
+        helpers.prefect_server(work / kind, helpers.prefect_database(arguments)) as api_url,
     ):
         settings = get_settings(database_url=url)
         npis = helpers.seed_clinic(url, settings, providers=10)
@@ -437,8 +437,9 @@ def write_report(
         f"- runs: {arguments.scans} scans and {arguments.scans} floor events per database, "
         f"alternating, one at a time, after {WARM_UP} completed warm-up runs of each (not "
         f"counted); pause 0.5–1.5 × {arguments.spacing:g} s after each",
-        "- Prefect: a local server per database (`prefect server start`, its own SQLite), the "
-        "runner of `followup serve` polling every 1 s; each flow run is a new "
+        "- Prefect: a local server per database (`prefect server start`; "
+        + helpers.prefect_database_note(arguments)
+        + "), the runner of `followup serve` polling every 1 s; each flow run is a new "
         "`python -m prefect.engine` process",
         "",
         "Scan: from the ACK read by the sender (the gateway emits `ris.scan.completed` right "
@@ -489,7 +490,10 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=helpers.RESULTS / "e2e.md")
     parser.add_argument("--log-dir", type=Path, help="keep the servers' logs here")
     helpers.add_bytecode_arguments(parser)
+    helpers.add_prefect_server_database_argument(parser)
     arguments = parser.parse_args()
+    if arguments.prefect_server_database == "postgresql" and not arguments.postgres_url:
+        parser.error("--prefect-server-database postgresql needs --postgres-url")
     if "postgresql" in arguments.databases and not arguments.postgres_url:
         arguments.databases.remove("postgresql")
     if not arguments.databases:

@@ -199,8 +199,41 @@ def core_replay(
             replay.seconds = time.perf_counter() - started
             replay.cpu_seconds = time.process_time() - cpu
         replay.notes.append(check_core(url, replay))
+        if arguments.commit_probe and not (profiler or one_transaction):
+            replay.notes.append(commit_ceiling(url, replay, arguments.commit_probe))
     replay.load_after = helpers.load()
     return replay
+
+
+def commit_ceiling(url: str, replay: Replay, count: int) -> str:
+    """What the disk allows one process: one-row transactions per second on one connection,
+    with the engine's own durability (SQLite WAL with synchronous=FULL, PostgreSQL with
+    synchronous_commit on), against the transactions the core pipeline commits per scan."""
+    from sqlalchemy import text
+
+    from models.db import get_engine
+
+    assert replay.steps is not None
+    per_scan = replay.steps.committed / replay.done
+    engine = get_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE bench_commit_probe (n integer)"))
+    try:
+        insert = text("INSERT INTO bench_commit_probe VALUES (:n)")
+        with engine.connect() as connection:
+            started = time.perf_counter()
+            for number in range(count):
+                connection.execute(insert, {"n": number})
+                connection.commit()
+            rate = count / (time.perf_counter() - started)
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE bench_commit_probe"))
+    return (
+        f"commit ceiling: {rate:.0f} one-row commits/s on one connection ({count} in a row, "
+        f"after the replay); the core pipeline commits {per_scan:.1f} times per scan, so one "
+        f"process cannot pass {rate / per_scan:.0f} scans/s on this disk whatever the rest costs"
+    )
 
 
 def core_parallel_replay(
@@ -390,9 +423,9 @@ def prefect_replay(
     children_cpu = _children_cpu()
     with (
         helpers.database(kind, arguments.postgres_url, "bench-throughput-") as url,
-        helpers.prefect_server(work / kind, prefect_database(arguments)) as api_url,
+        helpers.prefect_server(work / kind, helpers.prefect_database(arguments)) as api_url,
     ):
-        replay.notes.append(prefect_database_note(arguments))
+        replay.notes.append(helpers.prefect_database_note(arguments))
         scans = prepared(url, count, pool, seed=f"prefect-{kind}-{count}")
         prefect_yaml = helpers.bench_prefect_yaml(
             work / kind, floor=False, concurrency=arguments.concurrency
@@ -499,9 +532,9 @@ def floor_replay(arguments: argparse.Namespace, *, count: int, work: Path) -> Re
     }
     with (
         helpers.database("sqlite", None, "bench-throughput-floor-") as url,
-        helpers.prefect_server(work / "floor", prefect_database(arguments)) as api_url,
+        helpers.prefect_server(work / "floor", helpers.prefect_database(arguments)) as api_url,
     ):
-        replay.notes.append(prefect_database_note(arguments))
+        replay.notes.append(helpers.prefect_database_note(arguments))
         prefect_yaml = helpers.bench_prefect_yaml(
             work / "floor", floor=True, concurrency=arguments.concurrency
         )
@@ -569,17 +602,6 @@ def settled_flow_runs(api_url: str, *, timeout: float) -> Counter[str]:
             if not active or time.monotonic() > deadline:
                 return states
             time.sleep(2)
-
-
-def prefect_database(arguments: argparse.Namespace) -> str | None:
-    """The PostgreSQL server for the Prefect server's database, or None for its SQLite file."""
-    return arguments.postgres_url if arguments.prefect_server_database == "postgresql" else None
-
-
-def prefect_database_note(arguments: argparse.Namespace) -> str:
-    if arguments.prefect_server_database == "postgresql":
-        return "Prefect server on PostgreSQL (a database of its own), as production runs it"
-    return "Prefect server on its SQLite file, as `followup serve` starts it"
 
 
 def unsuccessful_flow_runs(api_url: str) -> list[str]:
@@ -791,6 +813,12 @@ def main() -> None:
         default=0,
         help="also replay the core pipeline in this many processes on PostgreSQL (0: not)",
     )
+    parser.add_argument(
+        "--commit-probe",
+        type=int,
+        default=1000,
+        help="after each core replay, time this many one-row commits (0: not)",
+    )
     parser.add_argument("--profile-top", type=int, default=30)
     parser.add_argument("--report-every", type=int, default=1000, help="print counts every N")
     parser.add_argument("--postgres-url", help="PostgreSQL server for the app database")
@@ -800,17 +828,12 @@ def main() -> None:
         default=[],
         choices=["core", "what-if", "profile", "prefect", "floor"],
     )
-    parser.add_argument(
-        "--prefect-server-database",
-        choices=["sqlite", "postgresql"],
-        default="sqlite",
-        help="the Prefect server's own database (postgresql: on --postgres-url's server)",
-    )
     parser.add_argument("--output", type=Path, default=helpers.RESULTS / "throughput.md")
     parser.add_argument(
         "--log-dir", type=Path, help="the servers' logs (default: a new folder in /tmp, kept)"
     )
     helpers.add_bytecode_arguments(parser)
+    helpers.add_prefect_server_database_argument(parser)
     arguments = parser.parse_args()
     if arguments.prefect_server_database == "postgresql" and not arguments.postgres_url:
         parser.error("--prefect-server-database postgresql needs --postgres-url")
