@@ -18,10 +18,14 @@ from uuid import UUID
 from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectDistributedFuture
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
+from prefect.utilities.asyncutils import run_coro_as_sync
+from prefect.utilities.engine import emit_task_run_state_change_event
 
 from flows.classify import classify
 from flows.daily_worklist import daily_worklist
@@ -116,10 +120,32 @@ def queue_classification(inbox_id: int, settings: Settings) -> PrefectDistribute
     """
     if not settings.classifier_worker:
         return None
-    # Queued from an empty context: Prefect stores the caller's run context with a queued
-    # task's parameters, and a flow run's holds the flow (which the worker cannot unpickle
-    # when the runner loaded it from its file) and the flow's parameters (the accession).
-    return contextvars.Context().run(classify.delay, inbox_id)
+    return _queue_under(FlowRunContext.get(), inbox_id)
+
+
+def _queue_under(run: FlowRunContext | None, inbox_id: int) -> PrefectDistributedFuture[Any]:
+    """`classify.delay(inbox_id)`, its task run filed under `run` so that the UI lists it with
+    the run's other tasks and the worker's log lines for it land in the run's log.
+
+    Created from an empty context all the same: Prefect stores the caller's context with a
+    queued task's parameters, and a flow run's holds the flow (which the worker cannot
+    unpickle when the runner loaded it from its file) and the flow's parameters (the
+    accession). `delay` takes the flow run from that context; `create_run` is told it.
+    """
+
+    def create() -> TaskRun:
+        queued = classify.create_run(
+            parameters={"inbox_id": inbox_id}, flow_run_context=run, deferred=True
+        )
+        return cast(TaskRun, run_coro_as_sync(queued))
+
+    task_run = contextvars.Context().run(create)
+    assert task_run.state is not None  # created Scheduled
+    # As `delay` does: the Scheduled event, for the run's timeline in the UI.
+    emit_task_run_state_change_event(
+        task_run=task_run, initial_state=None, validated_state=task_run.state
+    )
+    return PrefectDistributedFuture(task_run_id=task_run.id)
 
 
 async def classified(

@@ -13,12 +13,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
-from prefect.client.schemas.objects import StateType, TaskRun
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterStartTime,
+    TaskRunFilter,
+    TaskRunFilterName,
+)
+from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from prefect.settings import get_current_settings
 from sqlmodel import select
 
@@ -44,6 +53,20 @@ def _classify_runs() -> list[TaskRun]:
             )
 
     return asyncio.run(read())
+
+
+def _scan_runs_since(moment: datetime) -> list[UUID]:
+    """The scan-completed flow runs started after `moment` (the Prefect API serves the whole
+    session, whose earlier tests ran the same samples)."""
+
+    async def read() -> list[FlowRun]:
+        async with get_client() as client:
+            return await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["scan-completed"])),
+                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=moment)),
+            )
+
+    return [run.id for run in asyncio.run(read())]
 
 
 def _start_worker(log: Path) -> subprocess.Popen[bytes]:
@@ -163,6 +186,7 @@ def test_the_worker_classifies_and_the_run_books(
 ) -> None:
     monkeypatch.setenv("FOLLOWUP_CLASSIFIER_WORKER", "true")
     before = {run.id for run in _classify_runs()}
+    started = datetime.now(UTC)
     stored_before = set(_result_storage().glob("*"))
 
     summary = run_sample(settings, "spine_neurology_root_compression.hl7")
@@ -171,9 +195,9 @@ def test_the_worker_classifies_and_the_run_books(
     assert summary["appointment"] is not None
     [queued] = [run for run in _classify_runs() if run.id not in before]
     assert queued.state_type == StateType.COMPLETED
-    # Run by the worker, and queued without the flow's context (no flow run, no accession).
+    # Run by the worker, and listed in the UI among the tasks of the flow run that queued it.
     assert f"Received task run: {queued.id}" in classifier_worker.read_text()
-    assert queued.flow_run_id is None
+    assert [queued.flow_run_id] == _scan_runs_since(started)
     # Its result is a file (Prefect drops the parameters once the worker has read them) in the
     # folder the worker purges.
     [result] = {p for p in _result_storage().glob("*") if p.is_file()} - stored_before
@@ -223,6 +247,7 @@ def test_without_a_worker_the_run_cancels_the_queued_task_and_classifies_itself(
     monkeypatch.setenv("FOLLOWUP_CLASSIFIER_WORKER", "true")
     monkeypatch.setenv("FOLLOWUP_CLASSIFIER_WAIT_SECONDS", "1")
     before = {run.id for run in _classify_runs()}
+    started = datetime.now(UTC)
 
     summary = run_sample(settings, "spine_neurology_root_compression.hl7")
 
@@ -236,8 +261,8 @@ def test_without_a_worker_the_run_cancels_the_queued_task_and_classifies_itself(
     ]
     cancelled = next(run for run in new if run.state_type == StateType.CANCELLED)
     in_the_run = next(run for run in new if run.state_type == StateType.COMPLETED)
-    assert cancelled.flow_run_id is None
-    assert in_the_run.flow_run_id is not None
+    [scan_run] = _scan_runs_since(started)
+    assert cancelled.flow_run_id == in_the_run.flow_run_id == scan_run
 
 
 class _LateFuture:
