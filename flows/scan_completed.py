@@ -125,7 +125,7 @@ def queue_classification(inbox_id: int, settings: Settings) -> PrefectDistribute
 
 def _queue_under(run: FlowRunContext | None, inbox_id: int) -> PrefectDistributedFuture[Any]:
     """`classify.delay(inbox_id)`, its task run filed under `run` so that the UI lists it with
-    the run's other tasks and the worker's log lines for it land in the run's log.
+    the run's other tasks.
 
     Created from an empty context all the same: Prefect stores the caller's context with a
     queued task's parameters, and a flow run's holds the flow (which the worker cannot

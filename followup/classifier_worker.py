@@ -36,9 +36,10 @@ def serve_classifier(settings: Settings, *, stop_with_parent: bool = False) -> N
             target=_stop_when_stdin_closes, args=(parent_gone,), name="parent-watch", daemon=True
         )
         watch.start()
-    # Task runs here have no flow run, so Prefect cannot send their logs to its API; it warns
-    # for every record unless told to drop them (the worker's own log still has them).
-    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    # The classify runs' log lines stay in this process's log. Sent to the API (each run is
+    # filed under its flow run), Prefect 3.9.1's log sender dies in a task worker on its first
+    # batch ("The client cannot be started again after closing"): an ERROR a run, lines lost.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
     from prefect.settings import get_current_settings
     from prefect.task_worker import serve
 

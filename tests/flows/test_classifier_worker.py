@@ -196,7 +196,9 @@ def test_the_worker_classifies_and_the_run_books(
     [queued] = [run for run in _classify_runs() if run.id not in before]
     assert queued.state_type == StateType.COMPLETED
     # Run by the worker, and listed in the UI among the tasks of the flow run that queued it.
-    assert f"Received task run: {queued.id}" in classifier_worker.read_text()
+    worker_log = classifier_worker.read_text()
+    assert f"Received task run: {queued.id}" in worker_log
+    assert " ERROR " not in worker_log
     assert [queued.flow_run_id] == _scan_runs_since(started)
     # Its result is a file (Prefect drops the parameters once the worker has read them) in the
     # folder the worker purges.
