@@ -619,6 +619,13 @@ def add_prefect_server_database_argument(parser: argparse.ArgumentParser) -> Non
     )
 
 
+def check_prefect_server_database(
+    parser: argparse.ArgumentParser, arguments: argparse.Namespace
+) -> None:
+    if arguments.prefect_server_database == "postgresql" and not arguments.postgres_url:
+        parser.error("--prefect-server-database postgresql needs --postgres-url")
+
+
 def prefect_database(arguments: argparse.Namespace) -> str | None:
     """The PostgreSQL server for the Prefect server's database, or None for its SQLite file."""
     return arguments.postgres_url if arguments.prefect_server_database == "postgresql" else None

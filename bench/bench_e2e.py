@@ -492,8 +492,7 @@ def main() -> None:
     helpers.add_bytecode_arguments(parser)
     helpers.add_prefect_server_database_argument(parser)
     arguments = parser.parse_args()
-    if arguments.prefect_server_database == "postgresql" and not arguments.postgres_url:
-        parser.error("--prefect-server-database postgresql needs --postgres-url")
+    helpers.check_prefect_server_database(parser, arguments)
     if "postgresql" in arguments.databases and not arguments.postgres_url:
         arguments.databases.remove("postgresql")
     if not arguments.databases:

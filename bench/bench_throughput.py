@@ -835,8 +835,7 @@ def main() -> None:
     helpers.add_bytecode_arguments(parser)
     helpers.add_prefect_server_database_argument(parser)
     arguments = parser.parse_args()
-    if arguments.prefect_server_database == "postgresql" and not arguments.postgres_url:
-        parser.error("--prefect-server-database postgresql needs --postgres-url")
+    helpers.check_prefect_server_database(parser, arguments)
     helpers.stop_cleanly_on_sigterm()
     bytecode = helpers.use_bytecode_cache(arguments.bytecode_cache)
     load_start = helpers.load()
@@ -878,21 +877,22 @@ def main() -> None:
         planned.append(
             partial(core_replay, "sqlite", arguments, pool, count=count, profiler=profile)
         )
-    # The servers' logs outlive the run: an error row is explained only by its flow run's log.
-    folder = arguments.log_dir or Path(tempfile.mkdtemp(prefix="bench-throughput-logs-"))
-    if "prefect" not in arguments.skip:
-        counts = {
-            "postgresql": arguments.prefect_scans,
-            "sqlite": arguments.prefect_sqlite_scans,
-        }
+    counts = {"postgresql": arguments.prefect_scans, "sqlite": arguments.prefect_sqlite_scans}
+    through_prefect = [
+        kind
+        for kind in reversed(kinds)  # PostgreSQL first: the headline
+        if "prefect" not in arguments.skip and counts[kind]
+    ]
+    floor_events = 0 if "floor" in arguments.skip else arguments.floor_events
+    if through_prefect or floor_events:
+        # The servers' logs outlive the run: an error row is explained only by its run's log.
+        folder = arguments.log_dir or Path(tempfile.mkdtemp(prefix="bench-throughput-logs-"))
         planned += [
-            partial(prefect_replay, k, arguments, pool, count=counts[k], work=folder)
-            for k in reversed(kinds)  # PostgreSQL first: the headline
-            if counts[k]
+            partial(prefect_replay, kind, arguments, pool, count=counts[kind], work=folder)
+            for kind in through_prefect
         ]
-    if "floor" not in arguments.skip and arguments.floor_events:
-        floor = partial(floor_replay, arguments, count=arguments.floor_events, work=folder)
-        planned.append(floor)
+        if floor_events:
+            planned.append(partial(floor_replay, arguments, count=floor_events, work=folder))
     for replay in planned:
         replays.append(replay())
         publish(final=False)
