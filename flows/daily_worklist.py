@@ -33,6 +33,7 @@ async def gather_worklist(settings: Settings) -> list[WorklistTable]:
             unbookable=[e for e in escalations if e["kind"] in UNBOOKABLE_KINDS],
             undeliverable=worklist.undeliverable_messages(session=session),
             overdue_referrals=worklist.overdue_referral_rows(session=session, now=now),
+            failed_messages=worklist.failed_inbox_rows(session=session, limit=200),
             zone=settings.site_zone,
         )
 

@@ -7,30 +7,25 @@ from typing import Any
 from prefect.artifacts import acreate_table_artifact
 
 from followup.settings import get_settings
+from followup.worklist import failed_messages_table
 from models.db import session_scope
 from models.worklist import failed_inbox_rows
 
 
 async def publish_needs_attention(flow: Any, flow_run: Any, state: Any) -> None:
-    """Refresh the 'needs-attention' table: every inbox row whose processing failed.
+    """Refresh the 'needs-attention' table: every accepted message whose processing failed,
+    with what a person must do, and those that retry by themselves.
 
     A table of all open failures rather than one artifact per run, so a scheduler sees the
     whole list in one place; accession and ids only.
     """
     settings = get_settings()
     with session_scope(settings.database_url) as session:
-        rows = failed_inbox_rows(session=session, limit=200)
+        table = failed_messages_table(
+            failed_inbox_rows(session=session, limit=200), settings.site_zone
+        )
     await acreate_table_artifact(
-        key="needs-attention",
-        table=[
-            {
-                "inbox id": row.id,
-                "accession": row.accession or "-",
-                "received": row.received_at.isoformat(timespec="seconds"),
-                "status": row.status,
-                "problem": (row.error or "")[:200],
-            }
-            for row in rows
-        ],
-        description=f"Scans whose processing failed (latest: run {flow_run.name}, {state.name})",
+        key=table.key,
+        table=table.rows or [{"status": "nothing to do"}],
+        description=f"{table.description} (latest: run {flow_run.name}, {state.name})",
     )

@@ -99,7 +99,14 @@ async def finish(inbox_id: int, held: bool, settings: Settings) -> dict[str, Any
 @task(name="mark-failed", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 async def mark_failed(inbox_id: int, error: Exception, settings: Settings) -> None:
     with session_scope(settings.database_url) as session:
-        pipeline.fail(session=session, inbox_id=inbox_id, error=error)
+        outcome = pipeline.fail(session=session, inbox_id=inbox_id, error=error, settings=settings)
+    if outcome is not None:
+        get_run_logger().warning(
+            "inbox %d %s: %s",
+            inbox_id,
+            "held for a person" if outcome.needs_person else f"retries at {outcome.retry_at}",
+            outcome.error,
+        )
 
 
 @task(name="publish-summary", cache_policy=NO_CACHE)
@@ -234,6 +241,10 @@ async def scan_completed(inbox_id: int, accession: str = "") -> dict[str, Any]:
             if booking.appointment_id is not None:
                 await schedule_reminders(booking.appointment_id, settings)
         summary = await finish(inbox_id, recorded.held, settings)
+    except pipeline.InboxRowFinished as finished:
+        # A stray or repeated event for a row already done: its answer, no work redone.
+        get_run_logger().info("%s", finished)
+        return finished.summary
     except Exception as error:
         await mark_failed(inbox_id, error, settings)
         raise

@@ -9,6 +9,9 @@ resend was judged meanwhile, it is that resend's duplicate and starts nothing.
 The event id is the row's, so a re-emitted event whose original was processed is dropped by
 Prefect's deduplication instead of starting a second run.
 
+A row whose run failed waits in `retry` until its `next_attempt_at` (followup/inbox_lifecycle.py)
+and is then submitted again the same way, under an id derived from the failed attempt's claim.
+
 A run that dies (its runner killed) leaves its row `processing`. Once the claim is older than
 the lease (`FOLLOWUP_PROCESSING_LEASE_SECONDS`) the row is given back, by a compare-and-set
 that only one of two sweeps wins, and submitted under an id derived from the dead claim.
@@ -70,17 +73,25 @@ async def release_stale_claims(limit: int) -> list[Submission]:
         )
 
 
+@task(name="release-due-retries", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+async def release_due_retries(limit: int) -> list[Submission]:
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        return inbox_queries.release_due_retries(session=session, now=utcnow(), limit=limit)
+
+
 @flow(name="sweep-inbox", log_prints=False)
 async def sweep_inbox(older_than_seconds: int = 120, limit: int = 500) -> int:
-    """Re-emit the event of every accepted row older than `older_than_seconds` and of every
-    row whose run died; the count emitted."""
+    """Re-emit the event of every accepted row older than `older_than_seconds`, of every row
+    whose run died and of every failed row due again; the count emitted."""
     logger = get_run_logger()
     # Stranded rows first: those accepted are then among the unclaimed ones.
     stranded = await judge_stranded_messages(older_than_seconds, limit)
     # Unclaimed rows before released ones: a row released below is then submitted once.
     waiting = await unclaimed_messages(older_than_seconds, limit)
     released = await release_stale_claims(limit)
-    rows = waiting + released
+    retried = await release_due_retries(limit)
+    rows = waiting + released + retried
     emitted = sum(
         emit_for_inbox(
             inbox_id=row.inbox_id, accession=row.accession, previous_claim=row.previous_claim
@@ -90,11 +101,12 @@ async def sweep_inbox(older_than_seconds: int = 120, limit: int = 500) -> int:
     if rows or stranded:
         logger.info(
             "judged %d stranded inbox rows; re-emitted %d of %d inbox rows (%d unclaimed, "
-            "%d released from dead runs)",
+            "%d released from dead runs, %d failed and due again)",
             stranded,
             emitted,
             len(rows),
             len(waiting),
             len(released),
+            len(retried),
         )
     return emitted

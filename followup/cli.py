@@ -745,6 +745,85 @@ def escalations_ack(
         )
 
 
+inbox_app = typer.Typer(
+    help="Inbound messages: their life cycle, and re-running failed ones.", no_args_is_help=True
+)
+app.add_typer(inbox_app, name="inbox")
+
+
+@inbox_app.command("list")
+def inbox_list(
+    status: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status",
+            help="only these states (repeatable): received, processing, processed, held, retry, "
+            "needs_action, duplicate, error, rejected",
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 50,
+) -> None:
+    """Every inbound message's state, attempts and what to do (no message content)."""
+    from models import inbox_queries
+    from models.db import session_scope
+
+    settings = get_settings()
+    zone = settings.site_zone
+    table = Table(title="Inbound messages")
+    for column in ("id", "received", "accession", "status", "attempts", "next", "problem / do"):
+        table.add_column(column, overflow="fold")
+    with session_scope(settings.database_url) as session:
+        rows = inbox_queries.messages_by_status(
+            session=session, statuses=status or [], limit=limit
+        )
+        for row in rows:
+            action = (row.summary or {}).get("action") if row.status in _FAILED else None
+            table.add_row(
+                str(row.id),
+                row.received_at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z"),
+                row.accession or "-",
+                row.status,
+                str(row.attempts),
+                row.next_attempt_at.astimezone(zone).strftime("%H:%M %Z")
+                if row.next_attempt_at
+                else "-",
+                "\n".join(filter(None, (row.error, action))) or "-",
+            )
+    Console().print(table)
+
+
+_FAILED = ("retry", "needs_action")
+
+
+@inbox_app.command("retry")
+def inbox_retry(
+    inbox_id: Annotated[int, typer.Argument(help="inbox id (see `followup inbox list`)")],
+    by: Annotated[str, typer.Option(help="who re-runs it (name or user id)")],
+) -> None:
+    """Re-run a failed message once its cause is fixed (audited with --by)."""
+    from flows.events import emit_for_inbox
+    from models import inbox_queries
+    from models.db import session_scope
+
+    if not by.strip():
+        err.print("[red]--by must name who re-runs the message[/red]")
+        raise typer.Exit(code=2)
+    settings = get_settings()
+    try:
+        with session_scope(settings.database_url) as session:
+            row = inbox_queries.rerun_message(session=session, inbox_id=inbox_id, by=by.strip())
+    except (LookupError, ValueError) as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(code=1) from error
+    emitted = emit_for_inbox(
+        inbox_id=row.inbox_id, accession=row.accession, previous_claim=row.previous_claim
+    )
+    typer.echo(
+        f"inbox {inbox_id} ({row.accession}) is back in the queue; "
+        + ("its run starts now" if emitted else "sweep-inbox submits it within a minute")
+    )
+
+
 @app.command("worklist")
 def show_worklist() -> None:
     """Print the schedulers' worklist tables (the same ones published as Prefect artifacts)."""

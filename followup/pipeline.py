@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from followup import intake, routing
+from followup import inbox_lifecycle, intake, routing
 from followup.errors import FollowupError, InboundMessageError
 from followup.messaging import visits
 from followup.ris.scan import PersonName, ScanCompleted
@@ -39,8 +39,22 @@ ACTOR = "engine"
 CANCELLED_RESULT = "X"
 
 
-class InboxRowClaimed(FollowupError):
-    """Another flow run holds the inbox row under a live lease: this run must not touch it."""
+class InboxRowNotClaimable(FollowupError):
+    """This run must not touch the inbox row: another run owns it, or it is finished."""
+
+
+class InboxRowClaimed(InboxRowNotClaimable):
+    """Another flow run holds the inbox row under a live lease."""
+
+
+class InboxRowFinished(InboxRowNotClaimable):
+    """The row was processed (or held, or refused) already: a stray or repeated run must not
+    redo its booking and texts, and answers with the row's stored summary instead. A person
+    re-runs a failed row through `followup inbox retry`."""
+
+    def __init__(self, message: str, *, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 def load_scan(
@@ -55,7 +69,12 @@ def load_scan(
     if not inbox_queries.claim_message(
         session=session, inbox_id=inbox_id, now=now, stale_before=now - lease
     ):
-        raise InboxRowClaimed(f"inbox message {inbox_id} is being processed by another run")
+        if row.status == InboxStatus.PROCESSING:
+            raise InboxRowClaimed(f"inbox message {inbox_id} is being processed by another run")
+        raise InboxRowFinished(
+            f"inbox message {inbox_id} is {row.status} already; not processed again",
+            summary=dict(row.summary or {}),
+        )
     return intake.parse_stored(row, settings)
 
 
@@ -629,14 +648,51 @@ def finish(*, session: Session, inbox_id: int, held: bool) -> dict[str, Any]:
     return summary
 
 
-def fail(*, session: Session, inbox_id: int, error: Exception) -> None:
-    if isinstance(error, InboxRowClaimed):
-        return  # the row is the live run's, which records its own outcome
+def fail(
+    *,
+    session: Session,
+    inbox_id: int,
+    error: Exception,
+    settings: Settings,
+    now: datetime | None = None,
+) -> inbox_lifecycle.FailureOutcome | None:
+    """Record a failed attempt: the row goes to `retry` or, when retrying cannot help or the
+    attempts are spent, to `needs_action` with what a person must do. None when the row was
+    not this run's to record (another run holds it, or it was finished before)."""
+    if isinstance(error, InboxRowNotClaimable):
+        return None
+    now = now or utcnow()
     row = queries.get_inbox_message(session=session, inbox_id=inbox_id)
-    row.status = InboxStatus.ERROR
-    row.error = str(error)
+    row.attempts += 1
+    outcome = inbox_lifecycle.after_failure(
+        error,
+        inbox_id=inbox_id,
+        attempts=row.attempts,
+        max_attempts=settings.inbox_max_attempts,
+        now=now,
+        base_seconds=settings.inbox_retry_base_seconds,
+        max_seconds=settings.inbox_retry_max_seconds,
+    )
+    row.status = InboxStatus.NEEDS_ACTION if outcome.needs_person else InboxStatus.RETRY
+    row.next_attempt_at = outcome.retry_at
+    row.error = outcome.error
     row.error_location = error.location if isinstance(error, InboundMessageError) else None
+    row.summary = {"action": outcome.action, "attempts": row.attempts}
     session.add(row)
+    queries.audit(
+        session=session,
+        actor=ACTOR,
+        action="inbox.held" if outcome.needs_person else "inbox.retry_scheduled",
+        entity="inbox_message",
+        entity_id=inbox_id,
+        detail={
+            "accession": row.accession,
+            "attempts": row.attempts,
+            "error": outcome.error,
+            "next_attempt_at": outcome.retry_at.isoformat() if outcome.retry_at else None,
+        },
+    )
+    return outcome
 
 
 def run_tags(decision: routing.Decision, *, site: str, result_status: str = "F") -> list[str]:

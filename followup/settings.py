@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     processing_lease_seconds: int = Field(
         default=600, gt=0, validation_alias="FOLLOWUP_PROCESSING_LEASE_SECONDS"
     )
+    # An accepted message whose run failed is tried again this many times in all, waiting
+    # base, 2×base, 4×base … (at most max) between attempts, then held for a person
+    # (followup/inbox_lifecycle.py). The defaults ride out a database or Prefect restart.
+    inbox_max_attempts: int = Field(default=5, ge=1, validation_alias="FOLLOWUP_INBOX_MAX_ATTEMPTS")
+    inbox_retry_base_seconds: float = Field(
+        default=60.0, gt=0, validation_alias="FOLLOWUP_INBOX_RETRY_BASE_SECONDS"
+    )
+    inbox_retry_max_seconds: float = Field(
+        default=1800.0, gt=0, validation_alias="FOLLOWUP_INBOX_RETRY_MAX_SECONDS"
+    )
     # Classify in the long-lived `followup classifier-worker` (Prefect's task queue) rather than
     # in each flow-run process, which then never loads spaCy: about a second less per run.
     # `followup serve` starts that worker and sets this. A run that has no answer within the

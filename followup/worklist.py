@@ -14,6 +14,8 @@ CRITICAL_KINDS = ("critical_finding",)
 UNBOOKABLE_KINDS = ("unbookable",)
 CRITICAL_KEY = "worklist-critical-unacknowledged"
 CRITICAL_TITLE = "Critical findings awaiting a doctor"
+FAILED_MESSAGES_KEY = "needs-attention"
+FAILED_MESSAGES_TITLE = "Accepted results that failed: waiting for a person or retrying"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +48,11 @@ def worklist_tables(
     unbookable: list[dict[str, Any]],
     undeliverable: list[dict[str, Any]],
     overdue_referrals: list[dict[str, Any]],
+    failed_messages: list[dict[str, Any]],
     zone: ZoneInfo,
 ) -> list[WorklistTable]:
     sections = (
+        (FAILED_MESSAGES_KEY, FAILED_MESSAGES_TITLE, failed_messages),
         ("worklist-bookings-today", "Follow-ups booked for today", bookings),
         (CRITICAL_KEY, CRITICAL_TITLE, critical),
         ("worklist-escalations", "Other open escalations", other_escalations),
@@ -57,6 +61,12 @@ def worklist_tables(
         ("worklist-overdue-referrals", "Referrals overdue for an appointment", overdue_referrals),
     )
     return [WorklistTable(key, title, local_cells(rows, zone)) for key, title, rows in sections]
+
+
+def failed_messages_table(rows: list[dict[str, Any]], zone: ZoneInfo) -> WorklistTable:
+    """The failed-messages table alone, as `worklist_tables` builds it (refreshed by the
+    scan-completed run that failed)."""
+    return WorklistTable(FAILED_MESSAGES_KEY, FAILED_MESSAGES_TITLE, local_cells(rows, zone))
 
 
 def critical_table(rows: list[dict[str, Any]], zone: ZoneInfo) -> WorklistTable:

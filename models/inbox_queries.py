@@ -214,23 +214,31 @@ def _claim_time() -> ColumnElement[datetime]:
     return func.coalesce(col(InboxMessage.claimed_at), col(InboxMessage.received_at))
 
 
+# A failed row may be taken by a person's re-run of the flow run in the Prefect UI as well as
+# by sweep-inbox, which gives it back to `received` first.
+CLAIMABLE_STATUSES = (InboxStatus.RECEIVED, InboxStatus.RETRY, InboxStatus.NEEDS_ACTION)
+
+
 def claim_message(
     *, session: Session, inbox_id: int, now: datetime, stale_before: datetime
 ) -> bool:
     """Take the row for one flow run: True when this run holds it now.
 
-    One conditional UPDATE, so of two runs only one wins: a row another run claimed after
-    `stale_before` (its lease is live) is refused; any other row, including a finished one
-    run again, is taken. On PostgreSQL the loser waits for the winner's commit and then sees
-    its claim; SQLite serialises the writes.
+    One conditional UPDATE, so of two runs only one wins: a row waiting for a run (received,
+    or failed and due again) is taken, and so is one whose run died (claimed before
+    `stale_before`); a row under a live lease, or finished (processed, held, refused), is
+    refused, so a stray or repeated run never books and texts a second time. On PostgreSQL
+    the loser waits for the winner's commit and then sees its claim; SQLite serialises the
+    writes.
     """
     result = session.execute(
         update(InboxMessage)
         .where(
             col(InboxMessage.id) == inbox_id,
             or_(
-                col(InboxMessage.status) != InboxStatus.PROCESSING,
-                _claim_time() < stale_before,
+                col(InboxMessage.status).in_(CLAIMABLE_STATUSES),
+                (col(InboxMessage.status) == InboxStatus.PROCESSING)
+                & (_claim_time() < stale_before),
             ),
         )
         .values(status=InboxStatus.PROCESSING, claimed_at=now)
@@ -266,22 +274,7 @@ def release_stale_claims(
     released: list[Submission] = []
     for inbox_id, accession, claimed_at in stale:
         assert inbox_id is not None
-        same_claim = (
-            col(InboxMessage.claimed_at).is_(None)
-            if claimed_at is None
-            else col(InboxMessage.claimed_at) == claimed_at
-        )
-        result = session.execute(
-            update(InboxMessage)
-            .where(
-                col(InboxMessage.id) == inbox_id,
-                col(InboxMessage.status) == InboxStatus.PROCESSING,
-                same_claim,
-            )
-            .values(status=InboxStatus.RECEIVED)
-            .execution_options(synchronize_session=False)
-        )
-        if cast(CursorResult[Any], result).rowcount != 1:
+        if not _give_back(session, inbox_id, InboxStatus.PROCESSING, claimed_at):
             continue
         queries.audit(
             session=session,
@@ -377,3 +370,96 @@ def ordered_by(*, session: Session, accession: str) -> str | None:
         if key:
             return str(key)
     return None
+
+
+def release_due_retries(*, session: Session, now: datetime, limit: int) -> list[Submission]:
+    """Give `retry` rows whose next attempt is due back to `received`, each by a
+    compare-and-set on the failed attempt's claim (as `release_stale_claims`: of two sweeps
+    only one submits a row), under an event id derived from that claim. Oldest first."""
+    due = session.exec(
+        select(InboxMessage.id, InboxMessage.accession, InboxMessage.claimed_at)
+        .where(
+            InboxMessage.status == InboxStatus.RETRY,
+            col(InboxMessage.next_attempt_at) <= now,
+        )
+        .order_by(col(InboxMessage.id))
+        .limit(limit)
+    ).all()
+    released: list[Submission] = []
+    for inbox_id, accession, claimed_at in due:
+        assert inbox_id is not None
+        if not _give_back(session, inbox_id, InboxStatus.RETRY, claimed_at):
+            continue
+        queries.audit(
+            session=session,
+            actor="sweep-inbox",
+            action="inbox.retried",
+            entity="inbox_message",
+            entity_id=inbox_id,
+            detail={"accession": accession},
+        )
+        released.append(Submission(inbox_id, accession or "", claimed_at))
+    return released
+
+
+def rerun_message(*, session: Session, inbox_id: int, by: str) -> Submission:
+    """A person's re-run of a failed row after fixing its cause: back to `received` with its
+    attempts reset, audited with who asked. LookupError for an unknown id, ValueError for a
+    row that did not fail (re-running a processed one would book and text twice)."""
+    row = session.get(InboxMessage, inbox_id)
+    if row is None:
+        raise LookupError(f"no inbox message {inbox_id}")
+    if row.status not in (InboxStatus.RETRY, InboxStatus.NEEDS_ACTION):
+        raise ValueError(
+            f"inbox message {inbox_id} is {row.status}: only failed messages (retry, "
+            "needs_action) are re-run"
+        )
+    if not _give_back(session, inbox_id, row.status, row.claimed_at, reset_attempts=True):
+        raise ValueError(f"inbox message {inbox_id} changed meanwhile; look again")
+    queries.audit(
+        session=session,
+        actor=by,
+        action="inbox.rerun",
+        entity="inbox_message",
+        entity_id=inbox_id,
+        detail={"accession": row.accession, "was": row.status, "error": row.error},
+    )
+    return Submission(inbox_id, row.accession or "", row.claimed_at)
+
+
+def _give_back(
+    session: Session,
+    inbox_id: int,
+    status: str,
+    claimed_at: datetime | None,
+    *,
+    reset_attempts: bool = False,
+) -> bool:
+    same_claim = (
+        col(InboxMessage.claimed_at).is_(None)
+        if claimed_at is None
+        else col(InboxMessage.claimed_at) == claimed_at
+    )
+    values: dict[str, Any] = {"status": InboxStatus.RECEIVED, "next_attempt_at": None}
+    if reset_attempts:
+        values["attempts"] = 0
+    result = session.execute(
+        update(InboxMessage)
+        .where(col(InboxMessage.id) == inbox_id, col(InboxMessage.status) == status, same_claim)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    loaded = session.identity_map.get(session.identity_key(InboxMessage, inbox_id))
+    if loaded is not None:
+        session.expire(loaded)
+    return cast(CursorResult[Any], result).rowcount == 1
+
+
+def messages_by_status(
+    *, session: Session, statuses: Sequence[str], limit: int
+) -> Sequence[InboxMessage]:
+    """Rows in these states, newest first (the CLI's `inbox list`)."""
+    query = select(InboxMessage).order_by(col(InboxMessage.id).desc()).limit(limit)
+    if statuses:
+        query = query.where(col(InboxMessage.status).in_(statuses))
+    return session.exec(query).all()

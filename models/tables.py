@@ -41,8 +41,12 @@ class InboxStatus(StrEnum):
     PROCESSED = "processed"
     HELD = "held"  # preliminary report, waits for the final one
     DUPLICATE = "duplicate"
-    ERROR = "error"
+    ERROR = "error"  # refused at intake with AE: the sender was told and must resend
     REJECTED = "rejected"  # wrong type / version / processing id (AR)
+    # Accepted (AA) and then failed: taken again by sweep-inbox after `next_attempt_at`
+    # (followup/inbox_lifecycle.py), or on the worklist until a person re-runs it.
+    RETRY = "retry"
+    NEEDS_ACTION = "needs_action"
 
 
 class InboxMessageBase(SQLModel):
@@ -75,6 +79,12 @@ class InboxMessage(InboxMessageBase, table=True):
     # belongs to a run that died: the sweep gives the row back. Kept after that, so the
     # re-submission's event id can be derived from the claim it replaces.
     claimed_at: datetime | None = _utc_column()
+    # Failed processing attempts so far, and when sweep-inbox takes a `retry` row again.
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    next_attempt_at: datetime | None = _utc_column()
+    # SHA-256 of the HL7 message without MSH-7: a resend under the same MSH-10 has the same
+    # digest, a reused MSH-10 (a sender whose counter reset) has another.
+    content_digest: str | None = Field(default=None, max_length=64)
 
 
 class PatientBase(SQLModel):

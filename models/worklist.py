@@ -34,15 +34,29 @@ from models.types import utcnow
 WorklistRow = dict[str, Any]
 
 
-def failed_inbox_rows(*, session: Session, limit: int) -> Sequence[InboxMessage]:
-    """Accepted messages whose processing failed, newest first (rejected input is not here:
-    its sender got an AE/AR and must resend)."""
-    return session.exec(
+def failed_inbox_rows(*, session: Session, limit: int) -> list[WorklistRow]:
+    """Accepted messages whose processing failed, waiting for a person first, then those that
+    retry by themselves, oldest first in each (rejected input is not here: its sender got an
+    AE/AR and must resend). What to do comes first: a scheduler reads left to right."""
+    messages = session.exec(
         select(InboxMessage)
-        .where(InboxMessage.status == InboxStatus.ERROR, col(InboxMessage.accession).is_not(None))
-        .order_by(col(InboxMessage.id).desc())
+        .where(col(InboxMessage.status).in_((InboxStatus.NEEDS_ACTION, InboxStatus.RETRY)))
+        .order_by(col(InboxMessage.status) != InboxStatus.NEEDS_ACTION, col(InboxMessage.id))
         .limit(limit)
     ).all()
+    return [
+        {
+            "what to do": (message.summary or {}).get("action", "-"),
+            "accession": message.accession or "-",
+            "status": message.status,
+            "attempts": message.attempts,
+            "next attempt": message.next_attempt_at,
+            "problem": message.error,
+            "inbox id": message.id,
+            "received": message.received_at,
+        }
+        for message in messages
+    ]
 
 
 def _initials(patient: Patient | None) -> str:

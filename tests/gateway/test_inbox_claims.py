@@ -96,14 +96,45 @@ def test_a_live_claim_is_refused_and_a_dead_one_taken_over(settings: Settings) -
     assert row(settings, dead).claimed_at == now
 
 
-def test_a_finished_row_can_be_run_again(settings: Settings) -> None:
+@pytest.mark.parametrize(
+    ("status", "claimable"),
+    [
+        (InboxStatus.PROCESSED, False),
+        (InboxStatus.HELD, False),
+        (InboxStatus.DUPLICATE, False),
+        (InboxStatus.ERROR, False),
+        (InboxStatus.RETRY, True),
+        (InboxStatus.NEEDS_ACTION, True),
+    ],
+)
+def test_a_finished_row_is_never_claimed_again_a_failed_one_is(
+    settings: Settings, status: InboxStatus, claimable: bool
+) -> None:
     inbox_id = received(settings)
     with session_scope(settings.database_url) as session:
         done = session.get_one(InboxMessage, inbox_id)
-        done.status = InboxStatus.PROCESSED
+        done.status = status
         session.add(done)
 
-    assert claim(settings, inbox_id, utcnow())
+    assert claim(settings, inbox_id, utcnow()) is claimable
+    assert row(settings, inbox_id).status == (InboxStatus.PROCESSING if claimable else status)
+
+
+def test_load_scan_answers_a_finished_row_with_its_summary(settings: Settings) -> None:
+    inbox_id = received(settings)
+    with session_scope(settings.database_url) as session:
+        done = session.get_one(InboxMessage, inbox_id)
+        done.status, done.summary = InboxStatus.PROCESSED, {"status": "processed", "n": 1}
+        session.add(done)
+
+    with (
+        pytest.raises(pipeline.InboxRowFinished) as refused,
+        session_scope(settings.database_url) as session,
+    ):
+        pipeline.load_scan(session=session, inbox_id=inbox_id, settings=settings)
+
+    assert refused.value.summary == {"status": "processed", "n": 1}
+    assert row(settings, inbox_id).status == InboxStatus.PROCESSED
 
 
 def test_load_scan_refuses_a_row_held_by_a_live_run_and_leaves_it_alone(
@@ -115,10 +146,14 @@ def test_load_scan_refuses_a_row_held_by_a_live_run_and_leaves_it_alone(
     with pytest.raises(pipeline.InboxRowClaimed), session_scope(settings.database_url) as session:
         pipeline.load_scan(session=session, inbox_id=inbox_id, settings=settings)
     with session_scope(settings.database_url) as session:
-        pipeline.fail(
-            session=session, inbox_id=inbox_id, error=pipeline.InboxRowClaimed("held elsewhere")
+        outcome = pipeline.fail(
+            session=session,
+            inbox_id=inbox_id,
+            error=pipeline.InboxRowClaimed("held elsewhere"),
+            settings=settings,
         )
 
+    assert outcome is None
     untouched = row(settings, inbox_id)
     assert (untouched.status, untouched.claimed_at, untouched.error) == (
         InboxStatus.PROCESSING,
