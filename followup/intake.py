@@ -12,8 +12,12 @@ Rules, and why:
 * A row stored but never judged (the gateway stopped between the two commits) is judged
   later by sweep-inbox (`judge_stranded`), exactly as here; until then no run is submitted
   for it. Its sender got no answer and resent: the resend, judged first, is the original.
-* A duplicate (same sender and MSH-10, or the same accession, status and text) gets the
-  original's answer and starts nothing. The answer is the original ACK: an intake rejection is
+* A duplicate (same sender, the whole MSH-10 and the same content, or the same accession,
+  status and text) gets the original's answer and starts nothing. The content is compared by
+  a digest of the message without MSH-7 (a resend may be stamped anew): a reused MSH-10 with
+  other content (a sender whose counter reset) is a new message, audited as such, never
+  dropped. An MSH-10 longer than its column is keyed by its SHA-256, so ids that differ only
+  past the column's length stay apart. The answer is the original ACK: an intake rejection is
   remembered in the row's summary (`ack_code`, `error_kind`); a row that failed later, in the
   flow, was answered AA and is answered AA again.
 * Results (ORU^R01, FHIR DiagnosticReport) are accepted as `received`, for a flow run to claim,
@@ -39,7 +43,12 @@ from typing import Any
 
 from sqlmodel import Session
 
-from followup.errors import InboundMessageError, MalformedMessage, UnsupportedMessage
+from followup.errors import (
+    InboundMessageError,
+    MalformedMessage,
+    MissingField,
+    UnsupportedMessage,
+)
 from followup.ris import hl7v2, updates
 from followup.ris.hl7v2 import MessageHeader
 from followup.ris.scan import ACCESSION_LENGTH, ScanCompleted
@@ -106,10 +115,34 @@ def receive_message(
         peer=peer,
         content_type="hl7v2" if envelope.text else "unknown",
         sender=_sender(header),
-        control_id=(_storable(header.control_id, _CONTROL_ID_LENGTH) or None) if header else None,
+        control_id=control_id_key(header.control_id) if header else None,
         message_type=_storable(header.message_type, _MESSAGE_TYPE_LENGTH) if header else None,
+        content_digest=content_digest(envelope.text) if header else None,
     )
     return _judge_hl7(session, row, envelope, settings)
+
+
+def control_id_key(control_id: str) -> str | None:
+    """MSH-10 as the idempotency key stores it: whole when the column holds it, else its
+    SHA-256 (a prefix would make two long ids that differ at the end one key)."""
+    if not control_id:
+        return None
+    if len(control_id) <= _CONTROL_ID_LENGTH:
+        return _storable(control_id, _CONTROL_ID_LENGTH)
+    return "sha256:" + hashlib.sha256(control_id.encode()).hexdigest()
+
+
+def content_digest(text: str) -> str:
+    """SHA-256 of the message's segments with MSH-7 (the time it was sent) left out and line
+    ends and trailing blanks ignored: a resend of the same message has the same digest, a
+    different message under a reused MSH-10 another."""
+    segments = [segment.rstrip() for segment in text.strip().split("\r") if segment.strip()]
+    if segments and segments[0].startswith("MSH") and len(segments[0]) > 3:
+        fields = segments[0].split(segments[0][3])  # fields[n - 1] is MSH-n
+        if len(fields) > 6:
+            fields[6] = ""
+        segments[0] = segments[0][3].join(fields)
+    return hashlib.sha256("\r".join(segments).encode()).hexdigest()
 
 
 def judge_stranded(*, session: Session, row: InboxMessage, settings: Settings) -> Receipt:
@@ -187,16 +220,35 @@ def _judge_hl7(
     assert header is not None and row.sender is not None
     # Parsed before the judging transaction: its locks are held for no longer than the writes.
     content = _read(text, header, settings)
+    if not header.control_id.strip() and not isinstance(content, UnsupportedMessage):
+        # Without MSH-10 the ACK cannot name the message (MSA-2) and a resend cannot be told
+        # from a new message.
+        missing = MissingField("message control id is empty", location="MSH-10")
+        return _reject(session, row, missing, header)
     fingerprint = _report_fingerprint(content) if isinstance(content, ScanCompleted) else None
     inbox_queries.lock_idempotency_keys(
         session=session, sender=row.sender, control_id=row.control_id, fingerprint=fingerprint
     )
     if row.control_id:
         original = inbox_queries.original_message(
-            session=session, sender=row.sender, control_id=row.control_id, inbox_id=_id(row)
+            session=session,
+            sender=row.sender,
+            control_id=row.control_id,
+            content_digest=row.content_digest,
+            inbox_id=_id(row),
         )
-        if original is not None:
+        if original is not None and original.content_digest in (None, row.content_digest):
             return _duplicate(session, row, original, header)
+        if original is not None:
+            # Not a resend: the sender's counter reset, or two systems share a sender name.
+            queries.audit(
+                session=session,
+                actor="intake",
+                action="inbox.control_id_reused",
+                entity="inbox_message",
+                entity_id=_id(row),
+                detail={"earlier_inbox_id": original.id},
+            )
     if isinstance(content, InboundMessageError):
         return _reject(session, row, content, header)
     if isinstance(content, updates.RisUpdate):

@@ -33,6 +33,7 @@ def store_message(
     sender: str | None,
     control_id: str | None,
     message_type: str | None,
+    content_digest: str | None,
 ) -> InboxMessage:
     """Persist the raw bytes with what the envelope says, and commit at once.
 
@@ -48,6 +49,7 @@ def store_message(
         sender=sender,
         control_id=control_id,
         message_type=message_type,
+        content_digest=content_digest,
     )
     session.add(row)
     session.commit()
@@ -72,6 +74,7 @@ class JudgedMessage:
     error: str | None
     error_location: str | None
     claimed_at: datetime | None
+    content_digest: str | None  # None for rows stored before digests were kept
 
 
 _JUDGED_COLUMNS = (
@@ -82,6 +85,7 @@ _JUDGED_COLUMNS = (
     col(InboxMessage.error),
     col(InboxMessage.error_location),
     col(InboxMessage.claimed_at),
+    col(InboxMessage.content_digest),
 )
 
 
@@ -125,17 +129,22 @@ def lock_idempotency_keys(
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _earliest_matching(*conditions: ColumnElement[bool]) -> sqlalchemy.Select[Any]:
+def _earliest_matching(
+    *conditions: ColumnElement[bool], first: ColumnElement[Any] | None = None
+) -> sqlalchemy.Select[Any]:
     # Columns, not the entity: the raw bytes (up to megabytes) are not needed to answer.
+    order = (col(InboxMessage.id),) if first is None else (first, col(InboxMessage.id))
     return (
         sqlalchemy.select(*_JUDGED_COLUMNS)
         .where(col(InboxMessage.id) != bindparam("inbox_id"), *conditions)
-        .order_by(col(InboxMessage.id))
+        .order_by(*order)
         .limit(1)
     )
 
 
 # Built once: composing the expressions took longer than running them (gateway profile).
+# Of the rows under one (sender, MSH-10) the one with the same content comes first (a resend);
+# any other means the id was reused.
 _ORIGINAL_MESSAGE = _earliest_matching(
     col(InboxMessage.sender) == bindparam("sender"),
     col(InboxMessage.control_id) == bindparam("control_id"),
@@ -146,6 +155,16 @@ _ORIGINAL_MESSAGE = _earliest_matching(
         col(InboxMessage.status) != InboxStatus.RECEIVED,
         col(InboxMessage.content_hash).startswith(REPORT_FINGERPRINT_PREFIX),
     ),
+    first=sqlalchemy.case(
+        (
+            or_(
+                col(InboxMessage.content_digest) == bindparam("content_digest"),
+                col(InboxMessage.content_digest).is_(None),
+            ),
+            0,
+        ),
+        else_=1,
+    ),
 )
 _SAME_REPORT = _earliest_matching(
     col(InboxMessage.content_hash) == bindparam("fingerprint"),
@@ -154,15 +173,22 @@ _SAME_REPORT = _earliest_matching(
 
 
 def original_message(
-    *, session: Session, sender: str, control_id: str, inbox_id: int
+    *, session: Session, sender: str, control_id: str, content_digest: str | None, inbox_id: int
 ) -> JudgedMessage | None:
     """The message with the same sender and MSH-10 (the HL7 idempotency key) that was judged
-    not a duplicate, if any, found through the (sender, control_id) index. Call it under
-    `lock_idempotency_keys`. A row stored but not judged yet is not an original: its answer
-    is not known.
+    not a duplicate, if any, found through the (sender, control_id) index: the one with the
+    same content digest when there is one (the caller compares the digests to tell a resend
+    from a reused id). Call it under `lock_idempotency_keys`. A row stored but not judged yet
+    is not an original: its answer is not known.
     """
     found = session.execute(
-        _ORIGINAL_MESSAGE, {"sender": sender, "control_id": control_id, "inbox_id": inbox_id}
+        _ORIGINAL_MESSAGE,
+        {
+            "sender": sender,
+            "control_id": control_id,
+            "content_digest": content_digest,
+            "inbox_id": inbox_id,
+        },
     ).first()
     return JudgedMessage(*found) if found is not None else None
 

@@ -7,11 +7,18 @@ from datetime import timedelta
 import pytest
 from sqlmodel import col, select
 
-from followup.intake import Receipt, judge_stranded_messages, receive_message, receive_unterminated
+from followup.intake import (
+    Receipt,
+    content_digest,
+    judge_stranded_messages,
+    receive_message,
+    receive_unterminated,
+)
+from followup.ris import hl7v2
 from followup.settings import get_settings
 from models import inbox_queries, queries
 from models.db import session_scope
-from models.tables import InboxMessage, InboxStatus
+from models.tables import AuditEvent, InboxMessage, InboxStatus
 from models.types import utcnow
 from tests.conftest import SAMPLES
 
@@ -201,6 +208,7 @@ def _store_copy(database_url: str) -> int:
             sender="DEMO_RIS|DEMO_SPINE_NEURO",
             control_id="DEMO-ORU-0003",
             message_type="ORU^R01",
+            content_digest=content_digest(hl7v2.decode_message(SPINE)),
         )
         assert row.id is not None
         return row.id
@@ -212,6 +220,7 @@ def _original_of(database_url: str, inbox_id: int) -> int | None:
             session=session,
             sender="DEMO_RIS|DEMO_SPINE_NEURO",
             control_id="DEMO-ORU-0003",
+            content_digest=content_digest(hl7v2.decode_message(SPINE)),
             inbox_id=inbox_id,
         )
         return original.id if original else None
@@ -302,3 +311,66 @@ def test_a_cut_off_frame_is_stored_already_refused(database_url: str) -> None:
     assert (receipt.status, receipt.ack_code) == (InboxStatus.ERROR, "AE")
     assert receipt.header is not None
     assert _judge_stranded(database_url) == []
+
+
+# MSH-10 is unique per sender only while the sender's counter does not reset (DOMAIN.md §5).
+
+
+def test_a_resend_stamped_anew_is_still_a_duplicate(database_url: str) -> None:
+    first = _receive(database_url, SPINE)
+    restamped = _receive(database_url, _spine(b"|20261104092233|", b"|20261104101500|"))
+
+    assert (restamped.status, restamped.duplicate_of) == (InboxStatus.DUPLICATE, first.inbox_id)
+
+
+def test_a_reused_control_id_with_other_content_is_a_new_message_and_audited(
+    database_url: str,
+) -> None:
+    first = _receive(database_url, SPINE)
+    other_study = _spine(b"ACC2026000103", b"ACC2026000999").replace(
+        b"ACC2026000103", b"ACC2026000999"
+    )
+    reused = _receive(database_url, other_study)
+    resent = _receive(database_url, other_study)
+
+    assert (reused.ack_code, reused.status, reused.duplicate_of) == (
+        "AA",
+        InboxStatus.RECEIVED,
+        None,
+    )
+    assert (reused.accession, reused.should_process) == ("ACC2026000999", True)
+    assert (resent.status, resent.duplicate_of) == (InboxStatus.DUPLICATE, reused.inbox_id)
+    with session_scope(database_url) as session:
+        audits = session.exec(
+            select(AuditEvent).where(AuditEvent.action == "inbox.control_id_reused")
+        ).all()
+        assert [(a.entity_id, a.detail) for a in audits] == [
+            (reused.inbox_id, {"earlier_inbox_id": first.inbox_id})
+        ]
+
+
+def test_long_control_ids_that_differ_only_at_the_end_stay_apart(database_url: str) -> None:
+    stem = b"X" * 250
+    one = _receive(database_url, _spine(b"|DEMO-ORU-0003|", b"|" + stem + b"1|"))
+    two = _receive(
+        database_url,
+        _spine(b"|DEMO-ORU-0003|", b"|" + stem + b"2|").replace(
+            b"ACC2026000103", b"ACC2026000998"
+        ),
+    )
+    again = _receive(database_url, _spine(b"|DEMO-ORU-0003|", b"|" + stem + b"1|"))
+
+    assert (one.status, two.status) == (InboxStatus.RECEIVED, InboxStatus.RECEIVED)
+    assert (again.status, again.duplicate_of) == (InboxStatus.DUPLICATE, one.inbox_id)
+    assert one.header is not None and one.header.control_id == (stem + b"1").decode()
+
+
+@pytest.mark.parametrize("control_id", [b"", b"   "])
+def test_an_empty_control_id_is_refused_with_its_field(
+    database_url: str, control_id: bytes
+) -> None:
+    receipt = _receive(database_url, _spine(b"|DEMO-ORU-0003|", b"|" + control_id + b"|"))
+
+    assert (receipt.ack_code, receipt.location, receipt.should_process) == ("AE", "MSH-10", False)
+    [row] = _rows(database_url)
+    assert row.status == InboxStatus.ERROR

@@ -184,6 +184,7 @@ def store_unjudged(database_url: str, sample: str, *, age: timedelta) -> int:
             sender=f"{header.sending_application}|{header.sending_facility}",
             control_id=header.control_id,
             message_type=header.message_type,
+            content_digest=intake.content_digest(hl7v2.decode_message(raw)),
         )
         row.received_at = utcnow() - age
         session.add(row)

@@ -272,7 +272,11 @@ def test_disconnect_before_the_ack_keeps_the_message(mllp: RunningListener) -> N
     assert [r.run_inbox_id for r in mllp.accepted] == [mllp.rows()[0].id] * 2
 
 
-def test_one_megabyte_report(mllp: RunningListener) -> None:
+def test_one_megabyte_report_is_stored_whole_and_refused_with_the_limit(
+    mllp: RunningListener,
+) -> None:
+    """A megabyte frame arrives whole; its report, far over any real one and over what the
+    classifier reads, is refused (AE) so the sender knows, not accepted and failed later."""
     raw = GOOD.read_bytes()
     line = b"OBX|99|TX|18782-3^Findings^LN|1|" + b"Extensive report text. " * 40 + b"||||||F\r"
     big = raw.rstrip(b"\r") + b"\r" + line * (1_100_000 // len(line))
@@ -280,9 +284,10 @@ def test_one_megabyte_report(mllp: RunningListener) -> None:
 
     [ack] = exchange(mllp, big)
 
-    assert segments(ack)["MSA"][1] == "AA"
+    assert segments(ack)["MSA"][1] == "AE"
+    assert "over 100000" in segments(ack)["ERR"][8]
     [row] = mllp.rows()
-    assert row.raw == big
+    assert (row.raw, row.status) == (big, InboxStatus.ERROR)
 
 
 def test_latin1_and_bom(mllp: RunningListener) -> None:
