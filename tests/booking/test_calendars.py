@@ -15,9 +15,9 @@ from followup.calendars import (
     read_calendar_files,
 )
 from followup.scheduling import WorkingSession
-from tests.conftest import SHARED_DATA
+from tests.conftest import THIRD_PARTY
 
-FHIR_EXAMPLES = SHARED_DATA / "fhir-r4"
+FHIR_EXAMPLES = THIRD_PARTY / "fhir-r4"
 NPI = "http://hl7.org/fhir/sid/us-npi"
 
 

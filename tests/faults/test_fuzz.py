@@ -1,7 +1,7 @@
 """Case 7 of issue 8: 1,000 fuzzed HL7 v2 messages through the MLLP listener, none crashes it.
 
 Hypothesis mutates the real samples (the project's own, and the public dcm4che and Microsoft
-FHIR-converter messages in ../shared/data/hl7): bytes flipped, spans cut, doubled or truncated,
+FHIR-converter messages in tests/thirdparty/hl7): bytes flipped, spans cut, doubled or truncated,
 delimiters, escapes, NULs, invalid UTF-8 and template text inserted, segments dropped, doubled
 or shuffled, fields emptied or blown up, the whole message re-encoded. Each goes over a real
 socket to the production listener on both databases, and:
@@ -31,7 +31,7 @@ from sqlmodel import col, select
 from followup.ris import hl7v2
 from models.db import session_scope
 from models.tables import InboxMessage, InboxStatus
-from tests.conftest import SAMPLES, SHARED_DATA
+from tests.conftest import SAMPLES, THIRD_PARTY
 from tests.faults.counting import check_counts, tally
 from tests.flow_steps import run_flow_steps
 from tests.gateway.conftest import RunningListener, exchange
@@ -40,7 +40,7 @@ EXAMPLES = 1000
 LISTENER = "followup.gateway.mllp"
 SEEDS = [
     path.read_bytes()
-    for path in sorted([*(SAMPLES / "hl7").glob("*.hl7"), *(SHARED_DATA / "hl7").rglob("*.hl7")])
+    for path in sorted([*(SAMPLES / "hl7").glob("*.hl7"), *(THIRD_PARTY / "hl7").rglob("*.hl7")])
 ]
 TOKENS = [
     b"|", b"^", b"~", b"\\", b"&", b"\r", b"\n", b"\r\n", b"\x00", b"\xff\xfe", b"\xc3", b"\xe9",

@@ -22,11 +22,11 @@ from followup.errors import (
 from followup.ris.fhir import FhirReport, parse_report
 from followup.ris.hl7v2 import decode_message, parse_oru
 from followup.ris.scan import CodedReportItem, PersonName, ProviderRef
-from tests.conftest import SAMPLES, SHARED_DATA
+from tests.conftest import SAMPLES, THIRD_PARTY
 
 ZONE = ZoneInfo("America/New_York")
 FHIR = SAMPLES / "fhir"
-OFFICIAL = SHARED_DATA / "fhir-r4"
+OFFICIAL = THIRD_PARTY / "fhir-r4"
 SPINE = SAMPLES / "hl7" / "spine_pain_degenerative.hl7"
 REQUESTER = ProviderRef(
     identifier="1000000003",

@@ -20,10 +20,10 @@ from followup.intake import Receipt
 from followup.settings import get_settings
 from models.db import session_scope
 from models.tables import InboxMessage, InboxStatus
-from tests.conftest import SAMPLES, SHARED_DATA
+from tests.conftest import SAMPLES, THIRD_PARTY
 
 FHIR = SAMPLES / "fhir"
-OFFICIAL = SHARED_DATA / "fhir-r4"
+OFFICIAL = THIRD_PARTY / "fhir-r4"
 TOKEN = "s3cret-token-for-tests"
 
 

@@ -22,7 +22,7 @@ from models.tables import (
     Provider,
 )
 from models.types import utcnow
-from tests.conftest import SAMPLES, SHARED_DATA
+from tests.conftest import SAMPLES, THIRD_PARTY
 
 HL7 = SAMPLES / "hl7"
 FHIR = SAMPLES / "fhir"
@@ -160,7 +160,7 @@ def test_order_updates_the_study_ordering_provider(database_url: str) -> None:
             )
         )
         study_id = study.id
-    order = (SHARED_DATA / "hl7" / "dcm4che" / "legacy_ORM^O01.hl7").read_bytes()
+    order = (THIRD_PARTY / "hl7" / "dcm4che" / "legacy_ORM^O01.hl7").read_bytes()
 
     receipt = receive(database_url, order)
 
@@ -180,7 +180,7 @@ def test_order_updates_the_study_ordering_provider(database_url: str) -> None:
 
 
 def test_order_before_its_result_is_remembered_for_the_result(database_url: str) -> None:
-    order = (SHARED_DATA / "hl7" / "dcm4che" / "OMI^O23-ImagingOrder.hl7").read_bytes()
+    order = (THIRD_PARTY / "hl7" / "dcm4che" / "OMI^O23-ImagingOrder.hl7").read_bytes()
 
     receipt = receive(database_url, order)
 

@@ -17,7 +17,7 @@ from followup.intake import parse_stored
 from followup.settings import get_settings
 from models.db import session_scope
 from models.tables import InboxStatus, Patient
-from tests.conftest import SAMPLES, SHARED_DATA
+from tests.conftest import SAMPLES, THIRD_PARTY
 from tests.gateway.conftest import (
     CR,
     FS,
@@ -124,7 +124,7 @@ def test_mllp_send_gets_the_right_ack(
 def test_mllp_send_with_public_samples(
     mllp: RunningListener, path: str, codes: list[str], statuses: list[str]
 ) -> None:
-    acks = mllp_send(SHARED_DATA / "hl7" / path, mllp.port)
+    acks = mllp_send(THIRD_PARTY / "hl7" / path, mllp.port)
 
     assert [segments(ack)["MSA"][1] for ack in acks] == codes
     assert [row.status for row in mllp.rows()] == statuses

@@ -26,10 +26,10 @@ from followup.ris.hl7v2 import (
     parse_oru,
 )
 from followup.ris.scan import CodedReportItem, PersonName, ProviderRef, ScanCompleted
+from tests.conftest import THIRD_PARTY
 
 SAMPLES = Path(__file__).parents[1] / "samples" / "hl7"
-# shared/ sits beside the repository checkout (/work/shared next to /work/main, same in CI).
-SHARED_HL7 = Path(__file__).parents[2].parent / "shared" / "data" / "hl7"
+SHARED_HL7 = THIRD_PARTY / "hl7"
 DCM4CHE = SHARED_HL7 / "dcm4che"
 FHIR_CONVERTER = SHARED_HL7 / "fhir-converter"
 
@@ -275,7 +275,7 @@ def test_header_of_a_rejected_message_is_still_readable() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Public third-party samples (shared/data/hl7)
+# Public third-party samples (tests/thirdparty/hl7)
 
 SR_REPORT_LINES = [
     "The right kidney is slightly enlarged, but otherwise normal",

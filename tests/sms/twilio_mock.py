@@ -1,7 +1,7 @@
 """Local stand-ins for Twilio's API, shared by the SMS tests and bench/bench_sms.py.
 
 * `running_prism()`: Stoplight Prism serving Twilio's own OpenAPI spec of the 2010 API
-  (../shared/data/twilio). Prism validates every request against the spec (a wrong parameter,
+  (tests/thirdparty/twilio). Prism validates every request against the spec (a wrong parameter,
   path or missing auth is a 4xx) and answers with data generated from the response schema
   (`--dynamic`: each message gets its own random SM… sid). Installed from
   tools/twilio-mock/package-lock.json with `npm ci` when node_modules is missing.
@@ -32,7 +32,7 @@ from followup.gateway.serve import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 MOCK_DIR = ROOT / "tools" / "twilio-mock"
-SPEC = ROOT.parent / "shared" / "data" / "twilio" / "twilio_api_v2010.json"
+SPEC = ROOT / "tests" / "thirdparty" / "twilio" / "twilio_api_v2010.json"
 PRISM_STARTUP_SECONDS = 120
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "test-auth-token-not-a-secret"
