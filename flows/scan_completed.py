@@ -113,7 +113,7 @@ async def mark_failed(inbox_id: int, error: Exception, settings: Settings) -> No
 async def publish_summary(summary: dict[str, Any]) -> None:
     await acreate_markdown_artifact(
         key=pipeline.artifact_key(summary["accession"]),
-        markdown=pipeline.scheduler_markdown(summary),
+        markdown=pipeline.scheduler_markdown(summary, zone=get_settings().site_zone),
         description=f"Scan {summary['accession']}: decision, booking and messages",
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
@@ -613,7 +614,13 @@ def summarize(*, session: Session, inbox_id: int) -> dict[str, Any]:
         for r in queries.open_referrals(session=session, study_id=study.id)
     ]
     summary["escalations"] = [
-        {"id": e.id, "kind": e.kind, "status": e.status, "target": e.target}
+        {
+            "id": e.id,
+            "kind": e.kind,
+            "status": e.status,
+            "target": e.target,
+            "target_name": queries.provider_label(session=session, key=e.target),
+        }
         for e in queries.escalations_for_study(session=session, study_id=study.id)
     ]
     messages = (
@@ -700,16 +707,28 @@ def run_tags(decision: routing.Decision, *, site: str, result_status: str = "F")
     `result:corrected` for a corrected report. A cancelled result routes nothing: its text
     (if any) is not what the run acts on, so it is tagged `result:cancelled` only."""
     if result_status == CANCELLED_RESULT:
-        return ["result:cancelled", f"site:{site}"]
+        return ["result:cancelled", tag("site", site)]
     routes = list(decision.referrals) or ["ordering-provider"]
     if decision.critical:
         routes.append("critical-escalation")
     if decision.needs_review:
         routes.append("needs-review")
-    tags = [*(f"route:{route}" for route in routes), f"urgency:{decision.urgency}", f"site:{site}"]
+    tags = [*(tag("route", route) for route in routes), tag("urgency", decision.urgency)]
+    tags.append(tag("site", site))
     if result_status == "C":
         tags.append("result:corrected")
     return tags
+
+
+def tag(kind: str, value: str) -> str:
+    """One spelling for every run tag, `kind:value` in lowercase words joined by dashes
+    (`route:pain-management`, `route:needs-review`), so a filter typed once finds them all."""
+    return f"{kind}:{value.strip().lower().replace('_', '-').replace(' ', '-')}"
+
+
+def local_time(moment: datetime, zone: ZoneInfo) -> str:
+    """A time as a scheduler reads it: the site's zone, named (`Mon 2026-12-14 09:00 EST`)."""
+    return moment.astimezone(zone).strftime("%a %Y-%m-%d %H:%M %Z")
 
 
 def artifact_key(accession: str) -> str:
@@ -718,12 +737,17 @@ def artifact_key(accession: str) -> str:
     return f"scan-{cleaned}".strip("-")
 
 
-def scheduler_markdown(summary: dict[str, Any]) -> str:
-    """What a scheduler sees in the Prefect UI: accession, initials, times; no names or text."""
+def scheduler_markdown(summary: dict[str, Any], *, zone: ZoneInfo) -> str:
+    """What a scheduler sees in the Prefect UI: accession, patient initials, the visit in the
+    site's time with its zone named, the provider by name with the NPI beside; no report text.
+    """
     decision = summary.get("decision") or {}
     appointment = summary.get("appointment")
     follow_up = (
-        f"{appointment['start']} with {appointment['provider']}" if appointment else "not booked"
+        f"{local_time(datetime.fromisoformat(appointment['start']), zone)} with "
+        f"{appointment['provider']} (NPI {appointment['provider_npi']})"
+        if appointment
+        else "not booked"
     )
     lines = [
         f"# Scan {summary['accession']} ({summary.get('patient_initials', '')})",
@@ -743,7 +767,10 @@ def scheduler_markdown(summary: dict[str, Any]) -> str:
     escalations = summary.get("escalations", [])
     if escalations:
         lines += ["", "## Escalations", ""]
-        lines += [f"- {e['kind']} ({e['status']}) → {e['target']}" for e in escalations]
+        lines += [
+            f"- {e['kind']} ({e['status']}) → {e.get('target_name') or e['target']}"
+            for e in escalations
+        ]
     explanation = decision.get("explanation", [])
     if explanation:
         lines += ["", "## Why", ""] + [f"- {line}" for line in explanation]

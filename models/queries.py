@@ -88,6 +88,13 @@ def find_provider(*, session: Session, ref: ProviderRef | None) -> Provider | No
     return session.exec(select(Provider).where(Provider.npi == ref.identifier)).first()
 
 
+def provider_label(*, session: Session, key: str) -> str | None:
+    """`Dr. Name (NPI n)` for an escalation's target when it is a known provider's key, None
+    for a queue or an unknown key (shown as it is)."""
+    provider = session.exec(select(Provider).where(Provider.npi == key)).first()
+    return f"{provider.display_name} (NPI {provider.npi})" if provider else None
+
+
 def is_stale_report(*, study: ImagingStudy, scan: ScanCompleted, inbox_id: int) -> bool:
     """True when the study already holds a newer report than this message's.
 

@@ -391,7 +391,7 @@ def test_hostile_text_is_stored_verbatim_and_rendered_inertly(mllp: RunningListe
     [row] = rows(mllp.database_url)
     assert row.id is not None
     summary = run_flow_steps(mllp.database_url, row.id)
-    artifact = pipeline.scheduler_markdown(summary)
+    artifact = pipeline.scheduler_markdown(summary, zone=settings.site_zone)
     with session_scope(mllp.database_url) as session:
         bodies = [message.body for message in session.exec(select(OutboundMessage))]
     reply_text = "{{ 'pw' ~ 'ned' }} '); DROP TABLE outbound_message;--"
