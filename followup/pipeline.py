@@ -166,6 +166,13 @@ def record_decision(
         queries.reconcile_referrals(
             session=session, decision=stored, reasons=referral_reasons(decision, rules)
         )
+    if previous is not None and previous.id != stored.id:
+        # A review asked about the superseded text is moot; the corrected text's own decision
+        # asks again below if it still needs one. Critical findings stay open until a doctor
+        # acknowledges them, correction or not.
+        queries.close_superseded_escalations(
+            session=session, study_id=study.id, kinds=("needs_review",), decision_id=stored.id
+        )
     escalations = []
     target = scan.ordering_provider.identifier if scan.ordering_provider else "scheduler-queue"
     if decision.critical:

@@ -351,6 +351,35 @@ def record_escalation(
     return escalation
 
 
+def close_superseded_escalations(
+    *, session: Session, study_id: int, kinds: tuple[str, ...], decision_id: int
+) -> list[int]:
+    """Close the open escalations of these kinds: the report they were about was corrected,
+    and the correction's own decision opens new ones where it still needs them. Audited."""
+    open_ones = session.exec(
+        select(Escalation).where(
+            Escalation.study_id == study_id,
+            col(Escalation.kind).in_(kinds),
+            Escalation.status == EscalationStatus.OPEN,
+        )
+    ).all()
+    for escalation in open_ones:
+        escalation.status = EscalationStatus.SUPERSEDED
+        escalation.acknowledged_at = utcnow()
+        escalation.acknowledged_by = f"engine: superseded by decision {decision_id}"
+        session.add(escalation)
+        audit(
+            session=session,
+            actor="engine",
+            action="escalation.superseded",
+            entity="escalation",
+            entity_id=escalation.id,
+            detail={"study_id": study_id, "kind": escalation.kind, "decision_id": decision_id},
+        )
+    session.flush()
+    return [e.id for e in open_ones if e.id is not None]
+
+
 def escalations_for_study(*, session: Session, study_id: int) -> list[Escalation]:
     return list(
         session.exec(

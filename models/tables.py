@@ -483,6 +483,8 @@ class OutboundMessage(OutboundMessageBase, table=True):
 class EscalationStatus(StrEnum):
     OPEN = "open"
     ACKNOWLEDGED = "acknowledged"
+    # Closed by the engine: the report text it was about was replaced by a correction.
+    SUPERSEDED = "superseded"
 
 
 class EscalationBase(SQLModel):

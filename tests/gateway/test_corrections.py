@@ -490,3 +490,34 @@ def test_fhir_patient_language_reaches_the_patient_and_the_texts(settings: Setti
             )
         }
         assert languages == {"es"}
+
+
+def test_a_correction_closes_the_review_asked_about_the_superseded_text(
+    settings: Settings,
+) -> None:
+    unclear = NEURO.read_bytes().replace(
+        IMPRESSION_2, b"2. Indeterminate 2 cm mass in the left psoas muscle."
+    )
+    first = ingest(settings, message(settings, unclear))
+    corrected = ingest(settings, message(settings, CORRECTED.read_bytes()))
+
+    assert [(e["kind"], e["status"]) for e in first["escalations"]] == [("needs_review", "open")]
+    assert corrected["decision"]["needs_review"] is False
+    assert [(e["kind"], e["status"]) for e in corrected["escalations"]] == [
+        ("needs_review", "superseded")
+    ]
+    with session_scope(settings.database_url) as session:
+        assert "escalation.superseded" in actions(session)
+
+
+def test_a_correction_that_still_needs_review_leaves_one_open_review(settings: Settings) -> None:
+    unclear = b"2. Indeterminate 2 cm mass in the left psoas muscle."
+    ingest(settings, message(settings, NEURO.read_bytes().replace(IMPRESSION_2, unclear)))
+    corrected = ingest(
+        settings, message(settings, CORRECTED.read_bytes().replace(IMPRESSION_2, unclear))
+    )
+
+    assert [(e["kind"], e["status"]) for e in corrected["escalations"]] == [
+        ("needs_review", "superseded"),
+        ("needs_review", "open"),
+    ]
