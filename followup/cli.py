@@ -491,6 +491,76 @@ def appointments_reschedule(
     _print_json(summary)
 
 
+def _print_rows(title: str, rows: list[dict[str, Any]]) -> None:
+    """Rows as a table that folds rather than cuts at 80 columns; times in the site's zone."""
+    from followup.worklist import local_cells
+
+    settings = get_settings()
+    if not rows:
+        typer.echo(f"{title}: none")
+        return
+    cells = local_cells(rows, settings.site_zone)
+    view = Table(title=title)
+    for column in cells[0]:
+        view.add_column(column, overflow="fold")
+    for row in cells:
+        view.add_row(*row.values())
+    Console().print(view)
+
+
+def _one_selector(**given: object) -> None:
+    if sum(value is not None for value in given.values()) != 1:
+        err.print(f"give exactly one of {', '.join('--' + name for name in given)}")
+        raise typer.Exit(code=2)
+
+
+@appointments_app.command("list")
+def appointments_list(
+    accession: Annotated[str | None, typer.Option(help="a study's appointments")] = None,
+    mrn: Annotated[str | None, typer.Option(help="a patient's appointments")] = None,
+    day: Annotated[
+        str | None, typer.Option(help="YYYY-MM-DD: every appointment that day (site time)")
+    ] = None,
+) -> None:
+    """Appointments by accession, patient (MRN) or day, with the ids the other commands take."""
+    from datetime import date, time, timedelta
+
+    from models import worklist
+    from models.db import session_scope
+
+    _one_selector(accession=accession, mrn=mrn, day=day)
+    settings = get_settings()
+    start = end = None
+    if day is not None:
+        try:
+            first = datetime.combine(date.fromisoformat(day), time.min, settings.site_zone)
+        except ValueError as error:
+            err.print(f"--day must be YYYY-MM-DD, not {day!r}")
+            raise typer.Exit(code=2) from error
+        start, end = first, first + timedelta(days=1)
+    with session_scope(settings.database_url) as session:
+        rows = worklist.appointments_for(
+            session=session, accession=accession, mrn=mrn, start=start, end=end
+        )
+    _print_rows("Appointments", rows)
+
+
+@referrals_app.command("list")
+def referrals_list(
+    accession: Annotated[str | None, typer.Option(help="a study's referrals")] = None,
+    mrn: Annotated[str | None, typer.Option(help="a patient's referrals")] = None,
+) -> None:
+    """Referrals by accession or patient (MRN), in every state, with their ids."""
+    from models import worklist
+    from models.db import session_scope
+
+    _one_selector(accession=accession, mrn=mrn)
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        rows = worklist.referrals_for(session=session, accession=accession, mrn=mrn)
+    _print_rows("Referrals", rows)
+
+
 @waitlist_app.command("expire")
 def waitlist_expire() -> None:
     """Expire unanswered offers, offer their slots onwards by SMS, lapse closed windows (the

@@ -28,6 +28,7 @@ from models.tables import (
     OutboundStatus,
     Patient,
     Provider,
+    Referral,
 )
 from models.types import utcnow
 
@@ -238,3 +239,70 @@ def acknowledge_escalation(
         )
         session.flush()
     return escalation
+
+
+def appointments_for(
+    *,
+    session: Session,
+    accession: str | None = None,
+    mrn: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> list[WorklistRow]:
+    """A study's, a patient's or a period's appointments, cancelled ones included, by time:
+    the ids a scheduler needs to act on, with initials rather than names."""
+    query = (
+        select(Appointment, Provider, Patient, ImagingStudy)
+        .join(Provider, col(Provider.id) == col(Appointment.provider_id))
+        .join(Patient, col(Patient.id) == col(Appointment.patient_id))
+        .join(ImagingStudy, col(ImagingStudy.id) == col(Appointment.study_id), isouter=True)
+        .order_by(col(Appointment.start), col(Appointment.id))
+    )
+    if accession is not None:
+        query = query.where(ImagingStudy.accession == accession)
+    if mrn is not None:
+        query = query.where(Patient.mrn == mrn)
+    if start is not None:
+        query = query.where(col(Appointment.start) >= start)
+    if end is not None:
+        query = query.where(col(Appointment.start) < end)
+    return [
+        {
+            "id": appointment.id,
+            "time": appointment.start,
+            "provider": f"{provider.display_name} ({provider.npi})",
+            "accession": study.accession if study else "-",
+            "patient": _initials(patient),
+            "kind": appointment.kind,
+            "status": appointment.status,
+        }
+        for appointment, provider, patient, study in session.exec(query).all()
+    ]
+
+
+def referrals_for(
+    *, session: Session, accession: str | None = None, mrn: str | None = None
+) -> list[WorklistRow]:
+    """A study's or a patient's referrals in every state, oldest first."""
+    query = (
+        select(Referral, ImagingStudy, Patient)
+        .join(ImagingStudy, col(ImagingStudy.id) == col(Referral.study_id))
+        .join(Patient, col(Patient.id) == col(ImagingStudy.patient_id))
+        .order_by(col(Referral.id))
+    )
+    if accession is not None:
+        query = query.where(ImagingStudy.accession == accession)
+    if mrn is not None:
+        query = query.where(Patient.mrn == mrn)
+    return [
+        {
+            "id": referral.id,
+            "accession": study.accession,
+            "patient": _initials(patient),
+            "specialty": referral.specialty,
+            "status": referral.status,
+            "since": referral.status_changed_at,
+            "scheduled": referral.scheduled_for,
+        }
+        for referral, study, patient in session.exec(query).all()
+    ]

@@ -80,3 +80,61 @@ def test_ingest_of_a_non_message_fails_clearly_and_keeps_the_input(tmp_path: Pat
     assert stored.status == "error"
     assert stored.raw == junk.read_bytes()
     assert "not an HL7 v2 message" in stored.error
+
+
+def test_appointments_and_referrals_are_listed_by_accession_patient_and_day(
+    tmp_path: Path,
+) -> None:
+    from datetime import datetime
+
+    from followup.demo import restamp_for_today
+    from followup.intake import receive_message
+    from followup.scheduling import site_holidays
+    from followup.settings import get_settings
+    from models.db import migrate, session_scope
+    from models.seed import seed_demo_clinic
+    from tests.conftest import SAMPLES
+    from tests.flow_steps import run_flow_steps
+
+    database_url = f"sqlite:///{tmp_path / 'cli.db'}"
+    migrate(database_url)
+    settings = get_settings(database_url=database_url)
+    today = datetime.now(settings.site_zone).date()
+    raw = restamp_for_today(
+        (SAMPLES / "hl7" / "spine_neurology_root_compression.hl7").read_bytes(),
+        now=datetime.now(settings.site_zone),
+    )
+    with session_scope(database_url) as session:
+        seed_demo_clinic(
+            session=session,
+            zone=settings.site_zone,
+            first_day=today,
+            closed_days=site_holidays("US", None, (today.year, today.year + 1)),
+        )
+        receipt = receive_message(session=session, raw=raw, source="test", settings=settings)
+    assert receipt.run_inbox_id is not None
+    summary = run_flow_steps(database_url, receipt.run_inbox_id)
+    visit_day = summary["appointment"]["start"]
+    local_day = datetime.fromisoformat(visit_day).astimezone(settings.site_zone).date()
+    env = {"DATABASE_URL": database_url, "COLUMNS": "80"}
+
+    by_accession = _followup("appointments", "list", "--accession", "ACC2026000101", env=env)
+    by_patient = _followup("appointments", "list", "--mrn", "DM100101", env=env)
+    by_day = _followup("appointments", "list", "--day", local_day.isoformat(), env=env)
+    referrals = _followup("referrals", "list", "--accession", "ACC2026000101", env=env)
+    nothing = _followup("appointments", "list", "--accession", "ACC-NONE", env=env)
+    two_selectors = _followup("appointments", "list", "--mrn", "X", "--day", "2026-12-01", env=env)
+    bad_day = _followup("appointments", "list", "--day", "next tuesday", env=env)
+
+    for listed in (by_accession, by_patient, by_day):
+        assert listed.returncode == 0, listed.stderr
+        assert str(summary["appointment"]["id"]) in listed.stdout
+        assert "1000000001" in listed.stdout
+        assert max(len(line) for line in listed.stdout.splitlines()) <= 80
+    assert "Harper" not in by_accession.stdout  # initials only
+    assert referrals.returncode == 0 and "neurology" in referrals.stdout
+    assert "initiated" in referrals.stdout
+    assert (nothing.returncode, nothing.stdout.strip()) == (0, "Appointments: none")
+    assert two_selectors.returncode == 2 and "exactly one of" in two_selectors.stderr
+    assert bad_day.returncode == 2 and "YYYY-MM-DD" in bad_day.stderr
+    assert "Traceback" not in two_selectors.stderr + bad_day.stderr
