@@ -17,6 +17,7 @@ from followup.errors import (
     InvalidField,
     MalformedMessage,
     MissingField,
+    UnreadableReport,
     UnsupportedMessage,
 )
 from followup.ris.fhir import FhirReport, parse_report
@@ -239,7 +240,7 @@ def _report(**changes: Any) -> dict[str, Any]:
         ),
         (
             _report(presentedForm=[{"contentType": "text/plain; charset=utf-8", "data": "/w=="}]),
-            InvalidField,
+            UnreadableReport,
             "DiagnosticReport.presentedForm[0].data",
         ),
         (

@@ -16,6 +16,7 @@ from followup.errors import (
     InvalidField,
     MalformedMessage,
     MissingField,
+    UnreadableReport,
     UnsupportedMessage,
 )
 from followup.ris.hl7v2 import (
@@ -329,16 +330,46 @@ def test_dcm4che_structured_report() -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["ORU^R01-PDF.hl7", "ORU^R01-CDA.hl7"])
-def test_dcm4che_embedded_documents_and_uids_are_not_report_text(name: str) -> None:
-    scan = parse(DCM4CHE / name)
+def test_dcm4che_cda_narrative_is_the_report_text_with_its_section_titles() -> None:
+    scan = parse(DCM4CHE / "ORU^R01-CDA.hl7")  # ED ^Text^text/xml^ASCII^, "&amp;" unescaped
+    lines = scan.report_text.split("\n")
 
     assert (scan.accession, scan.mrn, scan.result_status) == (
         "FillerOrderNumberImagingServiceRequest",
         "PID_1",
         "F",
     )
-    assert scan.report_text == ""
+    assert lines[:5] == [
+        "Clinical Information:",
+        "Indications for Procedure:",
+        "Suspected lung tumor",
+        "History:",
+        "History - Sore throat.",
+    ]
+    assert lines[-2:] == [
+        "Impressions:",
+        "Impression - No acute cardiopulmonary process. Round density in left superior hilus,"
+        " further evaluation with CT is recommended as underlying malignancy is not excluded.",
+    ]
+    assert "Findings:" in lines
+    assert "1.2.392" not in scan.report_text  # the UID observations are not report text
+
+
+def test_dcm4che_pdf_with_a_line_break_inside_its_base64_is_refused() -> None:
+    """The file breaks OBX-5 with a CR, which ends the segment: the Base64 is cut short."""
+    with pytest.raises(UnreadableReport, match="not valid Base64") as caught:
+        parse(DCM4CHE / "ORU^R01-PDF.hl7")
+
+    assert (caught.value.location, caught.value.ack_code) == ("OBX-5", "AE")
+
+
+def test_dcm4che_pdf_text_layer_is_the_report_text_once_its_base64_is_whole() -> None:
+    text = load(DCM4CHE / "ORU^R01-PDF.hl7").replace("lZg0KMjcxN\rA0K", "lZg0KMjcxNA0K")
+
+    lines = oru(text).report_text.split("\n")
+
+    assert lines[:2] == ["A Simple PDF File", "This is a small demonstration .pdf file -"]
+    assert lines[-1] == "Boring. More, a little more text. The end, and just as well."
 
 
 def test_dcm4che_legacy_oru_with_status_in_obr24_is_missing_obr25() -> None:
@@ -411,11 +442,26 @@ def test_fhir_converter_oru_falls_back_to_the_referring_doctor_in_pv1_8() -> Non
     assert scan.coded_items == (
         CodedReportItem(system="SCT", code="27268008", display="Salmonella"),
     )
-    assert scan.report_text == ""
+    # NTE after the OBR, then NTE after the OBX (with a PRT between); the RP is a picture.
+    assert scan.report_text.split("\n") == [
+        "Enteric culture includes testing for Salmonella, Shigella, Campylobacter, Yersinia,"
+        " E.coli O157:H7 & other STECs, and Aeromonas",
+        "Allergy to peanuts observed.",
+        "Submission of serum",
+        "No Antibodies Detected",
+    ]
+
+
+def test_fhir_converter_glucose_result_without_report_text_is_refused() -> None:
+    with pytest.raises(MissingField, match=r"no report text.*SN values") as caught:
+        parse(FHIR_CONVERTER / "ORU-R01-RMGEAD.hl7")
+
+    assert (caught.value.location, caught.value.ack_code) == ("OBX-5", "AE")
 
 
 def test_fhir_converter_glucose_result_phone_offset_and_junk_code_system() -> None:
-    scan = parse(FHIR_CONVERTER / "ORU-R01-RMGEAD.hl7")
+    text = load(FHIR_CONVERTER / "ORU-R01-RMGEAD.hl7").rstrip("\r")
+    scan = oru(f"{text}\rOBX|2|TX|^Comment||Fasting sample.")
 
     assert (scan.accession, scan.mrn, scan.phone_e164) == ("1045813", "555-44-4444", "+12063345232")
     assert scan.ordering_provider == ProviderRef(
@@ -425,6 +471,7 @@ def test_fhir_converter_glucose_result_phone_offset_and_junk_code_system() -> No
     )
     assert scan.exam_time == local(2002, 2, 14, 20, 30)  # 20020215073000+0600
     assert scan.coded_items == ()  # OBX-3 has a LOINC long name where its system belongs
+    assert scan.report_text == "Fasting sample."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,23 +707,27 @@ def test_ordering_provider_fallbacks(fields: dict[str, str], expected: ProviderR
 
 
 def test_report_text_unescapes_and_splits_lines() -> None:
-    value = "A\\.br\\B \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\H\\bold\\N\\ \\X41\\ \\.sp2\\C ~D \\F"
+    value = (
+        "A\\.br\\B \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\H\\bold\\N\\ \\X41\\ \\.sp2\\C"
+        " \\.in+4\\x\\.sk2\\y\\.ti-2\\ ~D \\F"
+    )
     scan = oru(minimal(OBX_2="FT", OBX_5=value))
 
-    assert scan.report_text == "A\nB | ^ & ~ \\ bold A\nC\nD \\F"
+    assert scan.report_text == "A\nB | ^ & ~ \\ bold A\nC x y\nD \\F"
 
 
-def test_report_text_keeps_obx_order_and_skips_non_text_types() -> None:
+def test_report_text_keeps_obx_order_and_skips_uids_pictures_and_numbers() -> None:
     text = "\r".join(
         [
             minimal(),
-            "OBX|2|ED|18748-4^Diagnostic Imaging Report^LN||^Application^PDF^Base64^JVBERi0=",
-            "OBX|3|RP|18748-4^Report^LN||http://pacs/report.pdf^^AP",
+            "OBX|2|ED|18748-4^Key image^LN||^IM^JPEG^Base64^/9j/4AAQ",
+            "OBX|3|RP|18748-4^Key image^LN||http://pacs/image.jpg^^IM^JPEG",
             "OBX|4|ST|113014^DICOM Study^DCM||1.2.3.4.5",
             "OBX|5|ST|^SOP Instance UID||1.2.3.4.5.6",
-            "OBX|6|TX|19005-8^Impression^LN|2|IMPRESSION:",
-            "OBX|7|TX|19005-8^Impression^LN|2|1. No acute abnormality.   ",
-            "OBX|8|TX|19005-8^Impression^LN|2|",
+            "OBX|6|NM|21889-1^Size^LN||12|mm",
+            "OBX|7|TX|19005-8^Impression^LN|2|IMPRESSION:",
+            "OBX|8|TX|19005-8^Impression^LN|2|1. No acute abnormality.   ",
+            "OBX|9|TX|19005-8^Impression^LN|2|",
         ]
     )
 
