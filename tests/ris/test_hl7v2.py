@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -27,6 +28,7 @@ from followup.ris.hl7v2 import (
     parse_oru,
 )
 from followup.ris.scan import CodedReportItem, PersonName, ProviderRef, ScanCompleted
+from tests.ris import sample_documents
 
 SAMPLES = Path(__file__).parents[1] / "samples" / "hl7"
 # shared/ sits beside the repository checkout (/work/shared next to /work/main, same in CI).
@@ -104,6 +106,38 @@ BAD_SAMPLES = {
     "bad_no_mrn": (MissingField, "PID-3", "AE"),
     "bad_birth_date": (InvalidField, "PID-7", "AE"),
     "bad_wrong_type": (UnsupportedMessage, "MSH-9", "AR"),
+    "bad_ed_pdf_no_text_layer": (UnreadableReport, "OBX-5", "AE"),
+    "bad_rp_reference": (UnreadableReport, "OBX-5", "AE"),
+}
+
+# Reports whose text is not in TX OBX lines (written by tests/ris/sample_documents.py).
+TEXT_CARRIER_SAMPLES = {
+    "text_nte_after_obr": sample_documents.NTE_AFTER_OBR_REPORT,
+    "text_nte_after_obx": [
+        "FINDINGS:",
+        *sample_documents.NTE_AFTER_OBX_FINDINGS,
+        "IMPRESSION:",
+        *sample_documents.NTE_AFTER_OBX_IMPRESSION,
+    ],
+    "text_ft_escapes": [
+        "EXAM: MRI LUMBAR SPINE WITHOUT CONTRAST",
+        "TECHNIQUE: Sagittal T1, T2 & STIR; axial T1 and T2.",
+        "FINDINGS:",
+        "L4-5: Broad-based disc protrusion with annular fissure, without nerve root contact.",
+        "L5-S1: Degenerative disc disease with Modic type 2 endplate changes"
+        " (T1 ^ T2 hyperintense).",
+        "Facets: Multilevel facet arthropathy, most pronounced at L4-5 \\ L5-S1.",
+        "IMPRESSION:",
+        "1. Broad-based L4-5 disc protrusion without nerve root contact.",
+        "2. Lower lumbar facet arthropathy.",
+        "3. Degenerative disc disease at L5-S1, Modic type 2, reviewed by Dr. Müller.",
+    ],
+    "text_ed_pdf": sample_documents.PDF_REPORT,
+    "text_ed_cda": [
+        line
+        for title, paragraphs in sample_documents.CDA_SECTIONS
+        for line in [f"{title}:", *paragraphs]
+    ],
 }
 
 # Each heading in report order; the second may be spelled either way.
@@ -119,7 +153,9 @@ REPORT_HEADINGS = (
 
 def test_every_sample_file_is_covered_and_uses_cr_separators() -> None:
     files = sorted(SAMPLES.glob("*.hl7"))
-    assert sorted(path.stem for path in files) == sorted([*GOOD_SAMPLES, *BAD_SAMPLES])
+    assert sorted(path.stem for path in files) == sorted(
+        [*GOOD_SAMPLES, *BAD_SAMPLES, *TEXT_CARRIER_SAMPLES]
+    )
     assert [path.name for path in files if b"\n" in path.read_bytes()] == []
 
 
@@ -244,6 +280,21 @@ def test_normal_sample_has_the_rule_out_only_in_the_indication() -> None:
         "IMPRESSION:",
         "No acute abnormality. No disc herniation. No spinal canal stenosis. No cord compression.",
     ]
+
+
+@pytest.mark.parametrize(
+    ("stem", "lines"), TEXT_CARRIER_SAMPLES.items(), ids=list(TEXT_CARRIER_SAMPLES)
+)
+def test_report_text_is_read_from_its_carrier(stem: str, lines: list[str]) -> None:
+    scan = parse(SAMPLES / f"{stem}.hl7")
+
+    assert scan.report_text.split("\n") == lines
+    assert (scan.result_status, scan.mrn[:4]) == ("F", "DM40")
+
+
+def test_text_carrier_samples_are_what_their_generator_writes() -> None:
+    for name, text in sample_documents.hl7_samples().items():
+        assert (SAMPLES / name).read_bytes() == text.encode(), name
 
 
 @pytest.mark.parametrize(("stem", "expected"), BAD_SAMPLES.items(), ids=list(BAD_SAMPLES))
@@ -732,6 +783,223 @@ def test_report_text_keeps_obx_order_and_skips_uids_pictures_and_numbers() -> No
     )
 
     assert oru(text).report_text == "FINDINGS: Normal.\nIMPRESSION:\n1. No acute abnormality.\n"
+
+
+def with_segments(*segments: str, **fields: str) -> str:
+    """The minimal message with its OBX replaced by `segments`."""
+    kept = [seg for seg in minimal(**fields).split("\r") if not seg.startswith("OBX")]
+    return "\r".join([*kept, *segments])
+
+
+def ed(value_type: str, subtype: str, encoding: str, data: str | bytes) -> str:
+    if isinstance(data, bytes):
+        data = base64.b64encode(data).decode() if encoding == "Base64" else data.hex()
+    return (
+        f"OBX|1|ED|18748-4^Diagnostic Imaging Report^LN||^{value_type}^{subtype}^{encoding}^{data}"
+    )
+
+
+def test_notes_after_the_obr_and_after_an_obx_are_read_in_message_order() -> None:
+    text = with_segments(
+        "NTE|1|L|FINDINGS: L5-S1 extrusion.~Second line of the note.",
+        "OBX|1|TX|19005-8^Impression^LN||IMPRESSION:",
+        "PRT|1|AD||RO^Responsible Observer^HL70443",
+        "NTE|1|L|1. Extrusion compressing the S1 root.",
+        "SPM|1|S1||SER^Serum",
+        "NTE|1|L|specimen note, not the report",
+    )
+
+    assert oru(text).report_text.split("\n") == [
+        "FINDINGS: L5-S1 extrusion.",
+        "Second line of the note.",
+        "IMPRESSION:",
+        "1. Extrusion compressing the S1 root.",
+    ]
+
+
+def test_coded_values_without_a_code_are_read_as_text() -> None:
+    text = with_segments(
+        "OBX|1|CWE|19005-8^Impression^LN||^Grade 1 anterolisthesis of L4 on L5",
+        "OBX|2|CWE|19005-8^Impression^LN||^^^^^^^^Disc extrusion at L5-S1",
+        "OBX|3|CWE|19005-8^Impression^LN||274152003^Spondylolisthesis^SCT",
+    )
+    scan = oru(text)
+
+    assert scan.report_text.split("\n") == [
+        "Grade 1 anterolisthesis of L4 on L5",
+        "Disc extrusion at L5-S1",
+    ]
+    assert scan.coded_items == (
+        CodedReportItem(system="SCT", code="274152003", display="Spondylolisthesis"),
+    )
+
+
+ONE_LINE_EACH = ["FINDINGS: Disc extrusion.", "IMPRESSION: Extrusion."]
+
+
+@pytest.mark.parametrize(
+    ("value_type", "subtype", "encoding", "data", "lines"),
+    [
+        (
+            "TEXT",
+            "plain",
+            "Base64",
+            b"FINDINGS: Disc extrusion.\r\nIMPRESSION: Extrusion.",
+            ONE_LINE_EACH,
+        ),
+        ("TEXT", "", "Hex", b"FINDINGS: Disc extrusion.\nIMPRESSION: Extrusion.", ONE_LINE_EACH),
+        ("TEXT", "", "A", "FINDINGS: Disc extrusion.\\.br\\IMPRESSION: Extrusion.", ONE_LINE_EACH),
+        (
+            "AP",
+            "RTF",
+            "Base64",
+            rb"{\rtf1\ansi\ansicpg1252{\fonttbl{\f0 Arial;}}{\*\generator Riched20;}\f0\fs20 "
+            rb"FINDINGS: Disc \'e9xtrusion \u8211? L5\_S1.\par IMPRESSION: Extrusion.\par}",
+            ["FINDINGS: Disc éxtrusion – L5-S1.", "IMPRESSION: Extrusion."],
+        ),
+        (
+            "Text",
+            "text/xml",
+            "Base64",
+            sample_documents.cda_with_sections(
+                [("FINDINGS", ["Disc extrusion."]), ("IMPRESSION", ["Extrusion."])]
+            ).encode(),
+            ["FINDINGS:", "Disc extrusion.", "IMPRESSION:", "Extrusion."],
+        ),
+        ("AP", "PDF", "Hex", sample_documents.pdf_with_lines(ONE_LINE_EACH), ONE_LINE_EACH),
+    ],
+    ids=["plain-base64", "plain-hex", "plain-unencoded", "rtf", "cda", "pdf-hex"],
+)
+def test_attachments_are_read_as_report_text(
+    value_type: str, subtype: str, encoding: str, data: str | bytes, lines: list[str]
+) -> None:
+    scan = oru(with_segments(ed(value_type, subtype, encoding, data)))
+
+    assert scan.report_text.split("\n") == lines
+
+
+BILLION_LAUGHS = (
+    '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+    '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>'
+    "<ClinicalDocument><title>&lol2;</title></ClinicalDocument>"
+)
+EXTERNAL_ENTITY = (
+    '<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+    "<ClinicalDocument><component><structuredBody><component><section><text>&x;</text>"
+    "</section></component></structuredBody></component></ClinicalDocument>"
+)
+
+
+@pytest.mark.parametrize(
+    ("segment", "reason"),
+    [
+        (ed("AP", "PDF", "Base64", "JVBERi0xLjQK%%%"), "not valid Base64"),
+        (ed("AP", "PDF", "Hex", "25504446zz"), "not valid Hex"),
+        (ed("AP", "PDF", "Base64", b"%PDF-1.4 not a PDF"), r"PDF cannot be read \(\w+\)"),
+        (ed("AP", "PDF", "A", "%PDF-1.4"), "must be Base64 or Hex"),
+        (ed("AP", "PDF", "UU", "begin 644"), "encoding 'UU' is not A, Hex or Base64"),
+        (ed("AP", "msword", "Base64", b"\xd0\xcf\x11\xe0"), "application/msword attachment"),
+        (ed("TEXT", "HTML", "A", "<p>FINDINGS</p>"), "text/html attachment"),
+        (ed("TEXT", "XML", "Base64", BILLION_LAUGHS.encode()), "DOCTYPE"),
+        (ed("TEXT", "XML", "Base64", EXTERNAL_ENTITY.encode()), "DOCTYPE"),
+        (ed("TEXT", "XML", "A", "<ClinicalDocument><title>x"), "not well-formed"),
+        (ed("TEXT", "XML", "A", "<report>FINDINGS: x</report>"), "not a CDA document"),
+        (ed("TEXT", "plain", "Base64", b"\xff\xfe"), "not readable as utf-8"),
+        (ed("TEXT", "plain", "Base64", b"   "), "holds no text"),
+        ("OBX|1|RP|18748-4^Report^LN||http://pacs/report.pdf^^AP", "reference \\(RP\\)"),
+    ],
+    ids=[
+        "bad-base64", "bad-hex", "corrupt-pdf", "unencoded-pdf", "unknown-encoding", "msword",
+        "html", "billion-laughs", "external-entity", "broken-xml", "not-cda", "bad-utf8",
+        "blank", "rp-document",
+    ],
+)  # fmt: skip
+def test_an_unreadable_carrier_is_refused_with_the_reason(segment: str, reason: str) -> None:
+    with pytest.raises(UnreadableReport, match=reason) as caught:
+        oru(with_segments("OBX|1|TX|18782-3^Findings^LN||FINDINGS: see attached.", segment))
+
+    assert (caught.value.location, caught.value.ack_code) == ("OBX-5", "AE")
+
+
+def test_cda_level_one_body_is_read_as_the_attachment_it_wraps() -> None:
+    wrapped = base64.b64encode(sample_documents.pdf_with_lines(["IMPRESSION: Extrusion."]))
+    cda = (
+        '<ClinicalDocument xmlns="urn:hl7-org:v3"><component><nonXMLBody>'
+        f'<text mediaType="application/pdf" representation="B64">{wrapped.decode()}</text>'
+        "</nonXMLBody></component></ClinicalDocument>"
+    )
+
+    scan = oru(with_segments(ed("TEXT", "XML", "A", cda)))
+
+    assert scan.report_text == "IMPRESSION: Extrusion."
+
+
+def test_cda_narrative_keeps_lists_tables_and_captions_apart() -> None:
+    cda = (
+        '<ClinicalDocument xmlns="urn:hl7-org:v3"><component><structuredBody><component>'
+        "<section><title>Findings</title><text><paragraph><caption>History</caption>"
+        "Back pain.</paragraph><list><item>L4-5: bulge.</item><item>L5-S1:<br/>extrusion"
+        "</item></list><table><tr><th>Level</th><th>Canal</th></tr><tr><td>L4-5</td>"
+        "<td>patent</td></tr></table><footnoteRef IDREF='f1'/></text></section>"
+        "</component></structuredBody></component></ClinicalDocument>"
+    )
+
+    lines = oru(with_segments(ed("TEXT", "XML", "A", cda))).report_text.split("\n")
+
+    assert lines == [
+        "Findings:",
+        "History - Back pain.",
+        "L4-5: bulge.",
+        "L5-S1:",
+        "extrusion",
+        "Level; Canal;",
+        "L4-5; patent;",
+    ]
+
+
+def test_pictures_beside_the_text_are_skipped_but_are_no_report_alone() -> None:
+    picture = ed("IM", "JPEG", "Base64", b"\xff\xd8\xff")
+
+    with pytest.raises(MissingField, match="a picture or empty attachment") as caught:
+        oru(with_segments(picture))
+
+    assert caught.value.location == "OBX-5"
+    assert oru(with_segments(picture, "NTE|1||IMPRESSION: Normal.")).report_text == (
+        "IMPRESSION: Normal."
+    )
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [(), ("OBX|1|TX|18782-3^Findings^LN||",), ("NTE|1||   ",), ("OBX|1|NM|21889-1^Size^LN||12",)],
+    ids=["nothing", "empty-tx", "blank-note", "number-only"],
+)
+def test_a_final_result_without_report_text_is_refused(segments: tuple[str, ...]) -> None:
+    with pytest.raises(MissingField, match="no report text") as caught:
+        oru(with_segments(*segments))
+
+    assert (caught.value.location, caught.value.ack_code) == ("OBX-5", "AE")
+
+
+@pytest.mark.parametrize("status", ["P", "X"])
+def test_a_preliminary_or_cancelled_result_may_have_no_text(status: str) -> None:
+    assert oru(with_segments(OBR_25=status)).report_text == ""
+
+
+def test_a_cancellation_is_not_refused_for_an_unreadable_attachment() -> None:
+    reference = "OBX|1|RP|18748-4^Report^LN||http://pacs/report.pdf^^AP"
+
+    assert oru(with_segments(reference, OBR_25="X")).report_text == ""
+    with pytest.raises(UnreadableReport):
+        oru(with_segments(reference, OBR_25="P"))  # the flow reads a preliminary for criticals
+
+
+@pytest.mark.parametrize("control_id", ["", "  "])
+def test_an_empty_control_id_is_refused(control_id: str) -> None:
+    with pytest.raises(MissingField) as caught:
+        oru(minimal(MSH_10=control_id))
+
+    assert (caught.value.location, caught.value.ack_code) == ("MSH-10", "AE")
 
 
 def test_observations_before_the_obr_are_not_part_of_the_report() -> None:
