@@ -36,8 +36,6 @@ import re
 from xml.etree.ElementTree import Element, TreeBuilder
 from xml.parsers import expat
 
-from pypdf import PdfReader
-
 from followup.errors import UnreadableReport
 
 _PICTURE_TYPES = {"image", "audio", "video"}
@@ -144,6 +142,10 @@ def _lines(lines: list[str]) -> str:
 
 
 def _pdf_text(data: bytes, location: str) -> str:
+    # Imported here: pypdf costs every process that parses HL7 0.1-0.3 s at start (measured
+    # with -X importtime), and most results carry no PDF.
+    from pypdf import PdfReader
+
     try:
         reader = PdfReader(io.BytesIO(data))
         # Many report PDFs are encrypted with an empty user password (print/copy permissions
