@@ -131,9 +131,18 @@ def _decoded(content: bytes | str, charset: str, location: str) -> str:
         ) from exc
 
 
+# C0 controls that str.split() does not count as whitespace: in extracted text they are font
+# or encoding artefacts, not the author's, and a NUL would have the whole report refused.
+_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")
+
+
 def _lines(lines: list[str]) -> str:
-    """Lines stripped, runs of spaces closed up, blank lines dropped."""
-    cleaned = (" ".join(line.split()) for line in lines)
+    """Extracted lines made storable: controls dropped, surrogate pairs joined (RTF \\uN and
+    PDF text can hold them, and UTF-8 cannot) and lone ones replaced, spaces closed up, blank
+    lines dropped."""
+    text = _CONTROLS.sub("", "\n".join(lines))
+    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    cleaned = (" ".join(line.split()) for line in text.split("\n"))
     return "\n".join(line for line in cleaned if line)
 
 

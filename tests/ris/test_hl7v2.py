@@ -878,6 +878,16 @@ def test_attachments_are_read_as_report_text(
     assert scan.report_text.split("\n") == lines
 
 
+def test_rtf_unicode_and_byte_escapes_become_storable_text() -> None:
+    """A surrogate pair in \\uN is joined, a lone surrogate replaced, a NUL byte dropped:
+    UTF-8 and PostgreSQL text can hold neither lone surrogates nor NUL."""
+    rtf = rb"{\rtf1 IMPRESSION: \u-10179?\u-8704? lone \u55357? byte \'00done.\par}"
+
+    scan = oru(with_segments(ed("AP", "RTF", "Base64", rtf)))
+
+    assert scan.report_text == "IMPRESSION: \U0001f600 lone \ufffd byte done."
+
+
 BILLION_LAUGHS = (
     '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
     '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>'
