@@ -584,6 +584,7 @@ def _report_lines(after_obr: Sequence[_Segment], delims: _Delimiters) -> tuple[l
     lines: list[str] = []
     skipped: set[str] = set()
     owner = "OBR"
+    observations = 0
     for segment in after_obr:
         if segment.name == "NTE":
             if owner in _NOTE_OWNERS:
@@ -593,23 +594,35 @@ def _report_lines(after_obr: Sequence[_Segment], delims: _Delimiters) -> tuple[l
             owner = segment.name
         if segment.name != "OBX":
             continue
-        value_type = _field_value(segment, 2, 1, delims)
-        if value_type in _TEXT_TYPES:
-            if not _is_uid_reference(segment, delims):
-                lines.extend(_text_lines(segment.field(5), delims))
-        elif value_type in _CODED_TYPES:
-            lines.extend(_uncoded_texts(segment.field(5), delims))
-        elif value_type == _ATTACHMENT_TYPE:
-            attachment = _attachment_lines(segment.field(5), delims)
-            if attachment is None:
-                skipped.add("a picture or empty attachment")
-            lines.extend(attachment or [])
-        elif value_type == _REFERENCE_TYPE:
-            _check_reference(segment.field(5), delims)
-            skipped.add("a reference to a picture")
-        else:
-            skipped.add(f"{value_type or 'untyped'} values")
+        observations += 1
+        try:
+            lines.extend(_observation_lines(segment, delims, skipped))
+        except UnreadableReport as problem:
+            # ERR names the field only; the reason says which of many OBX it was.
+            raise UnreadableReport(
+                f"OBX #{observations} after the OBR: {problem.reason}", location=problem.location
+            ) from problem
     return lines, skipped
+
+
+def _observation_lines(obx: _Segment, delims: _Delimiters, skipped: set[str]) -> list[str]:
+    """One OBX's report lines; what it holds that is not report text is added to `skipped`."""
+    value_type = _field_value(obx, 2, 1, delims)
+    if value_type in _TEXT_TYPES:
+        return [] if _is_uid_reference(obx, delims) else _text_lines(obx.field(5), delims)
+    if value_type in _CODED_TYPES:
+        return _uncoded_texts(obx.field(5), delims)
+    if value_type == _ATTACHMENT_TYPE:
+        attachment = _attachment_lines(obx.field(5), delims)
+        if attachment is None:
+            skipped.add("a picture or empty attachment")
+        return attachment or []
+    if value_type == _REFERENCE_TYPE:
+        _check_reference(obx.field(5), delims)
+        skipped.add("a reference to a picture")
+        return []
+    skipped.add(f"{value_type or 'untyped'} values")
+    return []
 
 
 def _text_lines(field: str, delims: _Delimiters) -> list[str]:

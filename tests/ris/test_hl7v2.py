@@ -929,6 +929,7 @@ def test_an_unreadable_carrier_is_refused_with_the_reason(segment: str, reason: 
         oru(with_segments("OBX|1|TX|18782-3^Findings^LN||FINDINGS: see attached.", segment))
 
     assert (caught.value.location, caught.value.ack_code) == ("OBX-5", "AE")
+    assert caught.value.reason.startswith("OBX #2 after the OBR: ")
 
 
 def test_cda_level_one_body_is_read_as_the_attachment_it_wraps() -> None:
@@ -1067,6 +1068,7 @@ ORU_SOURCES = [
     FHIR_CONVERTER / "ORU-R01-01.hl7",
     FHIR_CONVERTER / "ORU-R01-RMGEAD.hl7",
     *(SAMPLES / f"{stem}.hl7" for stem in GOOD_SAMPLES),
+    *(SAMPLES / f"{stem}.hl7" for stem in TEXT_CARRIER_SAMPLES),
 ]
 ORU_TEXTS = [load(path) for path in ORU_SOURCES]
 FRAGMENTS = st.text(alphabet="|^~\\&\r\n0123456789.+-TFPCXMSH AZé–", max_size=16)

@@ -1,0 +1,64 @@
+"""Attachment readers on damaged input: a text, or UnreadableReport, and nothing else."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from followup.errors import UnreadableReport
+from followup.ris.documents import document_text
+from tests.ris import sample_documents
+
+CONTENT_TYPES = [
+    "application/pdf",
+    "text/xml",
+    "application/rtf",
+    "text/plain; charset=utf-8",
+    "text/plain; charset=no-such-charset",
+]
+PDF = sample_documents.pdf_with_lines(sample_documents.PDF_REPORT)
+CDA = sample_documents.cda_with_sections(sample_documents.CDA_SECTIONS).encode()
+RTF = rb"{\rtf1\ansi{\fonttbl{\f0 Arial;}}\f0 FINDINGS: Disc \'e9xtrusion.\par IMPRESSION: x.\par}"
+
+
+@st.composite
+def damaged(draw: st.DrawFn, original: bytes) -> bytes:
+    """The document with a few bytes changed, a slice cut out, or its end cut off."""
+    data = bytearray(original)
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data) - 1))
+        data[at] = draw(st.integers(0, 255))
+    start = draw(st.integers(0, len(data)))
+    end = draw(st.integers(start, min(len(data), start + 64)))
+    del data[start:end]
+    return bytes(data[: draw(st.integers(0, len(data)))] if draw(st.booleans()) else data)
+
+
+def read(content: bytes | str, content_type: str) -> None:
+    try:
+        text = document_text(content, content_type, location="OBX-5")
+    except UnreadableReport as problem:
+        assert problem.location == "OBX-5"
+        return
+    assert text and "\x00" not in text
+    text.encode("utf-8")  # storable: no lone surrogate
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2048), st.sampled_from(CONTENT_TYPES))
+def test_random_bytes_read_or_refused(data: bytes, content_type: str) -> None:
+    read(data, content_type)
+
+
+@pytest.mark.parametrize(
+    ("original", "content_type"),
+    [(PDF, "application/pdf"), (CDA, "text/xml"), (RTF, "application/rtf")],
+    ids=["pdf", "cda", "rtf"],
+)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_damaged_documents_read_or_refused(
+    original: bytes, content_type: str, data: st.DataObject
+) -> None:
+    read(data.draw(damaged(original)), content_type)
