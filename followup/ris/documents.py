@@ -92,9 +92,10 @@ def document_text(content: bytes | str, content_type: str, *, location: str) -> 
     """
     kind = document_kind(content_type)
     if kind is None:
-        described = media_type_of(content_type) or "untyped"
+        # Cut: the type is the sender's free text, and the answer only needs to name it.
+        described = media_type_of(content_type)[:64] or "(none)"
         raise UnreadableReport(
-            f"a {described} attachment is not read as report text", location=location
+            f"attachment type {described} is not read as report text", location=location
         )
     if kind is DocumentKind.PDF:
         if isinstance(content, str):

@@ -34,12 +34,13 @@ Choices, and why:
   ...) are not read.
 * A result whose text cannot be read is never routed as "nothing found" (DOMAIN.md §5): an
   unreadable carrier (corrupt Base64, a PDF without a text layer, an attachment type not read
-  here, an RP reference this engine cannot fetch) is UnreadableReport, and a final or
-  corrected (or any other status's) result with neither text nor coded items is
-  MissingField, both AE at OBX-5. A
-  preliminary may carry no text yet (the flow holds it). A cancellation (X) is never refused
-  for its text: nothing of it is routed, and refusing it would leave the cancelled study's
-  referrals and follow-up standing; its text is "" when a carrier cannot be read.
+  here, an RP reference this engine cannot fetch) is UnreadableReport, even beside readable
+  text (the unread part may hold the impression), and a result with neither text nor coded
+  items is MissingField, both AE at OBX-5. A preliminary may carry no text yet (the flow
+  holds it), but an unreadable one is refused: the flow reads it for critical findings. A
+  cancellation (X) is never refused for its text: nothing of it is routed, and refusing it
+  would leave the cancelled study's referrals and follow-up standing; its text is "" when a
+  carrier cannot be read.
 * Messages are split here (segments on CR, fields on MSH-1) rather than with python-hl7's
   `parse`, which builds a container for every repetition, component and subcomponent of every
   field; this module reads some twenty fields and splits only those, on demand. The fields are
