@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from followup.errors import UnreadableReport
-from followup.ris.documents import document_text
+from followup.ris.documents import DocumentKind, document_kind, document_text
 from tests.ris import sample_documents
 
 CONTENT_TYPES = [
@@ -41,12 +41,19 @@ def read(content: bytes | str, content_type: str) -> None:
     except UnreadableReport as problem:
         assert problem.location == "OBX-5"
         return
-    assert text and "\x00" not in text
+    assert text
     text.encode("utf-8")  # storable: no lone surrogate
+    if document_kind(content_type) is not DocumentKind.PLAIN:
+        # Extracted text drops NUL artefacts; in plain text a NUL is the sender's, refused
+        # later with the other fields (scan.check_scan_fits).
+        assert "\x00" not in text
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.binary(max_size=2048), st.sampled_from(CONTENT_TYPES))
+@given(
+    st.binary(max_size=2048) | st.text(max_size=300).map(str.encode),
+    st.sampled_from(CONTENT_TYPES),
+)
 def test_random_bytes_read_or_refused(data: bytes, content_type: str) -> None:
     read(data, content_type)
 
