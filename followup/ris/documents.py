@@ -184,21 +184,26 @@ def _cda_text(content: bytes | str, location: str) -> str:
     root = _xml_tree(content, location)
     if root.tag != "ClinicalDocument":
         raise UnreadableReport("the XML attachment is not a CDA document", location=location)
+    try:  # the narrative is walked recursively; a hostile document can nest without end
+        return _cda_body_text(root, location)
+    except RecursionError as exc:
+        raise UnreadableReport(
+            "the CDA document is nested too deeply to read", location=location
+        ) from exc
+
+
+def _cda_body_text(root: Element, location: str) -> str:
     body = _child(_child(root, "component"), "structuredBody")
-    if body is not None:
-        try:
-            lines = [
-                line
-                for component in body.findall("component")
-                for section in component.findall("section")
-                for line in _section_lines(section)
-            ]
-        except RecursionError as exc:
-            raise UnreadableReport(
-                "the CDA narrative is nested too deeply to read", location=location
-            ) from exc
-        return _lines(lines)
-    return _non_xml_body_text(_child(_child(root, "component"), "nonXMLBody"), location)
+    if body is None:
+        return _non_xml_body_text(_child(_child(root, "component"), "nonXMLBody"), location)
+    return _lines(
+        [
+            line
+            for component in body.findall("component")
+            for section in component.findall("section")
+            for line in _section_lines(section)
+        ]
+    )
 
 
 def _non_xml_body_text(body: Element | None, location: str) -> str:

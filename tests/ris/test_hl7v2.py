@@ -893,6 +893,13 @@ BILLION_LAUGHS = (
     '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>'
     "<ClinicalDocument><title>&lol2;</title></ClinicalDocument>"
 )
+DEEP_CDA = (
+    "<ClinicalDocument><component><structuredBody><component><section><text>"
+    + "<content>" * 5000
+    + "FINDINGS"
+    + "</content>" * 5000
+    + "</text></section></component></structuredBody></component></ClinicalDocument>"
+)
 EXTERNAL_ENTITY = (
     '<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
     "<ClinicalDocument><component><structuredBody><component><section><text>&x;</text>"
@@ -914,13 +921,15 @@ EXTERNAL_ENTITY = (
         (ed("TEXT", "XML", "Base64", EXTERNAL_ENTITY.encode()), "DOCTYPE"),
         (ed("TEXT", "XML", "A", "<ClinicalDocument><title>x"), "not well-formed"),
         (ed("TEXT", "XML", "A", "<report>FINDINGS: x</report>"), "not a CDA document"),
+        (ed("TEXT", "XML", "Base64", DEEP_CDA.encode()), "nested too deeply"),
         (ed("TEXT", "plain", "Base64", b"\xff\xfe"), "not readable as utf-8"),
         (ed("TEXT", "plain", "Base64", b"   "), "holds no text"),
         ("OBX|1|RP|18748-4^Report^LN||http://pacs/report.pdf^^AP", "reference \\(RP\\)"),
     ],
     ids=[
         "bad-base64", "bad-hex", "corrupt-pdf", "unencoded-pdf", "unknown-encoding", "msword",
-        "html", "billion-laughs", "external-entity", "broken-xml", "not-cda", "bad-utf8",
+        "html", "billion-laughs", "external-entity", "broken-xml", "not-cda", "deep-cda",
+        "bad-utf8",
         "blank", "rp-document",
     ],
 )  # fmt: skip
