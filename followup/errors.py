@@ -38,13 +38,6 @@ class InvalidField(InboundMessageError):
     """A field is present but its value cannot be used (bad date, bad status, ...)."""
 
 
-class UnreadableReport(InvalidField):
-    """The report text is there but cannot be read: an attachment that is corrupt, has no text
-    layer, is of a type the engine does not read, or is only a reference to fetch elsewhere.
-    Answered AE: routing the rest of the report as if the unread part said nothing could miss
-    a critical finding."""
-
-
 class UnsupportedMessage(InboundMessageError):
     """Wrong message type, version or processing id: rejected (AR), not an error to fix."""
 

@@ -3,8 +3,8 @@
 HL7 v2 ED values (OBX-5) and FHIR `presentedForm` attachments carry the report as a PDF, a CDA
 document, RTF or plain text; both parsers read them here, by media type. Choices, and why:
 
-* An attachment whose text cannot be read raises UnreadableReport (AE) naming the element,
-  never an empty text: an empty report routes as "nothing found" (DOMAIN.md §5).
+* An attachment whose text cannot be read raises InvalidField (AE, HTTP 422) naming the
+  element, never an empty text: an empty report routes as "nothing found" (DOMAIN.md §5).
 * PDF: pypdf's text layer, page by page. A PDF without one (a scan) is refused: OCR is not
   this engine's job. pypdf raises many exception types on a damaged file; each is refused
   with its type name only, since pypdf's messages can quote the file's bytes (PHI).
@@ -36,7 +36,7 @@ import re
 from xml.etree.ElementTree import Element, TreeBuilder
 from xml.parsers import expat
 
-from followup.errors import UnreadableReport
+from followup.errors import InvalidField
 
 _PICTURE_TYPES = {"image", "audio", "video"}
 
@@ -85,7 +85,7 @@ def document_kind(content_type: str) -> DocumentKind | None:
 
 
 def document_text(content: bytes | str, content_type: str, *, location: str) -> str:
-    """The report text of one attachment; UnreadableReport (at `location`) when there is none.
+    """The report text of one attachment; InvalidField (at `location`) when there is none.
 
     `content` is str when the sender put the document in the message as text (HL7 ED with no
     encoding): it was decoded with the message already.
@@ -94,17 +94,15 @@ def document_text(content: bytes | str, content_type: str, *, location: str) -> 
     if kind is None:
         # Cut: the type is the sender's free text, and the answer only needs to name it.
         described = media_type_of(content_type)[:64] or "(none)"
-        raise UnreadableReport(
+        raise InvalidField(
             f"attachment type {described} is not read as report text", location=location
         )
     if kind is DocumentKind.PDF:
         if isinstance(content, str):
-            raise UnreadableReport(
-                "a PDF attachment must be Base64 or Hex encoded", location=location
-            )
+            raise InvalidField("a PDF attachment must be Base64 or Hex encoded", location=location)
         text = _pdf_text(content, location)
         if not text:
-            raise UnreadableReport(
+            raise InvalidField(
                 "the PDF has no text layer (a scanned image?); its report cannot be read",
                 location=location,
             )
@@ -116,7 +114,7 @@ def document_text(content: bytes | str, content_type: str, *, location: str) -> 
         # Plain text is kept as sent: its line layout is the author's, not a renderer's.
         text = _rtf_text(decoded) if kind is DocumentKind.RTF else decoded.strip()
     if not text:
-        raise UnreadableReport(f"the {kind.name} attachment holds no text", location=location)
+        raise InvalidField(f"the {kind.name} attachment holds no text", location=location)
     return text
 
 
@@ -126,7 +124,7 @@ def _decoded(content: bytes | str, charset: str, location: str) -> str:
     try:
         return content.decode(charset).replace("\r\n", "\n").replace("\r", "\n")
     except (LookupError, UnicodeDecodeError) as exc:
-        raise UnreadableReport(
+        raise InvalidField(
             f"the attachment is not readable as {charset}: {type(exc).__name__}",
             location=location,
         ) from exc
@@ -160,15 +158,14 @@ def _pdf_text(data: bytes, location: str) -> str:
         reader = PdfReader(io.BytesIO(data))
         # Many report PDFs are encrypted with an empty user password (print/copy permissions
         # only); those open with "", others cannot be read here.
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise UnreadableReport("the PDF is password protected", location=location)
-        pages = [page.extract_text() for page in reader.pages]
-    except UnreadableReport:
-        raise
+        locked = reader.is_encrypted and not reader.decrypt("")
+        pages = [] if locked else [page.extract_text() for page in reader.pages]
     except Exception as exc:  # pypdf's errors on damaged input are many and not one family
-        raise UnreadableReport(
+        raise InvalidField(
             f"the PDF cannot be read ({type(exc).__name__})", location=location
         ) from exc
+    if locked:
+        raise InvalidField("the PDF is password protected", location=location)
     return _lines("\n".join(pages).split("\n"))
 
 
@@ -183,11 +180,11 @@ _NOT_TEXT_TAGS = {"footnoteRef", "renderMultiMedia"}
 def _cda_text(content: bytes | str, location: str) -> str:
     root = _xml_tree(content, location)
     if root.tag != "ClinicalDocument":
-        raise UnreadableReport("the XML attachment is not a CDA document", location=location)
+        raise InvalidField("the XML attachment is not a CDA document", location=location)
     try:  # the narrative is walked recursively; a hostile document can nest without end
         return _cda_body_text(root, location)
     except RecursionError as exc:
-        raise UnreadableReport(
+        raise InvalidField(
             "the CDA document is nested too deeply to read", location=location
         ) from exc
 
@@ -210,22 +207,22 @@ def _non_xml_body_text(body: Element | None, location: str) -> str:
     """CDA level one: the document is an attachment inside the CDA envelope."""
     text = _child(body, "text")
     if text is None:
-        raise UnreadableReport("the CDA document has no body", location=location)
+        raise InvalidField("the CDA document has no body", location=location)
     if _child(text, "reference") is not None:
-        raise UnreadableReport(
+        raise InvalidField(
             "the CDA body is a reference to a document elsewhere, which is not fetched",
             location=location,
         )
     media_type = text.get("mediaType", "text/plain")
     if document_kind(media_type) is DocumentKind.CDA:
-        raise UnreadableReport("a CDA document wraps another CDA document", location=location)
+        raise InvalidField("a CDA document wraps another CDA document", location=location)
     data = "".join(text.itertext())
     if text.get("representation", "TXT").upper() != "B64":
         return document_text(data, media_type, location=location)
     try:
         decoded = base64.b64decode("".join(data.split()), validate=True)
     except binascii.Error as exc:
-        raise UnreadableReport("the CDA body is not valid Base64", location=location) from exc
+        raise InvalidField("the CDA body is not valid Base64", location=location) from exc
     return document_text(decoded, media_type, location=location)
 
 
@@ -282,7 +279,7 @@ def _xml_tree(content: bytes | str, location: str) -> Element:
     """Parse XML with expat, refusing any DOCTYPE; elements and attributes by local name."""
 
     def refuse_doctype(*_: object) -> None:
-        raise UnreadableReport(
+        raise InvalidField(
             "the XML attachment declares a DOCTYPE, which is refused (entities)",
             location=location,
         )
@@ -300,7 +297,7 @@ def _xml_tree(content: bytes | str, location: str) -> Element:
     try:
         parser.Parse(content, True)
     except expat.ExpatError as exc:
-        raise UnreadableReport(
+        raise InvalidField(
             f"the XML attachment is not well-formed ({expat.ErrorString(exc.code)})",
             location=location,
         ) from exc

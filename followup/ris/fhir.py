@@ -22,7 +22,7 @@ nothing in the elements read here. Choices, and why:
   is read: the first of the kind a reader prefers (plain text, then CDA, RTF, PDF; see
   `documents.py`), the next one when it cannot be read. Pictures are skipped. When forms are
   sent and none can be read (corrupt, a PDF without a text layer, an unread type, only a
-  `url` to fetch) the report is refused (UnreadableReport) even with a conclusion: the
+  `url` to fetch) the report is refused (InvalidField) even with a conclusion: the
   findings of the full report may hold a critical finding the conclusion omits. A report
   with neither text nor coded conclusion is refused (MissingField) unless it is preliminary
   or cancelled, as in HL7 v2: it would route as "nothing found".
@@ -59,7 +59,6 @@ from followup.errors import (
     InvalidField,
     MalformedMessage,
     MissingField,
-    UnreadableReport,
     UnsupportedMessage,
 )
 from followup.ris.documents import DocumentKind, document_kind, document_text, is_picture
@@ -421,12 +420,12 @@ def _presented_form_text(forms: Sequence[Attachment], location: str) -> str:
         ),
         key=lambda candidate: candidate[:2],
     )
-    first_problem: UnreadableReport | None = None
+    first_problem: InvalidField | None = None
     for _, index, form in candidates:
         at = f"{location}[{index}]"
         try:
             return _form_text(form, at)
-        except UnreadableReport as problem:
+        except InvalidField as problem:
             first_problem = first_problem or problem
     if first_problem is not None:
         raise first_problem
@@ -436,12 +435,12 @@ def _presented_form_text(forms: Sequence[Attachment], location: str) -> str:
 def _form_text(form: Attachment, at: str) -> str:
     if form.data is None:
         if form.url:
-            raise UnreadableReport(
+            raise InvalidField(
                 "the report is only a url to a document elsewhere, which this engine does not "
                 "fetch; send it as data",
                 location=f"{at}.url",
             )
-        raise UnreadableReport("the attachment has neither data nor url", location=at)
+        raise InvalidField("the attachment has neither data nor url", location=at)
     return document_text(form.data, form.contentType or "", location=f"{at}.data").strip()
 
 

@@ -34,7 +34,7 @@ Choices, and why:
   ...) are not read.
 * A result whose text cannot be read is never routed as "nothing found" (DOMAIN.md §5): an
   unreadable carrier (corrupt Base64, a PDF without a text layer, an attachment type not read
-  here, an RP reference this engine cannot fetch) is UnreadableReport, even beside readable
+  here, an RP reference this engine cannot fetch) is InvalidField, even beside readable
   text (the unread part may hold the impression), and a result with neither text nor coded
   items is MissingField, both AE at OBX-5. A preliminary may carry no text yet (the flow
   holds it), but an unreadable one is refused: the flow reads it for critical findings. A
@@ -79,7 +79,6 @@ from followup.errors import (
     InvalidField,
     MalformedMessage,
     MissingField,
-    UnreadableReport,
     UnsupportedMessage,
 )
 from followup.ris.documents import document_kind, document_text, is_picture
@@ -565,7 +564,7 @@ def _readable_report_text(
     """The report text, or why there is none to route (see the module docstring)."""
     try:
         lines, skipped = _report_lines(after_obr, delims)
-    except UnreadableReport:
+    except InvalidField:
         if result_status != _CANCELLED:
             raise
         return ""
@@ -598,9 +597,9 @@ def _report_lines(after_obr: Sequence[_Segment], delims: _Delimiters) -> tuple[l
         observations += 1
         try:
             lines.extend(_observation_lines(segment, delims, skipped))
-        except UnreadableReport as problem:
+        except InvalidField as problem:
             # ERR names the field only; the reason says which of many OBX it was.
-            raise UnreadableReport(
+            raise InvalidField(
                 f"OBX #{observations} after the OBR: {problem.reason}", location=problem.location
             ) from problem
     return lines, skipped
@@ -681,12 +680,10 @@ def _attachment_content(data: str, encoding: str) -> bytes | str:
         if encoding == "HEX":
             return bytes.fromhex("".join(data.split()))
     except ValueError as exc:  # binascii.Error is one
-        raise UnreadableReport(
+        raise InvalidField(
             f"the ED data is not valid {encoding.title()} ({exc})", location="OBX-5"
         ) from exc
-    raise UnreadableReport(
-        f"ED encoding {encoding[:16]!r} is not A, Hex or Base64", location="OBX-5"
-    )
+    raise InvalidField(f"ED encoding {encoding[:16]!r} is not A, Hex or Base64", location="OBX-5")
 
 
 def _check_reference(field: str, delims: _Delimiters) -> None:
@@ -696,7 +693,7 @@ def _check_reference(field: str, delims: _Delimiters) -> None:
     content_type = _attachment_media_type(type_of_data, subtype)
     if is_picture(content_type) and document_kind(content_type) is None:
         return
-    raise UnreadableReport(
+    raise InvalidField(
         "the report is a reference (RP) to a document elsewhere, which this engine does not "
         "fetch; send its text in the message",
         location="OBX-5",

@@ -17,7 +17,6 @@ from followup.errors import (
     InvalidField,
     MalformedMessage,
     MissingField,
-    UnreadableReport,
     UnsupportedMessage,
 )
 from followup.ris.fhir import FhirReport, parse_report
@@ -241,7 +240,7 @@ def _report(**changes: Any) -> dict[str, Any]:
         ),
         (
             _report(presentedForm=[{"contentType": "text/plain; charset=utf-8", "data": "/w=="}]),
-            UnreadableReport,
+            InvalidField,
             "DiagnosticReport.presentedForm[0].data",
         ),
         (
@@ -428,7 +427,7 @@ def test_forms_that_cannot_be_read_refuse_the_report_even_with_a_conclusion(
 ) -> None:
     caught = failure(_report(presentedForm=forms))
 
-    assert (type(caught), caught.location, caught.ack_code) == (UnreadableReport, location, "AE")
+    assert (type(caught), caught.location, caught.ack_code) == (InvalidField, location, "AE")
     assert reason in caught.reason
 
 

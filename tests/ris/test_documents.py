@@ -1,4 +1,4 @@
-"""Attachment readers on damaged input: a text, or UnreadableReport, and nothing else."""
+"""Attachment readers on damaged input: a text, or InvalidField, and nothing else."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from followup.errors import UnreadableReport
+from followup.errors import InvalidField
 from followup.ris.documents import DocumentKind, document_kind, document_text
 from tests.ris import sample_documents
 
@@ -38,7 +38,7 @@ def damaged(draw: st.DrawFn, original: bytes) -> bytes:
 def read(content: bytes | str, content_type: str) -> None:
     try:
         text = document_text(content, content_type, location="OBX-5")
-    except UnreadableReport as problem:
+    except InvalidField as problem:
         assert problem.location == "OBX-5"
         return
     assert text

@@ -17,7 +17,6 @@ from followup.errors import (
     InvalidField,
     MalformedMessage,
     MissingField,
-    UnreadableReport,
     UnsupportedMessage,
 )
 from followup.ris.hl7v2 import (
@@ -106,8 +105,8 @@ BAD_SAMPLES = {
     "bad_no_mrn": (MissingField, "PID-3", "AE"),
     "bad_birth_date": (InvalidField, "PID-7", "AE"),
     "bad_wrong_type": (UnsupportedMessage, "MSH-9", "AR"),
-    "bad_ed_pdf_no_text_layer": (UnreadableReport, "OBX-5", "AE"),
-    "bad_rp_reference": (UnreadableReport, "OBX-5", "AE"),
+    "bad_ed_pdf_no_text_layer": (InvalidField, "OBX-5", "AE"),
+    "bad_rp_reference": (InvalidField, "OBX-5", "AE"),
 }
 
 # Reports whose text is not in TX OBX lines (written by tests/ris/sample_documents.py).
@@ -408,7 +407,7 @@ def test_dcm4che_cda_narrative_is_the_report_text_with_its_section_titles() -> N
 
 def test_dcm4che_pdf_with_a_line_break_inside_its_base64_is_refused() -> None:
     """The file breaks OBX-5 with a CR, which ends the segment: the Base64 is cut short."""
-    with pytest.raises(UnreadableReport, match="not valid Base64") as caught:
+    with pytest.raises(InvalidField, match="not valid Base64") as caught:
         parse(DCM4CHE / "ORU^R01-PDF.hl7")
 
     assert (caught.value.location, caught.value.ack_code) == ("OBX-5", "AE")
@@ -934,7 +933,7 @@ EXTERNAL_ENTITY = (
     ],
 )  # fmt: skip
 def test_an_unreadable_carrier_is_refused_with_the_reason(segment: str, reason: str) -> None:
-    with pytest.raises(UnreadableReport, match=reason) as caught:
+    with pytest.raises(InvalidField, match=reason) as caught:
         oru(with_segments("OBX|1|TX|18782-3^Findings^LN||FINDINGS: see attached.", segment))
 
     assert (caught.value.location, caught.value.ack_code) == ("OBX-5", "AE")
@@ -1010,7 +1009,7 @@ def test_a_cancellation_is_not_refused_for_an_unreadable_attachment() -> None:
     reference = "OBX|1|RP|18748-4^Report^LN||http://pacs/report.pdf^^AP"
 
     assert oru(with_segments(reference, OBR_25="X")).report_text == ""
-    with pytest.raises(UnreadableReport):
+    with pytest.raises(InvalidField):
         oru(with_segments(reference, OBR_25="P"))  # the flow reads a preliminary for criticals
 
 

@@ -78,7 +78,7 @@ def test_an_unreadable_report_is_answered_ae_and_starts_no_run(
     assert (receipt.ack_code, receipt.location, receipt.error_kind) == (
         "AE",
         "OBX-5",
-        "UnreadableReport",
+        "InvalidField",
     )
     assert reason in receipt.reason
     assert not receipt.should_process
