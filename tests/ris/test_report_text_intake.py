@@ -6,7 +6,10 @@ cannot be read is answered AE with the reason and the field, and starts no run (
 
 from __future__ import annotations
 
-from datetime import datetime
+import base64
+import json
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlmodel import select
@@ -21,6 +24,7 @@ from models.seed import seed_demo_clinic
 from models.tables import ImagingStudy, InboxStatus
 from tests.conftest import SAMPLES
 from tests.flow_steps import run_flow_steps
+from tests.ris import sample_documents
 
 HL7 = SAMPLES / "hl7"
 
@@ -96,4 +100,40 @@ def test_a_message_without_control_id_is_answered_ae_naming_msh_10(settings: Set
         "MSH-10",
         InboxStatus.ERROR,
     )
+    assert not receipt.should_process
+
+
+def receive_fhir(settings: Settings, document: dict[str, Any]) -> Receipt:
+    raw = json.dumps(document).encode()
+    with session_scope(settings.database_url) as session:
+        return intake.receive_fhir(session=session, raw=raw, source="test", settings=settings)
+
+
+def fhir_pdf_report(settings: Settings, pdf: bytes) -> dict[str, Any]:
+    document = json.loads((SAMPLES / "fhir" / "diagnosticreport_pdf.json").read_text())
+    document["issued"] = (datetime.now(settings.site_zone) - timedelta(minutes=30)).isoformat()
+    document["presentedForm"][0]["data"] = base64.b64encode(pdf).decode()
+    return document
+
+
+def test_a_fhir_report_only_in_a_pdf_is_routed_on_its_text(settings: Settings) -> None:
+    pdf = sample_documents.pdf_with_lines(sample_documents.PDF_REPORT)
+    receipt = receive_fhir(settings, fhir_pdf_report(settings, pdf))
+    assert (receipt.ack_code, receipt.should_process) == ("AA", True)
+
+    summary = run_flow_steps(settings.database_url, receipt.inbox_id)
+
+    assert summary["decision"]["referrals"] == ["rheumatology"]
+
+
+def test_a_fhir_pdf_without_text_layer_is_refused_and_starts_no_run(settings: Settings) -> None:
+    receipt = receive_fhir(settings, fhir_pdf_report(settings, sample_documents.pdf_with_lines([])))
+
+    # The HTTP gateway answers InvalidField with 422 and an OperationOutcome (gateway/http.py).
+    assert (receipt.ack_code, receipt.error_kind, receipt.location) == (
+        "AE",
+        "InvalidField",
+        "DiagnosticReport.presentedForm[0].data",
+    )
+    assert "no text layer" in receipt.reason
     assert not receipt.should_process
