@@ -11,7 +11,8 @@ document, RTF or plain text; both parsers read them here, by media type. Choices
 * CDA: the narrative of the structuredBody, as a reader sees it: each section's <title> as a
   "Title:" line, then its <text>, subsections in order. The titles are kept because they are
   the report's section headers (Findings, Impression) that the classifier's section rule
-  reads. Coded entries are not read: they restate the narrative. A level-one nonXMLBody is
+  reads. Coded entries are not read: they restate the narrative, and narrative marked
+  revised="delete" is text the author struck out. A level-one nonXMLBody is
   read as the attachment it wraps. Captions inside the narrative are written "Caption - text",
   not "Caption: text", so that a caption such as "History" inside Findings cannot end the
   Findings section for the classifier.
@@ -244,6 +245,8 @@ def _section_lines(section: Element) -> list[str]:
 
 def _narrative(element: Element, pieces: list[str]) -> None:
     """CDA narrative block → text pieces, "\\n" where a block or line break ends a line."""
+    if element.get("revised") == "delete":
+        return  # struck out by the author in a revision: not part of the report
     if element.tag in _BLOCK_TAGS:
         pieces.append("\n")
     if element.tag == "br":

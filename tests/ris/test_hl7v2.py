@@ -953,11 +953,12 @@ def test_cda_level_one_body_is_read_as_the_attachment_it_wraps() -> None:
     assert scan.report_text == "IMPRESSION: Extrusion."
 
 
-def test_cda_narrative_keeps_lists_tables_and_captions_apart() -> None:
+def test_cda_narrative_keeps_lists_tables_and_captions_apart_and_drops_deletions() -> None:
     cda = (
         '<ClinicalDocument xmlns="urn:hl7-org:v3"><component><structuredBody><component>'
         "<section><title>Findings</title><text><paragraph><caption>History</caption>"
-        "Back pain.</paragraph><list><item>L4-5: bulge.</item><item>L5-S1:<br/>extrusion"
+        "Back pain.<content revised='delete'> No cord compression.</content></paragraph>"
+        "<list><item>L4-5: bulge.</item><item>L5-S1:<br/>extrusion"
         "</item></list><table><tr><th>Level</th><th>Canal</th></tr><tr><td>L4-5</td>"
         "<td>patent</td></tr></table><footnoteRef IDREF='f1'/></text></section>"
         "</component></structuredBody></component></ClinicalDocument>"
