@@ -1,7 +1,7 @@
 """Report documents sent as attachments → plain report text: pure functions, no I/O.
 
 HL7 v2 ED values (OBX-5) and FHIR `presentedForm` attachments carry the report as a PDF, a CDA
-document, RTF or plain text; both parsers read them here, by media type. Choices, and why:
+document, HTML, RTF or plain text; both parsers read them here, by media type. Choices, and why:
 
 * An attachment whose text cannot be read raises InvalidField (AE, HTTP 422) naming the
   element, never an empty text: an empty report routes as "nothing found" (DOMAIN.md §5).
@@ -19,6 +19,8 @@ document, RTF or plain text; both parsers read them here, by media type. Choices
 * XML is parsed with expat directly and any DOCTYPE is refused, as defusedxml does: no
   internal entity can expand (billion laughs), no external one can be fetched (XXE), and a CDA
   document never needs a DOCTYPE.
+* HTML: the text a browser shows, one line per block (p, div, li, tr, headings, br), table
+  cells apart; script, style and head are not read.
 * RTF: a small reader of the control words that carry text (\\par, \\line, \\tab, \\'hh in
   Windows-1252, \\uN); destinations (font and colour tables, pictures, \\* groups) are skipped.
 * Plain text is decoded with the charset given, UTF-8 by default, and kept as sent; the text
@@ -34,6 +36,7 @@ import binascii
 import enum
 import io
 import re
+from html.parser import HTMLParser
 from xml.etree.ElementTree import Element, TreeBuilder
 from xml.parsers import expat
 
@@ -48,8 +51,9 @@ class DocumentKind(enum.IntEnum):
 
     PLAIN = 1
     CDA = 2
-    RTF = 3
-    PDF = 4
+    HTML = 3
+    RTF = 4
+    PDF = 5
 
 
 def media_type_of(content_type: str) -> str:
@@ -78,6 +82,8 @@ def document_kind(content_type: str) -> DocumentKind | None:
         return DocumentKind.PDF
     if "xml" in sub or "cda" in sub:
         return DocumentKind.CDA
+    if "html" in sub:
+        return DocumentKind.HTML
     if "rtf" in sub:
         return DocumentKind.RTF
     if media_type == "text/plain":
@@ -112,8 +118,12 @@ def document_text(content: bytes | str, content_type: str, *, location: str) -> 
         text = _cda_text(content, location)
     else:
         decoded = _decoded(content, charset_of(content_type), location)
-        # Plain text is kept as sent: its line layout is the author's, not a renderer's.
-        text = _rtf_text(decoded) if kind is DocumentKind.RTF else decoded.strip()
+        if kind is DocumentKind.RTF:
+            text = _rtf_text(decoded)
+        elif kind is DocumentKind.HTML:
+            text = _html_text(decoded, location)
+        else:  # plain text is kept as sent: its line layout is the author's, not a renderer's
+            text = decoded.strip()
     if not text:
         raise InvalidField(f"the {kind.name} attachment holds no text", location=location)
     return text
@@ -309,6 +319,56 @@ def _xml_tree(content: bytes | str, location: str) -> Element:
 
 def _local(name: str) -> str:
     return name.rpartition("}")[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+_HTML_BLOCK_TAGS = frozenset(
+    {"p", "div", "li", "tr", "table", "ul", "ol", "dl", "dt", "dd", "blockquote", "pre", "hr"}
+    | {"section", "article", "header", "footer", "h1", "h2", "h3", "h4", "h5", "h6"}
+)
+_HTML_NOT_TEXT_TAGS = frozenset({"script", "style", "head"})
+
+
+class _HtmlText(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.pieces: list[str] = []
+        self._hidden = 0  # depth inside script/style/head
+        self._preformatted = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _HTML_NOT_TEXT_TAGS:
+            self._hidden += 1
+        elif tag == "br" or tag in _HTML_BLOCK_TAGS:
+            self.pieces.append("\n")
+        self._preformatted += tag == "pre"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _HTML_NOT_TEXT_TAGS:
+            self._hidden = max(0, self._hidden - 1)
+        elif tag in _CELL_TAGS:
+            self.pieces.append("; ")
+        elif tag in _HTML_BLOCK_TAGS:
+            self.pieces.append("\n")
+        self._preformatted = max(0, self._preformatted - (tag == "pre"))
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.pieces.append(data if self._preformatted else _spaced(data))
+
+
+def _html_text(html: str, location: str) -> str:
+    reader = _HtmlText()
+    try:
+        reader.feed(html)
+        reader.close()
+    except Exception as exc:  # html.parser is lenient, but its rare errors are not one family
+        raise InvalidField(
+            f"the HTML cannot be read ({type(exc).__name__})", location=location
+        ) from exc
+    return _lines("".join(reader.pieces).split("\n"))
 
 
 # ---------------------------------------------------------------------------------------------

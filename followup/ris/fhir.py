@@ -19,7 +19,7 @@ nothing in the elements read here. Choices, and why:
   practitioner): its NPI identifier if any, else its first identifier, else its name.
 * Text: one `presentedForm` attachment, then `conclusion` under an IMPRESSION heading unless
   the text already contains it. R4 requires the forms to be semantically equivalent, so one
-  is read: the first of the kind a reader prefers (plain text, then CDA, RTF, PDF; see
+  is read: the first of the kind a reader prefers (plain text, then CDA, HTML, RTF, PDF; see
   `documents.py`), the next one when it cannot be read. Pictures are skipped. When forms are
   sent and none can be read (corrupt, a PDF without a text layer, an unread type, only a
   `url` to fetch) the report is refused (InvalidField) even with a conclusion: the

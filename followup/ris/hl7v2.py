@@ -26,9 +26,10 @@ Choices, and why:
   repetition or line, with section headings ("IMPRESSION:") kept as sent: OBX-5 of TX, FT and
   ST observations; coded values (CE/CWE/CNE) that carry only text (with a code they are coded
   items, routed by the code); NTE-3 of the notes that follow the OBR or an OBX (PRT may sit
-  between, as in v2.7+); and ED attachments (PDF, CDA, RTF, plain text: `documents.py`) in
-  Base64, Hex or no encoding. An ED's data is the rest of OBX-5 after its fourth component,
-  taken whole, because senders put CDA XML there with "&" and "~" unescaped. Pictures (ED or
+  between, as in v2.7+); and ED attachments (PDF, CDA, HTML, RTF, plain text: see
+  `documents.py`) in Base64, Hex or no encoding. An ED's data is the rest of OBX-5 after its
+  fourth component, taken whole, because senders put CDA XML there with "&" and "~"
+  unescaped. Pictures (ED or
   RP of an image type) and the DICOM study/series/instance UID observations that SR-to-HL7
   gateways add as ST lines are not report text and are skipped; other value types (NM, SN,
   ...) are not read.

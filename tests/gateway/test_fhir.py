@@ -389,6 +389,15 @@ def test_a_cda_presented_form_is_read_with_its_section_titles() -> None:
     assert scan.report_text == "Impression:\nGrade 1 anterolisthesis."
 
 
+def test_an_html_form_is_preferred_to_a_pdf_of_the_same_report() -> None:
+    pdf = _form("application/pdf", sample_documents.pdf_with_lines(["IMPRESSION: from the PDF."]))
+    html = _form("text/html", b"<p>IMPRESSION:</p><p>Grade 1 anterolisthesis.</p>")
+
+    scan = parse(_report(conclusion=None, presentedForm=[pdf, html])).scan
+
+    assert scan.report_text == "IMPRESSION:\nGrade 1 anterolisthesis."
+
+
 def test_the_next_form_is_read_when_the_preferred_one_cannot_be() -> None:
     pdf = _form("application/pdf", sample_documents.pdf_with_lines(["IMPRESSION: Normal."]))
     broken_text = _form("text/plain; charset=utf-8", b"\xff")
@@ -413,14 +422,18 @@ def test_pictures_are_skipped_and_the_conclusion_is_read() -> None:
             "only a url",
             "DiagnosticReport.presentedForm[1].url",
         ),
-        ([_form("text/html", b"<p>x</p>")], "text/html", "DiagnosticReport.presentedForm[0].data"),
+        (
+            [_form("application/msword", b"\xd0\xcf")],
+            "msword",
+            "DiagnosticReport.presentedForm[0].data",
+        ),
         (
             [{"contentType": "application/pdf"}],
             "neither data nor url",
             "DiagnosticReport.presentedForm[0]",
         ),
     ],
-    ids=["pdf-without-text", "url-only", "html", "empty-form"],
+    ids=["pdf-without-text", "url-only", "msword", "empty-form"],
 )
 def test_forms_that_cannot_be_read_refuse_the_report_even_with_a_conclusion(
     forms: list[dict[str, str]], reason: str, location: str

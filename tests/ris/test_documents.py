@@ -14,6 +14,7 @@ CONTENT_TYPES = [
     "application/pdf",
     "text/xml",
     "application/rtf",
+    "text/html; charset=utf-8",
     "text/plain; charset=utf-8",
     "text/plain; charset=no-such-charset",
 ]

@@ -866,8 +866,24 @@ ONE_LINE_EACH = ["FINDINGS: Disc extrusion.", "IMPRESSION: Extrusion."]
             ["FINDINGS:", "Disc extrusion.", "IMPRESSION:", "Extrusion."],
         ),
         ("AP", "PDF", "Hex", sample_documents.pdf_with_lines(ONE_LINE_EACH), ONE_LINE_EACH),
+        (
+            "TEXT",
+            "HTML",
+            "A",
+            "<html><head><style>p {}</style></head><body><h2>FINDINGS:</h2><p>Disc \\T\\amp;"
+            " extrusion<br>at L5-S1.</p><table><tr><td>L4-5</td><td>bulge</td></tr></table>"
+            "<script>x()</script><pre>IMPRESSION:\\.br\\1.  Extrusion.</pre></body></html>",
+            [
+                "FINDINGS:",
+                "Disc & extrusion",
+                "at L5-S1.",
+                "L4-5; bulge;",
+                "IMPRESSION:",
+                "1. Extrusion.",
+            ],
+        ),
     ],
-    ids=["plain-base64", "plain-hex", "plain-unencoded", "rtf", "cda", "pdf-hex"],
+    ids=["plain-base64", "plain-hex", "plain-unencoded", "rtf", "cda", "pdf-hex", "html"],
 )
 def test_attachments_are_read_as_report_text(
     value_type: str, subtype: str, encoding: str, data: str | bytes, lines: list[str]
@@ -915,7 +931,7 @@ EXTERNAL_ENTITY = (
         (ed("AP", "PDF", "A", "%PDF-1.4"), "must be Base64 or Hex"),
         (ed("AP", "PDF", "UU", "begin 644"), "encoding 'UU' is not A, Hex or Base64"),
         (ed("AP", "msword", "Base64", b"\xd0\xcf"), "type application/msword is not read"),
-        (ed("TEXT", "HTML", "A", "<p>FINDINGS</p>"), "type text/html is not read"),
+        (ed("AP", "DOCX", "Base64", b"PK\x03\x04"), "type application/docx is not read"),
         (ed("TEXT", "XML", "Base64", BILLION_LAUGHS.encode()), "DOCTYPE"),
         (ed("TEXT", "XML", "Base64", EXTERNAL_ENTITY.encode()), "DOCTYPE"),
         (ed("TEXT", "XML", "A", "<ClinicalDocument><title>x"), "not well-formed"),
@@ -927,7 +943,7 @@ EXTERNAL_ENTITY = (
     ],
     ids=[
         "bad-base64", "bad-hex", "corrupt-pdf", "unencoded-pdf", "unknown-encoding", "msword",
-        "html", "billion-laughs", "external-entity", "broken-xml", "not-cda", "deep-cda",
+        "docx", "billion-laughs", "external-entity", "broken-xml", "not-cda", "deep-cda",
         "bad-utf8",
         "blank", "rp-document",
     ],
