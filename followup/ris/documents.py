@@ -43,6 +43,8 @@ from xml.parsers import expat
 from followup.errors import InvalidField
 
 _PICTURE_TYPES = {"image", "audio", "video"}
+# Picture formats by subtype too: HL7 senders type a key image "AP^JPEG" as often as "IM^JPEG".
+_PICTURE_SUBTYPES = {"dicom", "jpeg", "jpg", "png", "gif", "tiff", "tif", "bmp"}
 
 
 class DocumentKind(enum.IntEnum):
@@ -71,7 +73,7 @@ def charset_of(content_type: str, default: str = "utf-8") -> str:
 
 def is_picture(content_type: str) -> bool:
     main, _, sub = media_type_of(content_type).partition("/")
-    return main in _PICTURE_TYPES or sub == "dicom"
+    return main in _PICTURE_TYPES or sub in _PICTURE_SUBTYPES
 
 
 def document_kind(content_type: str) -> DocumentKind | None:

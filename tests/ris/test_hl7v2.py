@@ -772,6 +772,7 @@ def test_report_text_keeps_obx_order_and_skips_uids_pictures_and_numbers() -> No
             minimal(),
             "OBX|2|ED|18748-4^Key image^LN||^IM^JPEG^Base64^/9j/4AAQ",
             "OBX|3|RP|18748-4^Key image^LN||http://pacs/image.jpg^^IM^JPEG",
+            "OBX|3|ED|18748-4^Key image^LN||^AP^PNG^Base64^iVBORw0K",
             "OBX|4|ST|113014^DICOM Study^DCM||1.2.3.4.5",
             "OBX|5|ST|^SOP Instance UID||1.2.3.4.5.6",
             "OBX|6|NM|21889-1^Size^LN||12|mm",
