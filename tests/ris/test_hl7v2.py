@@ -288,7 +288,6 @@ def test_report_text_is_read_from_its_carrier(stem: str, lines: list[str]) -> No
     scan = parse(SAMPLES / f"{stem}.hl7")
 
     assert scan.report_text.split("\n") == lines
-    assert (scan.result_status, scan.mrn[:4]) == ("F", "DM40")
 
 
 def test_text_carrier_samples_are_what_their_generator_writes() -> None:
