@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pypdf import PdfReader, PdfWriter
 
 from followup.errors import InvalidField
 from followup.ris.documents import DocumentKind, document_kind, document_text
@@ -70,3 +73,24 @@ def test_damaged_documents_read_or_refused(
     original: bytes, content_type: str, data: st.DataObject
 ) -> None:
     read(data.draw(damaged(original)), content_type)
+
+
+def _encrypted(user_password: str) -> bytes:
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(PDF)))
+    writer.encrypt(user_password=user_password, owner_password="owner", algorithm="RC4-128")
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def test_a_pdf_locked_only_against_editing_is_read() -> None:
+    text = document_text(_encrypted(""), "application/pdf", location="OBX-5")
+
+    assert text.split("\n") == sample_documents.PDF_REPORT
+
+
+def test_a_pdf_that_needs_a_password_is_refused() -> None:
+    with pytest.raises(InvalidField, match="password protected") as caught:
+        document_text(_encrypted("secret"), "application/pdf", location="OBX-5")
+
+    assert caught.value.location == "OBX-5"
