@@ -32,7 +32,8 @@ Choices, and why:
   unescaped. Pictures (ED or
   RP of an image type) and the DICOM study/series/instance UID observations that SR-to-HL7
   gateways add as ST lines are not report text and are skipped; other value types (NM, SN,
-  ...) are not read.
+  ...) are not read. An observation marked wrong, deleted or unobtainable in OBX-11 (W, D, X)
+  is not read, nor are its notes: its text is not the report.
 * A result whose text cannot be read is never routed as "nothing found" (DOMAIN.md §5): an
   unreadable carrier (corrupt Base64, a PDF without a text layer, an attachment type not read
   here, an RP reference this engine cannot fetch) is InvalidField, even beside readable
@@ -120,6 +121,9 @@ _REFERENCE_TYPE = "RP"
 # Result statuses that may carry no report text (see the module docstring).
 _TEXT_OPTIONAL_STATUSES = {"P", "X"}
 _CANCELLED = "X"
+# OBX-11 (HL7 table 0085) of an observation whose value must not be read: W "post original as
+# wrong" (e.g. sent for the wrong patient), D "delete", X "results cannot be obtained".
+_WITHDRAWN_OBSERVATIONS = {"W", "D", "X"}
 # A note (NTE) belongs to the OBR or OBX before it; participations (PRT) may sit between.
 _NOTE_OWNERS = {"OBR", "OBX"}
 _NOTE_NEIGHBOURS = {"NTE", "PRT"}
@@ -596,6 +600,10 @@ def _report_lines(after_obr: Sequence[_Segment], delims: _Delimiters) -> tuple[l
         if segment.name != "OBX":
             continue
         observations += 1
+        if _field_value(segment, 11, 1, delims) in _WITHDRAWN_OBSERVATIONS:
+            owner = "withdrawn OBX"  # its notes go with it
+            skipped.add("observations marked wrong or deleted in OBX-11")
+            continue
         try:
             lines.extend(_observation_lines(segment, delims, skipped))
         except InvalidField as problem:

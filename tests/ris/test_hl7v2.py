@@ -816,6 +816,23 @@ def test_notes_after_the_obr_and_after_an_obx_are_read_in_message_order() -> Non
     ]
 
 
+def test_observations_marked_wrong_or_deleted_are_not_read_nor_their_notes() -> None:
+    text = with_segments(
+        "OBX|1|TX|19005-8^Impression^LN||IMPRESSION:||||||F",
+        "OBX|2|TX|19005-8^Impression^LN||Cord compression at C5-6.||||||W",
+        "NTE|1||note on the wrong line",
+        "OBX|3|TX|19005-8^Impression^LN||Left L5-S1 extrusion.||||||D",
+        "OBX|4|TX|19005-8^Impression^LN||Right L5-S1 extrusion.||||||C",
+    )
+
+    assert oru(text).report_text.split("\n") == ["IMPRESSION:", "Right L5-S1 extrusion."]
+
+
+def test_a_result_whose_only_observations_are_withdrawn_has_no_report_text() -> None:
+    with pytest.raises(MissingField, match="marked wrong or deleted in OBX-11"):
+        oru(with_segments("OBX|1|TX|19005-8^Impression^LN||Cord compression.||||||W"))
+
+
 def test_coded_values_without_a_code_are_read_as_text() -> None:
     text = with_segments(
         "OBX|1|CWE|19005-8^Impression^LN||^Grade 1 anterolisthesis of L4 on L5",
