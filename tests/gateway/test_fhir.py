@@ -379,6 +379,7 @@ def test_report_only_in_a_pdf_presented_form_is_read() -> None:
     scan = parse(load("diagnosticreport_pdf.json")).scan
 
     assert scan.report_text.split("\n") == sample_documents.PDF_REPORT
+    assert (FHIR / "diagnosticreport_pdf.json").read_text() == sample_documents.fhir_pdf_sample()
 
 
 def test_a_cda_presented_form_is_read_with_its_section_titles() -> None:
