@@ -34,6 +34,9 @@ Choices, and why:
   gateways add as ST lines are not report text and are skipped; other value types (NM, SN,
   ...) are not read. An observation marked wrong, deleted or unobtainable in OBX-11 (W, D, X)
   is not read, nor are its notes: its text is not the report.
+* A line after the OBR that is not a segment is refused (InvalidField, located at the segment
+  before it): a CR or LF inside a field (a wrapped Base64 attachment, a line break typed into
+  the report) ends that segment early, and the rest of the field would be lost unseen.
 * A result whose text cannot be read is never routed as "nothing found" (DOMAIN.md §5): an
   unreadable carrier (corrupt Base64, a PDF without a text layer, an attachment type not read
   here, an RP reference this engine cannot fetch) is InvalidField, even beside readable
@@ -143,6 +146,7 @@ _FINDING_CODE_SYSTEMS = {
     "I10", "I10C", "ICD10", "ICD-10", "ICD10CM", "ICD-10-CM", "I9C",
 }  # fmt: skip
 _DICOM_STUDY_REFERENCE = "113014"
+_SEGMENT_NAME = re.compile("[A-Z][A-Z0-9]{2}")
 
 # Fallback order from DOMAIN.md §5.
 _PROVIDER_FIELDS = (("OBR", 16), ("ORC", 12), ("PV1", 8), ("PV1", 7))
@@ -590,7 +594,10 @@ def _report_lines(after_obr: Sequence[_Segment], delims: _Delimiters) -> tuple[l
     skipped: set[str] = set()
     owner = "OBR"
     observations = 0
+    _check_lines_are_segments(after_obr)
     for segment in after_obr:
+        if not segment.name:
+            continue  # a blank line (any other line that is not a segment was refused)
         if segment.name == "NTE":
             if owner in _NOTE_OWNERS:
                 lines.extend(_text_lines(segment.field(3), delims))
@@ -612,6 +619,20 @@ def _report_lines(after_obr: Sequence[_Segment], delims: _Delimiters) -> tuple[l
                 f"OBX #{observations} after the OBR: {problem.reason}", location=problem.location
             ) from problem
     return lines, skipped
+
+
+def _check_lines_are_segments(after_obr: Sequence[_Segment]) -> None:
+    """A line break inside a field ends its segment early: refuse rather than lose the rest."""
+    previous = "OBR"
+    for segment in after_obr:
+        if _SEGMENT_NAME.fullmatch(segment.name):
+            previous = segment.name
+        elif "".join(segment.fields).strip():  # blank lines between segments are harmless
+            raise InvalidField(
+                "a line after the OBR is not an HL7 segment: a line break inside the "
+                f"{previous} before it cut that segment short",
+                location=previous,
+            )
 
 
 def _observation_lines(obx: _Segment, delims: _Delimiters, skipped: set[str]) -> list[str]:

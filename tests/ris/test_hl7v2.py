@@ -406,10 +406,10 @@ def test_dcm4che_cda_narrative_is_the_report_text_with_its_section_titles() -> N
 
 def test_dcm4che_pdf_with_a_line_break_inside_its_base64_is_refused() -> None:
     """The file breaks OBX-5 with a CR, which ends the segment: the Base64 is cut short."""
-    with pytest.raises(InvalidField, match="not valid Base64") as caught:
+    with pytest.raises(InvalidField, match="line break inside the OBX") as caught:
         parse(DCM4CHE / "ORU^R01-PDF.hl7")
 
-    assert (caught.value.location, caught.value.ack_code) == ("OBX-5", "AE")
+    assert (caught.value.location, caught.value.ack_code) == ("OBX", "AE")
 
 
 def test_dcm4che_pdf_text_layer_is_the_report_text_once_its_base64_is_whole() -> None:
@@ -814,6 +814,25 @@ def test_notes_after_the_obr_and_after_an_obx_are_read_in_message_order() -> Non
         "IMPRESSION:",
         "1. Extrusion compressing the S1 root.",
     ]
+
+
+@pytest.mark.parametrize("line_end", ["\r", "\n", "\r\n"])
+def test_a_line_break_inside_report_text_is_refused_not_cut(line_end: str) -> None:
+    obx = (
+        f"OBX|1|TX|19005-8^Impression^LN||IMPRESSION: no cord{line_end}compression at C5-6.||||||F"
+    )
+    text = decode_message(with_segments(obx).encode())
+
+    with pytest.raises(InvalidField, match="line break inside the OBX") as caught:
+        oru(text)
+
+    assert caught.value.location == "OBX"
+
+
+def test_blank_lines_between_segments_are_harmless() -> None:
+    text = decode_message(with_segments("", "NTE|1||IMPRESSION: Normal.", "  ").encode())
+
+    assert oru(text).report_text == "IMPRESSION: Normal."
 
 
 def test_observations_marked_wrong_or_deleted_are_not_read_nor_their_notes() -> None:
