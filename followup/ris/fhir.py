@@ -17,9 +17,15 @@ nothing in the elements read here. Choices, and why:
   server cannot resolve is refused: fetching it from another server is not this gateway's job.
 * Ordering provider: `basedOn` ServiceRequest → `requester` (Practitioner, or PractitionerRole →
   practitioner): its NPI identifier if any, else its first identifier, else its name.
-* Text: `presentedForm` attachments of type text/plain (base64, charset from the content type,
-  UTF-8 by default) in order, then `conclusion` under an IMPRESSION heading unless the text
-  already contains it. PDF and other forms carry no readable text and are skipped.
+* Text: one `presentedForm` attachment, then `conclusion` under an IMPRESSION heading unless
+  the text already contains it. R4 requires the forms to be semantically equivalent, so one
+  is read: the first of the kind a reader prefers (plain text, then CDA, HTML, RTF, PDF; see
+  `documents.py`), the next one when it cannot be read. Pictures are skipped. When forms are
+  sent and none can be read (corrupt, a PDF without a text layer, an unread type, only a
+  `url` to fetch) the report is refused (InvalidField) even with a conclusion: the
+  findings of the full report may hold a critical finding the conclusion omits. A report
+  with neither text nor coded conclusion is refused (MissingField) unless it is preliminary
+  or cancelled, as in HL7 v2: it would route as "nothing found".
 * Language: `Patient.communication`, the preferred one first, as the two-letter code the SMS
   templates are filed under (BCP 47 "es-MX", ISO 639-2 "spa"); unrecognised is unknown.
 * A NUL character (JSON "\\u0000") anywhere is refused (InvalidField at its element), as in
@@ -37,6 +43,7 @@ from datetime import date, datetime, time
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
+from fhir.resources.R4B.attachment import Attachment
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.fhirresourcemodel import FHIRResourceModel
@@ -48,7 +55,13 @@ from fhir.resources.R4B.reference import Reference
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
-from followup.errors import InvalidField, MalformedMessage, MissingField, UnsupportedMessage
+from followup.errors import (
+    InvalidField,
+    MalformedMessage,
+    MissingField,
+    UnsupportedMessage,
+)
+from followup.ris.documents import DocumentKind, document_kind, document_text, is_picture
 from followup.ris.hl7v2 import _e164
 from followup.ris.scan import (
     CodedReportItem,
@@ -74,6 +87,8 @@ _ACCESSION_TYPE = "ACSN"
 _MRN_TYPE = "MR"
 _NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
 _BOM = "\ufeff"
+# Result statuses that may carry no report text yet (preliminary) or at all (cancelled).
+_TEXT_OPTIONAL_STATUSES = {"P", "X"}
 
 _M = TypeVar("_M", bound=FHIRResourceModel)
 
@@ -228,12 +243,24 @@ def _scan(
         raise MissingField("the report has no subject (patient)", location=patient_path)
     patient, mrn = _patient(report.subject, resources, patient_path)
     procedure = next(iter(report.code.coding or []), None)
+    coded_items = tuple(
+        CodedReportItem(system=coding.system or "", code=coding.code, display=coding.display or "")
+        for concept in report.conclusionCode or []
+        for coding in concept.coding or []
+        if coding.code
+    )
+    report_text = _report_text(report, path)
+    if not (report_text.strip() or coded_items or status in _TEXT_OPTIONAL_STATUSES):
+        raise MissingField(
+            "the report has no text: no readable presentedForm, no conclusion, no conclusionCode",
+            location=f"{path}.presentedForm",
+        )
     scan = ScanCompleted(
         accession=accession,
         mrn=mrn,
         patient_name=_name(patient.name if patient else None),
         result_status=status,
-        report_text=_report_text(report, path),
+        report_text=report_text,
         birth_date=patient.birthDate if patient else None,
         phone_e164=_phone(patient, phone_region) if patient else None,
         language=_language(patient) if patient else None,
@@ -247,14 +274,7 @@ def _scan(
         ),
         result_time=_time(report.issued, site_zone),
         control_id=identifier,
-        coded_items=tuple(
-            CodedReportItem(
-                system=coding.system or "", code=coding.code, display=coding.display or ""
-            )
-            for concept in report.conclusionCode or []
-            for coding in concept.coding or []
-            if coding.code
-        ),
+        coded_items=coded_items,
     )
     check_scan_fits(
         scan,
@@ -383,31 +403,45 @@ def _provider(reference: Reference, resources: _Resources) -> ProviderRef | None
 
 
 def _report_text(report: DiagnosticReport, path: str) -> str:
-    parts: list[str] = []
-    for index, form in enumerate(report.presentedForm or []):
-        media_type, _, parameters = (form.contentType or "").partition(";")
-        if media_type.strip().lower() != "text/plain" or form.data is None:
-            continue
-        charset = _charset(parameters)
-        try:
-            parts.append(form.data.decode(charset).strip())
-        except (LookupError, UnicodeDecodeError) as exc:
-            raise InvalidField(
-                f"presentedForm is not readable as {charset}: {exc}",
-                location=f"{path}.presentedForm[{index}].data",
-            ) from exc
+    parts = [_presented_form_text(report.presentedForm or [], f"{path}.presentedForm")]
     conclusion = (report.conclusion or "").strip()
     if conclusion and not any(conclusion in part for part in parts):
         parts.append(f"IMPRESSION:\n{conclusion}")
     return "\n".join(part.replace("\r\n", "\n") for part in parts if part)
 
 
-def _charset(parameters: str) -> str:
-    for parameter in parameters.split(";"):
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "charset" and value.strip():
-            return value.strip().strip('"')
-    return "utf-8"
+def _presented_form_text(forms: Sequence[Attachment], location: str) -> str:
+    """The text of the most readable form ("" when none is sent); see the module docstring."""
+    candidates = sorted(
+        (
+            (document_kind(form.contentType or "") or len(DocumentKind) + 1, index, form)
+            for index, form in enumerate(forms)
+            if not is_picture(form.contentType or "")
+        ),
+        key=lambda candidate: candidate[:2],
+    )
+    first_problem: InvalidField | None = None
+    for _, index, form in candidates:
+        at = f"{location}[{index}]"
+        try:
+            return _form_text(form, at)
+        except InvalidField as problem:
+            first_problem = first_problem or problem
+    if first_problem is not None:
+        raise first_problem
+    return ""
+
+
+def _form_text(form: Attachment, at: str) -> str:
+    if form.data is None:
+        if form.url:
+            raise InvalidField(
+                "the report is only a url to a document elsewhere, which this engine does not "
+                "fetch; send it as data",
+                location=f"{at}.url",
+            )
+        raise InvalidField("the attachment has neither data nor url", location=at)
+    return document_text(form.data, form.contentType or "", location=f"{at}.data").strip()
 
 
 def _time(value: date | datetime | None, zone: ZoneInfo) -> datetime | None:

@@ -14,17 +14,38 @@ Choices, and why:
   Radiology puts the accession in OBR-18 and many RIS copy it into OBR-3; OBR-3 comes first
   because it is the field HL7 defines as the filler's key for the order. dcm4che's samples carry
   literal placeholders ("FillerOrderNumberImagingServiceRequest") there, which is fine for tests.
-* Checks run from the envelope inwards: MSH-9/11/12 (AR), then the study (accession, OBR-25),
-  then the patient (PID-3, PID-7), then times. The first failure is raised, with the HL7
-  location for the ACK's ERR segment. OBR-25 is required: dcm4che's legacy_ORU^R01 has its F
-  in OBR-24 and an empty OBR-25, which must not pass as final.
+* Checks run from the envelope inwards: MSH-9/11/12 (AR), MSH-10 (AE: without a control id
+  the ACK cannot name the message and a resend cannot be recognised), then the study
+  (accession, OBR-25), then the patient (PID-3, PID-7), then times, then the report text.
+  The first failure is raised, with the HL7 location for the ACK's ERR segment. OBR-25 is
+  required: dcm4che's legacy_ORU^R01 has its F in OBR-24 and an empty OBR-25, which must not
+  pass as final.
 * One ORU carries one study: a message with several OBR groups is rejected rather than having
   all but one silently dropped (a dropped study would never get its follow-up).
-* Report text is OBX-5 of the TX/ST/FT observations after the OBR, one line per repetition, in
-  message order, with section headings ("IMPRESSION:") kept as sent. ED/RP (embedded PDF/CDA,
-  references) carry no readable text and are skipped, as are the DICOM study/series/instance
-  UID observations that SR-to-HL7 gateways add as ST lines. A result without text parses with
-  an empty report_text: deciding that nothing can be routed (needs_review) is routing's job.
+* Report text is read from every carrier after the OBR, in message order, one line per
+  repetition or line, with section headings ("IMPRESSION:") kept as sent: OBX-5 of TX, FT and
+  ST observations; coded values (CE/CWE/CNE) that carry only text (with a code they are coded
+  items, routed by the code); NTE-3 of the notes that follow the OBR or an OBX (PRT may sit
+  between, as in v2.7+); and ED attachments (PDF, CDA, HTML, RTF, plain text: see
+  `documents.py`) in Base64, Hex or no encoding. An ED's data is the rest of OBX-5 after its
+  fourth component, taken whole, because senders put CDA XML there with "&" and "~"
+  unescaped. Pictures (ED or
+  RP of an image type) and the DICOM study/series/instance UID observations that SR-to-HL7
+  gateways add as ST lines are not report text and are skipped; other value types (NM, SN,
+  ...) are not read. An observation marked wrong, deleted or unobtainable in OBX-11 (W, D, X)
+  is not read, nor are its notes: its text is not the report.
+* A line after the OBR that is not a segment is refused (InvalidField, located at the segment
+  before it): a CR or LF inside a field (a wrapped Base64 attachment, a line break typed into
+  the report) ends that segment early, and the rest of the field would be lost unseen.
+* A result whose text cannot be read is never routed as "nothing found" (DOMAIN.md §5): an
+  unreadable carrier (corrupt Base64, a PDF without a text layer, an attachment type not read
+  here, an RP reference this engine cannot fetch) is InvalidField, even beside readable
+  text (the unread part may hold the impression), and a result with neither text nor coded
+  items is MissingField, both AE at OBX-5. A preliminary may carry no text yet (the flow
+  holds it), but an unreadable one is refused: the flow reads it for critical findings. A
+  cancellation (X) is never refused for its text: nothing of it is routed, and refusing it
+  would leave the cancelled study's referrals and follow-up standing; its text is "" when a
+  carrier cannot be read.
 * Messages are split here (segments on CR, fields on MSH-1) rather than with python-hl7's
   `parse`, which builds a container for every repetition, component and subcomponent of every
   field; this module reads some twenty fields and splits only those, on demand. The fields are
@@ -50,6 +71,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -58,7 +80,13 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 
-from followup.errors import InvalidField, MalformedMessage, MissingField, UnsupportedMessage
+from followup.errors import (
+    InvalidField,
+    MalformedMessage,
+    MissingField,
+    UnsupportedMessage,
+)
+from followup.ris.documents import document_kind, document_text, is_picture
 from followup.ris.scan import (
     CodedReportItem,
     PersonName,
@@ -91,6 +119,26 @@ _RESULT_STATUSES = {"O", "I", "S", "A", "P", "C", "R", "F", "X", "Y", "Z"}
 
 _TEXT_TYPES = {"TX", "ST", "FT"}
 _CODED_TYPES = {"CE", "CWE", "CNE"}
+_ATTACHMENT_TYPE = "ED"
+_REFERENCE_TYPE = "RP"
+# Result statuses that may carry no report text (see the module docstring).
+_TEXT_OPTIONAL_STATUSES = {"P", "X"}
+_CANCELLED = "X"
+# OBX-11 (HL7 table 0085) of an observation whose value must not be read: W "post original as
+# wrong" (e.g. sent for the wrong patient), D "delete", X "results cannot be obtained".
+_WITHDRAWN_OBSERVATIONS = {"W", "D", "X"}
+# A note (NTE) belongs to the OBR or OBX before it; participations (PRT) may sit between.
+_NOTE_OWNERS = {"OBR", "OBX"}
+_NOTE_NEIGHBOURS = {"NTE", "PRT"}
+# HL7 table 0191 (type of referenced data) and MIME top-level types → MIME top-level type.
+# SD (scanned document) is a picture of a report unless its subtype says PDF.
+_ATTACHMENT_MAIN_TYPES = {
+    "AP": "application", "APPLICATION": "application", "TEXT": "text", "FT": "text",
+    "AU": "audio", "AUDIO": "audio", "IM": "image", "IMAGE": "image", "NS": "image",
+    "SI": "image", "SD": "image", "VIDEO": "video", "MULTIPART": "multipart",
+}  # fmt: skip
+# HL7 table 0299 (ED encoding); dcm4che writes "ASCII" for none.
+_NO_ENCODING = {"", "A", "ASCII"}
 # HL7 table 0396 names (and common spellings) of terminologies whose codes name findings.
 _FINDING_CODE_SYSTEMS = {
     "SCT", "SNM", "SNM3", "SNOMED", "SNOMED CT", "SNOMEDCT",  # SNOMED CT and predecessors
@@ -98,6 +146,7 @@ _FINDING_CODE_SYSTEMS = {
     "I10", "I10C", "ICD10", "ICD-10", "ICD10CM", "ICD-10-CM", "I9C",
 }  # fmt: skip
 _DICOM_STUDY_REFERENCE = "113014"
+_SEGMENT_NAME = re.compile("[A-Z][A-Z0-9]{2}")
 
 # Fallback order from DOMAIN.md §5.
 _PROVIDER_FIELDS = (("OBR", 16), ("ORC", 12), ("PV1", 8), ("PV1", 7))
@@ -288,25 +337,30 @@ def parse_oru(text: str, *, site_zone: ZoneInfo, phone_region: str = "US") -> Sc
         raise MissingField("patient identifier (MRN) is empty", location="PID-3")
     birth_date = _birth_date(_field_value(pid, 7, 1, delims))
     procedure = _first_repetition(obr.field(4), delims)
-    observations = [seg for seg in segments[obr_index + 1 :] if seg.name == "OBX"]
+    after_obr = segments[obr_index + 1 :]
+    observations = [seg for seg in after_obr if seg.name == "OBX"]
+    exam_time = _time(obr, 7, delims, site_zone)
+    result_time = _time(obr, 22, delims, site_zone)
+    coded_items = _coded_items(observations, delims)
+    report_text = _readable_report_text(after_obr, delims, result_status, bool(coded_items))
 
     scan = ScanCompleted(
         accession=accession,
         mrn=mrn,
         patient_name=_person_name(_first_repetition(pid.field(5), delims), delims),
         result_status=result_status,
-        report_text=_report_text(observations, delims),
+        report_text=report_text,
         birth_date=birth_date,
         phone_e164=_phone(pid.field(13), delims, phone_region),
         language=language_code(_field_value(pid, 15, 1, delims)),
         ordering_provider=_ordering_provider(segments, obr, delims),
         procedure_code=_value(procedure, 1, delims),
         procedure_text=_value(procedure, 2, delims),
-        exam_time=_time(obr, 7, delims, site_zone),
-        result_time=_time(obr, 22, delims, site_zone),
+        exam_time=exam_time,
+        result_time=result_time,
         control_id=header.control_id,
         sending_facility=header.sending_facility,
-        coded_items=_coded_items(observations, delims),
+        coded_items=coded_items,
     )
     check_scan_fits(
         scan,
@@ -337,7 +391,8 @@ def check_no_nul(text: str) -> None:
 
 
 def check_header(header: MessageHeader, *, accepted_types: Collection[str]) -> None:
-    """Reject (AR) a message of the wrong type, processing id or version."""
+    """Reject (AR) a message of the wrong type, processing id or version; refuse (AE) one
+    without a control id, which its ACK could not name."""
     if header.message_type not in accepted_types:
         expected = ", ".join(sorted(accepted_types))
         raise UnsupportedMessage(
@@ -353,6 +408,8 @@ def check_header(header: MessageHeader, *, accepted_types: Collection[str]) -> N
         raise UnsupportedMessage(
             f"version {header.version or '(empty)'} is not HL7 v2", location="MSH-12"
         )
+    if not header.control_id.strip():
+        raise MissingField("message control id is empty", location="MSH-10")
 
 
 def _the_obr_index(segments: Sequence[_Segment]) -> int:
@@ -510,15 +567,167 @@ def _provider(xcn: str, delims: _Delimiters, *, source_field: str) -> ProviderRe
     )
 
 
-def _report_text(observations: Sequence[_Segment], delims: _Delimiters) -> str:
-    lines = [
+def _readable_report_text(
+    after_obr: Sequence[_Segment], delims: _Delimiters, result_status: str, coded: bool
+) -> str:
+    """The report text, or why there is none to route (see the module docstring)."""
+    try:
+        lines, skipped = _report_lines(after_obr, delims)
+    except InvalidField:
+        if result_status != _CANCELLED:
+            raise
+        return ""
+    text = "\n".join(lines)
+    if text.strip() or coded or result_status in _TEXT_OPTIONAL_STATUSES:
+        return text
+    not_read = f"; not report text: {', '.join(sorted(skipped))}" if skipped else ""
+    raise MissingField(
+        "the result has no report text (no text OBX-5, NTE-3 or readable attachment after "
+        f"the OBR){not_read}",
+        location="OBX-5",
+    )
+
+
+def _report_lines(after_obr: Sequence[_Segment], delims: _Delimiters) -> tuple[list[str], set[str]]:
+    """Report lines from every carrier in message order, and what was passed over."""
+    lines: list[str] = []
+    skipped: set[str] = set()
+    owner = "OBR"
+    observations = 0
+    _check_lines_are_segments(after_obr)
+    for segment in after_obr:
+        if not segment.name:
+            continue  # a blank line (any other line that is not a segment was refused)
+        if segment.name == "NTE":
+            if owner in _NOTE_OWNERS:
+                lines.extend(_text_lines(segment.field(3), delims))
+            continue
+        if segment.name not in _NOTE_NEIGHBOURS:
+            owner = segment.name
+        if segment.name != "OBX":
+            continue
+        observations += 1
+        if _field_value(segment, 11, 1, delims) in _WITHDRAWN_OBSERVATIONS:
+            owner = "withdrawn OBX"  # its notes go with it
+            skipped.add("observations marked wrong or deleted in OBX-11")
+            continue
+        try:
+            lines.extend(_observation_lines(segment, delims, skipped))
+        except InvalidField as problem:
+            # ERR names the field only; the reason says which of many OBX it was.
+            raise InvalidField(
+                f"OBX #{observations} after the OBR: {problem.reason}", location=problem.location
+            ) from problem
+    return lines, skipped
+
+
+def _check_lines_are_segments(after_obr: Sequence[_Segment]) -> None:
+    """A line break inside a field ends its segment early: refuse rather than lose the rest."""
+    previous = "OBR"
+    for segment in after_obr:
+        if _SEGMENT_NAME.fullmatch(segment.name):
+            previous = segment.name
+        elif "".join(segment.fields).strip():  # blank lines between segments are harmless
+            raise InvalidField(
+                "a line after the OBR is not an HL7 segment: a line break inside the "
+                f"{previous} before it cut that segment short",
+                location=previous,
+            )
+
+
+def _observation_lines(obx: _Segment, delims: _Delimiters, skipped: set[str]) -> list[str]:
+    """One OBX's report lines; what it holds that is not report text is added to `skipped`."""
+    value_type = _field_value(obx, 2, 1, delims)
+    if value_type in _TEXT_TYPES:
+        return [] if _is_uid_reference(obx, delims) else _text_lines(obx.field(5), delims)
+    if value_type in _CODED_TYPES:
+        return _uncoded_texts(obx.field(5), delims)
+    if value_type == _ATTACHMENT_TYPE:
+        attachment = _attachment_lines(obx.field(5), delims)
+        if attachment is None:
+            skipped.add("a picture or empty attachment")
+        return attachment or []
+    if value_type == _REFERENCE_TYPE:
+        _check_reference(obx.field(5), delims)
+        skipped.add("a reference to a picture")
+        return []
+    skipped.add(f"{value_type or 'untyped'} values")
+    return []
+
+
+def _text_lines(field: str, delims: _Delimiters) -> list[str]:
+    """A TX/FT/ST field: one line per repetition, and per line break inside one."""
+    return [
         line.rstrip()
-        for obx in observations
-        if _field_value(obx, 2, 1, delims) in _TEXT_TYPES and not _is_uid_reference(obx, delims)
-        for repetition in _repetitions(obx.field(5), delims, keep_empty=True)
+        for repetition in _repetitions(field, delims, keep_empty=True)
         for line in _unescape(repetition, delims).split("\n")
     ]
-    return "\n".join(lines)
+
+
+def _uncoded_texts(field: str, delims: _Delimiters) -> list[str]:
+    """The text of coded values sent without a code (CWE-2, CWE-5 or original text CWE-9)."""
+    texts = []
+    for repetition in _repetitions(field, delims):
+        if _value(repetition, 1, delims) or _value(repetition, 4, delims):
+            continue  # coded: a coded item, routed by its code
+        text = next((t for t in (_value(repetition, n, delims) for n in (2, 5, 9)) if t), "")
+        if text:
+            texts.append(text)
+    return texts
+
+
+def _attachment_lines(field: str, delims: _Delimiters) -> list[str] | None:
+    """An ED value (source ^ type ^ subtype ^ encoding ^ data) as report lines; None for a
+    picture or an empty attachment, which hold no report text."""
+    components = field.split(delims.component, 4)
+    components += [""] * (5 - len(components))
+    type_of_data, subtype, encoding = (_unescape(c, delims).strip() for c in components[1:4])
+    data = _unescape(components[4], delims)
+    content_type = _attachment_media_type(type_of_data, subtype)
+    if not data.strip() or (document_kind(content_type) is None and is_picture(content_type)):
+        return None
+    content = _attachment_content(data, encoding.upper())
+    return document_text(content, content_type, location="OBX-5").split("\n")
+
+
+def _attachment_media_type(type_of_data: str, subtype: str) -> str:
+    """ED-2/ED-3 (or RP-3/RP-4) as a MIME type: "Application^PDF" → "application/pdf"."""
+    subtype = subtype.lower()
+    if "/" in subtype:  # some senders put the whole MIME type in the subtype
+        return subtype
+    main = _ATTACHMENT_MAIN_TYPES.get(type_of_data.upper(), type_of_data.lower())
+    if main == "text" and subtype in ("", "plain", "txt"):
+        return "text/plain"
+    return f"{main}/{subtype}"
+
+
+def _attachment_content(data: str, encoding: str) -> bytes | str:
+    if encoding in _NO_ENCODING:
+        return data
+    try:
+        if encoding in ("BASE64", "B64"):
+            return base64.b64decode("".join(data.split()), validate=True)
+        if encoding == "HEX":
+            return bytes.fromhex("".join(data.split()))
+    except ValueError as exc:  # binascii.Error is one
+        raise InvalidField(
+            f"the ED data is not valid {encoding.title()} ({exc})", location="OBX-5"
+        ) from exc
+    raise InvalidField(f"ED encoding {encoding[:16]!r} is not A, Hex or Base64", location="OBX-5")
+
+
+def _check_reference(field: str, delims: _Delimiters) -> None:
+    """An RP value (pointer ^ application ^ type ^ subtype) may point at a picture, which is
+    not report text; a pointer to anything else is the report itself, kept elsewhere."""
+    type_of_data, subtype = (_value(field, n, delims) for n in (3, 4))
+    content_type = _attachment_media_type(type_of_data, subtype)
+    if is_picture(content_type) and document_kind(content_type) is None:
+        return
+    raise InvalidField(
+        "the report is a reference (RP) to a document elsewhere, which this engine does not "
+        "fetch; send its text in the message",
+        location="OBX-5",
+    )
 
 
 def _is_uid_reference(obx: _Segment, delims: _Delimiters) -> bool:
@@ -596,6 +805,8 @@ def _escape_sequence(sequence: str, delims: _Delimiters) -> str:
         return delimiter
     if sequence.startswith((".br", ".sp", ".ce")):
         return "\n"  # line structure matters for section splitting; spacing does not
+    if sequence.startswith(".sk"):
+        return " "  # skip spaces to the right: words on either side must stay apart
     if sequence.startswith("X"):
         return _hex_bytes(sequence[1:])
     return ""  # highlighting, indentation, charset switches: presentation only

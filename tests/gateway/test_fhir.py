@@ -23,6 +23,7 @@ from followup.ris.fhir import FhirReport, parse_report
 from followup.ris.hl7v2 import decode_message, parse_oru
 from followup.ris.scan import CodedReportItem, PersonName, ProviderRef
 from tests.conftest import SAMPLES, THIRD_PARTY
+from tests.ris import sample_documents
 
 ZONE = ZoneInfo("America/New_York")
 FHIR = SAMPLES / "fhir"
@@ -361,3 +362,105 @@ def test_a_value_its_column_cannot_hold_is_refused_naming_the_element(
     caught = failure(document)
 
     assert (type(caught), caught.location) == (InvalidField, location)
+
+
+# --- report text from presentedForm and conclusion ---------------------------------------------
+
+
+def _form(content_type: str, data: bytes) -> dict[str, str]:
+    return {"contentType": content_type, "data": base64.b64encode(data).decode()}
+
+
+NO_TEXT_PDF = _form("application/pdf", sample_documents.pdf_with_lines([]))
+PICTURE = _form("image/jpeg", b"\xff\xd8\xff")
+
+
+def test_report_only_in_a_pdf_presented_form_is_read() -> None:
+    scan = parse(load("diagnosticreport_pdf.json")).scan
+
+    assert scan.report_text.split("\n") == sample_documents.PDF_REPORT
+    assert (FHIR / "diagnosticreport_pdf.json").read_text() == sample_documents.fhir_pdf_sample()
+
+
+def test_a_cda_presented_form_is_read_with_its_section_titles() -> None:
+    cda = sample_documents.cda_with_sections([("Impression", ["Grade 1 anterolisthesis."])])
+
+    scan = parse(_report(conclusion=None, presentedForm=[_form("text/xml", cda.encode())])).scan
+
+    assert scan.report_text == "Impression:\nGrade 1 anterolisthesis."
+
+
+def test_an_html_form_is_preferred_to_a_pdf_of_the_same_report() -> None:
+    pdf = _form("application/pdf", sample_documents.pdf_with_lines(["IMPRESSION: from the PDF."]))
+    html = _form("text/html", b"<p>IMPRESSION:</p><p>Grade 1 anterolisthesis.</p>")
+
+    scan = parse(_report(conclusion=None, presentedForm=[pdf, html])).scan
+
+    assert scan.report_text == "IMPRESSION:\nGrade 1 anterolisthesis."
+
+
+def test_the_next_form_is_read_when_the_preferred_one_cannot_be() -> None:
+    pdf = _form("application/pdf", sample_documents.pdf_with_lines(["IMPRESSION: Normal."]))
+    broken_text = _form("text/plain; charset=utf-8", b"\xff")
+
+    scan = parse(_report(conclusion=None, presentedForm=[pdf, broken_text])).scan
+
+    assert scan.report_text == "IMPRESSION: Normal."
+
+
+def test_pictures_are_skipped_and_the_conclusion_is_read() -> None:
+    scan = parse(_report(conclusion="No acute abnormality.", presentedForm=[PICTURE])).scan
+
+    assert scan.report_text == "IMPRESSION:\nNo acute abnormality."
+
+
+@pytest.mark.parametrize(
+    ("forms", "reason", "location"),
+    [
+        ([NO_TEXT_PDF], "no text layer", "DiagnosticReport.presentedForm[0].data"),
+        (
+            [PICTURE, {"contentType": "application/pdf", "url": "https://ris.example.org/r.pdf"}],
+            "only a url",
+            "DiagnosticReport.presentedForm[1].url",
+        ),
+        (
+            [_form("application/msword", b"\xd0\xcf")],
+            "msword",
+            "DiagnosticReport.presentedForm[0].data",
+        ),
+        (
+            [{"contentType": "application/pdf"}],
+            "neither data nor url",
+            "DiagnosticReport.presentedForm[0]",
+        ),
+    ],
+    ids=["pdf-without-text", "url-only", "msword", "empty-form"],
+)
+def test_forms_that_cannot_be_read_refuse_the_report_even_with_a_conclusion(
+    forms: list[dict[str, str]], reason: str, location: str
+) -> None:
+    caught = failure(_report(presentedForm=forms))
+
+    assert (type(caught), caught.location, caught.ack_code) == (InvalidField, location, "AE")
+    assert reason in caught.reason
+
+
+def test_a_final_report_without_any_text_is_refused() -> None:
+    caught = failure(_report(presentedForm=[PICTURE], conclusion=None))
+
+    assert (type(caught), caught.location) == (MissingField, "DiagnosticReport.presentedForm")
+
+
+@pytest.mark.parametrize(("status", "code"), [("preliminary", "P"), ("cancelled", "X")])
+def test_a_preliminary_or_cancelled_report_may_have_no_text(status: str, code: str) -> None:
+    scan = parse(_report(status=status, presentedForm=None, conclusion=None)).scan
+
+    assert (scan.result_status, scan.report_text) == (code, "")
+
+
+def test_a_coded_conclusion_alone_is_a_report() -> None:
+    coded = [{"coding": [{"system": "http://snomed.info/sct", "code": "274152003"}]}]
+
+    scan = parse(_report(presentedForm=None, conclusion=None, conclusionCode=coded)).scan
+
+    assert (scan.report_text, [item.code for item in scan.coded_items]) == ("", ["274152003"])

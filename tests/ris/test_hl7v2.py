@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -27,6 +28,7 @@ from followup.ris.hl7v2 import (
 )
 from followup.ris.scan import CodedReportItem, PersonName, ProviderRef, ScanCompleted
 from tests.conftest import THIRD_PARTY
+from tests.ris import sample_documents
 
 SAMPLES = Path(__file__).parents[1] / "samples" / "hl7"
 SHARED_HL7 = THIRD_PARTY / "hl7"
@@ -103,6 +105,38 @@ BAD_SAMPLES = {
     "bad_no_mrn": (MissingField, "PID-3", "AE"),
     "bad_birth_date": (InvalidField, "PID-7", "AE"),
     "bad_wrong_type": (UnsupportedMessage, "MSH-9", "AR"),
+    "bad_ed_pdf_no_text_layer": (InvalidField, "OBX-5", "AE"),
+    "bad_rp_reference": (InvalidField, "OBX-5", "AE"),
+}
+
+# Reports whose text is not in TX OBX lines (written by tests/ris/sample_documents.py).
+TEXT_CARRIER_SAMPLES = {
+    "text_nte_after_obr": sample_documents.NTE_AFTER_OBR_REPORT,
+    "text_nte_after_obx": [
+        "FINDINGS:",
+        *sample_documents.NTE_AFTER_OBX_FINDINGS,
+        "IMPRESSION:",
+        *sample_documents.NTE_AFTER_OBX_IMPRESSION,
+    ],
+    "text_ft_escapes": [
+        "EXAM: MRI LUMBAR SPINE WITHOUT CONTRAST",
+        "TECHNIQUE: Sagittal T1, T2 & STIR; axial T1 and T2.",
+        "FINDINGS:",
+        "L4-5: Broad-based disc protrusion with annular fissure, without nerve root contact.",
+        "L5-S1: Degenerative disc disease with Modic type 2 endplate changes"
+        " (T1 ^ T2 hyperintense).",
+        "Facets: Multilevel facet arthropathy, most pronounced at L4-5 \\ L5-S1.",
+        "IMPRESSION:",
+        "1. Broad-based L4-5 disc protrusion without nerve root contact.",
+        "2. Lower lumbar facet arthropathy.",
+        "3. Degenerative disc disease at L5-S1, Modic type 2, reviewed by Dr. Müller.",
+    ],
+    "text_ed_pdf": sample_documents.PDF_REPORT,
+    "text_ed_cda": [
+        line
+        for title, paragraphs in sample_documents.CDA_SECTIONS
+        for line in [f"{title}:", *paragraphs]
+    ],
 }
 
 # Each heading in report order; the second may be spelled either way.
@@ -118,7 +152,9 @@ REPORT_HEADINGS = (
 
 def test_every_sample_file_is_covered_and_uses_cr_separators() -> None:
     files = sorted(SAMPLES.glob("*.hl7"))
-    assert sorted(path.stem for path in files) == sorted([*GOOD_SAMPLES, *BAD_SAMPLES])
+    assert sorted(path.stem for path in files) == sorted(
+        [*GOOD_SAMPLES, *BAD_SAMPLES, *TEXT_CARRIER_SAMPLES]
+    )
     assert [path.name for path in files if b"\n" in path.read_bytes()] == []
 
 
@@ -245,6 +281,20 @@ def test_normal_sample_has_the_rule_out_only_in_the_indication() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("stem", "lines"), TEXT_CARRIER_SAMPLES.items(), ids=list(TEXT_CARRIER_SAMPLES)
+)
+def test_report_text_is_read_from_its_carrier(stem: str, lines: list[str]) -> None:
+    scan = parse(SAMPLES / f"{stem}.hl7")
+
+    assert scan.report_text.split("\n") == lines
+
+
+def test_text_carrier_samples_are_what_their_generator_writes() -> None:
+    for name, text in sample_documents.hl7_samples().items():
+        assert (SAMPLES / name).read_bytes() == text.encode(), name
+
+
 @pytest.mark.parametrize(("stem", "expected"), BAD_SAMPLES.items(), ids=list(BAD_SAMPLES))
 def test_bad_sample_is_rejected_with_location(
     stem: str, expected: tuple[type[InboundMessageError], str, str]
@@ -329,16 +379,46 @@ def test_dcm4che_structured_report() -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["ORU^R01-PDF.hl7", "ORU^R01-CDA.hl7"])
-def test_dcm4che_embedded_documents_and_uids_are_not_report_text(name: str) -> None:
-    scan = parse(DCM4CHE / name)
+def test_dcm4che_cda_narrative_is_the_report_text_with_its_section_titles() -> None:
+    scan = parse(DCM4CHE / "ORU^R01-CDA.hl7")  # ED ^Text^text/xml^ASCII^, "&amp;" unescaped
+    lines = scan.report_text.split("\n")
 
     assert (scan.accession, scan.mrn, scan.result_status) == (
         "FillerOrderNumberImagingServiceRequest",
         "PID_1",
         "F",
     )
-    assert scan.report_text == ""
+    assert lines[:5] == [
+        "Clinical Information:",
+        "Indications for Procedure:",
+        "Suspected lung tumor",
+        "History:",
+        "History - Sore throat.",
+    ]
+    assert lines[-2:] == [
+        "Impressions:",
+        "Impression - No acute cardiopulmonary process. Round density in left superior hilus,"
+        " further evaluation with CT is recommended as underlying malignancy is not excluded.",
+    ]
+    assert "Findings:" in lines
+    assert "1.2.392" not in scan.report_text  # the UID observations are not report text
+
+
+def test_dcm4che_pdf_with_a_line_break_inside_its_base64_is_refused() -> None:
+    """The file breaks OBX-5 with a CR, which ends the segment: the Base64 is cut short."""
+    with pytest.raises(InvalidField, match="line break inside the OBX") as caught:
+        parse(DCM4CHE / "ORU^R01-PDF.hl7")
+
+    assert (caught.value.location, caught.value.ack_code) == ("OBX", "AE")
+
+
+def test_dcm4che_pdf_text_layer_is_the_report_text_once_its_base64_is_whole() -> None:
+    text = load(DCM4CHE / "ORU^R01-PDF.hl7").replace("lZg0KMjcxN\rA0K", "lZg0KMjcxNA0K")
+
+    lines = oru(text).report_text.split("\n")
+
+    assert lines[:2] == ["A Simple PDF File", "This is a small demonstration .pdf file -"]
+    assert lines[-1] == "Boring. More, a little more text. The end, and just as well."
 
 
 def test_dcm4che_legacy_oru_with_status_in_obr24_is_missing_obr25() -> None:
@@ -411,11 +491,26 @@ def test_fhir_converter_oru_falls_back_to_the_referring_doctor_in_pv1_8() -> Non
     assert scan.coded_items == (
         CodedReportItem(system="SCT", code="27268008", display="Salmonella"),
     )
-    assert scan.report_text == ""
+    # NTE after the OBR, then NTE after the OBX (with a PRT between); the RP is a picture.
+    assert scan.report_text.split("\n") == [
+        "Enteric culture includes testing for Salmonella, Shigella, Campylobacter, Yersinia,"
+        " E.coli O157:H7 & other STECs, and Aeromonas",
+        "Allergy to peanuts observed.",
+        "Submission of serum",
+        "No Antibodies Detected",
+    ]
+
+
+def test_fhir_converter_glucose_result_without_report_text_is_refused() -> None:
+    with pytest.raises(MissingField, match=r"no report text.*SN values") as caught:
+        parse(FHIR_CONVERTER / "ORU-R01-RMGEAD.hl7")
+
+    assert (caught.value.location, caught.value.ack_code) == ("OBX-5", "AE")
 
 
 def test_fhir_converter_glucose_result_phone_offset_and_junk_code_system() -> None:
-    scan = parse(FHIR_CONVERTER / "ORU-R01-RMGEAD.hl7")
+    text = load(FHIR_CONVERTER / "ORU-R01-RMGEAD.hl7").rstrip("\r")
+    scan = oru(f"{text}\rOBX|2|TX|^Comment||Fasting sample.")
 
     assert (scan.accession, scan.mrn, scan.phone_e164) == ("1045813", "555-44-4444", "+12063345232")
     assert scan.ordering_provider == ProviderRef(
@@ -425,6 +520,7 @@ def test_fhir_converter_glucose_result_phone_offset_and_junk_code_system() -> No
     )
     assert scan.exam_time == local(2002, 2, 14, 20, 30)  # 20020215073000+0600
     assert scan.coded_items == ()  # OBX-3 has a LOINC long name where its system belongs
+    assert scan.report_text == "Fasting sample."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,27 +756,322 @@ def test_ordering_provider_fallbacks(fields: dict[str, str], expected: ProviderR
 
 
 def test_report_text_unescapes_and_splits_lines() -> None:
-    value = "A\\.br\\B \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\H\\bold\\N\\ \\X41\\ \\.sp2\\C ~D \\F"
+    value = (
+        "A\\.br\\B \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\H\\bold\\N\\ \\X41\\ \\.sp2\\C"
+        " \\.in+4\\x\\.sk2\\y\\.ti-2\\ ~D \\F"
+    )
     scan = oru(minimal(OBX_2="FT", OBX_5=value))
 
-    assert scan.report_text == "A\nB | ^ & ~ \\ bold A\nC\nD \\F"
+    assert scan.report_text == "A\nB | ^ & ~ \\ bold A\nC x y\nD \\F"
 
 
-def test_report_text_keeps_obx_order_and_skips_non_text_types() -> None:
+def test_report_text_keeps_obx_order_and_skips_uids_pictures_and_numbers() -> None:
     text = "\r".join(
         [
             minimal(),
-            "OBX|2|ED|18748-4^Diagnostic Imaging Report^LN||^Application^PDF^Base64^JVBERi0=",
-            "OBX|3|RP|18748-4^Report^LN||http://pacs/report.pdf^^AP",
+            "OBX|2|ED|18748-4^Key image^LN||^IM^JPEG^Base64^/9j/4AAQ",
+            "OBX|3|RP|18748-4^Key image^LN||http://pacs/image.jpg^^IM^JPEG",
+            "OBX|3|ED|18748-4^Key image^LN||^AP^PNG^Base64^iVBORw0K",
             "OBX|4|ST|113014^DICOM Study^DCM||1.2.3.4.5",
             "OBX|5|ST|^SOP Instance UID||1.2.3.4.5.6",
-            "OBX|6|TX|19005-8^Impression^LN|2|IMPRESSION:",
-            "OBX|7|TX|19005-8^Impression^LN|2|1. No acute abnormality.   ",
-            "OBX|8|TX|19005-8^Impression^LN|2|",
+            "OBX|6|NM|21889-1^Size^LN||12|mm",
+            "OBX|7|TX|19005-8^Impression^LN|2|IMPRESSION:",
+            "OBX|8|TX|19005-8^Impression^LN|2|1. No acute abnormality.   ",
+            "OBX|9|TX|19005-8^Impression^LN|2|",
         ]
     )
 
     assert oru(text).report_text == "FINDINGS: Normal.\nIMPRESSION:\n1. No acute abnormality.\n"
+
+
+def with_segments(*segments: str, **fields: str) -> str:
+    """The minimal message with its OBX replaced by `segments`."""
+    kept = [seg for seg in minimal(**fields).split("\r") if not seg.startswith("OBX")]
+    return "\r".join([*kept, *segments])
+
+
+def ed(value_type: str, subtype: str, encoding: str, data: str | bytes) -> str:
+    if isinstance(data, bytes):
+        data = base64.b64encode(data).decode() if encoding == "Base64" else data.hex()
+    return (
+        f"OBX|1|ED|18748-4^Diagnostic Imaging Report^LN||^{value_type}^{subtype}^{encoding}^{data}"
+    )
+
+
+def test_notes_after_the_obr_and_after_an_obx_are_read_in_message_order() -> None:
+    text = with_segments(
+        "NTE|1|L|FINDINGS: L5-S1 extrusion.~Second line of the note.",
+        "OBX|1|TX|19005-8^Impression^LN||IMPRESSION:",
+        "PRT|1|AD||RO^Responsible Observer^HL70443",
+        "NTE|1|L|1. Extrusion compressing the S1 root.",
+        "SPM|1|S1||SER^Serum",
+        "NTE|1|L|specimen note, not the report",
+    )
+
+    assert oru(text).report_text.split("\n") == [
+        "FINDINGS: L5-S1 extrusion.",
+        "Second line of the note.",
+        "IMPRESSION:",
+        "1. Extrusion compressing the S1 root.",
+    ]
+
+
+@pytest.mark.parametrize("line_end", ["\r", "\n", "\r\n"])
+def test_a_line_break_inside_report_text_is_refused_not_cut(line_end: str) -> None:
+    obx = (
+        f"OBX|1|TX|19005-8^Impression^LN||IMPRESSION: no cord{line_end}compression at C5-6.||||||F"
+    )
+    text = decode_message(with_segments(obx).encode())
+
+    with pytest.raises(InvalidField, match="line break inside the OBX") as caught:
+        oru(text)
+
+    assert caught.value.location == "OBX"
+
+
+def test_blank_lines_between_segments_are_harmless() -> None:
+    text = decode_message(with_segments("", "NTE|1||IMPRESSION: Normal.", "  ").encode())
+
+    assert oru(text).report_text == "IMPRESSION: Normal."
+
+
+def test_observations_marked_wrong_or_deleted_are_not_read_nor_their_notes() -> None:
+    text = with_segments(
+        "OBX|1|TX|19005-8^Impression^LN||IMPRESSION:||||||F",
+        "OBX|2|TX|19005-8^Impression^LN||Cord compression at C5-6.||||||W",
+        "NTE|1||note on the wrong line",
+        "OBX|3|TX|19005-8^Impression^LN||Left L5-S1 extrusion.||||||D",
+        "OBX|4|TX|19005-8^Impression^LN||Right L5-S1 extrusion.||||||C",
+    )
+
+    assert oru(text).report_text.split("\n") == ["IMPRESSION:", "Right L5-S1 extrusion."]
+
+
+def test_a_result_whose_only_observations_are_withdrawn_has_no_report_text() -> None:
+    with pytest.raises(MissingField, match="marked wrong or deleted in OBX-11"):
+        oru(with_segments("OBX|1|TX|19005-8^Impression^LN||Cord compression.||||||W"))
+
+
+def test_coded_values_without_a_code_are_read_as_text() -> None:
+    text = with_segments(
+        "OBX|1|CWE|19005-8^Impression^LN||^Grade 1 anterolisthesis of L4 on L5",
+        "OBX|2|CWE|19005-8^Impression^LN||^^^^^^^^Disc extrusion at L5-S1",
+        "OBX|3|CWE|19005-8^Impression^LN||274152003^Spondylolisthesis^SCT",
+    )
+    scan = oru(text)
+
+    assert scan.report_text.split("\n") == [
+        "Grade 1 anterolisthesis of L4 on L5",
+        "Disc extrusion at L5-S1",
+    ]
+    assert scan.coded_items == (
+        CodedReportItem(system="SCT", code="274152003", display="Spondylolisthesis"),
+    )
+
+
+ONE_LINE_EACH = ["FINDINGS: Disc extrusion.", "IMPRESSION: Extrusion."]
+
+
+@pytest.mark.parametrize(
+    ("value_type", "subtype", "encoding", "data", "lines"),
+    [
+        (
+            "TEXT",
+            "plain",
+            "Base64",
+            b"FINDINGS: Disc extrusion.\r\nIMPRESSION: Extrusion.",
+            ONE_LINE_EACH,
+        ),
+        ("TEXT", "", "Hex", b"FINDINGS: Disc extrusion.\nIMPRESSION: Extrusion.", ONE_LINE_EACH),
+        ("TEXT", "", "A", "FINDINGS: Disc extrusion.\\.br\\IMPRESSION: Extrusion.", ONE_LINE_EACH),
+        (
+            "AP",
+            "RTF",
+            "Base64",
+            rb"{\rtf1\ansi\ansicpg1252{\fonttbl{\f0 Arial;}}{\*\generator Riched20;}\f0\fs20 "
+            rb"FINDINGS: Disc \'e9xtrusion \u8211? L5\_S1.\par IMPRESSION: Extrusion.\par}",
+            ["FINDINGS: Disc éxtrusion – L5-S1.", "IMPRESSION: Extrusion."],
+        ),
+        (
+            "Text",
+            "text/xml",
+            "Base64",
+            sample_documents.cda_with_sections(
+                [("FINDINGS", ["Disc extrusion."]), ("IMPRESSION", ["Extrusion."])]
+            ).encode(),
+            ["FINDINGS:", "Disc extrusion.", "IMPRESSION:", "Extrusion."],
+        ),
+        ("AP", "PDF", "Hex", sample_documents.pdf_with_lines(ONE_LINE_EACH), ONE_LINE_EACH),
+        (
+            "TEXT",
+            "HTML",
+            "A",
+            "<html><head><style>p {}</style></head><body><h2>FINDINGS:</h2><p>Disc \\T\\amp;"
+            " extrusion<br>at L5-S1.</p><table><tr><td>L4-5</td><td>bulge</td></tr></table>"
+            "<script>x()</script><pre>IMPRESSION:\\.br\\1.  Extrusion.</pre></body></html>",
+            [
+                "FINDINGS:",
+                "Disc & extrusion",
+                "at L5-S1.",
+                "L4-5; bulge;",
+                "IMPRESSION:",
+                "1. Extrusion.",
+            ],
+        ),
+    ],
+    ids=["plain-base64", "plain-hex", "plain-unencoded", "rtf", "cda", "pdf-hex", "html"],
+)
+def test_attachments_are_read_as_report_text(
+    value_type: str, subtype: str, encoding: str, data: str | bytes, lines: list[str]
+) -> None:
+    scan = oru(with_segments(ed(value_type, subtype, encoding, data)))
+
+    assert scan.report_text.split("\n") == lines
+
+
+def test_rtf_unicode_and_byte_escapes_become_storable_text() -> None:
+    """A surrogate pair in \\uN is joined, a lone surrogate replaced, a NUL byte dropped:
+    UTF-8 and PostgreSQL text can hold neither lone surrogates nor NUL."""
+    rtf = rb"{\rtf1 IMPRESSION: \u-10179?\u-8704? lone \u55357? byte \'00done.\par}"
+
+    scan = oru(with_segments(ed("AP", "RTF", "Base64", rtf)))
+
+    assert scan.report_text == "IMPRESSION: \U0001f600 lone \ufffd byte done."
+
+
+BILLION_LAUGHS = (
+    '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+    '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>'
+    "<ClinicalDocument><title>&lol2;</title></ClinicalDocument>"
+)
+DEEP_CDA = (
+    "<ClinicalDocument><component><structuredBody><component><section><text>"
+    + "<content>" * 5000
+    + "FINDINGS"
+    + "</content>" * 5000
+    + "</text></section></component></structuredBody></component></ClinicalDocument>"
+)
+EXTERNAL_ENTITY = (
+    '<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+    "<ClinicalDocument><component><structuredBody><component><section><text>&x;</text>"
+    "</section></component></structuredBody></component></ClinicalDocument>"
+)
+
+
+@pytest.mark.parametrize(
+    ("segment", "reason"),
+    [
+        (ed("AP", "PDF", "Base64", "JVBERi0xLjQK%%%"), "not valid Base64"),
+        (ed("AP", "PDF", "Hex", "25504446zz"), "not valid Hex"),
+        (ed("AP", "PDF", "Base64", b"%PDF-1.4 not a PDF"), r"PDF cannot be read \(\w+\)"),
+        (ed("AP", "PDF", "A", "%PDF-1.4"), "must be Base64 or Hex"),
+        (ed("AP", "PDF", "UU", "begin 644"), "encoding 'UU' is not A, Hex or Base64"),
+        (ed("AP", "msword", "Base64", b"\xd0\xcf"), "type application/msword is not read"),
+        (ed("AP", "DOCX", "Base64", b"PK\x03\x04"), "type application/docx is not read"),
+        (ed("TEXT", "XML", "Base64", BILLION_LAUGHS.encode()), "DOCTYPE"),
+        (ed("TEXT", "XML", "Base64", EXTERNAL_ENTITY.encode()), "DOCTYPE"),
+        (ed("TEXT", "XML", "A", "<ClinicalDocument><title>x"), "not well-formed"),
+        (ed("TEXT", "XML", "A", "<report>FINDINGS: x</report>"), "not a CDA document"),
+        (ed("TEXT", "XML", "Base64", DEEP_CDA.encode()), "nested too deeply"),
+        (ed("TEXT", "plain", "Base64", b"\xff\xfe"), "not readable as utf-8"),
+        (ed("TEXT", "plain", "Base64", b"   "), "holds no text"),
+        ("OBX|1|RP|18748-4^Report^LN||http://pacs/report.pdf^^AP", "reference \\(RP\\)"),
+    ],
+    ids=[
+        "bad-base64", "bad-hex", "corrupt-pdf", "unencoded-pdf", "unknown-encoding", "msword",
+        "docx", "billion-laughs", "external-entity", "broken-xml", "not-cda", "deep-cda",
+        "bad-utf8",
+        "blank", "rp-document",
+    ],
+)  # fmt: skip
+def test_an_unreadable_carrier_is_refused_with_the_reason(segment: str, reason: str) -> None:
+    with pytest.raises(InvalidField, match=reason) as caught:
+        oru(with_segments("OBX|1|TX|18782-3^Findings^LN||FINDINGS: see attached.", segment))
+
+    assert (caught.value.location, caught.value.ack_code) == ("OBX-5", "AE")
+    assert caught.value.reason.startswith("OBX #2 after the OBR: ")
+
+
+def test_cda_level_one_body_is_read_as_the_attachment_it_wraps() -> None:
+    wrapped = base64.b64encode(sample_documents.pdf_with_lines(["IMPRESSION: Extrusion."]))
+    cda = (
+        '<ClinicalDocument xmlns="urn:hl7-org:v3"><component><nonXMLBody>'
+        f'<text mediaType="application/pdf" representation="B64">{wrapped.decode()}</text>'
+        "</nonXMLBody></component></ClinicalDocument>"
+    )
+
+    scan = oru(with_segments(ed("TEXT", "XML", "A", cda)))
+
+    assert scan.report_text == "IMPRESSION: Extrusion."
+
+
+def test_cda_narrative_keeps_lists_tables_and_captions_apart_and_drops_deletions() -> None:
+    cda = (
+        '<ClinicalDocument xmlns="urn:hl7-org:v3"><component><structuredBody><component>'
+        "<section><title>Findings</title><text><paragraph><caption>History</caption>"
+        "Back pain.<content revised='delete'> No cord compression.</content></paragraph>"
+        "<list><item>L4-5: bulge.</item><item>L5-S1:<br/>extrusion"
+        "</item></list><table><tr><th>Level</th><th>Canal</th></tr><tr><td>L4-5</td>"
+        "<td>patent</td></tr></table><footnoteRef IDREF='f1'/></text></section>"
+        "</component></structuredBody></component></ClinicalDocument>"
+    )
+
+    lines = oru(with_segments(ed("TEXT", "XML", "A", cda))).report_text.split("\n")
+
+    assert lines == [
+        "Findings:",
+        "History - Back pain.",
+        "L4-5: bulge.",
+        "L5-S1:",
+        "extrusion",
+        "Level; Canal;",
+        "L4-5; patent;",
+    ]
+
+
+def test_pictures_beside_the_text_are_skipped_but_are_no_report_alone() -> None:
+    picture = ed("IM", "JPEG", "Base64", b"\xff\xd8\xff")
+
+    with pytest.raises(MissingField, match="a picture or empty attachment") as caught:
+        oru(with_segments(picture))
+
+    assert caught.value.location == "OBX-5"
+    assert oru(with_segments(picture, "NTE|1||IMPRESSION: Normal.")).report_text == (
+        "IMPRESSION: Normal."
+    )
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [(), ("OBX|1|TX|18782-3^Findings^LN||",), ("NTE|1||   ",), ("OBX|1|NM|21889-1^Size^LN||12",)],
+    ids=["nothing", "empty-tx", "blank-note", "number-only"],
+)
+def test_a_final_result_without_report_text_is_refused(segments: tuple[str, ...]) -> None:
+    with pytest.raises(MissingField, match="no report text") as caught:
+        oru(with_segments(*segments))
+
+    assert (caught.value.location, caught.value.ack_code) == ("OBX-5", "AE")
+
+
+@pytest.mark.parametrize("status", ["P", "X"])
+def test_a_preliminary_or_cancelled_result_may_have_no_text(status: str) -> None:
+    assert oru(with_segments(OBR_25=status)).report_text == ""
+
+
+def test_a_cancellation_is_not_refused_for_an_unreadable_attachment() -> None:
+    reference = "OBX|1|RP|18748-4^Report^LN||http://pacs/report.pdf^^AP"
+
+    assert oru(with_segments(reference, OBR_25="X")).report_text == ""
+    with pytest.raises(InvalidField):
+        oru(with_segments(reference, OBR_25="P"))  # the flow reads a preliminary for criticals
+
+
+@pytest.mark.parametrize("control_id", ["", "  "])
+def test_an_empty_control_id_is_refused(control_id: str) -> None:
+    with pytest.raises(MissingField) as caught:
+        oru(minimal(MSH_10=control_id))
+
+    assert (caught.value.location, caught.value.ack_code) == ("MSH-10", "AE")
 
 
 def test_observations_before_the_obr_are_not_part_of_the_report() -> None:
@@ -738,6 +1129,7 @@ ORU_SOURCES = [
     FHIR_CONVERTER / "ORU-R01-01.hl7",
     FHIR_CONVERTER / "ORU-R01-RMGEAD.hl7",
     *(SAMPLES / f"{stem}.hl7" for stem in GOOD_SAMPLES),
+    *(SAMPLES / f"{stem}.hl7" for stem in TEXT_CARRIER_SAMPLES),
 ]
 ORU_TEXTS = [load(path) for path in ORU_SOURCES]
 FRAGMENTS = st.text(alphabet="|^~\\&\r\n0123456789.+-TFPCXMSH AZé–", max_size=16)
