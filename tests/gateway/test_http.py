@@ -66,9 +66,11 @@ def serve(app: Any) -> Iterator[str]:
 
 @pytest.fixture
 def gateway(database_url: str) -> Iterator[RunningApp]:
-    settings = get_settings(database_url=database_url, FOLLOWUP_HTTP_TOKEN=TOKEN)
+    settings = get_settings(
+        database_url=database_url, FOLLOWUP_HTTP_TOKEN=TOKEN, FOLLOWUP_HTTP_MAX_BODY_BYTES=2_000_000
+    )
     accepted: list[Receipt] = []
-    app = create_app(settings, on_accepted=accepted.append, max_body_bytes=2_000_000)
+    app = create_app(settings, on_accepted=accepted.append)
     for base_url in serve(app):
         auth = {"Authorization": f"Bearer {TOKEN}"}
         with httpx.Client(base_url=base_url, headers=auth, timeout=10) as client:
@@ -204,10 +206,13 @@ def test_healthz(gateway: RunningApp) -> None:
 
 
 def test_database_down(tmp_path: Path) -> None:
-    settings = get_settings(database_url=f"sqlite:///{tmp_path / 'never-migrated.db'}")
+    settings = get_settings(
+        database_url=f"sqlite:///{tmp_path / 'never-migrated.db'}", FOLLOWUP_HTTP_TOKEN=TOKEN
+    )
     for base_url in serve(create_app(settings, on_accepted=lambda receipt: None)):
         body = (FHIR / "diagnosticreport_contained.json").read_bytes()
-        response = httpx.post(f"{base_url}/fhir", content=body, timeout=10)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        response = httpx.post(f"{base_url}/fhir", content=body, headers=auth, timeout=10)
 
         assert response.status_code == 503
         assert response.json()["issue"][0]["code"] == "transient"
