@@ -46,6 +46,7 @@ from followup.gateway import OnAccepted
 from followup.gateway.http import create_app
 from followup.gateway.mllp import MLLPListener
 from followup.gateway.twilio_webhooks import twilio_router
+from followup.redaction import install_redaction
 from followup.settings import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
@@ -263,14 +264,16 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 def _http_server(settings: Settings, on_accepted: OnAccepted) -> uvicorn.Server:
-    return uvicorn.Server(
-        uvicorn.Config(
-            gateway_app(settings, on_accepted=on_accepted),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_level="info",
-        )
+    config = uvicorn.Config(
+        gateway_app(settings, on_accepted=on_accepted),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level="info",
     )
+    # After the Config, which gives uvicorn's loggers their own handlers: the access log
+    # writes the request's percent-decoded path, which a caller can fill with CR LF.
+    install_redaction("", "uvicorn", "uvicorn.access")
+    return uvicorn.Server(config)
 
 
 async def _until_one_ends(tasks: list[asyncio.Task[object]]) -> None:
