@@ -8,11 +8,21 @@ with Twilio's own RequestValidator, as in tests/sms.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
-from collections.abc import Callable
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import text as sql
 from sqlmodel import col, select
@@ -439,5 +449,187 @@ def test_hostile_text_is_stored_verbatim_and_rendered_inertly(mllp: RunningListe
                 "appointment": 1,
                 "outbound_message": 3,
             },
+        },
+    )
+
+
+# --- issue 19: the HTTP gateway's limits, as a real `followup gateway` process ---------------
+
+GATEWAY_TOKEN = "gateway-token-for-the-fault-cases"
+PUBLIC_BASE = "https://followup.example.org"
+FORM = "application/x-www-form-urlencoded"
+MIB = 1024 * 1024
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen[bytes]
+    http_port: int
+    log: Path
+
+    def rss_kib(self, field: str) -> int:
+        """VmRSS (now) or VmHWM (peak since the last reset) of the process, in KiB."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)[1])  # type: ignore[index]
+
+    def reset_peak_rss(self) -> None:
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")  # resets VmHWM (Linux)
+
+    def log_lines(self) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[GatewayProcess]:
+    """`followup gateway` as an operator starts it with Twilio and a token configured; its
+    events go to a Prefect API where nothing listens (no case here gets as far as an event
+    but the forged accession's, whose emission fails in the background)."""
+    http_port, log = _free_port(), tmp_path / "gateway.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "followup.cli", "gateway"],
+            cwd=Path(__file__).resolve().parents[2],
+            env={
+                **os.environ,
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}",
+                "PREFECT_API_URL": f"http://127.0.0.1:{_free_port()}/api",
+                "FOLLOWUP_MLLP_PORT": str(_free_port()),
+                "FOLLOWUP_HTTP_PORT": str(http_port),
+                "FOLLOWUP_HTTP_TOKEN": GATEWAY_TOKEN,
+                "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+                "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+                "TWILIO_FROM": CLINIC_FROM,
+                "FOLLOWUP_TWILIO_WEBHOOK_BASE_URL": PUBLIC_BASE,
+            },
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    running = GatewayProcess(process, http_port, log)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=2).is_success:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the gateway did not answer /healthz"
+            time.sleep(0.2)
+        yield running
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def raw_post(
+    port: int,
+    path: str,
+    *,
+    headers: dict[str, str],
+    chunked_bytes: int = 0,
+    chunk_bytes: int = MIB,
+) -> tuple[int | None, int]:
+    """POST over a plain socket, streaming `chunked_bytes` of body in chunks (or none, with the
+    headers as given); (the answer's status or None, body bytes the server let in).
+
+    The answer is read by a thread while the body streams: a server that refuses early answers
+    and closes, and its answer must not be lost under the reset the unsent rest then causes.
+    """
+    answer = bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+
+        def read() -> None:
+            with contextlib.suppress(OSError):
+                while data := sock.recv(65536):
+                    answer.extend(data)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+        head += [f"{name}: {value}" for name, value in headers.items()]
+        if chunked_bytes:
+            head.append("Transfer-Encoding: chunked")
+        sent = 0
+        with contextlib.suppress(OSError):  # the server closed: it refused the rest
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+            piece = b"%x\r\n" % chunk_bytes + b"a" * chunk_bytes + b"\r\n"
+            while sent < chunked_bytes:
+                sock.sendall(piece)
+                sent += chunk_bytes
+            if chunked_bytes:
+                sock.sendall(b"0\r\n\r\n")
+        reader.join(30)
+    status = re.match(rb"HTTP/1\.1 (\d{3}) ", bytes(answer))
+    return (int(status[1]) if status else None), sent
+
+
+def test_unauthenticated_bodies_of_200_mib_leave_the_gateway_s_memory_alone(
+    gateway_process: GatewayProcess,
+) -> None:
+    """Fault: 200 MiB chunked bodies, without credentials, to every route that takes a body:
+    a Twilio status callback unsigned and with a well-formed signature that is not Twilio's,
+    FHIR intake without a token, an escalation acknowledgement without a token; then a FHIR
+    request declaring 200 MiB in Content-Length and sending nothing.
+    Expected: each is refused (403, 413, 401, 413, 413), the declared one at once; the gateway
+    process (which also ACKs MLLP) grows by at most 64 MiB of peak RSS over all of them, and
+    still answers /healthz. Before issue 19 the first one alone grew it by ~400 MiB."""
+    port = gateway_process.http_port
+    forged = {"X-Twilio-Signature": "A" * 27 + "=", "Content-Type": FORM}
+    cases = {
+        "twilio unsigned": ("/twilio/status", {"Content-Type": FORM}),
+        "twilio forged": ("/twilio/status", forged),
+        "fhir no token": ("/fhir", {"Content-Type": "application/fhir+json"}),
+        "ack no token": ("/escalations/1/ack", {"Content-Type": "application/json"}),
+    }
+    rss_before = gateway_process.rss_kib("VmRSS")
+    gateway_process.reset_peak_rss()
+    started = time.monotonic()
+    answers = {
+        name: raw_post(port, path, headers=headers, chunked_bytes=200 * MIB)
+        for name, (path, headers) in cases.items()
+    }
+    declared_at = time.monotonic()
+    declared = raw_post(port, "/fhir/DiagnosticReport", headers={
+        "Authorization": f"Bearer {GATEWAY_TOKEN}", "Content-Length": str(200 * MIB)})  # fmt: skip
+    declared_seconds = time.monotonic() - declared_at
+    peak_growth_mib = (gateway_process.rss_kib("VmHWM") - rss_before) / 1024
+    health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code
+
+    check_counts(
+        "19 200 MiB unauthenticated bodies",
+        {
+            "answers": {name: status for name, (status, _) in answers.items()},
+            "declared_200_mib": declared[0],
+            "declared_answered_at_once": declared_seconds < 5,
+            "peak_rss_growth_within_64_mib": peak_growth_mib <= 64,
+            "healthz": health,
+        },
+        {
+            "answers": {
+                "twilio unsigned": 403,
+                "twilio forged": 413,
+                "fhir no token": 401,
+                "ack no token": 413,
+            },
+            "declared_200_mib": 413,
+            "declared_answered_at_once": True,
+            "peak_rss_growth_within_64_mib": True,
+            "healthz": 200,
+        },
+        shown={
+            "peak_rss_growth_mib": round(peak_growth_mib, 1),
+            "mib_let_in": {name: sent // MIB for name, (_, sent) in answers.items()},
+            "seconds": round(time.monotonic() - started, 1),
         },
     )
