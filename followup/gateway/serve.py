@@ -270,8 +270,8 @@ def _http_server(settings: Settings, on_accepted: OnAccepted) -> uvicorn.Server:
         port=settings.http_port,
         log_level="info",
     )
-    # After the Config, which gives uvicorn's loggers their own handlers: the access log
-    # writes the request's percent-decoded path, which a caller can fill with CR LF.
+    # After the Config, which gives uvicorn's loggers handlers of their own (they do not
+    # propagate to the root's): their records too get the PHI masks and the escaping.
     install_redaction("", "uvicorn", "uvicorn.access")
     return uvicorn.Server(config)
 

@@ -9,6 +9,7 @@ with Twilio's own RequestValidator, as in tests/sms.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -45,6 +46,7 @@ from models.tables import (
     Provider,
     TwilioEvent,
 )
+from tests.conftest import SAMPLES
 from tests.faults.counting import check_counts, tally
 from tests.faults.messages import sample_message
 from tests.flow_steps import run_flow_steps
@@ -465,6 +467,7 @@ MIB = 1024 * 1024
 class GatewayProcess:
     process: subprocess.Popen[bytes]
     http_port: int
+    mllp_port: int
     log: Path
 
     def rss_kib(self, field: str) -> int:
@@ -490,7 +493,7 @@ def gateway_process(tmp_path: Path) -> Iterator[GatewayProcess]:
     """`followup gateway` as an operator starts it with Twilio and a token configured; its
     events go to a Prefect API where nothing listens (no case here gets as far as an event
     but the forged accession's, whose emission fails in the background)."""
-    http_port, log = _free_port(), tmp_path / "gateway.log"
+    http_port, mllp_port, log = _free_port(), _free_port(), tmp_path / "gateway.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "followup.cli", "gateway"],
@@ -499,7 +502,7 @@ def gateway_process(tmp_path: Path) -> Iterator[GatewayProcess]:
                 **os.environ,
                 "DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}",
                 "PREFECT_API_URL": f"http://127.0.0.1:{_free_port()}/api",
-                "FOLLOWUP_MLLP_PORT": str(_free_port()),
+                "FOLLOWUP_MLLP_PORT": str(mllp_port),
                 "FOLLOWUP_HTTP_PORT": str(http_port),
                 "FOLLOWUP_HTTP_TOKEN": GATEWAY_TOKEN,
                 "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
@@ -510,7 +513,7 @@ def gateway_process(tmp_path: Path) -> Iterator[GatewayProcess]:
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-    running = GatewayProcess(process, http_port, log)
+    running = GatewayProcess(process, http_port, mllp_port, log)
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -632,4 +635,56 @@ def test_unauthenticated_bodies_of_200_mib_leave_the_gateway_s_memory_alone(
             "mib_let_in": {name: sent // MIB for name, (_, sent) in answers.items()},
             "seconds": round(time.monotonic() - started, 1),
         },
+    )
+
+
+FORGED_LINE = "INFO gateway: inbox 9 accepted FORGED"
+
+
+def test_a_forged_line_in_an_accession_stays_in_its_own_log_line(
+    gateway_process: GatewayProcess,
+) -> None:
+    """Fault: an accession ending in CR LF and a line that reads like the gateway's own, once
+    in a FHIR identifier (JSON "\\r\\n") and once in an ORU^R01's OBR-3 (the HL7 escape
+    `\\X0D0A\\`), both sent to a real `followup gateway` process that logs accessions.
+    Expected: each message is answered (201; an ACK) and its log line holds the forged text
+    escaped (`\\r\\n`); no line of the log starts with it."""
+    report = json.loads((SAMPLES / "fhir" / "diagnosticreport_contained.json").read_text())
+    for identifier in report["identifier"]:
+        identifier["value"] += f"\r\n{FORGED_LINE}"
+    stored = httpx.post(
+        f"http://127.0.0.1:{gateway_process.http_port}/fhir",
+        json=report,
+        headers={"Authorization": f"Bearer {GATEWAY_TOKEN}"},
+        timeout=30,
+    )
+    oru = sample_message(accession="ACCFORGED1", control_id="FORGED-1", mrn="FORGED1")
+    oru = oru.replace(b"ACCFORGED1", b"ACC1\\X0D0A\\" + FORGED_LINE.encode())
+    with socket.create_connection(("127.0.0.1", gateway_process.mllp_port), timeout=30) as sock:
+        sock.sendall(VT + oru + b"\x1c\r")
+        acks = read_acks(sock, 1)
+    holding = [line for line in gateway_process.log_lines() if "FORGED" in line]
+
+    check_counts(
+        "19 forged log lines",
+        {
+            "fhir_answer": stored.status_code,
+            "hl7_acks": len(acks),
+            "lines_starting_with_the_forged_text": sum(
+                line.startswith(FORGED_LINE) for line in holding
+            ),
+            "fhir_line_escaped": sum(
+                "followup.gateway.http" in line and f"\\r\\n{FORGED_LINE}" in line
+                for line in holding
+            ),
+            "lines_unescaped": sum(f"\\r\\n{FORGED_LINE}" not in line for line in holding),
+        },
+        {
+            "fhir_answer": 201,
+            "hl7_acks": 1,
+            "lines_starting_with_the_forged_text": 0,
+            "fhir_line_escaped": 1,
+            "lines_unescaped": 0,
+        },
+        shown={"lines": holding},
     )
