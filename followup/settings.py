@@ -96,8 +96,8 @@ class Settings(BaseSettings):
     fhir_max_json_depth: int = Field(
         default=64, gt=0, le=200, validation_alias="FOLLOWUP_FHIR_MAX_JSON_DEPTH"
     )
-    # A Bundle with more entries is refused before fhir.resources validates it (about 30 ms
-    # an entry): one report with its patient, practitioner, order and observations fits.
+    # A Bundle with more entries is refused before fhir.resources validates it (its cost grows
+    # with every entry): one report with its patient, practitioner, order and observations fits.
     fhir_max_bundle_entries: int = Field(
         default=100, gt=0, validation_alias="FOLLOWUP_FHIR_MAX_BUNDLE_ENTRIES"
     )

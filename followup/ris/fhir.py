@@ -29,7 +29,7 @@ nothing in the elements read here. Choices, and why:
   per level: a few thousand brackets raised RecursionError, which no caller expected), found
   by a scan of the bytes (`json_depth_exceeds`) the HTTP gateway also runs before it stores a
   body; a Bundle of more than `max_bundle_entries` entries is UnsupportedMessage, counted on
-  the parsed JSON before fhir.resources validates the entries (tens of milliseconds each).
+  the parsed JSON before fhir.resources validates the entries (its cost grows with each).
 * Times: `effective[x]` is the exam time, `issued` the result time; a date without a time is
   local midnight in the site zone, like an HL7 DTM without offset.
 """

@@ -30,6 +30,7 @@ from sqlmodel import col, select
 from twilio.request_validator import RequestValidator
 
 from followup import pipeline
+from followup.gateway.http import FHIR_JSON, create_app
 from followup.gateway.mllp import DEFAULT_MAX_MESSAGE_BYTES
 from followup.messaging.replies import REPLY_TASK
 from followup.scheduling import site_holidays
@@ -51,6 +52,7 @@ from tests.faults.counting import check_counts, tally
 from tests.faults.messages import sample_message
 from tests.flow_steps import run_flow_steps
 from tests.gateway.conftest import VT, RunningListener, exchange, read_acks, segments
+from tests.gateway.test_http import serve
 from tests.sms.conftest import CLINIC_FROM, NOW, PHONE, Clock, World
 from tests.sms.test_webhooks import SID, make_gateway
 from tests.sms.twilio_mock import ACCOUNT_SID, AUTH_TOKEN
@@ -687,4 +689,71 @@ def test_a_forged_line_in_an_accession_stays_in_its_own_log_line(
             "lines_unescaped": 0,
         },
         shown={"lines": holding},
+    )
+
+
+@pytest.fixture
+def fhir_gateway(database_url: str) -> Iterator[str]:
+    """The production HTTP app (FHIR, acknowledgements) under uvicorn on 127.0.0.1, with a
+    token and the default limits."""
+    settings = get_settings(database_url=database_url, FOLLOWUP_HTTP_TOKEN=GATEWAY_TOKEN)
+    yield from serve(create_app(settings, on_accepted=lambda _receipt: None))
+
+
+def post_fhir(base_url: str, body: bytes) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = httpx.post(
+        f"{base_url}/fhir",
+        content=body,
+        headers={"Authorization": f"Bearer {GATEWAY_TOKEN}", "Content-Type": FHIR_JSON},
+        timeout=120,
+    )
+    return response, time.monotonic() - started
+
+
+def test_deep_json_and_crowded_bundles_are_refused_before_they_cost(
+    fhir_gateway: str, database_url: str
+) -> None:
+    """Fault: a DiagnosticReport with an extension nested 100,000 arrays deep (sent twice, as a
+    RIS retrying a 5xx would), a Bundle of 1,000 entries (its report and 995 more Patients), and
+    a normal report whose conclusion holds 10,000 brackets as text.
+    Expected: the deep one is answered 400 naming the depth limit both times and stored
+    neither time (before issue 19: RecursionError, 503, and a `received` row the sweep
+    re-submitted forever); the Bundle is answered 400 naming the entry limit within seconds
+    (before: ~30 s of validation) and stored as refused, never as received; the brackets in
+    text are only text: 201. One row received, one refused."""
+    report = json.loads((SAMPLES / "fhir" / "diagnosticreport_contained.json").read_text())
+    deep = json.dumps({**report, "extension": "NEST"}).encode()
+    deep = deep.replace(b'"NEST"', b"[" * 100_000 + b"]" * 100_000)
+    bundle = json.loads((SAMPLES / "fhir" / "bundle_transaction.json").read_text())
+    patient = bundle["entry"][0]
+    bundle["entry"] += [
+        {**patient, "fullUrl": f"urn:uuid:00000000-0000-4000-8000-{n:012d}"} for n in range(995)
+    ]
+    bracketed = {**report, "conclusion": report["conclusion"] + " " + "[{" * 5_000}
+
+    deep_answers = [post_fhir(fhir_gateway, deep)[0] for _ in range(2)]
+    crowded, crowded_seconds = post_fhir(fhir_gateway, json.dumps(bundle).encode())
+    text_only, _ = post_fhir(fhir_gateway, json.dumps(bracketed).encode())
+
+    def diagnostics(response: httpx.Response) -> str:
+        return str(response.json()["issue"][0]["diagnostics"])
+
+    check_counts(
+        "19 deep JSON and crowded Bundles",
+        {
+            "deep": [(a.status_code, "deeper than 64" in diagnostics(a)) for a in deep_answers],
+            "crowded_bundle": (crowded.status_code, "at most 100" in diagnostics(crowded)),
+            "crowded_refused_within_5_s": crowded_seconds < 5,
+            "brackets_in_text": text_only.status_code,
+            "inbox": tally(row.status for row in rows(database_url)),
+        },
+        {
+            "deep": [(400, True), (400, True)],
+            "crowded_bundle": (400, True),
+            "crowded_refused_within_5_s": True,
+            "brackets_in_text": 201,
+            "inbox": {"received": 1, "rejected": 1},
+        },
+        shown={"crowded_seconds": round(crowded_seconds, 2)},
     )
