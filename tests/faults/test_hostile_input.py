@@ -22,9 +22,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import text as sql
 from sqlmodel import col, select
 from twilio.request_validator import RequestValidator
@@ -39,6 +41,7 @@ from models.db import session_scope
 from models.seed import seed_demo_clinic
 from models.tables import (
     Escalation,
+    EscalationStatus,
     ImagingStudy,
     InboxMessage,
     OutboundMessage,
@@ -756,4 +759,103 @@ def test_deep_json_and_crowded_bundles_are_refused_before_they_cost(
             "inbox": {"received": 1, "rejected": 1},
         },
         shown={"crowded_seconds": round(crowded_seconds, 2)},
+    )
+
+
+def test_a_signature_made_for_another_url_is_refused(database_url: str, world: World) -> None:
+    """Fault: status callbacks signed with the right auth token for a URL that is not the
+    gateway's public one: to a gateway with no FOLLOWUP_TWILIO_WEBHOOK_BASE_URL, signed for the
+    URL as it received them (whose host the caller's Host header chose); to one with the base
+    URL, signed for the same path on another host and sent with that Host header.
+    Expected: 403 each, nothing stored, the message still `sending` (before issue 19 the first
+    was checked against the URL as received: accepted, 204, and the message `sent`); the
+    same callback signed for the public URL is then accepted (204)."""
+    message_id = world.message(world.patient(), status=OutboundStatus.SENDING)
+    with session_scope(database_url) as session:
+        message = session.get(OutboundMessage, message_id)
+        assert message is not None
+        message.twilio_sid = SID
+        session.add(message)
+    params = {"MessageSid": SID, "MessageStatus": "sent", "AccountSid": ACCOUNT_SID}
+    no_base = make_gateway(database_url, public_base=None)
+    as_received = no_base.post("/twilio/status", params, signature=RequestValidator(
+        AUTH_TOKEN).compute_signature("http://testserver/twilio/status", params))  # fmt: skip
+    with_base = make_gateway(database_url, public_base=PUBLIC_BASE)
+    other_host = with_base.client.post(
+        "/twilio/status",
+        content=urlencode(params),
+        headers={
+            "Host": "attacker.example",
+            "Content-Type": FORM,
+            "X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(
+                "http://attacker.example/twilio/status", params
+            ),
+        },
+    )
+    forged_events = len(twilio_events(database_url))
+    forged_status = world.get(message_id).status
+    genuine = with_base.post("/twilio/status", params)
+
+    check_counts(
+        "19 signature for another URL",
+        {
+            "answers": [as_received.status_code, other_host.status_code, genuine.status_code],
+            "events_after_forged": forged_events,
+            "status_after_forged": forged_status,
+            "status_after_genuine": world.get(message_id).status,
+        },
+        {
+            "answers": [403, 403, 204],
+            "events_after_forged": 0,
+            "status_after_forged": OutboundStatus.SENDING,
+            "status_after_genuine": OutboundStatus.SENT,
+        },
+    )
+
+
+def test_state_changing_routes_never_run_without_a_token(database_url: str) -> None:
+    """Fault: FOLLOWUP_HTTP_TOKEN set empty or blank (a template left `FOLLOWUP_HTTP_TOKEN=`),
+    and a gateway with no token at all, sent a FHIR report and an escalation acknowledgement
+    with an empty bearer token.
+    Expected: the empty and the blank token are refused by the settings (before issue 19 the
+    empty one was taken as configured and matched a bearer with nothing after it: the report
+    was accepted); without a token, FHIR intake and the acknowledgement answer 403: no inbox
+    row, the escalation still open."""
+    with session_scope(database_url) as session:
+        critical = Escalation(kind="critical_finding", reason="cord compression", target="npi:1")
+        session.add(critical)
+        session.flush()
+        escalation_id = critical.id
+    refused = 0
+    for blank in ("", "   "):
+        try:
+            get_settings(database_url=database_url, FOLLOWUP_HTTP_TOKEN=blank)
+        except ValidationError:
+            refused += 1
+    body = (SAMPLES / "fhir" / "diagnosticreport_contained.json").read_bytes()
+    empty_bearer = {"Authorization": "Bearer", "Content-Type": FHIR_JSON}
+    answers = []
+    for base_url in serve(create_app(get_settings(database_url=database_url),
+                                     on_accepted=lambda _receipt: None)):  # fmt: skip
+        answers.append(httpx.post(f"{base_url}/fhir", content=body, headers=empty_bearer))
+        answers.append(httpx.post(f"{base_url}/escalations/{escalation_id}/ack",
+                                  json={"by": "intruder"}, headers=empty_bearer))  # fmt: skip
+    with session_scope(database_url) as session:
+        escalation = session.get(Escalation, escalation_id)
+        assert escalation is not None
+
+    check_counts(
+        "19 no token",
+        {
+            "blank_tokens_refused_by_settings": refused,
+            "answers": [answer.status_code for answer in answers],
+            "inbox_rows": len(rows(database_url)),
+            "escalation": escalation.status,
+        },
+        {
+            "blank_tokens_refused_by_settings": 2,
+            "answers": [403, 403],
+            "inbox_rows": 0,
+            "escalation": EscalationStatus.OPEN,
+        },
     )
