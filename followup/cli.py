@@ -60,7 +60,7 @@ def _listener_settings() -> Settings:
     except ValidationError as error:
         for problem in error.errors():
             where = ".".join(str(part) for part in problem["loc"])
-            err.print(f"{where}: {problem['msg']}", markup=False, style="red")
+            err.print(f"{where}: {problem['msg']}", markup=False, style="red", soft_wrap=True)
         raise typer.Exit(code=2) from error
 
 
@@ -245,7 +245,7 @@ def serve() -> None:
     try:
         serve_engine(_listener_settings())
     except StartupRefused as error:
-        err.print(f"[red]{error}[/red]")
+        err.print(f"[red]{error}[/red]", soft_wrap=True)
         raise typer.Exit(code=2) from error
 
 
@@ -282,7 +282,7 @@ def gateway() -> None:
     try:
         serve_gateway(_listener_settings())
     except StartupRefused as error:
-        err.print(f"[red]{error}[/red]")
+        err.print(f"[red]{error}[/red]", soft_wrap=True)
         raise typer.Exit(code=2) from error
 
 
