@@ -17,10 +17,11 @@ wrong, or when no auth token or no base URL is configured (`followup serve` and 
 gateway` refuse to start with Twilio credentials and no base URL). Everything that can be
 checked without the body is checked before it is read (configuration, the header's shape);
 the body is then read up to FOLLOWUP_TWILIO_MAX_BODY_BYTES as it streams (413 past it), and
-only that bounded body is parsed, for the validator, which needs the form's values. Every
-signed request is
-stored raw (TwilioEvent) before it is acted on, in the same transaction as its effect;
-(MessageSid, MessageStatus) is unique, so a repeat is answered 200 and changes nothing.
+only that bounded body is parsed, for the validator, which needs the form's values.
+
+Every signed request is stored raw (TwilioEvent) before it is acted on, in the same
+transaction as its effect; (MessageSid, MessageStatus) is unique, so a repeat is answered 200
+and changes nothing.
 Inserting the event first also takes SQLite's write lock, which serialises callbacks racing
 for one message; on PostgreSQL the message row is locked.
 
