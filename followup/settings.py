@@ -114,7 +114,11 @@ class Settings(BaseSettings):
     # status callbacks are requested with it. None: check against the URL as received and ask
     # for no status callbacks.
     twilio_webhook_base_url: str | None = Field(
-        default=None, validation_alias="FOLLOWUP_TWILIO_WEBHOOK_BASE_URL"
+        default=None,
+        # Absolute: without a scheme and host no signature would ever match (every webhook
+        # refused, quietly) and Twilio could not call the status callbacks.
+        pattern=r"^https?://[^/\s]+",
+        validation_alias="FOLLOWUP_TWILIO_WEBHOOK_BASE_URL",
     )
     # Messages handed to Twilio per second by one dispatcher (a US long code takes about 1).
     sms_rate_per_second: float = Field(
