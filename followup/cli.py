@@ -50,6 +50,20 @@ def _prefect_environment() -> None:
         os.environ.setdefault(name, value)
 
 
+def _listener_settings() -> Settings:
+    """The settings, or exit 2 naming each invalid one on a line of its own: a listener must
+    not start on a setting that would leave it open (an empty FOLLOWUP_HTTP_TOKEN)."""
+    from pydantic import ValidationError
+
+    try:
+        return get_settings()
+    except ValidationError as error:
+        for problem in error.errors():
+            where = ".".join(str(part) for part in problem["loc"])
+            err.print(f"{where}: {problem['msg']}", markup=False, style="red", soft_wrap=True)
+        raise typer.Exit(code=2) from error
+
+
 def _read_input(path: str) -> bytes:
     return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
 
@@ -222,13 +236,17 @@ def serve() -> None:
     """Run the engine: local Prefect server, MLLP and HTTP gateways, served flows (Ctrl-C stops)."""
     import logging
 
-    from followup.gateway.serve import serve_engine
+    from followup.gateway.serve import StartupRefused, serve_engine
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per runner poll otherwise
-    serve_engine(get_settings())
+    try:
+        serve_engine(_listener_settings())
+    except StartupRefused as error:
+        err.print(f"[red]{error}[/red]", soft_wrap=True)
+        raise typer.Exit(code=2) from error
 
 
 @app.command("classifier-worker")
@@ -256,15 +274,15 @@ def gateway() -> None:
     elsewhere (docs/deploy.md); no Prefect server, no flows (Ctrl-C stops)."""
     import logging
 
-    from followup.gateway.serve import PrefectApiNotSet, serve_gateway
+    from followup.gateway.serve import StartupRefused, serve_gateway
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        serve_gateway(get_settings())
-    except PrefectApiNotSet as error:
-        err.print(f"[red]{error}[/red]")
+        serve_gateway(_listener_settings())
+    except StartupRefused as error:
+        err.print(f"[red]{error}[/red]", soft_wrap=True)
         raise typer.Exit(code=2) from error
 
 

@@ -322,7 +322,11 @@ def _judge_fhir(session: Session, row: InboxMessage, settings: Settings) -> Rece
 
     try:
         report = fhir.parse_report(
-            row.raw, site_zone=settings.site_zone, phone_region=settings.default_phone_region
+            row.raw,
+            site_zone=settings.site_zone,
+            phone_region=settings.default_phone_region,
+            max_json_depth=settings.fhir_max_json_depth,
+            max_bundle_entries=settings.fhir_max_bundle_entries,
         )
     except InboundMessageError as error:
         return _reject(session, row, error)
@@ -374,7 +378,11 @@ def parse_stored(row: InboxMessage, settings: Settings) -> ScanCompleted:
         from followup.ris import fhir
 
         return fhir.parse_report(
-            row.raw, site_zone=settings.site_zone, phone_region=settings.default_phone_region
+            row.raw,
+            site_zone=settings.site_zone,
+            phone_region=settings.default_phone_region,
+            max_json_depth=settings.fhir_max_json_depth,
+            max_bundle_entries=settings.fhir_max_bundle_entries,
         ).scan
     return hl7v2.parse_oru(
         hl7v2.decode_message(row.raw),

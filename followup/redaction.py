@@ -1,16 +1,26 @@
-"""Keep PHI out of logs: a logging filter that masks phone numbers, patient names and HL7
-identity segments.
+"""Keep PHI out of logs and every record on one line: a logging filter that masks phone
+numbers, patient names and HL7 identity segments, and escapes control characters in logged
+values.
 
 The engine itself logs accession and row ids only; this filter is the net under third-party
 libraries (HTTP clients, parsers) that may log a request or a raw message, and under a
 careless `extra=`. It runs on every record, so each pattern is tried only when a cheap
 substring test says it could match.
+
+Values come from senders: an accession with CR LF in a FHIR identifier, or an HL7 `\\X0D0A\\`
+escape, logged as it is would start a line of its own that reads like the engine's (a forged
+"accepted" line in the audit trail of a log file). So every logged value's control characters
+(CR, LF, ESC, NEL, the Unicode line separators...) are written as their escapes (`\\r`,
+`\\n`, `\\x1b`). Values are the %-arguments and `extra=` values; a record without arguments is
+escaped whole, since an f-string puts its values in the message itself. The message template
+of a record with arguments is the engine's own text and stays as written; tracebacks too.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 
 from followup.ris.scan import PersonName
@@ -33,6 +43,9 @@ _FHIR_NAME = re.compile(r'("(?:family|given)"\s*:\s*)(?:"(?:[^"\\]|\\.)*"|\[[^\]
 # A PersonName's repr, alone or inside a logged ScanCompleted / ProviderRef.
 _PERSON_NAME_REPR = re.compile(r"PersonName\([^)]*\)")
 
+# C0 controls but tab, DEL, C1 controls, and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
 # Attributes every LogRecord has; anything else came in through `extra=`.
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 # `extra=` keys that hold a person's name. Not every "*_name": Prefect adds flow_name,
@@ -52,6 +65,31 @@ def redact(text: str) -> str:
     return _PHONE.sub("[phone]", text)
 
 
+def escape_controls(text: str) -> str:
+    """`text` with each control character written as its escape: one line, no terminal codes."""
+    return _CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
+
+
+def _escaped_value(value: object) -> object:
+    """The value, or its text with control characters escaped when it holds any."""
+    if value is None or isinstance(value, int | float):  # numbers keep %d and %.1f working
+        return value
+    text = value if isinstance(value, str) else str(value)
+    return escape_controls(text) if _CONTROL.search(text) else value
+
+
+def _escape_values(record: logging.LogRecord) -> None:
+    if not record.args:
+        message = record.getMessage()
+        if _CONTROL.search(message):
+            record.msg = escape_controls(message)
+        return
+    if isinstance(record.args, Mapping):
+        record.args = {key: _escaped_value(value) for key, value in record.args.items()}
+    else:
+        record.args = tuple(_escaped_value(value) for value in record.args)
+
+
 @lru_cache(maxsize=256)
 def _is_name_key(key: str) -> bool:
     return _NAME_KEY.search(key) is not None
@@ -62,6 +100,7 @@ class RedactingFilter(logging.Filter):
     them (a JSON formatter writes the extras too)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        _escape_values(record)
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:
@@ -69,8 +108,11 @@ class RedactingFilter(logging.Filter):
         # Extras are masked by key or type only: running every pattern over Prefect's own
         # extras (run ids and names) on every record would cost more than the message itself.
         for key in vars(record).keys() - _STANDARD_ATTRIBUTES:
-            if _is_name_key(key) or isinstance(getattr(record, key), PersonName):
+            value = getattr(record, key)
+            if _is_name_key(key) or isinstance(value, PersonName):
                 setattr(record, key, "[name]")
+            elif isinstance(value, str) and _CONTROL.search(value):
+                setattr(record, key, escape_controls(value))
         return True
 
 

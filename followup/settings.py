@@ -82,8 +82,35 @@ class Settings(BaseSettings):
     classifier_result_retention_hours: float = Field(
         default=24.0, gt=0, validation_alias="FOLLOWUP_CLASSIFIER_RESULT_RETENTION_HOURS"
     )
-    # Bearer token the HTTP gateway requires on its FHIR endpoints; None leaves them open.
+    # Bearer token every HTTP route that changes state requires (FHIR intake, escalation
+    # acknowledgements). None: those routes answer 403; the gateway still serves /healthz and
+    # Twilio's webhooks, which carry their own signature. An empty or blank value is refused
+    # below: it would otherwise read as "a token is set" and match an empty bearer.
     http_token: SecretStr | None = Field(default=None, validation_alias="FOLLOWUP_HTTP_TOKEN")
+    # Request bodies are counted as they arrive and cut off here, before anything is buffered:
+    # FHIR reports (a report with its PDF or images inline can be megabytes), Twilio's
+    # webhooks (a few hundred bytes; MMS adds media URLs) and every other route (an
+    # escalation acknowledgement is a name).
+    http_max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, gt=0, validation_alias="FOLLOWUP_HTTP_MAX_BODY_BYTES"
+    )
+    twilio_max_body_bytes: int = Field(
+        default=64 * 1024, gt=0, validation_alias="FOLLOWUP_TWILIO_MAX_BODY_BYTES"
+    )
+    http_max_other_body_bytes: int = Field(
+        default=16 * 1024, gt=0, validation_alias="FOLLOWUP_HTTP_MAX_OTHER_BODY_BYTES"
+    )
+    # FHIR JSON nested deeper than this is refused before it is parsed (Python's parsers
+    # recurse once per level); a DiagnosticReport with contained resources and extensions is
+    # under 20 deep. Capped so that no setting can bring the recursion back.
+    fhir_max_json_depth: int = Field(
+        default=64, gt=0, le=200, validation_alias="FOLLOWUP_FHIR_MAX_JSON_DEPTH"
+    )
+    # A Bundle with more entries is refused before fhir.resources validates it (its cost grows
+    # with every entry): one report with its patient, practitioner, order and observations fits.
+    fhir_max_bundle_entries: int = Field(
+        default=100, gt=0, validation_alias="FOLLOWUP_FHIR_MAX_BUNDLE_ENTRIES"
+    )
 
     twilio_account_sid: str | None = Field(default=None, validation_alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: SecretStr | None = Field(default=None, validation_alias="TWILIO_AUTH_TOKEN")
@@ -97,7 +124,11 @@ class Settings(BaseSettings):
     # status callbacks are requested with it. None: check against the URL as received and ask
     # for no status callbacks.
     twilio_webhook_base_url: str | None = Field(
-        default=None, validation_alias="FOLLOWUP_TWILIO_WEBHOOK_BASE_URL"
+        default=None,
+        # Absolute: without a scheme and host no signature would ever match (every webhook
+        # refused, quietly) and Twilio could not call the status callbacks.
+        pattern=r"^https?://[^/\s]+",
+        validation_alias="FOLLOWUP_TWILIO_WEBHOOK_BASE_URL",
     )
     # Messages handed to Twilio per second by one dispatcher (a US long code takes about 1).
     sms_rate_per_second: float = Field(
@@ -117,6 +148,13 @@ class Settings(BaseSettings):
     escalation_block: str | None = Field(
         default=None, pattern=r"^[a-z0-9-]+/.+$", validation_alias="FOLLOWUP_ESCALATION_BLOCK"
     )
+
+    @field_validator("http_token")
+    @classmethod
+    def _token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("empty or blank: set a real token, or unset it")
+        return value
 
     @field_validator("site_timezone")
     @classmethod

@@ -111,3 +111,22 @@ def test_filter_masks_names_passed_as_extra_and_keeps_run_names() -> None:
     assert fields["flow_run_name"] == "scan-ACC2026000101"
     assert fields["patient_id"] == 7
     assert record.getMessage() == "booked ACC2026000101"
+
+
+def test_control_characters_in_logged_values_are_escaped_and_the_template_kept() -> None:
+    logger = logging.getLogger("followup-test-controls")
+    handler = _Records()
+    logger.addHandler(handler)
+    try:
+        logger.warning("inbox %d: %s\n(%s)", 7, "ACC1\r\nINFO forged", ValueError("a\x1b[2Jb"))
+        logger.warning("%(accession)s", {"accession": "ACC2\u2028x"})
+        logger.warning("f-string ACC3\rINFO forged", extra={"sender": "RIS\nx", "inbox": 3})
+    finally:
+        logger.removeHandler(handler)
+
+    assert [record.getMessage() for record in handler.records] == [
+        "inbox 7: ACC1\\r\\nINFO forged\n(a\\x1b[2Jb)",
+        "ACC2\\u2028x",
+        "f-string ACC3\\rINFO forged",
+    ]
+    assert (vars(handler.records[2])["sender"], vars(handler.records[2])["inbox"]) == ("RIS\\nx", 3)

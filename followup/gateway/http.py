@@ -8,15 +8,31 @@ Choices, and why:
 * Answers: 201 for a new accepted report, 200 for a resend of one (the same identifier, status
   and text: idempotent), 400 for what is not a readable FHIR resource or not a type taken here,
   422 for a readable report missing what routing needs (accession, patient...), 401 without the
-  bearer token, 413 over the size limit, 503 when the message could not be stored. Every answer
-  is an OperationOutcome; its `expression` names the element at fault.
+  bearer token, 403 when the gateway has no token configured, 413 over the size limit, 503
+  when the message could not be stored. Every answer is an OperationOutcome; its `expression`
+  names the element at fault.
+* Routes that change state (FHIR intake, escalation acknowledgements) never run without a
+  token: with FOLLOWUP_HTTP_TOKEN unset they answer 403 (settings refuse an empty or blank
+  one). The token is checked before the body is read, and compared with
+  `hmac.compare_digest` (constant time), so response timing does not reveal how much of a
+  guess was right.
+* Size limits hold on every route before anything is buffered (`BodyLimits`, an ASGI
+  middleware, so a new route cannot forget them): a Content-Length over the route's limit is
+  answered 413 before the app runs, and a chunked body is counted as it arrives and cut off
+  at the limit (413, connection closed). FHIR takes FOLLOWUP_HTTP_MAX_BODY_BYTES, Twilio's
+  webhooks FOLLOWUP_TWILIO_MAX_BODY_BYTES, anything else FOLLOWUP_HTTP_MAX_OTHER_BODY_BYTES.
 * The body is stored raw by intake (committed) before anything is parsed, so every request
-  that passed authentication leaves an inbox row, whatever its content. Unauthenticated
-  requests leave none: they are not from the RIS.
-* The token is compared with `hmac.compare_digest` (constant time), so response timing does
-  not reveal how much of a guess was right.
+  that passed authentication and the gateway's limits leaves an inbox row, whatever its
+  content. Unauthenticated requests leave none: they are not from the RIS. Nor do bodies over
+  a limit: over the size, or JSON nested deeper than FOLLOWUP_FHIR_MAX_JSON_DEPTH (found by a
+  scan of the bytes, not a parse). Those are the gateway protecting itself, like the size
+  limit, not content a person could act on: parsing them is what would fail (a deep body
+  raised RecursionError, answered 503 and left `received`, so the sweep re-submitted it
+  forever). They are answered 400 naming the limit and logged with the peer, which is the
+  trace an integration engineer needs.
 * `on_accepted` (the event emitter) runs as a background task after the response is sent.
-* Logs carry the inbox id, accession and status, never the body (PHI).
+* Logs carry the inbox id, accession and status, never the body (PHI); control characters
+  in logged values are escaped by the log filter (followup/redaction.py).
 * `POST /escalations/{id}/ack` closes an escalation (who: `by` in a JSON body or the query)
   through the same function as `followup escalations ack`, so both keep the first
   acknowledgement and audit it: 200 with the acknowledgement (the original one on a repeat),
@@ -27,19 +43,23 @@ Choices, and why:
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, SecretStr, StringConstraints
+from pydantic import BaseModel, ConfigDict, SecretStr, StringConstraints, ValidationError
 from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from followup import intake
 from followup.gateway import OnAccepted, in_database_thread
 from followup.intake import Receipt
+from followup.ris.fhir import json_depth_exceeds
 from followup.settings import Settings
 from models import worklist
 from models.db import get_engine, session_scope
@@ -50,7 +70,8 @@ logger = logging.getLogger(__name__)
 
 SOURCE = "http"
 FHIR_JSON = "application/fhir+json"
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+FHIR_PATHS = ("/fhir",)
+TWILIO_PATHS = ("/twilio/",)
 
 # OperationOutcome issue type (FHIR value set issue-type) and HTTP status per rejection kind.
 _ISSUES = {
@@ -91,6 +112,16 @@ class _Refusal(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
+class BodyTooLarge(HTTPException):
+    """A request body over its route's limit. An HTTPException, so that FastAPI's own body
+    reading lets it through as it is (it turns other exceptions into a 400)."""
+
+    def __init__(self, limit: int) -> None:
+        # The sender's rest is not read: the connection closes after the answer.
+        super().__init__(413, f"the body is over {limit} bytes", {"Connection": "close"})
+        self.limit = limit
+
+
 def outcome(
     severity: str, code: str, diagnostics: str, expression: str | None = None
 ) -> dict[str, Any]:
@@ -100,13 +131,84 @@ def outcome(
     return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
-def create_app(
-    settings: Settings,
-    *,
-    on_accepted: OnAccepted,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-) -> FastAPI:
+def body_limit(settings: Settings, path: str) -> int:
+    """The most a request body to `path` may hold."""
+    if path.startswith(FHIR_PATHS):
+        return settings.http_max_body_bytes
+    if path.startswith(TWILIO_PATHS):
+        return settings.twilio_max_body_bytes
+    return settings.http_max_other_body_bytes
+
+
+class BodyLimits:
+    """ASGI middleware: every request body held to its route's limit while it streams in.
+
+    A declared Content-Length over the limit is answered 413 before the app runs; otherwise
+    the app's `receive` counts what arrives and raises BodyTooLarge once the count passes the
+    limit, so neither the app nor a framework reading the body for it holds more than the
+    limit plus one chunk.
+    """
+
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = body_limit(self.settings, scope["path"])
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await too_large_response(scope["path"], BodyTooLarge(limit))(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def too_large_response(path: str, refusal: BodyTooLarge) -> JSONResponse:
+    """413 as the route answers: an OperationOutcome on FHIR paths, FastAPI's shape elsewhere."""
+    if path.startswith(FHIR_PATHS):
+        return JSONResponse(
+            outcome("error", "too-costly", str(refusal.detail)),
+            status_code=413,
+            media_type=FHIR_JSON,
+            headers=refusal.headers,
+        )
+    return JSONResponse({"detail": refusal.detail}, status_code=413, headers=refusal.headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with BodyTooLarge as soon as it passes `limit` bytes: the
+    declared length first, then the bytes as they stream in (chunked bodies declare none)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(limit)
+    return bytes(body)
+
+
+def create_app(settings: Settings, *, on_accepted: OnAccepted) -> FastAPI:
     app = FastAPI(title="followup gateway", docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimits, settings=settings)
+    if settings.http_token is None:
+        logger.warning(
+            "FOLLOWUP_HTTP_TOKEN is not set: FHIR intake and escalation acknowledgements over "
+            "HTTP answer 403"
+        )
 
     @app.exception_handler(_Refusal)
     async def _refused(_request: Request, refusal: _Refusal) -> JSONResponse:
@@ -117,8 +219,17 @@ def create_app(
             headers=refusal.headers,
         )
 
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, refusal: BodyTooLarge) -> JSONResponse:
+        peer = f"{request.client.host}:{request.client.port}" if request.client else None
+        logger.warning("refused a body over %d bytes to %s from %s", refusal.limit,
+                       request.url.path, peer)  # fmt: skip
+        return too_large_response(request.url.path, refusal)
+
     def authorized(request: Request) -> None:
-        if settings.http_token is not None and not _bearer_matches(request, settings.http_token):
+        if settings.http_token is None:
+            raise _Refusal(403, "forbidden", "FHIR intake needs FOLLOWUP_HTTP_TOKEN on the gateway")
+        if not _bearer_matches(request, settings.http_token):
             raise _Refusal(
                 401, "login", "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
             )
@@ -134,13 +245,13 @@ def create_app(
             )
 
     async def receive(request: Request, background: BackgroundTasks) -> JSONResponse:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_body_bytes:
-            raise _Refusal(413, "too-costly", f"the body is over {max_body_bytes} bytes")
-        raw = await request.body()
-        if len(raw) > max_body_bytes:
-            raise _Refusal(413, "too-costly", f"the body is over {max_body_bytes} bytes")
+        raw = await read_body(request, settings.http_max_body_bytes)
         peer = f"{request.client.host}:{request.client.port}" if request.client else None
+        depth = settings.fhir_max_json_depth
+        # In a thread: a large body takes a moment to scan, and this loop also ACKs MLLP.
+        if await asyncio.to_thread(json_depth_exceeds, raw, depth):
+            logger.warning("refused a FHIR request from %s: JSON nested over %d deep", peer, depth)
+            raise _Refusal(400, "structure", f"the JSON is nested deeper than {depth} levels")
         try:
             receipt = await in_database_thread(settings.database_url, _store, settings, raw, peer)
         except Exception as exc:  # database down: the sender must retry
@@ -164,10 +275,13 @@ def create_app(
     @app.post("/escalations/{escalation_id}/ack", dependencies=[Depends(token_required)])
     async def acknowledge(
         escalation_id: int,
-        body: Acknowledgement | None = None,
+        request: Request,
         by: Annotated[Acknowledger | None, Query()] = None,
     ) -> AcknowledgedEscalation:
-        who = body.by if body is not None else by
+        # Read here, not declared as a body parameter: FastAPI reads and parses declared
+        # bodies before it runs the dependencies, so before the token check.
+        raw = await read_body(request, settings.http_max_other_body_bytes)
+        who = _acknowledger(raw) if raw.strip() else by
         if who is None:
             raise HTTPException(422, "say who acknowledges: `by` in a JSON body or the query")
         try:
@@ -189,6 +303,14 @@ def create_app(
         return JSONResponse({"status": "ok", "database": "ok"})
 
     return app
+
+
+def _acknowledger(raw: bytes) -> str:
+    """`by` from a JSON body, or the 422 FastAPI gives an invalid body."""
+    try:
+        return Acknowledgement.model_validate_json(raw).by
+    except ValidationError as error:
+        raise RequestValidationError(error.errors(include_url=False)) from error
 
 
 def _bearer_matches(request: Request, expected: SecretStr) -> bool:

@@ -46,6 +46,7 @@ from followup.gateway import OnAccepted
 from followup.gateway.http import create_app
 from followup.gateway.mllp import MLLPListener
 from followup.gateway.twilio_webhooks import twilio_router
+from followup.redaction import install_redaction
 from followup.settings import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
@@ -65,10 +66,30 @@ _PREFECT_SERVER_ENV = {
 }
 
 
+class StartupRefused(FollowupError):
+    """A setting the listeners cannot run safely without; the message says which, in a line."""
+
+
+class PrefectApiNotSet(StartupRefused):
+    """`followup gateway` needs the Prefect server its events go to (PREFECT_API_URL)."""
+
+
+def check_listener_settings(settings: Settings) -> None:
+    """Refuse to start what would accept requests it cannot verify."""
+    if settings.twilio_auth_token is not None and not settings.twilio_webhook_base_url:
+        # Without it, webhook signatures could only be checked against the URL as received,
+        # whose host the caller chooses: a signature made for another URL would pass.
+        raise StartupRefused(
+            "TWILIO_AUTH_TOKEN is set but FOLLOWUP_TWILIO_WEBHOOK_BASE_URL is not: set it to "
+            "the public https URL Twilio calls, so webhook signatures are checked against it"
+        )
+
+
 def serve_engine(settings: Settings, *, prefect_yaml: Path = PREFECT_YAML) -> None:
     """Run the engine until Ctrl-C or SIGTERM."""
     from models.db import migrate
 
+    check_listener_settings(settings)
     migrate(settings.database_url)
     for name, value in _PREFECT_SERVER_ENV.items():
         os.environ.setdefault(name, value)
@@ -89,15 +110,12 @@ def serve_engine(settings: Settings, *, prefect_yaml: Path = PREFECT_YAML) -> No
             server.stop()
 
 
-class PrefectApiNotSet(FollowupError):
-    """`followup gateway` needs the Prefect server its events go to (PREFECT_API_URL)."""
-
-
 def serve_gateway(settings: Settings) -> None:
     """Run the MLLP and HTTP listeners until Ctrl-C or SIGTERM, emitting their events to the
     Prefect server at PREFECT_API_URL; no flows run here."""
     from models.db import migrate
 
+    check_listener_settings(settings)
     api_url = os.environ.get("PREFECT_API_URL")
     if not api_url:
         raise PrefectApiNotSet(
@@ -246,14 +264,16 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 def _http_server(settings: Settings, on_accepted: OnAccepted) -> uvicorn.Server:
-    return uvicorn.Server(
-        uvicorn.Config(
-            gateway_app(settings, on_accepted=on_accepted),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_level="info",
-        )
+    config = uvicorn.Config(
+        gateway_app(settings, on_accepted=on_accepted),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level="info",
     )
+    # After the Config, which gives uvicorn's loggers handlers of their own (they do not
+    # propagate to the root's): their records too get the PHI masks and the escaping.
+    install_redaction("", "uvicorn", "uvicorn.access")
+    return uvicorn.Server(config)
 
 
 async def _until_one_ends(tasks: list[asyncio.Task[object]]) -> None:

@@ -10,10 +10,18 @@
   and are sent at once when the router was given a sender.
 
 Both check X-Twilio-Signature with the twilio library's RequestValidator against the URL
-Twilio called (FOLLOWUP_TWILIO_WEBHOOK_BASE_URL + path when a proxy sits in front) and answer
-403 when it is missing or wrong, or when no auth token is configured. Every signed request is
-stored raw (TwilioEvent) before it is acted on, in the same transaction as its effect;
-(MessageSid, MessageStatus) is unique, so a repeat is answered 200 and changes nothing.
+Twilio called, FOLLOWUP_TWILIO_WEBHOOK_BASE_URL + path + query, and only that: the URL as
+received carries the request's own Host header, so checking against it accepted a signature
+made for another site's URL. They answer 403 when the signature is missing, malformed or
+wrong, or when no auth token or no base URL is configured (`followup serve` and `followup
+gateway` refuse to start with Twilio credentials and no base URL). Everything that can be
+checked without the body is checked before it is read (configuration, the header's shape);
+the body is then read up to FOLLOWUP_TWILIO_MAX_BODY_BYTES as it streams (413 past it), and
+only that bounded body is parsed, for the validator, which needs the form's values.
+
+Every signed request is stored raw (TwilioEvent) before it is acted on, in the same
+transaction as its effect; (MessageSid, MessageStatus) is unique, so a repeat is answered 200
+and changes nothing.
 Inserting the event first also takes SQLite's write lock, which serialises callbacks racing
 for one message; on PostgreSQL the message row is locked.
 
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +42,7 @@ from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response
 from sqlmodel import Session
 from twilio.request_validator import RequestValidator
 
+from followup.gateway.http import read_body
 from followup.messaging.dispatch import Dispatcher, DispatchPolicy, apply_status_report
 from followup.messaging.replies import InboundSms, handle_inbound
 from followup.messaging.sender import SmsSender
@@ -46,7 +56,8 @@ logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
-MAX_BODY_BYTES = 64 * 1024  # an SMS webhook is a few hundred bytes; MMS adds media URLs
+# Base64 of an HMAC-SHA1 (what Twilio sends) or HMAC-SHA256 digest.
+WELL_FORMED_SIGNATURE = re.compile(r"[A-Za-z0-9+/]{27}=|[A-Za-z0-9+/]{43}=")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +90,20 @@ def twilio_router(
     )
 
     async def signed(request: Request) -> SignedRequest:
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise HTTPException(413, "body too large")
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        public_base = settings.twilio_webhook_base_url
+        if validator is None or not public_base or not WELL_FORMED_SIGNATURE.fullmatch(signature):
+            logger.warning("Twilio webhook %s refused: %s", request.url.path,
+                           _unverifiable(validator, public_base))  # fmt: skip
+            raise HTTPException(403, "invalid Twilio signature")
+        raw = await read_body(request, settings.twilio_max_body_bytes)
         try:
             pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
         except UnicodeDecodeError:
             raise HTTPException(400, "the body is not form-encoded UTF-8") from None
         params = dict(pairs)
-        signature = request.headers.get(SIGNATURE_HEADER, "")
-        url = _called_url(request, settings.twilio_webhook_base_url)
-        if validator is None or not signature or not validator.validate(url, params, signature):
-            logger.warning("Twilio webhook %s refused: bad or missing signature", request.url.path)
+        if not validator.validate(_public_url(request, public_base), params, signature):
+            logger.warning("Twilio webhook %s refused: wrong signature", request.url.path)
             raise HTTPException(403, "invalid Twilio signature")
         return SignedRequest(params=params, query=dict(request.query_params))
 
@@ -138,10 +151,17 @@ def twilio_router(
     return router
 
 
-def _called_url(request: Request, public_base: str | None) -> str:
-    """The URL Twilio signed: the public base + path + query behind a proxy, else as received."""
+def _unverifiable(validator: RequestValidator | None, public_base: str | None) -> str:
+    """Why a request was refused before its body was read."""
+    if validator is None:
+        return "no TWILIO_AUTH_TOKEN configured"
     if not public_base:
-        return str(request.url)
+        return "no FOLLOWUP_TWILIO_WEBHOOK_BASE_URL configured"
+    return "missing or malformed signature"
+
+
+def _public_url(request: Request, public_base: str) -> str:
+    """The URL Twilio signed: the configured public base + the path and query received."""
     query = f"?{request.url.query}" if request.url.query else ""
     return f"{public_base.rstrip('/')}{request.url.path}{query}"
 

@@ -30,6 +30,12 @@ nothing in the elements read here. Choices, and why:
   templates are filed under (BCP 47 "es-MX", ISO 639-2 "spa"); unrecognised is unknown.
 * A NUL character (JSON "\\u0000") anywhere is refused (InvalidField at its element), as in
   HL7 v2: no stored text can hold it. Values longer than their columns are refused (scan.py).
+* Limits, checked before anything recurses or validates: JSON nested deeper than
+  `max_json_depth` is MalformedMessage (Python's JSON parser and the checks below recurse once
+  per level: a few thousand brackets raised RecursionError, which no caller expected), found
+  by a scan of the bytes (`json_depth_exceeds`) the HTTP gateway also runs before it stores a
+  body; a Bundle of more than `max_bundle_entries` entries is UnsupportedMessage, counted on
+  the parsed JSON before fhir.resources validates the entries (its cost grows with each).
 * Times: `effective[x]` is the exam time, `issued` the result time; a date without a time is
   local midnight in the site zone, like an HL7 DTM without offset.
 """
@@ -37,9 +43,11 @@ nothing in the elements read here. Choices, and why:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
+from itertools import accumulate
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -89,6 +97,16 @@ _NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
 _BOM = "\ufeff"
 # Result statuses that may carry no report text yet (preliminary) or at all (cancelled).
 _TEXT_OPTIONAL_STATUSES = {"P", "X"}
+# The settings' defaults (FOLLOWUP_FHIR_MAX_JSON_DEPTH, FOLLOWUP_FHIR_MAX_BUNDLE_ENTRIES).
+DEFAULT_MAX_JSON_DEPTH = 64
+DEFAULT_MAX_BUNDLE_ENTRIES = 100
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_A_BRACKET = bytes(set(range(256)) - set(b"[]{}"))
+_NESTING_STEP = [0] * 256  # what each bracket does to the depth
+for _opening in b"[{":
+    _NESTING_STEP[_opening] = 1
+for _closing in b"]}":
+    _NESTING_STEP[_closing] = -1
 
 _M = TypeVar("_M", bound=FHIRResourceModel)
 
@@ -122,8 +140,18 @@ class _Resources:
         return found
 
 
-def parse_report(raw: bytes | str, *, site_zone: ZoneInfo, phone_region: str = "US") -> FhirReport:
+def parse_report(
+    raw: bytes | str,
+    *,
+    site_zone: ZoneInfo,
+    phone_region: str = "US",
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+    max_bundle_entries: int = DEFAULT_MAX_BUNDLE_ENTRIES,
+) -> FhirReport:
     """Validate a DiagnosticReport or a Bundle holding exactly one and extract its scan."""
+    raw_bytes = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if json_depth_exceeds(raw_bytes, max_json_depth):
+        raise MalformedMessage(f"the JSON is nested deeper than {max_json_depth} levels")
     document = _json(raw)
     resource_type = document.get("resourceType")
     nul_at = _first_nul(document, str(resource_type))
@@ -134,7 +162,7 @@ def parse_report(raw: bytes | str, *, site_zone: ZoneInfo, phone_region: str = "
         resources = _Resources()
         path = "DiagnosticReport"
     elif resource_type == "Bundle":
-        report, resources, path = _from_bundle(document)
+        report, resources, path = _from_bundle(document, max_entries=max_bundle_entries)
     else:
         raise UnsupportedMessage(
             f"resource type {resource_type or '(none)'} is not DiagnosticReport or Bundle",
@@ -143,6 +171,22 @@ def parse_report(raw: bytes | str, *, site_zone: ZoneInfo, phone_region: str = "
     for contained in report.contained or []:
         resources.add(contained, f"#{contained.id}" if contained.id else None)
     return _scan(report, resources, path, site_zone=site_zone, phone_region=phone_region)
+
+
+def json_depth_exceeds(raw: bytes, limit: int) -> bool:
+    """Whether the JSON in `raw` nests arrays and objects deeper than `limit`, without parsing.
+
+    Strings are skipped whole, so brackets in text do not count. On broken JSON the count can
+    come out higher than a parser would reach (an unterminated string's brackets count), and
+    lower only past the point where the parser stops (a stray closing bracket), so a body that
+    passes cannot make the parser recurse past `limit`.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:  # most bodies: two C-speed counts
+        return False
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_A_BRACKET)
+    # Past a point where the running depth would go below zero a parser has already failed
+    # (a stray closing bracket), so the running sum need not be clamped there.
+    return max(accumulate(map(_NESTING_STEP.__getitem__, brackets)), default=0) > limit
 
 
 def _json(raw: bytes | str) -> dict[str, Any]:
@@ -195,8 +239,14 @@ def _fhirpath(path: str, loc: Sequence[int | str]) -> str:
 
 
 def _from_bundle(
-    document: Mapping[str, Any],
+    document: Mapping[str, Any], *, max_entries: int
 ) -> tuple[DiagnosticReport, _Resources, str]:
+    entries = document.get("entry")
+    if isinstance(entries, list) and len(entries) > max_entries:
+        raise UnsupportedMessage(
+            f"the Bundle has {len(entries)} entries; at most {max_entries} are taken",
+            location="Bundle.entry",
+        )
     bundle = _validate(Bundle, document, "Bundle")
     if bundle.type not in _BUNDLE_TYPES:
         raise UnsupportedMessage(

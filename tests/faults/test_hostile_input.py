@@ -8,17 +8,31 @@ with Twilio's own RequestValidator, as in tests/sms.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import re
-from collections.abc import Callable
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlencode
 
+import httpx
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import text as sql
 from sqlmodel import col, select
 from twilio.request_validator import RequestValidator
 
 from followup import pipeline
+from followup.gateway.http import FHIR_JSON, create_app
 from followup.gateway.mllp import DEFAULT_MAX_MESSAGE_BYTES
 from followup.messaging.replies import REPLY_TASK
 from followup.scheduling import site_holidays
@@ -27,6 +41,7 @@ from models.db import session_scope
 from models.seed import seed_demo_clinic
 from models.tables import (
     Escalation,
+    EscalationStatus,
     ImagingStudy,
     InboxMessage,
     OutboundMessage,
@@ -35,10 +50,12 @@ from models.tables import (
     Provider,
     TwilioEvent,
 )
+from tests.conftest import SAMPLES
 from tests.faults.counting import check_counts, tally
 from tests.faults.messages import sample_message
 from tests.flow_steps import run_flow_steps
 from tests.gateway.conftest import VT, RunningListener, exchange, read_acks, segments
+from tests.gateway.test_http import serve
 from tests.sms.conftest import CLINIC_FROM, NOW, PHONE, Clock, World
 from tests.sms.test_webhooks import SID, make_gateway
 from tests.sms.twilio_mock import ACCOUNT_SID, AUTH_TOKEN
@@ -439,5 +456,406 @@ def test_hostile_text_is_stored_verbatim_and_rendered_inertly(mllp: RunningListe
                 "appointment": 1,
                 "outbound_message": 3,
             },
+        },
+    )
+
+
+# --- issue 19: the HTTP gateway's limits, as a real `followup gateway` process ---------------
+
+GATEWAY_TOKEN = "gateway-token-for-the-fault-cases"
+PUBLIC_BASE = "https://followup.example.org"
+FORM = "application/x-www-form-urlencoded"
+MIB = 1024 * 1024
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen[bytes]
+    http_port: int
+    mllp_port: int
+    log: Path
+
+    def rss_kib(self, field: str) -> int:
+        """VmRSS (now) or VmHWM (peak since the last reset) of the process, in KiB."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)[1])  # type: ignore[index]
+
+    def reset_peak_rss(self) -> None:
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")  # resets VmHWM (Linux)
+
+    def log_lines(self) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[GatewayProcess]:
+    """`followup gateway` as an operator starts it with Twilio and a token configured; its
+    events go to a Prefect API where nothing listens (no case here gets as far as an event
+    but the forged accession's, whose emission fails in the background)."""
+    http_port, mllp_port, log = _free_port(), _free_port(), tmp_path / "gateway.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "followup.cli", "gateway"],
+            cwd=Path(__file__).resolve().parents[2],
+            env={
+                **os.environ,
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}",
+                "PREFECT_API_URL": f"http://127.0.0.1:{_free_port()}/api",
+                "FOLLOWUP_MLLP_PORT": str(mllp_port),
+                "FOLLOWUP_HTTP_PORT": str(http_port),
+                "FOLLOWUP_HTTP_TOKEN": GATEWAY_TOKEN,
+                "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+                "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+                "TWILIO_FROM": CLINIC_FROM,
+                "FOLLOWUP_TWILIO_WEBHOOK_BASE_URL": PUBLIC_BASE,
+            },
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    running = GatewayProcess(process, http_port, mllp_port, log)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=2).is_success:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the gateway did not answer /healthz"
+            time.sleep(0.2)
+        yield running
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def raw_post(
+    port: int,
+    path: str,
+    *,
+    headers: dict[str, str],
+    chunked_bytes: int = 0,
+    chunk_bytes: int = MIB,
+) -> tuple[int | None, int]:
+    """POST over a plain socket, streaming `chunked_bytes` of body in chunks (or none, with the
+    headers as given); (the answer's status or None, body bytes the server let in).
+
+    The answer is read by a thread while the body streams: a server that refuses early answers
+    and closes, and its answer must not be lost under the reset the unsent rest then causes.
+    """
+    answer = bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+
+        def read() -> None:
+            with contextlib.suppress(OSError):
+                while data := sock.recv(65536):
+                    answer.extend(data)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+        head += [f"{name}: {value}" for name, value in headers.items()]
+        if chunked_bytes:
+            head.append("Transfer-Encoding: chunked")
+        sent = 0
+        with contextlib.suppress(OSError):  # the server closed: it refused the rest
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+            piece = b"%x\r\n" % chunk_bytes + b"a" * chunk_bytes + b"\r\n"
+            while sent < chunked_bytes:
+                sock.sendall(piece)
+                sent += chunk_bytes
+            if chunked_bytes:
+                sock.sendall(b"0\r\n\r\n")
+        reader.join(30)
+    status = re.match(rb"HTTP/1\.1 (\d{3}) ", bytes(answer))
+    return (int(status[1]) if status else None), sent
+
+
+def test_unauthenticated_bodies_of_200_mib_leave_the_gateway_s_memory_alone(
+    gateway_process: GatewayProcess,
+) -> None:
+    """Fault: 200 MiB chunked bodies, without credentials, to every route that takes a body:
+    a Twilio status callback unsigned and with a well-formed signature that is not Twilio's,
+    FHIR intake without a token, an escalation acknowledgement without a token; then a FHIR
+    request declaring 200 MiB in Content-Length and sending nothing.
+    Expected: each is refused (403, 413, 401, 401, 413), the declared one at once; the gateway
+    process (which also ACKs MLLP) grows by at most 64 MiB of peak RSS over all of them, and
+    still answers /healthz. Before issue 19 the first one alone grew it by ~400 MiB."""
+    port = gateway_process.http_port
+    forged = {"X-Twilio-Signature": "A" * 27 + "=", "Content-Type": FORM}
+    cases = {
+        "twilio unsigned": ("/twilio/status", {"Content-Type": FORM}),
+        "twilio forged": ("/twilio/status", forged),
+        "fhir no token": ("/fhir", {"Content-Type": "application/fhir+json"}),
+        "ack no token": ("/escalations/1/ack", {"Content-Type": "application/json"}),
+    }
+    rss_before = gateway_process.rss_kib("VmRSS")
+    gateway_process.reset_peak_rss()
+    started = time.monotonic()
+    answers = {
+        name: raw_post(port, path, headers=headers, chunked_bytes=200 * MIB)
+        for name, (path, headers) in cases.items()
+    }
+    declared_at = time.monotonic()
+    declared = raw_post(port, "/fhir/DiagnosticReport", headers={
+        "Authorization": f"Bearer {GATEWAY_TOKEN}", "Content-Length": str(200 * MIB)})  # fmt: skip
+    declared_seconds = time.monotonic() - declared_at
+    peak_growth_mib = (gateway_process.rss_kib("VmHWM") - rss_before) / 1024
+    health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code
+
+    check_counts(
+        "19 200 MiB unauthenticated bodies",
+        {
+            "answers": {name: status for name, (status, _) in answers.items()},
+            "declared_200_mib": declared[0],
+            "declared_answered_at_once": declared_seconds < 5,
+            "peak_rss_growth_within_64_mib": peak_growth_mib <= 64,
+            "healthz": health,
+        },
+        {
+            "answers": {
+                "twilio unsigned": 403,
+                "twilio forged": 413,
+                "fhir no token": 401,
+                "ack no token": 401,
+            },
+            "declared_200_mib": 413,
+            "declared_answered_at_once": True,
+            "peak_rss_growth_within_64_mib": True,
+            "healthz": 200,
+        },
+        shown={
+            "peak_rss_growth_mib": round(peak_growth_mib, 1),
+            "mib_let_in": {name: sent // MIB for name, (_, sent) in answers.items()},
+            "seconds": round(time.monotonic() - started, 1),
+        },
+    )
+
+
+FORGED_LINE = "INFO gateway: inbox 9 accepted FORGED"
+
+
+def test_a_forged_line_in_an_accession_stays_in_its_own_log_line(
+    gateway_process: GatewayProcess,
+) -> None:
+    """Fault: an accession ending in CR LF and a line that reads like the gateway's own, once
+    in a FHIR identifier (JSON "\\r\\n") and once in an ORU^R01's OBR-3 (the HL7 escape
+    `\\X0D0A\\`), both sent to a real `followup gateway` process that logs accessions.
+    Expected: each message is answered (201; an ACK) and its log line holds the forged text
+    escaped (`\\r\\n`); no line of the log starts with it."""
+    report = json.loads((SAMPLES / "fhir" / "diagnosticreport_contained.json").read_text())
+    for identifier in report["identifier"]:
+        identifier["value"] += f"\r\n{FORGED_LINE}"
+    stored = httpx.post(
+        f"http://127.0.0.1:{gateway_process.http_port}/fhir",
+        json=report,
+        headers={"Authorization": f"Bearer {GATEWAY_TOKEN}"},
+        timeout=30,
+    )
+    oru = sample_message(accession="ACCFORGED1", control_id="FORGED-1", mrn="FORGED1")
+    oru = oru.replace(b"ACCFORGED1", b"ACC1\\X0D0A\\" + FORGED_LINE.encode())
+    with socket.create_connection(("127.0.0.1", gateway_process.mllp_port), timeout=30) as sock:
+        sock.sendall(VT + oru + b"\x1c\r")
+        acks = read_acks(sock, 1)
+    holding = [line for line in gateway_process.log_lines() if "FORGED" in line]
+
+    check_counts(
+        "19 forged log lines",
+        {
+            "fhir_answer": stored.status_code,
+            "hl7_acks": len(acks),
+            "lines_starting_with_the_forged_text": sum(
+                line.startswith(FORGED_LINE) for line in holding
+            ),
+            "fhir_line_escaped": sum(
+                "followup.gateway.http" in line and f"\\r\\n{FORGED_LINE}" in line
+                for line in holding
+            ),
+            "lines_unescaped": sum(f"\\r\\n{FORGED_LINE}" not in line for line in holding),
+        },
+        {
+            "fhir_answer": 201,
+            "hl7_acks": 1,
+            "lines_starting_with_the_forged_text": 0,
+            "fhir_line_escaped": 1,
+            "lines_unescaped": 0,
+        },
+        shown={"lines": holding},
+    )
+
+
+@pytest.fixture
+def fhir_gateway(database_url: str) -> Iterator[str]:
+    """The production HTTP app (FHIR, acknowledgements) under uvicorn on 127.0.0.1, with a
+    token and the default limits."""
+    settings = get_settings(database_url=database_url, FOLLOWUP_HTTP_TOKEN=GATEWAY_TOKEN)
+    yield from serve(create_app(settings, on_accepted=lambda _receipt: None))
+
+
+def post_fhir(base_url: str, body: bytes) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = httpx.post(
+        f"{base_url}/fhir",
+        content=body,
+        headers={"Authorization": f"Bearer {GATEWAY_TOKEN}", "Content-Type": FHIR_JSON},
+        timeout=120,
+    )
+    return response, time.monotonic() - started
+
+
+def test_deep_json_and_crowded_bundles_are_refused_before_they_cost(
+    fhir_gateway: str, database_url: str
+) -> None:
+    """Fault: a DiagnosticReport with an extension nested 100,000 arrays deep (sent twice, as a
+    RIS retrying a 5xx would), a Bundle of 1,000 entries (its report and 995 more Patients), and
+    a normal report whose conclusion holds 10,000 brackets as text.
+    Expected: the deep one is answered 400 naming the depth limit both times and stored
+    neither time (before issue 19: RecursionError, 503, and a `received` row the sweep
+    re-submitted forever); the Bundle is answered 400 naming the entry limit within seconds
+    (before: ~30 s of validation) and stored as refused, never as received; the brackets in
+    text are only text: 201. One row received, one refused."""
+    report = json.loads((SAMPLES / "fhir" / "diagnosticreport_contained.json").read_text())
+    deep = json.dumps({**report, "extension": "NEST"}).encode()
+    deep = deep.replace(b'"NEST"', b"[" * 100_000 + b"]" * 100_000)
+    bundle = json.loads((SAMPLES / "fhir" / "bundle_transaction.json").read_text())
+    patient = bundle["entry"][0]
+    bundle["entry"] += [
+        {**patient, "fullUrl": f"urn:uuid:00000000-0000-4000-8000-{n:012d}"} for n in range(995)
+    ]
+    bracketed = {**report, "conclusion": report["conclusion"] + " " + "[{" * 5_000}
+
+    deep_answers = [post_fhir(fhir_gateway, deep)[0] for _ in range(2)]
+    crowded, crowded_seconds = post_fhir(fhir_gateway, json.dumps(bundle).encode())
+    text_only, _ = post_fhir(fhir_gateway, json.dumps(bracketed).encode())
+
+    def diagnostics(response: httpx.Response) -> str:
+        return str(response.json()["issue"][0]["diagnostics"])
+
+    check_counts(
+        "19 deep JSON and crowded Bundles",
+        {
+            "deep": [(a.status_code, "deeper than 64" in diagnostics(a)) for a in deep_answers],
+            "crowded_bundle": (crowded.status_code, "at most 100" in diagnostics(crowded)),
+            "crowded_refused_within_5_s": crowded_seconds < 5,
+            "brackets_in_text": text_only.status_code,
+            "inbox": tally(row.status for row in rows(database_url)),
+        },
+        {
+            "deep": [(400, True), (400, True)],
+            "crowded_bundle": (400, True),
+            "crowded_refused_within_5_s": True,
+            "brackets_in_text": 201,
+            "inbox": {"received": 1, "rejected": 1},
+        },
+        shown={"crowded_seconds": round(crowded_seconds, 2)},
+    )
+
+
+def test_a_signature_made_for_another_url_is_refused(database_url: str, world: World) -> None:
+    """Fault: status callbacks signed with the right auth token for a URL that is not the
+    gateway's public one: to a gateway with no FOLLOWUP_TWILIO_WEBHOOK_BASE_URL, signed for the
+    URL as it received them (whose host the caller's Host header chose); to one with the base
+    URL, signed for the same path on another host and sent with that Host header.
+    Expected: 403 each, nothing stored, the message still `sending` (before issue 19 the first
+    was checked against the URL as received: accepted, 204, and the message `sent`); the
+    same callback signed for the public URL is then accepted (204)."""
+    message_id = world.message(world.patient(), status=OutboundStatus.SENDING)
+    with session_scope(database_url) as session:
+        message = session.get(OutboundMessage, message_id)
+        assert message is not None
+        message.twilio_sid = SID
+        session.add(message)
+    params = {"MessageSid": SID, "MessageStatus": "sent", "AccountSid": ACCOUNT_SID}
+    no_base = make_gateway(database_url, public_base=None)
+    as_received = no_base.post("/twilio/status", params, signature=RequestValidator(
+        AUTH_TOKEN).compute_signature("http://testserver/twilio/status", params))  # fmt: skip
+    with_base = make_gateway(database_url, public_base=PUBLIC_BASE)
+    other_host = with_base.client.post(
+        "/twilio/status",
+        content=urlencode(params),
+        headers={
+            "Host": "attacker.example",
+            "Content-Type": FORM,
+            "X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(
+                "http://attacker.example/twilio/status", params
+            ),
+        },
+    )
+    forged_events = len(twilio_events(database_url))
+    forged_status = world.get(message_id).status
+    genuine = with_base.post("/twilio/status", params)
+
+    check_counts(
+        "19 signature for another URL",
+        {
+            "answers": [as_received.status_code, other_host.status_code, genuine.status_code],
+            "events_after_forged": forged_events,
+            "status_after_forged": forged_status,
+            "status_after_genuine": world.get(message_id).status,
+        },
+        {
+            "answers": [403, 403, 204],
+            "events_after_forged": 0,
+            "status_after_forged": OutboundStatus.SENDING,
+            "status_after_genuine": OutboundStatus.SENT,
+        },
+    )
+
+
+def test_state_changing_routes_never_run_without_a_token(database_url: str) -> None:
+    """Fault: FOLLOWUP_HTTP_TOKEN set empty or blank (a template left `FOLLOWUP_HTTP_TOKEN=`),
+    and a gateway with no token at all, sent a FHIR report and an escalation acknowledgement
+    with an empty bearer token.
+    Expected: the empty and the blank token are refused by the settings (before issue 19 the
+    empty one was taken as configured and matched a bearer with nothing after it: the report
+    was accepted); without a token, FHIR intake and the acknowledgement answer 403: no inbox
+    row, the escalation still open."""
+    with session_scope(database_url) as session:
+        critical = Escalation(kind="critical_finding", reason="cord compression", target="npi:1")
+        session.add(critical)
+        session.flush()
+        escalation_id = critical.id
+    refused = 0
+    for blank in ("", "   "):
+        try:
+            get_settings(database_url=database_url, FOLLOWUP_HTTP_TOKEN=blank)
+        except ValidationError:
+            refused += 1
+    body = (SAMPLES / "fhir" / "diagnosticreport_contained.json").read_bytes()
+    empty_bearer = {"Authorization": "Bearer", "Content-Type": FHIR_JSON}
+    answers = []
+    for base_url in serve(create_app(get_settings(database_url=database_url),
+                                     on_accepted=lambda _receipt: None)):  # fmt: skip
+        answers.append(httpx.post(f"{base_url}/fhir", content=body, headers=empty_bearer))
+        answers.append(httpx.post(f"{base_url}/escalations/{escalation_id}/ack",
+                                  json={"by": "intruder"}, headers=empty_bearer))  # fmt: skip
+    with session_scope(database_url) as session:
+        escalation = session.get(Escalation, escalation_id)
+        assert escalation is not None
+
+    check_counts(
+        "19 no token",
+        {
+            "blank_tokens_refused_by_settings": refused,
+            "answers": [answer.status_code for answer in answers],
+            "inbox_rows": len(rows(database_url)),
+            "escalation": escalation.status,
+        },
+        {
+            "blank_tokens_refused_by_settings": 2,
+            "answers": [403, 403],
+            "inbox_rows": 0,
+            "escalation": EscalationStatus.OPEN,
         },
     )

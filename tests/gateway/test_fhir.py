@@ -19,7 +19,7 @@ from followup.errors import (
     MissingField,
     UnsupportedMessage,
 )
-from followup.ris.fhir import FhirReport, parse_report
+from followup.ris.fhir import FhirReport, json_depth_exceeds, parse_report
 from followup.ris.hl7v2 import decode_message, parse_oru
 from followup.ris.scan import CodedReportItem, PersonName, ProviderRef
 from tests.conftest import SAMPLES, THIRD_PARTY
@@ -464,3 +464,52 @@ def test_a_coded_conclusion_alone_is_a_report() -> None:
     scan = parse(_report(presentedForm=None, conclusion=None, conclusionCode=coded)).scan
 
     assert (scan.report_text, [item.code for item in scan.coded_items]) == ("", ["274152003"])
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize(
+    ("raw", "limit", "exceeds"),
+    [
+        (_nested(64), 64, False),
+        (_nested(65), 64, True),
+        (b'{"a": {"b": [[1], {"c": []}]}}', 5, False),
+        (b'{"a": {"b": [[[[1]]], {"c": []}]}}', 5, True),
+        # Brackets in strings are text, escaped quotes included; keys are strings too.
+        (b'{"t": "' + b"[{" * 100 + b'", "u": "\\"[[[["}', 1, False),
+        (b'{"[[[[": 1}', 1, False),
+        # An unterminated string's brackets count: a parser reading on would recurse on them.
+        (b'{"t": "[[[[', 3, True),
+        # A stray closing bracket ends what a parser reads; nothing after it nests.
+        (b"[]]]]]" + _nested(3), 3, False),
+    ],
+)
+def test_json_depth_is_read_from_the_bytes(raw: bytes, limit: int, exceeds: bool) -> None:
+    assert json_depth_exceeds(raw, limit) is exceeds
+
+
+def test_json_nested_past_the_limit_is_malformed_not_a_recursion_error() -> None:
+    document = json.dumps(load("diagnosticreport_contained.json") | {"extension": "X"}).encode()
+    deep = document.replace(b'"X"', _nested(100_000))
+
+    error = failure(deep)
+
+    assert isinstance(error, MalformedMessage)
+    assert error.reason == "the JSON is nested deeper than 64 levels"
+
+
+def test_a_bundle_over_the_entry_limit_is_refused_before_validation() -> None:
+    bundle = load("bundle_transaction.json")
+    raw = json.dumps(bundle).encode()
+    crowded = json.dumps(bundle | {"entry": [*bundle["entry"], {"resource": 5}]}).encode()
+
+    fits = parse_report(raw, site_zone=ZONE, max_bundle_entries=len(bundle["entry"]))
+    with pytest.raises(UnsupportedMessage) as caught:
+        # The extra entry is not even a resource: validation would have said so first.
+        parse_report(crowded, site_zone=ZONE, max_bundle_entries=len(bundle["entry"]))
+
+    assert fits.resource_path.startswith("Bundle.entry")
+    assert (caught.value.location, caught.value.reason) == (
+        "Bundle.entry",
+        "the Bundle has 6 entries; at most 5 are taken",
+    )

@@ -66,9 +66,11 @@ def serve(app: Any) -> Iterator[str]:
 
 @pytest.fixture
 def gateway(database_url: str) -> Iterator[RunningApp]:
-    settings = get_settings(database_url=database_url, FOLLOWUP_HTTP_TOKEN=TOKEN)
+    settings = get_settings(
+        database_url=database_url, FOLLOWUP_HTTP_TOKEN=TOKEN, FOLLOWUP_HTTP_MAX_BODY_BYTES=2_000_000
+    )
     accepted: list[Receipt] = []
-    app = create_app(settings, on_accepted=accepted.append, max_body_bytes=2_000_000)
+    app = create_app(settings, on_accepted=accepted.append)
     for base_url in serve(app):
         auth = {"Authorization": f"Bearer {TOKEN}"}
         with httpx.Client(base_url=base_url, headers=auth, timeout=10) as client:
@@ -197,6 +199,58 @@ def test_body_over_the_limit(gateway: RunningApp) -> None:
     assert gateway.rows() == []
 
 
+def test_a_chunked_body_is_cut_off_at_the_limit(gateway: RunningApp) -> None:
+    """No Content-Length to go by: the body is counted as it streams in."""
+    sent: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(10):  # 10 MB in all, the limit is 2 MB
+            sent.append(1)
+            yield b" " * 1_000_000
+
+    response = gateway.client.post(
+        "/fhir", content=chunks(), headers={"Content-Type": "application/fhir+json"}
+    )
+
+    assert response.status_code == 413
+    assert response.headers["connection"] == "close"
+    assert response.json()["issue"][0]["code"] == "too-costly"
+    assert gateway.rows() == []
+
+
+def test_an_acknowledgement_body_is_held_to_the_small_limit(gateway: RunningApp) -> None:
+    response = gateway.client.post("/escalations/1/ack", json={"by": "x" * 20_000})
+
+    assert response.status_code == 413
+    assert response.json() == {"detail": "the body is over 16384 bytes"}
+
+
+def test_json_nested_past_the_limit_is_refused_unstored(gateway: RunningApp) -> None:
+    response = gateway.post(
+        "/fhir", b'{"resourceType": "Bundle", "entry": ' + b"[" * 65 + b"]" * 65
+    )
+
+    assert response.status_code == 400
+    assert response.json()["issue"][0] == {
+        "severity": "error",
+        "code": "structure",
+        "diagnostics": "the JSON is nested deeper than 64 levels",
+    }
+    assert gateway.rows() == []
+
+
+def test_without_a_configured_token_fhir_intake_is_refused(database_url: str) -> None:
+    for base_url in serve(create_app(get_settings(database_url=database_url),
+                                     on_accepted=lambda receipt: None)):  # fmt: skip
+        body = (FHIR / "diagnosticreport_contained.json").read_bytes()
+        response = httpx.post(f"{base_url}/fhir", content=body, timeout=10)
+
+        assert response.status_code == 403
+        assert response.json()["issue"][0]["code"] == "forbidden"
+    with session_scope(database_url) as session:
+        assert session.exec(select(InboxMessage)).all() == []
+
+
 def test_healthz(gateway: RunningApp) -> None:
     response = httpx.get(f"{gateway.base_url}/healthz", timeout=10)  # no token needed
 
@@ -204,10 +258,13 @@ def test_healthz(gateway: RunningApp) -> None:
 
 
 def test_database_down(tmp_path: Path) -> None:
-    settings = get_settings(database_url=f"sqlite:///{tmp_path / 'never-migrated.db'}")
+    settings = get_settings(
+        database_url=f"sqlite:///{tmp_path / 'never-migrated.db'}", FOLLOWUP_HTTP_TOKEN=TOKEN
+    )
     for base_url in serve(create_app(settings, on_accepted=lambda receipt: None)):
         body = (FHIR / "diagnosticreport_contained.json").read_bytes()
-        response = httpx.post(f"{base_url}/fhir", content=body, timeout=10)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        response = httpx.post(f"{base_url}/fhir", content=body, headers=auth, timeout=10)
 
         assert response.status_code == 503
         assert response.json()["issue"][0]["code"] == "transient"

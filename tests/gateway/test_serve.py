@@ -167,3 +167,58 @@ def test_gateway_refuses_to_start_without_a_prefect_api(
 
     assert result.exit_code == 2
     assert "PREFECT_API_URL is not set" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "environment", "message"),
+    [
+        (
+            "gateway",
+            {"TWILIO_AUTH_TOKEN": "twilio-token"},
+            "TWILIO_AUTH_TOKEN is set but FOLLOWUP_TWILIO_WEBHOOK_BASE_URL is not",
+        ),
+        (
+            "serve",
+            {"TWILIO_AUTH_TOKEN": "twilio-token"},
+            "TWILIO_AUTH_TOKEN is set but FOLLOWUP_TWILIO_WEBHOOK_BASE_URL is not",
+        ),
+        (
+            "gateway",
+            {
+                "TWILIO_AUTH_TOKEN": "twilio-token",
+                "FOLLOWUP_TWILIO_WEBHOOK_BASE_URL": "followup.example.org",
+            },
+            "FOLLOWUP_TWILIO_WEBHOOK_BASE_URL: String should match pattern",
+        ),
+        ("gateway", {"FOLLOWUP_HTTP_TOKEN": ""}, "FOLLOWUP_HTTP_TOKEN: Value error, empty"),
+        ("serve", {"FOLLOWUP_HTTP_TOKEN": "  "}, "FOLLOWUP_HTTP_TOKEN: Value error, empty"),
+    ],
+    ids=[
+        "gateway-twilio",
+        "serve-twilio",
+        "gateway-base-url-without-scheme",
+        "gateway-empty-token",
+        "serve-blank-token",
+    ],
+)
+def test_listeners_refuse_to_start_on_settings_that_would_leave_them_open(
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    environment: dict[str, str],
+    message: str,
+) -> None:
+    """With Twilio's auth token and no public webhook URL, signatures could only be checked
+    against a URL the caller chooses; an empty token would match an empty bearer."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{_free_port()}/api")
+    monkeypatch.delenv("FOLLOWUP_TWILIO_WEBHOOK_BASE_URL", raising=False)
+    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+    result = CliRunner().invoke(app, [command])
+
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(message)

@@ -102,7 +102,7 @@ class Gateway:
 def make_gateway(
     database_url: str,
     *,
-    public_base: str | None = None,
+    public_base: str | None = PUBLIC,
     sender: SmsSender | None = None,
     token: str | None = AUTH_TOKEN,
     clock: Clock | None = None,
@@ -117,7 +117,7 @@ def make_gateway(
     app.include_router(
         twilio_router(settings, database_url=database_url, sender=sender, clock=clock or Clock())
     )
-    return Gateway(TestClient(app), public_base or "http://testserver")
+    return Gateway(TestClient(app), public_base or PUBLIC)
 
 
 @pytest.fixture
