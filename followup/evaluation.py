@@ -1,9 +1,10 @@
 """Measure the classifier on a labelled corpus of reports (tests/corpus/*.jsonl).
 
 A case is `{"id", "text", "expected": {"urgency", "critical", "referrals", "additional_testing",
-"needs_review"}}`. The report gives per-specialty precision/recall, critical recall (the number
-that matters most: a missed cord compression is harm) and exact-decision accuracy (all five
-fields right), and lists every case that was not exactly right.
+"needs_review"}}`, optionally with "family" (the phrasing family), "region" (spine, brain, joint,
+nerve) and "style" (the dictation style). The report gives per-specialty precision/recall,
+critical recall (the number that matters most: a missed cord compression is harm) and
+exact-decision accuracy (all five fields right), and lists every case that was not exactly right.
 
     followup eval tests/corpus/dev.jsonl
 """
@@ -21,6 +22,8 @@ from followup.routing import Decision
 from followup.rules import SPECIALTIES, RoutingRules
 
 _FIELDS = ("urgency", "critical", "referrals", "additional_testing", "needs_review")
+_REQUIRED_KEYS = frozenset({"id", "text", "expected"})
+_OPTIONAL_KEYS = frozenset({"family", "region", "style"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +79,14 @@ def load_cases(path: Path) -> list[dict[str, Any]]:
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
             case = json.loads(line)
-            if set(case) != {"id", "text", "expected"} or set(case["expected"]) != set(_FIELDS):
+            keys = set(case)
+            if (
+                not _REQUIRED_KEYS <= keys <= _REQUIRED_KEYS | _OPTIONAL_KEYS
+                or set(case["expected"]) != set(_FIELDS)
+            ):
                 raise ValueError(
                     f"{path}:{number}: a case is {{id, text, expected{{{', '.join(_FIELDS)}}}}}"
+                    f" and optionally {', '.join(sorted(_OPTIONAL_KEYS))}"
                 )
             cases.append(case)
     return cases
