@@ -19,9 +19,10 @@ It loads no statistical model (nothing is downloaded at run time): `medspacy.loa
 reliably on line breaks, list markers and . ; ? !
 
 Which text counts (DOMAIN.md §3): INDICATION / HISTORY / CLINICAL INFORMATION / COMPARISON /
-TECHNIQUE / EXAM never produce findings; IMPRESSION is authoritative; FINDINGS are used only when
-there is no IMPRESSION; an ADDENDUM supersedes what it speaks about; a report without any header is
-read whole.
+TECHNIQUE / EXAM never produce findings; IMPRESSION is authoritative; FINDINGS are routed only when
+there is no IMPRESSION, and otherwise read for affirmed critical findings only (a critical finding
+anywhere in FINDINGS, IMPRESSION or an addendum escalates); an ADDENDUM supersedes what it speaks
+about; a report without any header is read whole.
 """
 
 from __future__ import annotations
@@ -271,6 +272,49 @@ _BE = {"LOWER": {"IN": ["is", "are", "was", "were", "been", "remains", "remain"]
 # "unlikely" get a bounded backward scope; FAMILY rules ("parent", "daughter") misfire on
 # anatomy, and a radiology report only speaks about the patient; ": no" / ": none" would
 # swallow the "No" of "IMPRESSION: No cord compression" and negate nothing.
+# Words after "and"/"with" that start a new finding rather than continue a negated list.
+_NEW_FINDING_WORDS = frozenset(
+    {
+        "a",
+        "an",
+        "with",
+        "severe",
+        "moderate",
+        "mild",
+        "large",
+        "small",
+        "multiple",
+        "several",
+        "marked",
+        "extensive",
+        "grade",
+        "new",
+        "significant",
+        "minimal",
+        "tiny",
+        "broad",
+        "complete",
+        "full",
+        "acute",
+        "subacute",
+    }
+)
+
+# A hedge about the clinical syndrome is not an imaging finding (DOMAIN.md §3 safety rules):
+# "cauda equina syndrome is not excluded clinically, but no compressive lesion is seen".
+_CLINICAL = "CLINICAL_SYNDROME"
+_CLINICAL_CUES = (
+    "clinical",
+    "clinically",
+    "symptoms",
+    "symptom",
+    "symptomatic",
+    "signs",
+    "imaging correlate",
+    "to explain",
+)
+_SYNDROME = re.compile(r"\bsyndrome\b|^ces$", re.IGNORECASE)
+
 _DROPPED_DEFAULTS = frozenset(
     {
         "free",
@@ -627,10 +671,32 @@ _RADIOLOGY_CONTEXT = [
             "if there is",
         )
     ),
+    *(_rule(cue, _CLINICAL, "BIDIRECTIONAL", max_scope=8) for cue in _CLINICAL_CUES),
     # "no signal abnormality to suggest X": the negation carries on; "suggest" is no hedge here
     *(_rule(literal, "PSEUDO", "PSEUDO") for literal in ("to suggest", "to indicate")),
+    # "concerning for" and "likely" are hedges DOMAIN.md §4 names that medspaCy lacks
+    *(_rule(literal, _POSS, "FORWARD") for literal in ("concerning for", "concern for", "likely")),
     # scope terminators (medspaCy's defaults already stop at "but", "however", "secondary to")
     *(_rule(literal, "TERMINATE", "TERMINATE") for literal in ("which", "whereas")),
+    # A closing parenthesis followed by "and", "with" or a comma ends a statement: "(no cord
+    # compression) and severe foraminal stenosis". Alone it does not: "no active (enhancing)
+    # lesions" negates the lesions.
+    _rule(
+        ") and",
+        "TERMINATE",
+        "TERMINATE",
+        [{"ORTH": ")"}, {"LOWER": {"IN": ["and", "with", ",", "but", "also"]}}],
+    ),
+    # "and" / "with" followed by an article or a severity word start a new finding: "no cord
+    # compression and a severe left foraminal stenosis". Bare "and"/"or" keep the scope: "no
+    # compression of the cord and the cauda equina", "no herniation or stenosis".
+    _rule(
+        "and a",
+        "TERMINATE",
+        "TERMINATE",
+        [{"LOWER": {"IN": ["and", "with"]}}, {"LOWER": {"IN": sorted(_NEW_FINDING_WORDS)}}],
+    ),
+    _rule("with a", "TERMINATE", "TERMINATE", [{"ORTH": ","}, {"LOWER": "with"}]),
     _rule(
         "there is", "TERMINATE", "TERMINATE", [{"LOWER": "there"}, {"LOWER": {"IN": ["is", "are"]}}]
     ),
@@ -721,7 +787,8 @@ def _target_rules(nlp: Language, rules: RoutingRules) -> Iterator[TargetRule]:
                         f"{rules.source}:{rule.line}: rule {rule.label}: "
                         f"invalid token pattern: {exc}"
                     ) from exc
-                for expanded in _expand_sets(pattern.as_spacy()):
+                spelled = [_with_variants(spec, variants) for spec in pattern.as_spacy()]
+                for expanded in _expand_sets(spelled):
                     yield TargetRule(rule.label, rule.label, pattern=expanded)
             else:
                 for literal in _spellings(nlp, pattern, variants):
@@ -765,6 +832,17 @@ def _expand_sets(pattern: list[dict[str, Any]], most: int = 8) -> list[list[dict
     return expanded
 
 
+def _with_variants(spec: dict[str, Any], variants: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """A token spec whose LOWER word (or IN list) also accepts the words' spelling variants."""
+    lower = spec.get("LOWER")
+    if isinstance(lower, str) and lower in variants:
+        return {**spec, "LOWER": {"IN": [lower, *variants[lower]]}}
+    if isinstance(lower, dict) and set(lower) == {"IN"}:
+        words = [form for word in lower["IN"] for form in (word, *variants.get(word, ()))]
+        return {**spec, "LOWER": {"IN": list(dict.fromkeys(words))}}
+    return spec
+
+
 def _tokens(nlp: Language, phrase: str) -> list[str]:
     return [token.lower_ for token in nlp.tokenizer(phrase) if not token.is_space]
 
@@ -803,11 +881,24 @@ def _assertion(span: Span) -> tuple[bool, bool, bool, bool]:
 
 def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
     routed = _routed_categories(doc)
+    # FINDINGS under an IMPRESSION are read for critical findings only (DOMAIN.md §3 safety
+    # rules): a cord compression stated there escalates even when the IMPRESSION is silent.
+    critical_only = "findings" if "findings" not in routed and "impression" in routed else None
+    critical_labels = {rule.label for rule in rules.rules if rule.critical}
     findings: list[Finding] = []
     for section in doc._.sections:
         body = doc[section.body_start : section.body_end]
-        if section.category in routed and _has_text(body):
+        if not _has_text(body):
+            continue
+        if section.category in routed:
             findings += _section_findings(nlp, body, _section_name(section.category), rules)
+        elif section.category == critical_only:
+            findings += [
+                finding
+                for finding in _section_findings(nlp, body, "FINDINGS", rules)
+                if finding.label in critical_labels
+                and not (finding.negated or finding.historical or finding.hypothetical)
+            ]
     return ReportFindings(
         findings=tuple(apply_addendum(findings)),
         routed_sections=tuple(_section_name(category) for category in routed),
@@ -838,6 +929,8 @@ def _section_findings(nlp: Language, body: Span, name: str, rules: RoutingRules)
         targets = [span for span in spans if span.label_ != _AUX]
         for span in targets:
             negated, uncertain, historical, hypothetical = _assertion(span)
+            if _SYNDROME.search(span.text) and _about_the_clinical_syndrome(span):
+                negated = True  # the clinical question, not an imaging finding
             label, qualifier = span.label_, ""
             rule = rule_by_label[label]
             if rule.qualifier is not None and not (negated or hypothetical or historical):
@@ -858,6 +951,7 @@ def _section_findings(nlp: Language, body: Span, name: str, rules: RoutingRules)
                     end=offset + span.end_char,
                     section=name,
                     sentence=sentence_span,
+                    sentence_text=sentence.text.strip(),
                     levels=levels,
                     qualifier=qualifier,
                 )
@@ -875,10 +969,15 @@ def _section_findings(nlp: Language, body: Span, name: str, rules: RoutingRules)
                         end=offset + aux.end_char,
                         section=name,
                         sentence=sentence_span,
+                        sentence_text=sentence.text.strip(),
                         levels=levels,
                     )
                 )
     return findings
+
+
+def _about_the_clinical_syndrome(span: Span) -> bool:
+    return any(modifier.category == _CLINICAL for modifier in span._.modifiers)
 
 
 def _has_text(span: Span) -> bool:

@@ -249,7 +249,8 @@ def test_unmatched_words_are_not_listed_as_findings(rules) -> None:
     assert decision.findings == []
     assert (
         decision.explanations[-1]
-        == "needs review: 'mass' in IMPRESSION matched no rule, v2026.11-1"
+        == "needs review: 'mass' in IMPRESSION matched no rule: "
+        '"Paraspinal soft tissue mass.", v2026.12-1'
     )
 
 
@@ -341,10 +342,10 @@ def test_contract_shape(rules) -> None:
             "section": "IMPRESSION",
         }
     ]
-    assert contract["rules_version"] == "2026.11-1"
+    assert contract["rules_version"] == "2026.12-1"
     assert contract["explanations"] == [
         "orthopedics: 'Grade 1 anterolisthesis' in IMPRESSION matched rule spondylolisthesis, "
-        "v2026.11-1"
+        "v2026.12-1"
     ]
     json.dumps(contract)  # plain JSON values only
 
@@ -360,16 +361,22 @@ def test_batch_equals_one_at_a_time(rules) -> None:
 
 
 def test_corpus_is_well_formed_and_covers_every_rule(rules) -> None:
-    dev, test = load_cases(CORPUS / "dev.jsonl"), load_cases(CORPUS / "test.jsonl")
-    assert len(dev) + len(test) >= 150 and len(test) >= 50
-    ids = [case["id"] for case in dev + test]
+    splits = {
+        name: load_cases(CORPUS / f"{name}.jsonl") for name in ("dev", "test", "dev_v2", "test_v2")
+    }
+    everything = [case for cases in splits.values() for case in cases]
+    assert len(everything) >= 400 and len(splits["test"]) >= 50
+    assert len(splits["test_v2"]) >= 200
+    assert sum(case["expected"]["critical"] for case in everything) >= 60
+    assert sum(case.get("region") in {"joint", "nerve"} for case in everything) >= 60
+    ids = [case["id"] for case in everything]
     assert len(ids) == len(set(ids))
-    for case in dev + test:
+    for case in everything:
         assert set(case["expected"]["referrals"]) <= SPECIALTIES
         assert case["expected"]["critical"] == (case["expected"]["urgency"] == "emergent")
     routed_labels = {
         f.label
-        for decision in classify_reports((case["text"] for case in dev + test), rules)
+        for decision in classify_reports((case["text"] for case in everything), rules)
         for f in decision.findings
         if not f.negated
     }
