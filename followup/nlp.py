@@ -674,6 +674,18 @@ _RADIOLOGY_CONTEXT = [
     *(_rule(cue, _CLINICAL, "BIDIRECTIONAL", max_scope=8) for cue in _CLINICAL_CUES),
     # "no signal abnormality to suggest X": the negation carries on; "suggest" is no hedge here
     *(_rule(literal, "PSEUDO", "PSEUDO") for literal in ("to suggest", "to indicate")),
+    # "the patient could not complete the examination" is an incomplete study, not a negation
+    *(
+        _rule(literal, "PSEUDO", "PSEUDO")
+        for literal in (
+            "could not complete",
+            "did not complete",
+            "not completed",
+            "could not tolerate",
+            "did not tolerate",
+            "not tolerated",
+        )
+    ),
     # "concerning for" and "likely" are hedges DOMAIN.md §4 names that medspaCy lacks
     *(_rule(literal, _POSS, "FORWARD") for literal in ("concerning for", "concern for", "likely")),
     # scope terminators (medspaCy's defaults already stop at "but", "however", "secondary to")
