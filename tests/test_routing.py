@@ -248,8 +248,7 @@ def test_unmatched_words_are_not_listed_as_findings(rules) -> None:
     decision = classify_report("IMPRESSION: Paraspinal soft tissue mass.", rules)
     assert decision.findings == []
     assert (
-        decision.explanations[-1]
-        == "needs review: 'mass' in IMPRESSION matched no rule: "
+        decision.explanations[-1] == "needs review: 'mass' in IMPRESSION matched no rule: "
         '"Paraspinal soft tissue mass.", v2026.12-1'
     )
 
@@ -433,3 +432,46 @@ def test_evaluation_report_lists_wrong_cases(rules, tmp_path: Path) -> None:
     path = tmp_path / "cases.jsonl"
     path.write_text("\n".join(json.dumps(c) for c in cases), encoding="utf-8")
     assert [c["id"] for c in load_cases(path)] == ["a", "b"]
+
+
+def test_evaluation_scores_families_regions_and_referral_confusion(rules) -> None:
+    def case(id_: str, text: str, family: str, region: str, referrals: list[str]) -> dict:
+        critical = family == "critical"
+        return {
+            "id": id_,
+            "text": text,
+            "family": family,
+            "region": region,
+            "expected": {
+                "urgency": "emergent" if critical else "routine",
+                "critical": critical,
+                "referrals": referrals,
+                "additional_testing": [],
+                "needs_review": False,
+            },
+        }
+
+    report = evaluate(
+        [
+            case("a", "IMPRESSION: Cord flattening at C5-6.", "critical", "spine", ["orthopedics"]),
+            case("b", "IMPRESSION: Adhesive capsulitis.", "joint", "joint", ["rheumatology"]),
+            case("c", "IMPRESSION: Normal knee.", "joint", "joint", []),
+        ],
+        rules,
+    )
+    assert [(g.name, g.cases, g.exact, g.critical_found) for g in report.families] == [
+        ("critical", 1, 1, 1),
+        ("joint", 2, 1, 0),
+    ]
+    assert [(g.name, g.cases, g.exact) for g in report.regions] == [
+        ("joint", 2, 1),
+        ("spine", 1, 1),
+    ]
+    assert report.confusion == {
+        ("orthopedics", "orthopedics"): 1,
+        ("rheumatology", "pain_management"): 1,
+        ("none", "none"): 1,
+    }
+    text = format_report(report)
+    assert "phrasing family" in text and "body region" in text
+    assert "0.0 per 100 reports" in text
