@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
@@ -39,7 +39,7 @@ import numpy
 from loguru import logger as _loguru
 from spacy.attrs import SENT_START
 from spacy.language import Language
-from spacy.matcher import Matcher
+from spacy.matcher import Matcher, PhraseMatcher
 from spacy.tokens import Doc, Span
 from thinc.types import Ints2d
 
@@ -55,7 +55,7 @@ from followup.findings import (
     spinal_levels,
 )
 from followup.routing import Decision, decide_report
-from followup.rules import RoutingRules, TokenPattern
+from followup.rules import RoutingRules, Rule, TokenPattern
 
 with warnings.catch_warnings():
     # medspaCy's matcher module runs warnings.filterwarnings("ignore") at import time, which
@@ -786,25 +786,35 @@ def _pipeline(rules: RoutingRules | None) -> Language:
     return nlp
 
 
+def _rule_patterns(
+    nlp: Language, rules: RoutingRules, rule: Rule
+) -> Iterator[str | list[dict[str, Any]]]:
+    """A rule's patterns as matched: literal phrases in every spelling, token patterns with
+    spelling variants and their leading word sets expanded."""
+    variants = dict(rules.spelling_variants)
+    for pattern in rule.patterns:
+        if isinstance(pattern, TokenPattern):
+            try:
+                # Surface a bad token pattern now, with its rule and line.
+                Matcher(nlp.vocab, validate=True).add("check", [pattern.as_spacy()])
+            except ValueError as exc:
+                raise RulesError(
+                    f"{rules.source}:{rule.line}: rule {rule.label}: invalid token pattern: {exc}"
+                ) from exc
+            spelled = [_with_variants(spec, variants) for spec in pattern.as_spacy()]
+            yield from _expand_sets(spelled)
+        else:
+            yield from _spellings(nlp, pattern, variants)
+
+
 def _target_rules(nlp: Language, rules: RoutingRules) -> Iterator[TargetRule]:
     variants = dict(rules.spelling_variants)
     for rule in rules.rules:
-        for pattern in rule.patterns:
-            if isinstance(pattern, TokenPattern):
-                try:
-                    # Surface a bad token pattern now, with its rule and line.
-                    Matcher(nlp.vocab, validate=True).add("check", [pattern.as_spacy()])
-                except ValueError as exc:
-                    raise RulesError(
-                        f"{rules.source}:{rule.line}: rule {rule.label}: "
-                        f"invalid token pattern: {exc}"
-                    ) from exc
-                spelled = [_with_variants(spec, variants) for spec in pattern.as_spacy()]
-                for expanded in _expand_sets(spelled):
-                    yield TargetRule(rule.label, rule.label, pattern=expanded)
+        for matched in _rule_patterns(nlp, rules, rule):
+            if isinstance(matched, str):
+                yield TargetRule(matched, rule.label)
             else:
-                for literal in _spellings(nlp, pattern, variants):
-                    yield TargetRule(literal, rule.label)
+                yield TargetRule(rule.label, rule.label, pattern=matched)
     # Cue and qualifier words are matched too, so that ConText decides whether they are negated.
     cue_words = [_tokens(nlp, cue) for cue in rules.abnormal_cues]
     roles: dict[str, set[str]] = {phrase: set() for phrase in rules.abnormal_cues}
@@ -820,6 +830,23 @@ def _target_rules(nlp: Language, rules: RoutingRules) -> Iterator[TargetRule]:
         }
         for literal in _spellings(nlp, phrase, variants):
             yield TargetRule(literal, _AUX, metadata=metadata)
+
+
+@lru_cache(maxsize=4)
+def _critical_gate(rules: RoutingRules) -> Callable[[Span], bool]:
+    """Whether a span holds any critical rule's pattern: a cheap test run straight on the
+    report's FINDINGS before the full stage two (a copy of the section, every rule, ConText)."""
+    nlp = _pipeline(rules)
+    phrases = PhraseMatcher(nlp.vocab, attr="LOWER")
+    tokens = Matcher(nlp.vocab)
+    for rule in rules.rules:
+        if rule.critical:
+            for matched in _rule_patterns(nlp, rules, rule):
+                if isinstance(matched, str):
+                    phrases.add(rule.label, [nlp.make_doc(matched)])
+                else:
+                    tokens.add(rule.label, [matched])
+    return lambda span: bool(phrases(span)) or bool(tokens(span))
 
 
 def _expand_sets(pattern: list[dict[str, Any]], most: int = 8) -> list[list[dict[str, Any]]]:
@@ -896,7 +923,7 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
     # FINDINGS under an IMPRESSION are read for critical findings only (DOMAIN.md §3 safety
     # rules): a cord compression stated there escalates even when the IMPRESSION is silent.
     critical_only = "findings" if "findings" not in routed and "impression" in routed else None
-    critical_labels = {rule.label for rule in rules.rules if rule.critical}
+    critical_labels = frozenset(rule.label for rule in rules.rules if rule.critical)
     findings: list[Finding] = []
     for section in doc._.sections:
         body = doc[section.body_start : section.body_end]
@@ -904,12 +931,11 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
             continue
         if section.category in routed:
             findings += _section_findings(nlp, body, _section_name(section.category), rules)
-        elif section.category == critical_only:
+        elif section.category == critical_only and _critical_gate(rules)(body):
             findings += [
                 finding
-                for finding in _section_findings(nlp, body, "FINDINGS", rules)
-                if finding.label in critical_labels
-                and not (finding.negated or finding.historical or finding.hypothetical)
+                for finding in _section_findings(nlp, body, "FINDINGS", rules, critical_labels)
+                if not (finding.negated or finding.historical or finding.hypothetical)
             ]
     return ReportFindings(
         findings=tuple(apply_addendum(findings)),
@@ -917,15 +943,28 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
     )
 
 
-def _section_findings(nlp: Language, body: Span, name: str, rules: RoutingRules) -> list[Finding]:
-    """Stage two (target matching, ConText) on one routed section body.
+def _section_findings(
+    nlp: Language,
+    body: Span,
+    name: str,
+    rules: RoutingRules,
+    only_labels: frozenset[str] | None = None,
+) -> list[Finding]:
+    """Stage two (target matching, ConText) on one section body; with `only_labels`, the
+    findings of those rules only.
 
     Running it on the routed text alone, not the whole report, saves most of its cost on a
-    full-length report; ConText scopes end at sentence ends, so nothing is lost.
+    full-length report; ConText scopes end at sentence ends, so nothing is lost. ConText is
+    skipped where nothing (or nothing of `only_labels`) matched.
     """
-    part = body.as_doc()
-    for name_of_pipe in _STAGE_TWO:
-        part = nlp.get_pipe(name_of_pipe)(part)
+    part = nlp.get_pipe("medspacy_target_matcher")(body.as_doc())
+    targets = list(part.spans.get(_TARGETS, []))
+    if only_labels is not None:
+        targets = [span for span in targets if span.label_ in only_labels]
+    if not targets:
+        return []
+    part.spans[_TARGETS] = targets
+    part = nlp.get_pipe("medspacy_context")(part)
     offset = body.start_char
     by_sentence: dict[int, list[Span]] = {}
     for span in part.spans.get(_TARGETS, []):
