@@ -303,16 +303,50 @@ _NEW_FINDING_WORDS = frozenset(
 # A hedge about the clinical syndrome is not an imaging finding (DOMAIN.md §3 safety rules):
 # "cauda equina syndrome is not excluded clinically, but no compressive lesion is seen".
 _CLINICAL = "CLINICAL_SYNDROME"
-_CLINICAL_CUES = (
-    "clinical",
-    "clinically",
-    "symptoms",
-    "symptom",
-    "symptomatic",
-    "signs",
-    "imaging correlate",
-    "to explain",
-)
+# Only wordings that put the syndrome in the clinic: "in this clinical setting, findings could
+# represent cauda equina syndrome" stays an (uncertain, escalated) imaging finding, and
+# "correlate for cauda equina syndrome" stays a question that a human reviews.
+_CLINICAL_CUES = [
+    # longer than "cannot be excluded" / "is not excluded", so it replaces that hedge
+    (
+        "excluded clinically",
+        "BACKWARD",
+        [
+            {"LOWER": {"IN": ["is", "are", "can", "could", "ca"]}, "OP": "?"},
+            {"LOWER": {"IN": ["not", "n't"]}, "OP": "?"},
+            {"LOWER": "be", "OP": "?"},
+            {"LOWER": "excluded"},
+            {"LOWER": "clinically"},
+        ],
+    ),
+    (
+        "clinically suspected",
+        "FORWARD",
+        [{"LOWER": "clinically"}, {"LOWER": {"IN": ["suspected", "suggested", "presumed"]}}],
+    ),
+    (
+        "clinical suspicion",
+        "FORWARD",
+        [
+            {"LOWER": "clinical"},
+            {"LOWER": {"IN": ["suspicion", "concern", "question", "picture", "diagnosis"]}},
+        ],
+    ),
+    (
+        "symptoms of",
+        "FORWARD",
+        [
+            {"LOWER": {"IN": ["symptoms", "symptom", "signs"]}},
+            {"LOWER": {"IN": ["of", "suggesting", "suggestive", "concerning"]}},
+        ],
+    ),
+    ("imaging correlate", "FORWARD", [{"LOWER": "imaging"}, {"LOWER": "correlate"}]),
+    (
+        "to explain",
+        "FORWARD",
+        [{"LOWER": "to"}, {"LOWER": {"IN": ["explain", "account"]}}, {"LOWER": "for", "OP": "?"}],
+    ),
+]
 _SYNDROME = re.compile(r"\bsyndrome\b|^ces$", re.IGNORECASE)
 
 _DROPPED_DEFAULTS = frozenset(
@@ -671,7 +705,10 @@ _RADIOLOGY_CONTEXT = [
             "if there is",
         )
     ),
-    *(_rule(cue, _CLINICAL, "BIDIRECTIONAL", max_scope=8) for cue in _CLINICAL_CUES),
+    *(
+        _rule(literal, _CLINICAL, direction, pattern, max_scope=8)
+        for literal, direction, pattern in _CLINICAL_CUES
+    ),
     # "no signal abnormality to suggest X": the negation carries on; "suggest" is no hedge here
     *(_rule(literal, "PSEUDO", "PSEUDO") for literal in ("to suggest", "to indicate")),
     # "the patient could not complete the examination" is an incomplete study, not a negation

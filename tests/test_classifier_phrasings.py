@@ -395,9 +395,17 @@ def test_a_hedge_about_the_clinical_syndrome_is_no_imaging_finding(
     assert (decision.critical, decision.needs_review, decision.referrals) == (False, False, [])
 
 
-def test_the_syndrome_named_on_imaging_escalates(rules: RoutingRules) -> None:
-    decision = classify_report("IMPRESSION: Massive L4-5 extrusion, findings of CES.", rules)
-    assert decision.critical
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Massive L4-5 extrusion, findings of CES.",
+        "Cauda equina syndrome cannot be excluded.",
+        "Severe stenosis at L4-5; in this clinical setting, findings could represent cauda equina"
+        " syndrome.",
+    ],
+)
+def test_the_syndrome_named_on_imaging_escalates(rules: RoutingRules, text: str) -> None:
+    assert classify_report(f"IMPRESSION: {text}", rules).critical
 
 
 @pytest.mark.parametrize(
