@@ -306,7 +306,7 @@ _CLINICAL = "CLINICAL_SYNDROME"
 # Only wordings that put the syndrome in the clinic: "in this clinical setting, findings could
 # represent cauda equina syndrome" stays an (uncertain, escalated) imaging finding, and
 # "correlate for cauda equina syndrome" stays a question that a human reviews.
-_CLINICAL_CUES = [
+_CLINICAL_CUES: list[tuple[str, str, list[dict[str, Any]]]] = [
     # longer than "cannot be excluded" / "is not excluded", so it replaces that hedge
     (
         "excluded clinically",
