@@ -886,13 +886,16 @@ def _critical_gate(rules: RoutingRules) -> Callable[[Span], bool]:
     return lambda span: bool(phrases(span)) or bool(tokens(span))
 
 
-def _expand_sets(pattern: list[dict[str, Any]], most: int = 8) -> list[list[dict[str, Any]]]:
-    """Split a small `{"LOWER": {"IN": [...]}}` set on a pattern's leading token into one
-    pattern per word (an optional leading token also yields the pattern without it).
+def _expand_sets(pattern: list[dict[str, Any]], most: int = 32) -> list[list[dict[str, Any]]]:
+    """Split a `{"LOWER": {"IN": [...]}}` set of up to `most` words on a pattern's leading
+    token into one pattern per word (an optional leading token also yields the pattern without
+    it).
 
     spaCy's Matcher tries every pattern at every token of a report. A plain LOWER there is
     compared in C; an IN set goes through a Python predicate, several times slower. Expanding
-    a large set or later tokens would only multiply the patterns tried at every token.
+    a large set or later tokens would only multiply the patterns tried at every token: on the
+    target matcher, best of 300 over a 5,500-character text, up to 8 words took 7.2-7.7 ms, up
+    to 32 words 6.6-6.7 ms, every set 8.1-10 ms.
     """
     if not pattern:
         return [pattern]
