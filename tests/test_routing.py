@@ -396,6 +396,18 @@ def test_held_out_exact_decisions(held_out: EvalReport) -> None:
     assert held_out.exact_accuracy >= 0.95, format_report(held_out)
 
 
+@pytest.fixture(scope="module")
+def held_out_v2(rules) -> EvalReport:
+    # Written and committed before the issue-18 rule changes; never tuned on.
+    return evaluate(load_cases(CORPUS / "test_v2.jsonl"), rules)
+
+
+def test_held_out_v2_exact_decisions_and_false_alarms(held_out_v2: EvalReport) -> None:
+    assert held_out_v2.cases >= 200 and held_out_v2.critical_expected >= 60
+    assert held_out_v2.exact_accuracy >= 0.95, format_report(held_out_v2)
+    assert held_out_v2.false_alarms_per_100 <= 1.0, format_report(held_out_v2)
+
+
 def test_evaluation_report_lists_wrong_cases(rules, tmp_path: Path) -> None:
     cases = [
         {
