@@ -457,3 +457,17 @@ def test_unrouted_abnormality_goes_to_review_quoting_the_sentence(
     decision = classify_report(f"IMPRESSION: {sentence}", rules)
     assert decision.needs_review
     assert any(f'"{sentence}"' in line for line in decision.explanations), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("text", "critical"),
+    [
+        ("Epidural enhancement at L3-4, possibly phlegmon or early abscess.", True),
+        ("Postoperative epidural enhancement without abscess.", False),
+        ("No epidural enhancement to suggest phlegmon.", False),
+    ],
+)
+def test_epidural_enhancement_read_with_the_abscess_it_names(
+    rules: RoutingRules, text: str, critical: bool
+) -> None:
+    assert classify_report(f"IMPRESSION: {text}", rules).critical is critical
