@@ -104,7 +104,9 @@ def evaluate_corpus(
     / "corpus"
     / "test.jsonl",
 ) -> None:
-    """Per-specialty precision/recall, critical recall and the wrong cases on a labelled corpus."""
+    """Scores on a labelled corpus: exact decisions, critical recall and false alarms, accuracy
+    per phrasing family and body region, per-specialty precision/recall, a referral confusion
+    table and the wrong cases."""
     from followup.evaluation import evaluate, format_report, load_cases
     from followup.rules import load_rules
 

@@ -43,6 +43,7 @@ class Finding:
     start: int = 0  # character offsets in the report text
     end: int = 0
     sentence: tuple[int, int] = (0, 0)  # character span of the sentence it was found in
+    sentence_text: str = ""  # that sentence, quoted when a human must review it
     levels: tuple[str, ...] = ()  # spinal levels named in that sentence, e.g. ("L4-L5", "S1")
     qualifier: str = ""  # the word that re-labelled it, e.g. "enhancing"
 

@@ -19,9 +19,10 @@ It loads no statistical model (nothing is downloaded at run time): `medspacy.loa
 reliably on line breaks, list markers and . ; ? !
 
 Which text counts (DOMAIN.md §3): INDICATION / HISTORY / CLINICAL INFORMATION / COMPARISON /
-TECHNIQUE / EXAM never produce findings; IMPRESSION is authoritative; FINDINGS are used only when
-there is no IMPRESSION; an ADDENDUM supersedes what it speaks about; a report without any header is
-read whole.
+TECHNIQUE / EXAM never produce findings; IMPRESSION is authoritative; FINDINGS are routed only when
+there is no IMPRESSION, and otherwise read for affirmed critical findings only (a critical finding
+anywhere in FINDINGS, IMPRESSION or an addendum escalates); an ADDENDUM supersedes what it speaks
+about; a report without any header is read whole.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
@@ -38,7 +39,7 @@ import numpy
 from loguru import logger as _loguru
 from spacy.attrs import SENT_START
 from spacy.language import Language
-from spacy.matcher import Matcher
+from spacy.matcher import Matcher, PhraseMatcher
 from spacy.tokens import Doc, Span
 from thinc.types import Ints2d
 
@@ -54,7 +55,7 @@ from followup.findings import (
     spinal_levels,
 )
 from followup.routing import Decision, decide_report
-from followup.rules import RoutingRules, TokenPattern
+from followup.rules import RoutingRules, Rule, TokenPattern
 
 with warnings.catch_warnings():
     # medspaCy's matcher module runs warnings.filterwarnings("ignore") at import time, which
@@ -271,6 +272,83 @@ _BE = {"LOWER": {"IN": ["is", "are", "was", "were", "been", "remains", "remain"]
 # "unlikely" get a bounded backward scope; FAMILY rules ("parent", "daughter") misfire on
 # anatomy, and a radiology report only speaks about the patient; ": no" / ": none" would
 # swallow the "No" of "IMPRESSION: No cord compression" and negate nothing.
+# Words after "and"/"with" that start a new finding rather than continue a negated list.
+_NEW_FINDING_WORDS = frozenset(
+    {
+        "a",
+        "an",
+        "with",
+        "severe",
+        "moderate",
+        "mild",
+        "large",
+        "small",
+        "multiple",
+        "several",
+        "marked",
+        "extensive",
+        "grade",
+        "new",
+        "significant",
+        "minimal",
+        "tiny",
+        "broad",
+        "complete",
+        "full",
+        "acute",
+        "subacute",
+    }
+)
+
+# A hedge about the clinical syndrome is not an imaging finding (DOMAIN.md §3 safety rules):
+# "cauda equina syndrome is not excluded clinically, but no compressive lesion is seen".
+_CLINICAL = "CLINICAL_SYNDROME"
+# Only wordings that put the syndrome in the clinic: "in this clinical setting, findings could
+# represent cauda equina syndrome" stays an (uncertain, escalated) imaging finding, and
+# "correlate for cauda equina syndrome" stays a question that a human reviews.
+_CLINICAL_CUES: list[tuple[str, str, list[dict[str, Any]]]] = [
+    # longer than "cannot be excluded" / "is not excluded", so it replaces that hedge
+    (
+        "excluded clinically",
+        "BACKWARD",
+        [
+            {"LOWER": {"IN": ["is", "are", "can", "could", "ca"]}, "OP": "?"},
+            {"LOWER": {"IN": ["not", "n't"]}, "OP": "?"},
+            {"LOWER": "be", "OP": "?"},
+            {"LOWER": "excluded"},
+            {"LOWER": "clinically"},
+        ],
+    ),
+    (
+        "clinically suspected",
+        "FORWARD",
+        [{"LOWER": "clinically"}, {"LOWER": {"IN": ["suspected", "suggested", "presumed"]}}],
+    ),
+    (
+        "clinical suspicion",
+        "FORWARD",
+        [
+            {"LOWER": "clinical"},
+            {"LOWER": {"IN": ["suspicion", "concern", "question", "picture", "diagnosis"]}},
+        ],
+    ),
+    (
+        "symptoms of",
+        "FORWARD",
+        [
+            {"LOWER": {"IN": ["symptoms", "symptom", "signs"]}},
+            {"LOWER": {"IN": ["of", "suggesting", "suggestive", "concerning"]}},
+        ],
+    ),
+    ("imaging correlate", "FORWARD", [{"LOWER": "imaging"}, {"LOWER": "correlate"}]),
+    (
+        "to explain",
+        "FORWARD",
+        [{"LOWER": "to"}, {"LOWER": {"IN": ["explain", "account"]}}, {"LOWER": "for", "OP": "?"}],
+    ),
+]
+_SYNDROME = re.compile(r"\bsyndrome\b|^ces$", re.IGNORECASE)
+
 _DROPPED_DEFAULTS = frozenset(
     {
         "free",
@@ -627,10 +705,47 @@ _RADIOLOGY_CONTEXT = [
             "if there is",
         )
     ),
+    *(
+        _rule(literal, _CLINICAL, direction, pattern, max_scope=8)
+        for literal, direction, pattern in _CLINICAL_CUES
+    ),
     # "no signal abnormality to suggest X": the negation carries on; "suggest" is no hedge here
     *(_rule(literal, "PSEUDO", "PSEUDO") for literal in ("to suggest", "to indicate")),
+    # "the patient could not complete the examination" is an incomplete study, not a negation
+    *(
+        _rule(literal, "PSEUDO", "PSEUDO")
+        for literal in (
+            "could not complete",
+            "did not complete",
+            "not completed",
+            "could not tolerate",
+            "did not tolerate",
+            "not tolerated",
+        )
+    ),
+    # "concerning for" and "likely" are hedges DOMAIN.md §4 names that medspaCy lacks
+    *(_rule(literal, _POSS, "FORWARD") for literal in ("concerning for", "concern for", "likely")),
     # scope terminators (medspaCy's defaults already stop at "but", "however", "secondary to")
     *(_rule(literal, "TERMINATE", "TERMINATE") for literal in ("which", "whereas")),
+    # A closing parenthesis followed by "and", "with" or a comma ends a statement: "(no cord
+    # compression) and severe foraminal stenosis". Alone it does not: "no active (enhancing)
+    # lesions" negates the lesions.
+    _rule(
+        ") and",
+        "TERMINATE",
+        "TERMINATE",
+        [{"ORTH": ")"}, {"LOWER": {"IN": ["and", "with", ",", "but", "also"]}}],
+    ),
+    # "and" / "with" followed by an article or a severity word start a new finding: "no cord
+    # compression and a severe left foraminal stenosis". Bare "and"/"or" keep the scope: "no
+    # compression of the cord and the cauda equina", "no herniation or stenosis".
+    _rule(
+        "and a",
+        "TERMINATE",
+        "TERMINATE",
+        [{"LOWER": {"IN": ["and", "with"]}}, {"LOWER": {"IN": sorted(_NEW_FINDING_WORDS)}}],
+    ),
+    _rule("with a", "TERMINATE", "TERMINATE", [{"ORTH": ","}, {"LOWER": "with"}]),
     _rule(
         "there is", "TERMINATE", "TERMINATE", [{"LOWER": "there"}, {"LOWER": {"IN": ["is", "are"]}}]
     ),
@@ -708,24 +823,35 @@ def _pipeline(rules: RoutingRules | None) -> Language:
     return nlp
 
 
+def _rule_patterns(
+    nlp: Language, rules: RoutingRules, rule: Rule
+) -> Iterator[str | list[dict[str, Any]]]:
+    """A rule's patterns as matched: literal phrases in every spelling, token patterns with
+    spelling variants and their leading word sets expanded."""
+    variants = dict(rules.spelling_variants)
+    for pattern in rule.patterns:
+        if isinstance(pattern, TokenPattern):
+            try:
+                # Surface a bad token pattern now, with its rule and line.
+                Matcher(nlp.vocab, validate=True).add("check", [pattern.as_spacy()])
+            except ValueError as exc:
+                raise RulesError(
+                    f"{rules.source}:{rule.line}: rule {rule.label}: invalid token pattern: {exc}"
+                ) from exc
+            spelled = [_with_variants(spec, variants) for spec in pattern.as_spacy()]
+            yield from _expand_sets(spelled)
+        else:
+            yield from _spellings(nlp, pattern, variants)
+
+
 def _target_rules(nlp: Language, rules: RoutingRules) -> Iterator[TargetRule]:
     variants = dict(rules.spelling_variants)
     for rule in rules.rules:
-        for pattern in rule.patterns:
-            if isinstance(pattern, TokenPattern):
-                try:
-                    # Surface a bad token pattern now, with its rule and line.
-                    Matcher(nlp.vocab, validate=True).add("check", [pattern.as_spacy()])
-                except ValueError as exc:
-                    raise RulesError(
-                        f"{rules.source}:{rule.line}: rule {rule.label}: "
-                        f"invalid token pattern: {exc}"
-                    ) from exc
-                for expanded in _expand_sets(pattern.as_spacy()):
-                    yield TargetRule(rule.label, rule.label, pattern=expanded)
+        for matched in _rule_patterns(nlp, rules, rule):
+            if isinstance(matched, str):
+                yield TargetRule(matched, rule.label)
             else:
-                for literal in _spellings(nlp, pattern, variants):
-                    yield TargetRule(literal, rule.label)
+                yield TargetRule(rule.label, rule.label, pattern=matched)
     # Cue and qualifier words are matched too, so that ConText decides whether they are negated.
     cue_words = [_tokens(nlp, cue) for cue in rules.abnormal_cues]
     roles: dict[str, set[str]] = {phrase: set() for phrase in rules.abnormal_cues}
@@ -743,13 +869,33 @@ def _target_rules(nlp: Language, rules: RoutingRules) -> Iterator[TargetRule]:
             yield TargetRule(literal, _AUX, metadata=metadata)
 
 
-def _expand_sets(pattern: list[dict[str, Any]], most: int = 8) -> list[list[dict[str, Any]]]:
-    """Split a small `{"LOWER": {"IN": [...]}}` set on a pattern's leading token into one
-    pattern per word (an optional leading token also yields the pattern without it).
+@lru_cache(maxsize=4)
+def _critical_gate(rules: RoutingRules) -> Callable[[Span], bool]:
+    """Whether a span holds any critical rule's pattern: a cheap test run straight on the
+    report's FINDINGS before the full stage two (a copy of the section, every rule, ConText)."""
+    nlp = _pipeline(rules)
+    phrases = PhraseMatcher(nlp.vocab, attr="LOWER")
+    tokens = Matcher(nlp.vocab)
+    for rule in rules.rules:
+        if rule.critical:
+            for matched in _rule_patterns(nlp, rules, rule):
+                if isinstance(matched, str):
+                    phrases.add(rule.label, [nlp.make_doc(matched)])
+                else:
+                    tokens.add(rule.label, [matched])
+    return lambda span: bool(phrases(span)) or bool(tokens(span))
+
+
+def _expand_sets(pattern: list[dict[str, Any]], most: int = 32) -> list[list[dict[str, Any]]]:
+    """Split a `{"LOWER": {"IN": [...]}}` set of up to `most` words on a pattern's leading
+    token into one pattern per word (an optional leading token also yields the pattern without
+    it).
 
     spaCy's Matcher tries every pattern at every token of a report. A plain LOWER there is
     compared in C; an IN set goes through a Python predicate, several times slower. Expanding
-    a large set or later tokens would only multiply the patterns tried at every token.
+    a large set or later tokens would only multiply the patterns tried at every token: on the
+    target matcher, best of 300 over a 5,500-character text, up to 8 words took 7.2-7.7 ms, up
+    to 32 words 6.6-6.7 ms, every set 8.1-10 ms.
     """
     if not pattern:
         return [pattern]
@@ -763,6 +909,17 @@ def _expand_sets(pattern: list[dict[str, Any]], most: int = 8) -> list[list[dict
     if op == "?":
         expanded += _expand_sets(rest, most) if rest else []
     return expanded
+
+
+def _with_variants(spec: dict[str, Any], variants: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """A token spec whose LOWER word (or IN list) also accepts the words' spelling variants."""
+    lower = spec.get("LOWER")
+    if isinstance(lower, str) and lower in variants:
+        return {**spec, "LOWER": {"IN": [lower, *variants[lower]]}}
+    if isinstance(lower, dict) and set(lower) == {"IN"}:
+        words = [form for word in lower["IN"] for form in (word, *variants.get(word, ()))]
+        return {**spec, "LOWER": {"IN": list(dict.fromkeys(words))}}
+    return spec
 
 
 def _tokens(nlp: Language, phrase: str) -> list[str]:
@@ -803,26 +960,51 @@ def _assertion(span: Span) -> tuple[bool, bool, bool, bool]:
 
 def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
     routed = _routed_categories(doc)
+    # FINDINGS under an IMPRESSION are read for critical findings only (DOMAIN.md §3 safety
+    # rules): a cord compression stated there escalates even when the IMPRESSION is silent.
+    critical_only = "findings" if "findings" not in routed and "impression" in routed else None
+    critical_labels = frozenset(rule.label for rule in rules.rules if rule.critical)
     findings: list[Finding] = []
     for section in doc._.sections:
         body = doc[section.body_start : section.body_end]
-        if section.category in routed and _has_text(body):
+        if not _has_text(body):
+            continue
+        if section.category in routed:
             findings += _section_findings(nlp, body, _section_name(section.category), rules)
+        elif section.category == critical_only and _critical_gate(rules)(body):
+            findings += [
+                finding
+                for finding in _section_findings(nlp, body, "FINDINGS", rules, critical_labels)
+                if not (finding.negated or finding.historical or finding.hypothetical)
+            ]
     return ReportFindings(
         findings=tuple(apply_addendum(findings)),
         routed_sections=tuple(_section_name(category) for category in routed),
     )
 
 
-def _section_findings(nlp: Language, body: Span, name: str, rules: RoutingRules) -> list[Finding]:
-    """Stage two (target matching, ConText) on one routed section body.
+def _section_findings(
+    nlp: Language,
+    body: Span,
+    name: str,
+    rules: RoutingRules,
+    only_labels: frozenset[str] | None = None,
+) -> list[Finding]:
+    """Stage two (target matching, ConText) on one section body; with `only_labels`, the
+    findings of those rules only.
 
     Running it on the routed text alone, not the whole report, saves most of its cost on a
-    full-length report; ConText scopes end at sentence ends, so nothing is lost.
+    full-length report; ConText scopes end at sentence ends, so nothing is lost. ConText is
+    skipped where nothing (or nothing of `only_labels`) matched.
     """
-    part = body.as_doc()
-    for name_of_pipe in _STAGE_TWO:
-        part = nlp.get_pipe(name_of_pipe)(part)
+    part = nlp.get_pipe("medspacy_target_matcher")(body.as_doc())
+    targets = list(part.spans.get(_TARGETS, []))
+    if only_labels is not None:
+        targets = [span for span in targets if span.label_ in only_labels]
+    if not targets:
+        return []
+    part.spans[_TARGETS] = targets
+    part = nlp.get_pipe("medspacy_context")(part)
     offset = body.start_char
     by_sentence: dict[int, list[Span]] = {}
     for span in part.spans.get(_TARGETS, []):
@@ -838,6 +1020,8 @@ def _section_findings(nlp: Language, body: Span, name: str, rules: RoutingRules)
         targets = [span for span in spans if span.label_ != _AUX]
         for span in targets:
             negated, uncertain, historical, hypothetical = _assertion(span)
+            if _SYNDROME.search(span.text) and _about_the_clinical_syndrome(span):
+                negated = True  # the clinical question, not an imaging finding
             label, qualifier = span.label_, ""
             rule = rule_by_label[label]
             if rule.qualifier is not None and not (negated or hypothetical or historical):
@@ -858,6 +1042,7 @@ def _section_findings(nlp: Language, body: Span, name: str, rules: RoutingRules)
                     end=offset + span.end_char,
                     section=name,
                     sentence=sentence_span,
+                    sentence_text=sentence.text.strip(),
                     levels=levels,
                     qualifier=qualifier,
                 )
@@ -875,10 +1060,15 @@ def _section_findings(nlp: Language, body: Span, name: str, rules: RoutingRules)
                         end=offset + aux.end_char,
                         section=name,
                         sentence=sentence_span,
+                        sentence_text=sentence.text.strip(),
                         levels=levels,
                     )
                 )
     return findings
+
+
+def _about_the_clinical_syndrome(span: Span) -> bool:
+    return any(modifier.category == _CLINICAL for modifier in span._.modifiers)
 
 
 def _has_text(span: Span) -> bool:

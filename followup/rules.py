@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
@@ -150,6 +150,25 @@ class RoutingRules:
     abnormal_cues: tuple[str, ...]
     spelling_variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
     source: str = ""
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        # Computed once: the NLP pipeline cache hashes the table on every report, and hashing
+        # every rule's patterns each time cost ~0.3 ms a report.
+        if self._hash is None:
+            fields = (
+                self.version,
+                self.reviewer,
+                self.effective_date,
+                self.specialties,
+                self.rules,
+                self.abnormal_cues,
+                self.spelling_variants,
+                self.source,
+            )
+            object.__setattr__(self, "_hash", hash(fields))
+        assert self._hash is not None
+        return self._hash
 
     @property
     def labels(self) -> frozenset[str]:

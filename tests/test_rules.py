@@ -44,6 +44,16 @@ TABLE = {
     "incidental": ("routine", []),
     "disc_bulge": ("routine", []),
     "nonsevere_stenosis": ("routine", []),
+    # DOMAIN.md §3, joints and peripheral nerves
+    "soft_tissue_joint_infection": ("urgent", ["orthopedics"]),
+    "displaced_fracture": ("urgent", ["orthopedics"]),
+    "limb_fracture": ("routine", ["orthopedics"]),
+    "osteonecrosis": ("routine", ["orthopedics"]),
+    "osteonecrosis_collapse": ("urgent", ["orthopedics"]),
+    "tendon_ligament_tear": ("routine", ["orthopedics"]),
+    "partial_tear_tendinosis": ("routine", ["pain_management"]),
+    "inflammatory_arthritis": ("routine", ["rheumatology"]),
+    "peripheral_nerve": ("routine", ["neurology"]),
 }
 
 
@@ -53,9 +63,9 @@ def rules():
 
 
 def test_shipped_rules_carry_version_and_sign_off_fields(rules) -> None:
-    assert rules.version == "2026.11-1"
+    assert rules.version == "2026.12-1"
     assert rules.reviewer
-    assert rules.effective_date == "2026-11-26"
+    assert rules.effective_date == "2026-12-07"
     assert set(rules.specialties) == SPECIALTIES
     assert rules.source == str(RULES_PATH.resolve())
 

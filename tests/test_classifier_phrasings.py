@@ -1,0 +1,473 @@
+"""The classifier by phrasing family, from templates (issue 18).
+
+Every critical rule in at least 8 phrasings: noun form, either word order, verb form,
+abbreviation, misspelling, stated only in FINDINGS, hedged (escalates), negated and asked about in
+the INDICATION only (neither escalates). Every other routing rule in at least 3 phrasings. Then
+the scope rules of DOMAIN.md §3-4 that these families exposed: negation ends at ") and" and at
+"and"/"with" that start a new finding, a hedge about the clinical syndrome is no imaging finding,
+an incomplete study is never a silent normal, infection ranks before inflammation, abnormal
+language no rule routes goes to review with its sentence quoted.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from followup.nlp import assertion_status, classify_report
+from followup.routing import Decision
+from followup.rules import TIERS, RoutingRules, load_rules
+from followup.settings import PROJECT_ROOT
+
+
+@pytest.fixture(scope="module")
+def rules() -> RoutingRules:
+    return load_rules(PROJECT_ROOT / "rules" / "routing.yaml")
+
+
+# label → phrasing family → phrase (a sentence without its full stop)
+CRITICAL_PHRASINGS: dict[str, dict[str, str]] = {
+    "cord_compression": {
+        "noun": "Cord compression at C5-6",
+        "reversed_order": "Flattening of the spinal cord at C5-6",
+        "verb": "A large C5-6 extrusion compresses the cord",
+        "noun_after": "Severe C5-6 stenosis with cord flattening",
+        "abbreviation": "Epidural metastasis at T6 with MESCC",
+        "misspelling": "Spinal cord compresion at C6-7",
+    },
+    "cauda_equina_compression": {
+        "noun": "Cauda equina compression at L4-5",
+        "reversed_order": "Compression of the cauda equina at L4-5",
+        "verb": "A massive L4-5 extrusion compresses the cauda equina",
+        "noun_after": "The cauda equina is severely compressed at L4-5",
+        "abbreviation": "Massive L4-5 extrusion with imaging findings of CES",
+        "misspelling": "Cauda equine compression at L4-5",
+    },
+    "epidural_abscess": {
+        "noun": "Dorsal epidural abscess at L3-4",
+        "reversed_order": "Abscess in the dorsal epidural space at L3-4",
+        "verb": "A rim-enhancing epidural collection narrows the canal at L3-4",
+        "noun_after": "Collection within the ventral epidural space at C5",
+        "abbreviation": "Discitis at L2-3 with SEA",
+        "misspelling": "Dorsal epidural absess at L3-4",
+    },
+    "unstable_fracture": {
+        "noun": "Acute L1 burst fracture",
+        "reversed_order": "Disruption of the posterior ligamentous complex at T12",
+        "verb": "A retropulsed fragment narrows the canal at L1",
+        "noun_after": "Acute L2 fracture with PLC disruption",
+        "abbreviation": "Acute L1 burst fx",
+        "misspelling": "Acute L1 burts fracture",
+    },
+    "acute_infarct": {
+        "noun": "Acute left MCA territory infarct",
+        "reversed_order": "Infarct in the left frontal lobe, acute",
+        "verb": "The left insula shows restricted diffusion",
+        "noun_after": "Diffusion restriction in the right thalamus",
+        "abbreviation": "Acute left MCA CVA",
+        "misspelling": "Acute infract in the left pons",
+    },
+    "intracranial_hemorrhage": {
+        "noun": "Intraparenchymal hemorrhage in the left parietal lobe",
+        "reversed_order": "Hemorrhage within the right occipital lobe",
+        "verb": "Blood layers in the occipital horns of the lateral ventricles",
+        "noun_after": "Acute subdural hematoma along the falx",
+        "abbreviation": "Small SAH in the right sylvian fissure",
+        "misspelling": "Subdural hemorhage over the left convexity",
+    },
+}
+
+# An IMPRESSION with nothing critical, for reports whose critical finding is elsewhere.
+_MILD_IMPRESSION = "IMPRESSION: No other significant finding."
+
+
+def _labels(decision: Decision) -> set[str]:
+    return {
+        finding.label
+        for finding in decision.findings
+        if not (finding.negated or finding.historical or finding.hypothetical)
+    }
+
+
+def _lower_first(phrase: str) -> str:
+    """Sentence case off, abbreviations kept ("Discitis at L2-3 with SEA" → "discitis ... SEA")."""
+    return phrase[0].lower() + phrase[1:]
+
+
+def _affirmed_cases() -> list[tuple[str, str, str]]:
+    return [
+        (label, family, phrase)
+        for label, phrasings in CRITICAL_PHRASINGS.items()
+        for family, phrase in phrasings.items()
+    ]
+
+
+@pytest.mark.parametrize(("label", "family", "phrase"), _affirmed_cases())
+def test_critical_phrasing_in_impression_escalates(
+    rules: RoutingRules, label: str, family: str, phrase: str
+) -> None:
+    decision = classify_report(f"IMPRESSION: {phrase}.", rules)
+    assert decision.critical, (family, decision.explanations)
+    assert label in _labels(decision), (family, decision.explanations)
+    assert "in IMPRESSION" in decision.explanations[0]
+
+
+@pytest.mark.parametrize(("label", "family", "phrase"), _affirmed_cases())
+def test_critical_phrasing_only_in_findings_escalates_and_says_where(
+    rules: RoutingRules, label: str, family: str, phrase: str
+) -> None:
+    decision = classify_report(f"FINDINGS: {phrase}.\n{_MILD_IMPRESSION}", rules)
+    assert decision.critical, (family, decision.explanations)
+    assert label in _labels(decision)
+    assert decision.explanations[0].startswith("emergent: ")
+    assert "in FINDINGS" in decision.explanations[0]
+
+
+@pytest.mark.parametrize("label", sorted(CRITICAL_PHRASINGS))
+def test_hedged_critical_finding_escalates(rules: RoutingRules, label: str) -> None:
+    for phrase in CRITICAL_PHRASINGS[label].values():
+        for text in (
+            f"IMPRESSION: Possible {_lower_first(phrase)}.",
+            f"IMPRESSION: {phrase} cannot be excluded.",
+        ):
+            decision = classify_report(text, rules)
+            assert decision.critical, text
+            assert any(f.uncertain for f in decision.findings if f.label == label), text
+
+
+@pytest.mark.parametrize("label", sorted(CRITICAL_PHRASINGS))
+def test_negated_critical_finding_does_not_escalate(rules: RoutingRules, label: str) -> None:
+    noun = CRITICAL_PHRASINGS[label]["noun"]
+    decision = classify_report(f"IMPRESSION: No {_lower_first(noun)}.", rules)
+    assert not decision.critical, decision.explanations
+    assert [f.negated for f in decision.findings if f.label == label] == [True]
+
+
+@pytest.mark.parametrize("label", sorted(CRITICAL_PHRASINGS))
+def test_critical_finding_asked_about_in_the_indication_only_does_not_escalate(
+    rules: RoutingRules, label: str
+) -> None:
+    for phrase in CRITICAL_PHRASINGS[label].values():
+        text = f"INDICATION: Evaluate for {_lower_first(phrase)}.\nIMPRESSION: Normal study."
+        decision = classify_report(text, rules)
+        assert (decision.critical, decision.findings) == (False, []), text
+
+
+def test_every_critical_rule_has_eight_phrasing_families(rules: RoutingRules) -> None:
+    assert set(CRITICAL_PHRASINGS) == {rule.label for rule in rules.rules if rule.critical}
+    # six written forms + FINDINGS-only + hedged + negated + indication-only
+    assert all(len(forms) + 4 >= 8 for forms in CRITICAL_PHRASINGS.values())
+
+
+# --- every other routing rule, three phrasings each ---------------------------------------------
+
+ROUTING_PHRASINGS: dict[str, tuple[str, str, str]] = {
+    "discitis_osteomyelitis": (
+        "Discitis-osteomyelitis at L3-4",
+        "Endplate destruction with disc enhancement at T10-11",
+        "Psoas abscess adjacent to L3",
+    ),
+    "soft_tissue_joint_infection": (
+        "Septic arthritis of the right knee",
+        "Septic left sacroiliitis with an iliacus abscess",
+        "Necrotizing fasciitis of the thigh",
+    ),
+    "metastasis": (
+        "Marrow-replacing lesion at T9",
+        "Diffuse osseous metastases",
+        "Pathologic fracture of L2",
+    ),
+    "enhancing_demyelination": (
+        "Enhancing demyelinating lesion in the left centrum semiovale",
+        "Active demyelination in the cervical cord",
+        "Periventricular demyelinating lesions, one of which enhances",
+    ),
+    "acute_compression_fracture": (
+        "Acute L2 compression fracture",
+        "Compression fracture of T12 with marrow edema",
+        "New T8 compression deformity",
+    ),
+    "displaced_fracture": (
+        "Displaced fracture of the scaphoid waist",
+        "Comminuted displaced fracture of the distal radius",
+        "Displaced fracture of the lateral malleolus",
+    ),
+    "osteonecrosis_collapse": (
+        "Avascular necrosis of the femoral head with subchondral collapse",
+        "Osteonecrosis of the lunate with collapse",
+        "AVN of the right femoral head with articular surface collapse",
+    ),
+    "demyelination": (
+        "Periventricular and juxtacortical lesions compatible with multiple sclerosis",
+        "Dawson fingers",
+        "Findings of demyelinating disease",
+    ),
+    "myelopathy_syrinx": ("C5-T2 syrinx", "Myelomalacia at C4-5", "Transverse myelitis"),
+    "nerve_root_compression": (
+        "Extrusion contacting the descending S1 root",
+        "The left L5 nerve root is compressed",
+        "Protrusion impinging on the exiting L4 nerve root",
+    ),
+    "peripheral_nerve": (
+        "Ulnar neuritis at the cubital tunnel",
+        "Flattening of the median nerve in the carpal tunnel",
+        "Schwannoma of the sciatic nerve",
+    ),
+    "spondylolisthesis": (
+        "Grade 1 anterolisthesis of L4 on L5",
+        "Bilateral L5 spondylolysis",
+        "Retrolisthesis of L3 on L4",
+    ),
+    "severe_stenosis": (
+        "Severe canal stenosis at L4-5",
+        "Severe right foraminal narrowing at C6-7",
+        "Critical central stenosis at L3-4",
+    ),
+    "compression_deformity": (
+        "Chronic compression deformity of L1",
+        "Old T12 compression fracture",
+        "Vertebral body height loss at T8",
+    ),
+    "tendon_ligament_tear": (
+        "Full-thickness tear of the supraspinatus tendon",
+        "Complete ACL tear",
+        "Bucket-handle tear of the medial meniscus",
+    ),
+    "limb_fracture": (
+        "Stress fracture of the second metatarsal",
+        "Insufficiency fracture of the medial tibial plateau",
+        "Nondisplaced fracture of the fibula",
+    ),
+    "osteonecrosis": (
+        "Avascular necrosis of the femoral head without collapse",
+        "Osteochondral lesion of the talar dome",
+        "Bone infarct in the distal femur",
+    ),
+    "disc_herniation": (
+        "Broad-based L4-5 protrusion",
+        "Small L5-S1 extrusion",
+        "Central disc herniation at T7-8",
+    ),
+    "degenerative_disc_disease": (
+        "Degenerative disc disease at L4-5",
+        "Multilevel disc desiccation",
+        "Cervical spondylosis",
+    ),
+    "modic_change": ("Type 1 Modic change at L5-S1", "Endplate edema at L4-5", "Modic type 2"),
+    "annular_fissure": ("Annular fissure at L4-5", "Annular tear at L5-S1", "High-intensity zone"),
+    "facet_arthropathy": (
+        "Facet arthropathy at L4-5",
+        "Ligamentum flavum hypertrophy",
+        "Facet synovial cyst at L4-5",
+    ),
+    "partial_tear_tendinosis": (
+        "Adhesive capsulitis",
+        "Partial-thickness articular-surface tear of the supraspinatus",
+        "Trochanteric bursitis",
+    ),
+    "sacroiliitis": (
+        "Active sacroiliitis",
+        "Subchondral marrow edema at both SI joints",
+        "Ankylosing spondylitis",
+    ),
+    "inflammatory_arthritis": (
+        "Erosive synovitis of the MCP joints",
+        "Rheumatoid arthritis of the wrist",
+        "Synovitis and erosions of the MTP joints",
+    ),
+    "fatty_corner_lesion": (
+        "Fatty corner lesions",
+        "Fatty corner at T10",
+        "Corner fat deposition at L2",
+    ),
+    "fat_metaplasia": (
+        "Fat metaplasia at both SI joints",
+        "Backfill at the left SI joint",
+        "Subchondral fat deposition",
+    ),
+    "nondiagnostic": (
+        "Motion-degraded study",
+        "Examination terminated because of claustrophobia",
+        "The exam is incomplete",
+    ),
+    "disc_bulge": ("Mild disc bulge at L3-4", "Bulging disc at L4-5", "Disc bulges at C5-6"),
+    "nonsevere_stenosis": (
+        "Mild canal stenosis at L3-4",
+        "Moderate left foraminal narrowing at C5-6",
+        "Effacement of the thecal sac",
+    ),
+    "incidental": ("L2 hemangioma", "Tarlov cyst at S2", "Chronic microvascular ischemic change"),
+}
+
+
+def _routing_cases() -> list[tuple[str, str]]:
+    return [(label, phrase) for label, phrases in ROUTING_PHRASINGS.items() for phrase in phrases]
+
+
+@pytest.mark.parametrize(("label", "phrase"), _routing_cases())
+def test_routing_rule_phrasing(rules: RoutingRules, label: str, phrase: str) -> None:
+    decision = classify_report(f"IMPRESSION: {phrase}.", rules)
+    rule = rules.rule(label)
+    assert label in _labels(decision), decision.explanations
+    assert set(rule.referrals) <= set(decision.referrals)
+    assert TIERS.index(decision.urgency) >= TIERS.index(rule.tier)
+    assert not decision.critical
+    assert not decision.needs_review, decision.explanations
+
+
+def test_every_routing_rule_has_three_phrasings(rules: RoutingRules) -> None:
+    non_critical = {rule.label for rule in rules.rules if not rule.critical}
+    assert set(ROUTING_PHRASINGS) == non_critical
+    assert all(len(phrases) >= 3 for phrases in ROUTING_PHRASINGS.values())
+
+
+# --- scope, syndromes, incomplete studies, infection, the safety net ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "referrals"),
+    [
+        (
+            "Spondylosis (no cord compression) and severe right foraminal stenosis at C6-7.",
+            ["orthopedics", "pain_management"],
+        ),
+        ("No cord compression and a severe left C5-6 foraminal stenosis.", ["orthopedics"]),
+        ("Without fracture and with a grade 1 anterolisthesis of L4 on L5.", ["orthopedics"]),
+        ("No stenosis, with a small right paracentral L4-5 protrusion.", ["pain_management"]),
+        ("No meniscal tear; complete tear of the anterior cruciate ligament.", ["orthopedics"]),
+    ],
+)
+def test_negation_ends_where_a_new_finding_starts(
+    rules: RoutingRules, text: str, referrals: list[str]
+) -> None:
+    decision = classify_report(f"IMPRESSION: {text}", rules)
+    assert (decision.referrals, decision.critical) == (referrals, False), decision.explanations
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "No herniation or stenosis at L3-4 or L4-5.",
+        "No compression of the cord and the cauda equina.",
+        "No active (enhancing) lesions.",
+        "No evidence of cord compression, cauda equina compression or epidural abscess.",
+    ],
+)
+def test_negation_still_covers_a_list(rules: RoutingRules, text: str) -> None:
+    decision = classify_report(f"IMPRESSION: {text}", rules)
+    assert (decision.referrals, decision.critical, decision.needs_review) == ([], False, False)
+
+
+@pytest.mark.parametrize(
+    ("sentence", "concept", "negated"),
+    [
+        (
+            "No cord compression and a severe foraminal stenosis.",
+            "severe foraminal stenosis",
+            False,
+        ),
+        (
+            "(no cord compression) and severe foraminal stenosis.",
+            "severe foraminal stenosis",
+            False,
+        ),
+        ("(no cord compression) and severe foraminal stenosis.", "cord compression", True),
+        ("No fever and no chills.", "chills", True),
+        ("Denies chest pain or shortness of breath.", "shortness of breath", True),
+    ],
+)
+def test_assertion_status_scope(sentence: str, concept: str, negated: bool) -> None:
+    assert assertion_status(sentence, concept)["negated"] is negated
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Cauda equina syndrome is not excluded clinically, but no compressive lesion is seen.",
+        "Clinical concern for cauda equina syndrome; the thecal sac is normal.",
+        "No imaging correlate for the suspected cauda equina syndrome.",
+        "No MRI evidence to explain the clinically suspected CES.",
+    ],
+)
+def test_a_hedge_about_the_clinical_syndrome_is_no_imaging_finding(
+    rules: RoutingRules, text: str
+) -> None:
+    decision = classify_report(f"IMPRESSION: {text}", rules)
+    assert (decision.critical, decision.needs_review, decision.referrals) == (False, False, [])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Massive L4-5 extrusion, findings of CES.",
+        "Cauda equina syndrome cannot be excluded.",
+        "Severe stenosis at L4-5; in this clinical setting, findings could represent cauda equina"
+        " syndrome.",
+    ],
+)
+def test_the_syndrome_named_on_imaging_escalates(rules: RoutingRules, text: str) -> None:
+    assert classify_report(f"IMPRESSION: {text}", rules).critical
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Examination terminated after the sagittal sequences because of claustrophobia.",
+        "Study aborted at the patient's request.",
+        "Limited study; no gross abnormality.",
+        "The patient could not complete the examination.",
+    ],
+)
+def test_an_incomplete_study_suggests_testing(rules: RoutingRules, text: str) -> None:
+    decision = classify_report(f"IMPRESSION: {text}", rules)
+    assert decision.additional_testing == list(rules.rule("nondiagnostic").additional_testing)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Septic right sacroiliitis with an iliacus abscess.",
+        "Infectious sacroiliitis on the left.",
+        "Septic bursitis of the prepatellar bursa.",
+        "Septic arthritis with erosive synovitis of the wrist.",
+    ],
+)
+def test_infection_ranks_before_inflammation(rules: RoutingRules, text: str) -> None:
+    decision = classify_report(f"IMPRESSION: {text}", rules)
+    assert (decision.urgency, decision.referrals) == ("urgent", ["orthopedics"])
+
+
+def test_adhesive_capsulitis_is_not_sacroiliitis(rules: RoutingRules) -> None:
+    decision = classify_report("IMPRESSION: Adhesive capsulitis of the left shoulder.", rules)
+    assert decision.referrals == ["pain_management"]
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Tear of the gluteal fascia.",
+        "Necrosis of the adjacent fat.",
+        "Indeterminate mass in the left thigh.",
+        "Edema in the lateral femoral condyle.",
+        "Fluid collection in the surgical bed.",
+    ],
+)
+def test_unrouted_abnormality_goes_to_review_quoting_the_sentence(
+    rules: RoutingRules, sentence: str
+) -> None:
+    decision = classify_report(f"IMPRESSION: {sentence}", rules)
+    assert decision.needs_review
+    assert any(f'"{sentence}"' in line for line in decision.explanations), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("text", "critical"),
+    [
+        ("Epidural enhancement at L3-4, possibly phlegmon or early abscess.", True),
+        ("Postoperative epidural enhancement without abscess.", False),
+        ("No epidural enhancement to suggest phlegmon.", False),
+    ],
+)
+def test_epidural_enhancement_read_with_the_abscess_it_names(
+    rules: RoutingRules, text: str, critical: bool
+) -> None:
+    assert classify_report(f"IMPRESSION: {text}", rules).critical is critical
