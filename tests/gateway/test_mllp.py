@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -226,12 +227,15 @@ def test_split_frames_from_a_slow_sender(mllp: RunningListener) -> None:
     assert mllp.rows()[0].raw == GOOD.read_bytes()
 
 
-def test_garbage_between_frames_is_dropped(mllp: RunningListener) -> None:
+def test_garbage_between_frames_is_logged_and_frames_around_it_are_answered(
+    mllp: RunningListener, caplog: pytest.LogCaptureFixture
+) -> None:
     one, two = variant(GOOD.read_bytes(), 1), variant(GOOD.read_bytes(), 2)
+    caplog.set_level(logging.WARNING, logger="followup.gateway.mllp")
     with mllp.connect() as sock:
         sock.sendall(b"\r\n" + frame(one) + b"\r\nnoise\x00\xff" + frame(two) + b"\n")
         acks = read_acks(sock, 2)
-        sock.sendall(b"more noise" + FS + CR + b"\x0bMSH|aborted" + frame(one))
+        sock.sendall(b"more noise" + FS + CR + frame(one))
         acks += read_acks(sock, 1)
 
     assert [segments(a)["MSA"][1:3] for a in acks] == [
@@ -239,6 +243,10 @@ def test_garbage_between_frames_is_dropped(mllp: RunningListener) -> None:
     ]  # fmt: skip
     assert [row.raw for row in mllp.rows()] == [one, two, one]
     assert mllp.rows()[2].status == InboxStatus.DUPLICATE
+    # Counted, not quoted: "\r\nnoise\0\xff" is 9 bytes; "\n", "more noise" and FS CR are 13.
+    assert [r.getMessage().split(" from ")[0] for r in caplog.records] == [
+        "dropped 9 bytes outside MLLP frames", "dropped 13 bytes outside MLLP frames",
+    ]  # fmt: skip
 
 
 def test_frame_without_end_block_is_kept_as_an_error(mllp: RunningListener) -> None:
@@ -302,7 +310,7 @@ def test_latin1_and_bom(mllp: RunningListener) -> None:
 
 
 def test_frame_over_the_limit_is_refused(database_url: str) -> None:
-    for listener in start_listener(database_url, max_message_bytes=2000):
+    for listener in start_listener(database_url, mllp_max_message_bytes=2000):
         with listener.connect() as sock:
             sock.sendall(VT + b"MSH|^~\\&|" + b"x" * 5000)
             [ack] = read_acks(sock, 1)
@@ -313,7 +321,7 @@ def test_frame_over_the_limit_is_refused(database_url: str) -> None:
 
 
 def test_idle_connection_is_closed(database_url: str) -> None:
-    for listener in start_listener(database_url, idle_timeout=0.3):
+    for listener in start_listener(database_url, mllp_idle_timeout_seconds=0.3):
         with listener.connect() as sock:
             assert sock.recv(10) == b""
 
