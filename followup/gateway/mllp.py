@@ -73,12 +73,12 @@ START_BLOCK, END_BLOCK, CARRIAGE_RETURN = b"\x0b", b"\x1c", b"\r"
 # refused. asyncio's default stream buffer limit, so a read empties the buffer.
 READ_BYTES = 64 * 1024
 _SYSTEM_ERROR = "the engine could not store the message; resend later"
-_NO_END_BLOCK = "the frame ended without the MLLP end block; it may be cut off"
-_END_BLOCK_AT_CLOSE = (
+NO_END_BLOCK = "the frame ended without the MLLP end block; it may be cut off"
+END_BLOCK_AT_CLOSE = (
     "the connection ended after the MLLP end block (0x1C) without its carriage return (0x0D);"
     " the message may be cut off"
 )
-_END_BLOCK_WITHOUT_CR = (
+END_BLOCK_WITHOUT_CR = (
     "MLLP framing error: the end block (0x1C) was followed by another byte than a carriage"
     " return (0x0D); the message may be cut off"
 )
@@ -159,7 +159,7 @@ class FrameDecoder:
         if self.stopped or self._run_size == 0:
             return []
         if self._in_frame:
-            problem = _END_BLOCK_AT_CLOSE if self._after_end_block else _NO_END_BLOCK
+            problem = END_BLOCK_AT_CLOSE if self._after_end_block else NO_END_BLOCK
             return [UnterminatedFrame(self._take(), problem)]
         if self._after_end_block:
             self._held += END_BLOCK
@@ -177,11 +177,11 @@ class FrameDecoder:
                 events.append(StrayBytes(self._take(), self._take_size()))
             return position + 1
         if self._in_frame:
-            events.append(UnterminatedFrame(self._take(), _END_BLOCK_WITHOUT_CR))
+            events.append(UnterminatedFrame(self._take(), END_BLOCK_WITHOUT_CR))
             self._in_frame = False
             self._run_size = 0
         else:
-            self._hold(END_BLOCK, events)
+            self._held += END_BLOCK  # stray content; counted in the run's size when read
         return position  # the byte after FS is read again, outside a frame or in the stray run
 
     def _in_frame_bytes(self, data: bytes, position: int, events: list[FramingEvent]) -> int:

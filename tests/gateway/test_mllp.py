@@ -14,6 +14,17 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from followup.gateway.mllp import (
+    END_BLOCK_AT_CLOSE,
+    END_BLOCK_WITHOUT_CR,
+    NO_END_BLOCK,
+    Frame,
+    FrameDecoder,
+    FramingEvent,
+    OversizeMessage,
+    StrayBytes,
+    UnterminatedFrame,
+)
 from followup.intake import parse_stored
 from followup.settings import get_settings
 from models.db import session_scope
@@ -61,6 +72,90 @@ def mllp_send(path: Path, port: int) -> list[bytes]:
         check=True,
     )
     return [block.strip(b"\n").lstrip(VT) for block in done.stdout.split(FS + CR)[:-1]]
+
+
+# --- the frame decoder alone (no sockets) ------------------------------------------------------
+
+
+def in_pieces(stream: bytes, piece: int | None) -> list[bytes]:
+    """The stream whole (None) or in pieces of `piece` bytes: frame boundaries must not
+    depend on how the bytes arrive."""
+    if piece is None:
+        return [stream]
+    return [stream[i : i + piece] for i in range(0, len(stream), piece)]
+
+
+def decode(stream: bytes, *, piece: int | None) -> list[FramingEvent]:
+    decoder = FrameDecoder(1000)
+    return [e for part in in_pieces(stream, piece) for e in decoder.feed(part)] + decoder.finish()
+
+
+@pytest.mark.parametrize("piece", [None, 1, 2, 5])
+@pytest.mark.parametrize(
+    ("stream", "events"),
+    [
+        (VT + b"MSH|a" + FS + CR, [Frame(b"MSH|a")]),
+        # once a frame has started, VT is content: the head is kept
+        (VT + b"MSH|a" + VT + b"b" + FS + CR, [Frame(b"MSH|a\x0bb")]),
+        (
+            VT + b"MSH|a" + FS + CR + VT + b"MSH|b" + FS + CR,
+            [Frame(b"MSH|a"), Frame(b"MSH|b")],
+        ),
+        # FS then anything but CR: a framing error; what follows is outside a frame
+        (
+            VT + b"MSH|a" + FS + b"\n" + VT + b"MSH|b" + FS + CR,
+            [
+                UnterminatedFrame(b"MSH|a", END_BLOCK_WITHOUT_CR),
+                StrayBytes(b"\n", 1),
+                Frame(b"MSH|b"),
+            ],
+        ),
+        (
+            VT + b"MSH|a" + FS + VT + b"MSH|b" + FS + CR,
+            [UnterminatedFrame(b"MSH|a", END_BLOCK_WITHOUT_CR), Frame(b"MSH|b")],
+        ),
+        # the connection ends inside a frame, after its FS or before
+        (VT + b"MSH|a" + FS, [UnterminatedFrame(b"MSH|a", END_BLOCK_AT_CLOSE)]),
+        (VT + b"MSH|a", [UnterminatedFrame(b"MSH|a", NO_END_BLOCK)]),
+        (VT, [UnterminatedFrame(b"", NO_END_BLOCK)]),
+        # outside a frame: a run ends at VT, at FS CR or at the end; its size counts it all
+        (b"MSH|a" + FS + CR, [StrayBytes(b"MSH|a", 7)]),
+        (
+            b"noise" + VT + b"MSH|a" + FS + CR + b"\r\n",
+            [StrayBytes(b"noise", 5), Frame(b"MSH|a"), StrayBytes(b"\r\n", 2)],
+        ),
+        (b"a" + FS + b"b" + FS + CR, [StrayBytes(b"a\x1cb", 5)]),
+        (b"a" + FS, [StrayBytes(b"a\x1c", 2)]),
+        (b"", []),
+    ],
+)
+def test_frame_decoder(stream: bytes, events: list[FramingEvent], piece: int | None) -> None:
+    assert decode(stream, piece=piece) == events
+
+
+@pytest.mark.parametrize("piece", [None, 1, 64])
+@pytest.mark.parametrize(
+    "stream",
+    [
+        VT + b"MSH|^~\\&|R\rOBX|" + b"x" * 200 + FS + CR + VT + b"MSH|b" + FS + CR,
+        b"\r\nMSH|^~\\&|R\rOBX|" + b"x" * 200,  # no start block either
+    ],
+)
+def test_frame_decoder_stops_at_the_limit(stream: bytes, piece: int | None) -> None:
+    decoder = FrameDecoder(100)
+    events = []
+    for part in in_pieces(stream, piece):
+        events += decoder.feed(part)
+        if decoder.stopped:
+            break
+    events += decoder.finish()
+
+    [oversize] = events
+    assert isinstance(oversize, OversizeMessage)
+    assert oversize.first_segment == b"MSH|^~\\&|R"  # for the AR's MSA-2
+    # Read no further than the piece that went over the limit, and nothing after it.
+    assert 100 < oversize.size <= 102 + (piece or len(stream))
+    assert decoder.feed(VT + b"MSH|c" + FS + CR) == []
 
 
 # --- mllp_send with the project's samples and the public ones ----------------------------------
