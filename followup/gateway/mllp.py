@@ -137,10 +137,6 @@ class FrameDecoder:
         self._in_frame = False
         self._after_end_block = False  # the last byte read was an FS
 
-    @property
-    def holds_a_frame(self) -> bool:
-        return self._in_frame
-
     def feed(self, data: bytes) -> list[FramingEvent]:
         """The frames and problems that `data`, read after everything fed before, completes."""
         events: list[FramingEvent] = []
@@ -168,12 +164,12 @@ class FrameDecoder:
     def _after_fs(self, data: bytes, position: int, events: list[FramingEvent]) -> int:
         self._after_end_block = False
         if data[position] == CARRIAGE_RETURN[0]:
-            self._run_size += 1
             if self._in_frame:
                 events.append(Frame(self._take()))
                 self._in_frame = False
                 self._run_size = 0
             else:
+                self._run_size += 1
                 events.append(StrayBytes(self._take(), self._take_size()))
             return position + 1
         if self._in_frame:
