@@ -137,6 +137,11 @@ class FrameDecoder:
         self._in_frame = False
         self._after_end_block = False  # the last byte read was an FS
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes read of a frame or stray run not yet complete."""
+        return self._run_size
+
     def feed(self, data: bytes) -> list[FramingEvent]:
         """The frames and problems that `data`, read after everything fed before, completes."""
         events: list[FramingEvent] = []
@@ -303,6 +308,15 @@ class MLLPListener:
                 if not data:
                     return
             await self._discard_rest(reader, writer, peer)
+        except asyncio.CancelledError:
+            if decoder.pending_bytes:
+                # Never answered, so the sender resends it whole to the next gateway.
+                logger.warning(
+                    "stopping: %d bytes of an unfinished MLLP message from %s not stored",
+                    decoder.pending_bytes,
+                    peer,
+                )
+            raise
         finally:
             writer.close()
             with suppress(ConnectionError):

@@ -421,6 +421,23 @@ def test_idle_connection_is_closed(database_url: str) -> None:
             assert sock.recv(10) == b""
 
 
+def test_stopping_logs_an_unfinished_frame(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="followup.gateway.mllp")
+    with socket.socket() as sock:
+        for listener in start_listener(database_url):
+            sock.connect(("127.0.0.1", listener.port))
+            sock.sendall(VT + GOOD.read_bytes()[:100])
+            time.sleep(0.2)  # read by the listener before it stops
+            rows = listener.rows()
+
+    assert rows == []
+    assert [r.getMessage().split(" from ")[0] for r in caplog.records] == [
+        "stopping: 101 bytes of an unfinished MLLP message"
+    ]
+
+
 def test_database_down_answers_ar(tmp_path: Path) -> None:
     no_schema = f"sqlite:///{tmp_path / 'never-migrated.db'}"
     for listener in start_listener(no_schema):
