@@ -21,7 +21,7 @@ from twilio.request_validator import RequestValidator
 from followup import pipeline
 from followup.messaging.replies import REPLY_TASK
 from followup.scheduling import site_holidays
-from followup.settings import Settings, get_settings
+from followup.settings import get_settings
 from models.db import session_scope
 from models.seed import seed_demo_clinic
 from models.tables import (
@@ -41,8 +41,6 @@ from tests.gateway.conftest import VT, RunningListener, exchange, read_acks, seg
 from tests.sms.conftest import CLINIC_FROM, NOW, PHONE, Clock, World
 from tests.sms.test_webhooks import SID, make_gateway
 from tests.sms.twilio_mock import ACCOUNT_SID, AUTH_TOKEN
-
-MAX_MESSAGE_BYTES = Settings.model_fields["mllp_max_message_bytes"].default
 
 
 def ack_parts(ack: bytes) -> list[str]:
@@ -78,7 +76,8 @@ def test_a_frame_over_the_size_limit_is_refused_and_the_gateway_keeps_serving(
     Expected: the big frame gets one AR and its connection is closed, and nothing of it is
     stored; the next message is answered AA: one inbox row."""
     big = VT + b"MSH|^~\\&|RIS|FAC|FOLLOWUP|FAC|20261208||ORU^R01|BIG-1|P|2.5.1\r"
-    big += b"OBX|1|TX|18782-3^Findings^LN|1|" + b"x" * (MAX_MESSAGE_BYTES + 1024)
+    limit = get_settings(database_url=mllp.database_url).mllp_max_message_bytes
+    big += b"OBX|1|TX|18782-3^Findings^LN|1|" + b"x" * (limit + 1024)
     with mllp.connect(timeout=60) as sock:
         sock.sendall(big)
         refused = read_acks(sock, 1)
