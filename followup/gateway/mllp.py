@@ -73,15 +73,10 @@ START_BLOCK, END_BLOCK, CARRIAGE_RETURN = b"\x0b", b"\x1c", b"\r"
 # refused. asyncio's default stream buffer limit, so a read empties the buffer.
 READ_BYTES = 64 * 1024
 _SYSTEM_ERROR = "the engine could not store the message; resend later"
+# Short enough for MSA-3 (80 characters), where a sender's operator reads them.
 NO_END_BLOCK = "the frame ended without the MLLP end block; it may be cut off"
-END_BLOCK_AT_CLOSE = (
-    "the connection ended after the MLLP end block (0x1C) without its carriage return (0x0D);"
-    " the message may be cut off"
-)
-END_BLOCK_WITHOUT_CR = (
-    "MLLP framing error: the end block (0x1C) was followed by another byte than a carriage"
-    " return (0x0D); the message may be cut off"
-)
+END_BLOCK_AT_CLOSE = "the connection ended after end block 0x1C without its CR 0x0D; may be cut off"
+END_BLOCK_WITHOUT_CR = "MLLP framing error: end block 0x1C not followed by CR 0x0D; may be cut off"
 _NO_START_BLOCK = "message sent without the MLLP start block (0x0B); not stored, resend it framed"
 # The first segment of a message, after any leading whitespace (the BOM stays: decode removes it).
 _FIRST_SEGMENT = re.compile(rb"[ \t\r\n]*([^\r\n]*)")

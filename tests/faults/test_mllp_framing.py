@@ -130,7 +130,7 @@ def test_a_frame_ending_in_fs_without_cr_at_close_is_stored_and_refused(
         {
             "sent": 1,
             "answered": codes(acks),
-            "names_the_cr": ["carriage return" in segments(a)["MSA"][3] for a in acks],
+            "names_the_cr": ["CR 0x0D" in segments(a)["MSA"][3] for a in acks],
             "stored": statuses(rows),
             "stored_whole": [row.raw == raw for row in rows],
             "lost": lost([raw], acks, rows),
