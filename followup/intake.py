@@ -341,9 +341,15 @@ def _judge_fhir(session: Session, row: InboxMessage, settings: Settings) -> Rece
 
 
 def receive_unterminated(
-    *, session: Session, raw: bytes, source: str, peer: str | None = None
+    *,
+    session: Session,
+    raw: bytes,
+    source: str,
+    peer: str | None = None,
+    reason: str = "the frame ended without the MLLP end block; it may be cut off",
 ) -> Receipt:
-    """A frame cut off by the end of its connection: kept as an error row, never processed.
+    """A frame cut off by the end of its connection, or by a framing error (`reason`): kept
+    as an error row, never processed.
 
     Its end may be missing, so even a message that parses is not trusted. MSH is read only to
     address the answer; MSH-10 is not recorded, so the sender's complete resend is not taken
@@ -357,7 +363,7 @@ def receive_unterminated(
         content_hash=queries.content_hash(raw),
     )
     session.add(row)
-    cut_off = MalformedMessage("the frame ended without the MLLP end block; it may be cut off")
+    cut_off = MalformedMessage(reason)
     # Stored and refused in one commit (nothing is parsed before it): a gateway stopped here
     # leaves no unjudged row that sweep-inbox could take for a complete message.
     receipt = _reject(session, row, cut_off)

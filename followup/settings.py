@@ -51,6 +51,24 @@ class Settings(BaseSettings):
 
     mllp_host: str = Field(default="127.0.0.1", validation_alias="FOLLOWUP_MLLP_HOST")
     mllp_port: int = Field(default=2575, validation_alias="FOLLOWUP_MLLP_PORT")
+    # A message (or a run of bytes outside frames) longer than this is answered AR and its
+    # connection closed, with nothing more of it held: with the connection limits below it
+    # bounds what partial frames can take (32 x 8 MiB). Base64 PDF reports stay well under it.
+    mllp_max_message_bytes: int = Field(
+        default=8 * 1024 * 1024, gt=0, validation_alias="FOLLOWUP_MLLP_MAX_MESSAGE_BYTES"
+    )
+    # Connections beyond these (all senders, one sender's address) are closed at once, logged.
+    mllp_max_connections: int = Field(
+        default=32, ge=1, validation_alias="FOLLOWUP_MLLP_MAX_CONNECTIONS"
+    )
+    mllp_max_connections_per_peer: int = Field(
+        default=16, ge=1, validation_alias="FOLLOWUP_MLLP_MAX_CONNECTIONS_PER_PEER"
+    )
+    # A connection that sends nothing for this long is closed (a frame it left open is stored
+    # and refused first, as at the end of a connection).
+    mllp_idle_timeout_seconds: float = Field(
+        default=600.0, gt=0, validation_alias="FOLLOWUP_MLLP_IDLE_TIMEOUT_SECONDS"
+    )
     http_host: str = Field(default="127.0.0.1", validation_alias="FOLLOWUP_HTTP_HOST")
     http_port: int = Field(default=8000, validation_alias="FOLLOWUP_HTTP_PORT")
     # A flow run holds its inbox row this long; a row still `processing` after that belongs to

@@ -1,11 +1,38 @@
-"""MLLP listener for HL7 v2 results, orders and ADT, on python-hl7's asyncio MLLP streams.
+"""MLLP listener for HL7 v2 results, orders and ADT, on asyncio streams.
 
-Choices, and why:
+Framing follows MLLP release 2: a block is <VT> data <FS><CR>, and the data of an HL7 v2
+message holds neither VT (0x0B) nor FS (0x1C). What a receiver does with a byte that breaks
+that is ours to decide; here the rule is to lose nothing quietly (`FrameDecoder`):
 
-* Frames are read as bytes (`readblock`) and never decoded by the stream: the inbox keeps the
-  bytes as sent, and the charset is the message's own (MSH-18, BOM, Latin-1), which
-  `hl7v2.decode_message` works out. The streams still get an explicit encoding because
-  python-hl7 falls back to ASCII for anything that does decode.
+* Once a frame has started, VT is content: a VT inside report text does not restart the frame
+  (that dropped the frame's head). The message then goes to intake as sent.
+* FS must be followed by CR. FS followed by any other byte is a framing error, not content:
+  FS can only be meant as the end block, so the frame ends there, and since the trailer is
+  broken nothing says the message before it is whole. It is stored and refused (AE), like a
+  frame cut off by the end of the connection; the byte after FS is read as outside a frame.
+* A frame still open when the connection ends or goes idle (with or without its FS) is stored
+  once and refused (AE, answered if the peer still reads): never silently dropped.
+* Bytes outside a frame are a message sent without its start block, or noise. A run of them
+  ends at the next VT, at FS CR (a sender that omits VT waits for its answer there) or at the
+  end of the connection. A run whose first segment is a readable MSH is answered AR and not
+  stored; any other run is logged with the peer and its byte count (whitespace between frames,
+  which many senders send, at debug level). Either way the run is not a message we hold.
+* A message (or a run of stray bytes) over `mllp_max_message_bytes` is answered AR naming the
+  limit (its MSH read from the bytes so far, when readable), nothing of it is stored, and the
+  connection is closed at once: without its end the stream cannot be resynchronised, and
+  reading on to the end only to refuse it would hold it all in memory.
+* Connections beyond `mllp_max_connections` (in total) or `mllp_max_connections_per_peer`
+  (from one address) are closed as they are accepted, with a log line; a connection silent
+  for `mllp_idle_timeout_seconds` is closed.
+
+Memory: asyncio's stream buffer pauses reading past 128 KiB, and a connection reads its next
+bytes only once the previous message is answered, so what one connection holds is bounded
+by the message limit plus one read; the connection limits bound the rest.
+
+Storage and answers:
+
+* Frames are bytes and never decoded here: the inbox keeps the bytes as sent, and the charset
+  is the message's own (MSH-18, BOM, Latin-1), which `hl7v2.decode_message` works out.
 * One task per connection; messages on one connection are answered in order (a sender waits
   for each ACK; one that pipelines still gets its answers in order). The database work is
   synchronous and runs in a worker thread (one per process on SQLite, see
@@ -15,24 +42,20 @@ Choices, and why:
 * `on_accepted(receipt)` runs after the ACK is written, and also when the sender left before
   reading it: the row is committed, the message is ours. A failing callback is logged and
   left to the sweep-inbox flow, which re-submits rows no flow run has claimed.
-* Bytes outside frames (stray CR/LF, garbage, an aborted partial frame) are dropped, as MLLP
-  asks of a receiver. A frame cut off by the end of the connection is stored as an error row
-  (its end may be missing, so it is never processed) and answered AE if the peer still reads.
-  A frame over `max_message_bytes` is answered AR and the connection closed: without its end
-  the stream cannot be resynchronised safely.
-* Logs name the peer, inbox id, accession and ACK code, never message content (PHI).
+* Logs name the peer, byte counts, inbox id, accession and ACK code, never message content
+  (PHI).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from collections import Counter
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import datetime
 from uuid import uuid4
-
-from hl7.mllp import HL7StreamProtocol, HL7StreamReader, HL7StreamWriter
-from hl7.mllp.streams import CARRIAGE_RETURN, END_BLOCK, START_BLOCK
 
 from followup import intake
 from followup.errors import InboundMessageError
@@ -45,48 +68,175 @@ from models.db import session_scope
 logger = logging.getLogger(__name__)
 
 SOURCE = "mllp"
-STREAM_ENCODING = "utf-8"
-DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
-DEFAULT_IDLE_TIMEOUT = 600.0
+START_BLOCK, END_BLOCK, CARRIAGE_RETURN = b"\x0b", b"\x1c", b"\r"
+# What one read takes from the socket: the most a message can run over its limit before it is
+# refused. asyncio's default stream buffer limit, so a read empties the buffer.
+READ_BYTES = 64 * 1024
 _SYSTEM_ERROR = "the engine could not store the message; resend later"
+# Short enough for MSA-3 (80 characters), where a sender's operator reads them.
+NO_END_BLOCK = "the frame ended without the MLLP end block; it may be cut off"
+END_BLOCK_AT_CLOSE = "the connection ended after end block 0x1C without its CR 0x0D; may be cut off"
+END_BLOCK_WITHOUT_CR = "MLLP framing error: end block 0x1C not followed by CR 0x0D; may be cut off"
+_NO_START_BLOCK = "message sent without the MLLP start block (0x0B); not stored, resend it framed"
+# The first segment of a message, after any leading whitespace (the BOM stays: decode removes it).
+_FIRST_SEGMENT = re.compile(rb"[ \t\r\n]*([^\r\n]*)")
 
 
-class FrameReader(HL7StreamReader):
-    """python-hl7's reader, dropping bytes outside frames instead of failing on them."""
+# --- framing: bytes in, frames and framing problems out (no sockets) ---------------------------
 
-    async def readblock(self) -> bytes:
-        """The next frame's content (without <VT> and <FS><CR>), as bytes.
 
-        Raises IncompleteReadError at the end of the stream (its `partial` holds what was
-        read of an unterminated frame) and LimitOverrunError for a frame over the limit.
-        """
-        while True:
-            chunk = await self.readuntil(END_BLOCK + CARRIAGE_RETURN)
-            start = chunk.rfind(START_BLOCK)
-            dropped = len(chunk) if start == -1 else start
-            if dropped:
-                logger.warning("dropped %d bytes outside MLLP frames", dropped)
-            if start != -1:
-                return chunk[start + 1 : -len(END_BLOCK + CARRIAGE_RETURN)]
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A whole frame's content, without <VT> and <FS><CR>."""
+
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UnterminatedFrame:
+    """A frame that did not end with <FS><CR>: its content so far, and what went wrong."""
+
+    content: bytes
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class StrayBytes:
+    """A run of bytes outside any frame (without an <FS><CR> that ended it); `size` counts
+    every byte of the run, framing bytes included."""
+
+    content: bytes
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class OversizeMessage:
+    """A frame or stray run that went over the limit: its first segment (for MSH) and how
+    many of its bytes were read. The decoder reads nothing after it."""
+
+    first_segment: bytes
+    size: int
+
+
+FramingEvent = Frame | UnterminatedFrame | StrayBytes | OversizeMessage
+
+
+class FrameDecoder:
+    """MLLP release 2 framing over one connection's byte stream (see the module docstring)."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.stopped = False  # after an oversize message: the stream cannot be resynchronised
+        self._held = bytearray()  # the open frame's content, or the stray run's bytes
+        self._run_size = 0  # bytes read of the open frame or stray run, framing included
+        self._in_frame = False
+        self._after_end_block = False  # the last byte read was an FS
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes read of a frame or stray run not yet complete."""
+        return self._run_size
+
+    def feed(self, data: bytes) -> list[FramingEvent]:
+        """The frames and problems that `data`, read after everything fed before, completes."""
+        events: list[FramingEvent] = []
+        position = 0
+        while position < len(data) and not self.stopped:
+            if self._after_end_block:
+                position = self._after_fs(data, position, events)
+            elif self._in_frame:
+                position = self._in_frame_bytes(data, position, events)
+            else:
+                position = self._outside_bytes(data, position, events)
+        return events
+
+    def finish(self) -> list[FramingEvent]:
+        """The end of the stream: the open frame or stray run, if any."""
+        if self.stopped or self._run_size == 0:
+            return []
+        if self._in_frame:
+            problem = END_BLOCK_AT_CLOSE if self._after_end_block else NO_END_BLOCK
+            return [UnterminatedFrame(self._take(), problem)]
+        if self._after_end_block:
+            self._held += END_BLOCK
+        return [StrayBytes(self._take(), self._take_size())]
+
+    def _after_fs(self, data: bytes, position: int, events: list[FramingEvent]) -> int:
+        self._after_end_block = False
+        if data[position] == CARRIAGE_RETURN[0]:
+            if self._in_frame:
+                events.append(Frame(self._take()))
+                self._in_frame = False
+                self._run_size = 0
+            else:
+                self._run_size += 1
+                events.append(StrayBytes(self._take(), self._take_size()))
+            return position + 1
+        if self._in_frame:
+            events.append(UnterminatedFrame(self._take(), END_BLOCK_WITHOUT_CR))
+            self._in_frame = False
+            self._run_size = 0
+        else:
+            self._held += END_BLOCK  # stray content; counted in the run's size when read
+        return position  # the byte after FS is read again, outside a frame or in the stray run
+
+    def _in_frame_bytes(self, data: bytes, position: int, events: list[FramingEvent]) -> int:
+        end = data.find(END_BLOCK, position)
+        stop = len(data) if end == -1 else end
+        self._hold(data[position:stop], events)
+        if end == -1:
+            return stop
+        self._after_end_block = True
+        self._run_size += 1
+        return end + 1
+
+    def _outside_bytes(self, data: bytes, position: int, events: list[FramingEvent]) -> int:
+        if self._run_size == 0 and data[position] == START_BLOCK[0]:
+            self._in_frame = True
+            self._run_size = 1
+            return position + 1
+        marks = (data.find(START_BLOCK, position), data.find(END_BLOCK, position))
+        found = [mark for mark in marks if mark != -1]
+        stop = min(found) if found else len(data)
+        self._hold(data[position:stop], events)
+        if not found or self.stopped:
+            return stop
+        if data[stop] == END_BLOCK[0]:
+            self._after_end_block = True
+            self._run_size += 1
+            return stop + 1
+        events.append(StrayBytes(self._take(), self._take_size()))
+        return stop  # the VT starts a frame
+
+    def _hold(self, chunk: bytes, events: list[FramingEvent]) -> None:
+        self._held += chunk
+        self._run_size += len(chunk)
+        if len(self._held) > self.max_message_bytes:
+            events.append(OversizeMessage(_first_segment(self._held), self._run_size))
+            self._held = bytearray()
+            self.stopped = True
+
+    def _take(self) -> bytes:
+        held, self._held = self._held, bytearray()
+        return bytes(held)
+
+    def _take_size(self) -> int:
+        size, self._run_size = self._run_size, 0
+        return size
+
+
+# --- the listener ------------------------------------------------------------------------------
 
 
 class MLLPListener:
     """Accepts HL7 v2 over MLLP, stores each message through intake, answers with an ACK."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        on_accepted: OnAccepted,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-    ) -> None:
+    def __init__(self, settings: Settings, *, on_accepted: OnAccepted) -> None:
         self.settings = settings
         self.on_accepted = on_accepted
-        self.max_message_bytes = max_message_bytes
-        self.idle_timeout = idle_timeout
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._per_peer: Counter[str] = Counter()
 
     @property
     def port(self) -> int:
@@ -95,16 +245,11 @@ class MLLPListener:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self, host: str | None = None, port: int | None = None) -> None:
-        loop = asyncio.get_running_loop()
-
-        def protocol() -> HL7StreamProtocol:
-            reader = FrameReader(limit=self.max_message_bytes, loop=loop, encoding=STREAM_ENCODING)
-            return HL7StreamProtocol(reader, self._connected, loop=loop, encoding=STREAM_ENCODING)
-
-        self._server = await loop.create_server(
-            protocol,
+        self._server = await asyncio.start_server(
+            self._connected,
             host if host is not None else self.settings.mllp_host,
             port if port is not None else self.settings.mllp_port,
+            limit=READ_BYTES,
         )
         logger.info("MLLP listener on %s:%d", host or self.settings.mllp_host, self.port)
 
@@ -119,35 +264,98 @@ class MLLPListener:
         await self._server.wait_closed()
         self._server = None
 
-    def _connected(self, reader: FrameReader, writer: HL7StreamWriter) -> None:
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+    def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer, host = _peer(writer)
+        refusal = self._over_connection_limits(host)
+        if refusal:
+            logger.warning("refusing an MLLP connection from %s: %s", peer, refusal)
+            writer.close()
+            return
+        self._per_peer[host] += 1
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer, peer))
         self._connections.add(task)
-        task.add_done_callback(self._connections.discard)
+        task.add_done_callback(lambda done: self._disconnected(done, host))
 
-    async def _serve(self, reader: FrameReader, writer: HL7StreamWriter) -> None:
-        peer = _peer(writer)
+    def _over_connection_limits(self, host: str) -> str | None:
+        total = self.settings.mllp_max_connections
+        per_peer = self.settings.mllp_max_connections_per_peer
+        if len(self._connections) >= total:
+            return f"{len(self._connections)} connections open (limit {total})"
+        if self._per_peer[host] >= per_peer:
+            return f"{self._per_peer[host]} connections open from {host} (limit {per_peer})"
+        return None
+
+    def _disconnected(self, task: asyncio.Task[None], host: str) -> None:
+        self._connections.discard(task)
+        self._per_peer[host] -= 1
+        if self._per_peer[host] <= 0:
+            del self._per_peer[host]
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+    ) -> None:
+        decoder = FrameDecoder(self.settings.mllp_max_message_bytes)
         try:
-            while True:
-                try:
-                    frame = await asyncio.wait_for(reader.readblock(), self.idle_timeout)
-                except TimeoutError:
-                    logger.info("closing idle MLLP connection from %s", peer)
+            while not decoder.stopped:
+                data = await self._read(reader, peer)
+                for event in decoder.feed(data) if data else decoder.finish():
+                    await self._handle(event, writer, peer)
+                if not data:
                     return
-                except asyncio.IncompleteReadError as end:
-                    await self._unterminated(end.partial, writer, peer)
-                    return
-                except asyncio.LimitOverrunError:
-                    await self._too_large(writer, peer)
-                    return
-                await self._message(frame, writer, peer)
-        except ConnectionError:
-            logger.info("MLLP connection from %s lost", peer)
+            await self._discard_rest(reader, writer, peer)
+        except asyncio.CancelledError:
+            if decoder.pending_bytes:
+                # Never answered, so the sender resends it whole to the next gateway.
+                logger.warning(
+                    "stopping: %d bytes of an unfinished MLLP message from %s not stored",
+                    decoder.pending_bytes,
+                    peer,
+                )
+            raise
         finally:
             writer.close()
             with suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _message(self, frame: bytes, writer: HL7StreamWriter, peer: str) -> None:
+    async def _read(self, reader: asyncio.StreamReader, peer: str) -> bytes:
+        """The next bytes; empty at the end of the connection, or when it went idle or was
+        lost (what was read of an open frame is then stored and refused all the same)."""
+        try:
+            return await asyncio.wait_for(
+                reader.read(READ_BYTES), self.settings.mllp_idle_timeout_seconds
+            )
+        except TimeoutError:
+            logger.info("closing idle MLLP connection from %s", peer)
+        except ConnectionError:
+            logger.info("MLLP connection from %s lost", peer)
+        return b""
+
+    async def _discard_rest(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+    ) -> None:
+        """After an oversize message, read and drop what the peer is still sending (for at
+        most the idle timeout): closing with unread bytes would reset the connection, and the
+        peer, still writing, would never read the AR that says why."""
+        if writer.can_write_eof() and not writer.is_closing():
+            writer.write_eof()
+        discarded = 0
+        with suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(self.settings.mllp_idle_timeout_seconds):
+                while chunk := await reader.read(READ_BYTES):
+                    discarded += len(chunk)
+        logger.info("discarded %d more bytes from %s before closing", discarded, peer)
+
+    async def _handle(self, event: FramingEvent, writer: asyncio.StreamWriter, peer: str) -> None:
+        if isinstance(event, Frame):
+            await self._message(event.content, writer, peer)
+        elif isinstance(event, UnterminatedFrame):
+            await self._unterminated(event, writer, peer)
+        elif isinstance(event, StrayBytes):
+            await self._stray(event, writer, peer)
+        else:
+            await self._too_large(event, writer, peer)
+
+    async def _message(self, frame: bytes, writer: asyncio.StreamWriter, peer: str) -> None:
         receipt, answer = await in_database_thread(
             self.settings.database_url, self._answer, frame, peer
         )
@@ -209,63 +417,115 @@ class MLLPListener:
         )
         return ack.encode_ack(text, like=frame)
 
-    async def _unterminated(self, partial: bytes, writer: HL7StreamWriter, peer: str) -> None:
-        start = partial.rfind(START_BLOCK)
-        content = partial[start + 1 :] if start != -1 else b""
-        if not content.strip():
-            return  # a clean close between messages
+    async def _unterminated(
+        self, frame: UnterminatedFrame, writer: asyncio.StreamWriter, peer: str
+    ) -> None:
+        if not frame.content.strip():
+            logger.warning(
+                "MLLP frame from %s ended with no message in it (%d bytes)",
+                peer,
+                len(frame.content),
+            )
+            return
         receipt = await in_database_thread(
-            self.settings.database_url, self._store_unterminated, content, peer
+            self.settings.database_url, self._store_unterminated, frame, peer
         )
         if receipt is not None:
-            await _write(writer, self._ack_for(receipt, content), peer)
+            await _write(writer, self._ack_for(receipt, frame.content), peer)
 
-    def _store_unterminated(self, content: bytes, peer: str) -> Receipt | None:
+    def _store_unterminated(self, frame: UnterminatedFrame, peer: str) -> Receipt | None:
         try:
             with session_scope(self.settings.database_url) as session:
                 receipt = intake.receive_unterminated(
-                    session=session, raw=content, source=SOURCE, peer=peer
+                    session=session,
+                    raw=frame.content,
+                    source=SOURCE,
+                    peer=peer,
+                    reason=frame.problem,
                 )
         except Exception as exc:
             logger.error("could not store a cut-off frame from %s: %s", peer, type(exc).__name__)
             return None
-        logger.warning("inbox %d from %s: frame without end block", receipt.inbox_id, peer)
+        logger.warning(
+            "inbox %d from %s: unterminated frame of %d bytes, refused",
+            receipt.inbox_id,
+            peer,
+            len(frame.content),
+        )
         return receipt
 
-    async def _too_large(self, writer: HL7StreamWriter, peer: str) -> None:
-        logger.warning("MLLP frame from %s over %d bytes", peer, self.max_message_bytes)
+    async def _stray(self, stray: StrayBytes, writer: asyncio.StreamWriter, peer: str) -> None:
+        if not stray.content.strip():
+            logger.debug(
+                "%d bytes outside MLLP frames from %s: whitespace or framing only", stray.size, peer
+            )
+            return
+        header = _header(stray.content)
+        if header is None:
+            logger.warning("dropped %d bytes outside MLLP frames from %s", stray.size, peer)
+            return
+        logger.warning(
+            "%d bytes outside MLLP frames from %s start with MSH: answered AR", stray.size, peer
+        )
+        outcome = ack.AckOutcome(code="AR", reason=_NO_START_BLOCK, error_kind="MalformedMessage")
+        await _write(
+            writer, self._ack(header, outcome, stray.content, control_id=_fresh_id()), peer
+        )
+
+    async def _too_large(
+        self, oversize: OversizeMessage, writer: asyncio.StreamWriter, peer: str
+    ) -> None:
+        limit = self.settings.mllp_max_message_bytes
+        logger.warning(
+            "MLLP message from %s over the %d-byte limit (%d bytes read): refused, closing",
+            peer,
+            limit,
+            oversize.size,
+        )
         outcome = ack.AckOutcome(
             code="AR",
-            reason=f"message larger than {self.max_message_bytes} bytes",
+            reason=f"message larger than the receiver's limit of {limit} bytes",
             error_kind="MalformedMessage",
         )
-        await _write(writer, self._ack(None, outcome, b"", control_id=_fresh_id()), peer)
+        answer = self._ack(
+            _header(oversize.first_segment), outcome, oversize.first_segment, control_id=_fresh_id()
+        )
+        await _write(writer, answer, peer)
 
 
-async def _write(writer: HL7StreamWriter, answer: bytes, peer: str) -> None:
+async def _write(writer: asyncio.StreamWriter, answer: bytes, peer: str) -> None:
     if writer.is_closing():
         logger.warning("%s left before its ACK was sent", peer)
         return
-    writer.writeblock(answer)
+    writer.write(START_BLOCK + answer + END_BLOCK + CARRIAGE_RETURN)
     try:
         await writer.drain()
     except ConnectionError:
         logger.warning("%s left before its ACK was sent", peer)
 
 
-def _header(frame: bytes) -> hl7v2.MessageHeader | None:
+def _header(content: bytes) -> hl7v2.MessageHeader | None:
+    """MSH, read from the first segment only: the rest may be megabytes, or missing."""
     try:
-        return hl7v2.message_header(hl7v2.parse_message(hl7v2.decode_message(frame)))
+        return hl7v2.message_header(
+            hl7v2.parse_message(hl7v2.decode_message(_first_segment(content)))
+        )
     except InboundMessageError:
         return None
+
+
+def _first_segment(content: bytes | bytearray) -> bytes:
+    match = _FIRST_SEGMENT.match(content)
+    return bytes(match.group(1)) if match else b""
 
 
 def _fresh_id() -> str:
     return f"ACK{uuid4().hex[:16].upper()}"
 
 
-def _peer(writer: HL7StreamWriter) -> str:
+def _peer(writer: asyncio.StreamWriter) -> tuple[str, str]:
+    """The peer as `address:port` for logs, and its address alone for the per-peer limit."""
     address = writer.get_extra_info("peername")
     if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return str(address)
+        return f"{address[0]}:{address[1]}", str(address[0])
+    return str(address), str(address)

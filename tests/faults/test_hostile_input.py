@@ -33,7 +33,6 @@ from twilio.request_validator import RequestValidator
 
 from followup import pipeline
 from followup.gateway.http import FHIR_JSON, create_app
-from followup.gateway.mllp import DEFAULT_MAX_MESSAGE_BYTES
 from followup.messaging.replies import REPLY_TASK
 from followup.scheduling import site_holidays
 from followup.settings import get_settings
@@ -89,12 +88,13 @@ def flow_outcomes(database_url: str) -> dict[str, str]:
 def test_a_frame_over_the_size_limit_is_refused_and_the_gateway_keeps_serving(
     mllp: RunningListener,
 ) -> None:
-    """Fault: an MLLP frame 1 KiB over the listener's production limit (32 MiB) with no end
+    """Fault: an MLLP frame 1 KiB over the listener's default limit (8 MiB) with no end
     block in sight, then a normal ORU^R01 on a new connection.
     Expected: the big frame gets one AR and its connection is closed, and nothing of it is
     stored; the next message is answered AA: one inbox row."""
     big = VT + b"MSH|^~\\&|RIS|FAC|FOLLOWUP|FAC|20261208||ORU^R01|BIG-1|P|2.5.1\r"
-    big += b"OBX|1|TX|18782-3^Findings^LN|1|" + b"x" * (DEFAULT_MAX_MESSAGE_BYTES + 1024)
+    limit = get_settings(database_url=mllp.database_url).mllp_max_message_bytes
+    big += b"OBX|1|TX|18782-3^Findings^LN|1|" + b"x" * (limit + 1024)
     with mllp.connect(timeout=60) as sock:
         sock.sendall(big)
         refused = read_acks(sock, 1)

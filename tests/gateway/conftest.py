@@ -88,11 +88,13 @@ class _LoopThread:
         self.loop.close()
 
 
-def start_listener(database_url: str, **options: Any) -> Iterator[RunningListener]:
-    settings = get_settings(database_url=database_url)
+def start_listener(database_url: str, **settings: Any) -> Iterator[RunningListener]:
+    """A listener on `database_url`; keyword arguments override its settings."""
     loop = _LoopThread()
     running = RunningListener(port=0, database_url=database_url)
-    listener = MLLPListener(settings, on_accepted=running.accepted.append, **options)
+    listener = MLLPListener(
+        get_settings(database_url=database_url, **settings), on_accepted=running.accepted.append
+    )
     loop.run(listener.start("127.0.0.1", 0))
     running.port = listener.port
     try:
@@ -104,4 +106,4 @@ def start_listener(database_url: str, **options: Any) -> Iterator[RunningListene
 
 @pytest.fixture
 def mllp(database_url: str) -> Iterator[RunningListener]:
-    yield from start_listener(database_url, idle_timeout=30)
+    yield from start_listener(database_url, mllp_idle_timeout_seconds=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -13,6 +14,17 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from followup.gateway.mllp import (
+    END_BLOCK_AT_CLOSE,
+    END_BLOCK_WITHOUT_CR,
+    NO_END_BLOCK,
+    Frame,
+    FrameDecoder,
+    FramingEvent,
+    OversizeMessage,
+    StrayBytes,
+    UnterminatedFrame,
+)
 from followup.intake import parse_stored
 from followup.settings import get_settings
 from models.db import session_scope
@@ -60,6 +72,90 @@ def mllp_send(path: Path, port: int) -> list[bytes]:
         check=True,
     )
     return [block.strip(b"\n").lstrip(VT) for block in done.stdout.split(FS + CR)[:-1]]
+
+
+# --- the frame decoder alone (no sockets) ------------------------------------------------------
+
+
+def in_pieces(stream: bytes, piece: int | None) -> list[bytes]:
+    """The stream whole (None) or in pieces of `piece` bytes: frame boundaries must not
+    depend on how the bytes arrive."""
+    if piece is None:
+        return [stream]
+    return [stream[i : i + piece] for i in range(0, len(stream), piece)]
+
+
+def decode(stream: bytes, *, piece: int | None) -> list[FramingEvent]:
+    decoder = FrameDecoder(1000)
+    return [e for part in in_pieces(stream, piece) for e in decoder.feed(part)] + decoder.finish()
+
+
+@pytest.mark.parametrize("piece", [None, 1, 2, 5])
+@pytest.mark.parametrize(
+    ("stream", "events"),
+    [
+        (VT + b"MSH|a" + FS + CR, [Frame(b"MSH|a")]),
+        # once a frame has started, VT is content: the head is kept
+        (VT + b"MSH|a" + VT + b"b" + FS + CR, [Frame(b"MSH|a\x0bb")]),
+        (
+            VT + b"MSH|a" + FS + CR + VT + b"MSH|b" + FS + CR,
+            [Frame(b"MSH|a"), Frame(b"MSH|b")],
+        ),
+        # FS then anything but CR: a framing error; what follows is outside a frame
+        (
+            VT + b"MSH|a" + FS + b"\n" + VT + b"MSH|b" + FS + CR,
+            [
+                UnterminatedFrame(b"MSH|a", END_BLOCK_WITHOUT_CR),
+                StrayBytes(b"\n", 1),
+                Frame(b"MSH|b"),
+            ],
+        ),
+        (
+            VT + b"MSH|a" + FS + VT + b"MSH|b" + FS + CR,
+            [UnterminatedFrame(b"MSH|a", END_BLOCK_WITHOUT_CR), Frame(b"MSH|b")],
+        ),
+        # the connection ends inside a frame, after its FS or before
+        (VT + b"MSH|a" + FS, [UnterminatedFrame(b"MSH|a", END_BLOCK_AT_CLOSE)]),
+        (VT + b"MSH|a", [UnterminatedFrame(b"MSH|a", NO_END_BLOCK)]),
+        (VT, [UnterminatedFrame(b"", NO_END_BLOCK)]),
+        # outside a frame: a run ends at VT, at FS CR or at the end; its size counts it all
+        (b"MSH|a" + FS + CR, [StrayBytes(b"MSH|a", 7)]),
+        (
+            b"noise" + VT + b"MSH|a" + FS + CR + b"\r\n",
+            [StrayBytes(b"noise", 5), Frame(b"MSH|a"), StrayBytes(b"\r\n", 2)],
+        ),
+        (b"a" + FS + b"b" + FS + CR, [StrayBytes(b"a\x1cb", 5)]),
+        (b"a" + FS, [StrayBytes(b"a\x1c", 2)]),
+        (b"", []),
+    ],
+)
+def test_frame_decoder(stream: bytes, events: list[FramingEvent], piece: int | None) -> None:
+    assert decode(stream, piece=piece) == events
+
+
+@pytest.mark.parametrize("piece", [None, 1, 64])
+@pytest.mark.parametrize(
+    "stream",
+    [
+        VT + b"MSH|^~\\&|R\rOBX|" + b"x" * 200 + FS + CR + VT + b"MSH|b" + FS + CR,
+        b"\r\nMSH|^~\\&|R\rOBX|" + b"x" * 200,  # no start block either
+    ],
+)
+def test_frame_decoder_stops_at_the_limit(stream: bytes, piece: int | None) -> None:
+    decoder = FrameDecoder(100)
+    events = []
+    for part in in_pieces(stream, piece):
+        events += decoder.feed(part)
+        if decoder.stopped:
+            break
+    events += decoder.finish()
+
+    [oversize] = events
+    assert isinstance(oversize, OversizeMessage)
+    assert oversize.first_segment == b"MSH|^~\\&|R"  # for the AR's MSA-2
+    # Read no further than the piece that went over the limit, and nothing after it.
+    assert 100 < oversize.size <= 102 + (piece or len(stream))
+    assert decoder.feed(VT + b"MSH|c" + FS + CR) == []
 
 
 # --- mllp_send with the project's samples and the public ones ----------------------------------
@@ -226,12 +322,15 @@ def test_split_frames_from_a_slow_sender(mllp: RunningListener) -> None:
     assert mllp.rows()[0].raw == GOOD.read_bytes()
 
 
-def test_garbage_between_frames_is_dropped(mllp: RunningListener) -> None:
+def test_garbage_between_frames_is_logged_and_frames_around_it_are_answered(
+    mllp: RunningListener, caplog: pytest.LogCaptureFixture
+) -> None:
     one, two = variant(GOOD.read_bytes(), 1), variant(GOOD.read_bytes(), 2)
+    caplog.set_level(logging.WARNING, logger="followup.gateway.mllp")
     with mllp.connect() as sock:
         sock.sendall(b"\r\n" + frame(one) + b"\r\nnoise\x00\xff" + frame(two) + b"\n")
         acks = read_acks(sock, 2)
-        sock.sendall(b"more noise" + FS + CR + b"\x0bMSH|aborted" + frame(one))
+        sock.sendall(b"more noise" + FS + CR + frame(one))
         acks += read_acks(sock, 1)
 
     assert [segments(a)["MSA"][1:3] for a in acks] == [
@@ -239,6 +338,10 @@ def test_garbage_between_frames_is_dropped(mllp: RunningListener) -> None:
     ]  # fmt: skip
     assert [row.raw for row in mllp.rows()] == [one, two, one]
     assert mllp.rows()[2].status == InboxStatus.DUPLICATE
+    # Counted, not quoted: "\r\nnoise\0\xff" is 9 bytes; "\n", "more noise" and FS CR are 13.
+    assert [r.getMessage().split(" from ")[0] for r in caplog.records] == [
+        "dropped 9 bytes outside MLLP frames", "dropped 13 bytes outside MLLP frames",
+    ]  # fmt: skip
 
 
 def test_frame_without_end_block_is_kept_as_an_error(mllp: RunningListener) -> None:
@@ -307,7 +410,7 @@ def test_latin1_and_bom(mllp: RunningListener) -> None:
 
 
 def test_frame_over_the_limit_is_refused(database_url: str) -> None:
-    for listener in start_listener(database_url, max_message_bytes=2000):
+    for listener in start_listener(database_url, mllp_max_message_bytes=2000):
         with listener.connect() as sock:
             sock.sendall(VT + b"MSH|^~\\&|" + b"x" * 5000)
             [ack] = read_acks(sock, 1)
@@ -318,9 +421,26 @@ def test_frame_over_the_limit_is_refused(database_url: str) -> None:
 
 
 def test_idle_connection_is_closed(database_url: str) -> None:
-    for listener in start_listener(database_url, idle_timeout=0.3):
+    for listener in start_listener(database_url, mllp_idle_timeout_seconds=0.3):
         with listener.connect() as sock:
             assert sock.recv(10) == b""
+
+
+def test_stopping_logs_an_unfinished_frame(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="followup.gateway.mllp")
+    with socket.socket() as sock:
+        for listener in start_listener(database_url):
+            sock.connect(("127.0.0.1", listener.port))
+            sock.sendall(VT + GOOD.read_bytes()[:100])
+            time.sleep(1)  # read by the listener before it stops (no sign of it outside)
+            rows = listener.rows()
+
+    assert rows == []
+    assert [r.getMessage().split(" from ")[0] for r in caplog.records] == [
+        "stopping: 101 bytes of an unfinished MLLP message"
+    ]
 
 
 def test_database_down_answers_ar(tmp_path: Path) -> None:
