@@ -238,6 +238,12 @@ def _normalized(values: Mapping[str, Any]) -> dict[str, Any]:
         "urgency": values["urgency"],
         "critical": bool(values["critical"]),
         "referrals": sorted(values["referrals"]),
-        "additional_testing": sorted(values["additional_testing"]),
+        # Test names as labellers spell them ("ct_myelography") or the rules do ("CT
+        # myelography"): the same test either way.
+        "additional_testing": sorted(_test_name(test) for test in values["additional_testing"]),
         "needs_review": bool(values["needs_review"]),
     }
+
+
+def _test_name(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())

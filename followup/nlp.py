@@ -394,6 +394,9 @@ _RADIOLOGY_CONTEXT = [
         ],
     ),
     _rule("neither", _NEG, "FORWARD"),
+    # "non-compressive myelopathy", "non enhancing lesions": the prefix negates the next word
+    # only, so the finding it qualifies ("myelopathy", "lesions") is still read.
+    _rule("non-", _NEG, "FORWARD", [{"LOWER": "non"}, {"ORTH": "-", "OP": "?"}], max_scope=1),
     # "Cord compression: none." - a checklist answer, so it must end the statement.
     _rule(
         ": no",
@@ -846,9 +849,11 @@ def _rule_patterns(
 
 def _target_rules(nlp: Language, rules: RoutingRules) -> Iterator[TargetRule]:
     variants = dict(rules.spelling_variants)
+    rule_phrases: set[str] = set()
     for rule in rules.rules:
         for matched in _rule_patterns(nlp, rules, rule):
             if isinstance(matched, str):
+                rule_phrases.add(matched.lower())
                 yield TargetRule(matched, rule.label)
             else:
                 yield TargetRule(rule.label, rule.label, pattern=matched)
@@ -860,6 +865,11 @@ def _target_rules(nlp: Language, rules: RoutingRules) -> Iterator[TargetRule]:
             for phrase in rule.qualifier.phrases:
                 roles.setdefault(phrase, set()).add(rule.label)
     for phrase, qualifies in roles.items():
+        if not qualifies and phrase.lower() in rule_phrases:
+            # A cue that is itself a rule's phrase ("abscess") is routed by that rule. Matched
+            # twice on the same span, the tie between the two would go by rule order, and the
+            # cue could win and hide the finding.
+            continue
         words = _tokens(nlp, phrase)
         metadata = {
             "cue": any(_contains(words, cue) for cue in cue_words),

@@ -360,9 +360,8 @@ def test_batch_equals_one_at_a_time(rules) -> None:
 
 
 def test_corpus_is_well_formed_and_covers_every_rule(rules) -> None:
-    splits = {
-        name: load_cases(CORPUS / f"{name}.jsonl") for name in ("dev", "test", "dev_v2", "test_v2")
-    }
+    names = ("dev", "test", "dev_v2", "test_v2", "test_v3")
+    splits = {name: load_cases(CORPUS / f"{name}.jsonl") for name in names}
     everything = [case for cases in splits.values() for case in cases]
     assert len(everything) >= 400 and len(splits["test"]) >= 50
     assert len(splits["test_v2"]) >= 200
@@ -398,7 +397,9 @@ def test_held_out_exact_decisions(held_out: EvalReport) -> None:
 
 @pytest.fixture(scope="module")
 def held_out_v2(rules) -> EvalReport:
-    # Written and committed before the issue-18 rule changes; never tuned on.
+    # Written and committed before the issue-18 rule changes. Its two misses ("Conus:
+    # compressed by …") were then fixed as a general label-line style, so it is no longer
+    # wholly unseen; test_v3 is the newer yardstick.
     return evaluate(load_cases(CORPUS / "test_v2.jsonl"), rules)
 
 
@@ -406,6 +407,23 @@ def test_held_out_v2_exact_decisions_and_false_alarms(held_out_v2: EvalReport) -
     assert held_out_v2.cases >= 200 and held_out_v2.critical_expected >= 60
     assert held_out_v2.exact_accuracy >= 0.95, format_report(held_out_v2)
     assert held_out_v2.false_alarms_per_100 <= 1.0, format_report(held_out_v2)
+
+
+@pytest.fixture(scope="module")
+def held_out_v3(rules) -> EvalReport:
+    # Written from DOMAIN.md alone by someone who never saw the rules or earlier corpora.
+    # Measured when committed: 123/150 exact, critical 47/50, one false alarm. Three of its
+    # critical misses' families (label lines, a typo, the "non-" prefix) were fixed after.
+    return evaluate(load_cases(CORPUS / "test_v3.jsonl"), rules)
+
+
+def test_held_out_v3_does_not_fall_back(held_out_v3: EvalReport) -> None:
+    """Not the issue's target (100% critical, 95% exact): a floor at today's measure, so a
+    rule change that loses a critical finding on unseen text fails here."""
+    assert held_out_v3.cases == 150 and held_out_v3.critical_expected == 50
+    assert held_out_v3.critical_recall >= 0.96, format_report(held_out_v3)
+    assert held_out_v3.exact_accuracy >= 0.88, format_report(held_out_v3)
+    assert held_out_v3.false_alarms_per_100 <= 1.0, format_report(held_out_v3)
 
 
 def test_evaluation_report_lists_wrong_cases(rules, tmp_path: Path) -> None:
