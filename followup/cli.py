@@ -98,6 +98,38 @@ def evaluate_corpus(
     typer.echo(format_report(report))
 
 
+@app.command("eval-replies")
+def evaluate_reply_corpus(
+    corpus: Annotated[Path, typer.Argument(help="JSONL of labelled patient texts")] = PROJECT_ROOT
+    / "tests"
+    / "corpus"
+    / "replies_test.jsonl",
+) -> None:
+    """Recall and precision per reply intent and for red flags, and the wrong cases."""
+    from followup.messaging.reply_eval import (
+        evaluate_replies,
+        format_reply_report,
+        load_reply_cases,
+    )
+
+    typer.echo(format_reply_report(evaluate_replies(load_reply_cases(corpus))))
+
+
+replies_app = typer.Typer(help="Patients' texts back.", no_args_is_help=True)
+app.add_typer(replies_app, name="replies")
+
+
+@replies_app.command("classify")
+def replies_classify(
+    path: Annotated[str, typer.Argument(help="a text file, or - for stdin")],
+) -> None:
+    """Read one patient text and print {"intents": [...], "red_flag": bool} (contract)."""
+    from followup.messaging.reply_eval import understand
+
+    text = _read_input(path).decode("utf-8", errors="replace")
+    typer.echo(json.dumps(understand(text).to_contract()))
+
+
 @app.command("seed-demo")
 def seed_demo() -> None:
     """Create the demo clinic: 5 providers with business-hours slots for 4 weeks."""
