@@ -379,6 +379,64 @@ def open_task(
     return existing
 
 
+def open_task_with_texts_from(
+    *, session: Session, kind: str, patient_ids: Collection[int]
+) -> Escalation | None:
+    """The open task of `kind` already showing a text from one of these patients: where their
+    next text goes when it concerns no study (one task per study and kind otherwise)."""
+    if not patient_ids:
+        return None
+    return session.exec(
+        select(Escalation)
+        .join(TwilioEvent, col(TwilioEvent.escalation_id) == col(Escalation.id))
+        .where(
+            Escalation.kind == kind,
+            Escalation.status == EscalationStatus.OPEN,
+            col(TwilioEvent.patient_id).in_(patient_ids),
+        )
+        .order_by(col(Escalation.id).desc())
+    ).first()
+
+
+def note_text_on_task(
+    *, session: Session, task: Escalation, event_id: int | None, notice_due: datetime | None
+) -> int:
+    """Show one more inbound text with `task`; the number of texts it now holds.
+
+    `notice_due`: when the task's next notice should go (re-notify-escalations sends it at its
+    next run once `notified_at` is an interval old); None leaves the notice schedule alone.
+    """
+    if event_id is not None:
+        event = session.get(TwilioEvent, event_id)
+        if event is not None and event.escalation_id is None:
+            event.escalation_id = task.id
+            session.add(event)
+    if notice_due is not None:
+        task.notified_at = notice_due
+        session.add(task)
+    session.flush()
+    return texts_on_task_count(session=session, escalation_id=task.id)
+
+
+def texts_on_task_count(*, session: Session, escalation_id: int | None) -> int:
+    return int(
+        session.exec(
+            select(func.count()).where(col(TwilioEvent.escalation_id) == escalation_id)
+        ).one()
+    )
+
+
+def texts_on_task(*, session: Session, escalation_id: int) -> list[TwilioEvent]:
+    """The inbound texts shown with one task, oldest first."""
+    return list(
+        session.exec(
+            select(TwilioEvent)
+            .where(TwilioEvent.escalation_id == escalation_id)
+            .order_by(col(TwilioEvent.received_at), col(TwilioEvent.id))
+        ).all()
+    )
+
+
 # --- what schedulers and the CLI show ----------------------------------------------------------
 
 

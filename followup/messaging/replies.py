@@ -7,6 +7,14 @@ escalates. Answers to the patient are outbox rows like any other (kinds in
 `policy.REPLY_KINDS`: any hour, outside the caps), so they are sent exactly once and their
 delivery is tracked.
 
+A red flag (`red_flags`) is answered at once, in the webhook's own TwiML response, whether the
+number is known or not: the call-now / 911 text must not wait for a dispatcher run. For a known
+patient the answer is also an outbox row (status queued, never dispatched), so the thread
+shows it. The clinician task it opens is re-notified until acknowledged (re-notify-escalations,
+like a critical finding), its first notice due at once; every text is shown with its task
+(`TwilioEvent.escalation_id`), and a later text on an open task makes the next notice due at
+once instead of being swallowed.
+
 Where Twilio's Advanced Opt-Out already answered a keyword (the webhook's `OptOutType`), the
 engine records the opt-out or opt-in but does not answer a second time.
 """
@@ -15,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
@@ -32,7 +40,9 @@ from models.tables import (
     Appointment,
     AppointmentStatus,
     ImagingStudy,
+    OutboundMessage,
     OutboundMessageBase,
+    OutboundStatus,
     Patient,
     WaitlistOffer,
 )
@@ -58,12 +68,21 @@ class InboundSms:
 
 
 @dataclass(frozen=True, slots=True)
+class InstantAnswer:
+    """A text that goes back in the webhook's TwiML response, not through the dispatcher."""
+
+    body: str
+    message_id: int | None  # its outbox row, for the status callback; None for unknown numbers
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyOutcome:
     intents: tuple[ReplyIntent, ...]
     patient_id: int | None
     appointment_id: int | None
     reply_message_ids: tuple[int, ...]
-    task_ids: tuple[int, ...]
+    task_ids: tuple[int, ...]  # most pressing first
+    instant_answers: tuple[InstantAnswer, ...] = ()
 
 
 @dataclass
@@ -75,6 +94,7 @@ class _Context:
     patients: list[Patient]
     patient: Patient | None
     appointment: Appointment | None
+    event_id: int | None = None  # the stored webhook (TwilioEvent) of this text
 
     @property
     def patient_ids(self) -> list[int]:
@@ -96,17 +116,25 @@ class _Context:
 
 
 def handle_inbound(
-    *, session: Session, sms: InboundSms, settings: Settings, now: datetime
+    *,
+    session: Session,
+    sms: InboundSms,
+    settings: Settings,
+    now: datetime,
+    event_id: int | None = None,
 ) -> ReplyOutcome:
-    """Act on one inbound text. The caller stores the raw webhook and deduplicates it."""
+    """Act on one inbound text. The caller stores the raw webhook (`event_id`) and
+    deduplicates it."""
     patients = mq.patients_with_phone(session=session, phone=sms.from_phone)
     opted_out = mq.phone_suppressed(session=session, phone=sms.from_phone) or any(
         p.sms_opt_out for p in patients
     )
     intents = tuple(reply_intents(sms.body, opted_out=opted_out))
     ctx = _resolve(session, sms, settings, now, patients)
+    ctx.event_id = event_id
     tasks: list[int | None] = []
     replies: list[str] = []
+    instant: list[InstantAnswer] = []
     # Suppression first: it cancels queued texts, and must not cancel the answers made below.
     if ReplyIntent.OPT_OUT in intents:
         _set_opt_out(ctx, opted_out=True)
@@ -116,7 +144,7 @@ def handle_inbound(
         _set_opt_out(ctx, opted_out=False)
     if ReplyIntent.WORSENING in intents:
         tasks.append(_worsening(ctx))
-        replies.insert(0, "urgent_advice")
+        instant.append(_answer_at_once(ctx, "urgent_advice"))
     if ReplyIntent.HELP in intents and sms.carrier_handled != "HELP":
         replies.append("help")
     # Enqueued before the visit answers below, so "worse, and YES" gets the advice first.
@@ -144,6 +172,7 @@ def handle_inbound(
         appointment_id=ctx.appointment.id if ctx.appointment else None,
         reply_message_ids=tuple(reply_ids),
         task_ids=tuple(task for task in tasks if task is not None),
+        instant_answers=tuple(instant),
     )
 
 
@@ -287,14 +316,65 @@ def _reschedule(ctx: _Context, reply_ids: list[int]) -> int | None:
 
 
 def _task(ctx: _Context, kind: str, what: str, *, target: str = SCHEDULER_QUEUE) -> int | None:
-    task = mq.open_task(
-        session=ctx.session,
-        kind=kind,
-        reason=f"{ctx.about()} {what}.",
-        target=target,
-        study_id=ctx.study_id,
+    """Open the task, or join the open one of its study and kind; the text is shown with it.
+
+    A red flag's notice is due at once (re-notify-escalations sends a notice once `notified_at`
+    is an interval old), for the first text and for every later one on the open task.
+    """
+    reason = f"{ctx.about()} {what}."
+    joined = (
+        mq.open_task_with_texts_from(session=ctx.session, kind=kind, patient_ids=ctx.patient_ids)
+        if ctx.study_id is None
+        else None
     )
+    task = joined or mq.open_task(
+        session=ctx.session, kind=kind, reason=reason, target=target, study_id=ctx.study_id
+    )
+    interval = timedelta(minutes=ctx.settings.escalation_renotify_minutes)
+    texts = mq.note_text_on_task(
+        session=ctx.session,
+        task=task,
+        event_id=ctx.event_id,
+        notice_due=ctx.now - interval if kind == WORSENING_TASK else None,
+    )
+    if texts > 1:
+        # The latest text leads: an open task is never left describing only the first one.
+        task.reason = f"{reason} {texts} texts on this task: followup replies show {task.id}."
+        ctx.session.add(task)
     return task.id
+
+
+def _answer_at_once(ctx: _Context, kind: str) -> InstantAnswer:
+    """Render an answer for the webhook's response, in the patient's language (the clinic's
+    default for an unknown number), kept in the outbox for a known patient."""
+    patient = ctx.patient
+    rendered = render_sms(
+        kind,
+        patient.language if patient else "en",
+        _reply_context(ctx),
+        templates_dir=ctx.settings.templates_dir,
+    )
+    if patient is None or patient.id is None:
+        return InstantAnswer(body=rendered.body, message_id=None)
+    row = OutboundMessage.model_validate(
+        {
+            **_row(ctx, patient.id, f"reply:{ctx.sms.message_sid}:{kind}", rendered).model_dump(),
+            # Handed to Twilio in the TwiML response: never claimed by a dispatcher.
+            "status": OutboundStatus.QUEUED,
+            "attempts": 1,
+            "sent_at": ctx.now,
+        }
+    )
+    ctx.session.add(row)
+    ctx.session.flush()
+    return InstantAnswer(body=rendered.body, message_id=row.id)
+
+
+def _reply_context(ctx: _Context) -> dict[str, object]:
+    return {
+        "clinic_name": ctx.settings.site_name,
+        "clinic_phone": display_phone(ctx.settings.clinic_phone),
+    }
 
 
 def _enqueue_replies(ctx: _Context, kinds: list[str]) -> list[int]:
@@ -302,10 +382,7 @@ def _enqueue_replies(ctx: _Context, kinds: list[str]) -> list[int]:
     patient = ctx.patient
     if patient is None or patient.id is None or not kinds:
         return []
-    context: dict[str, object] = {
-        "clinic_name": ctx.settings.site_name,
-        "clinic_phone": display_phone(ctx.settings.clinic_phone),
-    }
+    context = _reply_context(ctx)
     planned = [
         _row(
             ctx,
