@@ -218,18 +218,82 @@ def patients_with_phone(*, session: Session, phone: str) -> list[Patient]:
     )
 
 
+OPTED_OUT_REASON = "opted_out"  # error_code of texts cancelled by an opt-out (START restores)
+
+
 def cancel_scheduled_for_patients(*, session: Session, patient_ids: Collection[int]) -> int:
-    """Cancel every not-yet-claimed message to these patients; how many."""
+    """Cancel every not-yet-claimed message to these patients (they opted out); how many."""
     result = session.execute(
         update(OutboundMessage)
         .where(
             col(OutboundMessage.patient_id).in_(list(patient_ids)),
             col(OutboundMessage.status) == OutboundStatus.SCHEDULED,
         )
-        .values(status=OutboundStatus.CANCELLED)
+        .values(status=OutboundStatus.CANCELLED, error_code=OPTED_OUT_REASON)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def restore_visit_texts_after_opt_in(
+    *, session: Session, patient_ids: Collection[int], kinds: Collection[str], now: datetime
+) -> int:
+    """Schedule again the visit texts an opt-out cancelled, for visits still ahead: notices at
+    once (the dispatcher applies quiet hours and caps), reminders whose time has not passed."""
+    rows = session.exec(
+        select(OutboundMessage, Appointment)
+        .join(Appointment, col(Appointment.id) == col(OutboundMessage.appointment_id))
+        .where(
+            col(OutboundMessage.patient_id).in_(list(patient_ids)),
+            col(OutboundMessage.status) == OutboundStatus.CANCELLED,
+            col(OutboundMessage.error_code) == OPTED_OUT_REASON,
+            col(OutboundMessage.kind).in_(list(kinds)),
+            col(Appointment.status).in_(ACTIVE_APPOINTMENT_STATUSES),
+            Appointment.start > now,
+        )
+    ).all()
+    restored = 0
+    for message, _ in rows:
+        if message.kind == "reminder" and message.scheduled_for <= now:
+            continue  # "in 3 days" sent a day before would be wrong; the next one still goes
+        message.status = OutboundStatus.SCHEDULED
+        message.error_code = None
+        message.scheduled_for = max(message.scheduled_for, now)
+        session.add(message)
+        restored += 1
+    return restored
+
+
+def upcoming_active_appointments(
+    *, session: Session, patient_ids: Collection[int], after: datetime
+) -> list[Appointment]:
+    return list(
+        session.exec(
+            select(Appointment)
+            .where(
+                col(Appointment.patient_id).in_(list(patient_ids)),
+                col(Appointment.status).in_(ACTIVE_APPOINTMENT_STATUSES),
+                Appointment.start > after,
+            )
+            .order_by(col(Appointment.start))
+        ).all()
+    )
+
+
+def opted_out_for_send(*, session: Session, message_id: int) -> bool:
+    """Whether the message's patient or number is opted out now (read just before the send)."""
+    row = session.exec(
+        select(OutboundMessage, Patient)
+        .join(Patient, col(Patient.id) == col(OutboundMessage.patient_id))
+        .where(OutboundMessage.id == message_id)
+    ).first()
+    if row is None:
+        return False
+    message, patient = row
+    phone = message.to_phone or patient.phone_e164
+    return patient.sms_opt_out or (
+        phone is not None and phone_suppressed(session=session, phone=phone)
+    )
 
 
 # --- replies -----------------------------------------------------------------------------------

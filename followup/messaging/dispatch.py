@@ -33,9 +33,10 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session
 
 from followup.errors import FollowupError
+from followup.messaging import visits
 from followup.messaging.policy import (
+    AFTER_OPT_OUT_KINDS,
     REPLY_KEY_PREFIX,
-    REPLY_KINDS,
     apply_caps,
     is_send_allowed,
     next_allowed_send_time,
@@ -211,6 +212,7 @@ class SendCheck:
     opted_out: bool
     zone: ZoneInfo | None  # None: the patient's zone is unknown, the strict all-US window
     reply: bool = False  # an answer to the patient's own text
+    redelivery: bool = False  # a new attempt at a text the handset could not take
     visit_start: datetime | None = None
     visit_active: bool = True
     recent_sends: tuple[datetime, ...] = ()
@@ -227,7 +229,9 @@ def check_send(check: SendCheck, *, now: datetime, policy: DispatchPolicy) -> Ch
     """Whether a claimed message may go now, and if not, what becomes of it."""
     if not check.phone:
         return CheckResult(Verdict.FAIL, "no_phone")
-    if check.opted_out and not (check.reply and check.kind in REPLY_KINDS):
+    if check.opted_out and not (
+        check.reply and check.kind in AFTER_OPT_OUT_KINDS and not check.redelivery
+    ):
         return CheckResult(Verdict.SUPPRESS, "opted_out")
     if check.kind in VISIT_KINDS and (
         not check.visit_active or (check.visit_start is not None and check.visit_start <= now)
@@ -325,6 +329,7 @@ def _prepare(
             opted_out=patient.sms_opt_out or phone in suppressed,
             zone=_zone(patient.timezone),
             reply=reply,
+            redelivery=bool(_REDELIVERY.search(message.idempotency_key)),
             visit_start=visit.start if visit else None,
             visit_active=visit is None or visit.status in ACTIVE_APPOINTMENT_STATUSES,
             recent_sends=tuple(history.get(message.patient_id, ())),
@@ -348,6 +353,19 @@ def _prepare(
             )
         )
     return to_send, outcomes
+
+
+def _opted_out_since_checked(session: Session, message_id: int) -> bool:
+    """Suppress a claimed message whose number opted out after `_prepare` checked it."""
+    if not mq.opted_out_for_send(session=session, message_id=message_id):
+        return False
+    message = mq.get_message(session=session, message_id=message_id, lock=True)
+    if message.idempotency_key.startswith(REPLY_KEY_PREFIX) and (
+        message.kind in AFTER_OPT_OUT_KINDS and not _REDELIVERY.search(message.idempotency_key)
+    ):
+        return False
+    _hold_back(session, message, CheckResult(Verdict.SUPPRESS, "opted_out"))
+    return True
 
 
 def _hold_back(session: Session, message: OutboundMessage, result: CheckResult) -> Outcome:
@@ -443,8 +461,13 @@ def _opted_out_at_carrier(session: Session, message: OutboundMessage, *, now: da
         patient.sms_opt_out = True
         patient.updated_at = now
         session.add(patient)
-    cancelled = mq.cancel_scheduled_for_patients(session=session, patient_ids=set(patient_ids))
-    _audit(session, message, "sms.opted_out_at_carrier", {"cancelled": cancelled})
+    effects = visits.stop_texting(session=session, patient_ids=sorted(set(patient_ids)), now=now)
+    _audit(
+        session,
+        message,
+        "sms.opted_out_at_carrier",
+        {"cancelled": effects.cancelled_messages, "tasks": effects.task_ids},
+    )
 
 
 def _call_patient_task(session: Session, message: OutboundMessage, *, reason: str) -> None:
@@ -657,6 +680,11 @@ class Dispatcher:
         if stop.is_set():
             return self._put_back(sms.message_id)
         self._limiter.wait()
+        # Checked again at the moment of sending: a STOP can land between the batch's checks
+        # and this call (the limiter may have held it for seconds), and after STOP nothing goes.
+        with session_scope(self._database_url) as session:
+            if _opted_out_since_checked(session, sms.message_id):
+                return Outcome.SUPPRESSED
         try:
             receipt = self._sender.send(sms)
         except SmsSendError as error:

@@ -247,10 +247,12 @@ def apply_caps(
 # --- replies ------------------------------------------------------------------------------------
 
 # Answers to a patient's own text (idempotency key "reply:<inbound sid>:<kind>"): sent at any
-# hour and outside the caps, since the patient asked. The kinds below go even after an opt-out
-# (the opt-out confirmation is one; carriers require the HELP and STOP answers).
+# hour and outside the caps, since the patient asked.
 REPLY_KEY_PREFIX = "reply:"
-REPLY_KINDS = frozenset({"help", "opt_out_confirmation", "urgent_advice"})
+# The only texts an opted-out number may still get, each once, as the answer to its own text
+# (carriers require both). Not a redelivery, not urgent advice queued before the STOP: after
+# STOP nothing else is sent. A red flag's advice goes in the webhook's own response instead.
+AFTER_OPT_OUT_KINDS = frozenset({"help", "opt_out_confirmation"})
 
 
 class ReplyIntent(StrEnum):
@@ -312,6 +314,12 @@ _RESCHEDULE_RE = re.compile(
 def _normalize_reply(text: str) -> str:
     folded = _fold(text).replace("\u2019", "'").replace("\u2018", "'")
     return " ".join(re.findall(r"[\w']+", folded))
+
+
+def is_keyword(text: str) -> bool:
+    """Whether the whole text is one opt-out / opt-in / help keyword ("STOP", "start.")."""
+    said = _normalize_reply(text)
+    return said in _OPT_OUT_WORDS | _OPT_IN_WORDS | _HELP_WORDS
 
 
 def reply_intents(text: str, *, opted_out: bool = False) -> list[ReplyIntent]:

@@ -30,6 +30,7 @@ SMS_KINDS = frozenset(
         "waitlist_offer",
         "help",
         "opt_out_confirmation",
+        "opt_in_confirmation",
         "urgent_advice",
     }
 )

@@ -3,9 +3,8 @@
 The reply is matched to a patient by the number it came from and to a visit by the last
 visit text that number got (else the patient's next visit). Every intent in the text is acted
 on (`policy.reply_intents`): "stop texting me, I'm getting worse" both suppresses and
-escalates. Answers to the patient are outbox rows like any other (kinds in
-`policy.REPLY_KINDS`: any hour, outside the caps), so they are sent exactly once and their
-delivery is tracked.
+escalates. Answers to the patient are outbox rows like any other (keyed "reply:<sid>:<kind>":
+any hour, outside the caps), so they are sent exactly once and their delivery is tracked.
 
 A red flag (`red_flags`) is answered at once, in the webhook's own TwiML response, whether the
 number is known or not: the call-now / 911 text must not wait for a dispatcher run. For a known
@@ -30,7 +29,7 @@ from sqlmodel import Session
 from followup.errors import BookingError
 from followup.messaging import visits
 from followup.messaging.plan import display_phone
-from followup.messaging.policy import ReplyIntent, reply_intents
+from followup.messaging.policy import ReplyIntent, is_keyword, reply_intents
 from followup.messaging.render import RenderedSms, render_sms
 from followup.settings import Settings
 from models import messaging_queries as mq
@@ -137,11 +136,13 @@ def handle_inbound(
     instant: list[InstantAnswer] = []
     # Suppression first: it cancels queued texts, and must not cancel the answers made below.
     if ReplyIntent.OPT_OUT in intents:
-        _set_opt_out(ctx, opted_out=True)
+        tasks.extend(_set_opt_out(ctx, opted_out=True))
         if sms.carrier_handled != "STOP":
             replies.append("opt_out_confirmation")
     if ReplyIntent.OPT_IN in intents:
         _set_opt_out(ctx, opted_out=False)
+        if sms.carrier_handled != "START":
+            replies.append("opt_in_confirmation")
     if ReplyIntent.WORSENING in intents:
         tasks.append(_worsening(ctx))
         instant.append(_answer_at_once(ctx, "urgent_advice"))
@@ -197,8 +198,11 @@ def _resolve(
     return _Context(session, sms, settings, now, patients, patient, appointment)
 
 
-def _set_opt_out(ctx: _Context, *, opted_out: bool) -> None:
-    source = "keyword" if ctx.sms.carrier_handled else "free_text"
+def _set_opt_out(ctx: _Context, *, opted_out: bool) -> list[int]:
+    """Record the opt-out or opt-in; the scheduler tasks it opened (an opted-out patient's
+    visits still ahead: someone calls)."""
+    keyword = ctx.sms.carrier_handled or is_keyword(ctx.sms.body)
+    source = "keyword" if keyword else "free_text"
     mq.set_suppression(
         session=ctx.session, phone=ctx.sms.from_phone, active=opted_out, source=source, now=ctx.now
     )
@@ -206,19 +210,25 @@ def _set_opt_out(ctx: _Context, *, opted_out: bool) -> None:
         patient.sms_opt_out = opted_out
         patient.updated_at = ctx.now
         ctx.session.add(patient)
-    cancelled = (
-        mq.cancel_scheduled_for_patients(session=ctx.session, patient_ids=ctx.patient_ids)
-        if opted_out and ctx.patients
-        else 0
-    )
+    detail: dict[str, object] = {"patients": ctx.patient_ids, "source": source}
+    tasks: list[int] = []
+    if opted_out:
+        effects = visits.stop_texting(session=ctx.session, patient_ids=ctx.patient_ids, now=ctx.now)
+        detail |= {"cancelled_messages": effects.cancelled_messages, "tasks": effects.task_ids}
+        tasks = list(effects.task_ids)
+    else:
+        detail["restored_messages"] = visits.resume_texting(
+            session=ctx.session, patient_ids=ctx.patient_ids, now=ctx.now
+        )
     queries.audit(
         session=ctx.session,
         actor=ACTOR,
         action="sms.opted_out" if opted_out else "sms.opted_in",
         entity="patient",
         entity_id=ctx.patient.id if ctx.patient else None,
-        detail={"patients": ctx.patient_ids, "cancelled_messages": cancelled, "source": source},
+        detail=detail,
     )
+    return tasks
 
 
 def _worsening(ctx: _Context) -> int | None:

@@ -97,6 +97,12 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
         1,
     ),
     (
+        "en", "opt_in_confirmation", 3,
+        "Riverside Clinic: You are subscribed again to appointment texts from us. "
+        "Questions: 555-555-0100. Reply STOP to opt out.",
+        1,
+    ),
+    (
         "en", "urgent_advice", 3,
         "Riverside Clinic: Please call us now at 555-555-0100. If this is an emergency, "
         "call 911 or go to the nearest emergency room. Reply STOP to opt out.",
@@ -158,6 +164,12 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
         1,
     ),
     (
+        "es", "opt_in_confirmation", 3,
+        "Riverside Clinic: De nuevo le enviaremos mensajes sobre sus citas. "
+        "Preguntas: 555-555-0100. Responda STOP para darse de baja.",
+        1,
+    ),
+    (
         "es", "urgent_advice", 3,
         "Riverside Clinic: Llame ahora al 555-555-0100. Si es una emergencia, llame al 911 "
         "o vaya a urgencias de inmediato. Responda STOP para darse de baja.",
@@ -201,7 +213,7 @@ def test_required_content(language: str, kind: str, days_before: int) -> None:
     assert phi_terms_in(body) == []
     assert "Riverside Clinic" in body
     assert "555-555-0100" in body
-    if kind not in {"help", "opt_out_confirmation", "urgent_advice"}:
+    if kind not in {"help", "opt_out_confirmation", "opt_in_confirmation", "urgent_advice"}:
         assert "Dr. Okafor" in body  # FCC exemption: provider name in the text
         assert "9:30" in body
     stop_text = "Reply STOP to opt out" if language == "en" else "Responda STOP"
