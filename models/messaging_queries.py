@@ -120,6 +120,16 @@ def get_message(*, session: Session, message_id: int, lock: bool = False) -> Out
     return message
 
 
+def known_sids(*, session: Session, sids: Collection[str]) -> set[str]:
+    """Which of these Twilio sids already belong to an outbox row."""
+    if not sids:
+        return set()
+    rows = session.exec(
+        select(OutboundMessage.twilio_sid).where(col(OutboundMessage.twilio_sid).in_(list(sids)))
+    ).all()
+    return {sid for sid in rows if sid is not None}
+
+
 def message_by_sid(*, session: Session, sid: str, lock: bool = False) -> OutboundMessage | None:
     query = select(OutboundMessage).where(OutboundMessage.twilio_sid == sid)
     return session.exec(query.with_for_update() if lock else query).first()
@@ -155,10 +165,17 @@ def suppressed_phones(*, session: Session, phones: Collection[str]) -> set[str]:
 
 
 def capped_send_times(
-    *, session: Session, patient_ids: Collection[int], since: datetime, exclude_key_prefix: str
+    *,
+    session: Session,
+    patient_ids: Collection[int],
+    since: datetime,
+    exclude_key_prefix: str,
+    exclude_ids: Collection[int] = (),
 ) -> dict[int, list[datetime]]:
     """Per patient, when their texts since `since` went out (those that count against the
-    caps); rows whose idempotency key starts with `exclude_key_prefix` (answers) do not."""
+    caps); rows whose idempotency key starts with `exclude_key_prefix` (answers) do not, nor
+    `exclude_ids` (the rows being checked: a retry whose first attempt may have gone is not
+    its own reason to wait)."""
     history: dict[int, list[datetime]] = {}
     for patient_id, sent_at in session.exec(
         select(OutboundMessage.patient_id, OutboundMessage.sent_at).where(
@@ -166,6 +183,7 @@ def capped_send_times(
             col(OutboundMessage.status).in_(CAPPED_STATUSES),
             ~col(OutboundMessage.idempotency_key).startswith(exclude_key_prefix, autoescape=True),
             col(OutboundMessage.sent_at) >= since,
+            col(OutboundMessage.id).not_in(list(exclude_ids)),
         )
     ):
         if sent_at is not None:

@@ -41,7 +41,13 @@ from followup.messaging.policy import (
     is_send_allowed,
     next_allowed_send_time,
 )
-from followup.messaging.sender import OutgoingSms, SendReceipt, SmsSender, SmsSendError
+from followup.messaging.sender import (
+    OutgoingSms,
+    SendReceipt,
+    SentLookup,
+    SmsSender,
+    SmsSendError,
+)
 from followup.settings import Settings
 from models import messaging_queries as mq
 from models import queries
@@ -70,6 +76,9 @@ MAX_RETRY_DELAY = timedelta(minutes=10)
 MAX_WORKERS = 16  # API calls in flight at most (the client's connection pool is about this)
 
 UNDELIVERABLE_TASK = "sms_undeliverable"  # a scheduler calls the patient instead
+# error_code of a row whose last attempt may have reached Twilio (its answer never came); its
+# sent_at holds that attempt's time, and Twilio is asked before the row is sent again.
+UNKNOWN_OUTCOME = "unknown_outcome"
 SCHEDULER_QUEUE = "scheduler-queue"
 
 
@@ -313,6 +322,7 @@ def _prepare(
         patient_ids={message.patient_id for message, _, _ in rows},
         since=now - timedelta(days=7),
         exclude_key_prefix=REPLY_KEY_PREFIX,
+        exclude_ids=message_ids,
     )
     to_send: list[OutgoingSms] = []
     outcomes: list[Outcome] = []
@@ -350,6 +360,7 @@ def _prepare(
                 body=message.body,
                 status_callback=policy.status_callback(message.id),
                 attempt=message.attempts + 1,
+                maybe_sent_since=message.sent_at if message.error_code == UNKNOWN_OUTCOME else None,
             )
         )
     return to_send, outcomes
@@ -400,10 +411,11 @@ def _record_receipt(
         message.status = OutboundStatus.DRY_RUN
         session.add(message)
         return Outcome.DRY_RUN
-    # A status callback may have come first (it finds the row by id) and set sid and status.
+    # A status callback may have come first (it finds the row by id) and set sid and status;
+    # else Twilio's acceptance makes it sent (a row released as stale while the call was slow
+    # included), and the callbacks take it on to delivered, undelivered or failed.
     message.twilio_sid = message.twilio_sid or receipt.sid
-    if message.status == OutboundStatus.SCHEDULED:  # released as stale while the call was slow
-        message.status = OutboundStatus.SENDING
+    message.status = advance(message.status, "sent") or message.status
     session.add(message)
     return Outcome.SENT
 
@@ -419,6 +431,11 @@ def _record_error(
     message = mq.get_message(session=session, message_id=message_id, lock=True)
     action = classify_send_error(error)
     code = str(error.code or error.http_status or "network")
+    if error.outcome_unknown or message.error_code == UNKNOWN_OUTCOME:
+        # Twilio may hold the message: the next attempt looks for it first. The first such
+        # attempt's time stays: the lookup covers everything since.
+        code = UNKNOWN_OUTCOME
+        message.sent_at = message.sent_at or now
     message.error_code = code
     if action == ErrorAction.CONFIGURATION:
         # Not this message's fault: it waits, unchanged, for the account to be fixed.
@@ -680,6 +697,10 @@ class Dispatcher:
         if stop.is_set():
             return self._put_back(sms.message_id)
         self._limiter.wait()
+        if sms.maybe_sent_since is not None and isinstance(self._sender, SentLookup):
+            adopted = self._look_up(sms, self._sender, sms.maybe_sent_since)
+            if adopted is not None:
+                return adopted
         # Checked again at the moment of sending: a STOP can land between the batch's checks
         # and this call (the limiter may have held it for seconds), and after STOP nothing goes.
         with session_scope(self._database_url) as session:
@@ -704,6 +725,37 @@ class Dispatcher:
         with session_scope(self._database_url) as session:
             outcome = _record_receipt(session, sms.message_id, receipt, now=self._now())
         logger.info("SMS %s %s", sms.message_id, outcome)
+        return outcome
+
+    def _look_up(self, sms: OutgoingSms, lookup: SentLookup, since: datetime) -> Outcome | None:
+        """Before resending a text whose earlier attempt got no answer: if Twilio has it, adopt
+        its sid (the patient got it once, its callbacks find the row); None: send it now."""
+        try:
+            candidates = lookup.find_sent(to=sms.to, body=sms.body, since=since)
+        except SmsSendError as error:
+            with session_scope(self._database_url) as session:
+                unknown = SmsSendError(
+                    code=error.code,
+                    http_status=error.http_status,
+                    network=error.network,
+                    outcome_unknown=True,
+                )
+                return _record_error(
+                    session, sms.message_id, unknown, now=self._now(), policy=self._policy
+                )
+        with session_scope(self._database_url) as session:
+            known = mq.known_sids(session=session, sids=candidates)
+            sid = next((sid for sid in candidates if sid not in known), None)
+            if sid is None:
+                return None
+            outcome = _record_receipt(
+                session, sms.message_id, SendReceipt(sid=sid), now=self._now()
+            )
+            message = mq.get_message(session=session, message_id=sms.message_id)
+            _audit(session, message, "sms.sid_adopted", {"attempt": sms.attempt})
+        logger.info(
+            "SMS %s was accepted by Twilio earlier: sid adopted, not resent", sms.message_id
+        )
         return outcome
 
     def _put_back(self, message_id: int) -> Outcome:

@@ -186,7 +186,7 @@ def test_the_offer_text_passes_twilios_contract(
     dispatcher(world.database_url, twilio_sender(prism_url), clock).run()
 
     sent = world.get(offer_text)
-    assert sent.status == "sending"  # handed to Twilio; its callbacks move it on
+    assert sent.status == "sent"  # Twilio accepted it; its callbacks move it on
     assert sent.twilio_sid and sent.twilio_sid[:2] in ("SM", "MM")
 
 

@@ -534,7 +534,7 @@ def test_with_a_sender_the_answer_goes_out_at_once(database_url: str, world: Wor
 
     [sms] = sender.sent
     assert sms.to == PHONE and "For help call" in sms.body
-    assert replies(world) == [("help", OutboundStatus.SENDING)]
+    assert replies(world) == [("help", OutboundStatus.SENT)]
 
 
 # --- STOP in the middle of a sequence ----------------------------------------------------------
