@@ -110,13 +110,14 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
     ),
     (
         "es", "confirmation", 3,
-        "Riverside Clinic: Su cita con Dr. Okafor es el mar 8 dic a las 9:30. "
+        "Riverside Clinic: Su cita con el Dr. Okafor es el martes 8 de diciembre a las 9:30. "
         "Para cambiarla responda R. Preguntas: 555-555-0100. Responda STOP para darse de baja.",
-        1,
+        2,
     ),
     (
         "es", "reminder", 3,
-        "Riverside Clinic: Recordatorio de su cita con Dr. Okafor el mar 8 dic a las 9:30. "
+        "Riverside Clinic: Recordatorio de su cita con el Dr. Okafor el martes 8 de diciembre "
+        "a las 9:30. "
         "Traiga una lista de sus molestias actuales, su intensidad y el efecto en sus "
         "actividades diarias. Si empeoran antes de la cita, llame a su médico de inmediato. "
         "Responda C para confirmar o R para cambiarla. Preguntas: 555-555-0100. "
@@ -125,7 +126,8 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
     ),
     (
         "es", "reminder", 1,
-        "Riverside Clinic: Recordatorio de su cita con Dr. Okafor mañana, mar 8 dic a las 9:30. "
+        "Riverside Clinic: Recordatorio de su cita con el Dr. Okafor mañana, martes 8 de "
+        "diciembre a las 9:30. "
         "Traiga una lista de sus molestias actuales, su intensidad y el efecto en sus "
         "actividades diarias. Si empeoran antes de la cita, llame a su médico de inmediato. "
         "Responda C para confirmar o R para cambiarla. Preguntas: 555-555-0100. "
@@ -134,20 +136,21 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
     ),
     (
         "es", "reschedule", 3,
-        "Riverside Clinic: Su cita con Dr. Okafor ahora es el mar 8 dic a las 9:30. "
+        "Riverside Clinic: Su cita con el Dr. Okafor ahora es el martes 8 de diciembre a las 9:30. "
         "Preguntas: 555-555-0100. Responda STOP para darse de baja.",
         1,
     ),
     (
         "es", "cancellation", 3,
-        "Riverside Clinic: Su cita con Dr. Okafor del mar 8 dic a las 9:30 fue cancelada. "
-        "Para una nueva cita llame al 555-555-0100. Responda STOP para darse de baja.",
-        1,
+        "Riverside Clinic: Su cita con el Dr. Okafor del martes 8 de diciembre a las 9:30 fue "
+        "cancelada. Para una nueva cita llame al 555-555-0100. Responda STOP para darse de baja.",
+        2,
     ),
     (
         "es", "waitlist_offer", 3,
-        "Riverside Clinic: Dr. Okafor puede atenderle el mar 8 dic a las 9:30. "
-        "Responda C antes del lun 7 dic a las 17:00 para reservar. Preguntas: 555-555-0100. "
+        "Riverside Clinic: El Dr. Okafor puede atenderle el martes 8 de diciembre a las 9:30. "
+        "Para reservar, responda C antes del lunes 7 de diciembre a las 17:00. "
+        "Preguntas: 555-555-0100. "
         "Responda STOP para darse de baja.",
         2,
     ),
@@ -363,28 +366,45 @@ def test_environment_offers_the_time_filter(tmp_path: Path) -> None:
         tmp_path, {"en/help.j2": "{{ start | format_visit_time(zone, 'es') }}"}
     )
     rendered = render_sms("help", "en", {"start": VISIT, "zone": NEW_YORK}, templates_dir=templates)
-    assert rendered.body == "mar 8 dic a las 9:30"
+    assert rendered.body == "martes 8 de diciembre a las 9:30"
 
 
 @pytest.mark.parametrize(
     ("moment", "zone", "language", "expected"),
     [
         (VISIT, "America/New_York", "en", "Tue Dec 8 at 9:30 AM"),
-        (VISIT, "America/New_York", "es", "mar 8 dic a las 9:30"),
-        (VISIT, "America/New_York", "es-MX", "mar 8 dic a las 9:30"),
+        (VISIT, "America/New_York", "es", "martes 8 de diciembre a las 9:30"),
+        (VISIT, "America/New_York", "es-MX", "martes 8 de diciembre a las 9:30"),
         (VISIT, "America/New_York", "de", "Tue Dec 8 at 9:30 AM"),
         (VISIT, "Pacific/Honolulu", "en", "Tue Dec 8 at 4:30 AM"),
         (VISIT, "America/Los_Angeles", "en", "Tue Dec 8 at 6:30 AM"),
         (utc(2026, 7, 4, 16, 0), "America/New_York", "en", "Sat Jul 4 at 12:00 PM"),
-        (utc(2026, 7, 4, 16, 0), "America/New_York", "es", "sab 4 jul a las 12:00"),
+        (utc(2026, 7, 4, 16, 0), "America/New_York", "es", "sabado 4 de julio a las 12:00"),
         (utc(2026, 7, 4, 4, 5), "America/New_York", "en", "Sat Jul 4 at 12:05 AM"),
-        (utc(2026, 7, 4, 5, 5), "America/New_York", "es", "sab 4 jul a la 1:05"),
-        (utc(2026, 3, 4, 22, 0), "America/Chicago", "es", "mié 4 mar a las 16:00"),
+        (utc(2026, 7, 4, 5, 5), "America/New_York", "es", "sabado 4 de julio a la 1:05"),
+        # Unambiguous: "mar" read as martes or as marzo.
+        (utc(2026, 3, 3, 22, 0), "America/Chicago", "es", "martes 3 de marzo a las 16:00"),
+        (utc(2026, 3, 4, 22, 0), "America/Chicago", "es", "miércoles 4 de marzo a las 16:00"),
         (utc(2026, 3, 8, 7, 30), "America/New_York", "en", "Sun Mar 8 at 3:30 AM"),
     ],
 )  # fmt: skip
 def test_format_visit_time(moment: datetime, zone: str, language: str, expected: str) -> None:
     assert format_visit_time(moment, ZoneInfo(zone), language) == expected
+
+
+@pytest.mark.parametrize(
+    ("zone", "language", "expected"),
+    [
+        ("America/New_York", "en", "Tue Dec 8 at 9:30 AM New York time"),
+        ("America/New_York", "es", "martes 8 de diciembre a las 9:30, hora de Nueva York"),
+        ("America/Chicago", "en", "Tue Dec 8 at 8:30 AM Chicago time"),
+        ("Europe/Madrid", "es", "martes 8 de diciembre a las 15:30, hora de Madrid"),
+    ],
+)
+def test_format_visit_time_names_the_zone_when_asked(
+    zone: str, language: str, expected: str
+) -> None:
+    assert format_visit_time(VISIT, ZoneInfo(zone), language, name_zone=True) == expected
 
 
 def test_format_visit_time_refuses_naive_datetimes() -> None:
