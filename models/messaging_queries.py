@@ -30,6 +30,7 @@ from models.tables import (
     Patient,
     SmsSuppression,
     TwilioEvent,
+    TwilioEventKind,
     WaitlistEntry,
     WaitlistOffer,
 )
@@ -128,6 +129,21 @@ def known_sids(*, session: Session, sids: Collection[str]) -> set[str]:
         select(OutboundMessage.twilio_sid).where(col(OutboundMessage.twilio_sid).in_(list(sids)))
     ).all()
     return {sid for sid in rows if sid is not None}
+
+
+def message_by_key(*, session: Session, key: str) -> OutboundMessage | None:
+    return session.exec(
+        select(OutboundMessage).where(OutboundMessage.idempotency_key == key)
+    ).first()
+
+
+def inbound_event(*, session: Session, sid: str) -> TwilioEvent | None:
+    """The stored webhook of one inbound text."""
+    return session.exec(
+        select(TwilioEvent).where(
+            TwilioEvent.message_sid == sid, TwilioEvent.kind == TwilioEventKind.INBOUND
+        )
+    ).first()
 
 
 def message_by_sid(*, session: Session, sid: str, lock: bool = False) -> OutboundMessage | None:

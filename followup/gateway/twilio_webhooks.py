@@ -36,7 +36,12 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from followup.messaging.dispatch import Dispatcher, DispatchPolicy, apply_status_report
-from followup.messaging.replies import InboundSms, InstantAnswer, handle_inbound
+from followup.messaging.replies import (
+    InboundSms,
+    InstantAnswer,
+    handle_inbound,
+    repeated_answers,
+)
 from followup.messaging.sender import SmsSender
 from followup.settings import Settings
 from models import messaging_queries as mq
@@ -228,7 +233,7 @@ def _record_inbound(
         )
         if event is None:
             logger.info("inbound SMS %s already handled", sms.message_sid)
-            return [], []
+            return [], list(repeated_answers(session=session, sms=sms, settings=settings))
         outcome = handle_inbound(
             session=session, sms=sms, settings=settings, now=now, event_id=event.id
         )

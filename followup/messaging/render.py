@@ -32,6 +32,7 @@ SMS_KINDS = frozenset(
         "opt_out_confirmation",
         "opt_in_confirmation",
         "urgent_advice",
+        "visit_confirmed",
     }
 )
 DEFAULT_LANGUAGE = "en"

@@ -29,7 +29,7 @@ from sqlmodel import Session
 from followup.errors import BookingError
 from followup.messaging import visits
 from followup.messaging.plan import display_phone
-from followup.messaging.policy import ReplyIntent, is_keyword, reply_intents
+from followup.messaging.policy import REPLY_KEY_PREFIX, ReplyIntent, is_keyword, reply_intents
 from followup.messaging.render import RenderedSms, render_sms
 from followup.settings import Settings
 from models import messaging_queries as mq
@@ -177,6 +177,28 @@ def handle_inbound(
     )
 
 
+def repeated_answers(
+    *, session: Session, sms: InboundSms, settings: Settings
+) -> tuple[InstantAnswer, ...]:
+    """What to answer Twilio repeating the webhook of a text already acted on: the red flag's
+    advice again (Twilio repeats when our first answer did not reach it, and this text must
+    not go unanswered); nothing else is done a second time."""
+    event = mq.inbound_event(session=session, sid=sms.message_sid)
+    if event is None or ReplyIntent.WORSENING not in event.intents:
+        return ()
+    stored = mq.message_by_key(
+        session=session, key=f"{REPLY_KEY_PREFIX}{sms.message_sid}:urgent_advice"
+    )
+    if stored is not None:
+        return (InstantAnswer(body=stored.body, message_id=stored.id),)
+    context = {
+        "clinic_name": settings.site_name,
+        "clinic_phone": display_phone(settings.clinic_phone),
+    }
+    rendered = render_sms("urgent_advice", "en", context, templates_dir=settings.templates_dir)
+    return (InstantAnswer(body=rendered.body, message_id=None),)
+
+
 def _resolve(
     session: Session, sms: InboundSms, settings: Settings, now: datetime, patients: list[Patient]
 ) -> _Context:
@@ -244,7 +266,8 @@ def _worsening(ctx: _Context) -> int | None:
 
 def _confirm(ctx: _Context, reply_ids: list[int]) -> int | None:
     """C / CONFIRM / YES: a pending waitlist offer is taken (confirmed by text, with the new
-    visit's reminders), else the visit is confirmed; with neither, a person looks."""
+    visit's reminders), else the visit is confirmed and the patient told so; with neither, a
+    person looks."""
     offer = _pending_offer(ctx)
     if offer is not None and offer.id is not None:
         accepted = visits.accept_waitlist_offer(
@@ -261,8 +284,17 @@ def _confirm(ctx: _Context, reply_ids: list[int]) -> int | None:
             return None
         return _task(ctx, REPLY_TASK, "answered a waitlist offer that had expired")
     appointment = ctx.appointment
-    if appointment is None:
+    if appointment is None or appointment.id is None:
         return _task(ctx, REPLY_TASK, "confirmed, but has no upcoming visit on file")
+    acknowledged = visits.acknowledge_confirmation(
+        session=ctx.session,
+        appointment_id=appointment.id,
+        settings=ctx.settings,
+        now=ctx.now,
+        answering=ctx.answering,
+    )
+    if acknowledged is not None:
+        reply_ids.append(acknowledged)
     if appointment.status == AppointmentStatus.BOOKED:
         appointment.status = AppointmentStatus.CONFIRMED
         ctx.session.add(appointment)
@@ -368,7 +400,9 @@ def _answer_at_once(ctx: _Context, kind: str) -> InstantAnswer:
         return InstantAnswer(body=rendered.body, message_id=None)
     row = OutboundMessage.model_validate(
         {
-            **_row(ctx, patient.id, f"reply:{ctx.sms.message_sid}:{kind}", rendered).model_dump(),
+            **_row(
+                ctx, patient.id, f"{REPLY_KEY_PREFIX}{ctx.sms.message_sid}:{kind}", rendered
+            ).model_dump(),
             # Handed to Twilio in the TwiML response: never claimed by a dispatcher.
             "status": OutboundStatus.QUEUED,
             "attempts": 1,

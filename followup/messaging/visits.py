@@ -126,6 +126,41 @@ def plan_visit_texts(
     return Texts(notice=stored[0], reminders=tuple(stored[1:]))
 
 
+def acknowledge_confirmation(
+    *,
+    session: Session,
+    appointment_id: int,
+    settings: Settings,
+    now: datetime,
+    answering: Answering,
+) -> int | None:
+    """The answer to C: the visit, its time and doctor, confirmed; due now to the number that
+    wrote (once per inbound text)."""
+    appointment, patient, provider = _visit(session, appointment_id)
+    planned = plan_visit_notice(
+        _details(appointment.start, provider, settings),
+        "visit_confirmed",
+        language=patient.language,
+        zone=_zone(patient),
+        site_zone=settings.site_zone,
+        send_at=now,
+        templates_dir=settings.templates_dir,
+    )
+    [stored] = queries.enqueue_messages(
+        session=session,
+        messages=[
+            queries.outbox_row(
+                planned,
+                key=f"{REPLY_KEY_PREFIX}{answering.message_sid}:visit_confirmed",
+                patient_id=appointment.patient_id,
+                appointment_id=appointment_id,
+                to_phone=answering.phone,
+            )
+        ],
+    )
+    return stored.id
+
+
 def cancel_visit(
     *,
     session: Session,

@@ -109,6 +109,18 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
         1,
     ),
     (
+        "en", "visit_confirmed", 3,
+        "Riverside Clinic: Thank you. Your visit with Dr. Okafor on Tue Dec 8 at 9:30 AM is "
+        "confirmed. Questions: 555-555-0100. Reply STOP to opt out.",
+        1,
+    ),
+    (
+        "es", "visit_confirmed", 3,
+        "Riverside Clinic: Gracias. Su cita con el Dr. Okafor el martes 8 de diciembre a las "
+        "9:30 queda confirmada. Preguntas: 555-555-0100. Responda STOP para darse de baja.",
+        2,
+    ),
+    (
         "es", "confirmation", 3,
         "Riverside Clinic: Su cita con el Dr. Okafor es el martes 8 de diciembre a las 9:30. "
         "Para cambiarla responda R. Preguntas: 555-555-0100. Responda STOP para darse de baja.",

@@ -381,9 +381,17 @@ def test_confirm_confirms_the_visit_the_last_text_was_about(gateway: Gateway, wo
     world.message(patient, appointment_id=visit, status="delivered", sent_at=NOW)
 
     gateway.text("C")
+    gateway.text("C")  # Twilio repeating the webhook: one acknowledgement
 
     assert world.get_appointment(visit).status == "confirmed"
     assert world.escalations() == []
+    [ack] = [m for m in world.messages() if m.kind == "visit_confirmed"]
+    assert (ack.idempotency_key, ack.appointment_id, ack.scheduled_for) == (
+        f"reply:{SID}:visit_confirmed",
+        visit,
+        NOW,
+    )
+    assert ack.body.startswith("Riverside Health Clinic: Thank you. Your visit with Dr. Okafor")
 
 
 def test_confirm_with_no_visit_on_file_goes_to_a_person(gateway: Gateway, world: World) -> None:
@@ -467,6 +475,20 @@ def test_a_red_flag_from_an_unknown_number_is_answered_in_the_webhook_response(
         "Please call us now at (555) 555-0100. If this is an emergency, call 911 or go to the "
         "nearest emergency room. Reply STOP to opt out.</Message></Response>"
     )
+
+
+@pytest.mark.parametrize("phone", [PHONE, "+15555559999"])
+def test_a_repeated_red_flag_webhook_is_answered_again_and_acted_on_once(
+    gateway: Gateway, world: World, phone: str
+) -> None:
+    world.patient()
+
+    first = gateway.text("I can't walk", phone=phone)
+    again = gateway.text("I can't walk", phone=phone)
+
+    assert "call 911" in first.text and again.text == first.text
+    assert len(world.escalations()) == 1
+    assert len(replies(world)) == (1 if phone == PHONE else 0)
 
 
 def test_a_text_that_is_not_a_red_flag_gets_an_empty_twiml_answer(
