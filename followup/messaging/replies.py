@@ -331,26 +331,38 @@ def _decline(ctx: _Context) -> int | None:
 
 
 def _reschedule(ctx: _Context, reply_ids: list[int]) -> int | None:
-    """R / RESCHEDULE: the next fitting slot in the visit's window, texted to the patient with
-    the new visit's reminders; when none fits, the booking engine's escalation (the patient
-    keeps the visit they have)."""
+    """R / RESCHEDULE: the next fitting slot on another day in the visit's window, texted to the
+    patient with the new visit's reminders; when none fits, the booking engine's escalation
+    (the patient keeps the visit they have). A patient who cannot come at 10:00 cannot come
+    at 10:30 either: a slot the same day is not taken, a scheduler offers other days."""
     appointment = ctx.appointment
     if appointment is None or appointment.id is None:
         return _task(ctx, RESCHEDULE_TASK, "asks to reschedule but has no upcoming visit on file")
+    old_day = appointment.start.astimezone(ctx.settings.site_zone).date()
+    savepoint = ctx.session.begin_nested()
     try:
-        with ctx.session.begin_nested():
-            moved = visits.reschedule_visit(
-                session=ctx.session,
-                appointment_id=appointment.id,
-                reason=f"patient asked by SMS {ctx.sms.message_sid}",
-                settings=ctx.settings,
-                now=ctx.now,
-                actor=ACTOR,
-                answering=ctx.answering,
-            )
+        moved = visits.reschedule_visit(
+            session=ctx.session,
+            appointment_id=appointment.id,
+            reason=f"patient asked by SMS {ctx.sms.message_sid}",
+            settings=ctx.settings,
+            now=ctx.now,
+            actor=ACTOR,
+            answering=ctx.answering,
+        )
     except BookingError:
+        savepoint.rollback()
         return _task(ctx, RESCHEDULE_TASK, "asks to reschedule: offer another slot")
-    if moved.result.appointment is None:
+    new = moved.result.appointment
+    if new is not None and new.start.astimezone(ctx.settings.site_zone).date() == old_day:
+        savepoint.rollback()
+        return _task(
+            ctx,
+            RESCHEDULE_TASK,
+            "asks to reschedule; the next free slot is the same day: offer another day",
+        )
+    savepoint.commit()
+    if new is None:
         return moved.result.escalation_id
     assert moved.texts.notice is not None
     reply_ids.append(moved.texts.notice)

@@ -638,6 +638,33 @@ def study_visit(world: World, patient: int) -> tuple[int, list[int]]:
         return visit, [slot.id or 0 for slot in free]
 
 
+def test_reschedule_never_moves_the_visit_to_later_the_same_day(
+    gateway: Gateway, world: World
+) -> None:
+    patient = world.patient()
+    visit, later_days = study_visit(world, patient)
+    with session_scope(world.database_url) as session:  # the only free slot: 30 minutes on
+        for slot_id in later_days:
+            slot = session.get_one(Slot, slot_id)
+            slot.status = "blocked"
+            session.add(slot)
+        start = world.get_appointment(visit).start + timedelta(minutes=30)
+        session.add(
+            Slot(
+                provider_id=world.provider_id or 0,
+                start=start,
+                end=start + timedelta(minutes=30),
+            )
+        )
+
+    gateway.text("R")
+
+    assert world.get_appointment(visit).status == "booked"
+    assert len([a for a in world.escalations() if a.kind == RESCHEDULE_TASK]) == 1
+    assert "same day" in world.escalations()[-1].reason
+    assert replies(world) == []
+
+
 def test_reschedule_moves_the_visit_to_the_next_slot_and_texts_the_new_time(
     gateway: Gateway, world: World
 ) -> None:
