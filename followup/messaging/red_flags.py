@@ -42,14 +42,15 @@ _CANT_ES = r"(?:(?:ya )?no (?:me )?(?:puedo|logro|puede)|apenas (?:puedo|me pued
 _LEGS = r"(?:legs|feet|both legs|both feet|my legs|my feet)"
 _SADDLE = (
     r"(?:between (?:my |the )?legs|groin|saddle|privates?|private (?:area|parts)|genitals?"
-    r"|crotch|bottom|butt|buttocks|bum|inner thighs?|down there|when i wipe|legs)"
+    r"|crotch|bottom|butt|butt cheeks|buttocks|bum|inner thighs?|down there|down below"
+    r"|when i wipe|legs|both feet|feet)"
 )
 _SADDLE_ES = (
     r"(?:entrepierna|entre (?:las|mis) piernas|zona intima|partes intimas|genitales|nalgas"
-    r"|ahi abajo|(?:las|mis|dos) piernas|al limpiarme)"
+    r"|ahi abajo|abajo|(?:las|mis|dos) piernas|los pies|al limpiarme)"
 )
-_NUMB = r"(?:numb\w*|no feeling|tingl\w*|pins and needles)"
-_NUMB_ES = r"(?:entumec\w*|adormec\w*|dormid[oa]s?|duerme\w*|hormigue\w*)"
+_NUMB = r"(?:numb\w*|no feeling|no sensation|tingl\w*|pins and needles|dead|asleep)"
+_NUMB_ES = r"(?:entumec\w*|adormec\w*|dormid[oa]s?|duerm\w*|durmi\w*|hormigue\w*|muert[oa]s?)"
 _NEAR = r"(?: \w+){0,5} "  # up to five words between the two halves of a flag
 
 _FLAG_PATTERNS: tuple[tuple[str, str], ...] = (
@@ -58,37 +59,61 @@ _FLAG_PATTERNS: tuple[tuple[str, str], ...] = (
     ("worse", r"peor|empeor\w*|cada vez (?:mas|peor)|duele\w*(?: \w+){0,2} mas|mas dolor"),
     # can't walk or stand, legs giving way, weakness
     ("walk", rf"{_CANT} (?:even )?(?:walk|stand|stand up|get up|move|get out of bed)"),
+    ("walk", r"crawl\w*|dragging my (?:foot|feet|leg|legs)|foot drop|wont hold me"),
+    ("walk", r"(?:no|lost|losing) (?:strength|power) in (?:my |both )?(?:legs?|feet)"),
     ("walk", rf"{_CANT}(?: \w+){{0,2}} (?:my |the )?{_LEGS}"),
     ("walk", rf"{_CANT_ES} (?:caminar|andar|pararme|parar|levantarme|levantar|mover\w*)"),
     ("walk", r"no (?:siento|me siento) (?:las|mis|los) (?:piernas|pies)"),
-    ("walk", r"(?:legs?|knees?) (?:\w+ )?(?:gave|give|giving|buckled?|buckling|collapsed?)"),
+    ("walk", r"(?:legs?|knees?) (?:\w+ )?(?:gave|give|giving|gives|buckl\w*|collaps\w*)"),
     ("walk", r"(?:legs?|knees?) (?:\w+ )?(?:wouldnt|wont|dont|do not|are not|arent) work\w*"),
     ("walk", r"piernas no me responden|no me responden las piernas|se me doblan"),
     ("weak", rf"weak\w*{_NEAR}legs?|legs?(?: \w+){{0,4}} weak\w*|new weakness"),
     ("weak", r"debil\w*(?: \w+){0,4} piernas|piernas(?: \w+){0,4} debil\w*"),
+    ("weak", r"(?:no tengo|sin|perdi(?: la)?) fuerza\w*(?: \w+){0,3} (?:piernas|pies)"),
     # numbness between the legs, in the saddle area, or of both legs
     ("numb", rf"{_NUMB}{_NEAR}{_SADDLE}|{_SADDLE}{_NEAR}{_NUMB}|{_NUMB} {_SADDLE}"),
     ("numb", rf"{_SADDLE} {_NUMB}|numbness (?:is )?spreading|spreading numbness"),
     ("numb", rf"{_CANT} feel (?:anything|a thing) (?:down there|when i wipe)"),
     ("numb", rf"{_NUMB_ES}(?: \w+){{0,5}} {_SADDLE_ES}|{_SADDLE_ES}(?: \w+){{0,5}} {_NUMB_ES}"),
     ("numb", r"no siento nada (?:al limpiarme|ahi abajo|abajo)"),
+    (
+        "numb",
+        rf"{_CANT} feel (?:it|anything|a thing)(?: \w+){{0,3}}"
+        rf"|{_SADDLE}(?: \w+){{0,6}} {_CANT} feel",
+    ),
     # bladder and bowel control
     ("bladder", r"bladder|bowels?|urine|urinat\w*|incontinen\w*|pee|peed|peeing|pooped|poop"),
     ("bladder", r"wet (?:myself|my self|my pants|the bed|me)|soiled"),
     ("bladder", r"(?:had|having) (?:an )?accidents?"),
-    ("bladder", rf"{_CANT} (?:hold it|feel when i (?:need|have) to go)"),
-    ("bladder", r"orin\w*|pipi|vejiga|popo|intestin\w*|me hice (?:en|encima)"),
+    ("bladder", rf"{_CANT} (?:hold it|feel when i (?:need|have) to go|go number (?:2|two|1|one))"),
+    (
+        "bladder",
+        r"(?:no|lost|losing|lose) control (?:over|of) (?:my )?(?:pee|poop|urine|bowels?|bladder)"
+        r"|leak\w*",
+    ),
+    ("bladder", r"orin\w*|pipi|vejiga|popo|intestin\w*|me hice (?:en|encima)|me moje\w*"),
     (
         "bladder",
         rf"(?:{_CANT_ES}|no (?:controlo|retengo|aguanto)) (?:\w+ ){{0,2}}"
         r"(?:orinar|orina|pipi|vejiga|popo|intestinos?)",
     ),
     # pain past bearing, or climbing fast
-    ("pain", r"unbearable|excruciating|agonizing|killing me|out of control|nothing helps"),
-    ("pain", rf"{_CANT} (?:take|stand|bear) (?:the pain|it)|10 (?:out of )?10|so bad i"),
+    ("pain", r"unbearable|excruciating|agony|agonizing|killing me|out of control|nothing helps"),
+    (
+        "pain",
+        r"screaming (?:in )?pain|crying in pain|(?:8|9|10) (?:out of )?10|and climbing"
+        r"|through the roof",
+    ),
+    (
+        "pain",
+        r"(?:meds|medication|medicine|pills) (?:\w+ )?(?:not|arent|dont|do not)"
+        r" (?:touching|helping|working)",
+    ),
+    ("pain", rf"{_CANT} (?:take|stand|bear) (?:the pain|it)|so bad i"),
     ("pain", r"insoportable|inaguantable|no (?:aguanto|soporto)|muchisimo dolor|duele muchisimo"),
     # fever (these patients have back pain; with it, fever is a red flag)
     ("fever", r"fever|feverish|chills|fiebre|escalofrios|calentura"),
+    ("fever", r"(?:temp|temperature) (?:of |is |at )?(?:10[0-9]|3[89])"),
     # the patient says it themselves
     ("emergency", r"emergency|emergencia|urgencias|911|ambulance|ambulancia"),
     ("emergency", r"(?:go|going|went|take me|taking me) to (?:the )?(?:er|hospital)"),
