@@ -119,6 +119,22 @@ _FLAG_PATTERNS: tuple[tuple[str, str], ...] = (
     ("emergency", r"(?:go|going|went|take me|taking me) to (?:the )?(?:er|hospital)"),
 )
 
+# The safety net under the phrases above, which miss new wording ("legs feel like jelly",
+# "went limp", "no se me quita con nada"): a text that talks about the body and does not say
+# it is better, the same, mild or fine counts as a red flag too. It errs towards the phone call.
+_BODY_RE = re.compile(
+    r"\b(?:pain\w*|hurt\w*|ache\w*|aching|legs?|feet|foot|toes?|knees?|hips?|back|spine"
+    r"|numb|numbness|numbed|tingl\w*|weak\w*|walk\w*|limp\w*|fell|falling|pee\w*|bladder|bowels?|fever\w*"
+    r"|feeling|sensation|wipe|vomit\w*|spasm\w*|dolor\w*|duele\w*|piernas?|pies?|espalda"
+    r"|caminar|debil\w*|fiebre|sostien\w*|entumec\w*|hormigue\w*|orin\w*)\b"
+)
+_STABLE_RE = re.compile(
+    r"\b(?:better|same|fine|good|great|ok|okay|no change|unchanged|improv\w*|went away|gone"
+    r"|like before|as before|usual|still|a little|a bit|just sore|mild\w*|anymore|no longer"
+    r"|mejor|igual|bien|ya no (?:me )?duele"
+    r"|un poco|leve|solo molest\w*|como antes|todavia|sigue)\b"
+)
+
 # Spellings within one or two typing errors of the words most flags hang on ("wlak",
 # "unbearabel", "woorse"). Words that one slip turns into a common word are left out: "peor"
 # into "pero" (but), "fever" into "never", "caminar" into "cambiar" at two.
@@ -130,7 +146,7 @@ _TYPO_TARGETS = (
 
 @dataclass(frozen=True, slots=True)
 class RedFlag:
-    kind: str  # worse, walk, weak, numb, bladder, pain, fever, emergency
+    kind: str  # worse, walk, weak, numb, bladder, pain, fever, emergency; body (the net)
     phrase: str  # the words matched, normalised; for tests and the corpus report, never logs
 
 
@@ -153,6 +169,12 @@ def red_flags_in(text: str) -> list[RedFlag]:
         for match in pattern.finditer(said):
             if not _negated(said, match.start()) and not _resolved(said, match.end()):
                 found.append(RedFlag(kind=kind, phrase=match.group()))
+    if not found and not _STABLE_RE.search(said):
+        found += [
+            RedFlag(kind="body", phrase=match.group())
+            for match in _BODY_RE.finditer(said)
+            if not _negated(said, match.start())
+        ][:1]
     return found
 
 
