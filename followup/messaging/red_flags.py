@@ -92,6 +92,11 @@ _FLAG_PATTERNS: tuple[tuple[str, str], ...] = (
         r"|leak\w*",
     ),
     ("bladder", r"orin\w*|pipi|vejiga|popo|intestin\w*|me hice (?:en|encima)|me moje\w*"),
+    ("bladder", r"(?:going|went|go|peeing|pooping) in my (?:pants|underwear|diaper)"),
+    (
+        "bladder",
+        r"no siento cuando (?:tengo que|necesito) ir|(?:make it|get) to the (?:toilet|bathroom)",
+    ),
     (
         "bladder",
         rf"(?:{_CANT_ES}|no (?:controlo|retengo|aguanto)) (?:\w+ ){{0,2}}"
@@ -120,8 +125,11 @@ _FLAG_PATTERNS: tuple[tuple[str, str], ...] = (
 )
 
 # The safety net under the phrases above, which miss new wording ("legs feel like jelly",
-# "went limp", "no se me quita con nada"): a text that talks about the body and does not say
-# it is better, the same, mild or fine counts as a red flag too. It errs towards the phone call.
+# "went limp", "no se me quita con nada"): a statement that talks about the body and does not
+# say it is better, the same, mild or fine counts as a red flag too; it errs towards the phone
+# call. Questions are left out ("do I need to bring my pain diary?", "is there a ramp, my foot
+# is in a cast"): asking about the visit is not reporting a change, and a net that also fires
+# on them raised more false alarms than it caught red flags (tests/corpus/replies_probe3).
 _BODY_RE = re.compile(
     r"\b(?:pain\w*|hurt\w*|ache\w*|aching|legs?|feet|foot|toes?|knees?|hips?|back|spine"
     r"|numb|numbness|numbed|tingl\w*|weak\w*|walk\w*|limp\w*|fell|falling|pee\w*|bladder|bowels?|fever\w*"
@@ -131,7 +139,8 @@ _BODY_RE = re.compile(
 _STABLE_RE = re.compile(
     r"\b(?:better|same|fine|good|great|ok|okay|no change|unchanged|improv\w*|went away|gone"
     r"|like before|as before|usual|still|a little|a bit|just sore|mild\w*|anymore|no longer"
-    r"|mejor|igual|bien|ya no (?:me )?duele"
+    r"|for (?:months|years|weeks)|always|as usual|comes and goes|manageable"
+    r"|mejor|igual|bien|ya no (?:me )?duele|como siempre|de siempre"
     r"|un poco|leve|solo molest\w*|como antes|todavia|sigue)\b"
 )
 
@@ -169,13 +178,29 @@ def red_flags_in(text: str) -> list[RedFlag]:
         for match in pattern.finditer(said):
             if not _negated(said, match.start()) and not _resolved(said, match.end()):
                 found.append(RedFlag(kind=kind, phrase=match.group()))
-    if not found and not _STABLE_RE.search(said):
+    if not found and not _STABLE_RE.search(said) and not _asks(text, said):
         found += [
             RedFlag(kind="body", phrase=match.group())
             for match in _BODY_RE.finditer(said)
             if not _negated(said, match.start())
         ][:1]
     return found
+
+
+_QUESTION_START = frozenset(
+    {"can", "could", "do", "does", "should", "is", "are", "will", "would", "how", "what",
+     "where", "when", "who", "which", "may", "puedo", "puede", "debo", "donde", "cuando",
+     "como", "cual", "hay"}
+)  # fmt: skip
+
+
+def _asks(text: str, said: str) -> bool:
+    """A question (a question mark, or a question's first word in its last sentence)."""
+    if "?" in text:
+        return True
+    last = said.rstrip(" |").rsplit("|", 1)[-1].split()
+    first_words = {said.split()[0] if said.split() else "", last[0] if last else ""}
+    return bool(first_words & _QUESTION_START)
 
 
 def has_red_flag(text: str) -> bool:

@@ -25,6 +25,19 @@ def test_corpus_splits_are_big_enough_and_labelled_for_both_languages() -> None:
         assert all(row["red_flag"] == ("worsening" in row["intents"]) for row in rows)
 
 
+@pytest.mark.parametrize(
+    "probe", ["replies_probe.jsonl", "replies_probe2.jsonl", "replies_probe3.jsonl"]
+)
+def test_red_flags_on_the_probes_all_found_and_at_least_nine_in_ten_right(probe: str) -> None:
+    # The probes were scored once at first sight (see the commits that added them), then
+    # tuned on: this holds what tuning reached, not an estimate of unseen wording.
+    report = evaluate_replies(load_reply_cases(TEST_SPLIT.parent / probe))
+
+    red_flag = report.score("red_flag")
+    assert red_flag.false_negatives == 0, [w.text for w in report.wrong]
+    assert red_flag.precision >= 0.9
+
+
 def test_red_flags_on_the_test_split_all_found_and_at_least_nine_in_ten_right() -> None:
     report = evaluate_replies(load_reply_cases(TEST_SPLIT))
 
@@ -45,6 +58,9 @@ def test_red_flags_on_the_test_split_all_found_and_at_least_nine_in_ten_right() 
         "no numbness but I can't pee",  # a denial does not reach past "but"
         "no estoy peor, pero no puedo orinar",
         "stop texting me, I'm getting worse",
+        # the safety net: new wording about the body, said as news
+        "my legs feel like jelly and i fell twice",
+        "mis piernas ya no me sostienen",
     ],
 )
 def test_red_flags(text: str) -> None:
@@ -64,6 +80,12 @@ def test_red_flags(text: str) -> None:
         "cancel my appointment please",
         "I was talking to my sister, I'll be there",
         "pero gracias",  # "peor" one swap away, deliberately not corrected
+        "wrong number",  # "number" is not "numb"
+        # the net leaves questions and stable news alone
+        "do I need to bring my pain diary",
+        "my foot is in a cast, is there a ramp?",
+        "me duele la espalda como siempre, nos vemos el martes",
+        "my back still aches a bit",
     ],
 )
 def test_not_red_flags(text: str) -> None:
