@@ -38,12 +38,12 @@ _CANT = (
     r"(?:cant|cannot|can not|couldnt|could not|unable to|not able to|can barely|can hardly"
     r"|barely|hardly|(?:havent|hasnt|have not|has not) been able to|wont let me)"
 )
-_CANT_ES = r"(?:(?:ya )?no (?:me )?(?:puedo|logro|puede)|apenas (?:puedo|me puedo))"
+_CANT_ES = r"(?:(?:ya )?no (?:me )?(?:puedo|logro|puede)|apenas (?:puedo|me puedo)|sin poder)"
 _LEGS = r"(?:legs|feet|both legs|both feet|my legs|my feet)"
 _SADDLE = (
     r"(?:between (?:my |the )?legs|groin|saddle|privates?|private (?:area|parts)|genitals?"
     r"|crotch|bottom|butt|butt cheeks|buttocks|bum|inner thighs?|down there|down below"
-    r"|when i wipe|legs|both feet|feet)"
+    r"|when i wipe|legs|both feet|feet|lower half|waist down|lower body)"
 )
 _SADDLE_ES = (
     r"(?:entrepierna|entre (?:las|mis) piernas|zona intima|partes intimas|genitales|nalgas"
@@ -83,7 +83,7 @@ _FLAG_PATTERNS: tuple[tuple[str, str], ...] = (
     ),
     # bladder and bowel control
     ("bladder", r"bladder|bowels?|urine|urinat\w*|incontinen\w*|pee|peed|peeing|pooped|poop"),
-    ("bladder", r"wet (?:myself|my self|my pants|the bed|me)|soiled"),
+    ("bladder", r"wet\w* (?:myself|my self|my pants|the bed|me)|soiled"),
     ("bladder", r"(?:had|having) (?:an )?accidents?"),
     ("bladder", rf"{_CANT} (?:hold it|feel when i (?:need|have) to go|go number (?:2|two|1|one))"),
     (

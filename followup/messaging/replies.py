@@ -30,6 +30,7 @@ from followup.errors import BookingError
 from followup.messaging import visits
 from followup.messaging.plan import display_phone
 from followup.messaging.policy import REPLY_KEY_PREFIX, ReplyIntent, is_keyword, reply_intents
+from followup.messaging.red_flags import normalize
 from followup.messaging.render import RenderedSms, render_sms
 from followup.settings import Settings
 from models import messaging_queries as mq
@@ -195,8 +196,26 @@ def repeated_answers(
         "clinic_name": settings.site_name,
         "clinic_phone": display_phone(settings.clinic_phone),
     }
-    rendered = render_sms("urgent_advice", "en", context, templates_dir=settings.templates_dir)
+    rendered = render_sms(
+        "urgent_advice", language_of(sms.body), context, templates_dir=settings.templates_dir
+    )
     return (InstantAnswer(body=rendered.body, message_id=None),)
+
+
+# Words common in patients' Spanish texts and rare in English ones; "no" and "me" are in both.
+_SPANISH_WORDS = frozenset(
+    {"estoy", "tengo", "puedo", "siento", "duele", "dolor", "piernas", "peor", "las", "los",
+     "mis", "muy", "mucho", "para", "caminar", "orinar", "espalda", "ayuda", "por", "favor",
+     "que", "una", "con", "sin", "pero", "ya", "nada", "mas", "hoy", "ayer", "cita", "gracias"}
+)  # fmt: skip
+
+
+def language_of(text: str) -> str:
+    """ "es" when a text from an unknown number reads as Spanish, else "en" (the advice to call
+    must be understood)."""
+    words = normalize(text).split()
+    spanish = sum(word in _SPANISH_WORDS for word in words)
+    return "es" if spanish and spanish * 4 >= len([w for w in words if w != "|"]) else "en"
 
 
 def _resolve(
@@ -399,12 +418,12 @@ def _task(ctx: _Context, kind: str, what: str, *, target: str = SCHEDULER_QUEUE)
 
 
 def _answer_at_once(ctx: _Context, kind: str) -> InstantAnswer:
-    """Render an answer for the webhook's response, in the patient's language (the clinic's
-    default for an unknown number), kept in the outbox for a known patient."""
+    """Render an answer for the webhook's response, in the patient's language (for an unknown
+    number, the language the text reads as), kept in the outbox for a known patient."""
     patient = ctx.patient
     rendered = render_sms(
         kind,
-        patient.language if patient else "en",
+        patient.language if patient else language_of(ctx.sms.body),
         _reply_context(ctx),
         templates_dir=ctx.settings.templates_dir,
     )

@@ -25,9 +25,7 @@ def test_corpus_splits_are_big_enough_and_labelled_for_both_languages() -> None:
         assert all(row["red_flag"] == ("worsening" in row["intents"]) for row in rows)
 
 
-@pytest.mark.parametrize(
-    "probe", ["replies_probe.jsonl", "replies_probe2.jsonl", "replies_probe3.jsonl"]
-)
+@pytest.mark.parametrize("probe", [f"replies_probe{n}.jsonl" for n in ("", "2", "3", "4")])
 def test_red_flags_on_the_probes_all_found_and_at_least_nine_in_ten_right(probe: str) -> None:
     # The probes were scored once at first sight (see the commits that added them), then
     # tuned on: this holds what tuning reached, not an estimate of unseen wording.

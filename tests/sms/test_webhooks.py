@@ -491,6 +491,14 @@ def test_a_repeated_red_flag_webhook_is_answered_again_and_acted_on_once(
     assert len(replies(world)) == (1 if phone == PHONE else 0)
 
 
+def test_a_spanish_red_flag_from_an_unknown_number_is_answered_in_spanish(
+    gateway: Gateway,
+) -> None:
+    response = gateway.text("no puedo caminar y me orine", phone="+15555559999")
+
+    assert "Llame ahora al (555) 555-0100" in response.text and "llame al 911" in response.text
+
+
 def test_a_text_that_is_not_a_red_flag_gets_an_empty_twiml_answer(
     gateway: Gateway, world: World
 ) -> None:
