@@ -83,11 +83,17 @@ def claim_due_messages(
     return [row.id for row in sorted(claimed, key=lambda row: (row.scheduled_for, row.id))]
 
 
-def release_stale_claims(*, session: Session, claimed_before: datetime) -> int:
-    """Give claims that never reached Twilio (no sid) back to the queue; how many.
+# error_code of a row whose last attempt may have reached Twilio without its answer reaching
+# us; sent_at holds that attempt's time, and Twilio is asked before the row is sent again.
+UNKNOWN_OUTCOME = "unknown_outcome"
 
-    A worker that died between claim and send leaves its rows in `sending`; without a sid
-    Twilio never accepted them, so sending them again is not a duplicate.
+
+def release_stale_claims(*, session: Session, claimed_before: datetime) -> int:
+    """Give claims that got no sid back to the queue; how many.
+
+    A worker that died between claim and send leaves its rows in `sending`. It may have died
+    after Twilio accepted the request and before the sid was written, so the row goes back
+    marked unknown_outcome: the next attempt asks Twilio first and adopts the sid it finds.
     """
     result = session.execute(
         update(OutboundMessage)
@@ -96,7 +102,12 @@ def release_stale_claims(*, session: Session, claimed_before: datetime) -> int:
             col(OutboundMessage.twilio_sid).is_(None),
             col(OutboundMessage.claimed_at) < claimed_before,
         )
-        .values(status=OutboundStatus.SCHEDULED, claimed_at=None)
+        .values(
+            status=OutboundStatus.SCHEDULED,
+            claimed_at=None,
+            error_code=UNKNOWN_OUTCOME,
+            sent_at=func.coalesce(col(OutboundMessage.sent_at), col(OutboundMessage.claimed_at)),
+        )
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -76,9 +76,7 @@ MAX_RETRY_DELAY = timedelta(minutes=10)
 MAX_WORKERS = 16  # API calls in flight at most (the client's connection pool is about this)
 
 UNDELIVERABLE_TASK = "sms_undeliverable"  # a scheduler calls the patient instead
-# error_code of a row whose last attempt may have reached Twilio (its answer never came); its
-# sent_at holds that attempt's time, and Twilio is asked before the row is sent again.
-UNKNOWN_OUTCOME = "unknown_outcome"
+UNKNOWN_OUTCOME = mq.UNKNOWN_OUTCOME  # the last attempt may have reached Twilio: look first
 SCHEDULER_QUEUE = "scheduler-queue"
 
 

@@ -3,10 +3,14 @@ through the official client, against a local stub that accepts and answers too l
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from followup.messaging.dispatch import UNKNOWN_OUTCOME, DispatchPolicy
-from followup.messaging.sender import SmsSendError, TwilioSender, build_twilio_client
+from followup.messaging.sender import OutgoingSms, SmsSendError, TwilioSender, build_twilio_client
+from models import messaging_queries as mq
+from models.db import session_scope
 from models.tables import OutboundStatus
 from tests.sms.conftest import (
     CLINIC_FROM,
@@ -99,3 +103,26 @@ def test_the_lookup_passes_twilio_s_contract(prism_url: str) -> None:
     found = twilio_sender(prism_url).find_sent(to=PHONE, body=SMS.body, since=SMS_SINCE)
 
     assert found == []
+
+
+def test_a_claim_whose_worker_died_after_twilio_accepted_it_is_not_sent_again(
+    world: World, clock: Clock, twilio_fake: ScriptedTwilio
+) -> None:
+    message_id = world.message(world.patient())
+    twilio_fake.created_at = clock
+    with session_scope(world.database_url) as session:
+        assert mq.claim_due_messages(session=session, now=NOW, limit=5) == [message_id]
+        body = mq.get_message(session=session, message_id=message_id).body
+    # The worker's request reached Twilio; it died before writing the sid.
+    twilio_sender(twilio_fake.base_url).send(
+        OutgoingSms(message_id=message_id, to=PHONE, body=body)
+    )
+    clock.now = NOW + timedelta(minutes=11)
+
+    report = dispatcher(
+        world.database_url, twilio_sender(twilio_fake.base_url), clock, POLICY
+    ).run()
+
+    assert report.released_stale == 1
+    assert len(twilio_fake.requests) == 1
+    assert world.get(message_id).twilio_sid == twilio_fake.sids[0]
