@@ -81,7 +81,7 @@ class ReplyOutcome:
     patient_id: int | None
     appointment_id: int | None
     reply_message_ids: tuple[int, ...]
-    task_ids: tuple[int, ...]  # most pressing first
+    task_ids: tuple[int, ...]  # every task the text opened or joined
     instant_answers: tuple[InstantAnswer, ...] = ()
 
 
@@ -149,7 +149,7 @@ def handle_inbound(
         instant.append(_answer_at_once(ctx, "urgent_advice"))
     if ReplyIntent.HELP in intents and sms.carrier_handled != "HELP":
         replies.append("help")
-    # Enqueued before the visit answers below, so "worse, and YES" gets the advice first.
+    # Enqueued before the visit answers below, so "STOP, and YES" confirms the opt-out first.
     reply_ids = _enqueue_replies(ctx, replies)
     if ReplyIntent.CONFIRM in intents:
         tasks.append(_confirm(ctx, reply_ids))
