@@ -149,7 +149,7 @@ def handle_inbound(
         instant.append(_answer_at_once(ctx, "urgent_advice"))
     if ReplyIntent.HELP in intents and sms.carrier_handled != "HELP":
         replies.append("help")
-    # Enqueued before the visit answers below, so "STOP, and YES" confirms the opt-out first.
+    # Enqueued before the visit answers below: the keyword answers (opt-out, HELP) go first.
     reply_ids = _enqueue_replies(ctx, replies)
     if ReplyIntent.CONFIRM in intents:
         tasks.append(_confirm(ctx, reply_ids))
