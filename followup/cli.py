@@ -114,6 +114,69 @@ def evaluate_corpus(
     typer.echo(format_report(report))
 
 
+@app.command("eval-replies")
+def evaluate_reply_corpus(
+    corpus: Annotated[Path, typer.Argument(help="JSONL of labelled patient texts")] = PROJECT_ROOT
+    / "tests"
+    / "corpus"
+    / "replies_test.jsonl",
+) -> None:
+    """Recall and precision per reply intent and for red flags, and the wrong cases."""
+    from followup.messaging.reply_eval import (
+        evaluate_replies,
+        format_reply_report,
+        load_reply_cases,
+    )
+
+    typer.echo(format_reply_report(evaluate_replies(load_reply_cases(corpus))))
+
+
+replies_app = typer.Typer(help="Patients' texts back.", no_args_is_help=True)
+app.add_typer(replies_app, name="replies")
+
+
+@replies_app.command("classify")
+def replies_classify(
+    path: Annotated[str, typer.Argument(help="a text file, or - for stdin")],
+) -> None:
+    """Read one patient text and print {"intents": [...], "red_flag": bool} (contract)."""
+    from followup.messaging.reply_eval import understand
+
+    text = _read_input(path).decode("utf-8", errors="replace")
+    typer.echo(json.dumps(understand(text).to_contract()))
+
+
+@replies_app.command("show")
+def replies_show(
+    task_id: Annotated[int, typer.Argument(help="task (escalation) id, see `followup worklist`")],
+) -> None:
+    """A task and every patient text shown with it, oldest first (texts are PHI: for the
+    clinicians and schedulers who act on the task)."""
+    from models import messaging_queries
+    from models.db import session_scope
+    from models.tables import Escalation
+
+    settings = get_settings()
+    zone = settings.site_zone
+    with session_scope(settings.database_url) as session:
+        task = session.get(Escalation, task_id)
+        if task is None:
+            err.print(f"[red]no task {task_id}[/red]")
+            raise typer.Exit(code=1)
+        texts = messaging_queries.texts_on_task(session=session, escalation_id=task_id)
+        table = Table(title=f"task {task.id} ({task.kind}, {task.status}): {task.reason}")
+        for column in ("received", "sid", "intents", "text"):
+            table.add_column(column, no_wrap=column != "text")
+        for event in texts:
+            table.add_row(
+                event.received_at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z"),
+                event.message_sid,
+                ", ".join(event.intents),
+                str(event.params.get("Body", "")),
+            )
+    Console().print(table)
+
+
 @app.command("seed-demo")
 def seed_demo() -> None:
     """Create the demo clinic: 5 providers with business-hours slots for 4 weeks."""

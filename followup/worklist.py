@@ -8,9 +8,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-# Escalation kinds per table: a critical finding waits for a doctor (and is re-notified until
-# acknowledged), an unbookable patient for a scheduler's call.
-CRITICAL_KINDS = ("critical_finding",)
+# Escalation kinds per table: a critical finding or a patient's red-flag text waits for a doctor
+# (and is re-notified until acknowledged), an unbookable patient for a scheduler's call.
+CRITICAL_KINDS = ("critical_finding", "patient_worsening")
 UNBOOKABLE_KINDS = ("unbookable",)
 CRITICAL_KEY = "worklist-critical-unacknowledged"
 CRITICAL_TITLE = "Critical findings awaiting a doctor"
@@ -88,7 +88,8 @@ class DueNotice:
     def message(self) -> tuple[str, str]:
         """Subject and body of the notice. No finding or patient: notification channels
         (chat, e-mail) are not cleared for PHI; the accession leads to the report in the RIS."""
-        subject = f"Critical finding not acknowledged: {self.accession}"
+        what = "Patient red-flag text" if self.kind == "patient_worsening" else "Critical finding"
+        subject = f"{what} not acknowledged: {self.accession}"
         body = (
             f"Escalation {self.escalation_id} (accession {self.accession}, for {self.target}) "
             f"has waited {self.waiting_minutes} min without acknowledgement; notice "

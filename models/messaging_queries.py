@@ -30,6 +30,7 @@ from models.tables import (
     Patient,
     SmsSuppression,
     TwilioEvent,
+    TwilioEventKind,
     WaitlistEntry,
     WaitlistOffer,
 )
@@ -82,11 +83,17 @@ def claim_due_messages(
     return [row.id for row in sorted(claimed, key=lambda row: (row.scheduled_for, row.id))]
 
 
-def release_stale_claims(*, session: Session, claimed_before: datetime) -> int:
-    """Give claims that never reached Twilio (no sid) back to the queue; how many.
+# error_code of a row whose last attempt may have reached Twilio without its answer reaching
+# us; sent_at holds that attempt's time, and Twilio is asked before the row is sent again.
+UNKNOWN_OUTCOME = "unknown_outcome"
 
-    A worker that died between claim and send leaves its rows in `sending`; without a sid
-    Twilio never accepted them, so sending them again is not a duplicate.
+
+def release_stale_claims(*, session: Session, claimed_before: datetime) -> int:
+    """Give claims that got no sid back to the queue; how many.
+
+    A worker that died between claim and send leaves its rows in `sending`. It may have died
+    after Twilio accepted the request and before the sid was written, so the row goes back
+    marked unknown_outcome: the next attempt asks Twilio first and adopts the sid it finds.
     """
     result = session.execute(
         update(OutboundMessage)
@@ -95,7 +102,12 @@ def release_stale_claims(*, session: Session, claimed_before: datetime) -> int:
             col(OutboundMessage.twilio_sid).is_(None),
             col(OutboundMessage.claimed_at) < claimed_before,
         )
-        .values(status=OutboundStatus.SCHEDULED, claimed_at=None)
+        .values(
+            status=OutboundStatus.SCHEDULED,
+            claimed_at=None,
+            error_code=UNKNOWN_OUTCOME,
+            sent_at=func.coalesce(col(OutboundMessage.sent_at), col(OutboundMessage.claimed_at)),
+        )
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
@@ -118,6 +130,31 @@ def get_message(*, session: Session, message_id: int, lock: bool = False) -> Out
     if message is None:
         raise LookupError(f"outbound message {message_id} does not exist")
     return message
+
+
+def known_sids(*, session: Session, sids: Collection[str]) -> set[str]:
+    """Which of these Twilio sids already belong to an outbox row."""
+    if not sids:
+        return set()
+    rows = session.exec(
+        select(OutboundMessage.twilio_sid).where(col(OutboundMessage.twilio_sid).in_(list(sids)))
+    ).all()
+    return {sid for sid in rows if sid is not None}
+
+
+def message_by_key(*, session: Session, key: str) -> OutboundMessage | None:
+    return session.exec(
+        select(OutboundMessage).where(OutboundMessage.idempotency_key == key)
+    ).first()
+
+
+def inbound_event(*, session: Session, sid: str) -> TwilioEvent | None:
+    """The stored webhook of one inbound text."""
+    return session.exec(
+        select(TwilioEvent).where(
+            TwilioEvent.message_sid == sid, TwilioEvent.kind == TwilioEventKind.INBOUND
+        )
+    ).first()
 
 
 def message_by_sid(*, session: Session, sid: str, lock: bool = False) -> OutboundMessage | None:
@@ -155,10 +192,17 @@ def suppressed_phones(*, session: Session, phones: Collection[str]) -> set[str]:
 
 
 def capped_send_times(
-    *, session: Session, patient_ids: Collection[int], since: datetime, exclude_key_prefix: str
+    *,
+    session: Session,
+    patient_ids: Collection[int],
+    since: datetime,
+    exclude_key_prefix: str,
+    exclude_ids: Collection[int] = (),
 ) -> dict[int, list[datetime]]:
     """Per patient, when their texts since `since` went out (those that count against the
-    caps); rows whose idempotency key starts with `exclude_key_prefix` (answers) do not."""
+    caps); rows whose idempotency key starts with `exclude_key_prefix` (answers) do not, nor
+    `exclude_ids` (the rows being checked: a retry whose first attempt may have gone is not
+    its own reason to wait)."""
     history: dict[int, list[datetime]] = {}
     for patient_id, sent_at in session.exec(
         select(OutboundMessage.patient_id, OutboundMessage.sent_at).where(
@@ -166,6 +210,7 @@ def capped_send_times(
             col(OutboundMessage.status).in_(CAPPED_STATUSES),
             ~col(OutboundMessage.idempotency_key).startswith(exclude_key_prefix, autoescape=True),
             col(OutboundMessage.sent_at) >= since,
+            col(OutboundMessage.id).not_in(list(exclude_ids)),
         )
     ):
         if sent_at is not None:
@@ -218,18 +263,82 @@ def patients_with_phone(*, session: Session, phone: str) -> list[Patient]:
     )
 
 
+OPTED_OUT_REASON = "opted_out"  # error_code of texts cancelled by an opt-out (START restores)
+
+
 def cancel_scheduled_for_patients(*, session: Session, patient_ids: Collection[int]) -> int:
-    """Cancel every not-yet-claimed message to these patients; how many."""
+    """Cancel every not-yet-claimed message to these patients (they opted out); how many."""
     result = session.execute(
         update(OutboundMessage)
         .where(
             col(OutboundMessage.patient_id).in_(list(patient_ids)),
             col(OutboundMessage.status) == OutboundStatus.SCHEDULED,
         )
-        .values(status=OutboundStatus.CANCELLED)
+        .values(status=OutboundStatus.CANCELLED, error_code=OPTED_OUT_REASON)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def restore_visit_texts_after_opt_in(
+    *, session: Session, patient_ids: Collection[int], kinds: Collection[str], now: datetime
+) -> int:
+    """Schedule again the visit texts an opt-out cancelled, for visits still ahead: notices at
+    once (the dispatcher applies quiet hours and caps), reminders whose time has not passed."""
+    rows = session.exec(
+        select(OutboundMessage, Appointment)
+        .join(Appointment, col(Appointment.id) == col(OutboundMessage.appointment_id))
+        .where(
+            col(OutboundMessage.patient_id).in_(list(patient_ids)),
+            col(OutboundMessage.status) == OutboundStatus.CANCELLED,
+            col(OutboundMessage.error_code) == OPTED_OUT_REASON,
+            col(OutboundMessage.kind).in_(list(kinds)),
+            col(Appointment.status).in_(ACTIVE_APPOINTMENT_STATUSES),
+            Appointment.start > now,
+        )
+    ).all()
+    restored = 0
+    for message, _ in rows:
+        if message.kind == "reminder" and message.scheduled_for <= now:
+            continue  # "in 3 days" sent a day before would be wrong; the next one still goes
+        message.status = OutboundStatus.SCHEDULED
+        message.error_code = None
+        message.scheduled_for = max(message.scheduled_for, now)
+        session.add(message)
+        restored += 1
+    return restored
+
+
+def upcoming_active_appointments(
+    *, session: Session, patient_ids: Collection[int], after: datetime
+) -> list[Appointment]:
+    return list(
+        session.exec(
+            select(Appointment)
+            .where(
+                col(Appointment.patient_id).in_(list(patient_ids)),
+                col(Appointment.status).in_(ACTIVE_APPOINTMENT_STATUSES),
+                Appointment.start > after,
+            )
+            .order_by(col(Appointment.start))
+        ).all()
+    )
+
+
+def opted_out_for_send(*, session: Session, message_id: int) -> bool:
+    """Whether the message's patient or number is opted out now (read just before the send)."""
+    row = session.exec(
+        select(OutboundMessage, Patient)
+        .join(Patient, col(Patient.id) == col(OutboundMessage.patient_id))
+        .where(OutboundMessage.id == message_id)
+    ).first()
+    if row is None:
+        return False
+    message, patient = row
+    phone = message.to_phone or patient.phone_e164
+    return patient.sms_opt_out or (
+        phone is not None and phone_suppressed(session=session, phone=phone)
+    )
 
 
 # --- replies -----------------------------------------------------------------------------------
@@ -377,6 +486,64 @@ def open_task(
     session.add(existing)
     session.flush()
     return existing
+
+
+def open_task_with_texts_from(
+    *, session: Session, kind: str, patient_ids: Collection[int]
+) -> Escalation | None:
+    """The open task of `kind` already showing a text from one of these patients: where their
+    next text goes when it concerns no study (one task per study and kind otherwise)."""
+    if not patient_ids:
+        return None
+    return session.exec(
+        select(Escalation)
+        .join(TwilioEvent, col(TwilioEvent.escalation_id) == col(Escalation.id))
+        .where(
+            Escalation.kind == kind,
+            Escalation.status == EscalationStatus.OPEN,
+            col(TwilioEvent.patient_id).in_(patient_ids),
+        )
+        .order_by(col(Escalation.id).desc())
+    ).first()
+
+
+def note_text_on_task(
+    *, session: Session, task: Escalation, event_id: int | None, notice_due: datetime | None
+) -> int:
+    """Show one more inbound text with `task`; the number of texts it now holds.
+
+    `notice_due`: when the task's next notice should go (re-notify-escalations sends it at its
+    next run once `notified_at` is an interval old); None leaves the notice schedule alone.
+    """
+    if event_id is not None:
+        event = session.get(TwilioEvent, event_id)
+        if event is not None and event.escalation_id is None:
+            event.escalation_id = task.id
+            session.add(event)
+    if notice_due is not None:
+        task.notified_at = notice_due
+        session.add(task)
+    session.flush()
+    return texts_on_task_count(session=session, escalation_id=task.id)
+
+
+def texts_on_task_count(*, session: Session, escalation_id: int | None) -> int:
+    return int(
+        session.exec(
+            select(func.count()).where(col(TwilioEvent.escalation_id) == escalation_id)
+        ).one()
+    )
+
+
+def texts_on_task(*, session: Session, escalation_id: int) -> list[TwilioEvent]:
+    """The inbound texts shown with one task, oldest first."""
+    return list(
+        session.exec(
+            select(TwilioEvent)
+            .where(TwilioEvent.escalation_id == escalation_id)
+            .order_by(col(TwilioEvent.received_at), col(TwilioEvent.id))
+        ).all()
+    )
 
 
 # --- what schedulers and the CLI show ----------------------------------------------------------

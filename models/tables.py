@@ -558,6 +558,9 @@ class TwilioEvent(SQLModel, table=True):
     outbound_id: int | None = Field(default=None, foreign_key="outbound_message.id", index=True)
     patient_id: int | None = Field(default=None, foreign_key="patient.id", index=True)
     intents: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # The task an inbound text was shown with (the most pressing one it opened or joined), so
+    # every text reaches a person however many arrive while the task is open.
+    escalation_id: int | None = Field(default=None, foreign_key="escalation.id", index=True)
     received_at: datetime = _created_at()
 
 

@@ -5,9 +5,10 @@
 * `POST /twilio/status`: a status callback for one of our messages. The row is found by its
   sid, or by the `outbound_id` our status-callback URL carries (a callback can beat the sid
   into the database), and moves through the monotonic state machine (dispatch.advance).
-* `POST /twilio/inbound`: a patient's text, acted on by messaging.replies. The answer is an
-  empty TwiML document: answers to the patient go through the outbox (tracked, exactly once),
-  and are sent at once when the router was given a sender.
+* `POST /twilio/inbound`: a patient's text, acted on by messaging.replies. A red flag's
+  call-now / 911 advice goes back in the TwiML response itself (known number or not), with a
+  status-callback `action` on its outbox row; other answers go through the outbox (tracked,
+  exactly once), sent at once when the router was given a sender. No answer: empty TwiML.
 
 Both check X-Twilio-Signature with the twilio library's RequestValidator against the URL
 Twilio called, FOLLOWUP_TWILIO_WEBHOOK_BASE_URL + path + query, and only that: the URL as
@@ -41,10 +42,16 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response
 from sqlmodel import Session
 from twilio.request_validator import RequestValidator
+from twilio.twiml.messaging_response import MessagingResponse
 
 from followup.gateway.http import read_body
 from followup.messaging.dispatch import Dispatcher, DispatchPolicy, apply_status_report
-from followup.messaging.replies import InboundSms, handle_inbound
+from followup.messaging.replies import (
+    InboundSms,
+    InstantAnswer,
+    handle_inbound,
+    repeated_answers,
+)
 from followup.messaging.sender import SmsSender
 from followup.settings import Settings
 from models import messaging_queries as mq
@@ -75,6 +82,7 @@ def twilio_router(
 ) -> APIRouter:
     """The webhook routes; `sender` (optional) sends answers to patients at once."""
     router = APIRouter(prefix="/twilio", tags=["twilio"])
+    callbacks = DispatchPolicy.from_settings(settings)
     token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
     validator = RequestValidator(token) if token else None
     dispatcher = (
@@ -141,12 +149,12 @@ def twilio_router(
             body=params.get("Body", ""),
             carrier_handled=(params.get("OptOutType") or "").upper() or None,
         )
-        reply_ids = await asyncio.to_thread(
+        reply_ids, instant = await asyncio.to_thread(
             _record_inbound, database_url, settings, params, sms, now=clock()
         )
         if dispatcher is not None and reply_ids:
             background.add_task(dispatcher.run, ids=reply_ids)
-        return Response(EMPTY_TWIML, media_type="text/xml")
+        return Response(_twiml(instant, callbacks), media_type="text/xml")
 
     return router
 
@@ -215,9 +223,24 @@ def _message_for(session: Session, *, sid: str, outbound_id: int | None) -> Outb
     return message
 
 
+def _twiml(answers: list[InstantAnswer], callbacks: DispatchPolicy) -> str:
+    """The webhook's answer: a <Message> per instant answer, Twilio reporting on each to
+    /twilio/status with its outbox id (as for dispatched texts); empty when there is none."""
+    if not answers:
+        return EMPTY_TWIML
+    response = MessagingResponse()
+    for answer in answers:
+        action = callbacks.status_callback(answer.message_id) if answer.message_id else None
+        if action:
+            response.message(answer.body, action=action, method="POST")
+        else:
+            response.message(answer.body)
+    return str(response.to_xml(xml_declaration=True))
+
+
 def _record_inbound(
     database_url: str, settings: Settings, params: dict[str, str], sms: InboundSms, *, now: datetime
-) -> list[int]:
+) -> tuple[list[int], list[InstantAnswer]]:
     with session_scope(database_url) as session:
         event = mq.record_twilio_event(
             session=session,
@@ -230,9 +253,11 @@ def _record_inbound(
         )
         if event is None:
             logger.info("inbound SMS %s already handled", sms.message_sid)
-            return []
-        outcome = handle_inbound(session=session, sms=sms, settings=settings, now=now)
+            return [], list(repeated_answers(session=session, sms=sms, settings=settings))
+        outcome = handle_inbound(
+            session=session, sms=sms, settings=settings, now=now, event_id=event.id
+        )
         event.patient_id = outcome.patient_id
         event.intents = [str(intent) for intent in outcome.intents]
         session.add(event)
-        return list(outcome.reply_message_ids)
+        return list(outcome.reply_message_ids), list(outcome.instant_answers)

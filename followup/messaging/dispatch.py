@@ -33,14 +33,21 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session
 
 from followup.errors import FollowupError
+from followup.messaging import visits
 from followup.messaging.policy import (
+    AFTER_OPT_OUT_KINDS,
     REPLY_KEY_PREFIX,
-    REPLY_KINDS,
     apply_caps,
     is_send_allowed,
     next_allowed_send_time,
 )
-from followup.messaging.sender import OutgoingSms, SendReceipt, SmsSender, SmsSendError
+from followup.messaging.sender import (
+    OutgoingSms,
+    SendReceipt,
+    SentLookup,
+    SmsSender,
+    SmsSendError,
+)
 from followup.settings import Settings
 from models import messaging_queries as mq
 from models import queries
@@ -69,6 +76,7 @@ MAX_RETRY_DELAY = timedelta(minutes=10)
 MAX_WORKERS = 16  # API calls in flight at most (the client's connection pool is about this)
 
 UNDELIVERABLE_TASK = "sms_undeliverable"  # a scheduler calls the patient instead
+UNKNOWN_OUTCOME = mq.UNKNOWN_OUTCOME  # the last attempt may have reached Twilio: look first
 SCHEDULER_QUEUE = "scheduler-queue"
 
 
@@ -211,6 +219,7 @@ class SendCheck:
     opted_out: bool
     zone: ZoneInfo | None  # None: the patient's zone is unknown, the strict all-US window
     reply: bool = False  # an answer to the patient's own text
+    redelivery: bool = False  # a new attempt at a text the handset could not take
     visit_start: datetime | None = None
     visit_active: bool = True
     recent_sends: tuple[datetime, ...] = ()
@@ -227,7 +236,9 @@ def check_send(check: SendCheck, *, now: datetime, policy: DispatchPolicy) -> Ch
     """Whether a claimed message may go now, and if not, what becomes of it."""
     if not check.phone:
         return CheckResult(Verdict.FAIL, "no_phone")
-    if check.opted_out and not (check.reply and check.kind in REPLY_KINDS):
+    if check.opted_out and not (
+        check.reply and check.kind in AFTER_OPT_OUT_KINDS and not check.redelivery
+    ):
         return CheckResult(Verdict.SUPPRESS, "opted_out")
     if check.kind in VISIT_KINDS and (
         not check.visit_active or (check.visit_start is not None and check.visit_start <= now)
@@ -309,6 +320,7 @@ def _prepare(
         patient_ids={message.patient_id for message, _, _ in rows},
         since=now - timedelta(days=7),
         exclude_key_prefix=REPLY_KEY_PREFIX,
+        exclude_ids=message_ids,
     )
     to_send: list[OutgoingSms] = []
     outcomes: list[Outcome] = []
@@ -325,6 +337,7 @@ def _prepare(
             opted_out=patient.sms_opt_out or phone in suppressed,
             zone=_zone(patient.timezone),
             reply=reply,
+            redelivery=bool(_REDELIVERY.search(message.idempotency_key)),
             visit_start=visit.start if visit else None,
             visit_active=visit is None or visit.status in ACTIVE_APPOINTMENT_STATUSES,
             recent_sends=tuple(history.get(message.patient_id, ())),
@@ -345,9 +358,23 @@ def _prepare(
                 body=message.body,
                 status_callback=policy.status_callback(message.id),
                 attempt=message.attempts + 1,
+                maybe_sent_since=message.sent_at if message.error_code == UNKNOWN_OUTCOME else None,
             )
         )
     return to_send, outcomes
+
+
+def _opted_out_since_checked(session: Session, message_id: int) -> bool:
+    """Suppress a claimed message whose number opted out after `_prepare` checked it."""
+    if not mq.opted_out_for_send(session=session, message_id=message_id):
+        return False
+    message = mq.get_message(session=session, message_id=message_id, lock=True)
+    if message.idempotency_key.startswith(REPLY_KEY_PREFIX) and (
+        message.kind in AFTER_OPT_OUT_KINDS and not _REDELIVERY.search(message.idempotency_key)
+    ):
+        return False
+    _hold_back(session, message, CheckResult(Verdict.SUPPRESS, "opted_out"))
+    return True
 
 
 def _hold_back(session: Session, message: OutboundMessage, result: CheckResult) -> Outcome:
@@ -382,10 +409,11 @@ def _record_receipt(
         message.status = OutboundStatus.DRY_RUN
         session.add(message)
         return Outcome.DRY_RUN
-    # A status callback may have come first (it finds the row by id) and set sid and status.
+    # A status callback may have come first (it finds the row by id) and set sid and status;
+    # else Twilio's acceptance makes it sent (a row released as stale while the call was slow
+    # included), and the callbacks take it on to delivered, undelivered or failed.
     message.twilio_sid = message.twilio_sid or receipt.sid
-    if message.status == OutboundStatus.SCHEDULED:  # released as stale while the call was slow
-        message.status = OutboundStatus.SENDING
+    message.status = advance(message.status, "sent") or message.status
     session.add(message)
     return Outcome.SENT
 
@@ -401,6 +429,11 @@ def _record_error(
     message = mq.get_message(session=session, message_id=message_id, lock=True)
     action = classify_send_error(error)
     code = str(error.code or error.http_status or "network")
+    if error.outcome_unknown or message.error_code == UNKNOWN_OUTCOME:
+        # Twilio may hold the message: the next attempt looks for it first. The first such
+        # attempt's time stays: the lookup covers everything since.
+        code = UNKNOWN_OUTCOME
+        message.sent_at = message.sent_at or now
     message.error_code = code
     if action == ErrorAction.CONFIGURATION:
         # Not this message's fault: it waits, unchanged, for the account to be fixed.
@@ -443,8 +476,13 @@ def _opted_out_at_carrier(session: Session, message: OutboundMessage, *, now: da
         patient.sms_opt_out = True
         patient.updated_at = now
         session.add(patient)
-    cancelled = mq.cancel_scheduled_for_patients(session=session, patient_ids=set(patient_ids))
-    _audit(session, message, "sms.opted_out_at_carrier", {"cancelled": cancelled})
+    effects = visits.stop_texting(session=session, patient_ids=sorted(set(patient_ids)), now=now)
+    _audit(
+        session,
+        message,
+        "sms.opted_out_at_carrier",
+        {"cancelled": effects.cancelled_messages, "tasks": effects.task_ids},
+    )
 
 
 def _call_patient_task(session: Session, message: OutboundMessage, *, reason: str) -> None:
@@ -657,6 +695,15 @@ class Dispatcher:
         if stop.is_set():
             return self._put_back(sms.message_id)
         self._limiter.wait()
+        if sms.maybe_sent_since is not None and isinstance(self._sender, SentLookup):
+            adopted = self._look_up(sms, self._sender, sms.maybe_sent_since)
+            if adopted is not None:
+                return adopted
+        # Checked again at the moment of sending: a STOP can land between the batch's checks
+        # and this call (the limiter may have held it for seconds), and after STOP nothing goes.
+        with session_scope(self._database_url) as session:
+            if _opted_out_since_checked(session, sms.message_id):
+                return Outcome.SUPPRESSED
         try:
             receipt = self._sender.send(sms)
         except SmsSendError as error:
@@ -676,6 +723,37 @@ class Dispatcher:
         with session_scope(self._database_url) as session:
             outcome = _record_receipt(session, sms.message_id, receipt, now=self._now())
         logger.info("SMS %s %s", sms.message_id, outcome)
+        return outcome
+
+    def _look_up(self, sms: OutgoingSms, lookup: SentLookup, since: datetime) -> Outcome | None:
+        """Before resending a text whose earlier attempt got no answer: if Twilio has it, adopt
+        its sid (the patient got it once, its callbacks find the row); None: send it now."""
+        try:
+            candidates = lookup.find_sent(to=sms.to, body=sms.body, since=since)
+        except SmsSendError as error:
+            with session_scope(self._database_url) as session:
+                unknown = SmsSendError(
+                    code=error.code,
+                    http_status=error.http_status,
+                    network=error.network,
+                    outcome_unknown=True,
+                )
+                return _record_error(
+                    session, sms.message_id, unknown, now=self._now(), policy=self._policy
+                )
+        with session_scope(self._database_url) as session:
+            known = mq.known_sids(session=session, sids=candidates)
+            sid = next((sid for sid in candidates if sid not in known), None)
+            if sid is None:
+                return None
+            outcome = _record_receipt(
+                session, sms.message_id, SendReceipt(sid=sid), now=self._now()
+            )
+            message = mq.get_message(session=session, message_id=sms.message_id)
+            _audit(session, message, "sms.sid_adopted", {"attempt": sms.attempt})
+        logger.info(
+            "SMS %s was accepted by Twilio earlier: sid adopted, not resent", sms.message_id
+        )
         return outcome
 
     def _put_back(self, message_id: int) -> Outcome:

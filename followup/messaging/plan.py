@@ -60,7 +60,7 @@ def plan_booking_messages(
     """The notice (`confirmation` at booking, `reschedule` when moved; None when it goes as an
     answer to the patient's own text instead) plus reminders, all inside quiet hours and
     within the caps. `zone` None: the strict all-US window, as the dispatcher checks."""
-    base_context = _visit_context(visit, language=language, shown_zone=zone or site_zone)
+    base_context = _visit_context(visit, language=language, zone=zone, site_zone=site_zone)
     wanted: list[tuple[str, str, datetime, dict[str, object]]] = []
     if notice is not None:
         wanted.append((notice, "0", next_allowed_send_time(now, zone), base_context))
@@ -90,8 +90,8 @@ def plan_visit_notice(
     templates_dir: Path,
 ) -> PlannedSms:
     """One notice about the visit (`confirmation`, `reschedule`, `cancellation`) due at
-    `send_at`, its time shown in the patient's zone (the site's when unknown)."""
-    context = _visit_context(visit, language=language, shown_zone=zone or site_zone)
+    `send_at`, its time on the clinic's clock (the zone named when the patient's differs)."""
+    context = _visit_context(visit, language=language, zone=zone, site_zone=site_zone)
     return _planned(kind, "0", send_at, language, context, templates_dir)
 
 
@@ -105,26 +105,36 @@ def plan_offer_message(
     now: datetime,
     templates_dir: Path,
 ) -> PlannedSms:
-    """The text offering a freed slot: its time and the answer's deadline in the patient's zone
-    (the site's when unknown), due at the first moment quiet hours allow."""
-    shown_zone = zone or site_zone
+    """The text offering a freed slot: its time and the answer's deadline in the clinic's zone
+    (named when the patient's differs), due at the first moment quiet hours allow."""
     context = {
-        **_visit_context(visit, language=language, shown_zone=shown_zone),
-        "offer_expires": format_visit_time(expires_at, shown_zone, language),
+        **_visit_context(visit, language=language, zone=zone, site_zone=site_zone),
+        "offer_expires": format_visit_time(
+            expires_at, site_zone, language, name_zone=_elsewhere(zone, site_zone)
+        ),
     }
     send_at = next_allowed_send_time(now, zone)
     return _planned("waitlist_offer", "0", send_at, language, context, templates_dir)
 
 
 def _visit_context(
-    visit: VisitDetails, *, language: str, shown_zone: ZoneInfo
+    visit: VisitDetails, *, language: str, zone: ZoneInfo | None, site_zone: ZoneInfo
 ) -> dict[str, object]:
+    """The visit's time on the clinic's clock, where the patient has to be: a patient in Los
+    Angeles told "7:00 AM" for a 10:00 New York visit comes three hours early. The zone is
+    named when the patient's differs from the clinic's, or is unknown."""
     return {
         "clinic_name": visit.clinic_name,
         "clinic_phone": display_phone(visit.clinic_phone),
         "provider_name": visit.provider_name,
-        "visit_time": format_visit_time(visit.start, shown_zone, language),
+        "visit_time": format_visit_time(
+            visit.start, site_zone, language, name_zone=_elsewhere(zone, site_zone)
+        ),
     }
+
+
+def _elsewhere(zone: ZoneInfo | None, site_zone: ZoneInfo) -> bool:
+    return zone is None or zone.key != site_zone.key
 
 
 def _planned(

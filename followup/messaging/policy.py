@@ -12,6 +12,8 @@ from datetime import datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from followup.messaging.red_flags import has_red_flag
+
 # --- content ------------------------------------------------------------------------------------
 
 # Words that reveal a diagnosis, a finding, a body part under study or a specialty. Other people
@@ -245,10 +247,12 @@ def apply_caps(
 # --- replies ------------------------------------------------------------------------------------
 
 # Answers to a patient's own text (idempotency key "reply:<inbound sid>:<kind>"): sent at any
-# hour and outside the caps, since the patient asked. The kinds below go even after an opt-out
-# (the opt-out confirmation is one; carriers require the HELP and STOP answers).
+# hour and outside the caps, since the patient asked.
 REPLY_KEY_PREFIX = "reply:"
-REPLY_KINDS = frozenset({"help", "opt_out_confirmation", "urgent_advice"})
+# The only texts an opted-out number may still get, each once, as the answer to its own text
+# (carriers require both). Not a redelivery, not urgent advice queued before the STOP: after
+# STOP nothing else is sent. A red flag's advice goes in the webhook's own response instead.
+AFTER_OPT_OUT_KINDS = frozenset({"help", "opt_out_confirmation"})
 
 
 class ReplyIntent(StrEnum):
@@ -276,6 +280,8 @@ _CONFIRM_WORDS = frozenset(
     {"c", "confirm", "confirmed", "yes", "y", "si", "confirmo", "confirmar", "confirmado"}
 )
 _RESCHEDULE_WORDS = frozenset({"r", "reschedule", "cambiar", "reprogramar"})
+# Said after a one-letter keyword, these keep it a keyword ("C thanks", "R please").
+_PLEASANTRIES = frozenset({"thanks", "thank", "you", "thx", "please", "pls", "ok", "gracias"})
 _DECLINE_WORDS = frozenset({"n", "no", "no thanks", "no thank you", "no gracias"})
 
 _CANT = r"(?:can'?t|cannot|can not|unable to)"
@@ -287,31 +293,19 @@ _REVOCATION_RE = re.compile(
     rf"|{_DONT} (?:text|message|contact|send)"
     r"|no more (?:texts|messages|text messages|sms)"
     r"|(?:remove|take) me (?:off|from)"
+    rf"|{_DONT} want (?:these|your|the|any more|anymore|any)? ?(?:texts|messages)"
     r"|unsubscribe|opt me out|opt out|wrong number"
     r"|no me (?:envien|manden|escriban|contacten)"
     r"|ya no (?:me )?(?:envien|manden|escriban)"
     r"|dar(?:me)? de baja|darse de baja|numero equivocado"
     r")\b"
 )
-# Deliberately without negation handling: "not worse" also reaches a human, a false alarm costs
-# one phone call, a missed cauda equina does not.
-_WORSENING_RE = re.compile(
-    r"\b(?:"
-    r"worse|worsening|worsened|emergency|emergencia"
-    rf"|{_CANT} (?:walk|stand|move my legs|feel my (?:legs|feet))"
-    r"|numbness (?:is )?spreading|spreading numbness"
-    r"|lost (?:bladder|bowel) control|lost control of my (?:bladder|bowels?)"
-    rf"|{_CANT} control my (?:bladder|bowels?)"
-    r"|peor|empeor\w*"
-    r"|no puedo (?:caminar|andar|mover las piernas)|no siento (?:las|mis) piernas"
-    r"|perdi el control de (?:la|mi) (?:vejiga|orina)"
-    r")\b"
-)
 _RESCHEDULE_RE = re.compile(
     r"\b(?:"
     r"re ?schedule|change (?:my|the) (?:appointment|visit|time)"
+    r"|move (?:my|the) (?:appointment|visit)|come (?:in )?(?:earlier|sooner)"
     rf"|different (?:time|day)|another (?:time|day)|{_CANT} make it"
-    r"|cambiar (?:la|mi) (?:cita|hora|fecha)|otra (?:fecha|hora|dia)"
+    r"|cambiar (?:la|mi) (?:cita|hora|fecha)|otra (?:fecha|hora)|otro dia"
     r"|no puedo (?:ir|asistir|llegar)"
     r")\b"
 )
@@ -322,28 +316,38 @@ def _normalize_reply(text: str) -> str:
     return " ".join(re.findall(r"[\w']+", folded))
 
 
+def is_keyword(text: str) -> bool:
+    """Whether the whole text is one opt-out / opt-in / help keyword ("STOP", "start.")."""
+    said = _normalize_reply(text)
+    return said in _OPT_OUT_WORDS | _OPT_IN_WORDS | _HELP_WORDS
+
+
 def reply_intents(text: str, *, opted_out: bool = False) -> list[ReplyIntent]:
     """Every intent found in one inbound SMS, most pressing first; [OTHER] when none.
 
     A message can carry two ("stop texting me, I'm getting worse"): the engine should act on all
-    of them (suppress and escalate), not only on the first.
+    of them (suppress and escalate), not only on the first. WORSENING is any red flag of
+    `red_flags` (negation-aware: "not worse" is not worse).
     """
     said = _normalize_reply(text)
     words = said.split()
     first = words[0] if words else ""
+    keyword = first if set(words[1:]) <= _PLEASANTRIES else None
     intents: list[ReplyIntent] = []
-    if _WORSENING_RE.search(said):
+    if has_red_flag(text):
         intents.append(ReplyIntent.WORSENING)
     if said in _OPT_OUT_WORDS or first in _OPT_OUT_LEADING or _REVOCATION_RE.search(said):
         intents.append(ReplyIntent.OPT_OUT)
-    if said in _OPT_IN_WORDS or (opted_out and said == "yes"):
+    if first in _OPT_IN_WORDS or (opted_out and said == "yes"):
         # YES re-subscribes only someone opted out (carriers read it so); otherwise it confirms.
         intents.append(ReplyIntent.OPT_IN)
     if said in _HELP_WORDS:
         intents.append(ReplyIntent.HELP)
-    if said in _RESCHEDULE_WORDS or _RESCHEDULE_RE.search(said):
+    if keyword in _RESCHEDULE_WORDS or _RESCHEDULE_RE.search(said):
         intents.append(ReplyIntent.RESCHEDULE)
-    confirms = said in _CONFIRM_WORDS or (len(words) > 1 and first in _CONFIRM_WORDS - {"c", "y"})
+    confirms = keyword in _CONFIRM_WORDS or (
+        len(words) > 1 and first in _CONFIRM_WORDS - {"c", "y"}
+    )
     if confirms and ReplyIntent.OPT_IN not in intents and ReplyIntent.RESCHEDULE not in intents:
         intents.append(ReplyIntent.CONFIRM)
     if said in _DECLINE_WORDS:

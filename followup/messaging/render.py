@@ -30,7 +30,9 @@ SMS_KINDS = frozenset(
         "waitlist_offer",
         "help",
         "opt_out_confirmation",
+        "opt_in_confirmation",
         "urgent_advice",
+        "visit_confirmed",
     }
 )
 DEFAULT_LANGUAGE = "en"
@@ -45,16 +47,32 @@ class RenderedSms:
     segments: int
 
 
-# Abbreviations patients read on a small screen. Spanish "sáb" is written "sab": "á" is not in
-# the GSM-7 alphabet and would turn the whole message into UCS-2 (70 characters a segment).
+# English abbreviations patients read on a small screen. Spanish names in full: "mar 8 dic"
+# reads as martes or marzo. "sabado" without its accent: "á" is not in the GSM-7 alphabet and
+# would turn the whole message into UCS-2 (70 characters a segment); "é" of miércoles is GSM-7.
 _DAYS = {
     "en": ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"),
-    "es": ("lun", "mar", "mié", "jue", "vie", "sab", "dom"),
+    "es": ("lunes", "martes", "miércoles", "jueves", "viernes", "sabado", "domingo"),
 }
 _MONTHS = {
     "en": ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
-    "es": ("ene", "feb", "mar", "abr", "may", "jun", "jul", "ago", "sep", "oct", "nov", "dic"),
+    "es": ("enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto",
+           "septiembre", "octubre", "noviembre", "diciembre"),
+}  # fmt: skip
+# How a zone is named when the patient's own differs from the clinic's: by a city patients know
+# ("10:00 AM New York time"). Other zones by the city in their IANA name.
+_ZONE_CITIES = {
+    "America/New_York": ("New York", "Nueva York"),
+    "America/Chicago": ("Chicago", "Chicago"),
+    "America/Denver": ("Denver", "Denver"),
+    "America/Phoenix": ("Phoenix", "Phoenix"),
+    "America/Los_Angeles": ("Los Angeles", "Los Angeles"),
+    "America/Anchorage": ("Anchorage", "Anchorage"),
+    "Pacific/Honolulu": ("Honolulu", "Honolulu"),
+    "America/Puerto_Rico": ("Puerto Rico", "Puerto Rico"),
 }
+# Spanish titles take their article: "con el Dr. Okafor", "El Dr. Okafor puede ...".
+_ARTICLES = {"dr.": "el", "dra.": "la", "dr": "el", "dra": "la"}
 _LANGUAGE_TAG = re.compile(r"[a-z]{2,3}")
 
 
@@ -64,9 +82,13 @@ def _language_code(language: str) -> str:
     return primary if _LANGUAGE_TAG.fullmatch(primary) else DEFAULT_LANGUAGE
 
 
-def format_visit_time(dt: datetime, zone: ZoneInfo, language: str) -> str:
-    """A visit time as the patient reads it, in their zone: "Tue Dec 8 at 9:30 AM" (en),
-    "mar 8 dic a las 9:30" (es). Other languages get English.
+def format_visit_time(
+    dt: datetime, zone: ZoneInfo, language: str, *, name_zone: bool = False
+) -> str:
+    """A visit time in `zone` (the clinic's): "Tue Dec 8 at 9:30 AM" (en), "martes 8 de
+    diciembre a las 9:30" (es); with `name_zone` (the patient lives in another zone, or their
+    zone is unknown) the zone follows: "... 9:30 AM New York time", "... 9:30, hora de Nueva
+    York". Other languages get English.
 
     Tables rather than the C locale: locales differ between machines and may be missing.
     """
@@ -78,12 +100,32 @@ def format_visit_time(dt: datetime, zone: ZoneInfo, language: str) -> str:
         code = DEFAULT_LANGUAGE
     day = _DAYS[code][local.weekday()]
     month = _MONTHS[code][local.month - 1]
+    city = zone_city(zone, code) if name_zone else None
     if code == "es":
         article = "la" if local.hour == 1 else "las"  # "a la 1:15", "a las 13:15"
-        return f"{day} {local.day} {month} a {article} {local.hour}:{local.minute:02d}"
+        when = f"{day} {local.day} de {month} a {article} {local.hour}:{local.minute:02d}"
+        return f"{when}, hora de {city}" if city else when
     hour12 = local.hour % 12 or 12
     meridiem = "AM" if local.hour < 12 else "PM"
-    return f"{day} {month} {local.day} at {hour12}:{local.minute:02d} {meridiem}"
+    when = f"{day} {month} {local.day} at {hour12}:{local.minute:02d} {meridiem}"
+    return f"{when} {city} time" if city else when
+
+
+def zone_city(zone: ZoneInfo, language: str) -> str:
+    """The city a zone is named by in a text ("New York", "Nueva York")."""
+    fallback = zone.key.rsplit("/", 1)[-1].replace("_", " ")
+    english, spanish = _ZONE_CITIES.get(zone.key, (fallback, fallback))
+    return spanish if _language_code(language) == "es" else english
+
+
+def with_article(name: str, capital: bool = False) -> str:
+    """A Spanish title with its article: "Dr. Okafor" -> "el Dr. Okafor" ("El ..." at the
+    start of a sentence); a name without a known title is left as it is."""
+    title = name.split(" ", 1)[0].casefold()
+    article = _ARTICLES.get(title)
+    if article is None:
+        return name
+    return f"{article.capitalize() if capital else article} {name}"
 
 
 @functools.cache
@@ -96,6 +138,7 @@ def _environment(templates_dir: Path) -> SandboxedEnvironment:
         lstrip_blocks=True,
     )
     environment.filters["format_visit_time"] = format_visit_time
+    environment.filters["with_article"] = with_article
     return environment
 
 

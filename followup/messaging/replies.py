@@ -3,9 +3,16 @@
 The reply is matched to a patient by the number it came from and to a visit by the last
 visit text that number got (else the patient's next visit). Every intent in the text is acted
 on (`policy.reply_intents`): "stop texting me, I'm getting worse" both suppresses and
-escalates. Answers to the patient are outbox rows like any other (kinds in
-`policy.REPLY_KINDS`: any hour, outside the caps), so they are sent exactly once and their
-delivery is tracked.
+escalates. Answers to the patient are outbox rows like any other (keyed "reply:<sid>:<kind>":
+any hour, outside the caps), so they are sent exactly once and their delivery is tracked.
+
+A red flag (`red_flags`) is answered at once, in the webhook's own TwiML response, whether the
+number is known or not: the call-now / 911 text must not wait for a dispatcher run. For a known
+patient the answer is also an outbox row (status queued, never dispatched), so the thread
+shows it. The clinician task it opens is re-notified until acknowledged (re-notify-escalations,
+like a critical finding), its first notice due at once; every text is shown with its task
+(`TwilioEvent.escalation_id`), and a later text on an open task makes the next notice due at
+once instead of being swallowed.
 
 Where Twilio's Advanced Opt-Out already answered a keyword (the webhook's `OptOutType`), the
 engine records the opt-out or opt-in but does not answer a second time.
@@ -15,14 +22,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
 from followup.errors import BookingError
 from followup.messaging import visits
 from followup.messaging.plan import display_phone
-from followup.messaging.policy import ReplyIntent, reply_intents
+from followup.messaging.policy import REPLY_KEY_PREFIX, ReplyIntent, is_keyword, reply_intents
+from followup.messaging.red_flags import normalize
 from followup.messaging.render import RenderedSms, render_sms
 from followup.settings import Settings
 from models import messaging_queries as mq
@@ -32,7 +40,9 @@ from models.tables import (
     Appointment,
     AppointmentStatus,
     ImagingStudy,
+    OutboundMessage,
     OutboundMessageBase,
+    OutboundStatus,
     Patient,
     WaitlistOffer,
 )
@@ -58,12 +68,21 @@ class InboundSms:
 
 
 @dataclass(frozen=True, slots=True)
+class InstantAnswer:
+    """A text that goes back in the webhook's TwiML response, not through the dispatcher."""
+
+    body: str
+    message_id: int | None  # its outbox row, for the status callback; None for unknown numbers
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyOutcome:
     intents: tuple[ReplyIntent, ...]
     patient_id: int | None
     appointment_id: int | None
     reply_message_ids: tuple[int, ...]
-    task_ids: tuple[int, ...]
+    task_ids: tuple[int, ...]  # every task the text opened or joined
+    instant_answers: tuple[InstantAnswer, ...] = ()
 
 
 @dataclass
@@ -75,6 +94,7 @@ class _Context:
     patients: list[Patient]
     patient: Patient | None
     appointment: Appointment | None
+    event_id: int | None = None  # the stored webhook (TwilioEvent) of this text
 
     @property
     def patient_ids(self) -> list[int]:
@@ -96,30 +116,40 @@ class _Context:
 
 
 def handle_inbound(
-    *, session: Session, sms: InboundSms, settings: Settings, now: datetime
+    *,
+    session: Session,
+    sms: InboundSms,
+    settings: Settings,
+    now: datetime,
+    event_id: int | None = None,
 ) -> ReplyOutcome:
-    """Act on one inbound text. The caller stores the raw webhook and deduplicates it."""
+    """Act on one inbound text. The caller stores the raw webhook (`event_id`) and
+    deduplicates it."""
     patients = mq.patients_with_phone(session=session, phone=sms.from_phone)
     opted_out = mq.phone_suppressed(session=session, phone=sms.from_phone) or any(
         p.sms_opt_out for p in patients
     )
     intents = tuple(reply_intents(sms.body, opted_out=opted_out))
     ctx = _resolve(session, sms, settings, now, patients)
+    ctx.event_id = event_id
     tasks: list[int | None] = []
     replies: list[str] = []
+    instant: list[InstantAnswer] = []
     # Suppression first: it cancels queued texts, and must not cancel the answers made below.
     if ReplyIntent.OPT_OUT in intents:
-        _set_opt_out(ctx, opted_out=True)
+        tasks.extend(_set_opt_out(ctx, opted_out=True))
         if sms.carrier_handled != "STOP":
             replies.append("opt_out_confirmation")
     if ReplyIntent.OPT_IN in intents:
         _set_opt_out(ctx, opted_out=False)
+        if sms.carrier_handled != "START":
+            replies.append("opt_in_confirmation")
     if ReplyIntent.WORSENING in intents:
         tasks.append(_worsening(ctx))
-        replies.insert(0, "urgent_advice")
+        instant.append(_answer_at_once(ctx, "urgent_advice"))
     if ReplyIntent.HELP in intents and sms.carrier_handled != "HELP":
         replies.append("help")
-    # Enqueued before the visit answers below, so "worse, and YES" gets the advice first.
+    # Enqueued before the visit answers below: the keyword answers (opt-out, HELP) go first.
     reply_ids = _enqueue_replies(ctx, replies)
     if ReplyIntent.CONFIRM in intents:
         tasks.append(_confirm(ctx, reply_ids))
@@ -144,7 +174,48 @@ def handle_inbound(
         appointment_id=ctx.appointment.id if ctx.appointment else None,
         reply_message_ids=tuple(reply_ids),
         task_ids=tuple(task for task in tasks if task is not None),
+        instant_answers=tuple(instant),
     )
+
+
+def repeated_answers(
+    *, session: Session, sms: InboundSms, settings: Settings
+) -> tuple[InstantAnswer, ...]:
+    """What to answer Twilio repeating the webhook of a text already acted on: the red flag's
+    advice again (Twilio repeats when our first answer did not reach it, and this text must
+    not go unanswered); nothing else is done a second time."""
+    event = mq.inbound_event(session=session, sid=sms.message_sid)
+    if event is None or ReplyIntent.WORSENING not in event.intents:
+        return ()
+    stored = mq.message_by_key(
+        session=session, key=f"{REPLY_KEY_PREFIX}{sms.message_sid}:urgent_advice"
+    )
+    if stored is not None:
+        return (InstantAnswer(body=stored.body, message_id=stored.id),)
+    context = {
+        "clinic_name": settings.site_name,
+        "clinic_phone": display_phone(settings.clinic_phone),
+    }
+    rendered = render_sms(
+        "urgent_advice", language_of(sms.body), context, templates_dir=settings.templates_dir
+    )
+    return (InstantAnswer(body=rendered.body, message_id=None),)
+
+
+# Words common in patients' Spanish texts and rare in English ones; "no" and "me" are in both.
+_SPANISH_WORDS = frozenset(
+    {"estoy", "tengo", "puedo", "siento", "duele", "dolor", "piernas", "peor", "las", "los",
+     "mis", "muy", "mucho", "para", "caminar", "orinar", "espalda", "ayuda", "por", "favor",
+     "que", "una", "con", "sin", "pero", "ya", "nada", "mas", "hoy", "ayer", "cita", "gracias"}
+)  # fmt: skip
+
+
+def language_of(text: str) -> str:
+    """ "es" when a text from an unknown number reads as Spanish, else "en" (the advice to call
+    must be understood)."""
+    words = normalize(text).split()
+    spanish = sum(word in _SPANISH_WORDS for word in words)
+    return "es" if spanish and spanish * 4 >= len([w for w in words if w != "|"]) else "en"
 
 
 def _resolve(
@@ -168,8 +239,11 @@ def _resolve(
     return _Context(session, sms, settings, now, patients, patient, appointment)
 
 
-def _set_opt_out(ctx: _Context, *, opted_out: bool) -> None:
-    source = "keyword" if ctx.sms.carrier_handled else "free_text"
+def _set_opt_out(ctx: _Context, *, opted_out: bool) -> list[int]:
+    """Record the opt-out or opt-in; the scheduler tasks it opened (an opted-out patient's
+    visits still ahead: someone calls)."""
+    keyword = ctx.sms.carrier_handled or is_keyword(ctx.sms.body)
+    source = "keyword" if keyword else "free_text"
     mq.set_suppression(
         session=ctx.session, phone=ctx.sms.from_phone, active=opted_out, source=source, now=ctx.now
     )
@@ -177,19 +251,25 @@ def _set_opt_out(ctx: _Context, *, opted_out: bool) -> None:
         patient.sms_opt_out = opted_out
         patient.updated_at = ctx.now
         ctx.session.add(patient)
-    cancelled = (
-        mq.cancel_scheduled_for_patients(session=ctx.session, patient_ids=ctx.patient_ids)
-        if opted_out and ctx.patients
-        else 0
-    )
+    detail: dict[str, object] = {"patients": ctx.patient_ids, "source": source}
+    tasks: list[int] = []
+    if opted_out:
+        effects = visits.stop_texting(session=ctx.session, patient_ids=ctx.patient_ids, now=ctx.now)
+        detail |= {"cancelled_messages": effects.cancelled_messages, "tasks": effects.task_ids}
+        tasks = list(effects.task_ids)
+    else:
+        detail["restored_messages"] = visits.resume_texting(
+            session=ctx.session, patient_ids=ctx.patient_ids, now=ctx.now
+        )
     queries.audit(
         session=ctx.session,
         actor=ACTOR,
         action="sms.opted_out" if opted_out else "sms.opted_in",
         entity="patient",
         entity_id=ctx.patient.id if ctx.patient else None,
-        detail={"patients": ctx.patient_ids, "cancelled_messages": cancelled, "source": source},
+        detail=detail,
     )
+    return tasks
 
 
 def _worsening(ctx: _Context) -> int | None:
@@ -205,7 +285,8 @@ def _worsening(ctx: _Context) -> int | None:
 
 def _confirm(ctx: _Context, reply_ids: list[int]) -> int | None:
     """C / CONFIRM / YES: a pending waitlist offer is taken (confirmed by text, with the new
-    visit's reminders), else the visit is confirmed; with neither, a person looks."""
+    visit's reminders), else the visit is confirmed and the patient told so; with neither, a
+    person looks."""
     offer = _pending_offer(ctx)
     if offer is not None and offer.id is not None:
         accepted = visits.accept_waitlist_offer(
@@ -222,8 +303,17 @@ def _confirm(ctx: _Context, reply_ids: list[int]) -> int | None:
             return None
         return _task(ctx, REPLY_TASK, "answered a waitlist offer that had expired")
     appointment = ctx.appointment
-    if appointment is None:
+    if appointment is None or appointment.id is None:
         return _task(ctx, REPLY_TASK, "confirmed, but has no upcoming visit on file")
+    acknowledged = visits.acknowledge_confirmation(
+        session=ctx.session,
+        appointment_id=appointment.id,
+        settings=ctx.settings,
+        now=ctx.now,
+        answering=ctx.answering,
+    )
+    if acknowledged is not None:
+        reply_ids.append(acknowledged)
     if appointment.status == AppointmentStatus.BOOKED:
         appointment.status = AppointmentStatus.CONFIRMED
         ctx.session.add(appointment)
@@ -260,26 +350,38 @@ def _decline(ctx: _Context) -> int | None:
 
 
 def _reschedule(ctx: _Context, reply_ids: list[int]) -> int | None:
-    """R / RESCHEDULE: the next fitting slot in the visit's window, texted to the patient with
-    the new visit's reminders; when none fits, the booking engine's escalation (the patient
-    keeps the visit they have)."""
+    """R / RESCHEDULE: the next fitting slot on another day in the visit's window, texted to the
+    patient with the new visit's reminders; when none fits, the booking engine's escalation
+    (the patient keeps the visit they have). A patient who cannot come at 10:00 cannot come
+    at 10:30 either: a slot the same day is not taken, a scheduler offers other days."""
     appointment = ctx.appointment
     if appointment is None or appointment.id is None:
         return _task(ctx, RESCHEDULE_TASK, "asks to reschedule but has no upcoming visit on file")
+    old_day = appointment.start.astimezone(ctx.settings.site_zone).date()
+    savepoint = ctx.session.begin_nested()
     try:
-        with ctx.session.begin_nested():
-            moved = visits.reschedule_visit(
-                session=ctx.session,
-                appointment_id=appointment.id,
-                reason=f"patient asked by SMS {ctx.sms.message_sid}",
-                settings=ctx.settings,
-                now=ctx.now,
-                actor=ACTOR,
-                answering=ctx.answering,
-            )
+        moved = visits.reschedule_visit(
+            session=ctx.session,
+            appointment_id=appointment.id,
+            reason=f"patient asked by SMS {ctx.sms.message_sid}",
+            settings=ctx.settings,
+            now=ctx.now,
+            actor=ACTOR,
+            answering=ctx.answering,
+        )
     except BookingError:
+        savepoint.rollback()
         return _task(ctx, RESCHEDULE_TASK, "asks to reschedule: offer another slot")
-    if moved.result.appointment is None:
+    new = moved.result.appointment
+    if new is not None and new.start.astimezone(ctx.settings.site_zone).date() == old_day:
+        savepoint.rollback()
+        return _task(
+            ctx,
+            RESCHEDULE_TASK,
+            "asks to reschedule; the next free slot is the same day: offer another day",
+        )
+    savepoint.commit()
+    if new is None:
         return moved.result.escalation_id
     assert moved.texts.notice is not None
     reply_ids.append(moved.texts.notice)
@@ -287,14 +389,67 @@ def _reschedule(ctx: _Context, reply_ids: list[int]) -> int | None:
 
 
 def _task(ctx: _Context, kind: str, what: str, *, target: str = SCHEDULER_QUEUE) -> int | None:
-    task = mq.open_task(
-        session=ctx.session,
-        kind=kind,
-        reason=f"{ctx.about()} {what}.",
-        target=target,
-        study_id=ctx.study_id,
+    """Open the task, or join the open one of its study and kind; the text is shown with it.
+
+    A red flag's notice is due at once (re-notify-escalations sends a notice once `notified_at`
+    is an interval old), for the first text and for every later one on the open task.
+    """
+    reason = f"{ctx.about()} {what}."
+    joined = (
+        mq.open_task_with_texts_from(session=ctx.session, kind=kind, patient_ids=ctx.patient_ids)
+        if ctx.study_id is None
+        else None
     )
+    task = joined or mq.open_task(
+        session=ctx.session, kind=kind, reason=reason, target=target, study_id=ctx.study_id
+    )
+    interval = timedelta(minutes=ctx.settings.escalation_renotify_minutes)
+    texts = mq.note_text_on_task(
+        session=ctx.session,
+        task=task,
+        event_id=ctx.event_id,
+        notice_due=ctx.now - interval if kind == WORSENING_TASK else None,
+    )
+    if texts > 1:
+        # The latest text leads: an open task is never left describing only the first one.
+        task.reason = f"{reason} {texts} texts on this task: followup replies show {task.id}."
+        ctx.session.add(task)
     return task.id
+
+
+def _answer_at_once(ctx: _Context, kind: str) -> InstantAnswer:
+    """Render an answer for the webhook's response, in the patient's language (for an unknown
+    number, the language the text reads as), kept in the outbox for a known patient."""
+    patient = ctx.patient
+    rendered = render_sms(
+        kind,
+        patient.language if patient else language_of(ctx.sms.body),
+        _reply_context(ctx),
+        templates_dir=ctx.settings.templates_dir,
+    )
+    if patient is None or patient.id is None:
+        return InstantAnswer(body=rendered.body, message_id=None)
+    row = OutboundMessage.model_validate(
+        {
+            **_row(
+                ctx, patient.id, f"{REPLY_KEY_PREFIX}{ctx.sms.message_sid}:{kind}", rendered
+            ).model_dump(),
+            # Handed to Twilio in the TwiML response: never claimed by a dispatcher.
+            "status": OutboundStatus.QUEUED,
+            "attempts": 1,
+            "sent_at": ctx.now,
+        }
+    )
+    ctx.session.add(row)
+    ctx.session.flush()
+    return InstantAnswer(body=rendered.body, message_id=row.id)
+
+
+def _reply_context(ctx: _Context) -> dict[str, object]:
+    return {
+        "clinic_name": ctx.settings.site_name,
+        "clinic_phone": display_phone(ctx.settings.clinic_phone),
+    }
 
 
 def _enqueue_replies(ctx: _Context, kinds: list[str]) -> list[int]:
@@ -302,10 +457,7 @@ def _enqueue_replies(ctx: _Context, kinds: list[str]) -> list[int]:
     patient = ctx.patient
     if patient is None or patient.id is None or not kinds:
         return []
-    context: dict[str, object] = {
-        "clinic_name": ctx.settings.site_name,
-        "clinic_phone": display_phone(ctx.settings.clinic_phone),
-    }
+    context = _reply_context(ctx)
     planned = [
         _row(
             ctx,

@@ -126,6 +126,41 @@ def plan_visit_texts(
     return Texts(notice=stored[0], reminders=tuple(stored[1:]))
 
 
+def acknowledge_confirmation(
+    *,
+    session: Session,
+    appointment_id: int,
+    settings: Settings,
+    now: datetime,
+    answering: Answering,
+) -> int | None:
+    """The answer to C: the visit, its time and doctor, confirmed; due now to the number that
+    wrote (once per inbound text)."""
+    appointment, patient, provider = _visit(session, appointment_id)
+    planned = plan_visit_notice(
+        _details(appointment.start, provider, settings),
+        "visit_confirmed",
+        language=patient.language,
+        zone=_zone(patient),
+        site_zone=settings.site_zone,
+        send_at=now,
+        templates_dir=settings.templates_dir,
+    )
+    [stored] = queries.enqueue_messages(
+        session=session,
+        messages=[
+            queries.outbox_row(
+                planned,
+                key=f"{REPLY_KEY_PREFIX}{answering.message_sid}:visit_confirmed",
+                patient_id=appointment.patient_id,
+                appointment_id=appointment_id,
+                to_phone=answering.phone,
+            )
+        ],
+    )
+    return stored.id
+
+
 def cancel_visit(
     *,
     session: Session,
@@ -317,4 +352,53 @@ def _details(start: datetime, provider: Provider, settings: Settings) -> VisitDe
         provider_name=provider.display_name,
         clinic_name=settings.site_name,
         clinic_phone=settings.clinic_phone,
+    )
+
+
+# --- opt-out and opt-in ------------------------------------------------------------------------
+
+OPTED_OUT_VISIT_TASK = "patient_opted_out"  # a scheduler calls about a visit no text will reach
+SCHEDULER_QUEUE = "scheduler-queue"
+RESTORED_KINDS = ("confirmation", "reschedule", "reminder")
+
+
+@dataclass(frozen=True, slots=True)
+class OptOutEffects:
+    cancelled_messages: int
+    task_ids: tuple[int, ...]
+
+
+def stop_texting(*, session: Session, patient_ids: list[int], now: datetime) -> OptOutEffects:
+    """After an opt-out (a keyword, free text, or Twilio's 21610): every queued text is
+    cancelled, and every visit still ahead becomes a scheduler task, since the patient will
+    not hear of it (or of its reminders) by text. One task per visit's study."""
+    if not patient_ids:
+        return OptOutEffects(cancelled_messages=0, task_ids=())
+    cancelled = mq.cancel_scheduled_for_patients(session=session, patient_ids=patient_ids)
+    tasks: list[int] = []
+    for visit in mq.upcoming_active_appointments(
+        session=session, patient_ids=patient_ids, after=now
+    ):
+        task = mq.open_task(
+            session=session,
+            kind=OPTED_OUT_VISIT_TASK,
+            reason=(
+                f"patient {visit.patient_id} opted out of texts with appointment {visit.id} "
+                "booked: no confirmation or reminder will be texted, call the patient."
+            ),
+            target=SCHEDULER_QUEUE,
+            study_id=visit.study_id,
+        )
+        if task.id is not None:
+            tasks.append(task.id)
+    return OptOutEffects(cancelled_messages=cancelled, task_ids=tuple(tasks))
+
+
+def resume_texting(*, session: Session, patient_ids: list[int], now: datetime) -> int:
+    """After START: the visit texts the opt-out cancelled are scheduled again, for visits still
+    ahead (reminders whose time passed stay cancelled); how many."""
+    if not patient_ids:
+        return 0
+    return mq.restore_visit_texts_after_opt_in(
+        session=session, patient_ids=patient_ids, kinds=RESTORED_KINDS, now=now
     )

@@ -97,7 +97,7 @@ def test_stop_in_the_middle_of_the_reminders_stops_every_later_text(
             "stop_answer": 200,
             "twilio_requests": 1,
             "sent_after_stop": 0,
-            "outbox": {"confirmation:sending": 1, "reminder:cancelled": 2},
+            "outbox": {"confirmation:sent": 1, "reminder:cancelled": 2},
         },
     )
 
@@ -141,7 +141,7 @@ def test_nothing_is_sent_outside_eight_to_eight_local(
                 not inside_quiet_hours_window(when, zones[to]) for when, to in sender.sends
             ),
         },
-        {"outbox": {"sending": 12}, "sent": 12, "sent_outside_8_to_20_local": 0},
+        {"outbox": {"sent": 12}, "sent": 12, "sent_outside_8_to_20_local": 0},
         shown={
             "local_hours_sent": tally(
                 when.astimezone(zones[to] or HONOLULU).hour for when, to in sender.sends

@@ -101,7 +101,7 @@ def test_bursts_of_500_and_429_still_send_every_message_exactly_once(
     """Fault: Twilio answers the first 20 requests with a burst of 8 HTTP 500, then 8 HTTP 429
     (20429), then 4 HTTP 503, and accepts from then on; 12 messages to 12 patients are due.
     Expected: each message is accepted by Twilio exactly once (12 accepted requests, one per
-    outbox row) after 20 refused attempts; every row holds one sid and is `sending`; no row
+    outbox row) after 20 refused attempts; every row holds one sid and is `sent`; no row
     failed and no scheduler task was opened."""
     messages = [
         world.message(world.patient(phone=f"+1555555{n:04d}"), to_phone=f"+1555555{n:04d}")
@@ -132,7 +132,7 @@ def test_bursts_of_500_and_429_still_send_every_message_exactly_once(
         {
             "twilio_answers": {"201": MESSAGES, "429": 8, "500": 8, "503": 4},
             "accepted_per_message": {"1": MESSAGES},
-            "outbox": {OutboundStatus.SENDING: MESSAGES},
+            "outbox": {OutboundStatus.SENT: MESSAGES},
             "sids": MESSAGES,
             "attempts": MESSAGES + len(BURST),
             "tasks": 0,

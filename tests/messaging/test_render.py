@@ -97,20 +97,39 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
         1,
     ),
     (
+        "en", "opt_in_confirmation", 3,
+        "Riverside Clinic: You are subscribed again to appointment texts from us. "
+        "Questions: 555-555-0100. Reply STOP to opt out.",
+        1,
+    ),
+    (
         "en", "urgent_advice", 3,
         "Riverside Clinic: Please call us now at 555-555-0100. If this is an emergency, "
         "call 911 or go to the nearest emergency room. Reply STOP to opt out.",
         1,
     ),
     (
-        "es", "confirmation", 3,
-        "Riverside Clinic: Su cita con Dr. Okafor es el mar 8 dic a las 9:30. "
-        "Para cambiarla responda R. Preguntas: 555-555-0100. Responda STOP para darse de baja.",
+        "en", "visit_confirmed", 3,
+        "Riverside Clinic: Thank you. Your visit with Dr. Okafor on Tue Dec 8 at 9:30 AM is "
+        "confirmed. Questions: 555-555-0100. Reply STOP to opt out.",
         1,
     ),
     (
+        "es", "visit_confirmed", 3,
+        "Riverside Clinic: Gracias. Su cita con el Dr. Okafor el martes 8 de diciembre a las "
+        "9:30 queda confirmada. Preguntas: 555-555-0100. Responda STOP para darse de baja.",
+        2,
+    ),
+    (
+        "es", "confirmation", 3,
+        "Riverside Clinic: Su cita con el Dr. Okafor es el martes 8 de diciembre a las 9:30. "
+        "Para cambiarla responda R. Preguntas: 555-555-0100. Responda STOP para darse de baja.",
+        2,
+    ),
+    (
         "es", "reminder", 3,
-        "Riverside Clinic: Recordatorio de su cita con Dr. Okafor el mar 8 dic a las 9:30. "
+        "Riverside Clinic: Recordatorio de su cita con el Dr. Okafor el martes 8 de diciembre "
+        "a las 9:30. "
         "Traiga una lista de sus molestias actuales, su intensidad y el efecto en sus "
         "actividades diarias. Si empeoran antes de la cita, llame a su médico de inmediato. "
         "Responda C para confirmar o R para cambiarla. Preguntas: 555-555-0100. "
@@ -119,7 +138,8 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
     ),
     (
         "es", "reminder", 1,
-        "Riverside Clinic: Recordatorio de su cita con Dr. Okafor mañana, mar 8 dic a las 9:30. "
+        "Riverside Clinic: Recordatorio de su cita con el Dr. Okafor mañana, martes 8 de "
+        "diciembre a las 9:30. "
         "Traiga una lista de sus molestias actuales, su intensidad y el efecto en sus "
         "actividades diarias. Si empeoran antes de la cita, llame a su médico de inmediato. "
         "Responda C para confirmar o R para cambiarla. Preguntas: 555-555-0100. "
@@ -128,20 +148,21 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
     ),
     (
         "es", "reschedule", 3,
-        "Riverside Clinic: Su cita con Dr. Okafor ahora es el mar 8 dic a las 9:30. "
+        "Riverside Clinic: Su cita con el Dr. Okafor ahora es el martes 8 de diciembre a las 9:30. "
         "Preguntas: 555-555-0100. Responda STOP para darse de baja.",
         1,
     ),
     (
         "es", "cancellation", 3,
-        "Riverside Clinic: Su cita con Dr. Okafor del mar 8 dic a las 9:30 fue cancelada. "
-        "Para una nueva cita llame al 555-555-0100. Responda STOP para darse de baja.",
-        1,
+        "Riverside Clinic: Su cita con el Dr. Okafor del martes 8 de diciembre a las 9:30 fue "
+        "cancelada. Para una nueva cita llame al 555-555-0100. Responda STOP para darse de baja.",
+        2,
     ),
     (
         "es", "waitlist_offer", 3,
-        "Riverside Clinic: Dr. Okafor puede atenderle el mar 8 dic a las 9:30. "
-        "Responda C antes del lun 7 dic a las 17:00 para reservar. Preguntas: 555-555-0100. "
+        "Riverside Clinic: El Dr. Okafor puede atenderle el martes 8 de diciembre a las 9:30. "
+        "Para reservar, responda C antes del lunes 7 de diciembre a las 17:00. "
+        "Preguntas: 555-555-0100. "
         "Responda STOP para darse de baja.",
         2,
     ),
@@ -155,6 +176,12 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
         "es", "opt_out_confirmation", 3,
         "Riverside Clinic: Usted se dio de baja y no le enviaremos otros mensajes. "
         "Responda START para volver a recibirlos. Preguntas: 555-555-0100.",
+        1,
+    ),
+    (
+        "es", "opt_in_confirmation", 3,
+        "Riverside Clinic: De nuevo le enviaremos mensajes sobre sus citas. "
+        "Preguntas: 555-555-0100. Responda STOP para darse de baja.",
         1,
     ),
     (
@@ -201,7 +228,7 @@ def test_required_content(language: str, kind: str, days_before: int) -> None:
     assert phi_terms_in(body) == []
     assert "Riverside Clinic" in body
     assert "555-555-0100" in body
-    if kind not in {"help", "opt_out_confirmation", "urgent_advice"}:
+    if kind not in {"help", "opt_out_confirmation", "opt_in_confirmation", "urgent_advice"}:
         assert "Dr. Okafor" in body  # FCC exemption: provider name in the text
         assert "9:30" in body
     stop_text = "Reply STOP to opt out" if language == "en" else "Responda STOP"
@@ -351,28 +378,45 @@ def test_environment_offers_the_time_filter(tmp_path: Path) -> None:
         tmp_path, {"en/help.j2": "{{ start | format_visit_time(zone, 'es') }}"}
     )
     rendered = render_sms("help", "en", {"start": VISIT, "zone": NEW_YORK}, templates_dir=templates)
-    assert rendered.body == "mar 8 dic a las 9:30"
+    assert rendered.body == "martes 8 de diciembre a las 9:30"
 
 
 @pytest.mark.parametrize(
     ("moment", "zone", "language", "expected"),
     [
         (VISIT, "America/New_York", "en", "Tue Dec 8 at 9:30 AM"),
-        (VISIT, "America/New_York", "es", "mar 8 dic a las 9:30"),
-        (VISIT, "America/New_York", "es-MX", "mar 8 dic a las 9:30"),
+        (VISIT, "America/New_York", "es", "martes 8 de diciembre a las 9:30"),
+        (VISIT, "America/New_York", "es-MX", "martes 8 de diciembre a las 9:30"),
         (VISIT, "America/New_York", "de", "Tue Dec 8 at 9:30 AM"),
         (VISIT, "Pacific/Honolulu", "en", "Tue Dec 8 at 4:30 AM"),
         (VISIT, "America/Los_Angeles", "en", "Tue Dec 8 at 6:30 AM"),
         (utc(2026, 7, 4, 16, 0), "America/New_York", "en", "Sat Jul 4 at 12:00 PM"),
-        (utc(2026, 7, 4, 16, 0), "America/New_York", "es", "sab 4 jul a las 12:00"),
+        (utc(2026, 7, 4, 16, 0), "America/New_York", "es", "sabado 4 de julio a las 12:00"),
         (utc(2026, 7, 4, 4, 5), "America/New_York", "en", "Sat Jul 4 at 12:05 AM"),
-        (utc(2026, 7, 4, 5, 5), "America/New_York", "es", "sab 4 jul a la 1:05"),
-        (utc(2026, 3, 4, 22, 0), "America/Chicago", "es", "mié 4 mar a las 16:00"),
+        (utc(2026, 7, 4, 5, 5), "America/New_York", "es", "sabado 4 de julio a la 1:05"),
+        # Unambiguous: "mar" read as martes or as marzo.
+        (utc(2026, 3, 3, 22, 0), "America/Chicago", "es", "martes 3 de marzo a las 16:00"),
+        (utc(2026, 3, 4, 22, 0), "America/Chicago", "es", "miércoles 4 de marzo a las 16:00"),
         (utc(2026, 3, 8, 7, 30), "America/New_York", "en", "Sun Mar 8 at 3:30 AM"),
     ],
 )  # fmt: skip
 def test_format_visit_time(moment: datetime, zone: str, language: str, expected: str) -> None:
     assert format_visit_time(moment, ZoneInfo(zone), language) == expected
+
+
+@pytest.mark.parametrize(
+    ("zone", "language", "expected"),
+    [
+        ("America/New_York", "en", "Tue Dec 8 at 9:30 AM New York time"),
+        ("America/New_York", "es", "martes 8 de diciembre a las 9:30, hora de Nueva York"),
+        ("America/Chicago", "en", "Tue Dec 8 at 8:30 AM Chicago time"),
+        ("Europe/Madrid", "es", "martes 8 de diciembre a las 15:30, hora de Madrid"),
+    ],
+)
+def test_format_visit_time_names_the_zone_when_asked(
+    zone: str, language: str, expected: str
+) -> None:
+    assert format_visit_time(VISIT, ZoneInfo(zone), language, name_zone=True) == expected
 
 
 def test_format_visit_time_refuses_naive_datetimes() -> None:

@@ -106,3 +106,30 @@ def _table_rows(output: str) -> list[list[str]]:
     """The body rows of a rich table, cell by cell: those whose first cell is a number."""
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines()]
     return [row for row in rows if row and row[0].isdigit()]
+
+
+def test_replies_show_prints_every_text_on_a_task(world: World) -> None:
+    from models import messaging_queries as mq
+    from models.tables import Escalation, TwilioEvent, TwilioEventKind
+
+    with session_scope(world.database_url) as session:
+        task = Escalation(kind="patient_worsening", reason="patient 1 reports worsening.")
+        session.add(task)
+        session.flush()
+        for sid, body in (("SMa", "worse today"), ("SMb", "cant pee now")):
+            event = TwilioEvent(
+                kind=TwilioEventKind.INBOUND,
+                message_sid=sid,
+                message_status="received",
+                params={"Body": body},
+                intents=["worsening"],
+            )
+            session.add(event)
+            session.flush()
+            mq.note_text_on_task(session=session, task=task, event_id=event.id, notice_due=None)
+        task_id = task.id
+
+    result = followup("replies", "show", str(task_id), env={"DATABASE_URL": world.database_url})
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.index("worse today") < result.stdout.index("cant pee now")

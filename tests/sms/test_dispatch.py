@@ -42,7 +42,7 @@ def test_a_due_message_goes_through_the_contract_mock_once(
 
     sent = world.get(message_id)
     assert report.outcomes == {Outcome.SENT: 1}
-    assert sent.status == OutboundStatus.SENDING  # handed to Twilio; callbacks move it on
+    assert sent.status == OutboundStatus.SENT  # Twilio accepted it; callbacks move it on
     assert sent.twilio_sid and sent.twilio_sid[:2] in ("SM", "MM")
     assert (sent.attempts, sent.sent_at, sent.error_code) == (1, NOW, None)
     assert world.get(later).status == OutboundStatus.SCHEDULED
@@ -97,7 +97,7 @@ def test_concurrent_dispatchers_share_the_queue_without_duplicates(
 
     sent = [sms.message_id for s in senders for sms in s.sent]
     assert sorted(sent) == sorted(ids)
-    assert {world.get(i).status for i in ids} == {OutboundStatus.SENDING}
+    assert {world.get(i).status for i in ids} == {OutboundStatus.SENT}
 
 
 def test_a_500_then_success_is_one_message_with_one_sid(

@@ -63,10 +63,12 @@ def test_a_freed_slot_is_offered_by_text_in_the_waiting_patients_language_and_zo
         None,
     )
     assert (text.patient_id, text.to_phone, text.scheduled_for) == (waiting, OTHER_PHONE, NOW)
-    # The slot and the deadline (four hours on) in Chicago time; nothing about why.
+    # The slot and the deadline (four hours on) on the clinic's clock, its zone named for a
+    # patient in Chicago; nothing about why.
     assert text.body == (
-        "Riverside Health Clinic: Dr. Okafor puede atenderle el jue 10 dic a las 13:00. "
-        "Responda C antes del mar 8 dic a las 17:00 para reservar. Preguntas: (555) 555-0100. "
+        "Riverside Health Clinic: El Dr. Okafor puede atenderle el jueves 10 de diciembre a las "
+        "14:00, hora de Nueva York. Para reservar, responda C antes del martes 8 de diciembre a "
+        "las 18:00, hora de Nueva York. Preguntas: (555) 555-0100. "
         "Responda STOP para darse de baja."
     )
     assert cancelled.texts.notice is not None
@@ -186,7 +188,7 @@ def test_the_offer_text_passes_twilios_contract(
     dispatcher(world.database_url, twilio_sender(prism_url), clock).run()
 
     sent = world.get(offer_text)
-    assert sent.status == "sending"  # handed to Twilio; its callbacks move it on
+    assert sent.status == "sent"  # Twilio accepted it; its callbacks move it on
     assert sent.twilio_sid and sent.twilio_sid[:2] in ("SM", "MM")
 
 

@@ -20,10 +20,13 @@ from followup.messaging import visits
 from followup.messaging.dispatch import UNDELIVERABLE_TASK
 from followup.messaging.replies import REPLY_TASK, RESCHEDULE_TASK, WORSENING_TASK
 from followup.messaging.sender import SmsSender
+from followup.worklist import CRITICAL_KINDS
 from models import messaging_queries as mq
+from models import worklist
 from models.db import session_scope
 from models.tables import (
     Appointment,
+    Escalation,
     ImagingStudy,
     InboxMessage,
     OutboundStatus,
@@ -378,9 +381,17 @@ def test_confirm_confirms_the_visit_the_last_text_was_about(gateway: Gateway, wo
     world.message(patient, appointment_id=visit, status="delivered", sent_at=NOW)
 
     gateway.text("C")
+    gateway.text("C")  # Twilio repeating the webhook: one acknowledgement
 
     assert world.get_appointment(visit).status == "confirmed"
     assert world.escalations() == []
+    [ack] = [m for m in world.messages() if m.kind == "visit_confirmed"]
+    assert (ack.idempotency_key, ack.appointment_id, ack.scheduled_for) == (
+        f"reply:{SID}:visit_confirmed",
+        visit,
+        NOW,
+    )
+    assert ack.body.startswith("Riverside Health Clinic: Thank you. Your visit with Dr. Okafor")
 
 
 def test_confirm_with_no_visit_on_file_goes_to_a_person(gateway: Gateway, world: World) -> None:
@@ -402,12 +413,17 @@ def test_worsening_opens_an_urgent_task_and_answers_call_now(
     patient = world.patient()
     world.visit(patient, NOW + timedelta(days=3))
 
-    gateway.text(body)
+    response = gateway.text(body)
 
     [task] = world.escalations()
     assert (task.kind, task.status) == (WORSENING_TASK, "open")
     assert f"patient {patient}" in task.reason and body not in task.reason
-    assert replies(world) == [("urgent_advice", OutboundStatus.SCHEDULED)]
+    # Answered in the webhook's own response; the outbox row is the thread's record of it,
+    # handed to Twilio already, so no dispatcher sends it a second time.
+    assert "<Message>Riverside Health Clinic: Please call us now at (555) 555-0100." in (
+        response.text
+    )
+    assert replies(world) == [("urgent_advice", OutboundStatus.QUEUED)]
 
 
 def test_worsening_from_an_opted_out_patient_is_still_answered(
@@ -417,12 +433,12 @@ def test_worsening_from_an_opted_out_patient_is_still_answered(
     gateway.text("STOP", opt_out_type="STOP")
     sender = RecordingSender()
 
-    gateway.text("stop texting me, I am worse", sid="SM" + "03" * 16)
+    response = gateway.text("stop texting me, I am worse", sid="SM" + "03" * 16)
     dispatcher(world.database_url, sender, clock).run()
 
+    assert "call 911" in response.text
     assert [m.kind for m in world.messages()] == ["urgent_advice", "opt_out_confirmation"]
-    assert {sms.body.split(":")[0] for sms in sender.sent} == {"Riverside Health Clinic"}
-    assert len(sender.sent) == 2
+    assert [sms.body.split(":")[0] for sms in sender.sent] == ["Riverside Health Clinic"]
     assert [e.kind for e in world.escalations()] == [WORSENING_TASK]
 
 
@@ -439,11 +455,95 @@ def test_other_text_goes_to_a_scheduler(gateway: Gateway, world: World) -> None:
 def test_a_text_from_an_unknown_number_still_reaches_a_person(
     gateway: Gateway, world: World
 ) -> None:
-    gateway.text("who is this? I feel worse", phone="+15555559999")
+    response = gateway.text("who is this? I feel worse", phone="+15555559999")
 
     [task] = world.escalations()
     assert task.kind == WORSENING_TASK and "an unknown number" in task.reason
     assert world.messages() == []
+    assert response.headers["content-type"].startswith("text/xml")
+    assert "call 911 or go to the nearest emergency room" in response.text
+
+
+def test_a_red_flag_from_an_unknown_number_is_answered_in_the_webhook_response(
+    gateway: Gateway,
+) -> None:
+    response = gateway.text("numb between my legs and I peed myself", phone="+15555559999")
+
+    assert response.status_code == 200
+    assert response.text == (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Message>Riverside Health Clinic: '
+        "Please call us now at (555) 555-0100. If this is an emergency, call 911 or go to the "
+        "nearest emergency room. Reply STOP to opt out.</Message></Response>"
+    )
+
+
+@pytest.mark.parametrize("phone", [PHONE, "+15555559999"])
+def test_a_repeated_red_flag_webhook_is_answered_again_and_acted_on_once(
+    gateway: Gateway, world: World, phone: str
+) -> None:
+    world.patient()
+
+    first = gateway.text("I can't walk", phone=phone)
+    again = gateway.text("I can't walk", phone=phone)
+
+    assert "call 911" in first.text and again.text == first.text
+    assert len(world.escalations()) == 1
+    assert len(replies(world)) == (1 if phone == PHONE else 0)
+
+
+def test_a_spanish_red_flag_from_an_unknown_number_is_answered_in_spanish(
+    gateway: Gateway,
+) -> None:
+    response = gateway.text("no puedo caminar y me orine", phone="+15555559999")
+
+    assert "Llame ahora al (555) 555-0100" in response.text and "llame al 911" in response.text
+
+
+def test_a_text_that_is_not_a_red_flag_gets_an_empty_twiml_answer(
+    gateway: Gateway, world: World
+) -> None:
+    world.patient()
+
+    response = gateway.text("I'm not worse, just asking about parking")
+
+    assert response.text == twilio_webhooks.EMPTY_TWIML
+    assert [e.kind for e in world.escalations()] == [REPLY_TASK]
+
+
+def test_every_later_text_is_shown_with_the_open_task_and_brings_its_notice_forward(
+    database_url: str, world: World
+) -> None:
+    patient = world.patient()
+    world.visit(patient, NOW + timedelta(days=3))
+    clock = Clock()
+    gateway = make_gateway(database_url, clock=clock)
+
+    gateway.text("the pain is worse", sid="SM" + "11" * 16)
+    with session_scope(world.database_url) as session:  # a notice went out since
+        task = session.exec(select(Escalation)).one()
+        task.notified_at = clock() + timedelta(minutes=1)
+        session.add(task)
+    clock.now += timedelta(minutes=2)
+    gateway.text("now I can't pee", sid="SM" + "12" * 16)
+    gateway.text("hello??", sid="SM" + "13" * 16)
+
+    tasks = {task.kind: task for task in world.escalations()}
+    worsening = tasks[WORSENING_TASK]
+    assert worsening.status == "open"
+    assert "2 texts on this task" in worsening.reason and "SM" + "12" * 16 in worsening.reason
+    # Due for a notice at once: last notice set one re-notify interval back.
+    assert worsening.notified_at == clock() - timedelta(minutes=15)
+    with session_scope(world.database_url) as session:
+        shown = mq.texts_on_task(session=session, escalation_id=worsening.id or 0)
+        due = worklist.due_notices(
+            session=session,
+            kinds=CRITICAL_KINDS,
+            due_before=clock() - timedelta(minutes=15),
+            now=clock(),
+        )
+    assert [event.message_sid for event in shown] == ["SM" + "11" * 16, "SM" + "12" * 16]
+    assert [notice.escalation_id for notice in due] == [worsening.id]
+    assert [e.escalation_id for e in events(world)][-1] == tasks[REPLY_TASK].id
 
 
 def test_a_repeated_inbound_webhook_is_acted_on_once(gateway: Gateway, world: World) -> None:
@@ -464,7 +564,7 @@ def test_with_a_sender_the_answer_goes_out_at_once(database_url: str, world: Wor
 
     [sms] = sender.sent
     assert sms.to == PHONE and "For help call" in sms.body
-    assert replies(world) == [("help", OutboundStatus.SENDING)]
+    assert replies(world) == [("help", OutboundStatus.SENT)]
 
 
 # --- STOP in the middle of a sequence ----------------------------------------------------------
@@ -544,6 +644,33 @@ def study_visit(world: World, patient: int) -> tuple[int, list[int]]:
         session.add_all(free)
         session.flush()
         return visit, [slot.id or 0 for slot in free]
+
+
+def test_reschedule_never_moves_the_visit_to_later_the_same_day(
+    gateway: Gateway, world: World
+) -> None:
+    patient = world.patient()
+    visit, later_days = study_visit(world, patient)
+    with session_scope(world.database_url) as session:  # the only free slot: 30 minutes on
+        for slot_id in later_days:
+            slot = session.get_one(Slot, slot_id)
+            slot.status = "blocked"
+            session.add(slot)
+        start = world.get_appointment(visit).start + timedelta(minutes=30)
+        session.add(
+            Slot(
+                provider_id=world.provider_id or 0,
+                start=start,
+                end=start + timedelta(minutes=30),
+            )
+        )
+
+    gateway.text("R")
+
+    assert world.get_appointment(visit).status == "booked"
+    assert len([a for a in world.escalations() if a.kind == RESCHEDULE_TASK]) == 1
+    assert "same day" in world.escalations()[-1].reason
+    assert replies(world) == []
 
 
 def test_reschedule_moves_the_visit_to_the_next_slot_and_texts_the_new_time(

@@ -6,8 +6,10 @@
   (`--dynamic`: each message gets its own random SM… sid). Installed from
   tools/twilio-mock/package-lock.json with `npm ci` when node_modules is missing.
 * `ScriptedTwilio`: a tiny HTTP server answering the Messages endpoint with scripted status
-  codes and Twilio error bodies (429, 500, 21610, 21211 …), which Prism cannot produce, so the
-  error paths run through the same official client and TwilioSender.
+  codes and Twilio error bodies (429, 500, 21610, 21211 …), or accepting a message and
+  answering only after the client gave up (`Answer(201, delay=…)`), which Prism cannot
+  produce, so the error paths run through the same official client and TwilioSender. GET on
+  the endpoint lists the messages it accepted (newest first, as Twilio does).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from followup.gateway.serve import stop_process
 
@@ -101,6 +105,7 @@ def running_prism() -> Iterator[str]:
 class Answer:
     status: int
     code: int | None = None  # Twilio's error code in the JSON body of an error answer
+    delay: float = 0.0  # seconds before answering: past the client's timeout, accepted unseen
 
 
 ACCEPTED = Answer(201)
@@ -115,6 +120,11 @@ class ScriptedTwilio:
     requests: list[dict[str, str]] = field(default_factory=list)
     sids: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Messages accepted, as the list endpoint returns them; `created_at` dates them (tests
+    # pass their clock, so a lookup "since the first attempt" compares like with like).
+    accepted: list[dict[str, str]] = field(default_factory=list)
+    lookups: list[dict[str, str]] = field(default_factory=list)
+    created_at: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     def next_answer(self, form: dict[str, str]) -> tuple[Answer, str]:
         with self.lock:
@@ -123,7 +133,22 @@ class ScriptedTwilio:
             sid = "SM" + secrets.token_hex(16)
             if answer.status < 300:
                 self.sids.append(sid)
+                self.accepted.insert(
+                    0,
+                    {
+                        "sid": sid,
+                        "to": form.get("To", ""),
+                        "body": form.get("Body", ""),
+                        "status": "queued",
+                        "date_created": format_datetime(self.created_at(), usegmt=True),
+                    },
+                )
             return answer, sid
+
+    def listed(self, query: dict[str, str]) -> list[dict[str, str]]:
+        with self.lock:
+            self.lookups.append(query)
+            return [m for m in self.accepted if m["to"] == query.get("To", m["to"])]
 
 
 def _handler(fake: ScriptedTwilio) -> type[BaseHTTPRequestHandler]:
@@ -132,6 +157,8 @@ def _handler(fake: ScriptedTwilio) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length", "0"))
             form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
             answer, sid = fake.next_answer(form)
+            if answer.delay:
+                time.sleep(answer.delay)
             body: dict[str, object]
             if answer.status < 300:
                 body = {"sid": sid, "status": "queued", "to": form.get("To"), "body": ""}
@@ -143,7 +170,22 @@ def _handler(fake: ScriptedTwilio) -> type[BaseHTTPRequestHandler]:
                     "status": answer.status,
                 }
             payload = json.dumps(body).encode()
-            self.send_response(answer.status)
+            try:
+                self.send_response(answer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                # A late answer: the client timed out and hung up, as the test means it to.
+                self.close_connection = True
+
+        def do_GET(self) -> None:
+            query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+            payload = json.dumps(
+                {"messages": fake.listed(query), "next_page_uri": None, "page": 0}
+            ).encode()
+            self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
