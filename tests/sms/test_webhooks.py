@@ -420,9 +420,8 @@ def test_worsening_opens_an_urgent_task_and_answers_call_now(
     assert f"patient {patient}" in task.reason and body not in task.reason
     # Answered in the webhook's own response; the outbox row is the thread's record of it,
     # handed to Twilio already, so no dispatcher sends it a second time.
-    assert "<Message>Riverside Health Clinic: Please call us now at (555) 555-0100." in (
-        response.text
-    )
+    # (`<Message action=…>`: Twilio reports the answer's delivery on the status callback.)
+    assert ">Riverside Health Clinic: Please call us now at (555) 555-0100." in response.text
     assert replies(world) == [("urgent_advice", OutboundStatus.QUEUED)]
 
 
