@@ -291,21 +291,51 @@ def release_stale_claims(
     """Give rows whose run died (`processing`, claimed before `claimed_before`) back to
     `received`, each by a compare-and-set on the claim seen: of two sweeps that find the same
     row only one releases it, and only that one submits it again. Oldest first."""
-    stale = session.exec(
+    return _give_back_all(
+        session,
+        InboxStatus.PROCESSING,
+        _claim_time() < claimed_before,
+        audited_as="inbox.released",
+        limit=limit,
+    )
+
+
+def release_due_retries(*, session: Session, now: datetime, limit: int) -> list[Submission]:
+    """Give `retry` rows whose next attempt is due back to `received`, by the same
+    compare-and-set on the failed attempt's claim, so the event id derived from that claim
+    is new for each attempt. Oldest first."""
+    return _give_back_all(
+        session,
+        InboxStatus.RETRY,
+        col(InboxMessage.next_attempt_at) <= now,
+        audited_as="inbox.retried",
+        limit=limit,
+    )
+
+
+def _give_back_all(
+    session: Session,
+    status: InboxStatus,
+    condition: ColumnElement[bool],
+    *,
+    audited_as: str,
+    limit: int,
+) -> list[Submission]:
+    found = session.exec(
         select(InboxMessage.id, InboxMessage.accession, InboxMessage.claimed_at)
-        .where(InboxMessage.status == InboxStatus.PROCESSING, _claim_time() < claimed_before)
+        .where(InboxMessage.status == status, condition)
         .order_by(col(InboxMessage.id))
         .limit(limit)
     ).all()
     released: list[Submission] = []
-    for inbox_id, accession, claimed_at in stale:
+    for inbox_id, accession, claimed_at in found:
         assert inbox_id is not None
-        if not _give_back(session, inbox_id, InboxStatus.PROCESSING, claimed_at):
+        if not _give_back(session, inbox_id, status, claimed_at):
             continue
         queries.audit(
             session=session,
             actor="sweep-inbox",
-            action="inbox.released",
+            action=audited_as,
             entity="inbox_message",
             entity_id=inbox_id,
             detail={"claimed_at": claimed_at.isoformat() if claimed_at else None},
@@ -396,36 +426,6 @@ def ordered_by(*, session: Session, accession: str) -> str | None:
         if key:
             return str(key)
     return None
-
-
-def release_due_retries(*, session: Session, now: datetime, limit: int) -> list[Submission]:
-    """Give `retry` rows whose next attempt is due back to `received`, each by a
-    compare-and-set on the failed attempt's claim (as `release_stale_claims`: of two sweeps
-    only one submits a row), under an event id derived from that claim. Oldest first."""
-    due = session.exec(
-        select(InboxMessage.id, InboxMessage.accession, InboxMessage.claimed_at)
-        .where(
-            InboxMessage.status == InboxStatus.RETRY,
-            col(InboxMessage.next_attempt_at) <= now,
-        )
-        .order_by(col(InboxMessage.id))
-        .limit(limit)
-    ).all()
-    released: list[Submission] = []
-    for inbox_id, accession, claimed_at in due:
-        assert inbox_id is not None
-        if not _give_back(session, inbox_id, InboxStatus.RETRY, claimed_at):
-            continue
-        queries.audit(
-            session=session,
-            actor="sweep-inbox",
-            action="inbox.retried",
-            entity="inbox_message",
-            entity_id=inbox_id,
-            detail={"accession": accession},
-        )
-        released.append(Submission(inbox_id, accession or "", claimed_at))
-    return released
 
 
 def rerun_message(*, session: Session, inbox_id: int, by: str) -> Submission:

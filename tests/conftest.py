@@ -71,3 +71,23 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+def seed_clinic(database_url: str) -> None:
+    """The demo clinic with slots from today, closed on the site's holidays, as `./run` seeds it."""
+    from datetime import datetime
+
+    from followup.scheduling import site_holidays
+    from followup.settings import get_settings
+    from models.db import session_scope
+    from models.seed import seed_demo_clinic
+
+    settings = get_settings(database_url=database_url)
+    today = datetime.now(settings.site_zone).date()
+    with session_scope(database_url) as session:
+        seed_demo_clinic(
+            session=session,
+            zone=settings.site_zone,
+            first_day=today,
+            closed_days=site_holidays("US", None, (today.year, today.year + 1)),
+        )

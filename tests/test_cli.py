@@ -89,28 +89,20 @@ def test_appointments_and_referrals_are_listed_by_accession_patient_and_day(
 
     from followup.demo import restamp_for_today
     from followup.intake import receive_message
-    from followup.scheduling import site_holidays
     from followup.settings import get_settings
     from models.db import migrate, session_scope
-    from models.seed import seed_demo_clinic
-    from tests.conftest import SAMPLES
+    from tests.conftest import SAMPLES, seed_clinic
     from tests.flow_steps import run_flow_steps
 
     database_url = f"sqlite:///{tmp_path / 'cli.db'}"
     migrate(database_url)
+    seed_clinic(database_url)
     settings = get_settings(database_url=database_url)
-    today = datetime.now(settings.site_zone).date()
     raw = restamp_for_today(
         (SAMPLES / "hl7" / "spine_neurology_root_compression.hl7").read_bytes(),
         now=datetime.now(settings.site_zone),
     )
     with session_scope(database_url) as session:
-        seed_demo_clinic(
-            session=session,
-            zone=settings.site_zone,
-            first_day=today,
-            closed_days=site_holidays("US", None, (today.year, today.year + 1)),
-        )
         receipt = receive_message(session=session, raw=raw, source="test", settings=settings)
     assert receipt.run_inbox_id is not None
     summary = run_flow_steps(database_url, receipt.run_inbox_id)

@@ -15,16 +15,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from datetime import datetime
 
 import pytest
 from sqlmodel import col, select
 
-from followup.scheduling import site_holidays
 from followup.settings import get_settings
 from models.db import get_engine, migrate, session_scope
-from models.seed import seed_demo_clinic
 from models.tables import InboxMessage, InboxStatus
+from tests.conftest import seed_clinic
 from tests.faults.counting import check_counts, outcome_counts
 from tests.faults.messages import sample_message
 from tests.faults.throwaway_postgres import throwaway_cluster
@@ -59,14 +57,7 @@ def test_scans_accepted_before_a_database_restart_are_all_processed_once(
         monkeypatch.setenv("FOLLOWUP_INBOX_RETRY_BASE_SECONDS", "1")
         settings = get_settings()
         migrate(cluster.url)
-        today = datetime.now(settings.site_zone).date()
-        with session_scope(cluster.url) as session:
-            seed_demo_clinic(
-                session=session,
-                zone=settings.site_zone,
-                first_day=today,
-                closed_days=site_holidays("US", None, (today.year, today.year + 1)),
-            )
+        seed_clinic(cluster.url)
         accessions = [f"ACCDBR{n:07d}" for n in range(SCANS)]
         answers = []
         for n, accession in enumerate(accessions):
