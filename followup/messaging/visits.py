@@ -82,6 +82,22 @@ def plan_visit_texts(
     """
     appointment, patient, provider = _visit(session, appointment_id)
     zone = _zone(patient)
+    if not patient.phone_e164 and answering is None:
+        # No number to text (none given, or none that parsed): a person must tell the
+        # patient, so the visit goes on the worklist instead of texts that cannot be sent.
+        mq.open_task(
+            session=session,
+            kind=NO_PHONE_TASK,
+            reason=(
+                f"patient {appointment.patient_id} has no mobile number to text (none given, or "
+                f"none that parsed) and appointment {appointment.id} is booked for "
+                f"{appointment.start.astimezone(settings.site_zone):%a %Y-%m-%d %H:%M %Z}: "
+                "call the patient."
+            ),
+            target=SCHEDULER_QUEUE,
+            study_id=appointment.study_id,
+        )
+        return Texts()
     visit = _details(appointment.start, provider, settings)
     planned = plan_booking_messages(
         visit,
@@ -358,6 +374,7 @@ def _details(start: datetime, provider: Provider, settings: Settings) -> VisitDe
 # --- opt-out and opt-in ------------------------------------------------------------------------
 
 OPTED_OUT_VISIT_TASK = "patient_opted_out"  # a scheduler calls about a visit no text will reach
+NO_PHONE_TASK = "no_phone"  # a scheduler calls: the patient has no number to text
 SCHEDULER_QUEUE = "scheduler-queue"
 RESTORED_KINDS = ("confirmation", "reschedule", "reminder")
 
