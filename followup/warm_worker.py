@@ -330,12 +330,23 @@ def serve_warm_worker(
         threading.Thread(
             target=_set_when_stdin_closes, args=(stop,), name="parent-watch", daemon=True
         ).start()
-    loop_thread = threading.Thread(
-        target=asyncio.run, args=(_work(worker, stop),), name="warm-worker"
-    )
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            asyncio.run(_work(worker, stop))
+        except BaseException as error:
+            failures.append(error)
+            raise
+
+    loop_thread = threading.Thread(target=work, name="warm-worker")
     loop_thread.start()
     while loop_thread.is_alive():
         loop_thread.join(timeout=0.5)
+    if failures:
+        # Its traceback is in the log already; a non-zero exit has `followup serve` (or the
+        # service manager) start the worker again.
+        raise SystemExit(1)
 
 
 async def _work(worker: WarmWorker, stop: threading.Event) -> None:
