@@ -12,7 +12,8 @@ artifacts, as under a process worker.
 What a process per run gave for free, done here:
 * A dead worker (kill -9, OOM, host lost) leaves its runs Running: every warm worker reaps the
   pool's runs labelled with a worker whose heartbeat stopped (`reap_orphaned_runs`), marking
-  them Crashed; sweep-inbox then hands their rows to another run once the inbox lease expires.
+  them Crashed; sweep-inbox then hands their rows to another run once the inbox lease expires
+  (a run that had done nothing yet is scheduled again instead).
   `followup serve` restarts its worker, so the restarted one reaps its predecessor's runs.
 * Cancel from the UI or API (state Cancelling): the worker watches its in-flight runs and
   cancels the one asked, then records it Cancelled.
@@ -56,6 +57,9 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
+    TaskRunFilter,
+    TaskRunFilterState,
+    TaskRunFilterStateType,
     WorkPoolFilter,
     WorkPoolFilterName,
 )
@@ -64,7 +68,7 @@ from prefect.exceptions import InfrastructureNotFound, ObjectAlreadyExists
 from prefect.flow_engine import run_flow
 from prefect.flows import load_flow_from_entrypoint
 from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
-from prefect.states import Cancelled, Crashed, State
+from prefect.states import AwaitingRetry, Cancelled, Crashed, State
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
 from followup.settings import PROJECT_ROOT, Settings
@@ -254,10 +258,18 @@ async def reap_orphaned_runs(
     stale_after: timedelta,
     now: datetime | None = None,
 ) -> list[UUID]:
-    """Mark Crashed (or Cancelled, when a Cancel was pending) the pool's live runs whose worker
-    has sent no heartbeat for `stale_after`; the runs marked. Workers in `alive` are trusted.
+    """Settle the pool's live runs whose worker is gone; the runs settled. A worker is gone
+    when it has sent no heartbeat for `stale_after` (those in `alive` are trusted); a run
+    Pending that long with no worker label lost its worker between Pending and the label.
 
-    The transition is proposed, not forced: a run that finished meanwhile keeps its state."""
+    * Cancelling: Cancelled, as its worker would have done.
+    * Otherwise Crashed. A run that completed no task run did nothing (for scan-completed: it
+      never claimed its row, which would otherwise wait in `received` until Prefect stops
+      dropping its re-emitted event as a repeat, 30 minutes): it is then scheduled again
+      (AwaitingRetry) for a live worker. One that did some work stays Crashed; the inbox
+      lease gives its row to a new run (sweep-inbox).
+
+    Transitions are proposed, not forced: a run that finished meanwhile keeps its state."""
     now = now or datetime.now(UTC)
     workers = await client.read_workers_for_work_pool(pool)
     alive = alive | {
@@ -274,19 +286,51 @@ async def reap_orphaned_runs(
     reaped = []
     for flow_run in runs:
         owner = flow_run.labels.get(WORKER_NAME_LABEL)
-        if owner is None or owner in alive:
+        if owner is None:
+            since = flow_run.state.timestamp if flow_run.state else now
+            if flow_run.state_type != StateType.PENDING or now - since < stale_after:
+                continue
+            message = "its worker stopped between Pending and taking it"
+        elif owner in alive:
             continue
-        message = f"worker {owner} stopped sending heartbeats with this run in flight"
-        state: State[Any] = (
-            Cancelled(message=message)
-            if flow_run.state_type == StateType.CANCELLING
-            else Crashed(message=message)
-        )
-        result = await client.set_flow_run_state(flow_run.id, state)
-        if result.state is not None and result.state.type == state.type:
-            logger.warning("flow run %s (%s): %s", flow_run.id, flow_run.name, message)
-            reaped.append(flow_run.id)
+        else:
+            message = f"worker {owner} stopped sending heartbeats with this run in flight"
+        if flow_run.state_type == StateType.CANCELLING:
+            if await _propose(client, flow_run, Cancelled(message=message)):
+                reaped.append(flow_run.id)
+            continue
+        if not await _propose(client, flow_run, Crashed(message=message)):
+            continue
+        reaped.append(flow_run.id)
+        if not await _did_work(client, flow_run.id):
+            await client.set_flow_run_state(
+                flow_run.id,
+                AwaitingRetry(message="it did no work before its worker died: run again"),
+                force=True,  # out of Crashed, as the UI's Retry does
+            )
+            logger.warning("flow run %s (%s) scheduled again", flow_run.id, flow_run.name)
     return reaped
+
+
+async def _propose(client: PrefectClient, flow_run: FlowRun, state: State[Any]) -> bool:
+    result = await client.set_flow_run_state(flow_run.id, state)
+    accepted = result.state is not None and result.state.type == state.type
+    if accepted:
+        logger.warning(
+            "flow run %s (%s) %s: %s", flow_run.id, flow_run.name, state.name, state.message
+        )
+    return accepted
+
+
+async def _did_work(client: PrefectClient, flow_run_id: UUID) -> bool:
+    completed = await client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+        task_run_filter=TaskRunFilter(
+            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.COMPLETED]))
+        ),
+        limit=1,
+    )
+    return bool(completed)
 
 
 async def ensure_pool(client: PrefectClient, pool: str) -> None:

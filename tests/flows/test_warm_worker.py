@@ -149,7 +149,9 @@ def test_a_scan_runs_as_its_own_named_tagged_flow_run_inside_the_worker(
     assert kinds == ["confirmation", "reminder", "reminder"]
 
 
-def test_runs_of_a_killed_worker_are_marked_crashed_by_the_next_worker() -> None:
+def test_a_killed_workers_run_is_marked_crashed_and_run_again_by_the_next_worker() -> None:
+    """The run had completed no task (for a scan: had not claimed its row), so after the
+    Crashed that records the death it is scheduled again and the next worker runs it."""
     from tests.flows.warm_flows import wait
 
     pool = new_pool()
@@ -161,12 +163,31 @@ def test_runs_of_a_killed_worker_are_marked_crashed_by_the_next_worker() -> None
         first.send_signal(signal.SIGKILL)
         first.wait()
     killed_at = time.monotonic()
+    dead_worker = str(running.labels[WORKER_NAME_LABEL])
     with warm_worker(pool):
-        crashed = wait_for(flow_run.id, in_state(StateType.CRASHED), "the run to be reaped")
+        rerun = wait_for(
+            flow_run.id,
+            lambda run: (
+                run.state_type == StateType.RUNNING
+                and run.labels.get(WORKER_NAME_LABEL) != dead_worker
+            ),
+            "the run to be reaped and run again",
+        )
+        reaped_after = time.monotonic() - killed_at
+
+        async def states() -> list[tuple[str, str]]:
+            async with get_client() as client:
+                history = await client.read_flow_run_states(flow_run.id)
+            return [(state.name or "", state.message or "") for state in history]
+
+        history = asyncio.run(states())
+
     # The dead worker's heartbeat goes stale after 30 s; the next reaping round follows.
-    assert time.monotonic() - killed_at < 60
-    assert crashed.state is not None and crashed.state.message is not None
-    assert str(running.labels[WORKER_NAME_LABEL]) in crashed.state.message
+    assert reaped_after < 60
+    assert rerun.run_count == 2
+    crashed = [message for name, message in history if name == "Crashed"]
+    assert len(crashed) == 1 and dead_worker in crashed[0]
+    assert [name for name, _ in history].count("AwaitingRetry") == 1
 
 
 def test_cancel_stops_a_running_run_and_the_worker_goes_on() -> None:

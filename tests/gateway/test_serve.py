@@ -26,6 +26,7 @@ from flows.events import EVENT, event_id
 from followup.cli import app
 from followup.gateway.serve import PREFECT_YAML, gateway_app, served_deployments
 from followup.settings import get_settings
+from followup.warm_worker import WARM_POOL
 from models.db import session_scope
 from models.tables import InboxMessage
 from tests.conftest import SAMPLES
@@ -51,6 +52,11 @@ def test_served_deployments_carry_prefect_yaml_triggers_and_schedules() -> None:
     }
     assert scan.concurrency_limit == 8
     assert scan.entrypoint == "flows/scan_completed.py:scan_completed"
+    # Run by the warm worker `followup serve` starts; the others by its runner.
+    assert scan.work_pool_name == WARM_POOL
+    assert {d.work_pool_name for name, d in deployments.items() if name != "scan-completed"} == {
+        None
+    }
 
     sweep = deployments["sweep-inbox"]
     assert sweep.schedules is not None
