@@ -1,8 +1,10 @@
 """`followup serve`: the whole engine in one process tree, on embedded defaults.
 
 What runs:
-* a local Prefect server (`prefect server start`, SQLite under PREFECT_HOME, 127.0.0.1) when
-  PREFECT_API_URL is not set; with PREFECT_API_URL set, that server is used instead;
+* a local Prefect server (`prefect server start`, 127.0.0.1) when PREFECT_API_URL is not set,
+  on SQLite under PREFECT_HOME, or on PostgreSQL when DATABASE_URL is (a database of its own
+  on the same server, `prefect_server_database`); with PREFECT_API_URL set, that server is
+  used instead;
 * the MLLP listener and the HTTP gateway (uvicorn: FHIR, /healthz and Twilio's webhooks),
   both emitting `ris.scan.completed`;
 * every deployment in prefect.yaml, registered from this process with the triggers, schedules,
@@ -75,6 +77,10 @@ def serve_engine(settings: Settings, *, prefect_yaml: Path = PREFECT_YAML) -> No
         os.environ.setdefault(name, value)
     server = None
     if not os.environ.get("PREFECT_API_URL"):
+        if not os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") and (
+            prefect_database := prefect_server_database(settings.database_url)
+        ):
+            os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_database
         server = start_prefect_server(port=int(os.environ.get("PREFECT_SERVER_API_PORT", "4200")))
         os.environ["PREFECT_API_URL"] = server.api_url
     warm_worker = SupervisedProcess(warm_worker_command())
@@ -85,6 +91,32 @@ def serve_engine(settings: Settings, *, prefect_yaml: Path = PREFECT_YAML) -> No
         warm_worker.stop()
         if server is not None:
             server.stop()
+
+
+def prefect_server_database(database_url: str) -> str | None:
+    """With the application on PostgreSQL, the Prefect server `serve` starts goes there too, in
+    a database of its own (`<name>_prefect`, created when missing; Prefect's tables would clash
+    with the application's). On its SQLite file the server's own writes fail with "database is
+    locked" during bursts (docs/deploy.md). None for an application on SQLite."""
+    from sqlalchemy import create_engine, make_url, text
+
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        return None
+    name = f"{url.database}_prefect"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            exists = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first()
+            if exists is None:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return url.set(drivername="postgresql+asyncpg", database=name, query={}).render_as_string(
+        hide_password=False
+    )
 
 
 class PrefectApiNotSet(FollowupError):
