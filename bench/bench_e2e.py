@@ -345,9 +345,9 @@ SCAN_PARTS = (
     ("load-scan task", "load-scan:start", "load-scan:end"),
     ("decide task (classify, record the decision)", "decide:start", "decide:end"),
     (
-        "book-follow-up task (commits the confirmation with the reminders)",
-        "book-follow-up:start",
-        "book-follow-up:end",
+        "book-and-finish task → the confirmation committed with the reminders",
+        "book-and-finish:start",
+        "done",
     ),
     ("gaps between these tasks (task-run orchestration, tags)", "", ""),
     ("confirmation row → flow run completed (finish, artifact)", "done", "completed"),
@@ -358,7 +358,7 @@ FLOOR_PARTS = (
     ("pending → running (process start, imports, flow load)", "pending", "running"),
     ("running → completed (the empty body, exit)", "running", "completed"),
 )
-TASKS = ("load-scan", "decide", "book-follow-up")
+TASKS = ("load-scan", "decide", "book-and-finish")
 
 
 def _gaps(record: Run) -> float:

@@ -2,8 +2,9 @@
 
 The flow only sequences tasks; every task calls steps of `followup.pipeline`, each in its own
 transaction. A task run is a retry boundary (the Prefect server spends 25–55 ms of CPU on each,
-so there are four): claiming the row, deciding (classify + record), booking with its reminders
-(both idempotent per study and appointment, so one retry re-runs them safely) and finishing.
+and records three state events for it, so there are three): claiming the row (not repeatable:
+a second claim by the same run is refused), deciding (classify + record), and booking with its
+reminders and marking the row done (each idempotent, so one retry re-runs them safely).
 The run's tags and its summary artifact are written from the flow itself, once each.
 
 Runs execute in a warm worker (followup/warm_worker.py), several on one event loop: the
@@ -83,35 +84,32 @@ async def decide(inbox_id: int, scan: ScanCompleted, settings: Settings) -> Deci
     return await _off_the_loop(classify_and_record)
 
 
-@task(name="book-follow-up", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-async def book_follow_up(
-    recorded: pipeline.RecordedStudy, settings: Settings
-) -> pipeline.BookingOutcome:
-    """Book (or keep, move, cancel) the follow-up, then store its confirmation and reminders."""
+@task(name="book-and-finish", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+async def book_and_finish(
+    inbox_id: int, recorded: pipeline.RecordedStudy, settings: Settings
+) -> dict[str, Any]:
+    """Book (or keep, move, cancel) the follow-up and store its confirmation and reminders,
+    then mark the row done; the row's summary. One retry boundary: each step is idempotent
+    (per study, per appointment and kind, per row), so a retry redoes none of their work."""
 
-    def book() -> pipeline.BookingOutcome:
-        with session_scope(settings.database_url) as session:
-            booking = pipeline.book_follow_up(session=session, recorded=recorded, settings=settings)
-        if booking.appointment_id is not None:
+    def book_and_mark_done() -> dict[str, Any]:
+        if not recorded.held:
             with session_scope(settings.database_url) as session:
-                pipeline.schedule_reminders(
-                    session=session,
-                    appointment_id=booking.appointment_id,
-                    settings=settings,
-                    now=utcnow(),
+                booking = pipeline.book_follow_up(
+                    session=session, recorded=recorded, settings=settings
                 )
-        return booking
-
-    return await _off_the_loop(book)
-
-
-@task(name="finish", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-async def finish(inbox_id: int, held: bool, settings: Settings) -> dict[str, Any]:
-    def mark_done() -> dict[str, Any]:
+            if booking.appointment_id is not None:
+                with session_scope(settings.database_url) as session:
+                    pipeline.schedule_reminders(
+                        session=session,
+                        appointment_id=booking.appointment_id,
+                        settings=settings,
+                        now=utcnow(),
+                    )
         with session_scope(settings.database_url) as session:
-            return pipeline.finish(session=session, inbox_id=inbox_id, held=held)
+            return pipeline.finish(session=session, inbox_id=inbox_id, held=recorded.held)
 
-    return await _off_the_loop(mark_done)
+    return await _off_the_loop(book_and_mark_done)
 
 
 @task(name="mark-failed", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -173,9 +171,7 @@ async def scan_completed(inbox_id: int, accession: str = "") -> dict[str, Any]:
                 decided.decision, site=settings.site_code, result_status=scan.result_status
             )
         )
-        if not decided.recorded.held:
-            await book_follow_up(decided.recorded, settings)
-        summary = await finish(inbox_id, decided.recorded.held, settings)
+        summary = await book_and_finish(inbox_id, decided.recorded, settings)
     except pipeline.InboxRowFinished as finished:
         # A stray or repeated event for a row already done: its answer, no work redone.
         get_run_logger().info("%s", finished)

@@ -83,7 +83,7 @@ def serve_engine(settings: Settings, *, prefect_yaml: Path = PREFECT_YAML) -> No
             os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_database
         server = start_prefect_server(port=int(os.environ.get("PREFECT_SERVER_API_PORT", "4200")))
         os.environ["PREFECT_API_URL"] = server.api_url
-    warm_worker = SupervisedProcess(warm_worker_command())
+    warm_worker = SupervisedProcess(warm_worker_command(limit=warm_run_limit(prefect_yaml)))
     try:
         asyncio.run(_serve(settings, prefect_yaml, warm_worker))
     finally:
@@ -174,13 +174,31 @@ class PrefectServer:
         stop_process(self.process)
 
 
-def warm_worker_command() -> list[str]:
+def warm_worker_command(*, limit: int | None) -> list[str]:
     """`followup warm-worker` on the warm pool, stopping when this process ends (however)."""
     return [
         str(Path(sys.executable).with_name("followup")),
         "warm-worker",
         "--stop-with-parent",
+        *(["--limit", str(limit)] if limit is not None else []),
     ]
+
+
+def warm_run_limit(prefect_yaml: Path) -> int | None:
+    """The largest concurrency limit of the warm pool's deployments: the worker takes no more
+    runs than that at once. Taking more, it would move the surplus to Pending only to have the
+    server send each back to wait for a slot (AwaitingConcurrencySlot, retried seconds later),
+    which measured 0.35 scans/s on a 30-scan burst."""
+    from followup.warm_worker import WARM_POOL
+
+    limits = [
+        spec.get("concurrency_limit")
+        for spec in yaml.safe_load(prefect_yaml.read_text())["deployments"]
+        if _pool_of(spec) == WARM_POOL
+    ]
+    if not limits or None in limits:
+        return None
+    return max(limits)
 
 
 class SupervisedProcess:

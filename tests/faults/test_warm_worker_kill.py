@@ -81,9 +81,7 @@ def test_worker_killed_mid_burst_every_scan_is_processed_once(engine: Engine) ->
     # crashed runs go back at the next sweep after the lease.
     deadline = time.monotonic() + RUN_SECONDS
     while set(inbox_statuses(engine.database_url, accessions)) - DONE_STATUSES:
-        assert time.monotonic() < deadline, {
-            a: engine.run_states(f"scan-{a}") for a in accessions
-        }
+        assert time.monotonic() < deadline, {a: engine.run_states(f"scan-{a}") for a in accessions}
         time.sleep(LEASE_SECONDS)
         engine.sweep()
     settle(engine, accessions)

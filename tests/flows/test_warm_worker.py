@@ -142,7 +142,7 @@ def test_a_scan_runs_as_its_own_named_tagged_flow_run_inside_the_worker(
     assert {"followup", "route:neurology", "urgency:routine"} <= set(done.tags)
     # Given by Prefect's BaseWorker when it submits the run: what the reaper goes by.
     assert str(done.labels[WORKER_NAME_LABEL]).startswith("warm-")
-    assert names == ["book-follow-up", "decide", "finish", "load-scan"]
+    assert names == ["book-and-finish", "decide", "load-scan"]
     with session_scope(settings.database_url) as session:
         assert len(session.exec(select(Appointment)).all()) == 1
         kinds = sorted(m.kind for m in session.exec(select(OutboundMessage)).all())

@@ -30,6 +30,7 @@ from followup.gateway.serve import (
     gateway_app,
     prefect_server_database,
     served_deployments,
+    warm_run_limit,
 )
 from followup.settings import get_settings
 from followup.warm_worker import WARM_POOL
@@ -60,6 +61,7 @@ def test_served_deployments_carry_prefect_yaml_triggers_and_schedules() -> None:
     assert scan.entrypoint == "flows/scan_completed.py:scan_completed"
     # Run by the warm worker `followup serve` starts; the others by its runner.
     assert scan.work_pool_name == WARM_POOL
+    assert warm_run_limit(PREFECT_YAML) == 8  # the worker takes no more than the limit
     assert {d.work_pool_name for name, d in deployments.items() if name != "scan-completed"} == {
         None
     }
