@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from prefect import Flow
     from prefect.deployments.runner import RunnerDeployment
     from prefect.events import DeploymentTriggerTypes, TriggerTypes
+    from prefect.schedules import Schedule
 
 logger = logging.getLogger(__name__)
 
@@ -270,10 +272,12 @@ def start_prefect_server(*, port: int, timeout: float = SERVER_STARTUP_SECONDS) 
 
 async def served_deployments(prefect_yaml: Path) -> list[RunnerDeployment]:
     """Every deployment of prefect.yaml as a runner deployment, as `prefect deploy` reads it;
-    those on the warm pool keep it (`work_pool_name`), the others are served by the runner."""
-    # The helpers `prefect deploy` itself uses to read these sections.
-    from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
-    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+    those on the warm pool keep it (`work_pool_name`), the others are served by the runner.
+
+    Built with Prefect's public classes (`prefect deploy`'s own readers are private): event
+    triggers named as `prefect deploy` names them, interval and cron schedules, the forms this
+    prefect.yaml uses; anything else is refused rather than served differently."""
+    from prefect.events import DeploymentEventTrigger
     from prefect.flows import load_flow_from_entrypoint
 
     from followup.warm_worker import WARM_POOL
@@ -283,9 +287,15 @@ async def served_deployments(prefect_yaml: Path) -> list[RunnerDeployment]:
     for spec in project["deployments"]:
         path, _, function = spec["entrypoint"].partition(":")
         flow: Flow[..., Any] = load_flow_from_entrypoint(f"{prefect_yaml.parent / path}:{function}")
-        triggers: list[DeploymentTriggerTypes | TriggerTypes] = [
-            *_initialize_deployment_triggers(spec["name"], spec.get("triggers", []))
-        ]
+        triggers: list[DeploymentTriggerTypes | TriggerTypes] = []
+        for number, trigger in enumerate(spec.get("triggers") or [], start=1):
+            if trigger.get("type") != "event":
+                raise ValueError(f"{spec['name']}: only event triggers are served: {trigger}")
+            triggers.append(
+                DeploymentEventTrigger.model_validate(
+                    {"name": f"{spec['name']}__automation_{number}", **trigger}
+                )
+            )
         deployments.append(
             await flow.ato_deployment(
                 name=spec["name"],
@@ -295,13 +305,20 @@ async def served_deployments(prefect_yaml: Path) -> list[RunnerDeployment]:
                 concurrency_limit=spec.get("concurrency_limit"),
                 work_pool_name=WARM_POOL if _pool_of(spec) == WARM_POOL else None,
                 triggers=triggers,
-                schedules=[
-                    _schedule_config_to_deployment_schedule(schedule)
-                    for schedule in spec.get("schedules") or []
-                ],
+                schedules=[_schedule(spec["name"], s) for s in spec.get("schedules") or []],
             )
         )
     return deployments
+
+
+def _schedule(deployment: str, spec: dict[str, Any]) -> Schedule:
+    from prefect.schedules import Cron, Interval
+
+    if set(spec) <= {"interval"}:
+        return Interval(timedelta(seconds=spec["interval"]))
+    if set(spec) <= {"cron", "timezone"}:
+        return Cron(spec["cron"], timezone=spec.get("timezone"))
+    raise ValueError(f"{deployment}: only interval and cron (with timezone) schedules: {spec}")
 
 
 def _pool_of(spec: dict[str, Any]) -> str | None:

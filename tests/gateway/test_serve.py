@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prefect.client.schemas.schedules import IntervalSchedule
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.events.schemas.events import ResourceSpecification
 from sqlalchemy import create_engine, make_url, text
@@ -73,6 +73,13 @@ def test_served_deployments_carry_prefect_yaml_triggers_and_schedules() -> None:
     assert schedule.schedule.interval == timedelta(seconds=60)
     assert sweep.parameters == {"older_than_seconds": 120}
     assert sweep.triggers == []
+    assert trigger.name == "scan-completed__automation_1"  # as `prefect deploy` names it
+
+    worklist = deployments["daily-worklist"]
+    assert worklist.schedules is not None
+    [daily] = worklist.schedules
+    assert isinstance(daily.schedule, CronSchedule)
+    assert (daily.schedule.cron, daily.schedule.timezone) == ("0 7 * * *", "America/New_York")
 
 
 def test_the_prefect_server_serve_starts_follows_the_application_onto_postgresql(
