@@ -12,8 +12,8 @@ What it starts, all on 127.0.0.1, and stops at the end (the databases are droppe
 * the `followup-warm` pool (as `followup warm-worker` creates it), the `followup` process
   pool, and every deployment of prefect.yaml registered with `prefect --no-prompt deploy --all`
   exactly as an operator would: scan-completed on the warm pool, the others on `followup`;
-* two `followup warm-worker` processes (logs scale-warm-a, scale-warm-b), each with a
-  PREFECT_HOME of its own, as on two hosts: they run every scan-completed run between them;
+* two `followup warm-worker --limit 4` processes (logs scale-warm-a, scale-warm-b), each with
+  a PREFECT_HOME of its own, as on two hosts: they run every scan-completed run between them;
 * one `prefect worker start --pool followup` process (scale-process-worker) for the
   minute-by-minute flows, polling every two seconds;
 * the gateways in their own process (`followup gateway`: MLLP and HTTP, no flows), emitting
@@ -52,6 +52,9 @@ from followup.gateway.serve import stop_process  # noqa: E402
 POOL = "followup"
 WARM_WORKERS = ("scale-warm-a", "scale-warm-b")
 PROCESS_WORKER = "scale-process-worker"
+# Adding up to scan-completed's concurrency limit (8): a worker that takes a run beyond it has
+# the server send the run back to wait 30 s for a slot (docs/deploy.md).
+RUNS_PER_WARM_WORKER = 4
 WORKER_LOGS = (*WARM_WORKERS, PROCESS_WORKER)
 CREATE_WARM_POOL = """
 import asyncio
@@ -360,7 +363,12 @@ def run(arguments: argparse.Namespace) -> str:
             home.mkdir()
             stack.enter_context(
                 process(
-                    [str(Path(sys.executable).with_name("followup")), "warm-worker"],
+                    [
+                        str(Path(sys.executable).with_name("followup")),
+                        "warm-worker",
+                        "--limit",
+                        str(RUNS_PER_WARM_WORKER),
+                    ],
                     env={**env, "PREFECT_HOME": str(home)},
                     log=folder / f"{worker}.log",
                 )
