@@ -427,7 +427,7 @@ def write_report(
         f"counted); pause 0.5–1.5 × {arguments.spacing:g} s after each",
         "- Prefect: a local server per database (`prefect server start`; "
         + helpers.prefect_database_note(arguments)
-        + "); scan-completed runs in `followup serve`'s warm worker (polling every 0.5 s, "
+        + "); scan-completed runs in `followup serve`'s warm worker (polling every 0.25 s, "
         "each run inside that process), the floor in its runner (polling every 1 s, each run a "
         "new `python -m prefect.engine` process)",
         "",

@@ -82,7 +82,7 @@ SCAN_ENTRYPOINT = "flows/scan_completed.py:scan_completed"
 # The label Prefect's BaseWorker gives every flow run it submits (the reaper's key).
 WORKER_NAME_LABEL = "prefect.worker.name"
 HEARTBEAT_SECONDS = 10
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.25
 # Prefect's server marks a worker offline after three missed heartbeats; so does the reaper.
 MISSED_HEARTBEATS = 3
 REAP_EVERY_SECONDS = 10.0
