@@ -139,6 +139,7 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
             if task_status is not None:
                 task_status.started(identifier)
             try:
+                # A coroutine: the warm pool's flows are async (see _flow).
                 await run_flow(flow, flow_run=flow_run, return_type="state")  # type: ignore[misc]
             except Exception:
                 # The engine records the run's own failures; this is the engine itself failing
@@ -147,8 +148,9 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
                 return WarmRunResult(identifier=identifier, status_code=1)
             finally:
                 del self._in_flight[flow_run.id]
-        if scope.cancelled_caught and flow_run.id in self._cancel_asked:
-            self._cancel_asked.discard(flow_run.id)
+        asked = flow_run.id in self._cancel_asked
+        self._cancel_asked.discard(flow_run.id)
+        if scope.cancelled_caught and asked:
             # The engine saw an asyncio cancellation and recorded a crash; what happened is a
             # cancellation someone asked for.
             await self.client.set_flow_run_state(
@@ -247,7 +249,11 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
         if entrypoint not in self._flows:
             path, _, function = entrypoint.rpartition(":")
             resolved = Path(path) if Path(path).is_absolute() else PROJECT_ROOT / path
-            self._flows[entrypoint] = load_flow_from_entrypoint(f"{resolved}:{function}")
+            flow: Flow[..., Any] = load_flow_from_entrypoint(f"{resolved}:{function}")
+            if not flow.isasync:
+                # It would run on the event loop's thread and stall every other run meanwhile.
+                raise ValueError(f"{entrypoint}: the warm worker runs async flows only")
+            self._flows[entrypoint] = flow
         return self._flows[entrypoint]
 
 
