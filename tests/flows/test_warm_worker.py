@@ -282,3 +282,10 @@ def test_the_reaper_leaves_runs_of_live_workers_and_finished_runs_alone() -> Non
 
     assert asyncio.run(reap_later()) == []
     assert asyncio.run(read_run(flow_run.id)).state_type == StateType.COMPLETED
+
+
+def test_a_sync_flow_is_refused_rather_than_run_on_the_workers_loop() -> None:
+    from followup.warm_worker import WarmWorker
+
+    with pytest.raises(ValueError, match="async flows only"):
+        WarmWorker(new_pool(), preload=["tests/flows/warm_flows.py:sync_flow"])

@@ -24,3 +24,8 @@ async def hang() -> None:
 @flow(name="warm-test-quick")
 async def quick() -> str:
     return "done"
+
+
+@flow(name="warm-test-sync")
+def sync_flow() -> None:
+    time.sleep(0)
