@@ -442,6 +442,9 @@ async def _work_until_stopped(
 def _set_when_stdin_closes(stop: threading.Event) -> None:
     # The parent holds the write end; the kernel closes it when the parent exits, even by
     # SIGKILL, which no signal handler in the parent could pass on.
-    sys.stdin.buffer.read()
+    # os.read, not sys.stdin: the buffered reader's lock, held by this daemon thread, would
+    # abort the interpreter's shutdown after an ordinary SIGTERM.
+    while os.read(sys.stdin.fileno(), 4096):
+        pass
     logger.info("the parent process is gone; stopping")
     stop.set()
