@@ -22,16 +22,20 @@ goes to one of `scans / 50` providers (practices of five, business hours, 35 day
    (the scans dealt out in turn; not on SQLite, which takes one writer at a time).
 2. Profile: the same loop under cProfile on a fresh SQLite file (--profile-scans): own time
    per package, the engine's functions by cumulative time, all functions by own time.
-3. Through Prefect (target sustained ≥ 5 scans/s): a local Prefect server (its own SQLite
-   under a throwaway PREFECT_HOME) and the engine as `followup serve` runs it (MLLP gateway,
-   runner polling every second, scan-completed's trigger and concurrency limit from
-   prefect.yaml); the scans are sent over MLLP at --rate per second, and the finished inbox
-   rows counted every second until all are done or --prefect-timeout passes. On PostgreSQL
-   (--prefect-scans) and SQLite (--prefect-sqlite-scans) for the application database, each
-   with a Prefect server of its own.
+3. Through Prefect (target sustained ≥ 3 scans/s on 2 cores, ≤ 0.5 CPU-s per scan over all
+   processes): a local Prefect server (its own SQLite under a throwaway PREFECT_HOME, or
+   PostgreSQL with --prefect-server-database postgresql) and the engine as `followup serve`
+   runs it (MLLP gateway, scan-completed's trigger and concurrency limit from prefect.yaml, its
+   runs executed inside the warm worker process); the scans are sent over MLLP at --rate per
+   second, and the finished inbox rows counted every second until all are done or
+   --prefect-timeout passes; then lost (not finished) and doubled (a second appointment or
+   confirmation for one study) are counted. On PostgreSQL (--prefect-scans) and SQLite
+   (--prefect-sqlite-scans) for the application database, each with a Prefect server of its
+   own.
 4. Prefect's floor (--floor-events): the same server and runner set-up serving bench_e2e's
    empty flow, fired by that many `bench.floor.fired` events at --rate per second; what an
-   empty flow run per event sustains on this machine, the ceiling for the rows of 3.
+   empty flow run per event sustains on this machine through a process per run (what
+   scan-completed ran as before the warm worker).
 
 Every process caches bytecode under --bytecode-cache unless --no-bytecode-cache (see
 bench/_helpers.py: use_bytecode_cache). A rich progress bar and a count line every
@@ -45,7 +49,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import os
 import pstats
 import resource
 import sys
@@ -338,6 +341,35 @@ def check_core(url: str, replay: Replay) -> str:
     )
 
 
+def lost_and_doubled(url: str, sent: int) -> str:
+    """Scans sent whose inbox row did not finish, and studies with more than one active
+    appointment or confirmation: both must be 0."""
+    from sqlalchemy import func
+    from sqlmodel import col, select
+
+    from models.db import session_scope
+    from models.tables import Appointment, InboxMessage, OutboundMessage
+
+    with session_scope(url) as session:
+        finished = session.exec(
+            select(func.count())
+            .select_from(InboxMessage)
+            .where(col(InboxMessage.status).in_(FINISHED))
+        ).one()
+        appointments = session.exec(select(func.count()).select_from(Appointment)).one()
+        studies = session.exec(select(func.count(func.distinct(Appointment.study_id)))).one()
+        confirmations = session.exec(
+            select(func.count())
+            .select_from(OutboundMessage)
+            .where(OutboundMessage.kind == "confirmation")
+        ).one()
+    doubled = (appointments - studies) + max(confirmations - studies, 0)
+    return (
+        f"lost {sent - finished} (of {sent} sent), doubled {doubled} ({appointments} "
+        f"appointments for {studies} booked studies, {confirmations} confirmations)"
+    )
+
+
 # --- 2. the profile --------------------------------------------------------------------------
 
 
@@ -431,12 +463,9 @@ def prefect_replay(
             work / kind, floor=False, concurrency=arguments.concurrency
         )
         limit = helpers._yaml_deployments(prefect_yaml)[0]["concurrency_limit"]
-        runner_limit = os.environ.get("PREFECT_RUNNER_PROCESS_LIMIT")
         replay.notes.append(
-            f"scan-completed concurrency limit {limit}; the runner starts at most "
-            f"{runner_limit or 5} flow-run processes at once ("
-            + ("PREFECT_RUNNER_PROCESS_LIMIT" if runner_limit else "Prefect's default")
-            + "; `followup serve` does not set it)"
+            f"scan-completed concurrency limit {limit}; its runs execute inside the one warm "
+            "worker process `followup serve` starts (followup/warm_worker.py)"
         )
         with helpers.served_engine(
             prefect_yaml, database_url=url, api_url=api_url, log=work / kind / "serve.log"
@@ -510,6 +539,7 @@ def prefect_replay(
             ).all():
                 reason = (error or "").strip().splitlines()[:1] or ["no reason stored"]
                 replay.notes.append(f"inbox {inbox_id} error at {location}: {reason[0]}")
+        replay.notes.append(lost_and_doubled(url, count))
         replay.notes.append(f"logs kept in {work / kind}")
     # The Prefect server and the engine have exited and been waited for: their CPU, and that
     # of every flow-run process the engine reaped, is in this process's children's usage.

@@ -1,33 +1,31 @@
 """scan-completed: one completed MRI report → decision, referrals, follow-up, reminders.
 
-The flow only sequences tasks; every task calls one step of `followup.pipeline` in its own
-transaction. Flow and tasks are async: a sync flow pays about a second at exit for its
-heartbeat thread, and sync tasks cost ~20 ms each against ~2 ms for async ones.
-Database and API tasks retry twice (I/O); classify does too, since it re-reads the stored
-report (flows/classify.py), in the classifier worker when there is one.
+The flow only sequences tasks; every task calls steps of `followup.pipeline`, each in its own
+transaction. A task run is a retry boundary (the Prefect server spends 25–55 ms of CPU on each,
+and records three state events for it, so there are three): claiming the row (not repeatable:
+a second claim by the same run is refused), deciding (classify + record), and booking with its
+reminders and marking the row done (each idempotent, so one retry re-runs them safely).
+The run's tags and its summary artifact are written from the flow itself, once each.
+
+Runs execute in a warm worker (followup/warm_worker.py), several on one event loop: the
+blocking database and NLP work runs in a worker thread, so the loop stays free for the other
+runs and a hung statement cannot outlive the run's timeout (its thread is abandoned, the run
+fails, the inbox row goes back through the lease).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import time
-from typing import Any, cast
+import threading
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
+import anyio.to_thread
 from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
-from prefect.context import FlowRunContext
-from prefect.exceptions import ObjectNotFound
-from prefect.futures import PrefectDistributedFuture
 from prefect.runtime import flow_run
-from prefect.states import Cancelled
-from prefect.utilities.asyncutils import run_coro_as_sync
-from prefect.utilities.engine import emit_task_run_state_change_event
 
-from flows.classify import classify
 from flows.daily_worklist import daily_worklist
 from flows.hooks import publish_needs_attention
 from followup import pipeline, routing
@@ -38,68 +36,89 @@ from followup.settings import Settings, get_settings
 from models.db import session_scope
 from models.types import utcnow
 
-RESULT_POLL_SECONDS = 1.0
-STATELESS_REREAD_SECONDS = 0.05
+# Under the inbox lease (FOLLOWUP_PROCESSING_LEASE_SECONDS, 600 s by default), so a hung run
+# ends before sweep-inbox hands its row to another run. A scan takes well under a second.
+SCAN_TIMEOUT_SECONDS = 300
+
+T = TypeVar("T")
+# One report at a time through the NLP pipeline, which is shared by the runs of a warm worker
+# and not documented as safe across threads; the GIL serialises that CPU work anyway.
+_NLP = threading.Lock()
+
+
+async def _off_the_loop(step: Callable[[], T]) -> T:
+    # Abandoned on cancellation: a timed-out run gives the loop back at once.
+    return await anyio.to_thread.run_sync(step, abandon_on_cancel=True)
+
+
+class Decided(NamedTuple):
+    decision: routing.Decision
+    recorded: pipeline.RecordedStudy
 
 
 @task(name="load-scan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 async def load_scan(inbox_id: int, settings: Settings) -> ScanCompleted:
-    with session_scope(settings.database_url) as session:
-        return pipeline.load_scan(session=session, inbox_id=inbox_id, settings=settings)
+    def claim() -> ScanCompleted:
+        with session_scope(settings.database_url) as session:
+            return pipeline.load_scan(session=session, inbox_id=inbox_id, settings=settings)
+
+    return await _off_the_loop(claim)
 
 
-@task(name="tag-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-async def tag_run(tags: list[str]) -> None:
-    """Route and urgency tags, so schedulers can filter runs in the UI."""
-    current_id = flow_run.get_id()
-    if current_id is None:
-        return
-    run_id = UUID(current_id)
-    async with get_client() as client:
-        current = await client.read_flow_run(run_id)
-        await client.update_flow_run(run_id, tags=sorted(set(current.tags) | set(tags)))
+@task(name="decide", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+async def decide(inbox_id: int, scan: ScanCompleted, settings: Settings) -> Decided:
+    """Classify the findings and record the decision, referrals and escalations."""
+
+    def classify_and_record() -> Decided:
+        from followup import nlp  # loaded once per worker process (warm_worker.prepare)
+
+        rules = load_rules(settings.rules_path)
+        with _NLP:
+            decision = nlp.classify_report(scan.report_text, rules, coded_items=scan.coded_items)
+        with session_scope(settings.database_url) as session:
+            recorded = pipeline.record_decision(
+                session=session, inbox_id=inbox_id, scan=scan, decision=decision, rules=rules
+            )
+        return Decided(decision, recorded)
+
+    return await _off_the_loop(classify_and_record)
 
 
-@task(name="record-decision", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-async def record_decision(
-    inbox_id: int, scan: ScanCompleted, decision: routing.Decision, settings: Settings
-) -> pipeline.RecordedStudy:
-    with session_scope(settings.database_url) as session:
-        return pipeline.record_decision(
-            session=session,
-            inbox_id=inbox_id,
-            scan=scan,
-            decision=decision,
-            rules=load_rules(settings.rules_path),
-        )
+@task(name="book-and-finish", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+async def book_and_finish(
+    inbox_id: int, recorded: pipeline.RecordedStudy, settings: Settings
+) -> dict[str, Any]:
+    """Book (or keep, move, cancel) the follow-up and store its confirmation and reminders,
+    then mark the row done; the row's summary. One retry boundary: each step is idempotent
+    (per study, per appointment and kind, per row), so a retry redoes none of their work."""
 
+    def book_and_mark_done() -> dict[str, Any]:
+        if not recorded.held:
+            with session_scope(settings.database_url) as session:
+                booking = pipeline.book_follow_up(
+                    session=session, recorded=recorded, settings=settings
+                )
+            if booking.appointment_id is not None:
+                with session_scope(settings.database_url) as session:
+                    pipeline.schedule_reminders(
+                        session=session,
+                        appointment_id=booking.appointment_id,
+                        settings=settings,
+                        now=utcnow(),
+                    )
+        with session_scope(settings.database_url) as session:
+            return pipeline.finish(session=session, inbox_id=inbox_id, held=recorded.held)
 
-@task(name="book-follow-up", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-async def book_follow_up(
-    recorded: pipeline.RecordedStudy, settings: Settings
-) -> pipeline.BookingOutcome:
-    with session_scope(settings.database_url) as session:
-        return pipeline.book_follow_up(session=session, recorded=recorded, settings=settings)
-
-
-@task(name="schedule-reminders", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-async def schedule_reminders(appointment_id: int, settings: Settings) -> list[int]:
-    with session_scope(settings.database_url) as session:
-        return pipeline.schedule_reminders(
-            session=session, appointment_id=appointment_id, settings=settings, now=utcnow()
-        )
-
-
-@task(name="finish", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-async def finish(inbox_id: int, held: bool, settings: Settings) -> dict[str, Any]:
-    with session_scope(settings.database_url) as session:
-        return pipeline.finish(session=session, inbox_id=inbox_id, held=held)
+    return await _off_the_loop(book_and_mark_done)
 
 
 @task(name="mark-failed", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 async def mark_failed(inbox_id: int, error: Exception, settings: Settings) -> None:
-    with session_scope(settings.database_url) as session:
-        outcome = pipeline.fail(session=session, inbox_id=inbox_id, error=error, settings=settings)
+    def record_failure() -> Any:
+        with session_scope(settings.database_url) as session:
+            return pipeline.fail(session=session, inbox_id=inbox_id, error=error, settings=settings)
+
+    outcome = await _off_the_loop(record_failure)
     if outcome is not None:
         get_run_logger().warning(
             "inbox %d %s: %s",
@@ -109,7 +128,18 @@ async def mark_failed(inbox_id: int, error: Exception, settings: Settings) -> No
         )
 
 
-@task(name="publish-summary", cache_policy=NO_CACHE)
+async def tag_this_run(tags: list[str]) -> None:
+    """Route and urgency tags, so schedulers can filter runs in the UI: one update, added to
+    the tags the run was created with (the deployment's)."""
+    current_id = flow_run.get_id()
+    if current_id is None:
+        return
+    async with get_client() as client:
+        await client.update_flow_run(
+            UUID(current_id), tags=sorted(set(flow_run.get_tags()) | set(tags))
+        )
+
+
 async def publish_summary(summary: dict[str, Any]) -> None:
     await acreate_markdown_artifact(
         key=pipeline.artifact_key(summary["accession"]),
@@ -118,106 +148,11 @@ async def publish_summary(summary: dict[str, Any]) -> None:
     )
 
 
-def queue_classification(inbox_id: int, settings: Settings) -> PrefectDistributedFuture[Any] | None:
-    """The classify task queued for the classifier worker, when there is one (see Settings).
-
-    Queued before load-scan so that the worker classifies while this run claims and parses
-    the row: classify needs only the row id. Should load-scan then fail (another run holds
-    the row), the worker's answer goes unread: one classification wasted, nothing written.
-    """
-    if not settings.classifier_worker:
-        return None
-    return _queue_under(FlowRunContext.get(), inbox_id)
-
-
-def _queue_under(run: FlowRunContext | None, inbox_id: int) -> PrefectDistributedFuture[Any]:
-    """`classify.delay(inbox_id)`, its task run filed under `run` so that the UI lists it with
-    the run's other tasks.
-
-    Created from an empty context all the same: Prefect stores the caller's context with a
-    queued task's parameters, and a flow run's holds the flow (which the worker cannot
-    unpickle when the runner loaded it from its file) and the flow's parameters (the
-    accession). `delay` takes the flow run from that context; `create_run` is told it.
-    """
-
-    def create() -> TaskRun:
-        queued = classify.create_run(
-            parameters={"inbox_id": inbox_id}, flow_run_context=run, deferred=True
-        )
-        return cast(TaskRun, run_coro_as_sync(queued))
-
-    task_run = contextvars.Context().run(create)
-    assert task_run.state is not None  # created Scheduled
-    # As `delay` does: the Scheduled event, for the run's timeline in the UI.
-    emit_task_run_state_change_event(
-        task_run=task_run, initial_state=None, validated_state=task_run.state
-    )
-    return PrefectDistributedFuture(task_run_id=task_run.id)
-
-
-async def classified(
-    queued: PrefectDistributedFuture[Any] | None, inbox_id: int, settings: Settings
-) -> routing.Decision:
-    """The decision: the worker's answer to the queued run, else classified in this run."""
-    if queued is None:
-        return await classify(inbox_id)
-    logger = get_run_logger()
-    try:
-        decision = await _worker_result(queued, settings.classifier_wait_seconds)
-        logger.info("classified by the classifier worker (task run %s)", queued.task_run_id)
-        return decision
-    except TimeoutError:
-        reason = f"no answer within {settings.classifier_wait_seconds:.0f} s"
-        # So that a worker coming back later does not classify it again.
-        async with get_client() as client:
-            await client.set_task_run_state(
-                queued.task_run_id, Cancelled(message="classified in the flow run"), force=True
-            )
-    except ObjectNotFound:
-        reason = "the worker dropped the queued run; see its log"
-    logger.warning(
-        "the classifier worker did not classify the report (%s); classifying here", reason
-    )
-    return await classify(inbox_id)
-
-
-async def _worker_result(
-    queued: PrefectDistributedFuture[Any], wait_seconds: float
-) -> routing.Decision:
-    """The queued run's result, re-reading its state every second: Prefect's waiter learns of
-    the completion from an events subscription that may not be connected yet when the worker
-    finishes (measured: about one run in twenty then waited for the whole timeout)."""
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        slice_seconds = min(RESULT_POLL_SECONDS, max(deadline - time.monotonic(), 0.0))
-        try:
-            # Typed as the coroutine the async task returns; the worker awaited it already.
-            return cast(routing.Decision, await queued.result_async(timeout=slice_seconds))
-        except TimeoutError:
-            pass
-        except RuntimeError:
-            # Prefect's server records the state changes a task worker reports as events, and
-            # a read between two of them can find the run with no state, which Prefect's wait
-            # raises as "has no state which means it hasn't started yet" (one run in 160,
-            # bench_e2e at 08:31 UTC, the worker running it). Not an answer: read again. A
-            # RuntimeError the classification itself raised comes with a final state.
-            if await _has_final_state(queued.task_run_id):
-                raise
-            await asyncio.sleep(min(STATELESS_REREAD_SECONDS, slice_seconds))
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"no result within {wait_seconds:g} s")
-
-
-async def _has_final_state(task_run_id: UUID) -> bool:
-    async with get_client() as client:
-        state = (await client.read_task_run(task_run_id)).state
-    return state is not None and state.is_final()
-
-
 @flow(
     name="scan-completed",
     flow_run_name="scan-{accession}",
     log_prints=False,
+    timeout_seconds=SCAN_TIMEOUT_SECONDS,
     on_failure=[publish_needs_attention],
     on_crashed=[publish_needs_attention],
 )
@@ -229,18 +164,14 @@ async def scan_completed(inbox_id: int, accession: str = "") -> dict[str, Any]:
     settings = get_settings()
     install_redaction("", "prefect")
     try:
-        queued = queue_classification(inbox_id, settings)
         scan = await load_scan(inbox_id, settings)
-        decision = await classified(queued, inbox_id, settings)
-        await tag_run(
-            pipeline.run_tags(decision, site=settings.site_code, result_status=scan.result_status)
+        decided = await decide(inbox_id, scan, settings)
+        await tag_this_run(
+            pipeline.run_tags(
+                decided.decision, site=settings.site_code, result_status=scan.result_status
+            )
         )
-        recorded = await record_decision(inbox_id, scan, decision, settings)
-        if not recorded.held:
-            booking = await book_follow_up(recorded, settings)
-            if booking.appointment_id is not None:
-                await schedule_reminders(booking.appointment_id, settings)
-        summary = await finish(inbox_id, recorded.held, settings)
+        summary = await book_and_finish(inbox_id, decided.recorded, settings)
     except pipeline.InboxRowFinished as finished:
         # A stray or repeated event for a row already done: its answer, no work redone.
         get_run_logger().info("%s", finished)

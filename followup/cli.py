@@ -314,23 +314,28 @@ def serve() -> None:
         raise typer.Exit(code=2) from error
 
 
-@app.command("classifier-worker")
-def classifier_worker(
+@app.command("warm-worker")
+def warm_worker(
+    pool: Annotated[str, typer.Option(help="The work pool to serve.")] = "followup-warm",
+    limit: Annotated[
+        int | None, typer.Option(help="At most this many flow runs at once (default: no cap).")
+    ] = None,
     stop_with_parent: Annotated[
         bool,
         typer.Option(help="Also stop when stdin closes (how `followup serve` runs it)."),
     ] = False,
 ) -> None:
-    """Serve report classification from one warm process (Prefect task worker), so flow runs
-    need not load the NLP stack; needs PREFECT_API_URL (Ctrl-C stops)."""
+    """Run the work pool's flow runs (scan-completed) inside this one warm process, a Prefect
+    worker; needs PREFECT_API_URL (Ctrl-C stops, letting in-flight runs finish)."""
     import logging
 
-    from followup.classifier_worker import serve_classifier
+    from followup.warm_worker import serve_warm_worker
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    serve_classifier(get_settings(), stop_with_parent=stop_with_parent)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
+    serve_warm_worker(get_settings(), pool=pool, limit=limit, stop_with_parent=stop_with_parent)
 
 
 @app.command()
@@ -926,9 +931,7 @@ def inbox_list(
     for column in ("id", "received", "accession", "status", "attempts", "next", "problem / do"):
         table.add_column(column, overflow="fold")
     with session_scope(settings.database_url) as session:
-        rows = inbox_queries.messages_by_status(
-            session=session, statuses=status or [], limit=limit
-        )
+        rows = inbox_queries.messages_by_status(session=session, statuses=status or [], limit=limit)
         for row in rows:
             action = (row.summary or {}).get("action") if row.status in _FAILED else None
             table.add_row(

@@ -1,8 +1,8 @@
 """Report text → findings → decision, with medspaCy: sections, target matching and ConText.
 
 Only this module loads spaCy and medspaCy (about a second of imports and pipeline building):
-what runs where it is not needed (the flow when `followup classifier-worker` classifies, the
-gateway, the booking code) imports `followup.findings` and `followup.routing` instead.
+what runs where it is not needed (the gateway, the booking code) imports `followup.findings`
+and `followup.routing` instead; the warm worker loads it once for all its scans.
 
 The pipeline is built once per rules version and cached. Stage one reads the whole report:
 

@@ -86,20 +86,6 @@ class Settings(BaseSettings):
     inbox_retry_max_seconds: float = Field(
         default=1800.0, gt=0, validation_alias="FOLLOWUP_INBOX_RETRY_MAX_SECONDS"
     )
-    # Classify in the long-lived `followup classifier-worker` (Prefect's task queue) rather than
-    # in each flow-run process, which then never loads spaCy: about a second less per run.
-    # `followup serve` starts that worker and sets this. A run that has no answer within the
-    # wait (worker down) cancels the queued task and classifies in its own process.
-    classifier_worker: bool = Field(default=False, validation_alias="FOLLOWUP_CLASSIFIER_WORKER")
-    classifier_wait_seconds: float = Field(
-        default=30.0, gt=0, validation_alias="FOLLOWUP_CLASSIFIER_WAIT_SECONDS"
-    )
-    # The worker deletes files in Prefect's local result storage (a classify run's decision,
-    # which holds the matched finding phrases) once they are this old: a run reads its result
-    # within the wait above, and nothing else reads them.
-    classifier_result_retention_hours: float = Field(
-        default=24.0, gt=0, validation_alias="FOLLOWUP_CLASSIFIER_RESULT_RETENTION_HOURS"
-    )
     # Bearer token every HTTP route that changes state requires (FHIR intake, escalation
     # acknowledgements). None: those routes answer 403; the gateway still serves /healthz and
     # Twilio's webhooks, which carry their own signature. An empty or blank value is refused

@@ -1,4 +1,4 @@
-"""Scale-out on one machine: two Prefect process workers in one work pool, one stream of scans.
+"""Scale-out on one machine: two warm workers sharing one Prefect server, one stream of scans.
 
     .venv/bin/python scripts/scale_out.py [--scans 60] [--spacing 0.5]
         [--postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
@@ -9,10 +9,13 @@ What it starts, all on 127.0.0.1, and stops at the end (the databases are droppe
   (PREFECT_API_DATABASE_CONNECTION_URL, asyncpg), a throwaway PREFECT_HOME;
 * the application on a fresh PostgreSQL database `bench_<ts>`, migrated, with a generated
   clinic (ten providers in two practices, five weeks of slots);
-* the `followup` process work pool and every deployment of prefect.yaml, registered with
-  `prefect --no-prompt deploy --all` exactly as an operator would;
-* two `prefect worker start --pool followup` processes (scale-worker-a, scale-worker-b), six
-  concurrent flow runs each, polling every two seconds;
+* the `followup-warm` pool (as `followup warm-worker` creates it), the `followup` process
+  pool, and every deployment of prefect.yaml registered with `prefect --no-prompt deploy --all`
+  exactly as an operator would: scan-completed on the warm pool, the others on `followup`;
+* two `followup warm-worker --limit 4` processes (logs scale-warm-a, scale-warm-b), each with
+  a PREFECT_HOME of its own, as on two hosts: they run every scan-completed run between them;
+* one `prefect worker start --pool followup` process (scale-process-worker) for the
+  minute-by-minute flows, polling every two seconds;
 * the gateways in their own process (`followup gateway`: MLLP and HTTP, no flows), emitting
   `ris.scan.completed` to the server.
 
@@ -47,10 +50,23 @@ from bench import _helpers as helpers  # noqa: E402
 from followup.gateway.serve import stop_process  # noqa: E402
 
 POOL = "followup"
-WORKERS = ("scale-worker-a", "scale-worker-b")
-# Two workers' slots (12) above scan-completed's concurrency limit (8), so a burst of scans
-# leaves room for the minute-by-minute flows (sweep, SMS dispatch, re-notices).
-RUNS_PER_WORKER = 6
+WARM_WORKERS = ("scale-warm-a", "scale-warm-b")
+PROCESS_WORKER = "scale-process-worker"
+# Adding up to scan-completed's concurrency limit (8): a worker that takes a run beyond it has
+# the server send the run back to wait 30 s for a slot (docs/deploy.md).
+RUNS_PER_WARM_WORKER = 4
+WORKER_LOGS = (*WARM_WORKERS, PROCESS_WORKER)
+CREATE_WARM_POOL = """
+import asyncio
+from prefect import get_client
+from followup.warm_worker import WARM_POOL, ensure_pool
+
+async def create() -> None:
+    async with get_client() as client:
+        await ensure_pool(client, WARM_POOL)
+
+asyncio.run(create())
+"""
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 PENDING_INBOX = ("received", "processing")
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -257,11 +273,12 @@ def report(
     counts: dict[str, int],
     seconds: float,
 ) -> str:
-    per_worker: dict[str, Counter[str]] = {worker: Counter() for worker in WORKERS}
+    # Warm workers name themselves warm-<host>-<pid>: grouped by the label each run carries.
+    per_worker: dict[str, Counter[str]] = {}
     for run in all_runs:
         worker = run.get("labels", {}).get("prefect.worker.name")
-        if worker in per_worker and run["state_type"] == "COMPLETED":
-            per_worker[worker][names.get(run["flow_id"], "?")] += 1
+        if worker is not None and run["state_type"] == "COMPLETED":
+            per_worker.setdefault(worker, Counter())[names.get(run["flow_id"], "?")] += 1
     runs_per_row = Counter(run["parameters"].get("inbox_id") for run in scan_runs)
     by_status = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items()))
     lines = [
@@ -275,12 +292,13 @@ def report(
         f"| scan-completed runs: completed / all | "
         f"{sum(r['state_type'] == 'COMPLETED' for r in scan_runs)} / {len(scan_runs)} |",
     ]
-    for worker, flows in per_worker.items():
+    for worker, flows in sorted(per_worker.items()):
         detail = ", ".join(f"{name} {n}" for name, n in sorted(flows.items()))
         lines.append(f"| runs completed by {worker} | {sum(flows.values())} ({detail}) |")
+    for log in WORKER_LOGS:
         lines.append(
-            f"| runs {worker} reached for after the other worker had them (refused) | "
-            f"{aborted_submissions(folder, worker)} |"
+            f"| runs {log} reached for after another worker had them (refused) | "
+            f"{aborted_submissions(folder, log)} |"
         )
     lines += [
         f"| appointments / in summaries | {counts['appointments']} / "
@@ -338,25 +356,30 @@ def run(arguments: argparse.Namespace) -> str:
         os.environ["PREFECT_API_URL"] = api_url
         env = dict(os.environ)
         prefect_cli("work-pool", "create", POOL, "--type", "process", env=env)
+        subprocess.run([sys.executable, "-c", CREATE_WARM_POOL], env=env, cwd=ROOT, check=True)
         prefect_cli("deploy", "--all", env=env)
-        for worker in WORKERS:
+        for worker in WARM_WORKERS:
+            home = folder / worker
+            home.mkdir()
             stack.enter_context(
                 process(
                     [
-                        PREFECT,
-                        "worker",
-                        "start",
-                        "--pool",
-                        POOL,
-                        "--name",
-                        worker,
+                        str(Path(sys.executable).with_name("followup")),
+                        "warm-worker",
                         "--limit",
-                        str(RUNS_PER_WORKER),
+                        str(RUNS_PER_WARM_WORKER),
                     ],
-                    env=env,
+                    env={**env, "PREFECT_HOME": str(home)},
                     log=folder / f"{worker}.log",
                 )
             )
+        stack.enter_context(
+            process(
+                [PREFECT, "worker", "start", "--pool", POOL, "--name", PROCESS_WORKER],
+                env=env,
+                log=folder / f"{PROCESS_WORKER}.log",
+            )
+        )
         mllp_port = helpers.free_port()
         stack.enter_context(
             process(

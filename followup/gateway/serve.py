@@ -1,18 +1,21 @@
 """`followup serve`: the whole engine in one process tree, on embedded defaults.
 
 What runs:
-* a local Prefect server (`prefect server start`, SQLite under PREFECT_HOME, 127.0.0.1) when
-  PREFECT_API_URL is not set; with PREFECT_API_URL set, that server is used instead;
+* a local Prefect server (`prefect server start`, 127.0.0.1) when PREFECT_API_URL is not set,
+  on SQLite under PREFECT_HOME, or on PostgreSQL when DATABASE_URL is (a database of its own
+  on the same server, `prefect_server_database`); with PREFECT_API_URL set, that server is
+  used instead;
 * the MLLP listener and the HTTP gateway (uvicorn: FHIR, /healthz and Twilio's webhooks),
   both emitting `ris.scan.completed`;
-* every deployment in prefect.yaml, served from this process (flow runs execute in
-  subprocesses started by Prefect's runner) with the triggers, schedules, parameters and
-  concurrency limits written there, read with the same code `prefect deploy` uses, so the
-  served and the deployed engine cannot drift apart. Work pools are ignored: this process is
-  the worker. The runner polls every second (an event-triggered run starts in about 1.4 s,
-  against 5.7 s with Prefect's default 10 s poll);
-* `followup classifier-worker` in a subprocess, which classifies for the flow runs (see
-  followup/classifier_worker.py).
+* every deployment in prefect.yaml, registered from this process with the triggers, schedules,
+  parameters and concurrency limits written there, read with the same code `prefect deploy`
+  uses, so the served and the deployed engine cannot drift apart:
+  - those on the warm pool (scan-completed) run in `followup warm-worker`, a subprocess this
+    process restarts whenever it exits (followup/warm_worker.py): each scan is its own flow
+    run, executed in that one warm process;
+  - the others (sweep-inbox, dispatch-reminders, … a few runs a minute) are served by
+    Prefect's runner in this process, each run in a subprocess; their work pool is ignored.
+    The runner polls every second.
 
 Ctrl-C (SIGINT) or SIGTERM stops the listeners, the runner and the Prefect server started here.
 
@@ -33,6 +36,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +57,7 @@ if TYPE_CHECKING:
     from prefect import Flow
     from prefect.deployments.runner import RunnerDeployment
     from prefect.events import DeploymentTriggerTypes, TriggerTypes
+    from prefect.schedules import Schedule
 
 logger = logging.getLogger(__name__)
 
@@ -93,21 +98,48 @@ def serve_engine(settings: Settings, *, prefect_yaml: Path = PREFECT_YAML) -> No
     migrate(settings.database_url)
     for name, value in _PREFECT_SERVER_ENV.items():
         os.environ.setdefault(name, value)
-    server = classifier = None
+    server = None
     if not os.environ.get("PREFECT_API_URL"):
+        if not os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") and (
+            prefect_database := prefect_server_database(settings.database_url)
+        ):
+            os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_database
         server = start_prefect_server(port=int(os.environ.get("PREFECT_SERVER_API_PORT", "4200")))
         os.environ["PREFECT_API_URL"] = server.api_url
+    warm_worker = SupervisedProcess(warm_worker_command(limit=warm_run_limit(prefect_yaml)))
     try:
-        classifier = start_classifier_worker()
-        # Read by the flow-run processes the runner starts, which inherit this environment.
-        os.environ["FOLLOWUP_CLASSIFIER_WORKER"] = "true"
-        asyncio.run(_serve(settings, prefect_yaml))
+        asyncio.run(_serve(settings, prefect_yaml, warm_worker))
     finally:
         _drain_prefect_queues()
-        if classifier is not None:
-            stop_process(classifier)
+        warm_worker.stop()
         if server is not None:
             server.stop()
+
+
+def prefect_server_database(database_url: str) -> str | None:
+    """With the application on PostgreSQL, the Prefect server `serve` starts goes there too, in
+    a database of its own (`<name>_prefect`, created when missing; Prefect's tables would clash
+    with the application's). On its SQLite file the server's own writes fail with "database is
+    locked" during bursts (docs/deploy.md). None for an application on SQLite."""
+    from sqlalchemy import create_engine, make_url, text
+
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        return None
+    name = f"{url.database}_prefect"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            exists = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first()
+            if exists is None:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return url.set(drivername="postgresql+asyncpg", database=name, query={}).render_as_string(
+        hide_password=False
+    )
 
 
 def serve_gateway(settings: Settings) -> None:
@@ -162,24 +194,65 @@ class PrefectServer:
         stop_process(self.process)
 
 
-def start_classifier_worker() -> subprocess.Popen[bytes]:
-    """`followup classifier-worker` against the Prefect server in PREFECT_API_URL.
+def warm_worker_command(*, limit: int | None) -> list[str]:
+    """`followup warm-worker` on the warm pool, stopping when this process ends (however)."""
+    return [
+        str(Path(sys.executable).with_name("followup")),
+        "warm-worker",
+        "--stop-with-parent",
+        *(["--limit", str(limit)] if limit is not None else []),
+    ]
 
-    Not waited for: until it subscribes, the classify runs wait on Prefect's task queue. Its
-    stdin is a pipe this process holds open: it stops when this process ends, even by SIGKILL.
-    """
-    return subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("followup")),
-            "classifier-worker",
-            "--stop-with-parent",
-        ],
-        env=os.environ.copy(),
-        stdin=subprocess.PIPE,
-        # Its own session, as the server's: Ctrl-C reaches this process, which stops the
-        # runner before the classifier the runner's flows may still be waiting on.
-        start_new_session=True,
-    )
+
+def warm_run_limit(prefect_yaml: Path) -> int | None:
+    """The largest concurrency limit of the warm pool's deployments: the worker takes no more
+    runs than that at once. Taking more, it would move the surplus to Pending only to have the
+    server send each back to wait for a slot (AwaitingConcurrencySlot, retried seconds later),
+    which measured 0.35 scans/s on a 30-scan burst."""
+    from followup.warm_worker import WARM_POOL
+
+    limits = [
+        spec.get("concurrency_limit")
+        for spec in yaml.safe_load(prefect_yaml.read_text())["deployments"]
+        if _pool_of(spec) == WARM_POOL
+    ]
+    if not limits or None in limits:
+        return None
+    return max(limits)
+
+
+class SupervisedProcess:
+    """A subprocess started again whenever it exits until `stop`: a warm worker killed (OOM,
+    kill -9) is replaced at once, and the new one marks the dead one's runs Crashed.
+
+    Its stdin is a pipe this process holds open: it stops when this process ends, even by
+    SIGKILL. Its own session: a Ctrl-C in the terminal reaches this process only, which stops
+    the listeners before the worker."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.command = command
+        self.process: subprocess.Popen[bytes] | None = None
+        self.stopped = False
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.command, env=os.environ.copy(), stdin=subprocess.PIPE, start_new_session=True
+        )
+
+    async def keep_running(self) -> None:
+        self.start()
+        while not self.stopped:
+            await asyncio.sleep(0.5)
+            assert self.process is not None
+            code = self.process.poll()
+            if code is not None and not self.stopped:
+                logger.error("%s exited with code %s; starting it again", self.command[1], code)
+                self.start()
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.process is not None:
+            stop_process(self.process)
 
 
 def start_prefect_server(*, port: int, timeout: float = SERVER_STARTUP_SECONDS) -> PrefectServer:
@@ -216,20 +289,31 @@ def start_prefect_server(*, port: int, timeout: float = SERVER_STARTUP_SECONDS) 
 
 
 async def served_deployments(prefect_yaml: Path) -> list[RunnerDeployment]:
-    """Every deployment of prefect.yaml as a runner deployment, as `prefect deploy` reads it."""
-    # The helpers `prefect deploy` itself uses to read these sections.
-    from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
-    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+    """Every deployment of prefect.yaml as a runner deployment, as `prefect deploy` reads it;
+    those on the warm pool keep it (`work_pool_name`), the others are served by the runner.
+
+    Built with Prefect's public classes (`prefect deploy`'s own readers are private): event
+    triggers named as `prefect deploy` names them, interval and cron schedules, the forms this
+    prefect.yaml uses; anything else is refused rather than served differently."""
+    from prefect.events import DeploymentEventTrigger
     from prefect.flows import load_flow_from_entrypoint
+
+    from followup.warm_worker import WARM_POOL
 
     project = yaml.safe_load(prefect_yaml.read_text())
     deployments = []
     for spec in project["deployments"]:
         path, _, function = spec["entrypoint"].partition(":")
         flow: Flow[..., Any] = load_flow_from_entrypoint(f"{prefect_yaml.parent / path}:{function}")
-        triggers: list[DeploymentTriggerTypes | TriggerTypes] = [
-            *_initialize_deployment_triggers(spec["name"], spec.get("triggers", []))
-        ]
+        triggers: list[DeploymentTriggerTypes | TriggerTypes] = []
+        for number, trigger in enumerate(spec.get("triggers") or [], start=1):
+            if trigger.get("type") != "event":
+                raise ValueError(f"{spec['name']}: only event triggers are served: {trigger}")
+            triggers.append(
+                DeploymentEventTrigger.model_validate(
+                    {"name": f"{spec['name']}__automation_{number}", **trigger}
+                )
+            )
         deployments.append(
             await flow.ato_deployment(
                 name=spec["name"],
@@ -237,14 +321,26 @@ async def served_deployments(prefect_yaml: Path) -> list[RunnerDeployment]:
                 tags=spec.get("tags"),
                 parameters=spec.get("parameters"),
                 concurrency_limit=spec.get("concurrency_limit"),
+                work_pool_name=WARM_POOL if _pool_of(spec) == WARM_POOL else None,
                 triggers=triggers,
-                schedules=[
-                    _schedule_config_to_deployment_schedule(schedule)
-                    for schedule in spec.get("schedules") or []
-                ],
+                schedules=[_schedule(spec["name"], s) for s in spec.get("schedules") or []],
             )
         )
     return deployments
+
+
+def _schedule(deployment: str, spec: dict[str, Any]) -> Schedule:
+    from prefect.schedules import Cron, Interval
+
+    if set(spec) <= {"interval"}:
+        return Interval(timedelta(seconds=spec["interval"]))
+    if set(spec) <= {"cron", "timezone"}:
+        return Cron(spec["cron"], timezone=spec.get("timezone"))
+    raise ValueError(f"{deployment}: only interval and cron (with timezone) schedules: {spec}")
+
+
+def _pool_of(spec: dict[str, Any]) -> str | None:
+    return (spec.get("work_pool") or {}).get("name")
 
 
 def gateway_app(settings: Settings, *, on_accepted: OnAccepted) -> FastAPI:
@@ -323,10 +419,12 @@ async def _serve_gateway(settings: Settings, api_url: str) -> None:
         await _wind_down(tasks)
 
 
-async def _serve(settings: Settings, prefect_yaml: Path) -> None:
+async def _serve(settings: Settings, prefect_yaml: Path, warm_worker: SupervisedProcess) -> None:
+    from prefect import get_client
     from prefect.runner import Runner
 
     from flows.events import emit_scan_completed
+    from followup.warm_worker import WARM_POOL, ensure_pool
 
     deployments = await served_deployments(prefect_yaml)
     stop = _stop_on_signals()
@@ -338,13 +436,19 @@ async def _serve(settings: Settings, prefect_yaml: Path) -> None:
     tasks: list[asyncio.Task[object]] = []
     try:
         await listener.start()
+        async with get_client() as client:
+            await ensure_pool(client, WARM_POOL)
         for deployment in deployments:
-            await runner.aadd_deployment(deployment)
+            if deployment.work_pool_name == WARM_POOL:
+                await deployment.aapply()
+            else:
+                await runner.aadd_deployment(deployment)
         # The runner stops itself on SIGTERM; uvicorn captures SIGINT/SIGTERM while it serves
         # and re-raises them when done, which sets `stop`: whichever ends first ends it all.
         tasks = [
             asyncio.create_task(http.serve(), name="http"),
             asyncio.create_task(runner.start(), name="runner"),
+            asyncio.create_task(warm_worker.keep_running(), name="warm-worker"),
             asyncio.create_task(stop.wait(), name="stop"),
         ]
         logger.info(
@@ -359,6 +463,7 @@ async def _serve(settings: Settings, prefect_yaml: Path) -> None:
         logger.info("stopping the engine")
         http.should_exit = True
         await listener.stop()
+        warm_worker.stopped = True  # no restart while winding down; stopped after the loop
         if runner.started:
             await asyncio.wait_for(runner.astop(), timeout=30)
         stop.set()

@@ -50,6 +50,7 @@ def test_entrypoint_loads_and_parameters_match_the_signature(
         assert all(
             p.annotation is not inspect.Parameter.empty for p in signature.parameters.values()
         )
+        assert "parameters" not in deployment
 
 
 def test_scan_completed_is_triggered_by_the_contract_event() -> None:
@@ -88,10 +89,14 @@ def _deployed() -> dict[str, tuple[Any, list[Any]]]:
 @pytest.mark.prefect
 def test_prefect_deploy_all_registers_every_deployment_as_written(prefect_api: None) -> None:
     async def create_pool() -> None:
+        from followup.warm_worker import WARM_POOL, ensure_pool
+
         async with get_client() as client:
             await client.create_work_pool(
                 WorkPoolCreate(name="followup", type="process"), overwrite=True
             )
+            # As the first `followup warm-worker` creates it (docs/deploy.md).
+            await ensure_pool(client, WARM_POOL)
 
     asyncio.run(create_pool())
     deploy = subprocess.run(
@@ -115,7 +120,8 @@ def test_prefect_deploy_all_registers_every_deployment_as_written(prefect_api: N
         assert deployment.work_pool_name == spec["work_pool"]["name"]
         assert deployment.tags == spec["tags"]
         assert deployment.parameters == spec.get("parameters", {})
-        assert deployment.global_concurrency_limit.limit == spec["concurrency_limit"]
+        limit = deployment.global_concurrency_limit
+        assert (limit.limit if limit else None) == spec.get("concurrency_limit")
         assert deployment.pull_steps == [
             {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
         ]

@@ -16,16 +16,24 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prefect.client.schemas.schedules import IntervalSchedule
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.events.schemas.events import ResourceSpecification
+from sqlalchemy import create_engine, make_url, text
 from sqlmodel import select
 from typer.testing import CliRunner
 
 from flows.events import EVENT, event_id
 from followup.cli import app
-from followup.gateway.serve import PREFECT_YAML, gateway_app, served_deployments
+from followup.gateway.serve import (
+    PREFECT_YAML,
+    gateway_app,
+    prefect_server_database,
+    served_deployments,
+    warm_run_limit,
+)
 from followup.settings import get_settings
+from followup.warm_worker import WARM_POOL
 from models.db import session_scope
 from models.tables import InboxMessage
 from tests.conftest import SAMPLES
@@ -51,6 +59,12 @@ def test_served_deployments_carry_prefect_yaml_triggers_and_schedules() -> None:
     }
     assert scan.concurrency_limit == 8
     assert scan.entrypoint == "flows/scan_completed.py:scan_completed"
+    # Run by the warm worker `followup serve` starts; the others by its runner.
+    assert scan.work_pool_name == WARM_POOL
+    assert warm_run_limit(PREFECT_YAML) == 8  # the worker takes no more than the limit
+    assert {d.work_pool_name for name, d in deployments.items() if name != "scan-completed"} == {
+        None
+    }
 
     sweep = deployments["sweep-inbox"]
     assert sweep.schedules is not None
@@ -59,6 +73,34 @@ def test_served_deployments_carry_prefect_yaml_triggers_and_schedules() -> None:
     assert schedule.schedule.interval == timedelta(seconds=60)
     assert sweep.parameters == {"older_than_seconds": 120}
     assert sweep.triggers == []
+    assert trigger.name == "scan-completed__automation_1"  # as `prefect deploy` names it
+
+    worklist = deployments["daily-worklist"]
+    assert worklist.schedules is not None
+    [daily] = worklist.schedules
+    assert isinstance(daily.schedule, CronSchedule)
+    assert (daily.schedule.cron, daily.schedule.timezone) == ("0 7 * * *", "America/New_York")
+
+
+def test_the_prefect_server_serve_starts_follows_the_application_onto_postgresql(
+    empty_database_url: str,
+) -> None:
+    prefect_database = prefect_server_database(empty_database_url)
+
+    if empty_database_url.startswith("sqlite"):
+        assert prefect_database is None
+        return
+    assert prefect_database is not None
+    url = make_url(prefect_database)
+    assert url.drivername == "postgresql+asyncpg"  # what Prefect's server connects with
+    assert url.database == f"{make_url(empty_database_url).database}_prefect"
+    assert dict(url.query) == {}
+    # Created, and found again the next time.
+    assert prefect_server_database(empty_database_url) == prefect_database
+    engine = create_engine(url.set(drivername="postgresql+psycopg"))
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT current_database()")).scalar() == url.database
+    engine.dispose()
 
 
 def test_gateway_app_mounts_the_twilio_webhooks() -> None:

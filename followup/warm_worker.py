@@ -1,0 +1,450 @@
+"""`followup warm-worker`: deployment flow runs executed inside one long-lived process.
+
+Prefect's process worker and runner start a new Python process per flow run (~3 CPU-s and ~3 s
+before the flow's first line on 2 cores); the scan itself needs ~0.02 CPU-s. This worker is a
+Prefect worker type (`BaseWorker`, Prefect's public extension point for workers): it polls its
+work pool, proposes PENDING (where the server enforces the deployment's concurrency limit),
+labels the run with its name and runs the deployment's own flow run with
+`prefect.flow_engine.run_flow` on its event loop, so NLP, SQLAlchemy and the models are loaded
+once. Each scan stays its own flow run `scan-{accession}`, with its tags, task runs, logs and
+artifacts, as under a process worker.
+
+What a process per run gave for free, done here:
+* A dead worker (kill -9, OOM, host lost) leaves its runs Running: every warm worker reaps the
+  pool's runs labelled with a worker whose heartbeat stopped (`reap_orphaned_runs`), marking
+  them Crashed; sweep-inbox then hands their rows to another run once the inbox lease expires
+  (a run that had done nothing yet is scheduled again instead).
+  `followup serve` restarts its worker, so the restarted one reaps its predecessor's runs.
+* Cancel from the UI or API (state Cancelling): the worker watches its in-flight runs and
+  cancels the one asked, then records it Cancelled.
+* A hung scan: the flow's `timeout_seconds` ends the run (its blocking steps run in threads,
+  see flows/scan_completed.py); the worker and its other runs go on.
+
+The worker's event loop runs in a thread of its own: Prefect's flow engine installs a SIGTERM
+handler for the duration of a run when it runs in the main thread, which several concurrent
+runs would race over; the main thread keeps SIGTERM/SIGINT for an orderly stop (no new runs,
+in-flight runs finish within a grace period).
+
+Prefect's `prefect worker start --type` finds worker types through installed packages' entry
+points; this project runs it with `followup warm-worker --pool POOL` instead (same loop:
+`BaseWorker.start`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import anyio
+import anyio.abc
+from prefect import Flow
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    TaskRunFilter,
+    TaskRunFilterState,
+    TaskRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.context import AsyncClientContext, SyncClientContext
+from prefect.exceptions import InfrastructureNotFound, ObjectAlreadyExists
+from prefect.flow_engine import run_flow
+from prefect.flows import load_flow_from_entrypoint
+from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
+from prefect.states import AwaitingRetry, Cancelled, Crashed, State
+from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
+
+from followup.settings import PROJECT_ROOT, Settings
+
+logger = logging.getLogger(__name__)
+
+WORKER_TYPE = "followup-warm"
+WARM_POOL = "followup-warm"
+SCAN_ENTRYPOINT = "flows/scan_completed.py:scan_completed"
+# The label Prefect's BaseWorker gives every flow run it submits (the reaper's key).
+WORKER_NAME_LABEL = "prefect.worker.name"
+HEARTBEAT_SECONDS = 10
+POLL_SECONDS = 0.25
+# Prefect's server marks a worker offline after three missed heartbeats; so does the reaper.
+MISSED_HEARTBEATS = 3
+REAP_EVERY_SECONDS = 10.0
+CANCEL_POLL_SECONDS = 2.0
+STOP_GRACE_SECONDS = 15.0
+LIVE_STATES = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
+
+
+class WarmRunResult(BaseWorkerResult):
+    """`identifier` is `<worker name>:<flow run id>` (the run's infrastructure_pid)."""
+
+
+class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult]):
+    type = WORKER_TYPE
+    job_configuration = BaseJobConfiguration
+    _description = "Runs deployment flow runs inside this long-lived process (followup)."
+
+    def __init__(
+        self,
+        work_pool_name: str,
+        *,
+        name: str | None = None,
+        limit: int | None = None,
+        preload: Iterable[str] = (),
+        heartbeat_interval_seconds: int = HEARTBEAT_SECONDS,
+    ) -> None:
+        super().__init__(
+            work_pool_name,
+            name=name or default_worker_name(),
+            limit=limit,
+            heartbeat_interval_seconds=heartbeat_interval_seconds,
+        )
+        self.pool = work_pool_name
+        self._flows: dict[str, Flow[..., Any]] = {}
+        self._entrypoints: dict[UUID, str] = {}
+        self._in_flight: dict[UUID, anyio.CancelScope] = {}
+        self._cancel_asked: set[UUID] = set()
+        self.accepting = True
+        for entrypoint in preload:
+            self._flow(entrypoint)
+
+    # --- Prefect's worker interface ----------------------------------------------------------
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: BaseJobConfiguration,
+        task_status: anyio.abc.TaskStatus[Any] | None = None,
+    ) -> WarmRunResult:
+        identifier = f"{self.name}:{flow_run.id}"
+        flow = await self._flow_of(flow_run)
+        with anyio.CancelScope() as scope:
+            self._in_flight[flow_run.id] = scope
+            if task_status is not None:
+                task_status.started(identifier)
+            try:
+                # A coroutine: the warm pool's flows are async (see _flow).
+                await run_flow(flow, flow_run=flow_run, return_type="state")  # type: ignore[misc]
+            except Exception:
+                # The engine records the run's own failures; this is the engine itself failing
+                # (the API gone, say): a non-zero status has BaseWorker mark the run Crashed.
+                logger.exception("the flow engine failed for flow run %s", flow_run.id)
+                return WarmRunResult(identifier=identifier, status_code=1)
+            finally:
+                del self._in_flight[flow_run.id]
+        asked = flow_run.id in self._cancel_asked
+        self._cancel_asked.discard(flow_run.id)
+        if scope.cancelled_caught and asked:
+            # The engine saw an asyncio cancellation and recorded a crash; what happened is a
+            # cancellation someone asked for.
+            await self.client.set_flow_run_state(
+                flow_run.id, Cancelled(message="Cancelled on request"), force=True
+            )
+        return WarmRunResult(identifier=identifier, status_code=0)
+
+    async def kill_infrastructure(
+        self,
+        infrastructure_pid: str,
+        configuration: BaseJobConfiguration,
+        grace_seconds: int = 30,
+    ) -> None:
+        worker, _, run_id = infrastructure_pid.rpartition(":")
+        if worker != self.name or not self.cancel(UUID(run_id)):
+            raise InfrastructureNotFound(f"flow run {run_id} is not running in {self.name}")
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        if not self.accepting:
+            return []
+        return await super().get_and_submit_flow_runs()
+
+    # --- this worker's own duties ------------------------------------------------------------
+
+    def cancel(self, flow_run_id: UUID) -> bool:
+        """Cancel an in-flight run of this worker; False when it holds no such run."""
+        scope = self._in_flight.get(flow_run_id)
+        if scope is None:
+            return False
+        self._cancel_asked.add(flow_run_id)
+        scope.cancel()
+        return True
+
+    @property
+    def in_flight(self) -> set[UUID]:
+        return set(self._in_flight)
+
+    async def watch_cancellations(self, client: PrefectClient) -> None:
+        """Cancel in-flight runs whose state became Cancelling (the UI's or API's Cancel).
+        Prefect's worker only cancels runs that have not started; the running ones are ours."""
+        while True:
+            await anyio.sleep(CANCEL_POLL_SECONDS)
+            running = self.in_flight
+            if not running:
+                continue
+            try:
+                cancelling = await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        id=FlowRunFilterId(any_=list(running)),
+                        state=FlowRunFilterState(
+                            type=FlowRunFilterStateType(any_=[StateType.CANCELLING])
+                        ),
+                    )
+                )
+            except Exception:
+                logger.exception("could not read cancellations; trying again")
+                continue
+            for flow_run in cancelling:
+                if self.cancel(flow_run.id):
+                    logger.info("cancelling flow run %s on request", flow_run.id)
+
+    async def reap_periodically(self, client: PrefectClient) -> None:
+        stale_after = timedelta(seconds=MISSED_HEARTBEATS * self.heartbeat_interval_seconds)
+        while True:
+            try:
+                await reap_orphaned_runs(
+                    client, self.pool, alive={self.name}, stale_after=stale_after
+                )
+            except Exception:
+                logger.exception("could not reap orphaned runs; trying again")
+            await anyio.sleep(REAP_EVERY_SECONDS)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._in_flight and time.monotonic() < deadline:
+            await anyio.sleep(0.2)
+        return not self._in_flight
+
+    # --- flows -------------------------------------------------------------------------------
+
+    async def _flow_of(self, flow_run: FlowRun) -> Flow[..., Any]:
+        """The flow of the run's deployment. Its entrypoint is read once per deployment: the
+        flow's code is imported once per process anyway, so a changed flow needs a restart."""
+        deployment_id = flow_run.deployment_id
+        if deployment_id is None:
+            raise ValueError(f"flow run {flow_run.id} has no deployment to load a flow from")
+        if deployment_id not in self._entrypoints:
+            deployment = await self.client.read_deployment(deployment_id)
+            if not deployment.entrypoint:
+                raise ValueError(f"deployment {deployment.name} has no entrypoint")
+            self._entrypoints[deployment_id] = deployment.entrypoint
+        return self._flow(self._entrypoints[deployment_id])
+
+    def _flow(self, entrypoint: str) -> Flow[..., Any]:
+        """The flow at a deployment's entrypoint, imported once per process."""
+        if entrypoint not in self._flows:
+            path, _, function = entrypoint.rpartition(":")
+            resolved = Path(path) if Path(path).is_absolute() else PROJECT_ROOT / path
+            flow: Flow[..., Any] = load_flow_from_entrypoint(f"{resolved}:{function}")
+            if not flow.isasync:
+                # It would run on the event loop's thread and stall every other run meanwhile.
+                raise ValueError(f"{entrypoint}: the warm worker runs async flows only")
+            self._flows[entrypoint] = flow
+        return self._flows[entrypoint]
+
+
+def default_worker_name() -> str:
+    """Unique per process: a restarted worker is a new worker, so the reaper can tell that its
+    predecessor's runs have no one left to finish them."""
+    return f"warm-{socket.gethostname()}-{os.getpid()}"
+
+
+async def reap_orphaned_runs(
+    client: PrefectClient,
+    pool: str,
+    *,
+    alive: set[str],
+    stale_after: timedelta,
+    now: datetime | None = None,
+) -> list[UUID]:
+    """Settle the pool's live runs whose worker is gone; the runs settled. A worker is gone
+    when it has sent no heartbeat for `stale_after` (those in `alive` are trusted); a run
+    Pending that long with no worker label lost its worker between Pending and the label.
+
+    * Cancelling: Cancelled, as its worker would have done.
+    * Otherwise Crashed. A run that completed no task run did nothing (for scan-completed: it
+      never claimed its row, which would otherwise wait in `received` until Prefect stops
+      dropping its re-emitted event as a repeat, 30 minutes): it is then scheduled again
+      (AwaitingRetry) for a live worker. One that did some work stays Crashed; the inbox
+      lease gives its row to a new run (sweep-inbox).
+
+    Transitions are proposed, not forced: a run that finished meanwhile keeps its state."""
+    now = now or datetime.now(UTC)
+    workers = await client.read_workers_for_work_pool(pool)
+    alive = alive | {
+        worker.name
+        for worker in workers
+        if worker.last_heartbeat_time is not None and now - worker.last_heartbeat_time < stale_after
+    }
+    runs = await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=LIVE_STATES))
+        ),
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+    )
+    reaped = []
+    for flow_run in runs:
+        owner = flow_run.labels.get(WORKER_NAME_LABEL)
+        if owner is None:
+            since = flow_run.state.timestamp if flow_run.state else now
+            if flow_run.state_type != StateType.PENDING or now - since < stale_after:
+                continue
+            message = "its worker stopped between Pending and taking it"
+        elif owner in alive:
+            continue
+        else:
+            message = f"worker {owner} stopped sending heartbeats with this run in flight"
+        if flow_run.state_type == StateType.CANCELLING:
+            if await _propose(client, flow_run, Cancelled(message=message)):
+                reaped.append(flow_run.id)
+            continue
+        if not await _propose(client, flow_run, Crashed(message=message)):
+            continue
+        reaped.append(flow_run.id)
+        if not await _did_work(client, flow_run.id):
+            await client.set_flow_run_state(
+                flow_run.id,
+                AwaitingRetry(message="it did no work before its worker died: run again"),
+                force=True,  # out of Crashed, as the UI's Retry does
+            )
+            logger.warning("flow run %s (%s) scheduled again", flow_run.id, flow_run.name)
+    return reaped
+
+
+async def _propose(client: PrefectClient, flow_run: FlowRun, state: State[Any]) -> bool:
+    result = await client.set_flow_run_state(flow_run.id, state)
+    accepted = result.state is not None and result.state.type == state.type
+    if accepted:
+        logger.warning(
+            "flow run %s (%s) %s: %s", flow_run.id, flow_run.name, state.name, state.message
+        )
+    return accepted
+
+
+async def _did_work(client: PrefectClient, flow_run_id: UUID) -> bool:
+    completed = await client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+        task_run_filter=TaskRunFilter(
+            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.COMPLETED]))
+        ),
+        limit=1,
+    )
+    return bool(completed)
+
+
+async def ensure_pool(client: PrefectClient, pool: str) -> None:
+    """The warm work pool, created with this worker type's job template if missing."""
+    # Created by another worker or an earlier start: the same template.
+    with contextlib.suppress(ObjectAlreadyExists):
+        await client.create_work_pool(
+            WorkPoolCreate(
+                name=pool,
+                type=WORKER_TYPE,
+                base_job_template=WarmWorker.get_default_base_job_template(),
+            )
+        )
+
+
+def prepare(settings: Settings) -> None:
+    """What every scan needs, loaded before the first one: the NLP pipeline and the tables."""
+    from followup import nlp
+    from followup.rules import load_rules
+
+    nlp.prepare(load_rules(settings.rules_path))
+
+
+def serve_warm_worker(
+    settings: Settings,
+    *,
+    pool: str = WARM_POOL,
+    limit: int | None = None,
+    stop_with_parent: bool = False,
+) -> None:
+    """Run a warm worker until SIGTERM or Ctrl-C (with `stop_with_parent`, also when the pipe
+    on stdin closes: the parent ended, however); in-flight runs get STOP_GRACE_SECONDS."""
+    if str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))  # the flows package, as the runner's cwd gives it
+    prepare(settings)
+    worker = WarmWorker(pool, limit=limit, preload=[SCAN_ENTRYPOINT])
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if stop_with_parent:
+        threading.Thread(
+            target=_set_when_stdin_closes, args=(stop,), name="parent-watch", daemon=True
+        ).start()
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            asyncio.run(_work(worker, stop))
+        except BaseException as error:
+            failures.append(error)
+            raise
+
+    loop_thread = threading.Thread(target=work, name="warm-worker")
+    loop_thread.start()
+    while loop_thread.is_alive():
+        loop_thread.join(timeout=0.5)
+    if failures:
+        # Its traceback is in the log already; a non-zero exit has `followup serve` (or the
+        # service manager) start the worker again.
+        raise SystemExit(1)
+
+
+async def _work(worker: WarmWorker, stop: threading.Event) -> None:
+    # Prefect's default poll (10 s) would add seconds to every scan; a poll is one cheap query.
+    with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: POLL_SECONDS}):
+        # One API client (and connection pool) for the worker and every run it executes: a
+        # flow run's engine uses the client of the context it starts in and creates its own
+        # only without one, at ~25 ms of CPU each (a TLS context is built even for http), two
+        # or three per run.
+        async with AsyncClientContext() as client_context:
+            with SyncClientContext():
+                client = client_context.client
+                await ensure_pool(client, worker.pool)
+                await _work_until_stopped(worker, client, stop)
+
+
+async def _work_until_stopped(
+    worker: WarmWorker, client: PrefectClient, stop: threading.Event
+) -> None:
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.start)
+        group.start_soon(worker.watch_cancellations, client)
+        group.start_soon(worker.reap_periodically, client)
+        logger.info("warm worker %s serving pool %s", worker.name, worker.pool)
+        while not stop.is_set():
+            await anyio.sleep(0.2)
+        logger.info("stopping: no new runs; waiting for %d in flight", len(worker.in_flight))
+        worker.accepting = False
+        if not await worker.wait_idle(STOP_GRACE_SECONDS):
+            logger.warning(
+                "runs still in flight after %.0f s are cancelled (Crashed)", STOP_GRACE_SECONDS
+            )
+        group.cancel_scope.cancel()
+
+
+def _set_when_stdin_closes(stop: threading.Event) -> None:
+    # The parent holds the write end; the kernel closes it when the parent exits, even by
+    # SIGKILL, which no signal handler in the parent could pass on.
+    # os.read, not sys.stdin: the buffered reader's lock, held by this daemon thread, would
+    # abort the interpreter's shutdown after an ordinary SIGTERM.
+    while os.read(sys.stdin.fileno(), 4096):
+        pass
+    logger.info("the parent process is gone; stopping")
+    stop.set()

@@ -1,0 +1,291 @@
+"""`followup warm-worker` against a real Prefect server: deployment flow runs executed inside
+the worker process, with the crash, cancel, timeout and concurrency semantics of a process
+per run (followup/warm_worker.py).
+
+Each test deploys to a work pool of its own and starts the worker as an operator does, as a
+subprocess of `followup warm-worker`, so a test can SIGKILL it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import prefect
+import pytest
+from prefect import Flow, get_client
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.states import Cancelling
+from sqlmodel import select
+
+from followup.settings import Settings
+from followup.warm_worker import WORKER_NAME_LABEL, reap_orphaned_runs
+from models.db import session_scope
+from models.tables import Appointment, OutboundMessage
+from tests.flows.conftest import receive_sample
+
+pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_api")]
+
+ROOT = Path(__file__).resolve().parents[2]
+FOLLOWUP = str(Path(sys.executable).with_name("followup"))
+WAIT_SECONDS = 120  # a loaded 2-core machine; every wait ends as soon as its condition holds
+
+
+def test_the_locked_prefect_is_the_one_the_warm_worker_was_built_on() -> None:
+    """The worker relies on BaseWorker's submission (PENDING, then the `prefect.worker.name`
+    label, then `run`), on `run_flow` taking an existing flow run, and on the flow engine
+    leaving SIGTERM alone outside the main thread; the tests below check each against this
+    version. A new Prefect needs them to pass again before the pin moves."""
+    assert prefect.__version__ == "3.9.1"
+
+
+@contextmanager
+def warm_worker(pool: str, database_url: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    process = subprocess.Popen(
+        [FOLLOWUP, "warm-worker", "--pool", pool], cwd=ROOT, env=env, stdin=subprocess.DEVNULL
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def new_pool() -> str:
+    return f"warm-test-{uuid.uuid4().hex[:8]}"
+
+
+async def deploy(
+    flow: Flow[..., Any], pool: str, *, name: str | None = None, **options: Any
+) -> uuid.UUID:
+    from followup.warm_worker import ensure_pool
+
+    async with get_client() as client:
+        await ensure_pool(client, pool)
+    deployment = await flow.ato_deployment(name=name or pool, work_pool_name=pool, **options)
+    return await deployment.aapply()
+
+
+async def start_run(deployment_id: uuid.UUID, **parameters: Any) -> FlowRun:
+    async with get_client() as client:
+        return await client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
+
+
+async def read_run(flow_run_id: uuid.UUID) -> FlowRun:
+    async with get_client() as client:
+        return await client.read_flow_run(flow_run_id)
+
+
+def wait_for(flow_run_id: uuid.UUID, done: Callable[[FlowRun], bool], what: str) -> FlowRun:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        flow_run = asyncio.run(read_run(flow_run_id))
+        if done(flow_run):
+            return flow_run
+        assert time.monotonic() < deadline, f"{what}: still {flow_run.state_type}"
+        time.sleep(0.5)
+
+
+def in_state(*types: StateType) -> Callable[[FlowRun], bool]:
+    return lambda flow_run: flow_run.state_type in types
+
+
+def test_a_scan_runs_as_its_own_named_tagged_flow_run_inside_the_worker(
+    settings: Settings,
+) -> None:
+    from flows.scan_completed import scan_completed
+
+    pool = new_pool()
+    deployment_id = asyncio.run(deploy(scan_completed, pool, tags=["followup"]))
+    accepted = receive_sample(settings, "spine_neurology_root_compression.hl7")
+
+    with warm_worker(pool, settings.database_url) as worker:
+        flow_run = asyncio.run(
+            start_run(deployment_id, inbox_id=accepted.inbox_id, accession=accepted.accession)
+        )
+        done = wait_for(flow_run.id, in_state(StateType.COMPLETED, StateType.FAILED), "the scan")
+
+        async def task_run_names() -> list[str]:
+            from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+            async with get_client() as client:
+                task_runs = await client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+                )
+            return sorted(task_run.name.rsplit("-", 1)[0] for task_run in task_runs)
+
+        names = asyncio.run(task_run_names())
+        assert worker.poll() is None
+
+    assert done.state_type == StateType.COMPLETED
+    assert done.name == f"scan-{accepted.accession}"
+    assert {"followup", "route:neurology", "urgency:routine"} <= set(done.tags)
+    # Given by Prefect's BaseWorker when it submits the run: what the reaper goes by.
+    assert str(done.labels[WORKER_NAME_LABEL]).startswith("warm-")
+    assert names == ["book-and-finish", "decide", "load-scan"]
+    with session_scope(settings.database_url) as session:
+        assert len(session.exec(select(Appointment)).all()) == 1
+        kinds = sorted(m.kind for m in session.exec(select(OutboundMessage)).all())
+    assert kinds == ["confirmation", "reminder", "reminder"]
+
+
+def test_a_killed_workers_run_is_marked_crashed_and_run_again_by_the_next_worker() -> None:
+    """The run had completed no task (for a scan: had not claimed its row), so after the
+    Crashed that records the death it is scheduled again and the next worker runs it."""
+    from tests.flows.warm_flows import wait
+
+    pool = new_pool()
+    deployment_id = asyncio.run(deploy(wait, pool))
+
+    with warm_worker(pool) as first:
+        flow_run = asyncio.run(start_run(deployment_id))
+        running = wait_for(flow_run.id, in_state(StateType.RUNNING), "the run to start")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    killed_at = time.monotonic()
+    dead_worker = str(running.labels[WORKER_NAME_LABEL])
+    with warm_worker(pool):
+        rerun = wait_for(
+            flow_run.id,
+            lambda run: (
+                run.state_type == StateType.RUNNING
+                and run.labels.get(WORKER_NAME_LABEL) != dead_worker
+            ),
+            "the run to be reaped and run again",
+        )
+        reaped_after = time.monotonic() - killed_at
+
+        async def states() -> list[tuple[str, str]]:
+            async with get_client() as client:
+                history = await client.read_flow_run_states(flow_run.id)
+            return [(state.name or "", state.message or "") for state in history]
+
+        history = asyncio.run(states())
+
+    # The dead worker's heartbeat goes stale after 30 s; the next reaping round follows.
+    assert reaped_after < 60
+    assert rerun.run_count == 2
+    crashed = [message for name, message in history if name == "Crashed"]
+    assert len(crashed) == 1 and dead_worker in crashed[0]
+    assert [name for name, _ in history].count("AwaitingRetry") == 1
+
+
+def test_cancel_stops_a_running_run_and_the_worker_goes_on() -> None:
+    from tests.flows.warm_flows import quick, wait
+
+    pool = new_pool()
+    waiting = asyncio.run(deploy(wait, pool))
+    quick_deployment = asyncio.run(deploy(quick, pool, name=f"{pool}-quick"))
+
+    with warm_worker(pool) as worker:
+        flow_run = asyncio.run(start_run(waiting))
+        wait_for(flow_run.id, in_state(StateType.RUNNING), "the run to start")
+
+        async def cancel() -> None:
+            async with get_client() as client:
+                await client.set_flow_run_state(flow_run.id, Cancelling())
+
+        asyncio.run(cancel())
+        cancelled = wait_for(flow_run.id, in_state(StateType.CANCELLED), "the cancellation")
+        after = asyncio.run(start_run(quick_deployment))
+        completed = wait_for(after.id, in_state(StateType.COMPLETED), "the next run")
+        assert worker.poll() is None
+
+    assert cancelled.state_type == StateType.CANCELLED
+    assert completed.state_type == StateType.COMPLETED
+
+
+def test_a_hung_run_times_out_and_the_worker_goes_on() -> None:
+    from tests.flows.warm_flows import hang, quick
+
+    pool = new_pool()
+    hanging = asyncio.run(deploy(hang, pool))
+    quick_deployment = asyncio.run(deploy(quick, pool, name=f"{pool}-quick"))
+
+    with warm_worker(pool) as worker:
+        flow_run = asyncio.run(start_run(hanging))
+        timed_out = wait_for(flow_run.id, in_state(StateType.FAILED), "the timeout")
+        after = asyncio.run(start_run(quick_deployment))
+        completed = wait_for(after.id, in_state(StateType.COMPLETED), "the next run")
+        assert worker.poll() is None
+
+    assert timed_out.state is not None and timed_out.state.name == "TimedOut"
+    assert completed.state_type == StateType.COMPLETED
+
+
+def test_the_deployment_concurrency_limit_holds_in_one_worker() -> None:
+    from tests.flows.warm_flows import wait
+
+    pool = new_pool()
+    deployment_id = asyncio.run(deploy(wait, pool, concurrency_limit=1))
+
+    with warm_worker(pool):
+        runs = [asyncio.run(start_run(deployment_id, seconds=2)) for _ in range(3)]
+        done = [wait_for(run.id, in_state(StateType.COMPLETED), "the limited runs") for run in runs]
+
+    spans = []
+    for run in done:
+        assert run.start_time is not None and run.end_time is not None
+        spans.append((run.start_time, run.end_time))
+    spans.sort()
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))
+
+
+def test_the_reaper_leaves_runs_of_live_workers_and_finished_runs_alone() -> None:
+    """A live worker's runs, and a run whose owner is gone but which already finished."""
+    from datetime import timedelta
+
+    from tests.flows.warm_flows import wait
+
+    pool = new_pool()
+    deployment_id = asyncio.run(deploy(wait, pool))
+
+    with warm_worker(pool):
+        flow_run = asyncio.run(start_run(deployment_id, seconds=5))
+        running = wait_for(flow_run.id, in_state(StateType.RUNNING), "the run to start")
+
+        async def reap() -> list[uuid.UUID]:
+            async with get_client() as client:
+                return await reap_orphaned_runs(
+                    client, pool, alive=set(), stale_after=timedelta(seconds=30)
+                )
+
+        assert asyncio.run(reap()) == []
+        wait_for(flow_run.id, in_state(StateType.COMPLETED), "the run to end")
+    assert str(running.labels[WORKER_NAME_LABEL]).startswith("warm-")
+
+    async def reap_later() -> list[uuid.UUID]:
+        async with get_client() as client:
+            return await reap_orphaned_runs(
+                client, pool, alive=set(), stale_after=timedelta(seconds=0)
+            )
+
+    assert asyncio.run(reap_later()) == []
+    assert asyncio.run(read_run(flow_run.id)).state_type == StateType.COMPLETED
+
+
+def test_a_sync_flow_is_refused_rather_than_run_on_the_workers_loop() -> None:
+    from followup.warm_worker import WarmWorker
+
+    with pytest.raises(ValueError, match="async flows only"):
+        WarmWorker(new_pool(), preload=["tests/flows/warm_flows.py:sync_flow"])
