@@ -20,28 +20,11 @@ from typing import Any
 from followup.nlp import classify_reports
 from followup.routing import Decision
 from followup.rules import SPECIALTIES, RoutingRules
+from followup.scoring import LabelScore
 
 _FIELDS = ("urgency", "critical", "referrals", "additional_testing", "needs_review")
 _REQUIRED_KEYS = frozenset({"id", "text", "expected"})
 _OPTIONAL_KEYS = frozenset({"family", "region", "style"})
-
-
-@dataclass(frozen=True, slots=True)
-class SpecialtyScore:
-    specialty: str
-    true_positives: int
-    false_positives: int
-    false_negatives: int
-
-    @property
-    def precision(self) -> float:
-        predicted = self.true_positives + self.false_positives
-        return self.true_positives / predicted if predicted else 1.0
-
-    @property
-    def recall(self) -> float:
-        actual = self.true_positives + self.false_negatives
-        return self.true_positives / actual if actual else 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +57,7 @@ class EvalReport:
     critical_false_alarms: int
     review_expected: int
     review_found: int
-    specialties: list[SpecialtyScore]
+    specialties: list[LabelScore]
     wrong: list[WrongCase]
     families: list[GroupScore] = field(default_factory=list)
     regions: list[GroupScore] = field(default_factory=list)
@@ -157,7 +140,7 @@ def evaluate(cases: Iterable[Mapping[str, Any]], rules: RoutingRules) -> EvalRep
         critical_false_alarms=false_alarms,
         review_expected=review_expected,
         review_found=review_found,
-        specialties=[SpecialtyScore(name, *tally) for name, tally in counts.items()],
+        specialties=[LabelScore(name, *tally) for name, tally in counts.items()],
         wrong=wrong,
         families=sorted(families.values(), key=lambda group: group.name),
         regions=sorted(regions.values(), key=lambda group: group.name),
@@ -200,7 +183,7 @@ def format_report(report: EvalReport) -> str:
     ]
     for score in report.specialties:
         lines.append(
-            f"{score.specialty:<18}{score.precision:>10.1%}{score.recall:>8.1%}"
+            f"{score.label:<18}{score.precision:>10.1%}{score.recall:>8.1%}"
             f"{score.true_positives:>5}{score.false_positives:>5}{score.false_negatives:>5}"
         )
     for title, groups in (("phrasing family", report.families), ("body region", report.regions)):

@@ -453,7 +453,7 @@ def test_evaluation_report_lists_wrong_cases(rules, tmp_path: Path) -> None:
     ]
     report = evaluate(cases, rules)
     assert (report.exact, report.critical_recall) == (1, 1.0)
-    neurology = next(s for s in report.specialties if s.specialty == "neurology")
+    neurology = next(s for s in report.specialties if s.label == "neurology")
     assert (neurology.recall, neurology.false_negatives) == (0.0, 1)
     assert [case.id for case in report.wrong] == ["b"]
     text = format_report(report)

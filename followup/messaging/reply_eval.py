@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from followup.messaging.policy import ReplyIntent, reply_intents
+from followup.scoring import LabelScore
 
 RED_FLAG = "red_flag"
 
@@ -41,24 +42,6 @@ class Understanding:
 
 
 @dataclass(frozen=True, slots=True)
-class IntentScore:
-    intent: str
-    true_positives: int
-    false_positives: int
-    false_negatives: int
-
-    @property
-    def precision(self) -> float:
-        predicted = self.true_positives + self.false_positives
-        return self.true_positives / predicted if predicted else 1.0
-
-    @property
-    def recall(self) -> float:
-        actual = self.true_positives + self.false_negatives
-        return self.true_positives / actual if actual else 1.0
-
-
-@dataclass(frozen=True, slots=True)
 class WrongReply:
     id: str
     text: str
@@ -70,11 +53,11 @@ class WrongReply:
 class ReplyEvalReport:
     cases: int
     exact: int
-    scores: tuple[IntentScore, ...]  # one per intent, then red_flag
+    scores: tuple[LabelScore, ...]  # one per intent, then red_flag
     wrong: tuple[WrongReply, ...]
 
-    def score(self, intent: str) -> IntentScore:
-        return next(score for score in self.scores if score.intent == intent)
+    def score(self, intent: str) -> LabelScore:
+        return next(score for score in self.scores if score.label == intent)
 
 
 def understand(text: str, *, opted_out: bool = False) -> Understanding:
@@ -125,7 +108,7 @@ def evaluate_replies(cases: Iterable[ReplyCase]) -> ReplyEvalReport:
                     got=tuple(sorted(got.intents)),
                 )
             )
-    scores = tuple(IntentScore(name, *counts[name]) for name in names)
+    scores = tuple(LabelScore(name, *counts[name]) for name in names)
     return ReplyEvalReport(cases=total, exact=total - len(wrong), scores=scores, wrong=tuple(wrong))
 
 
@@ -136,7 +119,7 @@ def format_reply_report(report: ReplyEvalReport) -> str:
         actual = score.true_positives + score.false_negatives
         predicted = score.true_positives + score.false_positives
         lines.append(
-            f"{score.intent:<12} {score.true_positives:>4}/{actual:<4} {score.recall:6.1%}"
+            f"{score.label:<12} {score.true_positives:>4}/{actual:<4} {score.recall:6.1%}"
             f" {score.true_positives:>4}/{predicted:<4} {score.precision:6.1%}"
         )
     if report.wrong:
