@@ -924,6 +924,7 @@ def inbox_list(
     """Every inbound message's state, attempts and what to do (no message content)."""
     from models import inbox_queries
     from models.db import session_scope
+    from models.tables import InboxStatus
 
     settings = get_settings()
     zone = settings.site_zone
@@ -933,7 +934,8 @@ def inbox_list(
     with session_scope(settings.database_url) as session:
         rows = inbox_queries.messages_by_status(session=session, statuses=status or [], limit=limit)
         for row in rows:
-            action = (row.summary or {}).get("action") if row.status in _FAILED else None
+            failed = row.status in (InboxStatus.RETRY, InboxStatus.NEEDS_ACTION)
+            action = (row.summary or {}).get("action") if failed else None
             table.add_row(
                 str(row.id),
                 row.received_at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z"),
@@ -946,9 +948,6 @@ def inbox_list(
                 "\n".join(filter(None, (row.error, action))) or "-",
             )
     Console().print(table)
-
-
-_FAILED = ("retry", "needs_action")
 
 
 @inbox_app.command("retry")

@@ -691,7 +691,7 @@ def fail(
     row.next_attempt_at = outcome.retry_at
     row.error = outcome.error
     row.error_location = error.location if isinstance(error, InboundMessageError) else None
-    row.summary = {"action": outcome.action, "attempts": row.attempts}
+    row.summary = {"action": outcome.action}
     session.add(row)
     queries.audit(
         session=session,

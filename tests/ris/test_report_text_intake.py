@@ -17,12 +17,10 @@ from sqlmodel import select
 from followup import intake
 from followup.demo import restamp_for_today
 from followup.intake import Receipt
-from followup.scheduling import site_holidays
 from followup.settings import Settings, get_settings
 from models.db import session_scope
-from models.seed import seed_demo_clinic
 from models.tables import ImagingStudy, InboxStatus
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, seed_clinic
 from tests.flow_steps import run_flow_steps
 from tests.ris import sample_documents
 
@@ -31,16 +29,8 @@ HL7 = SAMPLES / "hl7"
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    settings = get_settings(database_url=database_url)
-    today = datetime.now(settings.site_zone).date()
-    with session_scope(database_url) as session:
-        seed_demo_clinic(
-            session=session,
-            zone=settings.site_zone,
-            first_day=today,
-            closed_days=site_holidays("US", None, (today.year, today.year + 1)),
-        )
-    return settings
+    seed_clinic(database_url)
+    return get_settings(database_url=database_url)
 
 
 def receive(settings: Settings, name: str) -> Receipt:
