@@ -5,6 +5,7 @@ hold is parsed back with python-hl7."""
 from __future__ import annotations
 
 import socket
+from datetime import timedelta
 
 from sqlmodel import col, select
 
@@ -230,3 +231,27 @@ def test_without_destinations_messages_are_built_and_stored_as_dry_run(
     assert the_referral(clinic).status == ReferralStatus.INITIATED
     with session_scope(clinic) as session:
         assert session.exec(select(Appointment)).one().status == "booked"
+
+
+def test_a_referral_sent_and_unanswered_for_n_days_is_on_the_worklist(
+    clinic: str, clock: Clock
+) -> None:
+    with fake_ehr() as neurology:
+        settings = settings_for(clinic, referrals_mllp=neurology.address, referral_answer_days=5)
+        ingest(settings)
+        dispatch(settings, clock)
+    referral = the_referral(clinic)
+    within = timedelta(days=settings.referral_answer_days)
+    sent_at = referral.status_changed_at
+
+    with session_scope(clinic) as session:
+        before = worklist.overdue_referral_rows(
+            session=session, now=sent_at + within - timedelta(minutes=1), answer_within=within
+        )
+        after = worklist.overdue_referral_rows(
+            session=session, now=sent_at + within + timedelta(minutes=1), answer_within=within
+        )
+
+    unanswered = [row for row in after if row["why"].startswith("sent, no answer")]
+    assert [row["referral id"] for row in unanswered] == [referral.id]
+    assert not [row for row in before if row["why"].startswith("sent, no answer")]
