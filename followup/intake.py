@@ -66,6 +66,8 @@ from models.types import utcnow
 logger = logging.getLogger(__name__)
 
 RESULT_TYPE = "ORU^R01"
+# The source of FHIR Task updates (`receive_fhir_task`): the stored row says how to judge it.
+TASK_SOURCE = "http-task"
 # Column sizes of InboxMessage: longer envelope values are cut, not crashed on (the parsers
 # refuse content values longer than their columns: followup/ris/scan.py).
 _CONTROL_ID_LENGTH = 199
@@ -158,6 +160,8 @@ def judge_stranded(*, session: Session, row: InboxMessage, settings: Settings) -
     no answer and will have resent it: the resend, judged in between, is then the original and
     this row its duplicate, and one run processes the message, not two.
     """
+    if row.content_type == "fhir" and row.source == TASK_SOURCE:
+        return _judge_fhir_task(session, row, settings)
     if row.content_type == "fhir":
         return _judge_fhir(session, row, settings)
     return _judge_hl7(session, row, _Envelope.read(row.raw), settings)
@@ -352,6 +356,27 @@ def _judge_fhir(session: Session, row: InboxMessage, settings: Settings) -> Rece
     return _accept_result(session, row, report.scan, fingerprint=fingerprint)
 
 
+def receive_fhir_task(
+    *, session: Session, raw: bytes, source: str, settings: Settings, peer: str | None = None
+) -> Receipt:
+    """Store one FHIR Task update from a specialist's system durably, then apply it to the
+    referral it names (`_apply_answer`, as for an HL7 answer)."""
+    row = queries.store_inbox_message(
+        session=session, raw=raw, source=source, peer=peer, content_type="fhir"
+    )
+    return _judge_fhir_task(session, row, settings)
+
+
+def _judge_fhir_task(session: Session, row: InboxMessage, settings: Settings) -> Receipt:
+    row.message_type = answers.TASK
+    row.sender = "fhir"
+    try:
+        answer = answers.parse_task(row.raw, site_zone=settings.site_zone)
+    except InboundMessageError as error:
+        return _reject(session, row, error)
+    return _apply_answer(session, row, answer, None)
+
+
 def receive_unterminated(
     *,
     session: Session,
@@ -492,7 +517,10 @@ def _apply_update(
 
 
 def _apply_answer(
-    session: Session, row: InboxMessage, answer: answers.SpecialistAnswer, header: MessageHeader
+    session: Session,
+    row: InboxMessage,
+    answer: answers.SpecialistAnswer,
+    header: MessageHeader | None,
 ) -> Receipt:
     """A specialist's answer moves its referral; one the referral cannot take (unknown, or a
     move the state machine refuses) is answered AE with the reason, and audited."""

@@ -14,17 +14,22 @@ What is read, and why:
 * SIU^S14 / S26 with SCH-25 (filler status, HL7 table 0278) Complete or Completed: the visit
   took place, the loop is closed. Other statuses on these triggers are refused (AE at SCH-25):
   a moved visit comes as S12/S13, a no-show is for a person to follow up, not a state.
+* FHIR: a Task (the one the engine created with the referral's ServiceRequest, updated by the
+  specialist's system) posted to the HTTP gateway: accepted, rejected (statusReason), in-progress
+  (booked: executionPeriod.start) or completed.
 * An identifier that is not the engine's (`REF<n>`) is kept as sent in the answer, so intake
   can refuse it naming what it got.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from followup.errors import InvalidField, MissingField
+from followup.errors import InvalidField, MalformedMessage, MissingField, UnsupportedMessage
 from followup.referrals import ReferralStatus
 from followup.ris.hl7v2 import (
     _Delimiters,
@@ -144,3 +149,64 @@ def _visit_start(
     if not start:
         raise MissingField("no appointment start in TQ1-7 or SCH-11.4", location="TQ1-7")
     return start, "SCH-11"
+
+
+# --- FHIR Task updates ---------------------------------------------------------------------------
+
+TASK = "Task"
+# Task.status (FHIR R4 task-status) → the referral's state. `in-progress` means the specialist
+# has booked the visit; its time is the Task's executionPeriod.start.
+_TASK_STATUS = {
+    "accepted": ReferralStatus.ACCEPTED,
+    "rejected": ReferralStatus.DECLINED,
+    "in-progress": ReferralStatus.SCHEDULED,
+    "completed": ReferralStatus.COMPLETED,
+}
+
+
+def parse_task(raw: bytes, *, site_zone: ZoneInfo) -> SpecialistAnswer:
+    """A FHIR R4 Task the specialist's system updated: which referral (its identifier or its
+    focus's identifier, `REF<n>` as the engine sent it), and the state it reports."""
+    try:
+        task = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedMessage(f"not JSON: {type(exc).__name__}") from exc
+    if not isinstance(task, dict) or task.get("resourceType") != TASK:
+        raise UnsupportedMessage("not a FHIR Task", location="Task")
+    identifier = _our_identifier(task)
+    if identifier is None:
+        raise MissingField("no identifier of a referral in Task.identifier or Task.focus",
+                           location="Task.identifier")  # fmt: skip
+    status = str(task.get("status", ""))
+    target = _TASK_STATUS.get(status)
+    if target is None:
+        raise InvalidField(
+            f"Task.status {status or '(empty)'} is not accepted, rejected, in-progress or "
+            "completed",
+            location="Task.status",
+        )
+    reason = str((task.get("statusReason") or {}).get("text", "")) if target else ""
+    scheduled_for = None
+    if target == ReferralStatus.SCHEDULED:
+        start = (task.get("executionPeriod") or {}).get("start")
+        if not start:
+            raise MissingField("an in-progress Task needs executionPeriod.start",
+                               location="Task.executionPeriod.start")  # fmt: skip
+        try:
+            scheduled_for = datetime.fromisoformat(str(start)).astimezone(site_zone)
+        except ValueError as exc:
+            raise InvalidField(f"executionPeriod.start {start!r}: {exc}",
+                               location="Task.executionPeriod.start") from exc  # fmt: skip
+    return SpecialistAnswer(TASK, identifier, "Task.identifier", target, reason, scheduled_for)
+
+
+def _our_identifier(task: dict[str, Any]) -> str | None:
+    candidates = list(task.get("identifier") or [])
+    focus = task.get("focus") or {}
+    if isinstance(focus, dict) and isinstance(focus.get("identifier"), dict):
+        candidates.append(focus["identifier"])
+    for candidate in candidates:
+        value = candidate.get("value") if isinstance(candidate, dict) else None
+        if isinstance(value, str) and referral_id_from(value) is not None:
+            return value
+    return None
