@@ -190,8 +190,11 @@ def claim_due(*, session: Session, now: datetime, limit: int) -> list[int]:
     """Move up to `limit` due rows to sending and return their ids in row order: the first
     unfinished row of each subject only, so a subject's messages go one after the other.
 
-    One UPDATE: on PostgreSQL the candidates are locked FOR UPDATE SKIP LOCKED, on SQLite the
-    statement holds the write lock; either way the status re-check lets a row move once.
+    Two statements: the candidates are read (locked FOR UPDATE SKIP LOCKED on PostgreSQL, so a
+    second dispatcher takes other rows), then moved with a status re-check, so a row moves
+    once even on SQLite, which has no row locks. Not one UPDATE ... WHERE id IN (SELECT ...
+    LIMIT n FOR UPDATE SKIP LOCKED): PostgreSQL may run that subquery once per row it
+    updates and so ignore the limit (seen: 300 rows claimed with a limit of 100).
     """
     earlier = aliased(EhrOutboxMessage)
     blocked = exists().where(
@@ -202,21 +205,25 @@ def claim_due(*, session: Session, now: datetime, limit: int) -> list[int]:
             col(earlier.status).not_in(EHR_OUTBOX_FINISHED),
         )
     )
-    due = (
-        select(EhrOutboxMessage.id)
-        .where(
-            EhrOutboxMessage.status == EhrOutboxStatus.PENDING,
-            EhrOutboxMessage.next_attempt_at <= now,
-            ~blocked,
+    due = list(
+        session.exec(
+            select(EhrOutboxMessage.id)
+            .where(
+                EhrOutboxMessage.status == EhrOutboxStatus.PENDING,
+                EhrOutboxMessage.next_attempt_at <= now,
+                ~blocked,
+            )
+            .order_by(col(EhrOutboxMessage.id))
+            .limit(limit)
+            .with_for_update(skip_locked=True)
         )
-        .order_by(col(EhrOutboxMessage.id))
-        .limit(limit)
-        .with_for_update(skip_locked=True)
     )
+    if not due:
+        return []
     claimed = session.execute(
         update(EhrOutboxMessage)
         .where(
-            col(EhrOutboxMessage.id).in_(due.scalar_subquery()),
+            col(EhrOutboxMessage.id).in_(due),
             col(EhrOutboxMessage.status) == EhrOutboxStatus.PENDING,
         )
         .values(status=EhrOutboxStatus.SENDING, claimed_at=now)
