@@ -255,3 +255,29 @@ def test_a_referral_sent_and_unanswered_for_n_days_is_on_the_worklist(
     unanswered = [row for row in after if row["why"].startswith("sent, no answer")]
     assert [row["referral id"] for row in unanswered] == [referral.id]
     assert not [row for row in before if row["why"].startswith("sent, no answer")]
+
+
+def test_a_held_message_released_goes_again_and_its_visits_next_message_follows(
+    clinic: str, clock: Clock
+) -> None:
+    with fake_ehr("AE") as ehr:
+        settings = settings_for(clinic, ehr_mllp=ehr.address)
+        ingest(settings)
+        dispatch(settings, clock)
+        with session_scope(clinic) as session:
+            booking.reschedule_appointment(
+                session=session,
+                appointment_id=visit_id(clinic),
+                reason="patient asked",
+                settings=settings,
+            )
+        [held] = [row for row in outbox(clinic) if row.status == EhrOutboxStatus.HELD]
+        assert held.id is not None
+        with session_scope(clinic) as session:
+            ehr_outbox.release_held(session=session, row_id=held.id, by="interface analyst")
+        report = dispatch(settings, clock)
+
+    assert report.outcomes["done"] == 2
+    assert triggers(ehr) == ["SIU^S12^SIU_S12", "SIU^S13^SIU_S12"]
+    # The released message is the one refused, byte for byte (same MSH-10).
+    assert ehr.received[0] == ehr.received[1]
