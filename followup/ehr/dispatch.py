@@ -60,7 +60,7 @@ from models import booking, ehr_outbox, queries
 from models import messaging_queries as mq
 from models.db import session_scope
 from models.ehr_outbox import ReferralFacts, VisitFacts
-from models.tables import EhrOutboxMessage, EhrOutboxStatus, Patient, Provider
+from models.tables import EhrOutboxMessage, EhrOutboxStatus, Patient, Provider, Referral
 from models.types import utcnow
 
 logger = logging.getLogger(__name__)
@@ -323,8 +323,14 @@ class EhrDispatcher:
     ) -> None:
         now = self._now()
         with session_scope(self._database_url) as session:
+            rows = {
+                row.id: row
+                for row in ehr_outbox.rows_by_id(
+                    session=session, ids=[result.row_id for result in results]
+                )
+            }
             for result in results:
-                row = ehr_outbox.get_row(session=session, row_id=result.row_id)
+                row = rows[result.row_id]
                 outcome = record_result(
                     session, row, result, destination=destination, policy=self._policy, now=now
                 )
@@ -392,9 +398,8 @@ def _referral_sent(session: Session, row: EhrOutboxMessage, destination: Destina
     """An accepted I12: the referral is with the specialty (initiated → sent)."""
     if row.trigger != ReferralTrigger.NEW or row.referral_id is None:
         return
-    referral = ehr_outbox.facts_for(session=session, row=row)
-    assert isinstance(referral, ReferralFacts)
-    if referral.referral.status != ReferralStatus.INITIATED:
+    referral = session.get_one(Referral, row.referral_id)
+    if referral.status != ReferralStatus.INITIATED:
         return
     booking.transition_referral(
         session=session,

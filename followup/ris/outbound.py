@@ -44,7 +44,8 @@ CHARSET = "UNICODE UTF-8"
 _SEPARATORS = "\r|~^&"
 _ESCAPE = "\\"
 ENGINE_PERSON = ("FOLLOWUP", "Follow-up engine")
-# The namespace of the engine's identifiers (EI-2) in SCH-2, SCH-26 and RF1-6.
+# The namespace (EI-2) of the engine's identifiers: SCH-2 of its SIU, RF1-6 of its REF (which a
+# specialist's SIU names again in SCH-26).
 ID_NAMESPACE = "FOLLOWUP"
 REFERRAL_ID_PREFIX = "REF"
 VISIT_ID_PREFIX = "VISIT"
