@@ -13,8 +13,8 @@ into that row instead of adding one, so the receiver hears only the outcome:
 
 * nothing announced yet: booked, then moved → one S12 with the final time; booked, then
   cancelled → nothing at all (the row is superseded); an I12 cancelled before it went → nothing;
-* announced: moved → S13, changed otherwise → S14 (an unsent S13 stays S13), cancelled → S15;
-  a referral cancelled → I14.
+* announced: moved → S13, cancelled → S15; a referral cancelled → I14. (The engine changes
+  nothing else of a booked visit, so it sends no S14; the builder has it for completeness.)
 
 A row that was tried once is never changed: its resend must be the very message the receiver
 may already hold, under the same MSH-10.
@@ -58,7 +58,6 @@ REFERRAL_DESTINATION_PREFIX = "referrals:"
 class VisitChange(StrEnum):
     BOOKED = "booked"
     MOVED = "moved"
-    MODIFIED = "modified"
     CANCELLED = "cancelled"
 
 
@@ -106,12 +105,8 @@ def record_visit_change(
         trigger = VisitTrigger.CANCELLED
     elif not announced:
         trigger = VisitTrigger.NEW
-    elif change == VisitChange.MOVED or (
-        open_row is not None and open_row.trigger == VisitTrigger.RESCHEDULED
-    ):
-        trigger = VisitTrigger.RESCHEDULED
     else:
-        trigger = VisitTrigger.MODIFIED
+        trigger = VisitTrigger.RESCHEDULED
     row = open_row or EhrOutboxMessage(
         subject=VISIT, subject_id=subject_id, trigger=trigger, destination=EHR_DESTINATION
     )
