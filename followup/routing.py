@@ -166,7 +166,7 @@ def _review_reasons(
     reasons = []
     for finding in everything:
         if finding not in known and _asserted(finding):
-            quoted = f': "{finding.sentence_text}"' if finding.sentence_text else ""
+            quoted = f": \"{finding.sentence_text}\"" if finding.sentence_text else ""
             reasons.append(f"'{finding.text}' in {finding.section} matched no rule{quoted}")
     denied = [f for f in known if f.negated and not (f.historical or f.hypothetical)]
     conflicted: set[str] = set()
