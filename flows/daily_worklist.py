@@ -32,7 +32,11 @@ async def gather_worklist(settings: Settings) -> list[WorklistTable]:
             ],
             unbookable=[e for e in escalations if e["kind"] in UNBOOKABLE_KINDS],
             undeliverable=worklist.undeliverable_messages(session=session),
-            overdue_referrals=worklist.overdue_referral_rows(session=session, now=now),
+            overdue_referrals=worklist.overdue_referral_rows(
+                session=session,
+                now=now,
+                answer_within=timedelta(days=settings.referral_answer_days),
+            ),
             failed_messages=worklist.failed_inbox_rows(session=session, limit=200),
             zone=settings.site_zone,
         )

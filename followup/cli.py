@@ -996,5 +996,80 @@ def show_worklist() -> None:
         console.print(view)
 
 
+# --- the EHR outbox ------------------------------------------------------------------------------
+
+ehr_app = typer.Typer(help="SIU and REF messages to the EHR and the specialists.")
+app.add_typer(ehr_app, name="ehr", no_args_is_help=True)
+
+
+@ehr_app.command("list")
+def ehr_list(
+    status: Annotated[str | None, typer.Option(help="only rows in this status (e.g. held)")] = None,
+) -> None:
+    """The outbox rows (no message content): trigger, destination, status, attempts, error."""
+    from sqlmodel import col, select
+
+    from models.db import session_scope
+    from models.tables import EhrOutboxMessage
+
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        query = select(EhrOutboxMessage).order_by(col(EhrOutboxMessage.id))
+        if status:
+            query = query.where(EhrOutboxMessage.status == status)
+        rows = [
+            {
+                "id": row.id,
+                "subject": f"{row.subject} {row.subject_id}",
+                "trigger": row.trigger,
+                "destination": row.destination,
+                "status": row.status,
+                "attempts": row.attempts,
+                "control id": row.control_id,
+                "error": row.error,
+            }
+            for row in session.exec(query)
+        ]
+    _print_json(rows)
+
+
+@ehr_app.command("release")
+def ehr_release(
+    row_id: int, by: Annotated[str, typer.Option(help="who releases it")] = "cli"
+) -> None:
+    """Send a held message again, unchanged (the receiver's problem is fixed)."""
+    from models import ehr_outbox
+    from models.db import session_scope
+
+    settings = get_settings()
+    try:
+        with session_scope(settings.database_url) as session:
+            ehr_outbox.release_held(session=session, row_id=row_id, by=by)
+    except LookupError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(code=1) from error
+    typer.echo(f"EHR outbox {row_id} is queued again; dispatch-ehr-outbox sends it")
+
+
+@ehr_app.command("skip")
+def ehr_skip(
+    row_id: int,
+    reason: Annotated[str, typer.Option(help="why (e.g. entered by hand in the EHR)")],
+    by: Annotated[str, typer.Option(help="who skips it")] = "cli",
+) -> None:
+    """Give up on a held message; the later messages of its visit or referral may go."""
+    from models import ehr_outbox
+    from models.db import session_scope
+
+    settings = get_settings()
+    try:
+        with session_scope(settings.database_url) as session:
+            ehr_outbox.skip_held(session=session, row_id=row_id, by=by, reason=reason)
+    except LookupError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(code=1) from error
+    typer.echo(f"EHR outbox {row_id} skipped")
+
+
 if __name__ == "__main__":
     app()

@@ -30,6 +30,10 @@ Rules, and why:
   before any final runs too, and the flow holds it unless critical (DOMAIN.md §5).
 * Orders (ORM^O01, OMI^O23) and ADT (A04, A08, A31) update the patient (phone, language, name)
   and the study's ordering provider, and start no flow: `processed` at once.
+* The specialists' answers (RRI^I12, SIU^S12/S13/S14/S26: followup/ris/answers.py) move the
+  referral they name through its state machine in the judging transaction, and start no
+  flow. An answer naming no referral of this engine, or one the referral cannot take, is
+  refused (AE with the reason) and audited; nothing of it is applied.
 """
 
 from __future__ import annotations
@@ -45,21 +49,25 @@ from sqlmodel import Session
 
 from followup.errors import (
     InboundMessageError,
+    InvalidField,
     MalformedMessage,
     MissingField,
     UnsupportedMessage,
 )
-from followup.ris import hl7v2, updates
+from followup.referrals import IllegalReferralTransition, UnknownReferral
+from followup.ris import answers, hl7v2, updates
 from followup.ris.hl7v2 import MessageHeader
 from followup.ris.scan import ACCESSION_LENGTH, ScanCompleted
 from followup.settings import Settings
-from models import inbox_queries, queries
+from models import ehr_outbox, inbox_queries, queries
 from models.tables import InboxMessage, InboxStatus
 from models.types import utcnow
 
 logger = logging.getLogger(__name__)
 
 RESULT_TYPE = "ORU^R01"
+# The source of FHIR Task updates (`receive_fhir_task`): the stored row says how to judge it.
+TASK_SOURCE = "http-task"
 # Column sizes of InboxMessage: longer envelope values are cut, not crashed on (the parsers
 # refuse content values longer than their columns: followup/ris/scan.py).
 _CONTROL_ID_LENGTH = 199
@@ -152,6 +160,8 @@ def judge_stranded(*, session: Session, row: InboxMessage, settings: Settings) -
     no answer and will have resent it: the resend, judged in between, is then the original and
     this row its duplicate, and one run processes the message, not two.
     """
+    if row.content_type == "fhir" and row.source == TASK_SOURCE:
+        return _judge_fhir_task(session, row, settings)
     if row.content_type == "fhir":
         return _judge_fhir(session, row, settings)
     return _judge_hl7(session, row, _Envelope.read(row.raw), settings)
@@ -253,19 +263,25 @@ def _judge_hl7(
         return _reject(session, row, content, header)
     if isinstance(content, updates.RisUpdate):
         return _apply_update(session, row, content, header)
+    if isinstance(content, answers.SpecialistAnswer):
+        return _apply_answer(session, row, content, header)
     assert fingerprint is not None
     return _accept_result(session, row, content, fingerprint=fingerprint, header=header)
 
 
 def _read(
     text: str, header: MessageHeader, settings: Settings
-) -> ScanCompleted | updates.RisUpdate | InboundMessageError:
+) -> ScanCompleted | updates.RisUpdate | answers.SpecialistAnswer | InboundMessageError:
     """The message's content by its type, or why it cannot be used."""
     try:
         if header.message_type in updates.UPDATE_TYPES:
             return updates.parse_update(text, phone_region=settings.default_phone_region)
+        if header.message_type in answers.ANSWER_TYPES:
+            return answers.parse_answer(text, site_zone=settings.site_zone)
         if header.message_type != RESULT_TYPE:
-            accepted = ", ".join([RESULT_TYPE, *sorted(updates.UPDATE_TYPES)])
+            accepted = ", ".join(
+                [RESULT_TYPE, *sorted(updates.UPDATE_TYPES | answers.ANSWER_TYPES)]
+            )
             return UnsupportedMessage(
                 f"message type {header.message_type or '(empty)'} is not one of {accepted}",
                 location="MSH-9",
@@ -338,6 +354,27 @@ def _judge_fhir(session: Session, row: InboxMessage, settings: Settings) -> Rece
         session=session, sender=None, control_id=None, fingerprint=fingerprint
     )
     return _accept_result(session, row, report.scan, fingerprint=fingerprint)
+
+
+def receive_fhir_task(
+    *, session: Session, raw: bytes, source: str, settings: Settings, peer: str | None = None
+) -> Receipt:
+    """Store one FHIR Task update from a specialist's system durably, then apply it to the
+    referral it names (`_apply_answer`, as for an HL7 answer)."""
+    row = queries.store_inbox_message(
+        session=session, raw=raw, source=source, peer=peer, content_type="fhir"
+    )
+    return _judge_fhir_task(session, row, settings)
+
+
+def _judge_fhir_task(session: Session, row: InboxMessage, settings: Settings) -> Receipt:
+    row.message_type = answers.TASK
+    row.sender = "fhir"
+    try:
+        answer = answers.parse_task(row.raw, site_zone=settings.site_zone)
+    except InboundMessageError as error:
+        return _reject(session, row, error)
+    return _apply_answer(session, row, answer, None)
 
 
 def receive_unterminated(
@@ -474,6 +511,44 @@ def _apply_update(
         status=row.status,
         ack_code="AA",
         accession=row.accession,
+        control_id=row.control_id,
+        header=header,
+    )
+
+
+def _apply_answer(
+    session: Session,
+    row: InboxMessage,
+    answer: answers.SpecialistAnswer,
+    header: MessageHeader | None,
+) -> Receipt:
+    """A specialist's answer moves its referral; one the referral cannot take (unknown, or a
+    move the state machine refuses) is answered AE with the reason, and audited."""
+    try:
+        referral = ehr_outbox.apply_specialist_answer(
+            session=session, answer=answer, actor=f"specialist:{row.sender}"[:64]
+        )
+    except (UnknownReferral, IllegalReferralTransition) as error:
+        queries.audit(
+            session=session,
+            actor="intake",
+            action="referral.answer_refused",
+            entity="inbox_message",
+            entity_id=_id(row),
+            detail={
+                "message_type": answer.message_type,
+                "identifier": answer.identifier,
+                "reason": str(error),
+            },
+        )
+        return _reject(session, row, InvalidField(str(error), location=answer.location), header)
+    _finish_without_run(row, {"referral": referral.id, "status": referral.status})
+    session.add(row)
+    session.commit()
+    return Receipt(
+        inbox_id=_id(row),
+        status=row.status,
+        ack_code="AA",
         control_id=row.control_id,
         header=header,
     )

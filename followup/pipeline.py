@@ -21,7 +21,8 @@ from followup.ris.scan import PersonName, ScanCompleted
 from followup.rules import RoutingRules
 from followup.scheduling import EMERGENT, BookingWindow, WindowPolicy, booking_window
 from followup.settings import Settings
-from models import booking, inbox_queries, queries
+from models import booking, ehr_outbox, inbox_queries, queries
+from models.ehr_outbox import VisitChange
 from models.tables import (
     Appointment,
     Decision,
@@ -361,6 +362,10 @@ def book_follow_up(
         actor=ACTOR,
     )
     if result.booked is not None:
+        booked = session.get_one(Appointment, result.booked.appointment_id)
+        ehr_outbox.record_visit_change(
+            session=session, appointment=booked, change=VisitChange.BOOKED
+        )
         # Booked on a later run: an entry still waiting would be offered a second visit.
         _withdraw_waitlisted(session, study, settings, now=now, why="the follow-up is booked")
         return BookingOutcome(result.booked.appointment_id, None, result.reason)
@@ -460,6 +465,8 @@ def _move_follow_up(
     visits.enqueue_offer_texts(
         session=session, offers=[cancelled.offer], settings=settings, now=now
     )
+    moved = session.get_one(Appointment, result.booked.appointment_id)
+    ehr_outbox.record_visit_change(session=session, appointment=moved, change=VisitChange.MOVED)
     queries.audit(
         session=session,
         actor=ACTOR,

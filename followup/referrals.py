@@ -73,3 +73,30 @@ def check_transition(current: str, target: str) -> ReferralStatus:
             f"referral cannot go from {source} to {destination}; allowed: {allowed}"
         )
     return destination
+
+
+class UnknownReferral(FollowupError, LookupError):
+    """An answer names a referral this engine never sent."""
+
+
+def answer_path(current: str, answer: str) -> list[ReferralStatus]:
+    """The moves a specialist's answer makes from `current`, each allowed by TRANSITIONS;
+    raises IllegalReferralTransition (before anything is written) when one is not.
+
+    A specialist who answers has the referral, so one still `initiated` (its I12's ACK was
+    lost, or it went by hand) is first `sent`; one who books the visit has accepted it. An
+    answer the referral already reflects (a second "accepted") changes nothing, and a booking
+    for a referral already scheduled only moves its date (no state change).
+    """
+    state, target = ReferralStatus(current), ReferralStatus(answer)
+    if state == target:
+        return []
+    path: list[ReferralStatus] = []
+    if state == ReferralStatus.INITIATED:
+        path.append(check_transition(state, ReferralStatus.SENT))
+        state = ReferralStatus.SENT
+    if target == ReferralStatus.SCHEDULED and state == ReferralStatus.SENT:
+        path.append(check_transition(state, ReferralStatus.ACCEPTED))
+        state = ReferralStatus.ACCEPTED
+    path.append(check_transition(state, target))
+    return path

@@ -6,6 +6,7 @@ names are the ones in the README's settings table.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -13,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_HOST_PORT = r"^[^:\s]+:\d{1,5}$"
 
 
 class Settings(BaseSettings):
@@ -152,6 +154,59 @@ class Settings(BaseSettings):
     escalation_block: str | None = Field(
         default=None, pattern=r"^[a-z0-9-]+/.+$", validation_alias="FOLLOWUP_ESCALATION_BLOCK"
     )
+
+    # Where the engine's bookings (SIU) and referrals (REF) go, as host:port of an MLLP
+    # listener; per specialty, `referrals_mllp_by_specialty` (JSON: {"neurology": "h:p"})
+    # overrides the shared referral inbox. FHIR R4 servers instead: the *_fhir_url settings (one
+    # protocol per destination). A destination with neither is dry-run: its messages are built
+    # and stored, marked dry_run, not sent.
+    ehr_mllp: str | None = Field(
+        default=None, pattern=_HOST_PORT, validation_alias="FOLLOWUP_EHR_MLLP"
+    )
+    referrals_mllp: str | None = Field(
+        default=None, pattern=_HOST_PORT, validation_alias="FOLLOWUP_REFERRALS_MLLP"
+    )
+    referrals_mllp_by_specialty: dict[str, str] = Field(
+        default_factory=dict, validation_alias="FOLLOWUP_REFERRALS_MLLP_BY_SPECIALTY"
+    )
+    ehr_fhir_url: str | None = Field(
+        default=None, pattern=r"^https?://[^/\s]+", validation_alias="FOLLOWUP_EHR_FHIR_URL"
+    )
+    referrals_fhir_url: str | None = Field(
+        default=None, pattern=r"^https?://[^/\s]+", validation_alias="FOLLOWUP_REFERRALS_FHIR_URL"
+    )
+    # The receiving application named in MSH-5 of what the engine sends.
+    ehr_receiving_application: str = Field(
+        default="EHR", validation_alias="FOLLOWUP_EHR_RECEIVING_APPLICATION"
+    )
+    # A connection must open, and each ACK arrive, within these; otherwise the message is
+    # retried (base, 2×base … at most max apart) up to `ehr_max_attempts` times, then held.
+    ehr_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, validation_alias="FOLLOWUP_EHR_CONNECT_TIMEOUT_SECONDS"
+    )
+    ehr_ack_timeout_seconds: float = Field(
+        default=30.0, gt=0, validation_alias="FOLLOWUP_EHR_ACK_TIMEOUT_SECONDS"
+    )
+    ehr_max_attempts: int = Field(default=8, ge=1, validation_alias="FOLLOWUP_EHR_MAX_ATTEMPTS")
+    ehr_retry_base_seconds: float = Field(
+        default=30.0, gt=0, validation_alias="FOLLOWUP_EHR_RETRY_BASE_SECONDS"
+    )
+    ehr_retry_max_seconds: float = Field(
+        default=1800.0, gt=0, validation_alias="FOLLOWUP_EHR_RETRY_MAX_SECONDS"
+    )
+    # A referral sent that the specialty has not accepted or declined within this many days
+    # goes on the schedulers' worklist.
+    referral_answer_days: int = Field(
+        default=5, ge=1, validation_alias="FOLLOWUP_REFERRAL_ANSWER_DAYS"
+    )
+
+    @field_validator("referrals_mllp_by_specialty")
+    @classmethod
+    def _host_ports(cls, value: dict[str, str]) -> dict[str, str]:
+        for specialty, address in value.items():
+            if not re.fullmatch(_HOST_PORT, address):
+                raise ValueError(f"{specialty}: {address!r} is not host:port")
+        return value
 
     @field_validator("http_token")
     @classmethod

@@ -57,6 +57,12 @@ from followup.scheduling import (
     waitlist_priority,
 )
 from followup.settings import Settings
+from models.ehr_outbox import (
+    ReferralChange,
+    VisitChange,
+    record_referral_change,
+    record_visit_change,
+)
 from models.messaging_queries import cancel_offer_message
 from models.queries import audit, cancel_pending_messages, record_escalation
 from models.tables import (
@@ -978,7 +984,9 @@ def accept_offer(
             "offer_id": offer_id,
         },
     )
-    return Acceptance(session.get_one(Appointment, appointment_id), None)
+    appointment = session.get_one(Appointment, appointment_id)
+    record_visit_change(session=session, appointment=appointment, change=VisitChange.BOOKED)
+    return Acceptance(appointment, None)
 
 
 def decline_offer(
@@ -1177,6 +1185,8 @@ def cancel_appointment(
     appointment.cancel_reason = reason
     session.add(appointment)
     session.flush()  # out of the active-slot index before the slot is offered again
+    if appointment.replaced_by_id is None:  # a move is told as the new appointment's change
+        record_visit_change(session=session, appointment=appointment, change=VisitChange.CANCELLED)
     messages = cancel_pending_messages(session=session, appointment_id=appointment_id)
     freed = _move_slot(session, appointment.slot_id, SlotStatus.BOOKED, SlotStatus.FREE)
     offer = (
@@ -1267,6 +1277,7 @@ def reschedule_appointment(
         actor=actor,
     )
     appointment = session.get_one(Appointment, result.booked.appointment_id)
+    record_visit_change(session=session, appointment=appointment, change=VisitChange.MOVED)
     return RescheduleResult(previous, appointment, cancelled.offer, None, result.reason)
 
 
@@ -1322,6 +1333,8 @@ def transition_referral(
     referral.scheduled_for = scheduled_for
     session.add(referral)
     session.flush()
+    if target == ReferralStatus.CANCELLED:
+        record_referral_change(session=session, referral=referral, change=ReferralChange.CANCELLED)
     return referral
 
 

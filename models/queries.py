@@ -13,6 +13,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from followup.messaging.plan import PlannedSms
 from followup.ris.scan import ProviderRef, ScanCompleted
+from models import ehr_outbox
 from models.tables import (
     Appointment,
     Decision,
@@ -290,6 +291,9 @@ def reconcile_referrals(
     session.add_all([*kept, *added])
     session.flush()
     for referral in added:
+        ehr_outbox.record_referral_change(
+            session=session, referral=referral, change=ehr_outbox.ReferralChange.OPENED
+        )
         audit(
             session=session,
             actor=actor,

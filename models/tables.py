@@ -579,3 +579,56 @@ class SmsSuppression(SQLModel, table=True):
     source: str = Field(max_length=32)  # keyword | free_text | twilio_21610 | manual
     created_at: datetime = _created_at()
     changed_at: datetime = _created_at()
+
+
+class EhrOutboxStatus(StrEnum):
+    PENDING = "pending"  # waiting for its turn (first send, or a retry after next_attempt_at)
+    SENDING = "sending"  # claimed by a dispatcher
+    DONE = "done"  # the receiver accepted it (AA, or a 2xx from a FHIR server)
+    HELD = "held"  # refused (AE) or out of retries: a person must act (the worklist says what)
+    DRY_RUN = "dry_run"  # built and stored; no destination configured, so not sent
+    SUPERSEDED = "superseded"  # a later change made it moot before it was ever sent
+
+
+# Rows whose subject (visit or referral) may send its next message.
+EHR_OUTBOX_FINISHED = (
+    EhrOutboxStatus.DONE,
+    EhrOutboxStatus.DRY_RUN,
+    EhrOutboxStatus.SUPERSEDED,
+)
+
+
+class EhrOutboxMessage(SQLModel, table=True):
+    """One message to the EHR's schedule (SIU) or a specialty's referral inbox (REF), written
+    in the transaction of the change it reports and sent in order per visit or referral.
+
+    The message is built at its first send and kept (`payload`, `control_id`): a resend
+    after a lost ACK is byte for byte the same message under the same MSH-10.
+    """
+
+    __tablename__ = "ehr_outbox_message"
+    __table_args__ = (
+        Index("ix_ehr_outbox_message_due", "status", "next_attempt_at"),
+        Index("ix_ehr_outbox_message_subject", "subject", "subject_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    subject: str = Field(max_length=16)  # visit | referral
+    # The visit's first appointment (stable through reschedules), or the referral's id.
+    subject_id: int
+    appointment_id: int | None = Field(default=None, foreign_key="appointment.id")
+    referral_id: int | None = Field(default=None, foreign_key="referral.id")
+    study_id: int | None = Field(default=None, foreign_key="imaging_study.id")
+    trigger: str = Field(max_length=8)  # S12 S13 S14 S15 | I12 I14
+    destination: str = Field(max_length=64)  # ehr | referrals:<specialty>
+    status: str = Field(default=EhrOutboxStatus.PENDING, max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = _created_at()
+    protocol: str | None = Field(default=None, max_length=8)  # hl7v2 | fhir, set when built
+    control_id: str | None = Field(default=None, max_length=64)
+    payload: str | None = Field(default=None, sa_column=Column(Text))
+    ack_code: str | None = Field(default=None, max_length=8)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = _created_at()
+    claimed_at: datetime | None = _utc_column()
+    finished_at: datetime | None = _utc_column()

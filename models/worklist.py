@@ -7,7 +7,7 @@ patient initials, times, provider, kinds and statuses — never names, phones or
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, update
@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 from followup.errors import UnknownEscalation
 from followup.ris.scan import PersonName
 from followup.worklist import DueNotice
-from models import booking, queries
+from models import booking, ehr_outbox, queries
 from models.tables import (
     Appointment,
     Escalation,
@@ -194,7 +194,11 @@ def undeliverable_messages(*, session: Session, limit: int = 200) -> list[Workli
     ]
 
 
-def overdue_referral_rows(*, session: Session, now: datetime) -> list[WorklistRow]:
+def overdue_referral_rows(
+    *, session: Session, now: datetime, answer_within: timedelta
+) -> list[WorklistRow]:
+    """Referrals without an appointment past their tier's allowance, and referrals sent that
+    the specialty has not answered (accepted or declined) within `answer_within`."""
     overdue = booking.overdue_referrals(session=session, now=now)
     studies = {
         study.id: study
@@ -202,16 +206,34 @@ def overdue_referral_rows(*, session: Session, now: datetime) -> list[WorklistRo
             select(ImagingStudy).where(col(ImagingStudy.id).in_([r.study_id for r in overdue]))
         ).all()
     }
-    return [
+    rows: list[WorklistRow] = [
         {
             "referral id": referral.id,
             "specialty": referral.specialty,
             "accession": studies[referral.study_id].accession,
             "status": referral.status,
             "open since": referral.created_at,
+            "why": "no appointment within the allowance of its urgency",
         }
         for referral in overdue
     ]
+    listed = {row["referral id"] for row in rows}
+    days = answer_within.days
+    rows += [
+        {
+            "referral id": referral.id,
+            "specialty": referral.specialty,
+            "accession": study.accession,
+            "status": referral.status,
+            "open since": referral.created_at,
+            "why": f"sent, no answer from the specialty in {days} days: call them",
+        }
+        for referral, study in ehr_outbox.unanswered_referrals(
+            session=session, now=now, answer_within=answer_within
+        )
+        if referral.id not in listed
+    ]
+    return rows
 
 
 def acknowledge_escalation(

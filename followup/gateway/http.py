@@ -269,6 +269,31 @@ def create_app(settings: Settings, *, on_accepted: OnAccepted) -> FastAPI:
             background.add_task(on_accepted, receipt)
         return _answer(receipt)
 
+    async def receive_task(request: Request) -> JSONResponse:
+        raw = await read_body(request, settings.http_max_other_body_bytes)
+        peer = f"{request.client.host}:{request.client.port}" if request.client else None
+        if await asyncio.to_thread(json_depth_exceeds, raw, settings.fhir_max_json_depth):
+            raise _Refusal(400, "structure", "the JSON is nested too deep")
+        try:
+            receipt = await in_database_thread(
+                settings.database_url, _store_task, settings, raw, peer
+            )
+        except Exception as exc:
+            logger.error("could not store a FHIR Task from %s: %s", peer, type(exc).__name__)
+            return JSONResponse(
+                outcome("error", "transient", "the Task could not be stored; retry later"),
+                status_code=503,
+                media_type=FHIR_JSON,
+            )
+        logger.info("inbox %d (Task) from %s: %s", receipt.inbox_id, peer, receipt.status)
+        if receipt.ack_code != "AA":
+            return _answer(receipt)
+        body = outcome("information", "informational", f"applied as inbox {receipt.inbox_id}")
+        return JSONResponse(body, status_code=200, media_type=FHIR_JSON)
+
+    # A specialist's system reports its Task's state: create-or-update semantics either way.
+    app.post("/fhir/Task", dependencies=[Depends(authorized)])(receive_task)
+    app.put("/fhir/Task", dependencies=[Depends(authorized)])(receive_task)
     app.post("/fhir/DiagnosticReport", dependencies=[Depends(authorized)])(receive)
     app.post("/fhir", dependencies=[Depends(authorized)])(receive)
 
@@ -331,6 +356,13 @@ def _store(settings: Settings, raw: bytes, peer: str | None) -> Receipt:
     with session_scope(settings.database_url) as session:
         return intake.receive_fhir(
             session=session, raw=raw, source=SOURCE, settings=settings, peer=peer
+        )
+
+
+def _store_task(settings: Settings, raw: bytes, peer: str | None) -> Receipt:
+    with session_scope(settings.database_url) as session:
+        return intake.receive_fhir_task(
+            session=session, raw=raw, source=intake.TASK_SOURCE, settings=settings, peer=peer
         )
 
 

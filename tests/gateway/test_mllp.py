@@ -207,7 +207,8 @@ def test_mllp_send_gets_the_right_ack(
         ("dcm4che/ORU^R01-SR.hl7", ["AA"], [InboxStatus.RECEIVED]),
         # F in OBR-24, OBR-25 empty: must not pass as final
         ("dcm4che/legacy_ORU^R01.hl7", ["AE"], [InboxStatus.ERROR]),
-        ("dcm4che/SIU^S12-NewAppointmentBooking.hl7", ["AR"], [InboxStatus.REJECTED]),
+        # SIU^S12 is read as a specialist's booking of a referral: this one names none (SCH-26)
+        ("dcm4che/SIU^S12-NewAppointmentBooking.hl7", ["AE"], [InboxStatus.ERROR]),
         ("fhir-converter/ORU-R01-01.hl7", ["AA"], [InboxStatus.RECEIVED]),
         # starts with a UTF-8 BOM, which `--loose` sends as a stray "MSH|^~\&|<BOM>" first
         (
