@@ -336,7 +336,9 @@ def book_follow_up(
         return _unbookable(session, study, reason)
     if study.final_at is None:
         return _unbookable(session, study, "no exam or result time to count the window from")
-    window, closed_days = _window(session, study, recorded.urgency, settings)
+    window, closed_days = due_window(
+        session=session, study=study, urgency=recorded.urgency, settings=settings
+    )
     patient = session.get(Patient, recorded.patient_id)
     assert patient is not None
     if existing is not None:
@@ -376,9 +378,10 @@ def book_follow_up(
     return _unbookable(session, study, f"{result.reason}; waitlisted for a freed slot")
 
 
-def _window(
-    session: Session, study: ImagingStudy, urgency: str, settings: Settings
+def due_window(
+    *, session: Session, study: ImagingStudy, urgency: str, settings: Settings
 ) -> tuple[BookingWindow, frozenset[date]]:
+    """The tier's booking window counted from the study's result, and the site's closed days."""
     assert study.final_at is not None
     closed_days = booking.site_closed_days(
         session=session,
