@@ -398,6 +398,7 @@ def providers_import(
     """Import providers, weekly hours and availability; print what was stored and skipped."""
     from dataclasses import asdict
 
+    from followup import pipeline
     from followup.calendars import CalendarImportError, read_calendar_files
     from models import booking
     from models.db import migrate, session_scope
@@ -417,7 +418,13 @@ def providers_import(
             days=days,
             closed_days=_closed_days(settings, session),
         )
-    _print_json(asdict(report))
+        waiting = pipeline.book_waiting_scans(session=session, settings=settings)
+    _print_json(
+        {
+            **asdict(report),
+            "waiting_scans_booked": [o.appointment_id for o in waiting if o.appointment_id],
+        }
+    )
 
 
 @providers_app.command("slots")

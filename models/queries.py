@@ -603,3 +603,42 @@ def review_decision(
                 "referrals": sorted(referrals)},
     )
     return True
+
+
+def studies_awaiting_provider(*, session: Session) -> list[tuple[ImagingStudy, Provider]]:
+    """Studies whose ordering provider was not in the directory when they came, with the
+    provider now there under that key."""
+    return [
+        (study, provider)
+        for study, provider in session.exec(
+            select(ImagingStudy, Provider)
+            .join(Provider, col(Provider.npi) == col(ImagingStudy.ordering_provider_key))
+            .where(col(ImagingStudy.ordering_provider_id).is_(None))
+            .order_by(col(ImagingStudy.id))
+        ).all()
+    ]
+
+
+def close_escalations(
+    *, session: Session, study_id: int, kinds: tuple[str, ...], by: str, why: str
+) -> list[int]:
+    """Close the study's open escalations of `kinds` (nobody needs to act on them any more)."""
+    closed = []
+    for escalation in escalations_for_study(session=session, study_id=study_id):
+        if escalation.kind in kinds and escalation.status == EscalationStatus.OPEN:
+            escalation.status = EscalationStatus.ACKNOWLEDGED
+            escalation.acknowledged_at = utcnow()
+            escalation.acknowledged_by = by
+            session.add(escalation)
+            assert escalation.id is not None
+            closed.append(escalation.id)
+            audit(
+                session=session,
+                actor=by,
+                action="escalation.acknowledged",
+                entity="escalation",
+                entity_id=escalation.id,
+                detail={"kind": escalation.kind, "via": by, "why": why},
+            )
+    session.flush()
+    return closed

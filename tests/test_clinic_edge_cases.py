@@ -1,0 +1,107 @@
+"""Cases a clinic expects handled: an unknown ordering provider, a report after its window."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from followup.cli import app
+from followup.demo import restamp_for_today
+from followup.intake import receive_message
+from followup.settings import get_settings
+from models.db import session_scope
+from models.tables import AuditEvent, Escalation, OutboundMessage
+from models.types import utcnow
+from tests.conftest import SAMPLES, seed_clinic
+from tests.flow_steps import run_flow_steps
+
+UNKNOWN = (b"1000000001^Okafor^Adaeze", b"1999999999^Vance^Iris")
+
+
+def process(
+    database_url: str, *, replacing: tuple[bytes, bytes] | None = None, result_days_ago: int = 0
+) -> dict:  # type: ignore[type-arg]
+    settings = get_settings(database_url=database_url)
+    raw = (SAMPLES / "hl7" / "spine_neurology_root_compression.hl7").read_bytes()
+    if replacing is not None:
+        raw = raw.replace(*replacing)
+    now = datetime.now(settings.site_zone) - timedelta(days=result_days_ago)
+    with session_scope(database_url) as session:
+        receipt = receive_message(
+            session=session, raw=restamp_for_today(raw, now=now), source="test", settings=settings
+        )
+    assert receipt.run_inbox_id is not None
+    return run_flow_steps(database_url, receipt.run_inbox_id)
+
+
+@pytest.fixture
+def clinic(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    seed_clinic(database_url)
+    return database_url
+
+
+def test_the_sample_orders_through_the_provider_the_unknown_case_replaces() -> None:
+    raw = (SAMPLES / "hl7" / "spine_neurology_root_compression.hl7").read_bytes()
+    assert UNKNOWN[0] in raw
+
+
+def test_an_unknown_ordering_provider_falls_to_the_on_call_provider_with_a_task(
+    clinic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FOLLOWUP_ON_CALL_PROVIDER_NPI", "1000000005")
+    summary = process(clinic, replacing=UNKNOWN)
+
+    assert summary["appointment"]["provider_npi"] in {"1000000004", "1000000005"}
+    [task] = [e for e in summary["escalations"] if e["kind"] == "unknown_provider"]
+    with session_scope(clinic) as session:
+        reason = session.get_one(Escalation, task["id"]).reason
+    assert reason.startswith("ordering provider 1999999999 not in the directory: booked with ")
+    assert "on-call Dr. Brennan (NPI 1000000005)" in reason
+
+
+def test_a_later_provider_import_books_the_scans_waiting_for_that_provider(
+    clinic: str, tmp_path: Path
+) -> None:
+    summary = process(clinic, replacing=UNKNOWN)
+    assert summary["appointment"] is None
+    [waiting] = [e for e in summary["escalations"] if e["kind"] == "unbookable"]
+
+    providers = tmp_path / "providers.csv"
+    providers.write_text(
+        "npi,family_name,given_name,practice,timezone,covering_npi,slot_minutes,hours\n"
+        "1999999999,Vance,Iris,Riverside Primary Care,America/New_York,,30,"
+        "Mon-Fri 09:00-12:00\n"
+    )
+    result = CliRunner().invoke(app, ["providers", "import", str(providers), "--days", "21"])
+    assert result.exit_code == 0, result.output
+    [appointment_id] = json.loads(result.stdout)["waiting_scans_booked"]
+
+    with session_scope(clinic) as session:
+        closed = session.get_one(Escalation, waiting["id"])
+        assert (closed.status, closed.acknowledged_by) == ("acknowledged", "provider-import")
+        kinds = session.exec(
+            select(OutboundMessage.kind).where(OutboundMessage.appointment_id == appointment_id)
+        ).all()
+    assert kinds[0] == "confirmation"
+
+
+def test_a_late_report_books_the_earliest_slot_from_now_within_the_tiers_length(
+    clinic: str,
+) -> None:
+    summary = process(clinic, result_days_ago=20)  # the routine window was days 7-14
+
+    start = datetime.fromisoformat(summary["appointment"]["start"])
+    now = utcnow()
+    assert now < start < now + timedelta(days=7)
+    with session_scope(clinic) as session:
+        [said] = session.exec(
+            select(AuditEvent).where(AuditEvent.action == "booking.window_passed")
+        ).all()
+    assert said.detail["passed"].startswith("routine window ")
+    assert said.detail["searching"].startswith("routine window ")
