@@ -625,15 +625,18 @@ def schedule_reminders(
     as the CLI and SMS paths plan them.
 
     A visit that replaced another (moved after a corrected report) gets the `reschedule` text
-    instead of the confirmation: the patient already had one for the old time.
+    instead of the confirmation when the patient was told of the old time.
     """
     replaced = queries.replaced_appointment(session=session, appointment_id=appointment_id)
+    told = replaced is not None and replaced.id is not None and queries.patient_told_of(
+        session=session, appointment_id=replaced.id
+    )
     texts = visits.plan_visit_texts(
         session=session,
         appointment_id=appointment_id,
         settings=settings,
         now=now,
-        notice="reschedule" if replaced is not None else "confirmation",
+        notice="reschedule" if told else "confirmation",
     )
     return [*([texts.notice] if texts.notice is not None else []), *texts.reminders]
 

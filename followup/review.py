@@ -294,6 +294,11 @@ def _book_chosen(
     )
     if booked is None:
         return None
+    told = (
+        existing is not None
+        and existing.id is not None
+        and queries.patient_told_of(session=session, appointment_id=existing.id)
+    )
     if existing is not None and existing.id is not None:
         existing.replaced_by_id = booked
         session.add(existing)
@@ -313,7 +318,7 @@ def _book_chosen(
         appointment_id=booked,
         settings=settings,
         now=now,
-        notice="reschedule" if existing is not None else "confirmation",
+        notice="reschedule" if told else "confirmation",
     )
     return booked
 

@@ -642,3 +642,32 @@ def close_escalations(
             )
     session.flush()
     return closed
+
+
+# A text in one of these states reached Twilio (or the dry-run outbox that stands in for it).
+TOLD_STATUSES = (
+    OutboundStatus.QUEUED,
+    OutboundStatus.SENDING,
+    OutboundStatus.SENT,
+    OutboundStatus.DELIVERED,
+    OutboundStatus.DRY_RUN,
+)
+
+
+def patient_told_of(*, session: Session, appointment_id: int) -> bool:
+    """Whether any text about this visit, or a visit it replaced, has gone out: until one
+    has, the patient's first message about it must be its confirmation (a "moved" or
+    "cancelled" text about a visit they never heard of is noise, or alarming)."""
+    current: int | None = appointment_id
+    while current is not None:
+        told = session.exec(
+            select(OutboundMessage.id).where(
+                OutboundMessage.appointment_id == current,
+                col(OutboundMessage.status).in_(TOLD_STATUSES),
+            )
+        ).first()
+        if told is not None:
+            return True
+        replaced = replaced_appointment(session=session, appointment_id=current)
+        current = replaced.id if replaced is not None else None
+    return False

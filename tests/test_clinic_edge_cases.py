@@ -105,3 +105,28 @@ def test_a_late_report_books_the_earliest_slot_from_now_within_the_tiers_length(
         ).all()
     assert said.detail["passed"].startswith("routine window ")
     assert said.detail["searching"].startswith("routine window ")
+
+
+def test_the_first_message_about_a_visit_is_always_its_confirmation(clinic: str) -> None:
+    summary = process(clinic)  # booked; its confirmation is queued, not yet sent
+    first = summary["appointment"]["id"]
+    runner = CliRunner()
+
+    moved = runner.invoke(app, ["appointments", "reschedule", str(first)])
+    assert moved.exit_code == 0, moved.output
+    second = json.loads(moved.stdout)
+    cancelled = runner.invoke(app, ["appointments", "cancel", str(second["appointment"])])
+    assert cancelled.exit_code == 0, cancelled.output
+
+    with session_scope(clinic) as session:
+        [notice] = session.exec(
+            select(OutboundMessage).where(OutboundMessage.id == second["notice_message"])
+        ).all()
+        assert notice.kind == "confirmation"  # of the new time, never "is now"
+        texts = session.exec(
+            select(OutboundMessage.kind, OutboundMessage.status).where(
+                OutboundMessage.appointment_id == second["appointment"]
+            )
+        ).all()
+    assert json.loads(cancelled.stdout)["notice_message"] is None  # nothing: never told
+    assert {status for _, status in texts} == {"cancelled"}
