@@ -14,7 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from followup.errors import FollowupError
 from followup.settings import PROJECT_ROOT, Settings, get_settings
+from followup.worklist import as_text
 
 app = typer.Typer(help="MRI follow-up and referral engine.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -992,16 +994,23 @@ def show_worklist() -> None:
     from flows.daily_worklist import gather_worklist
 
     settings = get_settings()
-    console = Console()
-    for table in asyncio.run(gather_worklist.fn(settings)):
-        view = Table(title=table.description)
-        columns = list(table.rows[0]) if table.rows else ["status"]
-        for column in columns:
-            view.add_column(column)
-        for row in table.rows or [{"status": "nothing to do"}]:
-            view.add_row(*(row[column] for column in columns))
-        console.print(view)
+    typer.echo(as_text(asyncio.run(gather_worklist.fn(settings)), width=Console().width))
+
+
+# What a person can get wrong at the command line (an unknown id, a date that does not
+# parse, an action the engine refuses): one line and exit code 1, not a traceback. Anything
+# else is a defect and keeps its traceback.
+ORDINARY_MISTAKES = (FollowupError, LookupError, ValueError)
+
+
+def main() -> None:
+    """The `followup` command."""
+    try:
+        app()
+    except ORDINARY_MISTAKES as mistake:
+        typer.echo(f"followup: {mistake}", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -130,3 +130,55 @@ def test_the_first_message_about_a_visit_is_always_its_confirmation(clinic: str)
         ).all()
     assert json.loads(cancelled.stdout)["notice_message"] is None  # nothing: never told
     assert {status for _, status in texts} == {"cancelled"}
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    """`followup ARGS` in-process through the console script's entry point; its exit code."""
+    from followup.cli import main
+
+    monkeypatch.setattr("sys.argv", ["followup", *args])
+    with pytest.raises(SystemExit) as ended:
+        main()
+    return int(ended.value.code or 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("appointments", "cancel", "99999"), "followup: appointment 99999 does not exist\n"),
+        (
+            ("escalations", "ack", "99999", "--by", "sam"),
+            "escalation 99999 does not exist\n",
+        ),
+        (
+            ("providers", "block", "1000000001", "next tuesday", "2026-12-20T10:00"),
+            "followup: Invalid isoformat string: 'next tuesday'\n",
+        ),
+    ],
+)
+def test_ordinary_cli_mistakes_end_in_one_line_and_a_non_zero_exit(
+    clinic: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: tuple[str, ...],
+    said: str,
+) -> None:
+    assert run_main(monkeypatch, *args) == 1
+    assert capsys.readouterr().err == said
+
+
+def test_the_worklist_reads_at_80_columns_with_every_reason_whole(
+    clinic: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    process(clinic, replacing=UNKNOWN)
+    monkeypatch.setenv("COLUMNS", "80")
+
+    assert run_main(monkeypatch, "worklist") == 0
+
+    printed = capsys.readouterr().out
+    assert max(len(line) for line in printed.splitlines()) <= 80
+    with session_scope(clinic) as session:
+        reasons = session.exec(select(Escalation.reason)).all()
+    flowing = " ".join(printed.split())
+    assert reasons and all(" ".join(reason.split()) in flowing for reason in reasons)
+    assert "- reason: ordering provider 1999999999 not in the directory" in printed
