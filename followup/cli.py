@@ -281,7 +281,7 @@ def demo_table(rows: list[dict[str, Any]], settings: Settings) -> Table:
         when = (
             datetime.fromisoformat(appointment["start"])
             .astimezone(settings.site_zone)
-            .strftime("%a %Y-%m-%d %H:%M ")
+            .strftime("%a %Y-%m-%d %H:%M %Z ")
             + appointment["provider"]
             if appointment
             else "-"

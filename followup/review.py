@@ -24,12 +24,13 @@ from followup.messaging import visits
 from followup.ris.scan import PersonName
 from followup.scheduling import EMERGENT, BookingWindow
 from followup.settings import Settings
+from followup.worklist import REVIEWED_KINDS
 from models import booking, queries
 from models.tables import Escalation, EscalationStatus, ImagingStudy, Patient, Provider
 from models.types import utcnow
 
 # Escalation kinds a review run can close: each is a scan the engine could not finish alone.
-REVIEW_KINDS = ("needs_review", "unbookable", "unknown_provider", visits.NO_PHONE_TASK)
+REVIEW_KINDS = REVIEWED_KINDS
 OFFERED_SLOTS = 8
 BOOK = "book the chosen slot"
 CALLED = "called the patient"

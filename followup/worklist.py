@@ -30,6 +30,20 @@ class WorklistTable:
         return f"{self.title}: {len(self.rows)}"
 
 
+# A scan the engine could not finish alone: a review run's form closes these (no_phone is
+# followup.messaging.visits.NO_PHONE_TASK).
+REVIEWED_KINDS = ("needs_review", "unbookable", "unknown_provider", "no_phone")
+
+
+def action_for(kind: str, escalation_id: int | None, accession: str) -> str:
+    """What a person does about an open escalation, short enough to read first in a row."""
+    if kind in CRITICAL_KINDS:
+        return f"a doctor reads it now, then acknowledges {escalation_id} (acknowledge-escalation)"
+    if kind in REVIEWED_KINDS:
+        return f"answer the form of run review-{accession}, or call the patient"
+    return f"act on the reason, then acknowledge {escalation_id} (acknowledge-escalation)"
+
+
 def local_cells(rows: Iterable[Mapping[str, Any]], zone: ZoneInfo) -> list[dict[str, str]]:
     """Datetimes shown in the site's time zone, its abbreviation named; every cell a string."""
 

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from followup.errors import UnknownEscalation
 from followup.ris.scan import PersonName
-from followup.worklist import DueNotice
+from followup.worklist import DueNotice, action_for
 from models import booking, queries
 from models.tables import (
     Appointment,
@@ -98,8 +98,9 @@ def open_escalations(
         query = query.where(col(Escalation.kind).in_(kinds))
     return [
         {
-            # What to do first and whole: the reason is the action a person takes.
-            "reason": escalation.reason,
+            "what to do": action_for(
+                escalation.kind, escalation.id, study.accession if study else "-"
+            ),
             "id": escalation.id,
             "kind": escalation.kind,
             "accession": study.accession if study else "-",
@@ -109,6 +110,7 @@ def open_escalations(
             "notices": escalation.notify_count,
             "for": queries.provider_label(session=session, key=escalation.target)
             or escalation.target,
+            "reason": escalation.reason,  # whole, never cut
         }
         for escalation, study, patient in session.exec(query).all()
     ]

@@ -181,4 +181,4 @@ def test_the_worklist_reads_at_80_columns_with_every_reason_whole(
         reasons = session.exec(select(Escalation.reason)).all()
     flowing = " ".join(printed.split())
     assert reasons and all(" ".join(reason.split()) in flowing for reason in reasons)
-    assert "- reason: ordering provider 1999999999 not in the directory" in printed
+    assert "- what to do: answer the form of run review-ACC2026000101, or call" in printed
