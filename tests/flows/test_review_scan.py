@@ -10,6 +10,7 @@ from sqlmodel import select
 
 from followup import review
 from followup.settings import Settings
+from models import worklist
 from models.db import session_scope
 from models.tables import Appointment, AuditEvent, Escalation, OutboundMessage
 from tests.flows.conftest import UNKNOWN_PROVIDER, run_sample
@@ -33,6 +34,13 @@ def test_a_review_run_suspends_with_its_form_and_books_the_chosen_slot_when_resu
         assert await execute(flow_run.id) is None
         state = await state_of(flow_run.id)
         assert (state.type.value, state.name) == ("PAUSED", "Suspended")
+        with session_scope(settings.database_url) as session:
+            # Unanswered (or timed out), the task stays on the worklist, pointing at the form.
+            [waiting] = worklist.open_escalations(session=session, kinds=review.REVIEW_KINDS)
+        assert (
+            waiting["what to do"]
+            == f"answer the form of run review-{accession}, or call the patient"
+        )
 
         schema, description = await form_of(flow_run.id)
         assert f"Scan {accession} (" in description
