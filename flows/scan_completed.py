@@ -78,7 +78,12 @@ async def decide(inbox_id: int, scan: ScanCompleted, settings: Settings) -> Deci
             decision = nlp.classify_report(scan.report_text, rules, coded_items=scan.coded_items)
         with session_scope(settings.database_url) as session:
             recorded = pipeline.record_decision(
-                session=session, inbox_id=inbox_id, scan=scan, decision=decision, rules=rules
+                session=session,
+                inbox_id=inbox_id,
+                scan=scan,
+                decision=decision,
+                rules=rules,
+                on_call_npi=settings.on_call_provider_npi,
             )
         return Decided(decision, recorded)
 

@@ -106,8 +106,13 @@ def record_decision(
     scan: ScanCompleted,
     decision: routing.Decision,
     rules: RoutingRules,
+    on_call_npi: str | None = None,
 ) -> RecordedStudy:
     """Store patient, study, decision, findings, referrals and the escalations it calls for.
+
+    A critical finding goes to the ordering provider; when they are not in the directory, to
+    the on-call provider (`on_call_npi`), else to the schedulers' queue: never to a bare key
+    nobody owns.
 
     A corrected report supersedes the decision and reconciles the referrals; a cancelled one
     withdraws both; a report older than the study's current one changes nothing (held).
@@ -174,7 +179,7 @@ def record_decision(
             session=session, study_id=study.id, kinds=("needs_review",), decision_id=stored.id
         )
     escalations = []
-    target = scan.ordering_provider.identifier if scan.ordering_provider else "scheduler-queue"
+    target = provider.npi if provider is not None else (on_call_npi or booking.SCHEDULER_QUEUE)
     if decision.critical:
         escalations.append(
             queries.record_escalation(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import select
@@ -24,10 +25,14 @@ UNKNOWN = (b"1000000001^Okafor^Adaeze", b"1999999999^Vance^Iris")
 
 
 def process(
-    database_url: str, *, replacing: tuple[bytes, bytes] | None = None, result_days_ago: int = 0
-) -> dict:  # type: ignore[type-arg]
+    database_url: str,
+    sample: str = "spine_neurology_root_compression.hl7",
+    *,
+    replacing: tuple[bytes, bytes] | None = None,
+    result_days_ago: int = 0,
+) -> dict[str, Any]:
     settings = get_settings(database_url=database_url)
-    raw = (SAMPLES / "hl7" / "spine_neurology_root_compression.hl7").read_bytes()
+    raw = (SAMPLES / "hl7" / sample).read_bytes()
     if replacing is not None:
         raw = raw.replace(*replacing)
     now = datetime.now(settings.site_zone) - timedelta(days=result_days_ago)
@@ -63,6 +68,23 @@ def test_an_unknown_ordering_provider_falls_to_the_on_call_provider_with_a_task(
         reason = session.get_one(Escalation, task["id"]).reason
     assert reason.startswith("ordering provider 1999999999 not in the directory: booked with ")
     assert "on-call Dr. Brennan (NPI 1000000005)" in reason
+
+
+def test_a_critical_finding_of_an_unknown_provider_goes_to_the_on_call_provider(
+    clinic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FOLLOWUP_ON_CALL_PROVIDER_NPI", "1000000001")
+    summary = process(
+        clinic,
+        "spine_critical_cord_compression.hl7",
+        replacing=(b"1000000005^Brennan^Siobhan", b"1999999999^Vance^Iris"),
+    )
+
+    [critical] = [e for e in summary["escalations"] if e["kind"] == "critical_finding"]
+    assert (critical["target"], critical["target_name"]) == (
+        "1000000001",
+        "Dr. Okafor (NPI 1000000001)",
+    )
 
 
 def test_a_later_provider_import_books_the_scans_waiting_for_that_provider(
