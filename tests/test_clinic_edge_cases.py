@@ -204,3 +204,24 @@ def test_the_worklist_reads_at_80_columns_with_every_reason_whole(
     flowing = " ".join(printed.split())
     assert reasons and all(" ".join(reason.split()) in flowing for reason in reasons)
     assert "- what to do: answer the form of run review-ACC2026000101, or call" in printed
+
+
+def test_a_late_report_with_no_free_slot_waits_on_the_waitlist_instead_of_lapsing(
+    clinic: str,
+) -> None:
+    from sqlalchemy import update
+
+    from models import booking
+    from models.tables import Slot, SlotStatus, WaitlistEntry
+
+    with session_scope(clinic) as session:
+        session.execute(update(Slot).values(status=SlotStatus.BLOCKED))
+    summary = process(clinic, result_days_ago=20)
+    assert summary["appointment"] is None
+
+    with session_scope(clinic) as session:
+        booking.expire_offers(session=session, now=utcnow())
+    with session_scope(clinic) as session:
+        [entry] = session.exec(select(WaitlistEntry)).all()
+        assert entry.resolved_at is None
+        assert entry.window_end > utcnow() + timedelta(days=6)
