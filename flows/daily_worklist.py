@@ -21,7 +21,7 @@ async def gather_worklist(settings: Settings) -> list[WorklistTable]:
     local_today = now.astimezone(settings.site_zone).date()
     day_start = datetime.combine(local_today, time.min, tzinfo=settings.site_zone)
     with session_scope(settings.database_url) as session:
-        escalations = worklist.open_escalations(session=session, now=now)
+        escalations = worklist.open_escalations(session=session)
         return worklist_tables(
             bookings=worklist.bookings_between(
                 session=session, start=day_start, end=day_start + timedelta(days=1)

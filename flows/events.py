@@ -62,6 +62,25 @@ def emit_for_inbox(
     return emitted is not None
 
 
+REVIEW_EVENT = "followup.review.needed"
+
+
+def emit_review_needed(*, accession: str, task_ids: list[int]) -> bool:
+    """Ask for a review run of the study (prefect.yaml's review-scan trigger). The id follows
+    the open tasks, so a repeat for the same tasks is dropped and new tasks ask again; lost,
+    the tasks still wait on the worklist."""
+    emitted = emit_event(
+        event=REVIEW_EVENT,
+        resource={
+            "prefect.resource.id": f"ris.study.{accession}",
+            "prefect.resource.name": accession,
+        },
+        payload={"accession": accession},
+        id=uuid5(NAMESPACE, f"review:{accession}:{sorted(task_ids)}"),
+    )
+    return emitted is not None
+
+
 def emit_scan_completed(receipt: Receipt) -> None:
     """The gateway's `on_accepted` callback: the event of the row a run should take, which
     for a resend of a still unclaimed message is the original's, under the original's id."""

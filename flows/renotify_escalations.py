@@ -45,7 +45,7 @@ async def find_due_notices(
         due = worklist.due_notices(
             session=session, kinds=CRITICAL_KINDS, due_before=due_before, now=now
         )
-        rows = worklist.open_escalations(session=session, kinds=CRITICAL_KINDS, now=now)
+        rows = worklist.open_escalations(session=session, kinds=CRITICAL_KINDS)
     return due, critical_table(rows, settings.site_zone)
 
 

@@ -27,8 +27,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.daily_worklist import daily_worklist
+from flows.events import emit_review_needed
 from flows.hooks import publish_needs_attention
-from followup import pipeline, routing
+from followup import pipeline, review, routing
 from followup.redaction import install_redaction
 from followup.ris.scan import ScanCompleted
 from followup.rules import load_rules
@@ -77,7 +78,12 @@ async def decide(inbox_id: int, scan: ScanCompleted, settings: Settings) -> Deci
             decision = nlp.classify_report(scan.report_text, rules, coded_items=scan.coded_items)
         with session_scope(settings.database_url) as session:
             recorded = pipeline.record_decision(
-                session=session, inbox_id=inbox_id, scan=scan, decision=decision, rules=rules
+                session=session,
+                inbox_id=inbox_id,
+                scan=scan,
+                decision=decision,
+                rules=rules,
+                on_call_npi=settings.on_call_provider_npi,
             )
         return Decided(decision, recorded)
 
@@ -180,6 +186,9 @@ async def scan_completed(inbox_id: int, accession: str = "") -> dict[str, Any]:
         await mark_failed(inbox_id, error, settings)
         raise
     await publish_summary(summary)
+    waiting = review.tasks_for_a_person(summary)
+    if waiting:
+        emit_review_needed(accession=summary["accession"], task_ids=waiting)
     if summary.get("escalations"):
         # Escalations must not wait for the 07:00 refresh of the schedulers' tables.
         await daily_worklist()

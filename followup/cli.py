@@ -14,7 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from followup.errors import FollowupError
 from followup.settings import PROJECT_ROOT, Settings, get_settings
+from followup.worklist import as_text
 
 app = typer.Typer(help="MRI follow-up and referral engine.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -279,7 +281,7 @@ def demo_table(rows: list[dict[str, Any]], settings: Settings) -> Table:
         when = (
             datetime.fromisoformat(appointment["start"])
             .astimezone(settings.site_zone)
-            .strftime("%a %Y-%m-%d %H:%M ")
+            .strftime("%a %Y-%m-%d %H:%M %Z ")
             + appointment["provider"]
             if appointment
             else "-"
@@ -398,6 +400,7 @@ def providers_import(
     """Import providers, weekly hours and availability; print what was stored and skipped."""
     from dataclasses import asdict
 
+    from followup import pipeline
     from followup.calendars import CalendarImportError, read_calendar_files
     from models import booking
     from models.db import migrate, session_scope
@@ -417,7 +420,13 @@ def providers_import(
             days=days,
             closed_days=_closed_days(settings, session),
         )
-    _print_json(asdict(report))
+        waiting = pipeline.book_waiting_scans(session=session, settings=settings)
+    _print_json(
+        {
+            **asdict(report),
+            "waiting_scans_booked": [o.appointment_id for o in waiting if o.appointment_id],
+        }
+    )
 
 
 @providers_app.command("slots")
@@ -985,15 +994,22 @@ def show_worklist() -> None:
     from flows.daily_worklist import gather_worklist
 
     settings = get_settings()
-    console = Console()
-    for table in asyncio.run(gather_worklist.fn(settings)):
-        view = Table(title=table.description)
-        columns = list(table.rows[0]) if table.rows else ["status"]
-        for column in columns:
-            view.add_column(column)
-        for row in table.rows or [{"status": "nothing to do"}]:
-            view.add_row(*(row[column] for column in columns))
-        console.print(view)
+    typer.echo(as_text(asyncio.run(gather_worklist.fn(settings)), width=Console().width))
+
+
+# What a person can get wrong at the command line (an unknown id, a date that does not
+# parse, an action the engine refuses): one line and exit code 1, not a traceback. Anything
+# else is a defect and keeps its traceback.
+ORDINARY_MISTAKES = (FollowupError, LookupError, ValueError)
+
+
+def main() -> None:
+    """The `followup` command."""
+    try:
+        app()
+    except ORDINARY_MISTAKES as mistake:
+        typer.echo(f"followup: {mistake}", err=True)
+        raise SystemExit(1) from None
 
 
 # --- the EHR outbox ------------------------------------------------------------------------------
@@ -1072,4 +1088,4 @@ def ehr_skip(
 
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -107,8 +107,13 @@ def record_decision(
     scan: ScanCompleted,
     decision: routing.Decision,
     rules: RoutingRules,
+    on_call_npi: str | None = None,
 ) -> RecordedStudy:
     """Store patient, study, decision, findings, referrals and the escalations it calls for.
+
+    A critical finding goes to the ordering provider; when they are not in the directory, to
+    the on-call provider (`on_call_npi`), else to the schedulers' queue: never to a bare key
+    nobody owns.
 
     A corrected report supersedes the decision and reconciles the referrals; a cancelled one
     withdraws both; a report older than the study's current one changes nothing (held).
@@ -175,7 +180,7 @@ def record_decision(
             session=session, study_id=study.id, kinds=("needs_review",), decision_id=stored.id
         )
     escalations = []
-    target = scan.ordering_provider.identifier if scan.ordering_provider else "scheduler-queue"
+    target = provider.npi if provider is not None else (on_call_npi or booking.SCHEDULER_QUEUE)
     if decision.critical:
         escalations.append(
             queries.record_escalation(
@@ -333,11 +338,45 @@ def book_follow_up(
         # has (counting again from it would move a visit for nothing).
         return BookingOutcome(existing.id, None, "already booked")
     if recorded.ordering_provider_id is None and existing is None:
-        reason = f"ordering provider {study.ordering_provider_key or '(none)'} not in the directory"
-        return _unbookable(session, study, reason)
+        key = study.ordering_provider_key or "(none)"
+        unknown = f"ordering provider {key} not in the directory"
+        on_call = (
+            queries.provider_by_npi(session=session, npi=settings.on_call_provider_npi)
+            if settings.on_call_provider_npi
+            else None
+        )
+        if on_call is None or on_call.id is None:
+            return _unbookable(session, study, unknown)
+        # The visit must not wait for the directory: the on-call provider takes it, and a
+        # person learns whose patient it is (a later import of the provider closes the task).
+        queries.record_escalation(
+            session=session,
+            study_id=recorded.study_id,
+            kind="unknown_provider",
+            reason=f"{unknown}: booked with the on-call {on_call.display_name} (NPI "
+            f"{on_call.npi}); import the provider (followup providers import) or confirm",
+            target=booking.SCHEDULER_QUEUE,
+        )
+        recorded = replace(recorded, ordering_provider_id=on_call.id)
     if study.final_at is None:
         return _unbookable(session, study, "no exam or result time to count the window from")
-    window, closed_days = _window(session, study, recorded.urgency, settings)
+    window, closed_days = due_window(
+        session=session, study=study, urgency=recorded.urgency, settings=settings
+    )
+    if window.latest <= now:
+        # A late report (its window passed before it arrived): the earliest slot from now
+        # within the tier's length, said in the audit trail and the booking's reason; its
+        # waitlist entry, if any, waits in that window rather than lapsing at once.
+        passed = window.describe(settings.site_zone)
+        window = window.from_now(now)
+        queries.audit(
+            session=session,
+            actor=ACTOR,
+            action="booking.window_passed",
+            entity="study",
+            entity_id=study.id,
+            detail={"passed": passed, "searching": window.describe(settings.site_zone)},
+        )
     patient = session.get(Patient, recorded.patient_id)
     assert patient is not None
     if existing is not None:
@@ -381,9 +420,10 @@ def book_follow_up(
     return _unbookable(session, study, f"{result.reason}; waitlisted for a freed slot")
 
 
-def _window(
-    session: Session, study: ImagingStudy, urgency: str, settings: Settings
+def due_window(
+    *, session: Session, study: ImagingStudy, urgency: str, settings: Settings
 ) -> tuple[BookingWindow, frozenset[date]]:
+    """The tier's booking window counted from the study's result, and the site's closed days."""
     assert study.final_at is not None
     closed_days = booking.site_closed_days(
         session=session,
@@ -478,6 +518,46 @@ def _move_follow_up(
     return BookingOutcome(result.booked.appointment_id, None, f"moved: {result.reason}")
 
 
+def book_waiting_scans(
+    *, session: Session, settings: Settings, now: datetime | None = None
+) -> list[BookingOutcome]:
+    """After a provider import: scans whose ordering provider was unknown are linked to them,
+    their unknown-provider and no-slot tasks closed, and those with nothing booked yet booked
+    as their first run would have (with reminders)."""
+    now = now or utcnow()
+    outcomes = []
+    for study, provider in queries.studies_awaiting_provider(session=session):
+        assert study.id is not None and provider.id is not None
+        study.ordering_provider_id = provider.id
+        session.add(study)
+        queries.close_escalations(
+            session=session,
+            study_id=study.id,
+            kinds=("unknown_provider", "unbookable"),
+            by="provider-import",
+            why=f"ordering provider {provider.display_name} (NPI {provider.npi}) imported",
+        )
+        decision = queries.current_decision(session=session, study_id=study.id)
+        if decision is None or booking.active_follow_up(session=session, study_id=study.id):
+            continue
+        recorded = RecordedStudy(
+            study_id=study.id,
+            patient_id=study.patient_id,
+            decision_id=decision.id,
+            ordering_provider_id=provider.id,
+            urgency=decision.urgency,
+            critical=decision.critical,
+            held=False,
+        )
+        outcome = book_follow_up(session=session, recorded=recorded, settings=settings, now=now)
+        if outcome.appointment_id is not None:
+            schedule_reminders(
+                session=session, appointment_id=outcome.appointment_id, settings=settings, now=now
+            )
+        outcomes.append(outcome)
+    return outcomes
+
+
 def _retier(session: Session, kept: Appointment, window: BookingWindow) -> None:
     """A visit kept through a tier change belongs to the new decision: a reschedule asked
     later searches the window it is due in now, not the one it was booked in."""
@@ -557,15 +637,18 @@ def schedule_reminders(
     as the CLI and SMS paths plan them.
 
     A visit that replaced another (moved after a corrected report) gets the `reschedule` text
-    instead of the confirmation: the patient already had one for the old time.
+    instead of the confirmation when the patient was told of the old time.
     """
     replaced = queries.replaced_appointment(session=session, appointment_id=appointment_id)
+    told = replaced is not None and replaced.id is not None and queries.patient_told_of(
+        session=session, appointment_id=replaced.id
+    )
     texts = visits.plan_visit_texts(
         session=session,
         appointment_id=appointment_id,
         settings=settings,
         now=now,
-        notice="reschedule" if replaced is not None else "confirmation",
+        notice="reschedule" if told else "confirmation",
     )
     return [*([texts.notice] if texts.notice is not None else []), *texts.reminders]
 

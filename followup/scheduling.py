@@ -47,6 +47,14 @@ class BookingWindow:
         earliest = max(self.earliest, moment + timedelta(seconds=1))
         return BookingWindow(earliest=earliest, latest=max(earliest, self.latest), tier=self.tier)
 
+    def from_now(self, now: datetime) -> BookingWindow:
+        """The part still ahead of `now`; a window already passed becomes one as long, from
+        now (a late report is still seen within its tier's length, the earliest slot first)."""
+        if self.latest > now:
+            return self.starting_after(now)
+        length = self.latest - self.earliest
+        return BookingWindow(earliest=now, latest=now + length, tier=self.tier)
+
     def describe(self, zone: ZoneInfo) -> str:
         first = self.earliest.astimezone(zone).date()
         last = (self.latest.astimezone(zone) - timedelta(microseconds=1)).date()

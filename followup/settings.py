@@ -148,6 +148,15 @@ class Settings(BaseSettings):
     escalation_renotify_minutes: int = Field(
         default=15, ge=1, validation_alias="FOLLOWUP_ESCALATION_RENOTIFY_MINUTES"
     )
+    # Who sees a scan whose ordering provider is not in the directory (their NPI): the booking
+    # falls to them and their practice, and a task names the unknown provider. Unset: such a
+    # scan waits for a person on the worklist.
+    on_call_provider_npi: str | None = Field(
+        default=None, validation_alias="FOLLOWUP_ON_CALL_PROVIDER_NPI"
+    )
+    # How long a review run waits for its form before Prefect ends it (Failed); its tasks stay
+    # open on the worklist either way.
+    review_wait_hours: int = Field(default=72, ge=1, validation_alias="FOLLOWUP_REVIEW_WAIT_HOURS")
     # The Prefect notification block re-notices go through, as `<block-type-slug>/<name>`
     # (e.g. `slack-webhook/critical-findings`). None: the flow logs and refreshes the
     # critical-findings artifact only.

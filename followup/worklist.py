@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,12 +30,26 @@ class WorklistTable:
         return f"{self.title}: {len(self.rows)}"
 
 
+# A scan the engine could not finish alone: a review run's form closes these (no_phone is
+# followup.messaging.visits.NO_PHONE_TASK).
+REVIEWED_KINDS = ("needs_review", "unbookable", "unknown_provider", "no_phone")
+
+
+def action_for(kind: str, escalation_id: int | None, accession: str) -> str:
+    """What a person does about an open escalation, short enough to read first in a row."""
+    if kind in CRITICAL_KINDS:
+        return f"a doctor reads it now, then acknowledges {escalation_id} (acknowledge-escalation)"
+    if kind in REVIEWED_KINDS:
+        return f"answer the form of run review-{accession}, or call the patient"
+    return f"act on the reason, then acknowledge {escalation_id} (acknowledge-escalation)"
+
+
 def local_cells(rows: Iterable[Mapping[str, Any]], zone: ZoneInfo) -> list[dict[str, str]]:
-    """Datetimes shown in the site's time zone; every cell a string; empty tables say so."""
+    """Datetimes shown in the site's time zone, its abbreviation named; every cell a string."""
 
     def cell(value: Any) -> str:
         if isinstance(value, datetime):
-            return value.astimezone(zone).strftime("%a %Y-%m-%d %H:%M")
+            return value.astimezone(zone).strftime("%a %Y-%m-%d %H:%M %Z")
         return "-" if value is None else str(value)
 
     return [{column: cell(value) for column, value in row.items()} for row in rows]
@@ -72,6 +87,26 @@ def failed_messages_table(rows: list[dict[str, Any]], zone: ZoneInfo) -> Worklis
 def critical_table(rows: list[dict[str, Any]], zone: ZoneInfo) -> WorklistTable:
     """The critical-findings table alone, as `worklist_tables` builds it (re-notify refresh)."""
     return WorklistTable(CRITICAL_KEY, CRITICAL_TITLE, local_cells(rows, zone))
+
+
+def as_text(tables: Iterable[WorklistTable], *, width: int) -> str:
+    """The tables for a terminal of `width` columns: each row a record, its first cell (what
+    to do) as the heading and the others as `column: value` lines, every value wrapped, never
+    cut."""
+    lines: list[str] = []
+    for table in tables:
+        lines += [table.description, "=" * min(width, len(table.description))]
+        if not table.rows:
+            lines += ["nothing to do", ""]
+        for row in table.rows:
+            (first, heading), *others = row.items()
+            lines += textwrap.wrap(f"- {first}: {heading}", width, subsequent_indent="    ")
+            for column, value in others:
+                lines += textwrap.wrap(
+                    f"{column}: {value}", width, initial_indent="    ", subsequent_indent="      "
+                )
+            lines.append("")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True, slots=True)

@@ -695,6 +695,63 @@ def book_with_fallback(
     return BookingResult(booked=None, reason="; ".join(fallbacks), fallbacks=tuple(fallbacks))
 
 
+def free_slots(
+    *,
+    session: Session,
+    provider_ids: Sequence[int],
+    earliest: datetime,
+    latest: datetime,
+    limit: int,
+) -> list[_FreeSlot]:
+    """The earliest free slots of these providers in [earliest, latest), by time: what a
+    person reviewing a scan is offered (nothing is taken)."""
+    return list(
+        map(
+            _FreeSlot._make,
+            session.execute(
+                _FREE_PAGE.limit(limit),
+                {
+                    "providers": list(provider_ids),
+                    "earliest": earliest,
+                    "latest": latest,
+                    "after_start": earliest,
+                    "after_id": 0,
+                },
+            ),
+        )
+    )
+
+
+def book_slot(
+    *,
+    session: Session,
+    slot_id: int,
+    patient_id: int,
+    study_id: int | None,
+    window: BookingWindow,
+    actor: str,
+) -> int | None:
+    """Book the slot a person chose; None when it is no longer free."""
+    slot = session.get(Slot, slot_id)
+    if slot is None:
+        raise BookingError(f"slot {slot_id} does not exist")
+    if not _move_slot(session, slot_id, SlotStatus.FREE, SlotStatus.BOOKED):
+        return None
+    appointment_id = _insert_appointment(
+        session, slot, patient_id=patient_id, study_id=study_id, window=window
+    )
+    audit(
+        session=session,
+        actor=actor,
+        action="appointment.booked",
+        entity="appointment",
+        entity_id=appointment_id,
+        detail={"study_id": study_id, "slot_id": slot_id, "provider_id": slot.provider_id,
+                "step": "chosen by a person"},
+    )
+    return appointment_id
+
+
 def _provider(session: Session, provider_id: int) -> Provider:
     provider = session.get(Provider, provider_id)
     if provider is None:

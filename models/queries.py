@@ -524,3 +524,154 @@ def messages_for_appointment(*, session: Session, appointment_id: int) -> list[O
             .order_by(col(OutboundMessage.scheduled_for))
         )
     )
+
+
+def provider_by_npi(*, session: Session, npi: str) -> Provider | None:
+    return session.exec(select(Provider).where(Provider.npi == npi)).first()
+
+
+def active_providers(*, session: Session) -> list[Provider]:
+    return list(
+        session.exec(select(Provider).where(col(Provider.active)).order_by(col(Provider.id)))
+    )
+
+
+def fallback_providers(*, session: Session, provider: Provider) -> list[Provider]:
+    """The provider, their covering provider and their practice's colleagues, active ones only,
+    in that order (the booking fallback chain's people)."""
+    chain = [provider]
+    if provider.covering_provider_id is not None:
+        covering = session.get(Provider, provider.covering_provider_id)
+        if covering is not None:
+            chain.append(covering)
+    chain += session.exec(
+        select(Provider)
+        .where(Provider.practice == provider.practice, col(Provider.id) != provider.id)
+        .order_by(col(Provider.id))
+    ).all()
+    unique = {p.id: p for p in chain if p.active}  # one entry each, in first-seen order
+    return list(unique.values())
+
+
+def finding_labels(*, session: Session, decision: Decision) -> list[str]:
+    """The decision's finding labels, affirmed ones first, each once; negated ones marked."""
+    findings = session.exec(
+        select(Finding).where(Finding.decision_id == decision.id).order_by(col(Finding.id))
+    ).all()
+    labels = [
+        f.label + (" (uncertain)" if f.uncertain else "") for f in findings if not f.negated
+    ]
+    labels += [f"no {f.label}" for f in findings if f.negated]
+    return list(dict.fromkeys(labels))
+
+
+def review_decision(
+    *, session: Session, study_id: int, urgency: str, referrals: list[str], by: str
+) -> bool:
+    """A person's reading of the report: when it changes the urgency or the referrals, a new
+    current decision supersedes the engine's (referrals reconciled) and True; else nothing."""
+    previous = current_decision(session=session, study_id=study_id)
+    if previous is None:
+        return False
+    if previous.urgency == urgency and sorted(previous.referrals) == sorted(referrals):
+        return False
+    previous.superseded_at = utcnow()
+    session.add(previous)
+    reviewed = Decision(
+        study_id=study_id,
+        inbox_id=previous.inbox_id,
+        urgency=urgency,
+        critical=previous.critical,
+        needs_review=False,
+        referrals=sorted(referrals),
+        additional_testing=list(previous.additional_testing),
+        rules_version=previous.rules_version,
+        explanation=f"reviewed by {by}: urgency {urgency}, referrals "
+        f"{', '.join(sorted(referrals)) or 'none'}\n{previous.explanation}",
+    )
+    session.add(reviewed)
+    session.flush()
+    reconcile_referrals(
+        session=session,
+        decision=reviewed,
+        reasons={s: (f"{s}: referred on review by {by}", False) for s in referrals},
+        actor=by,
+    )
+    audit(
+        session=session,
+        actor=by,
+        action="decision.reviewed",
+        entity="study",
+        entity_id=study_id,
+        detail={"decision_id": reviewed.id, "supersedes": previous.id, "urgency": urgency,
+                "referrals": sorted(referrals)},
+    )
+    return True
+
+
+def studies_awaiting_provider(*, session: Session) -> list[tuple[ImagingStudy, Provider]]:
+    """Studies whose ordering provider was not in the directory when they came, with the
+    provider now there under that key."""
+    return [
+        (study, provider)
+        for study, provider in session.exec(
+            select(ImagingStudy, Provider)
+            .join(Provider, col(Provider.npi) == col(ImagingStudy.ordering_provider_key))
+            .where(col(ImagingStudy.ordering_provider_id).is_(None))
+            .order_by(col(ImagingStudy.id))
+        ).all()
+    ]
+
+
+def close_escalations(
+    *, session: Session, study_id: int, kinds: tuple[str, ...], by: str, why: str
+) -> list[int]:
+    """Close the study's open escalations of `kinds` (nobody needs to act on them any more)."""
+    closed = []
+    for escalation in escalations_for_study(session=session, study_id=study_id):
+        if escalation.kind in kinds and escalation.status == EscalationStatus.OPEN:
+            escalation.status = EscalationStatus.ACKNOWLEDGED
+            escalation.acknowledged_at = utcnow()
+            escalation.acknowledged_by = by
+            session.add(escalation)
+            assert escalation.id is not None
+            closed.append(escalation.id)
+            audit(
+                session=session,
+                actor=by,
+                action="escalation.acknowledged",
+                entity="escalation",
+                entity_id=escalation.id,
+                detail={"kind": escalation.kind, "via": by, "why": why},
+            )
+    session.flush()
+    return closed
+
+
+# A text in one of these states reached Twilio (or the dry-run outbox that stands in for it).
+TOLD_STATUSES = (
+    OutboundStatus.QUEUED,
+    OutboundStatus.SENDING,
+    OutboundStatus.SENT,
+    OutboundStatus.DELIVERED,
+    OutboundStatus.DRY_RUN,
+)
+
+
+def patient_told_of(*, session: Session, appointment_id: int) -> bool:
+    """Whether any text about this visit, or a visit it replaced, has gone out: until one
+    has, the patient's first message about it must be its confirmation (a "moved" or
+    "cancelled" text about a visit they never heard of is noise, or alarming)."""
+    current: int | None = appointment_id
+    while current is not None:
+        told = session.exec(
+            select(OutboundMessage.id).where(
+                OutboundMessage.appointment_id == current,
+                col(OutboundMessage.status).in_(TOLD_STATUSES),
+            )
+        ).first()
+        if told is not None:
+            return True
+        replaced = replaced_appointment(session=session, appointment_id=current)
+        current = replaced.id if replaced is not None else None
+    return False

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from followup.errors import UnknownEscalation
 from followup.ris.scan import PersonName
-from followup.worklist import DueNotice
+from followup.worklist import DueNotice, action_for
 from models import booking, ehr_outbox, queries
 from models.tables import (
     Appointment,
@@ -30,7 +30,6 @@ from models.tables import (
     Provider,
     Referral,
 )
-from models.types import utcnow
 
 WorklistRow = dict[str, Any]
 
@@ -86,9 +85,8 @@ def bookings_between(*, session: Session, start: datetime, end: datetime) -> lis
 
 
 def open_escalations(
-    *, session: Session, kinds: Sequence[str] | None = None, now: datetime | None = None
+    *, session: Session, kinds: Sequence[str] | None = None
 ) -> list[WorklistRow]:
-    now = now or utcnow()
     query = (
         select(Escalation, ImagingStudy, Patient)
         .join(ImagingStudy, col(ImagingStudy.id) == col(Escalation.study_id), isouter=True)
@@ -100,14 +98,19 @@ def open_escalations(
         query = query.where(col(Escalation.kind).in_(kinds))
     return [
         {
+            "what to do": action_for(
+                escalation.kind, escalation.id, study.accession if study else "-"
+            ),
             "id": escalation.id,
             "kind": escalation.kind,
             "accession": study.accession if study else "-",
             "patient": _initials(patient),
-            "waiting (min)": int((now - escalation.created_at).total_seconds() // 60),
+            # A time, not an age: an age is stale the moment the table is published.
+            "since": escalation.created_at,
             "notices": escalation.notify_count,
-            "for": escalation.target,
-            "reason": escalation.reason[:160],
+            "for": queries.provider_label(session=session, key=escalation.target)
+            or escalation.target,
+            "reason": escalation.reason,  # whole, never cut
         }
         for escalation, study, patient in session.exec(query).all()
     ]

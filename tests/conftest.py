@@ -91,3 +91,62 @@ def seed_clinic(database_url: str) -> None:
             first_day=today,
             closed_days=site_holidays("US", None, (today.year, today.year + 1)),
         )
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright's own download is not used
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's Chromium for the browser tests: skipped without it, except under CI (.ci/run
+    installs it), where a missing browser is a broken CI."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} missing under CI (apt-get install -y chromium)")
+        pytest.skip(f"{CHROMIUM} missing (apt-get install -y chromium)")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def prefect_ui_server(chromium: Path) -> Iterator[str]:
+    """A real `prefect server start` (API and UI) on a free 127.0.0.1 port, shared by the
+    browser tests; its base URL. The test harness's server serves no UI."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    base = f"http://127.0.0.1:{port}"
+    home = tempfile.mkdtemp(prefix="followup-prefect-ui-")
+    env = {
+        **os.environ,
+        "PREFECT_HOME": home,
+        "PREFECT_API_URL": f"{base}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    listen = ["--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(
+        [*(sys.executable, "-m", "prefect", "server", "start"), *listen],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("prefect server did not start") from None
+                time.sleep(0.5)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(home, ignore_errors=True)

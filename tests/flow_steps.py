@@ -30,7 +30,12 @@ def run_flow_steps(database_url: str, inbox_id: int) -> dict[str, Any]:
     decision = nlp.classify_report(scan.report_text, rules, coded_items=scan.coded_items)
     with session_scope(database_url) as session:
         recorded = pipeline.record_decision(
-            session=session, inbox_id=inbox_id, scan=scan, decision=decision, rules=rules
+            session=session,
+            inbox_id=inbox_id,
+            scan=scan,
+            decision=decision,
+            rules=rules,
+            on_call_npi=settings.on_call_provider_npi,
         )
     if not recorded.held:
         with session_scope(database_url) as session:

@@ -190,11 +190,13 @@ def cancel_visit(
     the waitlist by text. Cancelling a cancelled or past visit tells nobody anything."""
     before = session.get(Appointment, appointment_id)
     was_active = before is not None and before.status in ACTIVE_APPOINTMENT_STATUSES
+    # Never told of the visit (its confirmation unsent): its cancellation is not news to them.
+    told = queries.patient_told_of(session=session, appointment_id=appointment_id)
     result = booking.cancel_appointment(
         session=session, appointment_id=appointment_id, reason=reason, now=now, actor=actor
     )
     notice = None
-    if was_active and result.appointment.start > now:
+    if was_active and told and result.appointment.start > now:
         _, patient, provider = _visit(session, appointment_id)
         planned = plan_visit_notice(
             _details(result.appointment.start, provider, settings),
@@ -231,7 +233,9 @@ def reschedule_visit(
 ) -> Changed[booking.RescheduleResult]:
     """Move the visit to the next fitting slot (the old one's unsent texts are cancelled), plan
     the reschedule notice and the new visit's reminders, and offer the freed slot to the
-    waitlist by text. When nothing fits, the booking operation's escalation and no texts."""
+    waitlist by text. When nothing fits, the booking operation's escalation and no texts.
+    A patient never told of the old time gets the new one's confirmation instead."""
+    told = queries.patient_told_of(session=session, appointment_id=appointment_id)
     result = booking.reschedule_appointment(
         session=session,
         appointment_id=appointment_id,
@@ -247,7 +251,7 @@ def reschedule_visit(
         appointment_id=result.appointment.id,
         settings=settings,
         now=now,
-        notice="reschedule",
+        notice="reschedule" if told else "confirmation",
         answering=answering,
     )
     offers = enqueue_offer_texts(session=session, offers=[result.offer], settings=settings, now=now)

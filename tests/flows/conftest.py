@@ -40,19 +40,30 @@ class Accepted(NamedTuple):
     accession: str
 
 
-def receive_sample(settings: Settings, sample: str) -> Accepted:
-    """An HL7 sample restamped for today, stored and accepted as the gateway would."""
-    raw = restamp_for_today(
-        (SAMPLES / "hl7" / sample).read_bytes(), now=datetime.now(settings.site_zone)
-    )
+# An ordering provider the demo clinic's directory does not have, for a sample's own.
+UNKNOWN_PROVIDER = (b"1000000003^Ramanathan^Priya", b"1999999999^Vance^Iris")
+
+
+def receive_sample(
+    settings: Settings, sample: str, *, replacing: tuple[bytes, bytes] | None = None
+) -> Accepted:
+    """An HL7 sample restamped for today, stored and accepted as the gateway would
+    (`replacing`: one byte string swapped for another first)."""
+    raw = (SAMPLES / "hl7" / sample).read_bytes()
+    if replacing is not None:
+        assert replacing[0] in raw
+        raw = raw.replace(*replacing)
+    raw = restamp_for_today(raw, now=datetime.now(settings.site_zone))
     with session_scope(settings.database_url) as session:
         receipt = receive_message(session=session, raw=raw, source="test", settings=settings)
     assert receipt.run_inbox_id is not None and receipt.accession is not None
     return Accepted(receipt.run_inbox_id, receipt.accession)
 
 
-def run_sample(settings: Settings, sample: str) -> dict[str, Any]:
+def run_sample(
+    settings: Settings, sample: str, *, replacing: tuple[bytes, bytes] | None = None
+) -> dict[str, Any]:
     from flows.scan_completed import scan_completed
 
-    accepted = receive_sample(settings, sample)
+    accepted = receive_sample(settings, sample, replacing=replacing)
     return asyncio.run(scan_completed(inbox_id=accepted.inbox_id, accession=accepted.accession))

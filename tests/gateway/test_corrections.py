@@ -30,6 +30,7 @@ from models.tables import (
     ImagingStudy,
     InboxStatus,
     OutboundMessage,
+    OutboundStatus,
     Patient,
     Referral,
 )
@@ -122,6 +123,14 @@ def test_routine_corrected_to_urgent_moves_the_visit_and_replaces_its_texts(
     first = ingest(settings, message(settings, NEURO.read_bytes()))
     routine_id = first["appointment"]["id"]
     assert 7 <= days_after_result(settings, first) <= 14
+    with session_scope(settings.database_url) as session:
+        # Its confirmation went out (dry run): the patient knows the routine time.
+        [confirmation] = [
+            m
+            for m in queries.messages_for_appointment(session=session, appointment_id=routine_id)
+            if m.kind == "confirmation"
+        ]
+        confirmation.status = OutboundStatus.DRY_RUN
 
     corrected = ingest(settings, corrected_to_urgent(settings))
 
@@ -141,7 +150,10 @@ def test_routine_corrected_to_urgent_moves_the_visit_and_replaces_its_texts(
         old = session.get(Appointment, routine_id)
         assert old is not None
         assert (old.status, old.replaced_by_id) == ("cancelled", urgent["id"])
-        assert {status for _, status in messages_of(session, routine_id)} == {"cancelled"}
+        assert {status for _, status in messages_of(session, routine_id)} == {
+            "cancelled",
+            "dry_run",
+        }
         decisions = all_rows(session, Decision)
         assert [d.urgency for d in decisions] == ["routine", "urgent"]
         assert decisions[0].superseded_at is not None and decisions[1].superseded_at is None

@@ -13,7 +13,7 @@ from followup.settings import Settings, get_settings
 from models import booking
 from models import messaging_queries as mq
 from models.db import session_scope
-from models.tables import OutboundMessage, WaitlistEntry, WaitlistOffer
+from models.tables import OutboundMessage, OutboundStatus, WaitlistEntry, WaitlistOffer
 from tests.sms.conftest import NOW, TEMPLATES, Clock, World, dispatcher, twilio_sender
 
 OTHER_PHONE = "+15555550177"
@@ -47,7 +47,9 @@ def offers(world: World) -> list[WaitlistOffer]:
 def test_a_freed_slot_is_offered_by_text_in_the_waiting_patients_language_and_zone(
     world: World, settings: Settings
 ) -> None:
-    visit = world.visit(world.patient(), VISIT)
+    told = world.patient()
+    visit = world.visit(told, VISIT)
+    world.message(told, kind="confirmation", appointment_id=visit, status=OutboundStatus.SENT)
     waiting = world.patient(phone=OTHER_PHONE, timezone="America/Chicago", language="es")
     entry = world.waitlist(waiting)
 
