@@ -188,7 +188,7 @@ def test_an_ae_is_held_on_the_worklist_and_later_changes_wait_behind_it(
         [task] = session.exec(
             select(Escalation).where(col(Escalation.kind) == "ehr_message_held")
         ).all()
-        shown = worklist.open_escalations(session=session, now=clock.now)
+        shown = worklist.open_escalations(session=session)
     assert f"followup ehr release {visit_rows[0].id}" in task.reason
     assert task.id in {row["id"] for row in shown}
 
