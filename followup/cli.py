@@ -459,12 +459,15 @@ def providers_block(
     end: Annotated[str, typer.Argument(help="ISO time; site time zone when no offset")],
     reason: Annotated[str, typer.Option(help="why (vacation, conference, ...)")] = "",
 ) -> None:
-    """Block a provider's time; prints the appointments that now need moving."""
+    """Block a provider's time and move the visits booked in it (the same provider's next
+    slot, else the fallback chain), texting each patient; a visit nothing fits goes on the
+    schedulers' worklist."""
     from sqlmodel import select
 
-    from models import booking
+    from followup.services import moves
     from models.db import migrate, session_scope
     from models.tables import Provider
+    from models.types import utcnow
 
     settings = get_settings()
     migrate(settings.database_url)
@@ -473,15 +476,41 @@ def providers_block(
         if provider is None or provider.id is None:
             err.print(f"[red]no provider with NPI {npi}[/red]")
             raise typer.Exit(code=1)
-        change = booking.add_blocked_period(
+        block = moves.block_provider_time(
             session=session,
             provider_id=provider.id,
             start=_aware(start, settings),
             end=_aware(end, settings),
             reason=reason,
+            settings=settings,
+            now=utcnow(),
             actor="cli",
         )
-    _print_json({"slots_blocked": change.blocked_slots, "conflicts": list(change.conflicts)})
+        summary = {
+            "slots_blocked": block.slots_blocked,
+            "conflicts": [move.previous.id for move in block.moves],
+            "moved": [_moved(move) for move in block.moves if move.appointment is not None],
+            "worklist": [
+                {"appointment": move.previous.id, "task": move.task_id, "reason": move.reason}
+                for move in block.moves
+                if move.appointment is None
+            ],
+        }
+    _print_json(summary)
+
+
+def _moved(move: Any) -> dict[str, Any]:
+    """A move's summary: the old visit, the new one and its start, the texts it stored."""
+    return {
+        "previous": move.previous.id,
+        "appointment": move.appointment.id if move.appointment else None,
+        "start": move.appointment.start if move.appointment else None,
+        "task": move.task_id,
+        "reason": move.reason,
+        "notice_message": move.texts.notice,
+        "reminder_messages": list(move.texts.reminders),
+        "offer_messages": list(move.texts.offers),
+    }
 
 
 @providers_app.command("close")
@@ -548,35 +577,41 @@ def appointments_cancel(
 def appointments_reschedule(
     appointment_id: int, reason: Annotated[str, typer.Option(help="why")] = "patient asked"
 ) -> None:
-    """Move a follow-up to the next fitting slot in its window, or escalate. The old visit's
-    unsent SMS are cancelled; the patient gets a reschedule notice and new reminders, and the
-    freed slot is offered to the waitlist by SMS."""
-    from followup.messaging import visits
+    """Move a follow-up to the next fitting slot in its window. The old visit's unsent SMS are
+    cancelled; the patient gets a reschedule notice and new reminders, and the freed slot is
+    offered to the waitlist by SMS. When nothing fits the patient keeps the visit and the
+    schedulers get a task to move it by hand."""
+    from followup.services import moves
     from models.db import session_scope
     from models.types import utcnow
 
     settings = get_settings()
     with session_scope(settings.database_url) as session:
-        moved = visits.reschedule_visit(
+        previous_start = _start_of(session, appointment_id)
+        now = utcnow()
+        move = moves.move_appointment(
             session=session,
             appointment_id=appointment_id,
             reason=reason,
+            policy=moves.NothingFits.KEEP,
             settings=settings,
-            now=utcnow(),
+            now=now,
             actor="cli",
+            after=max(previous_start, now),
         )
-        result = moved.result
-        summary = {
-            "previous": appointment_id,
-            "appointment": result.appointment.id if result.appointment else None,
-            "start": result.appointment.start if result.appointment else None,
-            "escalation": result.escalation_id,
-            "reason": result.reason,
-            "notice_message": moved.texts.notice,
-            "reminder_messages": list(moved.texts.reminders),
-            "offer_messages": list(moved.texts.offers),
-        }
+        summary = _moved(move)
     _print_json(summary)
+
+
+def _start_of(session: Any, appointment_id: int) -> datetime:
+    from models.tables import Appointment
+
+    appointment = session.get(Appointment, appointment_id)
+    if appointment is None:
+        err.print(f"[red]no appointment {appointment_id}[/red]")
+        raise typer.Exit(code=1)
+    start: datetime = appointment.start
+    return start
 
 
 def _print_rows(title: str, rows: list[dict[str, Any]]) -> None:

@@ -58,7 +58,7 @@ from followup.scheduling import (
 )
 from followup.settings import Settings
 from models.messaging_queries import cancel_offer_message
-from models.queries import audit, cancel_pending_messages, record_escalation
+from models.queries import audit, cancel_pending_messages
 from models.tables import (
     ACTIVE_APPOINTMENT_STATUSES,
     OPEN_WAITLIST_STATUSES,
@@ -69,7 +69,6 @@ from models.tables import (
     Decision,
     Escalation,
     EscalationStatus,
-    ImagingStudy,
     OfferStatus,
     Patient,
     Provider,
@@ -1178,10 +1177,15 @@ def cancel_appointment(
     session.add(appointment)
     session.flush()  # out of the active-slot index before the slot is offered again
     messages = cancel_pending_messages(session=session, appointment_id=appointment_id)
-    freed = _move_slot(session, appointment.slot_id, SlotStatus.BOOKED, SlotStatus.FREE)
+    # A slot inside its provider's blocked time (the visit is cancelled because of it) is
+    # blocked, not freed: offering it would book the time the provider is away.
+    released = (
+        SlotStatus.BLOCKED if _in_blocked_time(session, appointment.slot_id) else SlotStatus.FREE
+    )
+    freed = _move_slot(session, appointment.slot_id, SlotStatus.BOOKED, released)
     offer = (
         offer_freed_slot(session=session, slot_id=appointment.slot_id, now=now, actor=actor)
-        if freed
+        if freed and released == SlotStatus.FREE
         else None
     )
     audit(
@@ -1199,75 +1203,18 @@ def cancel_appointment(
     return CancelResult(appointment=appointment, messages_cancelled=messages, offer=offer)
 
 
-@dataclass(frozen=True, slots=True)
-class RescheduleResult:
-    previous: Appointment
-    appointment: Appointment | None  # the new one; None when escalated
-    offer: WaitlistOffer | None  # the freed old slot, offered to a waitlisted patient
-    escalation_id: int | None
-    reason: str
-
-
-def reschedule_appointment(
-    *,
-    session: Session,
-    appointment_id: int,
-    reason: str,
-    settings: Settings,
-    now: datetime | None = None,
-    actor: str = ACTOR,
-) -> RescheduleResult:
-    """Move a follow-up to the next fitting slot after it, inside its booking window, through
-    the same fallback chain; the old slot is freed. When nothing fits, the patient keeps the
-    appointment they have and the schedulers get an escalation to call them."""
-    now = now or utcnow()
-    previous = _appointment(session, appointment_id)
-    if previous.status not in ACTIVE_APPOINTMENT_STATUSES:
-        raise BookingError(f"appointment {appointment_id} is {previous.status}")
-    if (
-        previous.study_id is None
-        or previous.tier is None
-        or previous.window_start is None
-        or previous.window_end is None
-    ):
-        raise BookingError(f"appointment {appointment_id} has no study window to reschedule in")
-    study = session.get(ImagingStudy, previous.study_id)
-    patient = session.get(Patient, previous.patient_id)
-    assert study is not None and patient is not None
-    window = BookingWindow(previous.window_start, previous.window_end, previous.tier)
-    window = window.starting_after(max(previous.start, now))
-    result = book_with_fallback(
-        session=session,
-        patient_id=previous.patient_id,
-        study_id=previous.study_id,
-        ordering_provider_id=study.ordering_provider_id or previous.provider_id,
-        window=window,
-        closed_days=site_closed_days(
-            session=session, settings=settings, years=range(now.year, now.year + 2)
-        ),
-        preferences=patient_preferences(patient),
-        actor=actor,
+def _in_blocked_time(session: Session, slot_id: int) -> bool:
+    slot = session.get_one(Slot, slot_id)
+    return (
+        session.exec(
+            select(BlockedPeriod.id).where(
+                BlockedPeriod.provider_id == slot.provider_id,
+                BlockedPeriod.start < slot.end,
+                BlockedPeriod.end > slot.start,
+            )
+        ).first()
+        is not None
     )
-    if result.booked is None:
-        why = f"reschedule asked ({reason}); {result.reason or 'the window has passed'}"
-        escalation = record_escalation(
-            session=session,
-            study_id=previous.study_id,
-            kind="reschedule",
-            reason=why,
-            target=SCHEDULER_QUEUE,
-        )
-        return RescheduleResult(previous, None, None, escalation.id, why)
-    previous.replaced_by_id = result.booked.appointment_id
-    cancelled = cancel_appointment(
-        session=session,
-        appointment_id=appointment_id,
-        reason=f"rescheduled to appointment {result.booked.appointment_id}: {reason}",
-        now=now,
-        actor=actor,
-    )
-    appointment = session.get_one(Appointment, result.booked.appointment_id)
-    return RescheduleResult(previous, appointment, cancelled.offer, None, result.reason)
 
 
 def _appointment(session: Session, appointment_id: int) -> Appointment:

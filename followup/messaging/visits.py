@@ -1,9 +1,10 @@
 """What patients are told when a visit is booked, moved or cancelled, or a freed slot is
 offered to them: the booking use cases every edge shares.
 
-The CLI, the SMS reply handler and the dispatch-reminders flow call these instead of the
-booking operations in models.booking, so a change and the texts about it are written in the
-caller's transaction and commit together or not at all. The booking operation cancels the old
+The CLI, the SMS reply handler, the dispatch-reminders flow and visit moves
+(followup.services.moves) call these instead of the booking operations in models.booking, so
+a change and the texts about it are written in the caller's transaction and commit together
+or not at all. The booking operation cancels the old
 visit's unsent texts; the new visit's notice and reminders, and the text of every waitlist
 offer the change made, are planned here in the patient's language and zone. Quiet hours, caps
 and opt-outs are checked again when each text is sent.
@@ -217,41 +218,6 @@ def cancel_visit(
         notice = stored.id
     offers = enqueue_offer_texts(session=session, offers=[result.offer], settings=settings, now=now)
     return Changed(result, Texts(notice=notice, offers=offers))
-
-
-def reschedule_visit(
-    *,
-    session: Session,
-    appointment_id: int,
-    reason: str,
-    settings: Settings,
-    now: datetime,
-    actor: str,
-    answering: Answering | None = None,
-) -> Changed[booking.RescheduleResult]:
-    """Move the visit to the next fitting slot (the old one's unsent texts are cancelled), plan
-    the reschedule notice and the new visit's reminders, and offer the freed slot to the
-    waitlist by text. When nothing fits, the booking operation's escalation and no texts."""
-    result = booking.reschedule_appointment(
-        session=session,
-        appointment_id=appointment_id,
-        reason=reason,
-        settings=settings,
-        now=now,
-        actor=actor,
-    )
-    if result.appointment is None or result.appointment.id is None:
-        return Changed(result, Texts())
-    texts = plan_visit_texts(
-        session=session,
-        appointment_id=result.appointment.id,
-        settings=settings,
-        now=now,
-        notice="reschedule",
-        answering=answering,
-    )
-    offers = enqueue_offer_texts(session=session, offers=[result.offer], settings=settings, now=now)
-    return Changed(result, replace(texts, offers=offers))
 
 
 def accept_waitlist_offer(

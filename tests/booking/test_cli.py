@@ -17,7 +17,7 @@ from followup.scheduling import BookingWindow
 from followup.settings import get_settings
 from models import queries
 from models.db import session_scope
-from models.tables import Appointment, OutboundMessage, Provider, Slot
+from models.tables import Appointment, Escalation, OutboundMessage, Provider, Slot
 from models.types import utcnow
 from tests.booking.conftest import NY, Clinic
 from tests.booking.test_calendars import FHIR_EXAMPLES
@@ -91,7 +91,7 @@ def test_block_close_cancel_and_reschedule_from_the_command_line(cli: Clinic) ->
     blocked = _run(
         "providers", "block", npi, local.isoformat(), (local + timedelta(hours=1)).isoformat()
     )
-    assert blocked == {"slots_blocked": 2, "conflicts": []}
+    assert blocked == {"slots_blocked": 2, "conflicts": [], "moved": [], "worklist": []}
     closed = _run("providers", "close", (local + timedelta(days=1)).date().isoformat())
     assert closed["conflicts"] == []
     assert _run("providers", "close", (local + timedelta(days=1)).date().isoformat()) == {
@@ -118,6 +118,7 @@ def test_block_close_cancel_and_reschedule_from_the_command_line(cli: Clinic) ->
     moved = _run("appointments", "reschedule", str(booked.appointment_id))
 
     assert moved["previous"] == booked.appointment_id and moved["appointment"] is not None
+    assert moved["task"] is None
     assert datetime.fromisoformat(moved["start"]) > booked.start
     old_texts, new_texts = _texts(cli, booked.appointment_id), _texts(cli, moved["appointment"])
     assert {(m.id, m.status) for m in old_texts} == {
@@ -143,6 +144,87 @@ def test_block_close_cancel_and_reschedule_from_the_command_line(cli: Clinic) ->
         assert session.get_one(Appointment, moved["appointment"]).cancel_reason == "flu"
         assert session.get_one(Appointment, booked.appointment_id).status == "cancelled"
     assert _run("waitlist", "expire") == {"new_offers": [], "offer_messages": []}
+
+
+def _booked_visit(cli: Clinic, doctor: int, first_day: Any) -> tuple[int, datetime, str]:
+    """A follow-up booked in the first slot of a two-week window from `first_day`, with its
+    texts planned: (appointment id, start, the provider's NPI)."""
+    patient = cli.patient()
+    study, _ = cli.study(patient, doctor)
+    start = datetime.combine(first_day, datetime.min.time(), tzinfo=NY)
+    booked = cli.book(
+        patient,
+        doctor,
+        study_id=study,
+        window=BookingWindow(start, start + timedelta(days=14), "routine"),
+    ).booked
+    assert booked is not None
+    with session_scope(cli.url) as session:
+        visits.plan_visit_texts(
+            session=session,
+            appointment_id=booked.appointment_id,
+            settings=get_settings(),
+            now=utcnow(),
+        )
+        npi = session.get_one(Provider, doctor).npi
+    return booked.appointment_id, booked.start, npi
+
+
+def test_blocking_a_booked_time_moves_the_visit_and_texts_the_patient(cli: Clinic) -> None:
+    doctor = cli.provider()
+    tomorrow = datetime.now(NY).date() + timedelta(days=1)
+    cli.lay_slots(doctor, first_day=tomorrow, days=21, closed=())
+    visit, start, npi = _booked_visit(cli, doctor, tomorrow)
+    local = start.astimezone(NY)
+
+    blocked = _run(
+        "providers", "block", npi, local.isoformat(), (local + timedelta(minutes=30)).isoformat()
+    )
+
+    [moved] = blocked["moved"]
+    assert (blocked["slots_blocked"], blocked["conflicts"], blocked["worklist"]) == (0, [visit], [])
+    assert (moved["previous"], moved["task"]) == (visit, None)
+    assert datetime.fromisoformat(moved["start"]) == start + timedelta(minutes=30)
+    with session_scope(cli.url) as session:
+        old = session.get_one(Appointment, visit)
+        new = session.get_one(Appointment, moved["appointment"])
+    assert (old.status, old.replaced_by_id) == ("cancelled", new.id)
+    assert (new.provider_id, new.study_id, new.status) == (doctor, old.study_id, "booked")
+    assert {m.status for m in _texts(cli, visit)} == {"cancelled"}
+    with session_scope(cli.url) as session:  # the old slot lies in the blocked time
+        assert session.get_one(Slot, old.slot_id).status == "blocked"
+    new_texts = _texts(cli, new.id or 0)
+    assert {m.id for m in new_texts} == {moved["notice_message"], *moved["reminder_messages"]}
+    assert [m.kind for m in new_texts if m.id == moved["notice_message"]] == ["reschedule"]
+
+
+def test_blocking_a_booked_time_nothing_fits_puts_the_visit_on_the_worklist(cli: Clinic) -> None:
+    doctor = cli.provider()
+    tomorrow = datetime.now(NY).date() + timedelta(days=1)
+    cli.lay_slots(doctor, first_day=tomorrow, days=21, closed=())
+    visit, start, npi = _booked_visit(cli, doctor, tomorrow)
+    local = start.astimezone(NY)
+    until = local + timedelta(days=15)
+
+    blocked = _run(
+        "providers", "block", npi, local.isoformat(), until.isoformat(), "--reason", "leave"
+    )
+
+    [held] = blocked["worklist"]
+    assert (blocked["conflicts"], blocked["moved"]) == ([visit], [])
+    assert held["appointment"] == visit
+    with session_scope(cli.url) as session:
+        task = session.get_one(Escalation, held["task"])
+        kept = session.get_one(Appointment, visit)
+    assert (task.kind, task.status, task.reason) == ("visit_conflict", "open", held["reason"])
+    assert held["reason"].startswith(
+        f"provider {doctor} blocked {local.isoformat()} to {until.isoformat()} (leave): "
+        f"appointment {visit} of {local:%a %Y-%m-%d %H:%M %Z} could not be moved (ordering "
+        "provider"
+    )
+    assert held["reason"].endswith("call the patient to move or cancel it")
+    assert kept.status == "booked"
+    assert {m.status for m in _texts(cli, visit)} == {"scheduled"}
 
 
 def _texts(clinic: Clinic, appointment_id: int) -> list[OutboundMessage]:

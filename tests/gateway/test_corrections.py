@@ -148,7 +148,7 @@ def test_routine_corrected_to_urgent_moves_the_visit_and_replaces_its_texts(
         referrals = all_rows(session, Referral)
         assert {r.decision_id for r in referrals} == {decisions[1].id}  # both follow it now
         done = actions(session)
-        assert {"follow_up.moved", "appointment.cancelled", "referral.initiated"} <= set(done)
+        assert {"appointment.moved", "appointment.cancelled", "referral.initiated"} <= set(done)
         recorded = [
             e.detail for e in all_rows(session, AuditEvent) if e.action == "decision.recorded"
         ]
