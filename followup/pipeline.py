@@ -341,7 +341,7 @@ def book_follow_up(
     patient = session.get(Patient, recorded.patient_id)
     assert patient is not None
     if existing is not None:
-        return _move_follow_up(session, existing, window, settings, now=now)
+        return _follow_up_for_new_tier(session, existing, window, settings, now=now)
     assert recorded.ordering_provider_id is not None
     waiting = booking.open_waitlist_entry(session=session, study_id=recorded.study_id)
     if waiting is not None and waiting.urgency != window.tier:
@@ -399,7 +399,7 @@ def _window(
     return window, closed_days
 
 
-def _move_follow_up(
+def _follow_up_for_new_tier(
     session: Session,
     existing: Appointment,
     window: BookingWindow,
