@@ -399,7 +399,7 @@ def providers_import(
     from dataclasses import asdict
 
     from followup.calendars import CalendarImportError, read_calendar_files
-    from models import booking
+    from followup.services.calendar_import import import_calendars
     from models.db import migrate, session_scope
 
     settings = get_settings()
@@ -410,7 +410,7 @@ def providers_import(
         raise typer.Exit(code=1) from error
     migrate(settings.database_url)
     with session_scope(settings.database_url) as session:
-        report = booking.import_calendars(
+        report = import_calendars(
             session=session,
             data=data,
             first_day=datetime.now(settings.site_zone).date(),
@@ -739,13 +739,13 @@ def referrals_move(
 ) -> None:
     """Move a referral to its next state; illegal moves are refused."""
     from followup.referrals import IllegalReferralTransition
-    from models import booking
+    from models import queries
     from models.db import session_scope
 
     settings = get_settings()
     try:
         with session_scope(settings.database_url) as session:
-            referral = booking.transition_referral(
+            referral = queries.transition_referral(
                 session=session,
                 referral_id=referral_id,
                 to=status,

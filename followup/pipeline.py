@@ -466,7 +466,12 @@ def _cancel_follow_up(
     only "cancelled" could read as "no care needed"). The freed slot is offered by text."""
     assert existing.id is not None and study.id is not None
     cancelled = booking.cancel_appointment(
-        session=session, appointment_id=existing.id, reason=why, now=now, actor=ACTOR
+        session=session,
+        timing=settings.offer_timing,
+        appointment_id=existing.id,
+        reason=why,
+        now=now,
+        actor=ACTOR,
     )
     visits.enqueue_offer_texts(
         session=session, offers=[cancelled.offer], settings=settings, now=now
@@ -488,7 +493,12 @@ def _withdraw_waitlisted(
     offer held goes to the next patient, by text."""
     assert study.id is not None
     withdrawal = booking.withdraw_from_waitlist(
-        session=session, study_id=study.id, reason=why, now=now, actor=ACTOR
+        session=session,
+        timing=settings.offer_timing,
+        study_id=study.id,
+        reason=why,
+        now=now,
+        actor=ACTOR,
     )
     visits.enqueue_offer_texts(
         session=session, offers=[withdrawal.next_offer], settings=settings, now=now

@@ -11,7 +11,9 @@ from typing import Any
 from sqlalchemy import insert
 from sqlmodel import Session, SQLModel, col, select
 
+from followup.errors import BookingError
 from followup.messaging.plan import PlannedSms
+from followup.referrals import check_transition
 from followup.ris.scan import ProviderRef, ScanCompleted
 from models.tables import (
     Appointment,
@@ -28,6 +30,7 @@ from models.tables import (
     Provider,
     Referral,
     ReferralStatus,
+    ReferralStatusChange,
 )
 from models.types import utcnow
 
@@ -304,14 +307,56 @@ def reconcile_referrals(
         )
 
 
+def transition_referral(
+    *,
+    session: Session,
+    referral_id: int,
+    to: str,
+    actor: str,
+    reason: str = "",
+    at: datetime | None = None,
+    scheduled_for: datetime | None = None,
+) -> Referral:
+    """Move a referral to its next state (refusing moves the state machine does not allow),
+    timestamped, kept in its history and audited. `scheduled` needs the appointment time."""
+    referral = session.get(Referral, referral_id)
+    if referral is None:
+        raise LookupError(f"referral {referral_id} does not exist")
+    target = check_transition(referral.status, to)
+    if (target == ReferralStatus.SCHEDULED) != (scheduled_for is not None):
+        raise BookingError("scheduled_for is given with, and only with, the scheduled state")
+    at = at or utcnow()
+    session.add(
+        ReferralStatusChange(
+            referral_id=referral_id,
+            from_status=referral.status,
+            to_status=target,
+            at=at,
+            actor=actor,
+            reason=reason,
+        )
+    )
+    audit(
+        session=session,
+        actor=actor,
+        action=f"referral.{target}",
+        entity="referral",
+        entity_id=referral_id,
+        detail={"from": referral.status, "to": target, "reason": reason},
+    )
+    referral.status = target
+    referral.status_changed_at = at
+    referral.scheduled_for = scheduled_for
+    session.add(referral)
+    session.flush()
+    return referral
+
+
 def cancel_referrals(
     *, session: Session, referrals: Iterable[Referral], actor: str, reason: str
 ) -> int:
     """Cancel each referral through the closed-loop state machine (history and audit kept);
     completed ones stay completed. Returns how many were cancelled."""
-    # booking imports this module, so the transition is imported where it is used.
-    from models.booking import transition_referral
-
     cancelled = 0
     for referral in referrals:
         if referral.status in (ReferralStatus.COMPLETED, ReferralStatus.CANCELLED):

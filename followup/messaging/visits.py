@@ -192,7 +192,12 @@ def cancel_visit(
     before = session.get(Appointment, appointment_id)
     was_active = before is not None and before.status in ACTIVE_APPOINTMENT_STATUSES
     result = booking.cancel_appointment(
-        session=session, appointment_id=appointment_id, reason=reason, now=now, actor=actor
+        session=session,
+        timing=settings.offer_timing,
+        appointment_id=appointment_id,
+        reason=reason,
+        now=now,
+        actor=actor,
     )
     notice = None
     if was_active and result.appointment.start > now:
@@ -231,7 +236,9 @@ def accept_waitlist_offer(
 ) -> Changed[booking.Acceptance]:
     """Book the offered slot and confirm it with the visit's reminders; an answer that came too
     late books nothing and the slot's offer to the next patient goes out instead."""
-    acceptance = booking.accept_offer(session=session, offer_id=offer_id, now=now, actor=actor)
+    acceptance = booking.accept_offer(
+        session=session, timing=settings.offer_timing, offer_id=offer_id, now=now, actor=actor
+    )
     texts = Texts()
     if acceptance.appointment is not None and acceptance.appointment.id is not None:
         texts = plan_visit_texts(
@@ -251,7 +258,9 @@ def decline_waitlist_offer(
     *, session: Session, offer_id: int, settings: Settings, now: datetime, actor: str
 ) -> Changed[WaitlistOffer | None]:
     """The patient said no: they wait on, and the slot goes to the next patient, by text."""
-    next_offer = booking.decline_offer(session=session, offer_id=offer_id, now=now, actor=actor)
+    next_offer = booking.decline_offer(
+        session=session, timing=settings.offer_timing, offer_id=offer_id, now=now, actor=actor
+    )
     return Changed(
         next_offer,
         Texts(
@@ -270,7 +279,9 @@ def expire_waitlist_offers(
     Any other open offer still without its text gets it too: a path that frees slots through
     models.booking directly leaves the text to this run, a minute later at most.
     """
-    offers = booking.expire_offers(session=session, now=now, actor=actor)
+    offers = booking.expire_offers(
+        session=session, timing=settings.offer_timing, now=now, actor=actor
+    )
     unsent = mq.offers_without_text(session=session, now=now)
     return Changed(
         offers,

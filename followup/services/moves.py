@@ -109,6 +109,7 @@ def move_appointment(
     session.add(previous)
     cancelled = booking.cancel_appointment(
         session=session,
+        timing=settings.offer_timing,
         appointment_id=appointment_id,
         reason=f"moved to appointment {new_id}: {reason}",
         now=now,

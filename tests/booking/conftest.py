@@ -17,6 +17,7 @@ from followup.scheduling import (
     WorkingSession,
     site_holidays,
 )
+from followup.settings import Settings
 from models import booking
 from models.db import session_scope
 from models.tables import (
@@ -36,6 +37,7 @@ REPORTED = datetime(2027, 3, 1, 15, tzinfo=NY)
 ROUTINE = BookingWindow(
     datetime(2027, 3, 8, tzinfo=NY), datetime(2027, 3, 16, tzinfo=NY), "routine"
 )
+OFFER_TIMING = Settings().offer_timing  # the defaults: 4 hours to answer, 12 hours' notice
 
 _numbers = itertools.count(1)
 

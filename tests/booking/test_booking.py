@@ -11,7 +11,7 @@ from sqlmodel import col, select
 from followup.calendars import read_calendar_files
 from followup.pipeline import BookingOutcome, RecordedStudy, book_follow_up
 from followup.scheduling import BookingWindow, DayPart, Preferences, WorkingSession
-from followup.services import moves
+from followup.services import calendar_import, moves
 from followup.settings import get_settings
 from models import booking
 from models.db import session_scope
@@ -24,7 +24,7 @@ from models.tables import (
     Slot,
     WaitlistEntry,
 )
-from tests.booking.conftest import NY, REPORT_DAY, ROUTINE, US_HOLIDAYS, Clinic
+from tests.booking.conftest import NY, OFFER_TIMING, REPORT_DAY, ROUTINE, US_HOLIDAYS, Clinic
 
 MORNINGS = tuple(WorkingSession(day, time(9), time(12)) for day in range(5))
 
@@ -274,13 +274,17 @@ def test_cancel_frees_the_slot_and_cancels_only_unsent_messages(clinic: Clinic) 
     with session_scope(clinic.url) as session:
         result = booking.cancel_appointment(
             session=session,
+            timing=OFFER_TIMING,
             appointment_id=appointment.appointment_id,
             reason="patient cancelled",
             now=datetime(2027, 3, 2, tzinfo=NY),
         )
     with session_scope(clinic.url) as session:
         repeat = booking.cancel_appointment(
-            session=session, appointment_id=appointment.appointment_id, reason="again"
+            session=session,
+            timing=OFFER_TIMING,
+            appointment_id=appointment.appointment_id,
+            reason="again",
         )
         statuses = sorted((m.kind, m.status) for m in session.exec(select(OutboundMessage)).all())
         slot = session.get(Slot, appointment.slot_id)
@@ -383,9 +387,9 @@ def test_import_report_is_stored_and_the_same_import_twice_changes_nothing(
     )
     data = read_calendar_files([folder / "providers.csv", folder / "availability.csv"])
 
-    def run() -> booking.ImportReport:
+    def run() -> calendar_import.ImportReport:
         with session_scope(clinic.url) as session:
-            return booking.import_calendars(
+            return calendar_import.import_calendars(
                 session=session, data=data, first_day=REPORT_DAY, days=14, closed_days=US_HOLIDAYS
             )
 

@@ -14,6 +14,7 @@ from models import booking
 from models import messaging_queries as mq
 from models.db import session_scope
 from models.tables import OutboundMessage, WaitlistEntry, WaitlistOffer
+from tests.booking.conftest import OFFER_TIMING
 from tests.sms.conftest import NOW, TEMPLATES, Clock, World, dispatcher, twilio_sender
 
 OTHER_PHONE = "+15555550177"
@@ -156,7 +157,11 @@ def test_an_offer_made_without_its_text_gets_it_from_the_next_expiry_run(
     world.waitlist(world.patient(phone=OTHER_PHONE))
     with session_scope(world.database_url) as session:
         offer = booking.cancel_appointment(
-            session=session, appointment_id=visit, reason="report cancelled", now=NOW
+            session=session,
+            timing=OFFER_TIMING,
+            appointment_id=visit,
+            reason="report cancelled",
+            now=NOW,
         ).offer
     assert offer is not None and world.messages() == []
     a_minute_later = NOW + timedelta(minutes=1)
