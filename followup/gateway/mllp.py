@@ -244,6 +244,12 @@ class MLLPListener:
         assert self._server is not None, "start() first"
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def open_connections(self) -> int:
+        """Connections still being served; each one's `on_accepted` calls finish before it
+        closes, so at 0 every message received so far has been answered and handed on."""
+        return len(self._connections)
+
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         self._server = await asyncio.start_server(
             self._connected,

@@ -1,8 +1,8 @@
-"""Case 8 of issue 8: oversize, wrongly encoded and hostile input; forged and replayed webhooks.
+"""Faults: oversize, wrongly encoded and hostile input; forged and replayed webhooks.
 
 HL7 v2 goes over a real socket to the production MLLP listener (tests/gateway's fixture) on
-SQLite and PostgreSQL; accepted rows then go through the scan-completed flow's steps
-(tests/faults/flow_steps.py). Twilio's webhooks go to the production router, signed (or not)
+SQLite and PostgreSQL; accepted rows then go through the scan-completed flow itself, against
+the test harness's Prefect API. Twilio's webhooks go to the production router, signed (or not)
 with Twilio's own RequestValidator, as in tests/sms.
 """
 
@@ -49,10 +49,9 @@ from models.tables import (
     Provider,
     TwilioEvent,
 )
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, run_scan
 from tests.faults.counting import check_counts, tally
 from tests.faults.messages import sample_message
-from tests.flow_steps import run_flow_steps
 from tests.gateway.conftest import VT, RunningListener, exchange, read_acks, segments
 from tests.gateway.test_http import serve
 from tests.sms.conftest import CLINIC_FROM, NOW, PHONE, Clock, World
@@ -70,13 +69,14 @@ def rows(database_url: str) -> list[InboxMessage]:
 
 
 def flow_outcomes(database_url: str) -> dict[str, str]:
-    """Run the flow's steps on every accepted row: {accession: "processed" or the error}."""
+    """Run the scan-completed flow on every accepted row: {accession: "processed" or the
+    error}. The test asks for `flow_database_url` (the same database as `mllp`'s)."""
     outcomes = {}
     for row in rows(database_url):
         if row.status == "received":
             assert row.id is not None and row.accession is not None
             try:
-                outcomes[row.accession] = run_flow_steps(database_url, row.id)["status"]
+                outcomes[row.accession] = run_scan(row.id)["status"]
             except Exception as error:  # counted: the run would fail on this row every time
                 outcomes[row.accession] = type(error).__name__
     return outcomes
@@ -127,7 +127,9 @@ OVER_LONG_FIELDS: dict[str, Callable[[bytes], bytes]] = {
 }  # fmt: skip
 
 
-def test_over_long_fields_are_refused_or_processed(mllp: RunningListener) -> None:
+def test_over_long_fields_are_refused_or_processed(
+    mllp: RunningListener, flow_database_url: str
+) -> None:
     """Fault: five ORU^R01, each with one field longer than its column: MRN (64), patient
     family and given name (128), procedure code (64) and procedure text (255).
     Expected: each is either refused with AE at intake or accepted and then processed by the
@@ -204,7 +206,9 @@ ENCODINGS: dict[str, tuple[Callable[[bytes], bytes], str, str | None]] = {
 }  # fmt: skip
 
 
-def test_wrongly_encoded_messages_are_answered_stored_and_read(mllp: RunningListener) -> None:
+def test_wrongly_encoded_messages_are_answered_stored_and_read(
+    mllp: RunningListener, flow_database_url: str
+) -> None:
     """Fault: twelve ORU^R01 in the wrong or a surprising encoding: bytes not in the declared
     charset, an unknown charset, invalid or overlong UTF-8, BOM, CR LF or LF separators, and
     whole messages in UTF-16, UTF-32 or EBCDIC.
@@ -241,7 +245,7 @@ def test_wrongly_encoded_messages_are_answered_stored_and_read(mllp: RunningList
 
 
 def test_nul_bytes_are_stored_answered_and_processed(
-    mllp: RunningListener, caplog: pytest.LogCaptureFixture
+    mllp: RunningListener, flow_database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Fault: NUL bytes in MSH-10 (control id), MSH-4 (sending facility), PID-5 (name) and
     OBX-5 (report text) of four ORU^R01.
@@ -379,7 +383,9 @@ def hl7_escape(value: str) -> str:
     return value
 
 
-def test_hostile_text_is_stored_verbatim_and_rendered_inertly(mllp: RunningListener) -> None:
+def test_hostile_text_is_stored_verbatim_and_rendered_inertly(
+    mllp: RunningListener, flow_database_url: str
+) -> None:
     """Fault: template syntax (Jinja {{ }} and {% %}) and SQL (`'); DROP TABLE …;--`) in the
     patient's names and the report (from the RIS), in the ordering provider's name (from the
     directory: it is printed in every SMS), and in a patient's text back.
@@ -407,7 +413,7 @@ def test_hostile_text_is_stored_verbatim_and_rendered_inertly(mllp: RunningListe
     [ack] = exchange(mllp, raw)
     [row] = rows(mllp.database_url)
     assert row.id is not None
-    summary = run_flow_steps(mllp.database_url, row.id)
+    summary = run_scan(row.id)
     artifact = pipeline.scheduler_markdown(summary, zone=settings.site_zone)
     with session_scope(mllp.database_url) as session:
         bodies = [message.body for message in session.exec(select(OutboundMessage))]

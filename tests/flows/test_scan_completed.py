@@ -14,8 +14,7 @@ from sqlmodel import select
 from followup.settings import Settings
 from models.db import session_scope
 from models.tables import Appointment, OutboundMessage, Referral
-from tests.conftest import SAMPLES
-from tests.flow_steps import days_after_result
+from tests.conftest import SAMPLES, days_after_result
 from tests.flows.conftest import run_sample
 
 pytestmark = pytest.mark.prefect
