@@ -357,19 +357,6 @@ def patient_preferences(patient: Patient) -> Preferences:
     )
 
 
-def set_patient_preferences(
-    *, session: Session, patient_id: int, preferences: Preferences
-) -> Patient:
-    patient = session.get(Patient, patient_id)
-    if patient is None:
-        raise LookupError(f"patient {patient_id} does not exist")
-    patient.preferred_day_part = preferences.day_part
-    patient.preferred_weekdays = sorted(preferences.weekdays) or None
-    session.add(patient)
-    session.flush()
-    return patient
-
-
 @dataclass(frozen=True, slots=True)
 class Booked:
     appointment_id: int

@@ -97,19 +97,18 @@ class Clinic:
         self, preferences: Preferences | None = None, *, timezone: str | None = NY.key
     ) -> int:
         with session_scope(self.url) as session:
+            preferences = preferences or Preferences()
             patient = Patient(
                 mrn=f"MRN{next(_numbers)}",
                 family_name="Doe",
                 phone_e164="+15555550123",
                 timezone=timezone,
+                preferred_day_part=preferences.day_part,
+                preferred_weekdays=sorted(preferences.weekdays) or None,
             )
             session.add(patient)
             session.flush()
             assert patient.id is not None
-            if preferences is not None:
-                booking.set_patient_preferences(
-                    session=session, patient_id=patient.id, preferences=preferences
-                )
             return patient.id
 
     def study(
