@@ -1,4 +1,5 @@
-"""The classifier by phrasing family, from templates (issue 18).
+"""The classifier by phrasing family, from templates: a rule that holds for one wording only
+misses the patient whose radiologist writes it another way.
 
 Every critical rule in at least 8 phrasings: noun form, either word order, verb form,
 abbreviation, misspelling, stated only in FINDINGS, hedged (escalates), negated and asked about in

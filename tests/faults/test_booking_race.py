@@ -1,4 +1,4 @@
-"""Case 6 of issue 8: 20 bookings for the one free slot at once, on PostgreSQL.
+"""Fault: 20 bookings for the one free slot at once, on PostgreSQL.
 
 Each booking runs in its own thread with its own connection and transaction, so PostgreSQL sees
 20 concurrent transactions, as from 20 workers (tests/booking/test_concurrency.py races

@@ -466,7 +466,7 @@ def test_hostile_text_is_stored_verbatim_and_rendered_inertly(
     )
 
 
-# --- issue 19: the HTTP gateway's limits, as a real `followup gateway` process ---------------
+# --- the HTTP gateway's limits, as a real `followup gateway` process ---------------------------
 
 GATEWAY_TOKEN = "gateway-token-for-the-fault-cases"
 PUBLIC_BASE = "https://followup.example.org"
@@ -597,7 +597,8 @@ def test_unauthenticated_bodies_of_200_mib_leave_the_gateway_s_memory_alone(
     request declaring 200 MiB in Content-Length and sending nothing.
     Expected: each is refused (403, 413, 401, 401, 413), the declared one at once; the gateway
     process (which also ACKs MLLP) grows by at most 64 MiB of peak RSS over all of them, and
-    still answers /healthz. Before issue 19 the first one alone grew it by ~400 MiB."""
+    still answers /healthz. A body read whole before its limit is checked, the first one alone
+    would grow it by ~400 MiB."""
     port = gateway_process.http_port
     forged = {"X-Twilio-Signature": "A" * 27 + "=", "Content-Type": FORM}
     cases = {
@@ -727,9 +728,9 @@ def test_deep_json_and_crowded_bundles_are_refused_before_they_cost(
     RIS retrying a 5xx would), a Bundle of 1,000 entries (its report and 995 more Patients), and
     a normal report whose conclusion holds 10,000 brackets as text.
     Expected: the deep one is answered 400 naming the depth limit both times and stored
-    neither time (before issue 19: RecursionError, 503, and a `received` row the sweep
-    re-submitted forever); the Bundle is answered 400 naming the entry limit within seconds
-    (before: ~30 s of validation) and stored as refused, never as received; the brackets in
+    neither time (parsed, it would raise RecursionError: a 503, and a `received` row the sweep
+    would re-submit forever); the Bundle is answered 400 naming the entry limit within seconds
+    (validating it whole takes ~30 s) and stored as refused, never as received; the brackets in
     text are only text: 201. One row received, one refused."""
     report = json.loads((SAMPLES / "fhir" / "diagnosticreport_contained.json").read_text())
     deep = json.dumps({**report, "extension": "NEST"}).encode()
@@ -773,8 +774,8 @@ def test_a_signature_made_for_another_url_is_refused(database_url: str, world: W
     gateway's public one: to a gateway with no FOLLOWUP_TWILIO_WEBHOOK_BASE_URL, signed for the
     URL as it received them (whose host the caller's Host header chose); to one with the base
     URL, signed for the same path on another host and sent with that Host header.
-    Expected: 403 each, nothing stored, the message still `sending` (before issue 19 the first
-    was checked against the URL as received: accepted, 204, and the message `sent`); the
+    Expected: 403 each, nothing stored, the message still `sending` (checked against the URL as
+    received, the first would be accepted, 204, and the message marked `sent`); the
     same callback signed for the public URL is then accepted (204)."""
     message_id = world.message(world.patient(), status=OutboundStatus.SENDING)
     with session_scope(database_url) as session:
@@ -823,10 +824,10 @@ def test_state_changing_routes_never_run_without_a_token(database_url: str) -> N
     """Fault: FOLLOWUP_HTTP_TOKEN set empty or blank (a template left `FOLLOWUP_HTTP_TOKEN=`),
     and a gateway with no token at all, sent a FHIR report and an escalation acknowledgement
     with an empty bearer token.
-    Expected: the empty and the blank token are refused by the settings (before issue 19 the
-    empty one was taken as configured and matched a bearer with nothing after it: the report
-    was accepted); without a token, FHIR intake and the acknowledgement answer 403: no inbox
-    row, the escalation still open."""
+    Expected: the empty and the blank token are refused by the settings (taken as configured,
+    the empty one would match a bearer with nothing after it and the report be accepted);
+    without a token, FHIR intake and the acknowledgement answer 403: no inbox row, the
+    escalation still open."""
     with session_scope(database_url) as session:
         critical = Escalation(kind="critical_finding", reason="cord compression", target="npi:1")
         session.add(critical)

@@ -1,4 +1,4 @@
-"""Case 9 of issue 8: a STOP in the middle of a reminder sequence; sends near quiet hours.
+"""Fault: a STOP in the middle of a reminder sequence; sends near quiet hours.
 
 The texts are the engine's own (pipeline.schedule_reminders plans and renders them for a booked
 visit); the production dispatcher sends them through TwilioSender and the official client to a

@@ -1,7 +1,7 @@
-"""Report text in NTE, FT and attachments, end to end: intake, then the scan-completed steps.
+"""Report text in NTE, FT and attachments, end to end: intake, then the scan-completed flow.
 
 A report whose text is only in notes is answered AA and routed on that text; one whose text
-cannot be read is answered AE with the reason and the field, and starts no run (issue 19).
+cannot be read is answered AE with the reason and the field, and starts no run.
 """
 
 from __future__ import annotations

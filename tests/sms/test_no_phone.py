@@ -1,4 +1,4 @@
-"""A booked visit of a patient with no number to text becomes a call for a scheduler (issue 21):
+"""A booked visit of a patient with no number to text becomes a call for a scheduler:
 no outbox rows with an empty recipient, which could only fail at send time unseen."""
 
 from __future__ import annotations
