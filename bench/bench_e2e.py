@@ -269,7 +269,7 @@ STARTUP_PROBES = {
         "from prefect.flows import load_flow_from_entrypoint\n"
         "load_flow_from_entrypoint('flows/scan_completed.py:scan_completed')\n"
         "from followup import nlp\n"
-        "from followup.rules import load_rules\n"
+        "from followup.core.rules import load_rules\n"
         "from followup.settings import get_settings\n"
         "nlp.classify_report('IMPRESSION: No acute abnormality.',"
         " load_rules(get_settings().rules_path))"

@@ -15,7 +15,7 @@ from uuid import UUID, uuid5
 
 from prefect.events import emit_event
 
-from followup.intake import Receipt
+from followup.services.intake import Receipt
 
 EVENT = "ris.scan.completed"
 # Fixed forever: changing it would let a re-emitted event start a second run.

@@ -89,8 +89,8 @@ def classify(
     path: Annotated[str, typer.Argument(help="report text file, or - for stdin")],
 ) -> None:
     """Classify one report text and print the decision as JSON (design contract)."""
+    from followup.core.rules import load_rules
     from followup.nlp import classify_report
-    from followup.rules import load_rules
 
     text = _read_input(path).decode("utf-8", errors="replace")
     decision = classify_report(text, load_rules(get_settings().rules_path))
@@ -107,8 +107,8 @@ def evaluate_corpus(
     """Scores on a labelled corpus: exact decisions, critical recall and false alarms, accuracy
     per phrasing family and body region, per-specialty precision/recall, a referral confusion
     table and the wrong cases."""
-    from followup.evaluation import evaluate, format_report, load_cases
-    from followup.rules import load_rules
+    from followup.core.evaluation import evaluate, format_report, load_cases
+    from followup.core.rules import load_rules
 
     report = evaluate(load_cases(corpus), load_rules(get_settings().rules_path))
     typer.echo(format_report(report))
@@ -122,7 +122,7 @@ def evaluate_reply_corpus(
     / "replies_test.jsonl",
 ) -> None:
     """Recall and precision per reply intent and for red flags, and the wrong cases."""
-    from followup.messaging.reply_eval import (
+    from followup.core.messaging.reply_eval import (
         evaluate_replies,
         format_reply_report,
         load_reply_cases,
@@ -140,7 +140,7 @@ def replies_classify(
     path: Annotated[str, typer.Argument(help="a text file, or - for stdin")],
 ) -> None:
     """Read one patient text and print {"intents": [...], "red_flag": bool} (contract)."""
-    from followup.messaging.reply_eval import understand
+    from followup.core.messaging.reply_eval import understand
 
     text = _read_input(path).decode("utf-8", errors="replace")
     typer.echo(json.dumps(understand(text).to_contract()))
@@ -185,7 +185,7 @@ def seed_demo() -> None:
 
 
 def _seed_demo_clinic(settings: Settings) -> tuple[int, int]:
-    from followup.scheduling import site_holidays
+    from followup.core.scheduling import site_holidays
     from models.db import migrate, session_scope
     from models.seed import seed_demo_clinic
 
@@ -204,7 +204,7 @@ def _seed_demo_clinic(settings: Settings) -> tuple[int, int]:
 
 def _ingest(raw: bytes, settings: Settings, *, source: str) -> dict[str, Any]:
     """The gateway's path: store raw, validate, then run the flow for an accepted message."""
-    from followup import intake, pipeline
+    from followup.services import intake, pipeline
     from models.db import session_scope
 
     with session_scope(settings.database_url) as session:
@@ -244,7 +244,7 @@ def ingest(
 @app.command()
 def demo() -> None:
     """Seed the demo clinic, feed the bundled sample reports through the flow, show a table."""
-    from followup.demo import restamp_for_today
+    from followup.core.demo import restamp_for_today
 
     settings = get_settings()
     providers, slots = _seed_demo_clinic(settings)
@@ -398,7 +398,7 @@ def providers_import(
     """Import providers, weekly hours and availability; print what was stored and skipped."""
     from dataclasses import asdict
 
-    from followup.calendars import CalendarImportError, read_calendar_files
+    from followup.core.calendars import CalendarImportError, read_calendar_files
     from followup.services.calendar_import import import_calendars
     from models.db import migrate, session_scope
 
@@ -547,7 +547,7 @@ def appointments_cancel(
 ) -> None:
     """Cancel an appointment: cancels its unsent SMS, texts the patient, and offers the freed
     slot to the waitlist by SMS."""
-    from followup.messaging import visits
+    from followup.services import visits
     from models.db import session_scope
     from models.types import utcnow
 
@@ -616,7 +616,7 @@ def _start_of(session: Any, appointment_id: int) -> datetime:
 
 def _print_rows(title: str, rows: list[dict[str, Any]]) -> None:
     """Rows as a table that folds rather than cuts at 80 columns; times in the site's zone."""
-    from followup.worklist import local_cells
+    from followup.core.worklist import local_cells
 
     settings = get_settings()
     if not rows:
@@ -688,7 +688,7 @@ def referrals_list(
 def waitlist_expire() -> None:
     """Expire unanswered offers, offer their slots onwards by SMS, lapse closed windows (the
     dispatch-reminders deployment does this every minute)."""
-    from followup.messaging import visits
+    from followup.services import visits
     from models.db import session_scope
     from models.types import utcnow
 
@@ -738,7 +738,7 @@ def referrals_move(
     actor: Annotated[str, typer.Option(help="who made the change")] = "cli",
 ) -> None:
     """Move a referral to its next state; illegal moves are refused."""
-    from followup.referrals import IllegalReferralTransition
+    from followup.core.referrals import IllegalReferralTransition
     from models import queries
     from models.db import session_scope
 
@@ -781,10 +781,10 @@ def templates_check() -> None:
 
     Exits 1 when a template does not render or its text holds a word of the PHI deny-list.
     """
+    from followup.core.messaging.plan import display_phone
+    from followup.core.messaging.policy import phi_terms_in
+    from followup.core.messaging.render import SMS_KINDS, format_visit_time, render_sms
     from followup.errors import TemplateProblem
-    from followup.messaging.plan import display_phone
-    from followup.messaging.policy import phi_terms_in
-    from followup.messaging.render import SMS_KINDS, format_visit_time, render_sms
 
     settings = get_settings()
     table = Table(title=f"SMS templates in {settings.templates_dir / 'sms'}")
@@ -846,8 +846,8 @@ def sms_dispatch(
     ] = False,
 ) -> None:
     """Send the SMS that are due now (what the dispatch-reminders deployment runs each minute)."""
-    from followup.messaging.dispatch import Dispatcher, DispatchPolicy
     from followup.messaging.sender import DryRunSender, build_sender
+    from followup.services.dispatch import Dispatcher, DispatchPolicy
     from models import messaging_queries
     from models.db import migrate, session_scope
 

@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from followup.scheduling import OfferTiming
+    from followup.core.scheduling import OfferTiming
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     )
     # An accepted message whose run failed is tried again this many times in all, waiting
     # base, 2×base, 4×base … (at most max) between attempts, then held for a person
-    # (followup/inbox_lifecycle.py). The defaults ride out a database or Prefect restart.
+    # (followup/core/inbox_lifecycle.py). The defaults ride out a database or Prefect restart.
     inbox_max_attempts: int = Field(default=5, ge=1, validation_alias="FOLLOWUP_INBOX_MAX_ATTEMPTS")
     inbox_retry_base_seconds: float = Field(
         default=60.0, gt=0, validation_alias="FOLLOWUP_INBOX_RETRY_BASE_SECONDS"
@@ -188,7 +188,7 @@ class Settings(BaseSettings):
     def offer_timing(self) -> OfferTiming:
         # Imported here: the scheduling core loads the holidays tables, which most commands
         # that read the settings never need.
-        from followup.scheduling import OfferTiming
+        from followup.core.scheduling import OfferTiming
 
         return OfferTiming(
             ttl=timedelta(minutes=self.waitlist_offer_ttl_minutes),

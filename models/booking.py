@@ -2,7 +2,8 @@
 
 The caller owns the transaction. What fits, in which order providers are tried and who on the
 waitlist is offered a freed slot (and until when, around quiet hours) are decided by the pure
-core (followup.scheduling, followup.referrals); moving a visit and importing calendars are use
+core (followup.core.scheduling, followup.core.referrals); moving a visit and importing calendars are
+use
 cases in followup.services. This module reads and writes the rows and records every step in
 the audit trail.
 
@@ -34,12 +35,11 @@ from sqlalchemy import (
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, SQLModel, col, select
 
-from followup.errors import BookingError
-from followup.referrals import (
+from followup.core.referrals import (
     AWAITING_APPOINTMENT,
     DEFAULT_ALLOWANCE,
 )
-from followup.scheduling import (
+from followup.core.scheduling import (
     NO_PREFERENCES,
     BookingWindow,
     DayPart,
@@ -57,6 +57,7 @@ from followup.scheduling import (
     plan_slot_sync,
     site_holidays,
 )
+from followup.errors import BookingError
 from followup.settings import Settings
 from models.messaging_queries import cancel_offer_message
 from models.queries import audit, cancel_pending_messages
@@ -694,9 +695,9 @@ def offer_freed_slot(
     actor: str = ACTOR,
 ) -> WaitlistOffer | None:
     """Hold a free slot for the waitlisted patient the core chooses
-    (`followup.scheduling.choose_waitlist_offer`); None when nobody fits or it is too late.
+    (`followup.core.scheduling.choose_waitlist_offer`); None when nobody fits or it is too late.
 
-    The text itself is enqueued by the caller (followup.messaging.visits); `accept_offer` books
+    The text itself is enqueued by the caller (followup.services.visits); `accept_offer` books
     the slot, `expire_offers` moves it on.
     """
     slot = session.get(Slot, slot_id)

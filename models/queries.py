@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy import insert
 from sqlmodel import Session, SQLModel, col, select
 
+from followup.core.messaging.plan import PlannedSms
+from followup.core.referrals import check_transition
 from followup.errors import BookingError
-from followup.messaging.plan import PlannedSms
-from followup.referrals import check_transition
 from followup.ris.scan import ProviderRef, ScanCompleted
 from models.tables import (
     Appointment,

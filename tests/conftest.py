@@ -81,7 +81,7 @@ def prefect_api() -> Iterator[None]:
 
 def seed_clinic(database_url: str) -> None:
     """The demo clinic with slots from today, closed on the site's holidays, as `./run` seeds it."""
-    from followup.scheduling import site_holidays
+    from followup.core.scheduling import site_holidays
     from followup.settings import get_settings
     from models.db import session_scope
     from models.seed import seed_demo_clinic
@@ -117,7 +117,7 @@ def run_scan(inbox_id: int) -> dict[str, Any]:
 def days_after_result(settings: Settings, summary: dict[str, Any]) -> int:
     """Site-calendar days from the study's result time to its follow-up, as the booking window
     counts them. Not from today: tests stamp results half an hour before now
-    (`followup.demo.restamp_for_today`), which is the day before in a day's first half hour."""
+    (`followup.core.demo.restamp_for_today`), which is the day before in a day's first half hour."""
     from models import queries
     from models.db import session_scope
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import pytest
 
+from followup.core.routing import Decision
+from followup.core.rules import TIERS, RoutingRules, load_rules
 from followup.nlp import assertion_status, classify_report
-from followup.routing import Decision
-from followup.rules import TIERS, RoutingRules, load_rules
 from followup.settings import PROJECT_ROOT
 
 

@@ -88,8 +88,8 @@ def test_appointments_and_referrals_are_listed_by_accession_patient_and_day(
 ) -> None:
     from datetime import datetime
 
-    from followup.demo import restamp_for_today
-    from followup.intake import receive_message
+    from followup.core.demo import restamp_for_today
+    from followup.services.intake import receive_message
     from followup.settings import get_settings
     from models.db import migrate, session_scope
     from tests.conftest import SAMPLES, run_scan, seed_clinic

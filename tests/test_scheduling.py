@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from followup.scheduling import (
+from followup.core.scheduling import (
     NO_PREFERENCES,
     BookingWindow,
     ChainStep,

@@ -57,11 +57,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import uuid4
 
-from followup import intake
 from followup.errors import InboundMessageError
 from followup.gateway import OnAccepted, in_database_thread
-from followup.intake import Receipt
 from followup.ris import ack, hl7v2
+from followup.services import intake
+from followup.services.intake import Receipt
 from followup.settings import Settings
 from models.db import session_scope
 

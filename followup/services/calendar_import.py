@@ -1,5 +1,5 @@
 """Importing providers and their availability (CSV, FHIR Schedule/Slot, parsed by
-followup.calendars) into the directory and the slot calendar, idempotently."""
+followup.core.calendars) into the directory and the slot calendar, idempotently."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
-from followup.calendars import CalendarImport
-from followup.scheduling import is_business_day
+from followup.core.calendars import CalendarImport
+from followup.core.scheduling import is_business_day
 from models import booking
 from models.queries import audit
 from models.tables import Provider, Slot, SlotSource

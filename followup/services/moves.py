@@ -16,9 +16,9 @@ from enum import StrEnum
 
 from sqlmodel import Session
 
+from followup.core.scheduling import BookingWindow
 from followup.errors import BookingError
-from followup.messaging import visits
-from followup.scheduling import BookingWindow
+from followup.services import visits
 from followup.settings import Settings
 from models import booking, queries
 from models import messaging_queries as mq

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from followup.scheduling import (
+from followup.core.scheduling import (
     DEFAULT_SESSIONS,
     BookingWindow,
     Preferences,

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import col, select
 
-from followup.calendars import read_calendar_files
-from followup.pipeline import BookingOutcome, RecordedStudy, book_follow_up
-from followup.scheduling import BookingWindow, DayPart, Preferences, WorkingSession
+from followup.core.calendars import read_calendar_files
+from followup.core.scheduling import BookingWindow, DayPart, Preferences, WorkingSession
 from followup.services import calendar_import, moves
+from followup.services.pipeline import BookingOutcome, RecordedStudy, book_follow_up
 from followup.settings import get_settings
 from models import booking
 from models.db import session_scope

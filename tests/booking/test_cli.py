@@ -12,8 +12,8 @@ from sqlmodel import col, select
 from typer.testing import CliRunner
 
 from followup.cli import app
-from followup.messaging import visits
-from followup.scheduling import BookingWindow
+from followup.core.scheduling import BookingWindow
+from followup.services import visits
 from followup.settings import get_settings
 from models import queries
 from models.db import session_scope

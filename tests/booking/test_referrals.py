@@ -8,13 +8,13 @@ from itertools import pairwise
 import pytest
 from sqlmodel import col, select
 
-from followup.errors import BookingError
-from followup.referrals import (
+from followup.core.referrals import (
     TRANSITIONS,
     IllegalReferralTransition,
     ReferralStatus,
     check_transition,
 )
+from followup.errors import BookingError
 from models import booking, queries
 from models.db import session_scope
 from models.tables import AuditEvent, Referral

@@ -9,10 +9,9 @@ from datetime import datetime, timedelta
 
 from sqlmodel import col, select
 
-from followup.messaging import visits
-from followup.pipeline import BookingOutcome, RecordedStudy, book_follow_up
-from followup.scheduling import BookingWindow
-from followup.services import moves
+from followup.core.scheduling import BookingWindow
+from followup.services import moves, visits
+from followup.services.pipeline import BookingOutcome, RecordedStudy, book_follow_up
 from followup.settings import Settings, get_settings
 from models import booking
 from models.db import session_scope

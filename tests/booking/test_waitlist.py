@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import select
 
-from followup.scheduling import BookingWindow, DayPart, Preferences
+from followup.core.scheduling import BookingWindow, DayPart, Preferences
 from models import booking
 from models.db import session_scope
 from models.tables import Appointment, Escalation, Slot, WaitlistEntry, WaitlistOffer

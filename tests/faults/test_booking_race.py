@@ -19,7 +19,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from followup.scheduling import WorkingSession
+from followup.core.scheduling import WorkingSession
 from models import booking
 from models.db import migrate, session_scope
 from models.tables import ACTIVE_APPOINTMENT_STATUSES, Appointment, Slot

@@ -50,7 +50,7 @@ def test_scans_accepted_before_a_database_restart_are_all_processed_once(
 ) -> None:
     from flows.scan_completed import scan_completed
     from flows.sweep_inbox import sweep_inbox
-    from followup.intake import receive_message
+    from followup.services.intake import receive_message
 
     with throwaway_cluster() as cluster:
         monkeypatch.setenv("DATABASE_URL", cluster.url)

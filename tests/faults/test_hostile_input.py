@@ -31,10 +31,10 @@ from sqlalchemy import text as sql
 from sqlmodel import col, select
 from twilio.request_validator import RequestValidator
 
-from followup import pipeline
+from followup.core.scheduling import site_holidays
 from followup.gateway.http import FHIR_JSON, create_app
-from followup.messaging.replies import REPLY_TASK
-from followup.scheduling import site_holidays
+from followup.services import pipeline
+from followup.services.replies import REPLY_TASK
 from followup.settings import get_settings
 from models.db import session_scope
 from models.seed import seed_demo_clinic

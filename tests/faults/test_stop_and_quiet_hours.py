@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from followup import pipeline
 from followup.messaging.sender import OutgoingSms, SendReceipt, TwilioSender
+from followup.services import pipeline
 from followup.settings import get_settings
 from models.db import session_scope
 from tests.faults.counting import check_counts, tally

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from followup.messaging.dispatch import MAX_RETRY_DELAY, DispatchPolicy
+from followup.services.dispatch import MAX_RETRY_DELAY, DispatchPolicy
 from models.tables import OutboundStatus
 from tests.faults.counting import check_counts, tally
 from tests.sms.conftest import Clock, World, dispatcher, twilio_sender

@@ -13,7 +13,7 @@ import pytest
 from sqlmodel import col, select
 
 from followup.gateway.mllp import MLLPListener
-from followup.intake import Receipt
+from followup.services.intake import Receipt
 from followup.settings import get_settings
 from models.db import session_scope
 from models.tables import InboxMessage

@@ -17,8 +17,8 @@ from sqlmodel import select
 
 from flows.events import EVENT, emit_for_inbox, event_id
 from flows.sweep_inbox import sweep_inbox
-from followup import intake
 from followup.ris import hl7v2
+from followup.services import intake
 from followup.settings import get_settings
 from models import inbox_queries
 from models.db import session_scope
@@ -138,7 +138,7 @@ def test_sweep_resubmits_a_row_whose_run_died_once_and_the_new_run_takes_it(
     prefect_api: None, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.scan_completed import scan_completed
-    from followup.pipeline import InboxRowClaimed
+    from followup.services.pipeline import InboxRowClaimed
 
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("FOLLOWUP_PROCESSING_LEASE_SECONDS", "600")

@@ -25,7 +25,7 @@ from followup.gateway.mllp import (
     StrayBytes,
     UnterminatedFrame,
 )
-from followup.intake import parse_stored
+from followup.services.intake import parse_stored
 from followup.settings import get_settings
 from models.db import session_scope
 from models.tables import InboxStatus, Patient

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from followup.messaging.policy import (
+from followup.core.messaging.policy import (
     PHI_DENYLIST,
     US_STRICT_ZONES,
     ReplyIntent,

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from followup import intake
-from followup.demo import restamp_for_today
-from followup.intake import Receipt
+from followup.core.demo import restamp_for_today
+from followup.services import intake
+from followup.services.intake import Receipt
 from followup.settings import Settings, get_settings
 from models.db import session_scope
 from models.tables import ImagingStudy, InboxStatus

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from followup.messaging import visits
+from followup.services import visits
 from followup.settings import get_settings
 from models.db import session_scope
 from tests.sms.conftest import NOW, World

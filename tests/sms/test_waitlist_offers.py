@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import col, select
 
-from followup.messaging import visits
+from followup.services import visits
 from followup.settings import Settings, get_settings
 from models import booking
 from models import messaging_queries as mq

@@ -14,13 +14,13 @@ from fastapi.testclient import TestClient
 from sqlmodel import col, select
 from twilio.request_validator import RequestValidator
 
+from followup.core.worklist import CRITICAL_KINDS
 from followup.gateway import twilio_webhooks
 from followup.gateway.twilio_webhooks import twilio_router
-from followup.messaging import visits
-from followup.messaging.dispatch import UNDELIVERABLE_TASK
-from followup.messaging.replies import REPLY_TASK, RESCHEDULE_TASK, WORSENING_TASK
 from followup.messaging.sender import SmsSender
-from followup.worklist import CRITICAL_KINDS
+from followup.services import visits
+from followup.services.dispatch import UNDELIVERABLE_TASK
+from followup.services.replies import REPLY_TASK, RESCHEDULE_TASK, WORSENING_TASK
 from models import messaging_queries as mq
 from models import worklist
 from models.db import session_scope

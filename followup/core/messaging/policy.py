@@ -12,7 +12,7 @@ from datetime import datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from followup.messaging.red_flags import has_red_flag
+from followup.core.messaging.red_flags import has_red_flag
 
 # --- content ------------------------------------------------------------------------------------
 

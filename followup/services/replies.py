@@ -26,12 +26,11 @@ from datetime import datetime, time, timedelta
 
 from sqlmodel import Session
 
-from followup.messaging import visits
-from followup.messaging.plan import display_phone
-from followup.messaging.policy import REPLY_KEY_PREFIX, ReplyIntent, is_keyword, reply_intents
-from followup.messaging.red_flags import normalize
-from followup.messaging.render import RenderedSms, render_sms
-from followup.services import moves
+from followup.core.messaging.plan import display_phone
+from followup.core.messaging.policy import REPLY_KEY_PREFIX, ReplyIntent, is_keyword, reply_intents
+from followup.core.messaging.red_flags import normalize
+from followup.core.messaging.render import RenderedSms, render_sms
+from followup.services import moves, visits
 from followup.settings import Settings
 from models import messaging_queries as mq
 from models import queries

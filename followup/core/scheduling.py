@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 import holidays as holidays_lib
 
-from followup.messaging.policy import next_allowed_send_time
+from followup.core.messaging.policy import next_allowed_send_time
 
 ROUTINE = "routine"
 URGENT = "urgent"

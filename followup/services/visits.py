@@ -20,13 +20,13 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
-from followup.messaging.plan import (
+from followup.core.messaging.plan import (
     VisitDetails,
     plan_booking_messages,
     plan_offer_message,
     plan_visit_notice,
 )
-from followup.messaging.policy import REPLY_KEY_PREFIX, next_allowed_send_time
+from followup.core.messaging.policy import REPLY_KEY_PREFIX, next_allowed_send_time
 from followup.settings import Settings
 from models import booking, queries
 from models import messaging_queries as mq

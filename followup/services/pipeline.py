@@ -14,13 +14,12 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
-from followup import inbox_lifecycle, intake, routing
+from followup.core import inbox_lifecycle, routing
+from followup.core.rules import RoutingRules
+from followup.core.scheduling import EMERGENT, BookingWindow, WindowPolicy, booking_window
 from followup.errors import FollowupError, InboundMessageError
-from followup.messaging import visits
 from followup.ris.scan import PersonName, ScanCompleted
-from followup.rules import RoutingRules
-from followup.scheduling import EMERGENT, BookingWindow, WindowPolicy, booking_window
-from followup.services import moves
+from followup.services import intake, moves, visits
 from followup.settings import Settings
 from models import booking, inbox_queries, queries
 from models.tables import (
