@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from sqlmodel import col, select
@@ -79,7 +79,6 @@ def test_block_close_cancel_and_reschedule_from_the_command_line(cli: Clinic) ->
     doctor = cli.provider()
     tomorrow = datetime.now(NY).date() + timedelta(days=1)
     cli.lay_slots(doctor, first_day=tomorrow, days=21, closed=())
-    patient = cli.patient()
     with session_scope(cli.url) as session:
         npi = session.get_one(Provider, doctor).npi
         first = session.exec(
@@ -98,22 +97,7 @@ def test_block_close_cancel_and_reschedule_from_the_command_line(cli: Clinic) ->
         "already_closed": True
     }
 
-    study, _ = cli.study(patient, doctor)
-    start = datetime.combine(tomorrow, datetime.min.time(), tzinfo=NY)
-    booked = cli.book(
-        patient,
-        doctor,
-        study_id=study,
-        window=BookingWindow(start, start + timedelta(days=14), "routine"),
-    ).booked
-    assert booked is not None
-    with session_scope(cli.url) as session:
-        planned = visits.plan_visit_texts(
-            session=session,
-            appointment_id=booked.appointment_id,
-            settings=get_settings(),
-            now=utcnow(),
-        )
+    booked = _booked_visit(cli, doctor, tomorrow)
 
     moved = _run("appointments", "reschedule", str(booked.appointment_id))
 
@@ -122,7 +106,7 @@ def test_block_close_cancel_and_reschedule_from_the_command_line(cli: Clinic) ->
     assert datetime.fromisoformat(moved["start"]) > booked.start
     old_texts, new_texts = _texts(cli, booked.appointment_id), _texts(cli, moved["appointment"])
     assert {(m.id, m.status) for m in old_texts} == {
-        (i, "cancelled") for i in (planned.notice, *planned.reminders)
+        (i, "cancelled") for i in (booked.texts.notice, *booked.texts.reminders)
     }
     assert {m.id for m in new_texts} == {moved["notice_message"], *moved["reminder_messages"]}
     assert {m.status for m in new_texts} == {"scheduled"}
@@ -146,9 +130,16 @@ def test_block_close_cancel_and_reschedule_from_the_command_line(cli: Clinic) ->
     assert _run("waitlist", "expire") == {"new_offers": [], "offer_messages": []}
 
 
-def _booked_visit(cli: Clinic, doctor: int, first_day: Any) -> tuple[int, datetime, str]:
+class BookedVisit(NamedTuple):
+    appointment_id: int
+    start: datetime
+    npi: str  # the provider's
+    texts: visits.Texts
+
+
+def _booked_visit(cli: Clinic, doctor: int, first_day: Any) -> BookedVisit:
     """A follow-up booked in the first slot of a two-week window from `first_day`, with its
-    texts planned: (appointment id, start, the provider's NPI)."""
+    texts planned."""
     patient = cli.patient()
     study, _ = cli.study(patient, doctor)
     start = datetime.combine(first_day, datetime.min.time(), tzinfo=NY)
@@ -160,21 +151,21 @@ def _booked_visit(cli: Clinic, doctor: int, first_day: Any) -> tuple[int, dateti
     ).booked
     assert booked is not None
     with session_scope(cli.url) as session:
-        visits.plan_visit_texts(
+        texts = visits.plan_visit_texts(
             session=session,
             appointment_id=booked.appointment_id,
             settings=get_settings(),
             now=utcnow(),
         )
         npi = session.get_one(Provider, doctor).npi
-    return booked.appointment_id, booked.start, npi
+    return BookedVisit(booked.appointment_id, booked.start, npi, texts)
 
 
 def test_blocking_a_booked_time_moves_the_visit_and_texts_the_patient(cli: Clinic) -> None:
     doctor = cli.provider()
     tomorrow = datetime.now(NY).date() + timedelta(days=1)
     cli.lay_slots(doctor, first_day=tomorrow, days=21, closed=())
-    visit, start, npi = _booked_visit(cli, doctor, tomorrow)
+    visit, start, npi, _ = _booked_visit(cli, doctor, tomorrow)
     local = start.astimezone(NY)
 
     blocked = _run(
@@ -202,7 +193,7 @@ def test_blocking_a_booked_time_nothing_fits_puts_the_visit_on_the_worklist(cli:
     doctor = cli.provider()
     tomorrow = datetime.now(NY).date() + timedelta(days=1)
     cli.lay_slots(doctor, first_day=tomorrow, days=21, closed=())
-    visit, start, npi = _booked_visit(cli, doctor, tomorrow)
+    visit, start, npi, _ = _booked_visit(cli, doctor, tomorrow)
     local = start.astimezone(NY)
     until = local + timedelta(days=15)
 
