@@ -210,7 +210,7 @@ def seed_clinic(url: str, settings: Settings, *, providers: int, days: int = 35)
     """Providers in practices of five (each covering the next), business hours, slots from
     today for `days` days. Returns their NPIs."""
 
-    from followup.scheduling import DEFAULT_SESSIONS, site_holidays
+    from followup.core.scheduling import DEFAULT_SESSIONS, site_holidays
     from models import booking
     from models.db import session_scope
     from models.tables import Provider
@@ -298,8 +298,8 @@ class Scan:
 def report_pool(settings: Settings) -> dict[str, list[str]]:
     """Corpus and sample report texts, grouped by what the engine decides for them."""
     from followup import nlp
+    from followup.core.rules import load_rules
     from followup.ris import hl7v2
-    from followup.rules import load_rules
 
     texts = [json.loads(line)["text"] for path in CORPUS for line in path.read_text().splitlines()]
     for path in sorted(SAMPLES.glob("*.hl7")):
@@ -315,7 +315,7 @@ def report_pool(settings: Settings) -> dict[str, list[str]]:
 
 
 def category_of(decision: object) -> str:
-    from followup.routing import Decision
+    from followup.core.routing import Decision
 
     assert isinstance(decision, Decision)
     if decision.critical or decision.urgency == "emergent":
@@ -464,8 +464,9 @@ def process_scan(
     `one_transaction`: the steps after intake share one transaction instead (a what-if: what
     the per-step commits cost). Returns the outcome: booked, unbookable, emergent, held, or the
     inbox status."""
-    from followup import intake, nlp, pipeline
-    from followup.rules import load_rules
+    from followup import nlp
+    from followup.core.rules import load_rules
+    from followup.services import intake, pipeline
     from models.db import session_scope
     from models.types import utcnow
 
@@ -533,7 +534,7 @@ def core_worker(url: str, raws: list[bytes], start: Any, finished: Any) -> None:
     the finish, outcome) for each scan and, at the end, ("cpu", CPU seconds spent on them). An
     exception goes on the queue as ("error", text) before it is raised."""
     from followup import nlp
-    from followup.rules import load_rules
+    from followup.core.rules import load_rules
     from followup.settings import get_settings
     from models.db import get_engine
 

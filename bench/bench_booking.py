@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing the pack
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from followup.scheduling import (  # noqa: E402
+from followup.core.scheduling import (  # noqa: E402
     DayPart,
     Preferences,
     WorkingSession,

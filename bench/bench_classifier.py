@@ -80,8 +80,8 @@ def main() -> None:
     ]
     rss_start = rss_mib()
     started = time.perf_counter()
+    from followup.core.rules import load_rules
     from followup.nlp import classify_report, classify_reports
-    from followup.rules import load_rules
 
     rules = load_rules(ROOT / "rules" / "routing.yaml")
     imported = time.perf_counter()

@@ -21,7 +21,7 @@ a pause of 0.5–1.5 × --spacing seconds. A scan is a generated ORU^R01 (a corp
 that books: routine, normal, inconclusive or urgent) sent over MLLP; its latency runs from the
 ACK (the gateway emits the event right after writing it) to the `created_at` of the
 confirmation row in outbound_message. The floor's runs from the emitted event's `occurred` to
-the empty flow run's end. Targets (issue 22): scan p50 ≤ 1.0 s, p95 ≤ 2.0 s, and ≤ 0.5 × the
+the empty flow run's end. Targets: scan p50 ≤ 1.0 s, p95 ≤ 2.0 s, and ≤ 0.5 × the
 floor. The flow runs' states and task runs, read back from the Prefect API, split the latency
 into its parts; a last section times what a process-per-run flow run imports before its first
 task (what the warm worker pays once). Results: bench/results/e2e.md.
@@ -269,7 +269,7 @@ STARTUP_PROBES = {
         "from prefect.flows import load_flow_from_entrypoint\n"
         "load_flow_from_entrypoint('flows/scan_completed.py:scan_completed')\n"
         "from followup import nlp\n"
-        "from followup.rules import load_rules\n"
+        "from followup.core.rules import load_rules\n"
         "from followup.settings import get_settings\n"
         "nlp.classify_report('IMPRESSION: No acute abnormality.',"
         " load_rules(get_settings().rules_path))"

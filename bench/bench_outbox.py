@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing the pack
 
 from sqlmodel import col, select  # noqa: E402
 
-from followup.ehr.dispatch import Destination, EhrDispatcher, EhrPolicy  # noqa: E402
 from followup.ehr.transport import MllpTransport, Outgoing, Result, Transport  # noqa: E402
-from followup.gateway.mllp import FrameDecoder  # noqa: E402
+from followup.ris.mllp_framing import FrameDecoder  # noqa: E402
+from followup.services.ehr_dispatch import Destination, EhrDispatcher, EhrPolicy  # noqa: E402
 from followup.settings import get_settings  # noqa: E402
 from models.db import migrate, session_scope  # noqa: E402
 from models.ehr_outbox import VisitChange, record_visit_change  # noqa: E402

@@ -38,18 +38,18 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing the pack
 
 from sqlmodel import col, select  # noqa: E402
 
-from followup.messaging.dispatch import Dispatcher, DispatchPolicy, Outcome  # noqa: E402
-from followup.messaging.policy import is_send_allowed  # noqa: E402
+from followup.core.messaging.policy import is_send_allowed  # noqa: E402
 from followup.messaging.sender import (  # noqa: E402
     OutgoingSms,
     SendReceipt,
     TwilioSender,
     build_twilio_client,
 )
+from followup.services.dispatch import Dispatcher, DispatchPolicy, Outcome  # noqa: E402
 from followup.settings import get_settings  # noqa: E402
 from models.db import migrate, session_scope  # noqa: E402
 from models.tables import OutboundMessage, Patient  # noqa: E402
-from tests.sms.twilio_mock import ACCOUNT_SID, AUTH_TOKEN, running_prism  # noqa: E402
+from tools.prism import ACCOUNT_SID, AUTH_TOKEN, running_prism  # noqa: E402
 
 NOW = datetime(2026, 12, 8, 19, 0, tzinfo=UTC)
 DAY_ZONES = (

@@ -8,8 +8,8 @@ from prefect import flow, task
 from prefect.artifacts import acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from followup.core.worklist import CRITICAL_KINDS, UNBOOKABLE_KINDS, WorklistTable, worklist_tables
 from followup.settings import Settings, get_settings
-from followup.worklist import CRITICAL_KINDS, UNBOOKABLE_KINDS, WorklistTable, worklist_tables
 from models import worklist
 from models.db import session_scope
 from models.types import utcnow

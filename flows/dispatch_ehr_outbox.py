@@ -1,7 +1,7 @@
 """dispatch-ehr-outbox: send the engine's bookings (SIU) and referrals (REF) to the EHR and the
 specialists, every minute.
 
-Orchestration only: the dispatcher (followup.ehr.dispatch) claims due rows, builds each
+Orchestration only: the dispatcher (followup.services.ehr_dispatch) claims due rows, builds each
 message once, delivers it over MLLP or FHIR and records the answer. The send task has no
 Prefect retries: each row carries its own retry schedule in the outbox, and a run that stops
 half way leaves the rest for the next minute. The deployment's concurrency limit of 1 keeps one
@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from followup.ehr.dispatch import EhrDispatcher, EhrPolicy, default_transports
+from followup.services.ehr_dispatch import EhrDispatcher, EhrPolicy, default_transports
 from followup.settings import get_settings
 
 # FHIR requests: the connection must open fast; a server may take its time to answer.

@@ -1,9 +1,9 @@
 """dispatch-reminders: expire unanswered waitlist offers, then send the SMS that are due, every
 minute.
 
-Orchestration only. Expiry (followup.messaging.visits) closes offers past their deadline and
+Orchestration only. Expiry (followup.services.visits) closes offers past their deadline and
 offers each slot to the next waitlisted patient, with its text in the outbox, before the
-dispatcher (followup.messaging.dispatch) claims due rows: the next offer goes out in the same
+dispatcher (followup.services.dispatch) claims due rows: the next offer goes out in the same
 run. The dispatcher runs the send-time checks, paces the API calls and records what Twilio
 said. A failed expiry does not hold the sends back; the run still fails after them, so it
 shows. The send task has no Prefect retries: each message carries its own retry schedule in
@@ -20,9 +20,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from followup.messaging import visits
-from followup.messaging.dispatch import Dispatcher, DispatchPolicy
 from followup.messaging.sender import build_sender
+from followup.services import visits
+from followup.services.dispatch import Dispatcher, DispatchPolicy
 from followup.settings import get_settings
 from models.db import session_scope
 from models.types import utcnow

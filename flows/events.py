@@ -15,7 +15,7 @@ from uuid import UUID, uuid5
 
 from prefect.events import emit_event
 
-from followup.intake import Receipt
+from followup.services.intake import Receipt
 
 EVENT = "ris.scan.completed"
 # Fixed forever: changing it would let a re-emitted event start a second run.
@@ -62,7 +62,7 @@ def emit_for_inbox(
     return emitted is not None
 
 
-REVIEW_EVENT = "followup.review.needed"
+REVIEW_EVENT = "followup.services.review.needed"
 
 
 def emit_review_needed(*, accession: str, task_ids: list[int]) -> bool:

@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect.artifacts import acreate_table_artifact
 
+from followup.core.worklist import failed_messages_table
 from followup.settings import get_settings
-from followup.worklist import failed_messages_table
 from models.db import session_scope
 from models.worklist import failed_inbox_rows
 

@@ -26,9 +26,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 
 from flows.daily_worklist import publish_worklist
-from followup.redaction import install_redaction
+from followup.core.redaction import install_redaction
+from followup.core.worklist import (
+    CRITICAL_KEY,
+    CRITICAL_KINDS,
+    DueNotice,
+    WorklistTable,
+    critical_table,
+)
 from followup.settings import Settings, get_settings
-from followup.worklist import CRITICAL_KEY, CRITICAL_KINDS, DueNotice, WorklistTable, critical_table
 from models import worklist
 from models.db import session_scope
 from models.types import utcnow

@@ -1,13 +1,14 @@
 """review-scan: a scan the engine could not finish alone waits for a person, as a form in the
 Prefect UI, then carries on.
 
-Started by the `followup.review.needed` event scan-completed emits when a scan needs a person
+Started by the `followup.services.review.needed` event scan-completed emits when a scan needs a
+person
 (a report to read, no slot, an unknown ordering provider, no phone). The run is suspended, not
 paused: it holds no worker or process while it waits (Prefect runs it again from the top once
 the form is sent, and `suspend_flow_run` then returns the answer). It runs on the `followup`
 pool, apart from scan-completed's warm worker and its concurrency limit, so reviews waiting
 for days never take a scan's place. What to offer and what the answer does are
-`followup.review`'s; the flow only sequences them.
+`followup.services.review`'s; the flow only sequences them.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
 
 from flows.daily_worklist import daily_worklist
-from followup import review
-from followup.rules import SPECIALTIES
+from followup.core.rules import SPECIALTIES
+from followup.services import review
 from followup.settings import get_settings
 from models.db import session_scope
 

@@ -1,6 +1,7 @@
 """scan-completed: one completed MRI report → decision, referrals, follow-up, reminders.
 
-The flow only sequences tasks; every task calls steps of `followup.pipeline`, each in its own
+The flow only sequences tasks; every task calls steps of `followup.services.pipeline`, each in its
+own
 transaction. A task run is a retry boundary (the Prefect server spends 25–55 ms of CPU on each,
 and records three state events for it, so there are three): claiming the row (not repeatable:
 a second claim by the same run is refused), deciding (classify + record), and booking with its
@@ -29,10 +30,11 @@ from prefect.runtime import flow_run
 from flows.daily_worklist import daily_worklist
 from flows.events import emit_review_needed
 from flows.hooks import publish_needs_attention
-from followup import pipeline, review, routing
-from followup.redaction import install_redaction
+from followup.core import routing
+from followup.core.redaction import install_redaction
+from followup.core.rules import load_rules
 from followup.ris.scan import ScanCompleted
-from followup.rules import load_rules
+from followup.services import pipeline, review
 from followup.settings import Settings, get_settings
 from models.db import session_scope
 from models.types import utcnow

@@ -9,7 +9,8 @@ resend was judged meanwhile, it is that resend's duplicate and starts nothing.
 The event id is the row's, so a re-emitted event whose original was processed is dropped by
 Prefect's deduplication instead of starting a second run.
 
-A row whose run failed waits in `retry` until its `next_attempt_at` (followup/inbox_lifecycle.py)
+A row whose run failed waits in `retry` until its `next_attempt_at`
+(followup/core/inbox_lifecycle.py)
 and is then submitted again the same way, under an id derived from the failed attempt's claim.
 
 A run that dies (its runner killed) leaves its row `processing`. Once the claim is older than
@@ -25,7 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.events import emit_for_inbox
-from followup import intake
+from followup.services import intake
 from followup.settings import get_settings
 from models import inbox_queries
 from models.db import session_scope

@@ -13,10 +13,11 @@ from sqlmodel import Session
 
 from flows.daily_worklist import daily_worklist
 from followup.errors import FollowupError
-from followup.messaging import visits
+from followup.services import moves, visits
 from followup.settings import get_settings
-from models import booking, queries
+from models import queries
 from models.db import session_scope
+from models.tables import Appointment
 from models.types import utcnow
 
 VIA = "prefect-ui"
@@ -78,14 +79,18 @@ def cancel(appointment_id: int, by: str, reason: str) -> str:
 def move(appointment_id: int, by: str, reason: str) -> str:
     settings = get_settings()
     with session_scope(settings.database_url) as session:
-        moved = visits.reschedule_visit(  # the one place the move service is called
+        previous = session.get(Appointment, appointment_id)
+        now = utcnow()
+        moved = moves.move_appointment(
             session=session,
             appointment_id=appointment_id,
             reason=reason,
+            policy=moves.NothingFits.KEEP,
             settings=settings,
-            now=utcnow(),
+            now=now,
             actor=by,
-        ).result
+            after=max(previous.start, now) if previous is not None else now,
+        )
         _audit_via(
             session,
             by=by,
@@ -95,10 +100,7 @@ def move(appointment_id: int, by: str, reason: str) -> str:
             detail={"reason": reason},
         )
         if moved.appointment is None:
-            return (
-                f"appointment {appointment_id} kept: {moved.reason} "
-                f"(escalation {moved.escalation_id})"
-            )
+            return f"appointment {appointment_id} kept: {moved.reason} (task {moved.task_id})"
         start = moved.appointment.start.astimezone(settings.site_zone)
         return (
             f"appointment {appointment_id} moved by {by} to appointment {moved.appointment.id}, "
@@ -115,8 +117,15 @@ def block(npi: str, start: datetime, end: datetime, by: str, reason: str) -> str
         provider = queries.provider_by_npi(session=session, npi=npi)
         if provider is None or provider.id is None:
             raise NoSuchProvider(f"no provider with NPI {npi}")
-        change = booking.add_blocked_period(
-            session=session, provider_id=provider.id, start=start, end=end, reason=reason, actor=by
+        block = moves.block_provider_time(
+            session=session,
+            provider_id=provider.id,
+            start=start,
+            end=end,
+            reason=reason,
+            settings=settings,
+            now=utcnow(),
+            actor=by,
         )
         _audit_via(
             session,
@@ -126,13 +135,17 @@ def block(npi: str, start: datetime, end: datetime, by: str, reason: str) -> str
             entity_id=provider.id,
             detail={"start": start.isoformat(), "end": end.isoformat(), "reason": reason},
         )
+        moved = [m.previous.id for m in block.moves if m.appointment is not None]
+        kept = [m.previous.id for m in block.moves if m.appointment is None]
         said = (
             f"{provider.display_name} (NPI {npi}) blocked by {by} "
             f"{start.astimezone(zone):%a %Y-%m-%d %H:%M}–{end.astimezone(zone):%H:%M %Z}: "
-            f"{change.blocked_slots} slots"
+            f"{block.slots_blocked} slots"
         )
-        if change.conflicts:
-            said += f"; visits to move: {', '.join(map(str, change.conflicts))}"
+        if moved:
+            said += f"; visits moved: {', '.join(map(str, moved))}"
+        if kept:
+            said += f"; on the worklist (nothing fits): {', '.join(map(str, kept))}"
         return said
 
 

@@ -4,19 +4,51 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
+import logging
 import sys
-from datetime import datetime
+from dataclasses import asdict
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlmodel import select
 
-from followup.errors import FollowupError
+# First of the project's imports: Prefect reads its environment once, when first imported.
+# Prefect itself (flows/, the gateway's serve, the warm worker) and spaCy (followup.nlp) are
+# imported inside the commands that use them: seconds of start-up the other commands skip.
+from followup import bootstrap  # noqa: F401
+from followup.core.calendars import CalendarImportError, read_calendar_files
+from followup.core.demo import restamp_for_today
+from followup.core.evaluation import evaluate, format_report, load_cases
+from followup.core.messaging.plan import display_phone
+from followup.core.messaging.policy import phi_terms_in
+from followup.core.messaging.render import SMS_KINDS, format_visit_time, render_sms
+from followup.core.messaging.reply_eval import (
+    evaluate_replies,
+    format_reply_report,
+    load_reply_cases,
+    understand,
+)
+from followup.core.referrals import IllegalReferralTransition
+from followup.core.rules import load_rules
+from followup.core.scheduling import site_holidays
+from followup.core.worklist import as_text, local_cells
+from followup.errors import FollowupError, TemplateProblem
+from followup.messaging.sender import DryRunSender, build_sender
+from followup.services import intake, moves, pipeline, visits
+from followup.services.calendar_import import import_calendars
+from followup.services.dispatch import Dispatcher, DispatchPolicy
 from followup.settings import PROJECT_ROOT, Settings, get_settings
-from followup.worklist import as_text
+from models import booking, inbox_queries, messaging_queries, queries, worklist
+from models.db import migrate, session_scope
+from models.seed import seed_demo_clinic
+from models.tables import Appointment, Escalation, InboxStatus, OutboundStatus, Provider
+from models.types import utcnow
 
 app = typer.Typer(help="MRI follow-up and referral engine.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -36,27 +68,10 @@ DEMO_MESSAGES = (
 
 err = Console(stderr=True)
 
-# Defaults for running Prefect from this command without a configured server: a temporary
-# local server whose first start (migrating its own SQLite) can take a while on a cold machine,
-# state kept under var/, and no telemetry attempts from an offline clinic network.
-PREFECT_DEFAULTS = {
-    "PREFECT_HOME": str(PROJECT_ROOT / "var" / "prefect"),
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-}
-
-
-@app.callback()
-def _prefect_environment() -> None:
-    for name, value in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-
 
 def _listener_settings() -> Settings:
     """The settings, or exit 2 naming each invalid one on a line of its own: a listener must
     not start on a setting that would leave it open (an empty FOLLOWUP_HTTP_TOKEN)."""
-    from pydantic import ValidationError
-
     try:
         return get_settings()
     except ValidationError as error:
@@ -73,15 +88,12 @@ def _read_input(path: str) -> bytes:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the application database to the latest schema."""
-    from models.db import migrate
-
     settings = get_settings()
     migrate(settings.database_url)
     err.print(f"database at head: {_safe_url(settings)}")
 
 
 def _safe_url(settings: Settings) -> str:
-    from sqlalchemy.engine import make_url
 
     return make_url(settings.database_url).render_as_string(hide_password=True)
 
@@ -92,7 +104,6 @@ def classify(
 ) -> None:
     """Classify one report text and print the decision as JSON (design contract)."""
     from followup.nlp import classify_report
-    from followup.rules import load_rules
 
     text = _read_input(path).decode("utf-8", errors="replace")
     decision = classify_report(text, load_rules(get_settings().rules_path))
@@ -109,9 +120,6 @@ def evaluate_corpus(
     """Scores on a labelled corpus: exact decisions, critical recall and false alarms, accuracy
     per phrasing family and body region, per-specialty precision/recall, a referral confusion
     table and the wrong cases."""
-    from followup.evaluation import evaluate, format_report, load_cases
-    from followup.rules import load_rules
-
     report = evaluate(load_cases(corpus), load_rules(get_settings().rules_path))
     typer.echo(format_report(report))
 
@@ -124,12 +132,6 @@ def evaluate_reply_corpus(
     / "replies_test.jsonl",
 ) -> None:
     """Recall and precision per reply intent and for red flags, and the wrong cases."""
-    from followup.messaging.reply_eval import (
-        evaluate_replies,
-        format_reply_report,
-        load_reply_cases,
-    )
-
     typer.echo(format_reply_report(evaluate_replies(load_reply_cases(corpus))))
 
 
@@ -142,8 +144,6 @@ def replies_classify(
     path: Annotated[str, typer.Argument(help="a text file, or - for stdin")],
 ) -> None:
     """Read one patient text and print {"intents": [...], "red_flag": bool} (contract)."""
-    from followup.messaging.reply_eval import understand
-
     text = _read_input(path).decode("utf-8", errors="replace")
     typer.echo(json.dumps(understand(text).to_contract()))
 
@@ -154,10 +154,6 @@ def replies_show(
 ) -> None:
     """A task and every patient text shown with it, oldest first (texts are PHI: for the
     clinicians and schedulers who act on the task)."""
-    from models import messaging_queries
-    from models.db import session_scope
-    from models.tables import Escalation
-
     settings = get_settings()
     zone = settings.site_zone
     with session_scope(settings.database_url) as session:
@@ -187,9 +183,6 @@ def seed_demo() -> None:
 
 
 def _seed_demo_clinic(settings: Settings) -> tuple[int, int]:
-    from followup.scheduling import site_holidays
-    from models.db import migrate, session_scope
-    from models.seed import seed_demo_clinic
 
     migrate(settings.database_url)
     today = datetime.now(settings.site_zone).date()
@@ -206,9 +199,6 @@ def _seed_demo_clinic(settings: Settings) -> tuple[int, int]:
 
 def _ingest(raw: bytes, settings: Settings, *, source: str) -> dict[str, Any]:
     """The gateway's path: store raw, validate, then run the flow for an accepted message."""
-    from followup import intake, pipeline
-    from models.db import session_scope
-
     with session_scope(settings.database_url) as session:
         receipt = intake.receive_message(session=session, raw=raw, source=source, settings=settings)
     if receipt.should_process:
@@ -231,8 +221,6 @@ def ingest(
     path: Annotated[str, typer.Argument(help="HL7 v2 message file, or - for stdin")],
 ) -> None:
     """Feed one message through the gateway's path and print the JSON summary."""
-    from models.db import migrate
-
     settings = get_settings()
     migrate(settings.database_url)
     summary = _ingest(_read_input(path), settings, source="cli")
@@ -246,8 +234,6 @@ def ingest(
 @app.command()
 def demo() -> None:
     """Seed the demo clinic, feed the bundled sample reports through the flow, show a table."""
-    from followup.demo import restamp_for_today
-
     settings = get_settings()
     providers, slots = _seed_demo_clinic(settings)
     err.print(f"demo clinic ready: {providers} providers, {slots} new slots")
@@ -301,8 +287,6 @@ def demo_table(rows: list[dict[str, Any]], settings: Settings) -> Table:
 @app.command()
 def serve() -> None:
     """Run the engine: local Prefect server, MLLP and HTTP gateways, served flows (Ctrl-C stops)."""
-    import logging
-
     from followup.gateway.serve import StartupRefused, serve_engine
 
     logging.basicConfig(
@@ -329,8 +313,6 @@ def warm_worker(
 ) -> None:
     """Run the work pool's flow runs (scan-completed) inside this one warm process, a Prefect
     worker; needs PREFECT_API_URL (Ctrl-C stops, letting in-flight runs finish)."""
-    import logging
-
     from followup.warm_worker import serve_warm_worker
 
     logging.basicConfig(
@@ -344,8 +326,6 @@ def warm_worker(
 def gateway() -> None:
     """Run the MLLP and HTTP gateways only, emitting events to PREFECT_API_URL for workers
     elsewhere (docs/deploy.md); no Prefect server, no flows (Ctrl-C stops)."""
-    import logging
-
     from followup.gateway.serve import StartupRefused, serve_gateway
 
     logging.basicConfig(
@@ -379,7 +359,6 @@ def _print_json(value: Any) -> None:
 
 
 def _closed_days(settings: Settings, session: Any) -> frozenset[Any]:
-    from models import booking
 
     year = datetime.now(settings.site_zone).year
     return booking.site_closed_days(session=session, settings=settings, years=range(year, year + 2))
@@ -398,13 +377,6 @@ def providers_import(
     ] = HORIZON_DAYS,
 ) -> None:
     """Import providers, weekly hours and availability; print what was stored and skipped."""
-    from dataclasses import asdict
-
-    from followup import pipeline
-    from followup.calendars import CalendarImportError, read_calendar_files
-    from models import booking
-    from models.db import migrate, session_scope
-
     settings = get_settings()
     try:
         data = read_calendar_files(paths)
@@ -413,7 +385,7 @@ def providers_import(
         raise typer.Exit(code=1) from error
     migrate(settings.database_url)
     with session_scope(settings.database_url) as session:
-        report = booking.import_calendars(
+        report = import_calendars(
             session=session,
             data=data,
             first_day=datetime.now(settings.site_zone).date(),
@@ -434,12 +406,6 @@ def providers_slots(
     days: Annotated[int, typer.Option(help="days ahead to lay slots for")] = HORIZON_DAYS,
 ) -> None:
     """Lay (or bring in line) every active provider's slots from their calendars."""
-    from sqlmodel import select
-
-    from models import booking
-    from models.db import migrate, session_scope
-    from models.tables import Provider
-
     settings = get_settings()
     migrate(settings.database_url)
     with session_scope(settings.database_url) as session:
@@ -468,13 +434,9 @@ def providers_block(
     end: Annotated[str, typer.Argument(help="ISO time; site time zone when no offset")],
     reason: Annotated[str, typer.Option(help="why (vacation, conference, ...)")] = "",
 ) -> None:
-    """Block a provider's time; prints the appointments that now need moving."""
-    from sqlmodel import select
-
-    from models import booking
-    from models.db import migrate, session_scope
-    from models.tables import Provider
-
+    """Block a provider's time and move the visits booked in it (the same provider's next
+    slot, else the fallback chain), texting each patient; a visit nothing fits goes on the
+    schedulers' worklist."""
     settings = get_settings()
     migrate(settings.database_url)
     with session_scope(settings.database_url) as session:
@@ -482,15 +444,41 @@ def providers_block(
         if provider is None or provider.id is None:
             err.print(f"[red]no provider with NPI {npi}[/red]")
             raise typer.Exit(code=1)
-        change = booking.add_blocked_period(
+        block = moves.block_provider_time(
             session=session,
             provider_id=provider.id,
             start=_aware(start, settings),
             end=_aware(end, settings),
             reason=reason,
+            settings=settings,
+            now=utcnow(),
             actor="cli",
         )
-    _print_json({"slots_blocked": change.blocked_slots, "conflicts": list(change.conflicts)})
+        summary = {
+            "slots_blocked": block.slots_blocked,
+            "conflicts": [move.previous.id for move in block.moves],
+            "moved": [_moved(move) for move in block.moves if move.appointment is not None],
+            "worklist": [
+                {"appointment": move.previous.id, "task": move.task_id, "reason": move.reason}
+                for move in block.moves
+                if move.appointment is None
+            ],
+        }
+    _print_json(summary)
+
+
+def _moved(move: Any) -> dict[str, Any]:
+    """A move's summary: the old visit, the new one and its start, the texts it stored."""
+    return {
+        "previous": move.previous.id,
+        "appointment": move.appointment.id if move.appointment else None,
+        "start": move.appointment.start if move.appointment else None,
+        "task": move.task_id,
+        "reason": move.reason,
+        "notice_message": move.texts.notice,
+        "reminder_messages": list(move.texts.reminders),
+        "offer_messages": list(move.texts.offers),
+    }
 
 
 @providers_app.command("close")
@@ -499,11 +487,6 @@ def providers_close(
     reason: Annotated[str, typer.Option(help="why (snow day, training, ...)")] = "",
 ) -> None:
     """Close the site for a day on top of the public holidays."""
-    from datetime import date
-
-    from models import booking
-    from models.db import migrate, session_scope
-
     settings = get_settings()
     migrate(settings.database_url)
     with session_scope(settings.database_url) as session:
@@ -527,10 +510,6 @@ def appointments_cancel(
 ) -> None:
     """Cancel an appointment: cancels its unsent SMS, texts the patient, and offers the freed
     slot to the waitlist by SMS."""
-    from followup.messaging import visits
-    from models.db import session_scope
-    from models.types import utcnow
-
     settings = get_settings()
     with session_scope(settings.database_url) as session:
         cancelled = visits.cancel_visit(
@@ -557,41 +536,40 @@ def appointments_cancel(
 def appointments_reschedule(
     appointment_id: int, reason: Annotated[str, typer.Option(help="why")] = "patient asked"
 ) -> None:
-    """Move a follow-up to the next fitting slot in its window, or escalate. The old visit's
-    unsent SMS are cancelled; the patient gets a reschedule notice and new reminders, and the
-    freed slot is offered to the waitlist by SMS."""
-    from followup.messaging import visits
-    from models.db import session_scope
-    from models.types import utcnow
-
+    """Move a follow-up to the next fitting slot in its window. The old visit's unsent SMS are
+    cancelled; the patient gets a reschedule notice and new reminders, and the freed slot is
+    offered to the waitlist by SMS. When nothing fits the patient keeps the visit and the
+    schedulers get a task to move it by hand."""
     settings = get_settings()
     with session_scope(settings.database_url) as session:
-        moved = visits.reschedule_visit(
+        previous_start = _start_of(session, appointment_id)
+        now = utcnow()
+        move = moves.move_appointment(
             session=session,
             appointment_id=appointment_id,
             reason=reason,
+            policy=moves.NothingFits.KEEP,
             settings=settings,
-            now=utcnow(),
+            now=now,
             actor="cli",
+            after=max(previous_start, now),
         )
-        result = moved.result
-        summary = {
-            "previous": appointment_id,
-            "appointment": result.appointment.id if result.appointment else None,
-            "start": result.appointment.start if result.appointment else None,
-            "escalation": result.escalation_id,
-            "reason": result.reason,
-            "notice_message": moved.texts.notice,
-            "reminder_messages": list(moved.texts.reminders),
-            "offer_messages": list(moved.texts.offers),
-        }
+        summary = _moved(move)
     _print_json(summary)
+
+
+def _start_of(session: Any, appointment_id: int) -> datetime:
+
+    appointment = session.get(Appointment, appointment_id)
+    if appointment is None:
+        err.print(f"[red]no appointment {appointment_id}[/red]")
+        raise typer.Exit(code=1)
+    start: datetime = appointment.start
+    return start
 
 
 def _print_rows(title: str, rows: list[dict[str, Any]]) -> None:
     """Rows as a table that folds rather than cuts at 80 columns; times in the site's zone."""
-    from followup.worklist import local_cells
-
     settings = get_settings()
     if not rows:
         typer.echo(f"{title}: none")
@@ -620,11 +598,6 @@ def appointments_list(
     ] = None,
 ) -> None:
     """Appointments by accession, patient (MRN) or day, with the ids the other commands take."""
-    from datetime import date, time, timedelta
-
-    from models import worklist
-    from models.db import session_scope
-
     _one_selector(accession=accession, mrn=mrn, day=day)
     settings = get_settings()
     start = end = None
@@ -648,9 +621,6 @@ def referrals_list(
     mrn: Annotated[str | None, typer.Option(help="a patient's referrals")] = None,
 ) -> None:
     """Referrals by accession or patient (MRN), in every state, with their ids."""
-    from models import worklist
-    from models.db import session_scope
-
     _one_selector(accession=accession, mrn=mrn)
     settings = get_settings()
     with session_scope(settings.database_url) as session:
@@ -662,10 +632,6 @@ def referrals_list(
 def waitlist_expire() -> None:
     """Expire unanswered offers, offer their slots onwards by SMS, lapse closed windows (the
     dispatch-reminders deployment does this every minute)."""
-    from followup.messaging import visits
-    from models.db import session_scope
-    from models.types import utcnow
-
     settings = get_settings()
     with session_scope(settings.database_url) as session:
         expired = visits.expire_waitlist_offers(
@@ -684,10 +650,6 @@ def waitlist_expire() -> None:
 @referrals_app.command("overdue")
 def referrals_overdue() -> None:
     """Open referrals still without an appointment past their tier's allowance."""
-    from models import booking
-    from models.db import session_scope
-    from models.types import utcnow
-
     settings = get_settings()
     with session_scope(settings.database_url) as session:
         rows = [
@@ -712,14 +674,10 @@ def referrals_move(
     actor: Annotated[str, typer.Option(help="who made the change")] = "cli",
 ) -> None:
     """Move a referral to its next state; illegal moves are refused."""
-    from followup.referrals import IllegalReferralTransition
-    from models import booking
-    from models.db import session_scope
-
     settings = get_settings()
     try:
         with session_scope(settings.database_url) as session:
-            referral = booking.transition_referral(
+            referral = queries.transition_referral(
                 session=session,
                 referral_id=referral_id,
                 to=status,
@@ -755,11 +713,6 @@ def templates_check() -> None:
 
     Exits 1 when a template does not render or its text holds a word of the PHI deny-list.
     """
-    from followup.errors import TemplateProblem
-    from followup.messaging.plan import display_phone
-    from followup.messaging.policy import phi_terms_in
-    from followup.messaging.render import SMS_KINDS, format_visit_time, render_sms
-
     settings = get_settings()
     table = Table(title=f"SMS templates in {settings.templates_dir / 'sms'}")
     for column in ("language", "template", "encoding", "segments", "chars", "check", "text"):
@@ -820,11 +773,6 @@ def sms_dispatch(
     ] = False,
 ) -> None:
     """Send the SMS that are due now (what the dispatch-reminders deployment runs each minute)."""
-    from followup.messaging.dispatch import Dispatcher, DispatchPolicy
-    from followup.messaging.sender import DryRunSender, build_sender
-    from models import messaging_queries
-    from models.db import migrate, session_scope
-
     settings = get_settings()
     migrate(settings.database_url)
     dispatcher = Dispatcher(
@@ -848,10 +796,6 @@ def sms_list(
     ] = None,
 ) -> None:
     """Every outbox message's state, in due order: no text, phone number or name."""
-    from models import messaging_queries
-    from models.db import session_scope
-    from models.tables import OutboundStatus
-
     if state is not None and state not in set(OutboundStatus):
         err.print(f"[red]unknown state {state!r}[/red]: one of {', '.join(OutboundStatus)}")
         raise typer.Exit(code=2)
@@ -893,10 +837,6 @@ def escalations_ack(
     by: Annotated[str, typer.Option(help="who acknowledges (name or user id)")],
 ) -> None:
     """Acknowledge an escalation: it stops re-notifying and leaves the open list."""
-    from models import worklist
-    from models.db import session_scope
-    from models.types import utcnow
-
     settings = get_settings()
     with session_scope(settings.database_url) as session:
         try:
@@ -931,10 +871,6 @@ def inbox_list(
     limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 50,
 ) -> None:
     """Every inbound message's state, attempts and what to do (no message content)."""
-    from models import inbox_queries
-    from models.db import session_scope
-    from models.tables import InboxStatus
-
     settings = get_settings()
     zone = settings.site_zone
     table = Table(title="Inbound messages")
@@ -966,8 +902,6 @@ def inbox_retry(
 ) -> None:
     """Re-run a failed message once its cause is fixed (audited with --by)."""
     from flows.events import emit_for_inbox
-    from models import inbox_queries
-    from models.db import session_scope
 
     if not by.strip():
         err.print("[red]--by must name who re-runs the message[/red]")

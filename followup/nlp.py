@@ -1,8 +1,8 @@
 """Report text → findings → decision, with medspaCy: sections, target matching and ConText.
 
 Only this module loads spaCy and medspaCy (about a second of imports and pipeline building):
-what runs where it is not needed (the gateway, the booking code) imports `followup.findings`
-and `followup.routing` instead; the warm worker loads it once for all its scans.
+what runs where it is not needed (the gateway, the booking code) imports `followup.core.findings`
+and `followup.core.routing` instead; the warm worker loads it once for all its scans.
 
 The pipeline is built once per rules version and cached. Stage one reads the whole report:
 
@@ -43,8 +43,7 @@ from spacy.matcher import Matcher, PhraseMatcher
 from spacy.tokens import Doc, Span
 from thinc.types import Ints2d
 
-from followup.errors import RulesError
-from followup.findings import (
+from followup.core.findings import (
     UNCLASSIFIED,
     UNHEADED,
     CodedItem,
@@ -54,8 +53,9 @@ from followup.findings import (
     findings_from_codes,
     spinal_levels,
 )
-from followup.routing import Decision, decide_report
-from followup.rules import RoutingRules, Rule, TokenPattern
+from followup.core.routing import Decision, decide_report
+from followup.core.rules import RoutingRules, Rule, TokenPattern
+from followup.errors import RulesError
 
 with warnings.catch_warnings():
     # medspaCy's matcher module runs warnings.filterwarnings("ignore") at import time, which

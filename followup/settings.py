@@ -7,11 +7,16 @@ names are the ones in the README's settings table.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from followup.core.scheduling import OfferTiming
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _HOST_PORT = r"^[^:\s]+:\d{1,5}$"
@@ -50,6 +55,15 @@ class Settings(BaseSettings):
     )
     quiet_hours_start: int = Field(default=20, validation_alias="FOLLOWUP_QUIET_START_HOUR")
     quiet_hours_end: int = Field(default=8, validation_alias="FOLLOWUP_QUIET_END_HOUR")
+    # A waitlisted patient has this long to answer an offer of a freed slot, counted from when
+    # its text may reach them; an offer lapses at the latest this long before the visit, so
+    # whoever is offered the slot next still has time to come.
+    waitlist_offer_ttl_minutes: int = Field(
+        default=240, ge=1, validation_alias="FOLLOWUP_WAITLIST_OFFER_TTL_MINUTES"
+    )
+    waitlist_offer_notice_hours: int = Field(
+        default=12, ge=0, validation_alias="FOLLOWUP_WAITLIST_OFFER_NOTICE_HOURS"
+    )
 
     mllp_host: str = Field(default="127.0.0.1", validation_alias="FOLLOWUP_MLLP_HOST")
     mllp_port: int = Field(default=2575, validation_alias="FOLLOWUP_MLLP_PORT")
@@ -80,7 +94,7 @@ class Settings(BaseSettings):
     )
     # An accepted message whose run failed is tried again this many times in all, waiting
     # base, 2×base, 4×base … (at most max) between attempts, then held for a person
-    # (followup/inbox_lifecycle.py). The defaults ride out a database or Prefect restart.
+    # (followup/core/inbox_lifecycle.py). The defaults ride out a database or Prefect restart.
     inbox_max_attempts: int = Field(default=5, ge=1, validation_alias="FOLLOWUP_INBOX_MAX_ATTEMPTS")
     inbox_retry_base_seconds: float = Field(
         default=60.0, gt=0, validation_alias="FOLLOWUP_INBOX_RETRY_BASE_SECONDS"
@@ -233,6 +247,19 @@ class Settings(BaseSettings):
     @property
     def site_zone(self) -> ZoneInfo:
         return ZoneInfo(self.site_timezone)
+
+    @property
+    def offer_timing(self) -> OfferTiming:
+        # Imported here: the scheduling core loads the holidays tables, which most commands
+        # that read the settings never need.
+        from followup.core.scheduling import OfferTiming
+
+        return OfferTiming(
+            ttl=timedelta(minutes=self.waitlist_offer_ttl_minutes),
+            notice=timedelta(hours=self.waitlist_offer_notice_hours),
+            send_from_hour=self.quiet_hours_end,
+            send_until_hour=self.quiet_hours_start,
+        )
 
     @property
     def sms_dry_run(self) -> bool:

@@ -362,7 +362,7 @@ async def ensure_pool(client: PrefectClient, pool: str) -> None:
 def prepare(settings: Settings) -> None:
     """What every scan needs, loaded before the first one: the NLP pipeline and the tables."""
     from followup import nlp
-    from followup.rules import load_rules
+    from followup.core.rules import load_rules
 
     nlp.prepare(load_rules(settings.rules_path))
 

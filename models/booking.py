@@ -1,8 +1,11 @@
 """Booking, waitlist and referral-tracking queries: keyword-only functions taking a session.
 
 The caller owns the transaction. What fits, in which order providers are tried and who on the
-waitlist comes first are decided by the pure core (followup.scheduling, followup.referrals);
-this module reads and writes the rows and records every step in the audit trail.
+waitlist is offered a freed slot (and until when, around quiet hours) are decided by the pure
+core (followup.core.scheduling, followup.core.referrals); moving a visit and importing calendars are
+use
+cases in followup.services. This module reads and writes the rows and records every step in
+the audit trail.
 
 No double booking: a slot changes hands by one conditional write (free → booked) that only one
 transaction can win; on PostgreSQL the winner is picked with `FOR UPDATE SKIP LOCKED`, so
@@ -15,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import Any, NamedTuple, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
@@ -32,39 +35,36 @@ from sqlalchemy import (
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, SQLModel, col, select
 
-from followup.errors import BookingError
-from followup.messaging.policy import next_allowed_send_time
-from followup.referrals import (
+from followup.core.referrals import (
     AWAITING_APPOINTMENT,
     DEFAULT_ALLOWANCE,
-    ReferralStatus,
-    check_transition,
 )
-from followup.scheduling import (
+from followup.core.scheduling import (
     NO_PREFERENCES,
     BookingWindow,
     DayPart,
+    FreedSlot,
+    OfferTiming,
     Period,
     Preferences,
     ProviderCalendar,
     SlotStatus,
+    WaitingPatient,
     WorkingSession,
+    choose_waitlist_offer,
     fallback_chain,
     fitting_slots,
-    offer_deadline,
     plan_slot_sync,
     site_holidays,
-    waitlist_priority,
 )
+from followup.errors import BookingError
 from followup.settings import Settings
 from models.ehr_outbox import (
-    ReferralChange,
     VisitChange,
-    record_referral_change,
     record_visit_change,
 )
 from models.messaging_queries import cancel_offer_message
-from models.queries import audit, cancel_pending_messages, record_escalation
+from models.queries import audit, cancel_pending_messages
 from models.tables import (
     ACTIVE_APPOINTMENT_STATUSES,
     OPEN_WAITLIST_STATUSES,
@@ -75,7 +75,6 @@ from models.tables import (
     Decision,
     Escalation,
     EscalationStatus,
-    ImagingStudy,
     OfferStatus,
     Patient,
     Provider,
@@ -83,7 +82,6 @@ from models.tables import (
     ReferralStatusChange,
     SiteClosure,
     Slot,
-    SlotSource,
     WaitlistEntry,
     WaitlistOffer,
     WaitlistStatus,
@@ -91,17 +89,9 @@ from models.tables import (
 )
 from models.types import utcnow
 
-if TYPE_CHECKING:
-    # Only named in a signature: the calendar parser imports fhir.resources' models, which
-    # flow runs (every booking) would otherwise load for nothing.
-    from followup.calendars import CalendarImport
-
 ACTOR = "engine"
 SCHEDULER_QUEUE = "scheduler-queue"
 PAGE_SIZE = 16  # free slots read per round trip while looking for one that fits
-# How long a waitlisted patient has to answer an offer, from when its text may go out.
-OFFER_TTL = timedelta(hours=4)
-OFFER_NOTICE = timedelta(hours=12)  # an offer lapses at the latest this long before the visit
 
 
 # --- site and provider calendars ---------------------------------------------------------------
@@ -320,150 +310,22 @@ def _active_appointments(
     )
 
 
-# --- imports -----------------------------------------------------------------------------------
+def provider_by_npi(*, session: Session, npi: str) -> Provider | None:
+    return session.exec(select(Provider).where(Provider.npi == npi)).first()
 
 
-@dataclass(frozen=True, slots=True)
-class ImportReport:
-    providers_created: int
-    providers_updated: int
-    slots_created: int
-    slots_blocked: int
-    blocked_periods: int
-    skipped: tuple[str, ...]
-    conflicts: tuple[int, ...]
-
-
-def import_calendars(
-    *,
-    session: Session,
-    data: CalendarImport,
-    first_day: date,
-    days: int,
-    closed_days: Iterable[date],
-    actor: str = ACTOR,
-) -> ImportReport:
-    """Store imported providers and availability, then lay the providers' slots (idempotent)."""
-    closed = frozenset(closed_days)
-    skipped = list(data.skipped)
-    created = updated = slots_created = slots_blocked = periods = 0
-    by_npi: dict[str, Provider] = {}
-    for record in data.providers:
-        provider = session.exec(select(Provider).where(Provider.npi == record.npi)).first()
-        if provider is None:
-            provider = Provider(
-                npi=record.npi, family_name=record.family_name, practice="", timezone=""
-            )
-            created += 1
-        else:
-            updated += 1
-        provider.family_name = record.family_name
-        provider.given_name = record.given_name
-        provider.practice = record.practice
-        provider.timezone = record.timezone
-        provider.slot_minutes = record.slot_minutes
-        session.add(provider)
-        session.flush()
-        by_npi[record.npi] = provider
-    for record in data.providers:
-        provider = by_npi[record.npi]
-        covering = (
-            session.exec(select(Provider).where(Provider.npi == record.covering_npi)).first()
-            if record.covering_npi
-            else None
-        )
-        if record.covering_npi and covering is None:
-            skipped.append(
-                f"provider {record.npi}: covering provider {record.covering_npi} unknown"
-            )
-        provider.covering_provider_id = covering.id if covering else None
-        session.add(provider)
-        assert provider.id is not None
-        set_working_hours(session=session, provider_id=provider.id, sessions=record.sessions)
-    conflicts: list[int] = []
-    touched: set[int] = {p.id for p in by_npi.values() if p.id is not None}
-    for row in data.availability:
-        provider = (
-            by_npi.get(row.npi)
-            or session.exec(select(Provider).where(Provider.npi == row.npi)).first()
-        )
-        if provider is None or provider.id is None:
-            skipped.append(f"{row.source}: provider NPI {row.npi} is not in the directory")
-            continue
-        touched.add(provider.id)
-        if not row.bookable:
-            result = add_blocked_period(
-                session=session,
-                provider_id=provider.id,
-                start=row.start,
-                end=row.end,
-                reason=row.comment or row.status,
-                source=row.source[:64],
-                actor=actor,
-            )
-            periods += 1
-            slots_blocked += result.blocked_slots
-            conflicts.extend(result.conflicts)
-            continue
-        problem = _imported_slot_problem(session, provider, row.start, row.end, closed)
-        if problem == "already there":
-            continue
-        if problem:
-            skipped.append(f"{row.source}: {problem}")
-            continue
-        session.add(
-            Slot(provider_id=provider.id, start=row.start, end=row.end, source=SlotSource.IMPORT)
-        )
-        session.flush()
-        slots_created += 1
-    for provider_id in sorted(touched):
-        sync = materialize_slots(
-            session=session,
-            provider_id=provider_id,
-            first_day=first_day,
-            days=days,
-            closed_days=closed,
-        )
-        slots_created += sync.created
-        slots_blocked += sync.blocked
-    audit(
-        session=session,
-        actor=actor,
-        action="calendar.imported",
-        entity="provider",
-        entity_id=None,
-        detail={"providers": sorted(by_npi), "slots_created": slots_created, "skipped": skipped},
-    )
-    return ImportReport(
-        providers_created=created,
-        providers_updated=updated,
-        slots_created=slots_created,
-        slots_blocked=slots_blocked,
-        blocked_periods=periods,
-        skipped=tuple(skipped),
-        conflicts=tuple(sorted(set(conflicts))),
-    )
-
-
-def _imported_slot_problem(
-    session: Session, provider: Provider, start: datetime, end: datetime, closed: frozenset[date]
-) -> str:
-    local_day = start.astimezone(ZoneInfo(provider.timezone)).date()
-    if local_day in closed or local_day.weekday() >= 5:
-        return f"{local_day} is not a business day of the site"
-    clash = session.exec(
+def overlapping_open_slot(
+    *, session: Session, provider_id: int, start: datetime, end: datetime
+) -> Slot | None:
+    """A slot of the provider not blocked that overlaps [start, end), if any."""
+    return session.exec(
         select(Slot).where(
-            Slot.provider_id == provider.id,
+            Slot.provider_id == provider_id,
             Slot.status != SlotStatus.BLOCKED,
             Slot.start < end,
             Slot.end > start,
         )
     ).first()
-    if clash is None:
-        return ""
-    if clash.start == start and clash.end == end:
-        return "already there"
-    return f"overlaps the provider's slot at {clash.start.isoformat()}"
 
 
 # --- booking -----------------------------------------------------------------------------------
@@ -498,19 +360,6 @@ def patient_preferences(patient: Patient) -> Preferences:
         day_part=DayPart(patient.preferred_day_part) if patient.preferred_day_part else None,
         weekdays=frozenset(patient.preferred_weekdays or ()),
     )
-
-
-def set_patient_preferences(
-    *, session: Session, patient_id: int, preferences: Preferences
-) -> Patient:
-    patient = session.get(Patient, patient_id)
-    if patient is None:
-        raise LookupError(f"patient {patient_id} does not exist")
-    patient.preferred_day_part = preferences.day_part
-    patient.preferred_weekdays = sorted(preferences.weekdays) or None
-    session.add(patient)
-    session.flush()
-    return patient
 
 
 @dataclass(frozen=True, slots=True)
@@ -903,62 +752,64 @@ def offer_freed_slot(
     session: Session,
     slot_id: int,
     now: datetime,
-    ttl: timedelta = OFFER_TTL,
-    notice: timedelta = OFFER_NOTICE,
+    timing: OfferTiming,
     actor: str = ACTOR,
 ) -> WaitlistOffer | None:
-    """Hold a free slot for the first waitlisted patient it suits (urgent first, then longest
-    waiting; the slot's provider must be theirs, their covering provider or in their practice,
-    the slot inside their window and as they prefer). None when nobody fits or it is too late.
+    """Hold a free slot for the waitlisted patient the core chooses
+    (`followup.core.scheduling.choose_waitlist_offer`); None when nobody fits or it is too late.
 
-    The patient has `ttl` to answer from the moment the offer's text may reach them (08:00 at
-    the earliest in their zone, the strict all-US window when it is unknown), so an offer made
-    at night does not lapse unread; one who cannot be texted in time is passed over. The text
-    itself is enqueued by the caller (followup.messaging.visits); `accept_offer` books the
-    slot, `expire_offers` moves it on.
+    The text itself is enqueued by the caller (followup.services.visits); `accept_offer` books
+    the slot, `expire_offers` moves it on.
     """
     slot = session.get(Slot, slot_id)
     if slot is None or slot.status != SlotStatus.FREE:
         return None
-    if offer_deadline(now, slot.start, ttl=ttl, notice=notice) is None:
-        return None
     provider = _provider(session, slot.provider_id)
-    covered_by_slot_provider = select(Provider.id).where(
-        Provider.covering_provider_id == provider.id
-    )
+    covers_for = session.exec(
+        select(Provider.id).where(Provider.covering_provider_id == provider.id)
+    ).all()
     already_offered = select(WaitlistOffer.entry_id).where(WaitlistOffer.slot_id == slot_id)
     rows = session.exec(
         select(WaitlistEntry, Patient)
         .join(Patient, col(Patient.id) == col(WaitlistEntry.patient_id))
         .where(
             WaitlistEntry.status == WaitlistStatus.WAITING,
-            WaitlistEntry.window_start <= slot.start,
-            WaitlistEntry.window_end > slot.start,
-            or_(
-                col(WaitlistEntry.provider_id) == provider.id,
-                col(WaitlistEntry.practice) == provider.practice,
-                col(WaitlistEntry.provider_id).in_(covered_by_slot_provider),
-            ),
             col(WaitlistEntry.id).not_in(already_offered),
         )
     ).all()
-    zone = ZoneInfo(provider.timezone)
-    suited = sorted(
-        (
-            (entry, patient)
-            for entry, patient in rows
-            if patient_preferences(patient).accepts(slot.start, zone)
+    entries = {entry.id: entry for entry, _ in rows}
+    chosen = choose_waitlist_offer(
+        FreedSlot(
+            start=slot.start,
+            provider_id=provider.id or 0,
+            practice=provider.practice,
+            zone=ZoneInfo(provider.timezone),
+            covers_for=frozenset(pid for pid in covers_for if pid is not None),
         ),
-        key=lambda row: waitlist_priority(row[0].urgency, row[0].created_at),
+        [
+            WaitingPatient(
+                entry_id=entry.id or 0,
+                provider_id=entry.provider_id,
+                practice=entry.practice,
+                urgency=entry.urgency,
+                waiting_since=entry.created_at,
+                window=BookingWindow(entry.window_start, entry.window_end, entry.urgency),
+                preferences=patient_preferences(patient),
+                zone=ZoneInfo(patient.timezone) if patient.timezone else None,
+            )
+            for entry, patient in rows
+        ],
+        now=now,
+        timing=timing,
     )
-    chosen = _first_reachable(suited, now=now, slot_start=slot.start, ttl=ttl, notice=notice)
     if chosen is None:
         return None
-    entry, deadline = chosen
+    entry_id, deadline = chosen
+    entry = entries[entry_id]
     if not _move_slot(session, slot_id, SlotStatus.FREE, SlotStatus.HELD):
         return None
     entry.status = WaitlistStatus.OFFERED
-    offer = WaitlistOffer(entry_id=entry.id, slot_id=slot_id, offered_at=now, expires_at=deadline)  # type: ignore[arg-type]
+    offer = WaitlistOffer(entry_id=entry_id, slot_id=slot_id, offered_at=now, expires_at=deadline)
     session.add_all([entry, offer])
     session.flush()
     audit(
@@ -972,24 +823,6 @@ def offer_freed_slot(
     return offer
 
 
-def _first_reachable(
-    suited: Iterable[tuple[WaitlistEntry, Patient]],
-    *,
-    now: datetime,
-    slot_start: datetime,
-    ttl: timedelta,
-    notice: timedelta,
-) -> tuple[WaitlistEntry, datetime] | None:
-    """The first entry whose patient can be texted in time, with its offer's deadline."""
-    for entry, patient in suited:
-        zone = ZoneInfo(patient.timezone) if patient.timezone else None
-        reachable = next_allowed_send_time(now, zone)
-        deadline = offer_deadline(reachable, slot_start, ttl=ttl, notice=notice)
-        if deadline is not None:
-            return entry, deadline
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class Acceptance:
     appointment: Appointment | None  # None: the offer was no longer open
@@ -997,7 +830,7 @@ class Acceptance:
 
 
 def accept_offer(
-    *, session: Session, offer_id: int, now: datetime, actor: str = ACTOR
+    *, session: Session, offer_id: int, now: datetime, timing: OfferTiming, actor: str = ACTOR
 ) -> Acceptance:
     """Book the held slot for the patient who accepted. An offer no longer open books nothing
     (answered, expired, or past its deadline: then it is expired and the slot moves on)."""
@@ -1005,7 +838,9 @@ def accept_offer(
     if offer.status != OfferStatus.PENDING:
         return Acceptance(None, None)
     if offer.expires_at <= now:
-        next_offer = _close_offer(session, offer, OfferStatus.EXPIRED, now=now, actor=actor)
+        next_offer = _close_offer(
+            session, offer, OfferStatus.EXPIRED, now=now, timing=timing, actor=actor
+        )
         return Acceptance(None, next_offer)
     entry = session.get(WaitlistEntry, offer.entry_id)
     slot = session.get(Slot, offer.slot_id)
@@ -1047,16 +882,18 @@ def accept_offer(
 
 
 def decline_offer(
-    *, session: Session, offer_id: int, now: datetime, actor: str = ACTOR
+    *, session: Session, offer_id: int, now: datetime, timing: OfferTiming, actor: str = ACTOR
 ) -> WaitlistOffer | None:
     """The patient said no: they wait on, and the slot goes to the next one (returned)."""
     offer = _offer(session, offer_id)
     if offer.status != OfferStatus.PENDING:
         return None
-    return _close_offer(session, offer, OfferStatus.DECLINED, now=now, actor=actor)
+    return _close_offer(session, offer, OfferStatus.DECLINED, now=now, timing=timing, actor=actor)
 
 
-def expire_offers(*, session: Session, now: datetime, actor: str = ACTOR) -> list[WaitlistOffer]:
+def expire_offers(
+    *, session: Session, now: datetime, timing: OfferTiming, actor: str = ACTOR
+) -> list[WaitlistOffer]:
     """Expire unanswered offers past their deadline and offer each slot to the next patient;
     entries whose window has closed lapse. Returns the new offers (to be sent)."""
     due = session.exec(
@@ -1067,7 +904,11 @@ def expire_offers(*, session: Session, now: datetime, actor: str = ACTOR) -> lis
     offers = [
         offer
         for expired in due
-        if (offer := _close_offer(session, expired, OfferStatus.EXPIRED, now=now, actor=actor))
+        if (
+            offer := _close_offer(
+                session, expired, OfferStatus.EXPIRED, now=now, timing=timing, actor=actor
+            )
+        )
     ]
     lapsed = session.exec(
         select(WaitlistEntry).where(
@@ -1097,7 +938,13 @@ class Withdrawal:
 
 
 def withdraw_from_waitlist(
-    *, session: Session, study_id: int, reason: str, now: datetime, actor: str = ACTOR
+    *,
+    session: Session,
+    study_id: int,
+    reason: str,
+    now: datetime,
+    timing: OfferTiming,
+    actor: str = ACTOR,
 ) -> Withdrawal:
     """Cancel the study's open waitlist entry: its decision no longer wants the visit it waits
     for (the result was cancelled, turned emergent, or changed tier and so window). A pending
@@ -1125,6 +972,7 @@ def withdraw_from_waitlist(
             pending,
             OfferStatus.EXPIRED,
             now=now,
+            timing=timing,
             actor=actor,
             entry_status=WaitlistStatus.CANCELLED,
         )
@@ -1157,6 +1005,7 @@ def _close_offer(
     status: OfferStatus,
     *,
     now: datetime,
+    timing: OfferTiming,
     actor: str,
     entry_status: WaitlistStatus = WaitlistStatus.WAITING,
 ) -> WaitlistOffer | None:
@@ -1184,7 +1033,9 @@ def _close_offer(
         entity_id=offer.id,
         detail={"entry_id": entry.id, "slot_id": offer.slot_id},
     )
-    return offer_freed_slot(session=session, slot_id=offer.slot_id, now=now, actor=actor)
+    return offer_freed_slot(
+        session=session, slot_id=offer.slot_id, now=now, timing=timing, actor=actor
+    )
 
 
 def _resolve_unbookable(session: Session, study_id: int, *, now: datetime, by: str) -> None:
@@ -1226,6 +1077,7 @@ def cancel_appointment(
     session: Session,
     appointment_id: int,
     reason: str,
+    timing: OfferTiming,
     now: datetime | None = None,
     actor: str = ACTOR,
 ) -> CancelResult:
@@ -1245,10 +1097,17 @@ def cancel_appointment(
     if appointment.replaced_by_id is None:  # a move is told as the new appointment's change
         record_visit_change(session=session, appointment=appointment, change=VisitChange.CANCELLED)
     messages = cancel_pending_messages(session=session, appointment_id=appointment_id)
-    freed = _move_slot(session, appointment.slot_id, SlotStatus.BOOKED, SlotStatus.FREE)
+    # A slot inside its provider's blocked time (the visit is cancelled because of it) is
+    # blocked, not freed: offering it would book the time the provider is away.
+    released = (
+        SlotStatus.BLOCKED if _in_blocked_time(session, appointment.slot_id) else SlotStatus.FREE
+    )
+    freed = _move_slot(session, appointment.slot_id, SlotStatus.BOOKED, released)
     offer = (
-        offer_freed_slot(session=session, slot_id=appointment.slot_id, now=now, actor=actor)
-        if freed
+        offer_freed_slot(
+            session=session, slot_id=appointment.slot_id, now=now, timing=timing, actor=actor
+        )
+        if freed and released == SlotStatus.FREE
         else None
     )
     audit(
@@ -1266,76 +1125,18 @@ def cancel_appointment(
     return CancelResult(appointment=appointment, messages_cancelled=messages, offer=offer)
 
 
-@dataclass(frozen=True, slots=True)
-class RescheduleResult:
-    previous: Appointment
-    appointment: Appointment | None  # the new one; None when escalated
-    offer: WaitlistOffer | None  # the freed old slot, offered to a waitlisted patient
-    escalation_id: int | None
-    reason: str
-
-
-def reschedule_appointment(
-    *,
-    session: Session,
-    appointment_id: int,
-    reason: str,
-    settings: Settings,
-    now: datetime | None = None,
-    actor: str = ACTOR,
-) -> RescheduleResult:
-    """Move a follow-up to the next fitting slot after it, inside its booking window, through
-    the same fallback chain; the old slot is freed. When nothing fits, the patient keeps the
-    appointment they have and the schedulers get an escalation to call them."""
-    now = now or utcnow()
-    previous = _appointment(session, appointment_id)
-    if previous.status not in ACTIVE_APPOINTMENT_STATUSES:
-        raise BookingError(f"appointment {appointment_id} is {previous.status}")
-    if (
-        previous.study_id is None
-        or previous.tier is None
-        or previous.window_start is None
-        or previous.window_end is None
-    ):
-        raise BookingError(f"appointment {appointment_id} has no study window to reschedule in")
-    study = session.get(ImagingStudy, previous.study_id)
-    patient = session.get(Patient, previous.patient_id)
-    assert study is not None and patient is not None
-    window = BookingWindow(previous.window_start, previous.window_end, previous.tier)
-    window = window.starting_after(max(previous.start, now))
-    result = book_with_fallback(
-        session=session,
-        patient_id=previous.patient_id,
-        study_id=previous.study_id,
-        ordering_provider_id=study.ordering_provider_id or previous.provider_id,
-        window=window,
-        closed_days=site_closed_days(
-            session=session, settings=settings, years=range(now.year, now.year + 2)
-        ),
-        preferences=patient_preferences(patient),
-        actor=actor,
+def _in_blocked_time(session: Session, slot_id: int) -> bool:
+    slot = session.get_one(Slot, slot_id)
+    return (
+        session.exec(
+            select(BlockedPeriod.id).where(
+                BlockedPeriod.provider_id == slot.provider_id,
+                BlockedPeriod.start < slot.end,
+                BlockedPeriod.end > slot.start,
+            )
+        ).first()
+        is not None
     )
-    if result.booked is None:
-        why = f"reschedule asked ({reason}); {result.reason or 'the window has passed'}"
-        escalation = record_escalation(
-            session=session,
-            study_id=previous.study_id,
-            kind="reschedule",
-            reason=why,
-            target=SCHEDULER_QUEUE,
-        )
-        return RescheduleResult(previous, None, None, escalation.id, why)
-    previous.replaced_by_id = result.booked.appointment_id
-    cancelled = cancel_appointment(
-        session=session,
-        appointment_id=appointment_id,
-        reason=f"rescheduled to appointment {result.booked.appointment_id}: {reason}",
-        now=now,
-        actor=actor,
-    )
-    appointment = session.get_one(Appointment, result.booked.appointment_id)
-    record_visit_change(session=session, appointment=appointment, change=VisitChange.MOVED)
-    return RescheduleResult(previous, appointment, cancelled.offer, None, result.reason)
 
 
 def _appointment(session: Session, appointment_id: int) -> Appointment:
@@ -1346,53 +1147,6 @@ def _appointment(session: Session, appointment_id: int) -> Appointment:
 
 
 # --- referral tracking -------------------------------------------------------------------------
-
-
-def transition_referral(
-    *,
-    session: Session,
-    referral_id: int,
-    to: str,
-    actor: str,
-    reason: str = "",
-    at: datetime | None = None,
-    scheduled_for: datetime | None = None,
-) -> Referral:
-    """Move a referral to its next state (refusing moves the state machine does not allow),
-    timestamped, kept in its history and audited. `scheduled` needs the appointment time."""
-    referral = session.get(Referral, referral_id)
-    if referral is None:
-        raise LookupError(f"referral {referral_id} does not exist")
-    target = check_transition(referral.status, to)
-    if (target == ReferralStatus.SCHEDULED) != (scheduled_for is not None):
-        raise BookingError("scheduled_for is given with, and only with, the scheduled state")
-    at = at or utcnow()
-    session.add(
-        ReferralStatusChange(
-            referral_id=referral_id,
-            from_status=referral.status,
-            to_status=target,
-            at=at,
-            actor=actor,
-            reason=reason,
-        )
-    )
-    audit(
-        session=session,
-        actor=actor,
-        action=f"referral.{target}",
-        entity="referral",
-        entity_id=referral_id,
-        detail={"from": referral.status, "to": target, "reason": reason},
-    )
-    referral.status = target
-    referral.status_changed_at = at
-    referral.scheduled_for = scheduled_for
-    session.add(referral)
-    session.flush()
-    if target == ReferralStatus.CANCELLED:
-        record_referral_change(session=session, referral=referral, change=ReferralChange.CANCELLED)
-    return referral
 
 
 def referral_history(*, session: Session, referral_id: int) -> list[ReferralStatusChange]:

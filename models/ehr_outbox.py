@@ -31,10 +31,9 @@ from sqlalchemy import and_, exists, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
-from followup.referrals import ReferralStatus, UnknownReferral, answer_path
-from followup.ris.answers import SpecialistAnswer
+from followup.core.referrals import ReferralStatus
 from followup.ris.outbound import ReferralTrigger, VisitTrigger
-from models import queries
+from models.audit import audit
 from models.tables import (
     EHR_OUTBOX_FINISHED,
     Appointment,
@@ -319,7 +318,7 @@ def release_held(*, session: Session, row_id: int, by: str) -> EhrOutboxMessage:
     row.attempts = 0
     row.next_attempt_at = utcnow()
     session.add(row)
-    queries.audit(
+    audit(
         session=session,
         actor=by,
         action="ehr.released",
@@ -337,7 +336,7 @@ def skip_held(*, session: Session, row_id: int, by: str, reason: str) -> EhrOutb
     if row.status != EhrOutboxStatus.HELD:
         raise LookupError(f"EHR outbox message {row_id} is {row.status}, not held")
     _supersede(session, row)
-    queries.audit(
+    audit(
         session=session,
         actor=by,
         action="ehr.skipped",
@@ -349,45 +348,6 @@ def skip_held(*, session: Session, row_id: int, by: str, reason: str) -> EhrOutb
 
 
 # --- the specialists' answers ------------------------------------------------------------------
-
-
-def apply_specialist_answer(*, session: Session, answer: SpecialistAnswer, actor: str) -> Referral:
-    """Move the referral the answer names through the state machine (each move timestamped,
-    in its history and audited); UnknownReferral or IllegalReferralTransition, with nothing
-    written, when it cannot take the answer."""
-    from models.booking import transition_referral  # booking imports this module
-
-    referral_id = answer.referral_id
-    referral = session.get(Referral, referral_id) if referral_id is not None else None
-    if referral is None or referral.id is None:
-        raise UnknownReferral(
-            f"{answer.location} {answer.identifier!r} names no referral sent by this engine"
-        )
-    path = answer_path(referral.status, answer.status)
-    why = f"{answer.message_type} from the specialist: {answer.reason}".rstrip(": ")
-    for step in path:
-        scheduled = answer.scheduled_for if step == ReferralStatus.SCHEDULED else None
-        transition_referral(
-            session=session,
-            referral_id=referral.id,
-            to=step,
-            actor=actor,
-            reason=why,
-            scheduled_for=scheduled,
-        )
-    if not path and answer.scheduled_for and answer.scheduled_for != referral.scheduled_for:
-        queries.audit(
-            session=session,
-            actor=actor,
-            action="referral.rescheduled",
-            entity="referral",
-            entity_id=referral.id,
-            detail={"from": str(referral.scheduled_for), "to": str(answer.scheduled_for)},
-        )
-        referral.scheduled_for = answer.scheduled_for
-        session.add(referral)
-        session.flush()
-    return referral
 
 
 # --- the worklist --------------------------------------------------------------------------------

@@ -421,21 +421,6 @@ def cancel_offer_message(*, session: Session, offer_id: int) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def cancel_scheduled_kind(*, session: Session, appointment_id: int, kind: str) -> int:
-    """Cancel the appointment's not-yet-claimed messages of one kind; how many."""
-    result = session.execute(
-        update(OutboundMessage)
-        .where(
-            col(OutboundMessage.appointment_id) == appointment_id,
-            col(OutboundMessage.kind) == kind,
-            col(OutboundMessage.status) == OutboundStatus.SCHEDULED,
-        )
-        .values(status=OutboundStatus.CANCELLED)
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
 # --- Twilio webhooks ---------------------------------------------------------------------------
 
 

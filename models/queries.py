@@ -6,14 +6,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import insert
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, col, select
 
-from followup.messaging.plan import PlannedSms
+from followup.core.messaging.plan import PlannedSms
+from followup.core.referrals import check_transition
+from followup.errors import BookingError
 from followup.ris.scan import ProviderRef, ScanCompleted
 from models import ehr_outbox
+from models.audit import audit
 from models.tables import (
     Appointment,
     Decision,
@@ -29,12 +30,12 @@ from models.tables import (
     Provider,
     Referral,
     ReferralStatus,
+    ReferralStatusChange,
 )
 from models.types import utcnow
 
 ENGINE = "engine"
 FINAL_STATUSES = frozenset({"F", "C"})  # OBR-25 of a report that routes (DOMAIN.md §5)
-_NEW_AUDIT_EVENT = insert(SQLModel.metadata.tables["audit_event"])
 
 
 def content_hash(raw: bytes) -> str:
@@ -308,14 +309,61 @@ def reconcile_referrals(
         )
 
 
+def transition_referral(
+    *,
+    session: Session,
+    referral_id: int,
+    to: str,
+    actor: str,
+    reason: str = "",
+    at: datetime | None = None,
+    scheduled_for: datetime | None = None,
+) -> Referral:
+    """Move a referral to its next state (refusing moves the state machine does not allow),
+    timestamped, kept in its history and audited. `scheduled` needs the appointment time."""
+    referral = session.get(Referral, referral_id)
+    if referral is None:
+        raise LookupError(f"referral {referral_id} does not exist")
+    target = check_transition(referral.status, to)
+    if (target == ReferralStatus.SCHEDULED) != (scheduled_for is not None):
+        raise BookingError("scheduled_for is given with, and only with, the scheduled state")
+    at = at or utcnow()
+    session.add(
+        ReferralStatusChange(
+            referral_id=referral_id,
+            from_status=referral.status,
+            to_status=target,
+            at=at,
+            actor=actor,
+            reason=reason,
+        )
+    )
+    audit(
+        session=session,
+        actor=actor,
+        action=f"referral.{target}",
+        entity="referral",
+        entity_id=referral_id,
+        detail={"from": referral.status, "to": target, "reason": reason},
+    )
+    referral.status = target
+    referral.status_changed_at = at
+    if target != ReferralStatus.COMPLETED:  # a completed referral keeps its visit's date
+        referral.scheduled_for = scheduled_for
+    session.add(referral)
+    session.flush()
+    if target == ReferralStatus.CANCELLED:
+        ehr_outbox.record_referral_change(
+            session=session, referral=referral, change=ehr_outbox.ReferralChange.CANCELLED
+        )
+    return referral
+
+
 def cancel_referrals(
     *, session: Session, referrals: Iterable[Referral], actor: str, reason: str
 ) -> int:
     """Cancel each referral through the closed-loop state machine (history and audit kept);
     completed ones stay completed. Returns how many were cancelled."""
-    # booking imports this module, so the transition is imported where it is used.
-    from models.booking import transition_referral
-
     cancelled = 0
     for referral in referrals:
         if referral.status in (ReferralStatus.COMPLETED, ReferralStatus.CANCELLED):
@@ -389,29 +437,6 @@ def escalations_for_study(*, session: Session, study_id: int) -> list[Escalation
         session.exec(
             select(Escalation).where(Escalation.study_id == study_id).order_by(col(Escalation.id))
         )
-    )
-
-
-def audit(
-    *,
-    session: Session,
-    actor: str,
-    action: str,
-    entity: str,
-    entity_id: int | None,
-    detail: dict[str, Any] | None = None,
-) -> None:
-    # A Core insert: the ORM unit of work costs more than the row (booking writes several).
-    session.execute(
-        _NEW_AUDIT_EVENT,
-        {
-            "at": utcnow(),
-            "actor": actor,
-            "action": action,
-            "entity": entity,
-            "entity_id": entity_id,
-            "detail": detail or {},
-        },
     )
 
 
@@ -558,9 +583,7 @@ def finding_labels(*, session: Session, decision: Decision) -> list[str]:
     findings = session.exec(
         select(Finding).where(Finding.decision_id == decision.id).order_by(col(Finding.id))
     ).all()
-    labels = [
-        f.label + (" (uncertain)" if f.uncertain else "") for f in findings if not f.negated
-    ]
+    labels = [f.label + (" (uncertain)" if f.uncertain else "") for f in findings if not f.negated]
     labels += [f"no {f.label}" for f in findings if f.negated]
     return list(dict.fromkeys(labels))
 
@@ -603,8 +626,12 @@ def review_decision(
         action="decision.reviewed",
         entity="study",
         entity_id=study_id,
-        detail={"decision_id": reviewed.id, "supersedes": previous.id, "urgency": urgency,
-                "referrals": sorted(referrals)},
+        detail={
+            "decision_id": reviewed.id,
+            "supersedes": previous.id,
+            "urgency": urgency,
+            "referrals": sorted(referrals),
+        },
     )
     return True
 

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, select
 
-from followup.scheduling import DEFAULT_SESSIONS
+from followup.core.scheduling import DEFAULT_SESSIONS
 from models.booking import materialize_slots, set_working_hours
 from models.tables import Provider, WorkingHours
 

@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from followup.referrals import ReferralStatus
+from followup.core.referrals import ReferralStatus
+from followup.core.scheduling import SlotStatus
 from followup.ris.scan import (
     ACCESSION_LENGTH,
     MRN_LENGTH,
@@ -23,7 +24,6 @@ from followup.ris.scan import (
     PROCEDURE_TEXT_LENGTH,
     PROVIDER_KEY_LENGTH,
 )
-from followup.scheduling import SlotStatus
 from models.types import UTCDateTime, utcnow
 
 
@@ -44,7 +44,7 @@ class InboxStatus(StrEnum):
     ERROR = "error"  # refused at intake with AE: the sender was told and must resend
     REJECTED = "rejected"  # wrong type / version / processing id (AR)
     # Accepted (AA) and then failed: taken again by sweep-inbox after `next_attempt_at`
-    # (followup/inbox_lifecycle.py), or on the worklist until a person re-runs it.
+    # (followup/core/inbox_lifecycle.py), or on the worklist until a person re-runs it.
     RETRY = "retry"
     NEEDS_ACTION = "needs_action"
 

@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
+from followup.core.worklist import DueNotice, action_for
 from followup.errors import UnknownEscalation
 from followup.ris.scan import PersonName
-from followup.worklist import DueNotice, action_for
 from models import booking, ehr_outbox, queries
 from models.tables import (
     Appointment,

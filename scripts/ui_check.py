@@ -80,8 +80,8 @@ async def prepare_review_and_forms() -> tuple[str, dict[str, str]]:
 
     from flows.review_scan import review_scan
     from flows.scan_completed import scan_completed
-    from followup.demo import restamp_for_today
-    from followup.intake import receive_message
+    from followup.core.demo import restamp_for_today
+    from followup.services.intake import receive_message
     from followup.settings import get_settings
     from models.db import session_scope
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import create_engine, text
+
+if TYPE_CHECKING:
+    from followup.settings import Settings
 
 # Prefect reads PREFECT_HOME when first imported: point it at a throwaway folder before any
 # test module imports a flow, so tests never touch the developer's ~/.prefect.
@@ -75,9 +81,7 @@ def prefect_api() -> Iterator[None]:
 
 def seed_clinic(database_url: str) -> None:
     """The demo clinic with slots from today, closed on the site's holidays, as `./run` seeds it."""
-    from datetime import datetime
-
-    from followup.scheduling import site_holidays
+    from followup.core.scheduling import site_holidays
     from followup.settings import get_settings
     from models.db import session_scope
     from models.seed import seed_demo_clinic
@@ -150,3 +154,35 @@ def prefect_ui_server(chromium: Path) -> Iterator[str]:
         server.terminate()
         server.wait(timeout=30)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def flow_database_url(database_url: str, monkeypatch: pytest.MonkeyPatch, prefect_api: None) -> str:
+    """A migrated database the scan-completed flow runs against: the flow builds its own
+    Settings from the environment, as it does under a worker."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    return database_url
+
+
+def run_scan(inbox_id: int) -> dict[str, Any]:
+    """Process one accepted inbox row through the scan-completed flow itself (its tasks, tags,
+    failure handling, summary and worklist), against the `flow_database_url` fixture's
+    database and Prefect API; the run's summary, or the flow's exception."""
+    from flows.scan_completed import scan_completed
+
+    return asyncio.run(scan_completed(inbox_id=inbox_id, accession=f"inbox-{inbox_id}"))
+
+
+def days_after_result(settings: Settings, summary: dict[str, Any]) -> int:
+    """Site-calendar days from the study's result time to its follow-up, as the booking window
+    counts them. Not from today: tests stamp results half an hour before now
+    (`followup.core.demo.restamp_for_today`), which is the day before in a day's first half hour."""
+    from models import queries
+    from models.db import session_scope
+
+    with session_scope(settings.database_url) as session:
+        study = queries.study_by_accession(session=session, accession=summary["accession"])
+        assert study is not None and study.final_at is not None
+        result_day = study.final_at.astimezone(settings.site_zone).date()
+    start = datetime.fromisoformat(summary["appointment"]["start"])
+    return (start.astimezone(settings.site_zone).date() - result_day).days

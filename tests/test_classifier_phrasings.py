@@ -1,4 +1,5 @@
-"""The classifier by phrasing family, from templates (issue 18).
+"""The classifier by phrasing family, from templates: a rule that holds for one wording only
+misses the patient whose radiologist writes it another way.
 
 Every critical rule in at least 8 phrasings: noun form, either word order, verb form,
 abbreviation, misspelling, stated only in FINDINGS, hedged (escalates), negated and asked about in
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import pytest
 
+from followup.core.routing import Decision
+from followup.core.rules import TIERS, RoutingRules, load_rules
 from followup.nlp import assertion_status, classify_report
-from followup.routing import Decision
-from followup.rules import TIERS, RoutingRules, load_rules
 from followup.settings import PROJECT_ROOT
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,18 +84,18 @@ def test_ingest_of_a_non_message_fails_clearly_and_keeps_the_input(tmp_path: Pat
 
 
 def test_appointments_and_referrals_are_listed_by_accession_patient_and_day(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: None
 ) -> None:
     from datetime import datetime
 
-    from followup.demo import restamp_for_today
-    from followup.intake import receive_message
+    from followup.core.demo import restamp_for_today
+    from followup.services.intake import receive_message
     from followup.settings import get_settings
     from models.db import migrate, session_scope
-    from tests.conftest import SAMPLES, seed_clinic
-    from tests.flow_steps import run_flow_steps
+    from tests.conftest import SAMPLES, run_scan, seed_clinic
 
     database_url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("DATABASE_URL", database_url)  # the flow's own settings
     migrate(database_url)
     seed_clinic(database_url)
     settings = get_settings(database_url=database_url)
@@ -105,7 +106,7 @@ def test_appointments_and_referrals_are_listed_by_accession_patient_and_day(
     with session_scope(database_url) as session:
         receipt = receive_message(session=session, raw=raw, source="test", settings=settings)
     assert receipt.run_inbox_id is not None
-    summary = run_flow_steps(database_url, receipt.run_inbox_id)
+    summary = run_scan(receipt.run_inbox_id)
     visit_day = summary["appointment"]["start"]
     local_day = datetime.fromisoformat(visit_day).astimezone(settings.site_zone).date()
     env = {"DATABASE_URL": database_url, "COLUMNS": "80"}

@@ -12,14 +12,13 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from followup.cli import app
-from followup.demo import restamp_for_today
-from followup.intake import receive_message
+from followup.core.demo import restamp_for_today
+from followup.services.intake import receive_message
 from followup.settings import get_settings
 from models.db import session_scope
 from models.tables import AuditEvent, Escalation, OutboundMessage
 from models.types import utcnow
-from tests.conftest import SAMPLES, seed_clinic
-from tests.flow_steps import run_flow_steps
+from tests.conftest import SAMPLES, run_scan, seed_clinic
 
 UNKNOWN = (b"1000000001^Okafor^Adaeze", b"1999999999^Vance^Iris")
 
@@ -41,14 +40,14 @@ def process(
             session=session, raw=restamp_for_today(raw, now=now), source="test", settings=settings
         )
     assert receipt.run_inbox_id is not None
-    return run_flow_steps(database_url, receipt.run_inbox_id)
+    return run_scan(receipt.run_inbox_id)
 
 
 @pytest.fixture
-def clinic(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    seed_clinic(database_url)
-    return database_url
+def clinic(flow_database_url: str) -> str:
+    """The seeded clinic the scan-completed flow itself runs against."""
+    seed_clinic(flow_database_url)
+    return flow_database_url
 
 
 def test_the_sample_orders_through_the_provider_the_unknown_case_replaces() -> None:
@@ -220,7 +219,7 @@ def test_a_late_report_with_no_free_slot_waits_on_the_waitlist_instead_of_lapsin
     assert summary["appointment"] is None
 
     with session_scope(clinic) as session:
-        booking.expire_offers(session=session, now=utcnow())
+        booking.expire_offers(session=session, timing=get_settings().offer_timing, now=utcnow())
     with session_scope(clinic) as session:
         [entry] = session.exec(select(WaitlistEntry)).all()
         assert entry.resolved_at is None

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from followup import nlp
-from followup.errors import RulesError
-from followup.findings import (
+from followup.core.findings import (
     CODED,
     UNCLASSIFIED,
     Finding,
@@ -20,8 +19,9 @@ from followup.findings import (
     levels_overlap,
     spinal_levels,
 )
+from followup.core.rules import load_rules
+from followup.errors import RulesError
 from followup.nlp import analyze_report, assertion_status, extract_findings
-from followup.rules import load_rules
 from followup.settings import PROJECT_ROOT
 
 

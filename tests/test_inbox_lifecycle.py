@@ -1,4 +1,5 @@
-"""The life cycle of an accepted message whose processing failed (followup/inbox_lifecycle.py)."""
+"""The life cycle of an accepted message whose processing failed
+(followup/core/inbox_lifecycle.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import httpx
 import pytest
 import sqlalchemy.exc
 
+from followup.core.inbox_lifecycle import after_failure, backoff
 from followup.errors import MissingField
-from followup.inbox_lifecycle import after_failure, backoff
 
 NOW = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
 

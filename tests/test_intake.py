@@ -7,14 +7,14 @@ from datetime import timedelta
 import pytest
 from sqlmodel import col, select
 
-from followup.intake import (
+from followup.ris import hl7v2
+from followup.services.intake import (
     Receipt,
     content_digest,
     judge_stranded_messages,
     receive_message,
     receive_unterminated,
 )
-from followup.ris import hl7v2
 from followup.settings import get_settings
 from models import inbox_queries, queries
 from models.db import session_scope
@@ -354,9 +354,7 @@ def test_long_control_ids_that_differ_only_at_the_end_stay_apart(database_url: s
     one = _receive(database_url, _spine(b"|DEMO-ORU-0003|", b"|" + stem + b"1|"))
     two = _receive(
         database_url,
-        _spine(b"|DEMO-ORU-0003|", b"|" + stem + b"2|").replace(
-            b"ACC2026000103", b"ACC2026000998"
-        ),
+        _spine(b"|DEMO-ORU-0003|", b"|" + stem + b"2|").replace(b"ACC2026000103", b"ACC2026000998"),
     )
     again = _receive(database_url, _spine(b"|DEMO-ORU-0003|", b"|" + stem + b"1|"))
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from followup.redaction import RedactingFilter, install_redaction, redact
+from followup.core.redaction import RedactingFilter, install_redaction, redact
 from followup.ris.scan import PersonName
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from followup.evaluation import EvalReport, evaluate, format_report, load_cases
-from followup.findings import CODED, UNCLASSIFIED, Finding
+from followup.core.evaluation import EvalReport, evaluate, format_report, load_cases
+from followup.core.findings import CODED, UNCLASSIFIED, Finding
+from followup.core.routing import decide
+from followup.core.rules import SPECIALTIES, load_rules
 from followup.nlp import classify_report, classify_reports
-from followup.routing import decide
-from followup.rules import SPECIALTIES, load_rules
 from followup.settings import PROJECT_ROOT
 
 CORPUS = PROJECT_ROOT / "tests" / "corpus"

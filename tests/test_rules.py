@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from followup.core.rules import SPECIALTIES, TIERS, load_rules, normalize_system, parse_rules
 from followup.errors import RulesError
-from followup.rules import SPECIALTIES, TIERS, load_rules, normalize_system, parse_rules
 from followup.settings import PROJECT_ROOT
 
 RULES_PATH = PROJECT_ROOT / "rules" / "routing.yaml"

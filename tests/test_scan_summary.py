@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
-from followup import pipeline
-from followup.routing import Decision
+from followup.core.routing import Decision
+from followup.services import pipeline
 
 NEW_YORK = ZoneInfo("America/New_York")
 

@@ -11,17 +11,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from followup.scheduling import (
+from followup.core.scheduling import (
     NO_PREFERENCES,
     BookingWindow,
     ChainStep,
     DayPart,
+    FreedSlot,
+    OfferTiming,
     Period,
     Preferences,
     ProviderCalendar,
     Step,
+    WaitingPatient,
     WorkingSession,
     booking_window,
+    choose_waitlist_offer,
     fallback_chain,
     fitting_slots,
     offer_deadline,
@@ -322,3 +326,71 @@ def test_slot_sync_never_creates_or_reopens_an_overlap(
     ]
     ordered = sorted(in_use + list(plan.create))
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in pairwise(ordered))
+
+
+# --- who is offered a freed slot (pure) ---------------------------------------------------------
+
+_NY = ZoneInfo("America/New_York")
+_SLOT = FreedSlot(
+    start=datetime(2027, 3, 9, 10, tzinfo=_NY),
+    provider_id=1,
+    practice="Riverside",
+    zone=_NY,
+    covers_for=frozenset({7}),
+)
+_TIMING = OfferTiming(ttl=timedelta(hours=4), notice=timedelta(hours=12))
+
+
+def _waiting(entry_id: int, **changes: object) -> WaitingPatient:
+    values: dict[str, object] = {
+        "entry_id": entry_id,
+        "provider_id": 99,
+        "practice": "Elsewhere",
+        "urgency": "routine",
+        "waiting_since": datetime(2027, 3, 1, tzinfo=_NY),
+        "window": BookingWindow(
+            datetime(2027, 3, 8, tzinfo=_NY), datetime(2027, 3, 16, tzinfo=_NY), "routine"
+        ),
+        "preferences": Preferences(),
+        "zone": _NY,
+    }
+    return WaitingPatient(**(values | changes))  # type: ignore[arg-type]
+
+
+def test_a_freed_slot_goes_to_the_first_suited_patient_urgent_then_longest_waiting() -> None:
+    now = datetime(2027, 3, 8, 9, tzinfo=_NY)
+    waiting = [
+        _waiting(1),  # another practice, another provider: not theirs
+        _waiting(2, provider_id=1, waiting_since=datetime(2027, 3, 2, tzinfo=_NY)),
+        _waiting(3, practice="Riverside", waiting_since=datetime(2027, 2, 20, tzinfo=_NY)),
+        _waiting(4, provider_id=7, preferences=Preferences(day_part=DayPart.AFTERNOON)),
+        _waiting(
+            5,
+            provider_id=7,
+            urgency="urgent",
+            window=BookingWindow(
+                datetime(2027, 3, 10, tzinfo=_NY), datetime(2027, 3, 12, tzinfo=_NY), "urgent"
+            ),
+        ),  # its window does not hold the slot
+    ]
+
+    chosen = choose_waitlist_offer(_SLOT, waiting, now=now, timing=_TIMING)
+
+    assert chosen == (3, now + timedelta(hours=4))
+    urgent = _waiting(6, provider_id=7, urgency="urgent")
+    assert choose_waitlist_offer(_SLOT, [*waiting, urgent], now=now, timing=_TIMING) == (
+        6,
+        now + timedelta(hours=4),
+    )
+
+
+def test_an_offer_made_at_night_counts_from_the_morning_and_passes_over_the_unreachable() -> None:
+    patient = _waiting(1, provider_id=1)
+    night = datetime(2027, 3, 7, 23, tzinfo=_NY)
+    assert choose_waitlist_offer(_SLOT, [patient], now=night, timing=_TIMING) == (
+        1,
+        datetime(2027, 3, 8, 12, tzinfo=_NY),  # 08:00, when a text may go, + 4 hours
+    )
+    # 21:00 the evening before: a text waits until 08:00, past the 12 hours' notice.
+    evening = datetime(2027, 3, 8, 21, tzinfo=_NY)
+    assert choose_waitlist_offer(_SLOT, [patient], now=evening, timing=_TIMING) is None

@@ -28,8 +28,8 @@ from typing import Any, Protocol
 import httpx
 
 from followup.errors import InboundMessageError
-from followup.gateway.mllp import CARRIAGE_RETURN, END_BLOCK, START_BLOCK, Frame, FrameDecoder
 from followup.ris import hl7v2
+from followup.ris.mllp_framing import CARRIAGE_RETURN, END_BLOCK, START_BLOCK, Frame, FrameDecoder
 
 # An ACK is a few hundred bytes; a larger answer is not one.
 MAX_ACK_BYTES = 64 * 1024
@@ -145,14 +145,14 @@ def judge_ack(ack: bytes, message: Outgoing) -> Result:
     msa = next((segment for segment in parsed.segments if segment.name == "MSA"), None)
     if msa is None:
         raise _BrokenConnection("ACK without MSA")
-    code = hl7v2._field_value(msa, 1, 1, delims)
-    answered = hl7v2._field_value(msa, 2, 1, delims)
+    code = hl7v2.field_value(msa, 1, 1, delims)
+    answered = hl7v2.field_value(msa, 2, 1, delims)
     if answered != message.control_id:
         raise _BrokenConnection(f"ACK for {answered!r}, not {message.control_id!r}")
     err = next((segment for segment in parsed.segments if segment.name == "ERR"), None)
-    text = hl7v2._field_value(msa, 3, 1, delims)
+    text = hl7v2.field_value(msa, 3, 1, delims)
     if err is not None:
-        text = hl7v2._field_value(err, 8, 1, delims) or text
+        text = hl7v2.field_value(err, 8, 1, delims) or text
     if code in ("AA", "CA"):
         return Result(message.row_id, Delivery.ACCEPTED, code)
     if code in ("AE", "CE"):

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import make_url
 
-from followup.intake import Receipt
+from followup.services.intake import Receipt
 
 OnAccepted = Callable[[Receipt], None]
 _T = TypeVar("_T")

@@ -32,7 +32,7 @@ Choices, and why:
   trace an integration engineer needs.
 * `on_accepted` (the event emitter) runs as a background task after the response is sent.
 * Logs carry the inbox id, accession and status, never the body (PHI); control characters
-  in logged values are escaped by the log filter (followup/redaction.py).
+  in logged values are escaped by the log filter (followup/core/redaction.py).
 * `POST /escalations/{id}/ack` closes an escalation (who: `by` in a JSON body or the query)
   through the same function as `followup escalations ack`, so both keep the first
   acknowledgement and audit it: 200 with the acknowledgement (the original one on a repeat),
@@ -56,10 +56,10 @@ from pydantic import BaseModel, ConfigDict, SecretStr, StringConstraints, Valida
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from followup import intake
 from followup.gateway import OnAccepted, in_database_thread
-from followup.intake import Receipt
 from followup.ris.fhir import json_depth_exceeds
+from followup.services import intake
+from followup.services.intake import Receipt
 from followup.settings import Settings
 from models import worklist
 from models.db import get_engine, session_scope

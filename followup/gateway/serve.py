@@ -45,12 +45,12 @@ import uvicorn
 import yaml
 from fastapi import FastAPI
 
+from followup.core.redaction import install_redaction
 from followup.errors import FollowupError
 from followup.gateway import OnAccepted
 from followup.gateway.http import create_app
 from followup.gateway.mllp import MLLPListener
 from followup.gateway.twilio_webhooks import twilio_router
-from followup.redaction import install_redaction
 from followup.settings import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:

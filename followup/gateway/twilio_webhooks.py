@@ -45,14 +45,14 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from followup.gateway.http import read_body
-from followup.messaging.dispatch import Dispatcher, DispatchPolicy, apply_status_report
-from followup.messaging.replies import (
+from followup.messaging.sender import SmsSender
+from followup.services.dispatch import Dispatcher, DispatchPolicy, apply_status_report
+from followup.services.replies import (
     InboundSms,
     InstantAnswer,
     handle_inbound,
     repeated_answers,
 )
-from followup.messaging.sender import SmsSender
 from followup.settings import Settings
 from models import messaging_queries as mq
 from models.db import session_scope

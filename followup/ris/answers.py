@@ -29,22 +29,22 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from followup.core.referrals import ReferralStatus
 from followup.errors import InvalidField, MalformedMessage, MissingField, UnsupportedMessage
-from followup.referrals import ReferralStatus
 from followup.ris.hl7v2 import (
-    _Delimiters,
-    _field_value,
-    _first_repetition,
-    _first_segment,
-    _parse_dtm,
-    _repetitions,
-    _Segment,
-    _unescape,
-    _value,
+    Delimiters,
+    Segment,
     check_header,
     check_no_nul,
+    component_value,
+    field_value,
+    first_repetition,
     message_header,
+    parse_dtm,
     parse_message,
+    repetitions,
+    segment_named,
+    unescape,
 )
 from followup.ris.outbound import referral_id_from
 
@@ -81,14 +81,14 @@ def parse_answer(text: str, *, site_zone: ZoneInfo) -> SpecialistAnswer:
     delims, segments = msg.delimiters, msg.segments
     if header.message_type == RRI:
         return _return_referral(segments, delims)
-    sch = _first_segment(segments, "SCH")
+    sch = segment_named(segments, "SCH")
     if sch is None:
         raise MissingField("no SCH segment", location="SCH")
-    identifier = _field_value(sch, 26, 1, delims)
+    identifier = field_value(sch, 26, 1, delims)
     if not identifier:
         raise MissingField("SCH-26 (placer order number) names no referral", location="SCH-26")
     if header.message_type in SIU_COMPLETED:
-        status = _field_value(sch, 25, 1, delims)
+        status = field_value(sch, 25, 1, delims)
         if status.upper() not in _COMPLETED:
             raise InvalidField(
                 f"filler status {status or '(empty)'} is not Complete: only a completed visit "
@@ -100,7 +100,7 @@ def parse_answer(text: str, *, site_zone: ZoneInfo) -> SpecialistAnswer:
         )
     start, at = _visit_start(segments, sch, delims)
     try:
-        scheduled_for = _parse_dtm(start, site_zone)
+        scheduled_for = parse_dtm(start, site_zone)
     except (ValueError, OverflowError) as exc:
         raise InvalidField(f"time {start!r}: {exc}", location=at) from exc
     return SpecialistAnswer(
@@ -113,39 +113,39 @@ def parse_answer(text: str, *, site_zone: ZoneInfo) -> SpecialistAnswer:
     )
 
 
-def _return_referral(segments: tuple[_Segment, ...], delims: _Delimiters) -> SpecialistAnswer:
-    rf1 = _first_segment(segments, "RF1")
+def _return_referral(segments: tuple[Segment, ...], delims: Delimiters) -> SpecialistAnswer:
+    rf1 = segment_named(segments, "RF1")
     if rf1 is None:
         raise MissingField("no RF1 segment", location="RF1")
-    identifier = _field_value(rf1, 6, 1, delims)
+    identifier = field_value(rf1, 6, 1, delims)
     if not identifier:
         raise MissingField("RF1-6 (originating referral identifier) is empty", location="RF1-6")
-    code = _field_value(rf1, 1, 1, delims).upper()
+    code = field_value(rf1, 1, 1, delims).upper()
     status = _RRI_STATUS.get(code)
     if status is None:
         raise InvalidField(
             f"referral status {code or '(empty)'} is neither A (accepted) nor R (rejected)",
             location="RF1-1",
         )
-    reason_field = _first_repetition(rf1.field(10), delims)
-    reason = _value(reason_field, 9, delims) or _value(reason_field, 2, delims)
+    reason_field = first_repetition(rf1.field(10), delims)
+    reason = component_value(reason_field, 9, delims) or component_value(reason_field, 2, delims)
     if not reason:
         notes = [seg for seg in segments if seg.name == "NTE"]
         reason = " ".join(
-            _unescape(line, delims).strip()
+            unescape(line, delims).strip()
             for note in notes
-            for line in _repetitions(note.field(3), delims)
+            for line in repetitions(note.field(3), delims)
         ).strip()
     return SpecialistAnswer(RRI, identifier, "RF1-6", status, reason)
 
 
 def _visit_start(
-    segments: tuple[_Segment, ...], sch: _Segment, delims: _Delimiters
+    segments: tuple[Segment, ...], sch: Segment, delims: Delimiters
 ) -> tuple[str, str]:
-    tq1 = _first_segment(segments, "TQ1")
-    if tq1 is not None and _field_value(tq1, 7, 1, delims):
-        return _field_value(tq1, 7, 1, delims), "TQ1-7"
-    start = _value(_first_repetition(sch.field(11), delims), 4, delims)
+    tq1 = segment_named(segments, "TQ1")
+    if tq1 is not None and field_value(tq1, 7, 1, delims):
+        return field_value(tq1, 7, 1, delims), "TQ1-7"
+    start = component_value(first_repetition(sch.field(11), delims), 4, delims)
     if not start:
         raise MissingField("no appointment start in TQ1-7 or SCH-11.4", location="TQ1-7")
     return start, "SCH-11"

@@ -70,7 +70,7 @@ from followup.errors import (
     UnsupportedMessage,
 )
 from followup.ris.documents import DocumentKind, document_kind, document_text, is_picture
-from followup.ris.hl7v2 import _e164
+from followup.ris.hl7v2 import to_e164
 from followup.ris.scan import (
     CodedReportItem,
     PersonName,
@@ -282,7 +282,7 @@ def _scan(
     site_zone: ZoneInfo,
     phone_region: str,
 ) -> FhirReport:
-    identifier, accession = _accession(report, path)
+    identifier, accession = obr_accession(report, path)
     status = _STATUSES.get(report.status or "")
     if status is None:
         raise InvalidField(
@@ -314,7 +314,7 @@ def _scan(
         birth_date=patient.birthDate if patient else None,
         phone_e164=_phone(patient, phone_region) if patient else None,
         language=_language(patient) if patient else None,
-        ordering_provider=_ordering_provider(report, resources),
+        ordering_provider=ordering_provider_of(report, resources),
         procedure_code=(procedure.code or "") if procedure else "",
         procedure_text=report.code.text or ((procedure.display or "") if procedure else ""),
         exam_time=_time(
@@ -337,7 +337,7 @@ def _scan(
     return FhirReport(scan=scan, identifier=identifier, resource_path=path)
 
 
-def _accession(report: DiagnosticReport, path: str) -> tuple[str, str]:
+def obr_accession(report: DiagnosticReport, path: str) -> tuple[str, str]:
     """(system|value as the idempotency key, value as the accession)."""
     chosen = _pick(report.identifier or [], lambda i: _has_type(i.type, _ACCESSION_TYPE))
     if chosen is None:
@@ -407,7 +407,7 @@ def _phone(patient: Patient, region: str) -> str | None:
     """The first valid phone number, mobiles first: SMS needs a mobile."""
     phones = [t for t in patient.telecom or [] if t.system == "phone" and t.value]
     for telecom in sorted(phones, key=lambda t: t.use != "mobile"):
-        e164 = _e164(telecom.value or "", region)
+        e164 = to_e164(telecom.value or "", region)
         if e164:
             return e164
     return None
@@ -425,7 +425,7 @@ def _language(patient: Patient) -> str | None:
     return None
 
 
-def _ordering_provider(report: DiagnosticReport, resources: _Resources) -> ProviderRef | None:
+def ordering_provider_of(report: DiagnosticReport, resources: _Resources) -> ProviderRef | None:
     for based_on in report.basedOn or []:
         request = resources.get(based_on.reference) if based_on.reference else None
         if isinstance(request, ServiceRequest) and request.requester is not None:

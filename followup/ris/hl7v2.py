@@ -177,7 +177,7 @@ class MessageHeader:
 
 
 @dataclass(frozen=True, slots=True)
-class _Delimiters:
+class Delimiters:
     field: str
     repetition: str
     component: str
@@ -186,7 +186,7 @@ class _Delimiters:
 
 
 @dataclass(frozen=True, slots=True)
-class _Segment:
+class Segment:
     """A segment as raw (still escaped) field strings: fields[n] is XXX-n, MSH included."""
 
     name: str
@@ -200,8 +200,8 @@ class _Segment:
 class ParsedMessage:
     """One message split into segments (MSH first), with the delimiters it declares."""
 
-    delimiters: _Delimiters
-    segments: tuple[_Segment, ...]
+    delimiters: Delimiters
+    segments: tuple[Segment, ...]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,11 +259,11 @@ def parse_message(text: str) -> ParsedMessage:
     rest = header[end_of_msh2 + 1 :]
     if rest:
         msh_fields.extend(rest.split(field_separator))
-    segments = [_Segment(name="MSH", fields=tuple(msh_fields))]
+    segments = [Segment(name="MSH", fields=tuple(msh_fields))]
     for raw in others:
         fields = tuple(raw.split(field_separator))
-        segments.append(_Segment(name=fields[0].strip(), fields=fields))
-    delimiters = _Delimiters(
+        segments.append(Segment(name=fields[0].strip(), fields=fields))
+    delimiters = Delimiters(
         field=field_separator,
         component=encoding_characters[0],
         repetition=encoding_characters[1],
@@ -294,15 +294,15 @@ def message_header(msg: ParsedMessage) -> MessageHeader:
     """Read MSH without judging it, so an ACK can be built even for a message that fails."""
     delims = msg.delimiters
     msh = msg.segments[0]  # parse_message guarantees the first segment is MSH
-    message_type = _first_repetition(msh.field(9), delims)
-    code = _value(message_type, 1, delims)
-    trigger = _value(message_type, 2, delims)
+    message_type = first_repetition(msh.field(9), delims)
+    code = component_value(message_type, 1, delims)
+    trigger = component_value(message_type, 2, delims)
     return MessageHeader(
         message_type=f"{code}^{trigger}" if trigger else code,
         trigger=trigger,
         control_id=msh.field(10),
-        processing_id=_field_value(msh, 11, 1, delims),
-        version=_field_value(msh, 12, 1, delims),
+        processing_id=field_value(msh, 11, 1, delims),
+        version=field_value(msh, 12, 1, delims),
         sending_application=msh.field(3),
         sending_facility=msh.field(4),
         receiving_application=msh.field(5),
@@ -332,11 +332,11 @@ def parse_oru(text: str, *, site_zone: ZoneInfo, phone_region: str = "US") -> Sc
     pid = _required_segment(segments, "PID", location="PID-3")
     accession, accession_field = _accession_and_field(obr, delims)
     result_status = _result_status(obr, delims)
-    mrn = _field_value(pid, 3, 1, delims)
+    mrn = field_value(pid, 3, 1, delims)
     if not mrn:
         raise MissingField("patient identifier (MRN) is empty", location="PID-3")
-    birth_date = _birth_date(_field_value(pid, 7, 1, delims))
-    procedure = _first_repetition(obr.field(4), delims)
+    birth_date = parse_birth_date(field_value(pid, 7, 1, delims))
+    procedure = first_repetition(obr.field(4), delims)
     after_obr = segments[obr_index + 1 :]
     observations = [seg for seg in after_obr if seg.name == "OBX"]
     exam_time = _time(obr, 7, delims, site_zone)
@@ -347,15 +347,15 @@ def parse_oru(text: str, *, site_zone: ZoneInfo, phone_region: str = "US") -> Sc
     scan = ScanCompleted(
         accession=accession,
         mrn=mrn,
-        patient_name=_person_name(_first_repetition(pid.field(5), delims), delims),
+        patient_name=person_name(first_repetition(pid.field(5), delims), delims),
         result_status=result_status,
         report_text=report_text,
         birth_date=birth_date,
-        phone_e164=_phone(pid.field(13), delims, phone_region),
-        language=language_code(_field_value(pid, 15, 1, delims)),
-        ordering_provider=_ordering_provider(segments, obr, delims),
-        procedure_code=_value(procedure, 1, delims),
-        procedure_text=_value(procedure, 2, delims),
+        phone_e164=xtn_phone(pid.field(13), delims, phone_region),
+        language=language_code(field_value(pid, 15, 1, delims)),
+        ordering_provider=ordering_provider_of(segments, obr, delims),
+        procedure_code=component_value(procedure, 1, delims),
+        procedure_text=component_value(procedure, 2, delims),
         exam_time=exam_time,
         result_time=result_time,
         control_id=header.control_id,
@@ -412,7 +412,7 @@ def check_header(header: MessageHeader, *, accepted_types: Collection[str]) -> N
         raise MissingField("message control id is empty", location="MSH-10")
 
 
-def _the_obr_index(segments: Sequence[_Segment]) -> int:
+def _the_obr_index(segments: Sequence[Segment]) -> int:
     indexes = [i for i, seg in enumerate(segments) if seg.name == "OBR"]
     if not indexes:
         raise MissingField("no OBR segment", location="OBR")
@@ -423,31 +423,31 @@ def _the_obr_index(segments: Sequence[_Segment]) -> int:
     return indexes[0]
 
 
-def _required_segment(segments: Sequence[_Segment], name: str, *, location: str) -> _Segment:
-    found = _first_segment(segments, name)
+def _required_segment(segments: Sequence[Segment], name: str, *, location: str) -> Segment:
+    found = segment_named(segments, name)
     if found is None:
         raise MissingField(f"no {name} segment", location=location)
     return found
 
 
-def _first_segment(segments: Sequence[_Segment], name: str) -> _Segment | None:
+def segment_named(segments: Sequence[Segment], name: str) -> Segment | None:
     return next((seg for seg in segments if seg.name == name), None)
 
 
-def _accession(obr: _Segment, delims: _Delimiters) -> str:
+def obr_accession(obr: Segment, delims: Delimiters) -> str:
     return _accession_and_field(obr, delims)[0]
 
 
-def _accession_and_field(obr: _Segment, delims: _Delimiters) -> tuple[str, int]:
+def _accession_and_field(obr: Segment, delims: Delimiters) -> tuple[str, int]:
     for number in (3, 18, 2):
-        accession = _field_value(obr, number, 1, delims)
+        accession = field_value(obr, number, 1, delims)
         if accession:
             return accession, number
     raise MissingField("no accession in OBR-3, OBR-18 or OBR-2", location="OBR-3")
 
 
-def _result_status(obr: _Segment, delims: _Delimiters) -> str:
-    status = _field_value(obr, 25, 1, delims)
+def _result_status(obr: Segment, delims: Delimiters) -> str:
+    status = field_value(obr, 25, 1, delims)
     if not status:
         raise MissingField("result status is empty", location="OBR-25")
     if status not in _RESULT_STATUSES:
@@ -455,7 +455,7 @@ def _result_status(obr: _Segment, delims: _Delimiters) -> str:
     return status
 
 
-def _birth_date(value: str) -> date | None:
+def parse_birth_date(value: str) -> date | None:
     if not value:
         return None
     match = _DTM.fullmatch(value)
@@ -467,17 +467,17 @@ def _birth_date(value: str) -> date | None:
         raise InvalidField(f"birth date {value!r}: {exc}", location="PID-7") from exc
 
 
-def _time(obr: _Segment, number: int, delims: _Delimiters, zone: ZoneInfo) -> datetime | None:
-    value = _field_value(obr, number, 1, delims)
+def _time(obr: Segment, number: int, delims: Delimiters, zone: ZoneInfo) -> datetime | None:
+    value = field_value(obr, number, 1, delims)
     if not value:
         return None
     try:
-        return _parse_dtm(value, zone)
+        return parse_dtm(value, zone)
     except (ValueError, OverflowError) as exc:
         raise InvalidField(f"time {value!r}: {exc}", location=f"OBR-{number}") from exc
 
 
-def _parse_dtm(value: str, zone: ZoneInfo) -> datetime:
+def parse_dtm(value: str, zone: ZoneInfo) -> datetime:
     """HL7 DTM to an aware datetime in `zone`; ValueError/OverflowError when invalid."""
     match = _DTM.fullmatch(value)
     if match is None:
@@ -505,31 +505,31 @@ def _fixed_offset(offset: str) -> timezone:
     return timezone(sign * timedelta(hours=hours, minutes=minutes))  # ValueError past 24 h
 
 
-def _person_name(xpn: str, delims: _Delimiters) -> PersonName:
-    return PersonName(family=_value(xpn, 1, delims), given=_value(xpn, 2, delims))
+def person_name(xpn: str, delims: Delimiters) -> PersonName:
+    return PersonName(family=component_value(xpn, 1, delims), given=component_value(xpn, 2, delims))
 
 
-def _phone(xtn_field: str, delims: _Delimiters, region: str) -> str | None:
+def xtn_phone(xtn_field: str, delims: Delimiters, region: str) -> str | None:
     """The first valid number, mobiles (equipment type CP) first: SMS needs a mobile."""
-    repetitions = _repetitions(xtn_field, delims)
-    mobiles_first = sorted(repetitions, key=lambda rep: _value(rep, 3, delims) != "CP")
+    numbers = repetitions(xtn_field, delims)
+    mobiles_first = sorted(numbers, key=lambda rep: component_value(rep, 3, delims) != "CP")
     for repetition in mobiles_first:
-        e164 = _e164(_xtn_number(repetition, delims), region)
+        e164 = to_e164(_xtn_number(repetition, delims), region)
         if e164:
             return e164
     return None
 
 
-def _xtn_number(xtn: str, delims: _Delimiters) -> str:
+def _xtn_number(xtn: str, delims: Delimiters) -> str:
     """XTN.1 (free-form, pre-2.6 style), else country code + area code + local number."""
-    free_form = _value(xtn, 1, delims)
+    free_form = component_value(xtn, 1, delims)
     if free_form:
         return free_form
-    country, area, local = (_value(xtn, n, delims) for n in (5, 6, 7))
+    country, area, local = (component_value(xtn, n, delims) for n in (5, 6, 7))
     return f"+{country}{area}{local}" if country else f"{area}{local}"
 
 
-def _e164(number: str, region: str) -> str | None:
+def to_e164(number: str, region: str) -> str | None:
     if not number:
         return None
     try:
@@ -541,23 +541,23 @@ def _e164(number: str, region: str) -> str | None:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
-def _ordering_provider(
-    segments: Sequence[_Segment], obr: _Segment, delims: _Delimiters
+def ordering_provider_of(
+    segments: Sequence[Segment], obr: Segment, delims: Delimiters
 ) -> ProviderRef | None:
     for name, number in _PROVIDER_FIELDS:
-        segment = obr if name == "OBR" else _first_segment(segments, name)
+        segment = obr if name == "OBR" else segment_named(segments, name)
         if segment is None:
             continue
-        xcn = _first_repetition(segment.field(number), delims)
+        xcn = first_repetition(segment.field(number), delims)
         provider = _provider(xcn, delims, source_field=f"{name}-{number}")
         if provider is not None:
             return provider
     return None
 
 
-def _provider(xcn: str, delims: _Delimiters, *, source_field: str) -> ProviderRef | None:
+def _provider(xcn: str, delims: Delimiters, *, source_field: str) -> ProviderRef | None:
     """XCN: 1 id, 2 family name, 3 given name. No id → the name is the lookup key."""
-    identifier, family, given = (_value(xcn, n, delims) for n in (1, 2, 3))
+    identifier, family, given = (component_value(xcn, n, delims) for n in (1, 2, 3))
     if not (identifier or family or given):
         return None
     return ProviderRef(
@@ -568,7 +568,7 @@ def _provider(xcn: str, delims: _Delimiters, *, source_field: str) -> ProviderRe
 
 
 def _readable_report_text(
-    after_obr: Sequence[_Segment], delims: _Delimiters, result_status: str, coded: bool
+    after_obr: Sequence[Segment], delims: Delimiters, result_status: str, coded: bool
 ) -> str:
     """The report text, or why there is none to route (see the module docstring)."""
     try:
@@ -588,7 +588,7 @@ def _readable_report_text(
     )
 
 
-def _report_lines(after_obr: Sequence[_Segment], delims: _Delimiters) -> tuple[list[str], set[str]]:
+def _report_lines(after_obr: Sequence[Segment], delims: Delimiters) -> tuple[list[str], set[str]]:
     """Report lines from every carrier in message order, and what was passed over."""
     lines: list[str] = []
     skipped: set[str] = set()
@@ -607,7 +607,7 @@ def _report_lines(after_obr: Sequence[_Segment], delims: _Delimiters) -> tuple[l
         if segment.name != "OBX":
             continue
         observations += 1
-        if _field_value(segment, 11, 1, delims) in _WITHDRAWN_OBSERVATIONS:
+        if field_value(segment, 11, 1, delims) in _WITHDRAWN_OBSERVATIONS:
             owner = "withdrawn OBX"  # its notes go with it
             skipped.add("observations marked wrong or deleted in OBX-11")
             continue
@@ -621,7 +621,7 @@ def _report_lines(after_obr: Sequence[_Segment], delims: _Delimiters) -> tuple[l
     return lines, skipped
 
 
-def _check_lines_are_segments(after_obr: Sequence[_Segment]) -> None:
+def _check_lines_are_segments(after_obr: Sequence[Segment]) -> None:
     """A line break inside a field ends its segment early: refuse rather than lose the rest."""
     previous = "OBR"
     for segment in after_obr:
@@ -635,9 +635,9 @@ def _check_lines_are_segments(after_obr: Sequence[_Segment]) -> None:
             )
 
 
-def _observation_lines(obx: _Segment, delims: _Delimiters, skipped: set[str]) -> list[str]:
+def _observation_lines(obx: Segment, delims: Delimiters, skipped: set[str]) -> list[str]:
     """One OBX's report lines; what it holds that is not report text is added to `skipped`."""
-    value_type = _field_value(obx, 2, 1, delims)
+    value_type = field_value(obx, 2, 1, delims)
     if value_type in _TEXT_TYPES:
         return [] if _is_uid_reference(obx, delims) else _text_lines(obx.field(5), delims)
     if value_type in _CODED_TYPES:
@@ -655,34 +655,36 @@ def _observation_lines(obx: _Segment, delims: _Delimiters, skipped: set[str]) ->
     return []
 
 
-def _text_lines(field: str, delims: _Delimiters) -> list[str]:
+def _text_lines(field: str, delims: Delimiters) -> list[str]:
     """A TX/FT/ST field: one line per repetition, and per line break inside one."""
     return [
         line.rstrip()
-        for repetition in _repetitions(field, delims, keep_empty=True)
-        for line in _unescape(repetition, delims).split("\n")
+        for repetition in repetitions(field, delims, keep_empty=True)
+        for line in unescape(repetition, delims).split("\n")
     ]
 
 
-def _uncoded_texts(field: str, delims: _Delimiters) -> list[str]:
+def _uncoded_texts(field: str, delims: Delimiters) -> list[str]:
     """The text of coded values sent without a code (CWE-2, CWE-5 or original text CWE-9)."""
     texts = []
-    for repetition in _repetitions(field, delims):
-        if _value(repetition, 1, delims) or _value(repetition, 4, delims):
+    for repetition in repetitions(field, delims):
+        if component_value(repetition, 1, delims) or component_value(repetition, 4, delims):
             continue  # coded: a coded item, routed by its code
-        text = next((t for t in (_value(repetition, n, delims) for n in (2, 5, 9)) if t), "")
+        text = next(
+            (t for t in (component_value(repetition, n, delims) for n in (2, 5, 9)) if t), ""
+        )
         if text:
             texts.append(text)
     return texts
 
 
-def _attachment_lines(field: str, delims: _Delimiters) -> list[str] | None:
+def _attachment_lines(field: str, delims: Delimiters) -> list[str] | None:
     """An ED value (source ^ type ^ subtype ^ encoding ^ data) as report lines; None for a
     picture or an empty attachment, which hold no report text."""
     components = field.split(delims.component, 4)
     components += [""] * (5 - len(components))
-    type_of_data, subtype, encoding = (_unescape(c, delims).strip() for c in components[1:4])
-    data = _unescape(components[4], delims)
+    type_of_data, subtype, encoding = (unescape(c, delims).strip() for c in components[1:4])
+    data = unescape(components[4], delims)
     content_type = _attachment_media_type(type_of_data, subtype)
     if not data.strip() or (document_kind(content_type) is None and is_picture(content_type)):
         return None
@@ -716,10 +718,10 @@ def _attachment_content(data: str, encoding: str) -> bytes | str:
     raise InvalidField(f"ED encoding {encoding[:16]!r} is not A, Hex or Base64", location="OBX-5")
 
 
-def _check_reference(field: str, delims: _Delimiters) -> None:
+def _check_reference(field: str, delims: Delimiters) -> None:
     """An RP value (pointer ^ application ^ type ^ subtype) may point at a picture, which is
     not report text; a pointer to anything else is the report itself, kept elsewhere."""
-    type_of_data, subtype = (_value(field, n, delims) for n in (3, 4))
+    type_of_data, subtype = (component_value(field, n, delims) for n in (3, 4))
     content_type = _attachment_media_type(type_of_data, subtype)
     if is_picture(content_type) and document_kind(content_type) is None:
         return
@@ -730,33 +732,33 @@ def _check_reference(field: str, delims: _Delimiters) -> None:
     )
 
 
-def _is_uid_reference(obx: _Segment, delims: _Delimiters) -> bool:
+def _is_uid_reference(obx: Segment, delims: Delimiters) -> bool:
     """DICOM study/series/SOP instance UIDs that SR-to-HL7 gateways send as ST lines."""
-    code, text = _field_value(obx, 3, 1, delims), _field_value(obx, 3, 2, delims)
+    code, text = field_value(obx, 3, 1, delims), field_value(obx, 3, 2, delims)
     return code == _DICOM_STUDY_REFERENCE or text.upper().endswith("INSTANCE UID")
 
 
 def _coded_items(
-    observations: Sequence[_Segment], delims: _Delimiters
+    observations: Sequence[Segment], delims: Delimiters
 ) -> tuple[CodedReportItem, ...]:
     items: list[CodedReportItem] = []
     for obx in observations:
-        identifier = _first_repetition(obx.field(3), delims)
+        identifier = first_repetition(obx.field(3), delims)
         items.extend(
             item
             for item in _codings(identifier, delims)
             if item.system.upper() in _FINDING_CODE_SYSTEMS
         )
-        if _field_value(obx, 2, 1, delims) in _CODED_TYPES:
-            for repetition in _repetitions(obx.field(5), delims):
+        if field_value(obx, 2, 1, delims) in _CODED_TYPES:
+            for repetition in repetitions(obx.field(5), delims):
                 items.extend(_codings(repetition, delims))
     return tuple(dict.fromkeys(items))  # the same code on several OBX lines counts once
 
 
-def _codings(coded: str, delims: _Delimiters) -> Iterator[CodedReportItem]:
+def _codings(coded: str, delims: Delimiters) -> Iterator[CodedReportItem]:
     """CE/CWE/CNE triplets: 1-3 primary (code, text, system), 4-6 alternate."""
     for first in (1, 4):
-        code, display, system = (_value(coded, first + i, delims) for i in range(3))
+        code, display, system = (component_value(coded, first + i, delims) for i in range(3))
         if code:
             yield CodedReportItem(system=system, code=code, display=display)
 
@@ -765,35 +767,35 @@ def _codings(coded: str, delims: _Delimiters) -> Iterator[CodedReportItem]:
 # Field access on raw strings with the message's own delimiters
 
 
-def _repetitions(field: str, delims: _Delimiters, *, keep_empty: bool = False) -> list[str]:
+def repetitions(field: str, delims: Delimiters, *, keep_empty: bool = False) -> list[str]:
     return [rep for rep in field.split(delims.repetition) if keep_empty or rep]
 
 
-def _first_repetition(field: str, delims: _Delimiters) -> str:
+def first_repetition(field: str, delims: Delimiters) -> str:
     return field.split(delims.repetition, 1)[0]
 
 
-def _field_value(segment: _Segment, number: int, component: int, delims: _Delimiters) -> str:
-    return _value(_first_repetition(segment.field(number), delims), component, delims)
+def field_value(segment: Segment, number: int, component: int, delims: Delimiters) -> str:
+    return component_value(first_repetition(segment.field(number), delims), component, delims)
 
 
-def _value(repetition: str, component: int, delims: _Delimiters) -> str:
+def component_value(repetition: str, component: int, delims: Delimiters) -> str:
     """Component `component` (1-based), first subcomponent, unescaped and stripped."""
     components = repetition.split(delims.component)
     if component > len(components):
         return ""
     first_subcomponent = components[component - 1].split(delims.subcomponent, 1)[0]
-    return _unescape(first_subcomponent, delims).strip()
+    return unescape(first_subcomponent, delims).strip()
 
 
-def _unescape(value: str, delims: _Delimiters) -> str:
+def unescape(value: str, delims: Delimiters) -> str:
     if delims.escape not in value:
         return value
     esc = re.escape(delims.escape)
     return re.sub(f"{esc}([^{esc}]*){esc}", lambda m: _escape_sequence(m[1], delims), value)
 
 
-def _escape_sequence(sequence: str, delims: _Delimiters) -> str:
+def _escape_sequence(sequence: str, delims: Delimiters) -> str:
     delimiter = {
         "F": delims.field,
         "S": delims.component,

@@ -19,20 +19,20 @@ from dataclasses import dataclass
 
 from followup.errors import MissingField
 from followup.ris.hl7v2 import (
-    _accession,
-    _birth_date,
-    _Delimiters,
-    _field_value,
-    _first_repetition,
-    _first_segment,
-    _ordering_provider,
-    _person_name,
-    _phone,
-    _Segment,
+    Delimiters,
+    Segment,
     check_header,
     check_no_nul,
+    field_value,
+    first_repetition,
     message_header,
+    obr_accession,
+    ordering_provider_of,
+    parse_birth_date,
     parse_message,
+    person_name,
+    segment_named,
+    xtn_phone,
 )
 from followup.ris.scan import PersonName, ProviderRef, check_patient_fits, language_code
 
@@ -64,23 +64,25 @@ def parse_update(text: str, *, phone_region: str = "US") -> RisUpdate:
     check_header(header, accepted_types=UPDATE_TYPES)
     delims = msg.delimiters
     segments = msg.segments
-    pid = _first_segment(segments, "PID")
+    pid = segment_named(segments, "PID")
     if pid is None:
         raise MissingField("no PID segment", location="PID")
-    mrn = _field_value(pid, 3, 1, delims)
+    mrn = field_value(pid, 3, 1, delims)
     if not mrn:
         raise MissingField("patient identifier (MRN) is empty", location="PID-3")
-    _birth_date(_field_value(pid, 7, 1, delims))  # a bad PID-7 is an AE here as in results
+    parse_birth_date(field_value(pid, 7, 1, delims))  # a bad PID-7 is an AE here as in results
     is_order = header.message_type in ORDER_TYPES
-    obr = _first_segment(segments, "OBR") if is_order else None
+    obr = segment_named(segments, "OBR") if is_order else None
     update = RisUpdate(
         message_type=header.message_type,
         mrn=mrn,
-        patient_name=_person_name(_first_repetition(pid.field(5), delims), delims),
-        phone_e164=_phone(pid.field(13), delims, phone_region),
-        language=language_code(_field_value(pid, 15, 1, delims)),
+        patient_name=person_name(first_repetition(pid.field(5), delims), delims),
+        phone_e164=xtn_phone(pid.field(13), delims, phone_region),
+        language=language_code(field_value(pid, 15, 1, delims)),
         accession=_order_accession(obr, delims) if obr is not None else None,
-        ordering_provider=(_ordering_provider(segments, obr, delims) if obr is not None else None),
+        ordering_provider=(
+            ordering_provider_of(segments, obr, delims) if obr is not None else None
+        ),
     )
     check_patient_fits(
         mrn=update.mrn,
@@ -92,8 +94,8 @@ def parse_update(text: str, *, phone_region: str = "US") -> RisUpdate:
     return update
 
 
-def _order_accession(obr: _Segment, delims: _Delimiters) -> str | None:
+def _order_accession(obr: Segment, delims: Delimiters) -> str | None:
     try:
-        return _accession(obr, delims)
+        return obr_accession(obr, delims)
     except MissingField:
         return None

@@ -10,13 +10,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from followup.scheduling import (
+from followup.core.scheduling import (
     DEFAULT_SESSIONS,
     BookingWindow,
     Preferences,
     WorkingSession,
     site_holidays,
 )
+from followup.settings import Settings
 from models import booking
 from models.db import session_scope
 from models.tables import (
@@ -36,6 +37,7 @@ REPORTED = datetime(2027, 3, 1, 15, tzinfo=NY)
 ROUTINE = BookingWindow(
     datetime(2027, 3, 8, tzinfo=NY), datetime(2027, 3, 16, tzinfo=NY), "routine"
 )
+OFFER_TIMING = Settings().offer_timing  # the defaults: 4 hours to answer, 12 hours' notice
 
 _numbers = itertools.count(1)
 
@@ -95,19 +97,18 @@ class Clinic:
         self, preferences: Preferences | None = None, *, timezone: str | None = NY.key
     ) -> int:
         with session_scope(self.url) as session:
+            preferences = preferences or Preferences()
             patient = Patient(
                 mrn=f"MRN{next(_numbers)}",
                 family_name="Doe",
                 phone_e164="+15555550123",
                 timezone=timezone,
+                preferred_day_part=preferences.day_part,
+                preferred_weekdays=sorted(preferences.weekdays) or None,
             )
             session.add(patient)
             session.flush()
             assert patient.id is not None
-            if preferences is not None:
-                booking.set_patient_preferences(
-                    session=session, patient_id=patient.id, preferences=preferences
-                )
             return patient.id
 
     def study(

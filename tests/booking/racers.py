@@ -10,7 +10,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
 
-from followup.scheduling import BookingWindow
+from followup.core.scheduling import BookingWindow
 from models import booking
 from tests.booking.conftest import US_HOLIDAYS
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import col, select
 
-from followup.calendars import read_calendar_files
-from followup.pipeline import BookingOutcome, RecordedStudy, book_follow_up
-from followup.scheduling import BookingWindow, DayPart, Preferences, WorkingSession
+from followup.core.calendars import read_calendar_files
+from followup.core.scheduling import BookingWindow, DayPart, Preferences, WorkingSession
+from followup.services import calendar_import, moves
+from followup.services.pipeline import BookingOutcome, RecordedStudy, book_follow_up
 from followup.settings import get_settings
 from models import booking
 from models.db import session_scope
@@ -23,7 +24,7 @@ from models.tables import (
     Slot,
     WaitlistEntry,
 )
-from tests.booking.conftest import NY, REPORT_DAY, ROUTINE, US_HOLIDAYS, Clinic
+from tests.booking.conftest import NY, OFFER_TIMING, REPORT_DAY, ROUTINE, US_HOLIDAYS, Clinic
 
 MORNINGS = tuple(WorkingSession(day, time(9), time(12)) for day in range(5))
 
@@ -273,13 +274,17 @@ def test_cancel_frees_the_slot_and_cancels_only_unsent_messages(clinic: Clinic) 
     with session_scope(clinic.url) as session:
         result = booking.cancel_appointment(
             session=session,
+            timing=OFFER_TIMING,
             appointment_id=appointment.appointment_id,
             reason="patient cancelled",
             now=datetime(2027, 3, 2, tzinfo=NY),
         )
     with session_scope(clinic.url) as session:
         repeat = booking.cancel_appointment(
-            session=session, appointment_id=appointment.appointment_id, reason="again"
+            session=session,
+            timing=OFFER_TIMING,
+            appointment_id=appointment.appointment_id,
+            reason="again",
         )
         statuses = sorted((m.kind, m.status) for m in session.exec(select(OutboundMessage)).all())
         slot = session.get(Slot, appointment.slot_id)
@@ -297,7 +302,7 @@ def test_cancel_frees_the_slot_and_cancels_only_unsent_messages(clinic: Clinic) 
     assert rebooked is not None and rebooked.slot_id == appointment.slot_id
 
 
-def test_reschedule_moves_to_the_next_slot_or_escalates_keeping_the_old_one(
+def test_a_move_books_the_next_slot_or_keeps_the_visit_with_a_task_to_move_it(
     clinic: Clinic,
 ) -> None:
     doctor = clinic.provider()
@@ -311,20 +316,26 @@ def test_reschedule_moves_to_the_next_slot_or_escalates_keeping_the_old_one(
     now = datetime(2027, 3, 3, tzinfo=NY)
 
     with session_scope(clinic.url) as session:
-        moved = booking.reschedule_appointment(
+        moved = moves.move_appointment(
             session=session,
             appointment_id=first.appointment_id,
             reason="RESCHEDULE",
+            policy=moves.NothingFits.KEEP,
             settings=settings,
             now=now,
+            actor="test",
+            after=first.start,
         )
-    assert moved.appointment is not None and moved.escalation_id is None
+    assert moved.appointment is not None and moved.task_id is None
     assert moved.appointment.start == datetime(2027, 3, 8, 10, tzinfo=NY)
     assert moved.appointment.study_id == study
     assert _appointment(clinic, first.appointment_id).status == "cancelled"
     assert _appointment(clinic, first.appointment_id).replaced_by_id == moved.appointment.id
+    assert [e.detail["from_appointment_id"] for e in _audit(clinic, "appointment.moved")] == [
+        first.appointment_id
+    ]
 
-    # Block the rest of the window: the next reschedule cannot move and escalates instead.
+    # Block the rest of the window: the next move cannot book; the patient keeps the visit.
     with session_scope(clinic.url) as session:
         booking.add_blocked_period(
             session=session,
@@ -335,17 +346,26 @@ def test_reschedule_moves_to_the_next_slot_or_escalates_keeping_the_old_one(
         )
     assert moved.appointment.id is not None
     with session_scope(clinic.url) as session:
-        stuck = booking.reschedule_appointment(
+        stuck = moves.move_appointment(
             session=session,
             appointment_id=moved.appointment.id,
             reason="RESCHEDULE",
+            policy=moves.NothingFits.KEEP,
             settings=settings,
             now=now,
+            actor="test",
+            after=moved.appointment.start,
         )
-        escalation = session.get(Escalation, stuck.escalation_id)
+        task = session.get(Escalation, stuck.task_id)
     assert stuck.appointment is None
-    assert escalation is not None and escalation.kind == "reschedule"
-    assert stuck.reason.startswith("reschedule asked (RESCHEDULE); ordering provider")
+    assert task is not None and (task.kind, task.study_id) == ("reschedule", study)
+    assert task.reason == stuck.reason
+    assert stuck.reason.startswith(
+        f"RESCHEDULE: appointment {moved.appointment.id} could not be moved (ordering provider"
+    )
+    assert stuck.reason.endswith(
+        "the patient keeps the visit of Mon 2027-03-08 10:00 EST: move it by hand"
+    )
     assert _appointment(clinic, moved.appointment.id).status == "booked"
 
 
@@ -367,9 +387,9 @@ def test_import_report_is_stored_and_the_same_import_twice_changes_nothing(
     )
     data = read_calendar_files([folder / "providers.csv", folder / "availability.csv"])
 
-    def run() -> booking.ImportReport:
+    def run() -> calendar_import.ImportReport:
         with session_scope(clinic.url) as session:
-            return booking.import_calendars(
+            return calendar_import.import_calendars(
                 session=session, data=data, first_day=REPORT_DAY, days=14, closed_days=US_HOLIDAYS
             )
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from followup.calendars import (
+from followup.core.calendars import (
     CalendarImportError,
     parse_csv,
     parse_hours,
     read_calendar_files,
 )
-from followup.scheduling import WorkingSession
+from followup.core.scheduling import WorkingSession
 from tests.conftest import THIRD_PARTY
 
 FHIR_EXAMPLES = THIRD_PARTY / "fhir-r4"

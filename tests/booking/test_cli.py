@@ -5,19 +5,19 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from sqlmodel import col, select
 from typer.testing import CliRunner
 
 from followup.cli import app
-from followup.messaging import visits
-from followup.scheduling import BookingWindow
+from followup.core.scheduling import BookingWindow
+from followup.services import visits
 from followup.settings import get_settings
 from models import queries
 from models.db import session_scope
-from models.tables import Appointment, OutboundMessage, OutboundStatus, Provider, Slot
+from models.tables import Appointment, Escalation, OutboundMessage, OutboundStatus, Provider, Slot
 from models.types import utcnow
 from tests.booking.conftest import NY, Clinic
 from tests.booking.test_calendars import FHIR_EXAMPLES
@@ -79,7 +79,6 @@ def test_block_close_cancel_and_reschedule_from_the_command_line(cli: Clinic) ->
     doctor = cli.provider()
     tomorrow = datetime.now(NY).date() + timedelta(days=1)
     cli.lay_slots(doctor, first_day=tomorrow, days=21, closed=())
-    patient = cli.patient()
     with session_scope(cli.url) as session:
         npi = session.get_one(Provider, doctor).npi
         first = session.exec(
@@ -91,40 +90,24 @@ def test_block_close_cancel_and_reschedule_from_the_command_line(cli: Clinic) ->
     blocked = _run(
         "providers", "block", npi, local.isoformat(), (local + timedelta(hours=1)).isoformat()
     )
-    assert blocked == {"slots_blocked": 2, "conflicts": []}
+    assert blocked == {"slots_blocked": 2, "conflicts": [], "moved": [], "worklist": []}
     closed = _run("providers", "close", (local + timedelta(days=1)).date().isoformat())
     assert closed["conflicts"] == []
     assert _run("providers", "close", (local + timedelta(days=1)).date().isoformat()) == {
         "already_closed": True
     }
 
-    study, _ = cli.study(patient, doctor)
-    start = datetime.combine(tomorrow, datetime.min.time(), tzinfo=NY)
-    booked = cli.book(
-        patient,
-        doctor,
-        study_id=study,
-        window=BookingWindow(start, start + timedelta(days=14), "routine"),
-    ).booked
-    assert booked is not None
-    with session_scope(cli.url) as session:
-        planned = visits.plan_visit_texts(
-            session=session,
-            appointment_id=booked.appointment_id,
-            settings=get_settings(),
-            now=utcnow(),
-        )
-        # The confirmation went out (dry run): the patient knows the old time.
-        session.get_one(OutboundMessage, planned.notice).status = OutboundStatus.DRY_RUN
+    booked = _booked_visit(cli, doctor, tomorrow)
 
     moved = _run("appointments", "reschedule", str(booked.appointment_id))
 
     assert moved["previous"] == booked.appointment_id and moved["appointment"] is not None
+    assert moved["task"] is None
     assert datetime.fromisoformat(moved["start"]) > booked.start
     old_texts, new_texts = _texts(cli, booked.appointment_id), _texts(cli, moved["appointment"])
     assert {(m.id, m.status) for m in old_texts} == {
-        (planned.notice, "dry_run"),
-        *((i, "cancelled") for i in planned.reminders),
+        (booked.texts.notice, "dry_run"),
+        *((i, "cancelled") for i in booked.texts.reminders),
     }
     assert {m.id for m in new_texts} == {moved["notice_message"], *moved["reminder_messages"]}
     assert {m.status for m in new_texts} == {"scheduled"}
@@ -146,6 +129,96 @@ def test_block_close_cancel_and_reschedule_from_the_command_line(cli: Clinic) ->
         assert session.get_one(Appointment, moved["appointment"]).cancel_reason == "flu"
         assert session.get_one(Appointment, booked.appointment_id).status == "cancelled"
     assert _run("waitlist", "expire") == {"new_offers": [], "offer_messages": []}
+
+
+class BookedVisit(NamedTuple):
+    appointment_id: int
+    start: datetime
+    npi: str  # the provider's
+    texts: visits.Texts
+
+
+def _booked_visit(cli: Clinic, doctor: int, first_day: Any) -> BookedVisit:
+    """A follow-up booked in the first slot of a two-week window from `first_day`, with its
+    texts planned and its confirmation sent (dry run): the patient knows the time, so a move
+    tells them with a reschedule notice."""
+    patient = cli.patient()
+    study, _ = cli.study(patient, doctor)
+    start = datetime.combine(first_day, datetime.min.time(), tzinfo=NY)
+    booked = cli.book(
+        patient,
+        doctor,
+        study_id=study,
+        window=BookingWindow(start, start + timedelta(days=14), "routine"),
+    ).booked
+    assert booked is not None
+    with session_scope(cli.url) as session:
+        texts = visits.plan_visit_texts(
+            session=session,
+            appointment_id=booked.appointment_id,
+            settings=get_settings(),
+            now=utcnow(),
+        )
+        session.get_one(OutboundMessage, texts.notice).status = OutboundStatus.DRY_RUN
+        npi = session.get_one(Provider, doctor).npi
+    return BookedVisit(booked.appointment_id, booked.start, npi, texts)
+
+
+def test_blocking_a_booked_time_moves_the_visit_and_texts_the_patient(cli: Clinic) -> None:
+    doctor = cli.provider()
+    tomorrow = datetime.now(NY).date() + timedelta(days=1)
+    cli.lay_slots(doctor, first_day=tomorrow, days=21, closed=())
+    visit, start, npi, _ = _booked_visit(cli, doctor, tomorrow)
+    local = start.astimezone(NY)
+
+    blocked = _run(
+        "providers", "block", npi, local.isoformat(), (local + timedelta(minutes=30)).isoformat()
+    )
+
+    [moved] = blocked["moved"]
+    assert (blocked["slots_blocked"], blocked["conflicts"], blocked["worklist"]) == (0, [visit], [])
+    assert (moved["previous"], moved["task"]) == (visit, None)
+    assert datetime.fromisoformat(moved["start"]) == start + timedelta(minutes=30)
+    with session_scope(cli.url) as session:
+        old = session.get_one(Appointment, visit)
+        new = session.get_one(Appointment, moved["appointment"])
+    assert (old.status, old.replaced_by_id) == ("cancelled", new.id)
+    assert (new.provider_id, new.study_id, new.status) == (doctor, old.study_id, "booked")
+    assert {m.status for m in _texts(cli, visit)} == {"cancelled"}
+    with session_scope(cli.url) as session:  # the old slot lies in the blocked time
+        assert session.get_one(Slot, old.slot_id).status == "blocked"
+    new_texts = _texts(cli, new.id or 0)
+    assert {m.id for m in new_texts} == {moved["notice_message"], *moved["reminder_messages"]}
+    assert [m.kind for m in new_texts if m.id == moved["notice_message"]] == ["reschedule"]
+
+
+def test_blocking_a_booked_time_nothing_fits_puts_the_visit_on_the_worklist(cli: Clinic) -> None:
+    doctor = cli.provider()
+    tomorrow = datetime.now(NY).date() + timedelta(days=1)
+    cli.lay_slots(doctor, first_day=tomorrow, days=21, closed=())
+    visit, start, npi, _ = _booked_visit(cli, doctor, tomorrow)
+    local = start.astimezone(NY)
+    until = local + timedelta(days=15)
+
+    blocked = _run(
+        "providers", "block", npi, local.isoformat(), until.isoformat(), "--reason", "leave"
+    )
+
+    [held] = blocked["worklist"]
+    assert (blocked["conflicts"], blocked["moved"]) == ([visit], [])
+    assert held["appointment"] == visit
+    with session_scope(cli.url) as session:
+        task = session.get_one(Escalation, held["task"])
+        kept = session.get_one(Appointment, visit)
+    assert (task.kind, task.status, task.reason) == ("visit_conflict", "open", held["reason"])
+    assert held["reason"].startswith(
+        f"provider {doctor} blocked {local.isoformat()} to {until.isoformat()} (leave): "
+        f"appointment {visit} of {local:%a %Y-%m-%d %H:%M %Z} could not be moved (ordering "
+        "provider"
+    )
+    assert held["reason"].endswith("call the patient to move or cancel it")
+    assert kept.status == "booked"
+    assert {m.status for m in _texts(cli, visit)} == {"scheduled"}
 
 
 def _texts(clinic: Clinic, appointment_id: int) -> list[OutboundMessage]:

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from followup.scheduling import WorkingSession
+from followup.core.scheduling import WorkingSession
 from models import booking
 from models.db import session_scope
 from models.tables import ACTIVE_APPOINTMENT_STATUSES, Appointment

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import Session, col, select
 
-from followup.scheduling import (
+from followup.core.scheduling import (
     DayPart,
     Period,
     Preferences,

@@ -8,14 +8,14 @@ from itertools import pairwise
 import pytest
 from sqlmodel import col, select
 
-from followup.errors import BookingError
-from followup.referrals import (
+from followup.core.referrals import (
     TRANSITIONS,
     IllegalReferralTransition,
     ReferralStatus,
     check_transition,
 )
-from models import booking
+from followup.errors import BookingError
+from models import booking, queries
 from models.db import session_scope
 from models.tables import AuditEvent, Referral
 from tests.booking.conftest import Clinic
@@ -56,7 +56,7 @@ def test_transitions_are_timestamped_kept_in_history_and_audited(clinic: Clinic)
     ]
     for hours, (status, scheduled_for, reason) in enumerate(moves, start=1):
         with session_scope(clinic.url) as session:
-            referral = booking.transition_referral(
+            referral = queries.transition_referral(
                 session=session,
                 referral_id=referral_id,
                 to=status,
@@ -95,11 +95,11 @@ def test_transitions_are_timestamped_kept_in_history_and_audited(clinic: Clinic)
 def test_an_illegal_move_changes_nothing(clinic: Clinic) -> None:
     referral_id = clinic.referral(opened=NOW)
     with pytest.raises(IllegalReferralTransition), session_scope(clinic.url) as session:
-        booking.transition_referral(
+        queries.transition_referral(
             session=session, referral_id=referral_id, to="completed", actor="x"
         )
     with pytest.raises(BookingError, match="scheduled_for"), session_scope(clinic.url) as session:
-        booking.transition_referral(
+        queries.transition_referral(
             session=session, referral_id=referral_id, to="sent", actor="x", scheduled_for=NOW
         )
     with session_scope(clinic.url) as session:
@@ -120,10 +120,10 @@ def test_overdue_referrals_are_open_ones_past_their_tiers_allowance(clinic: Clin
             (scheduled, ["sent", "accepted"]),
         ):
             for status in moves:
-                booking.transition_referral(
+                queries.transition_referral(
                     session=session, referral_id=referral_id, to=status, actor="x"
                 )
-        booking.transition_referral(
+        queries.transition_referral(
             session=session,
             referral_id=scheduled,
             to="scheduled",

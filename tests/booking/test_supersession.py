@@ -9,15 +9,16 @@ from datetime import datetime, timedelta
 
 from sqlmodel import col, select
 
-from followup.messaging import visits
-from followup.pipeline import BookingOutcome, RecordedStudy, book_follow_up
-from followup.scheduling import BookingWindow
+from followup.core.scheduling import BookingWindow
+from followup.services import moves, visits
+from followup.services.pipeline import BookingOutcome, RecordedStudy, book_follow_up
 from followup.settings import Settings, get_settings
 from models import booking
 from models.db import session_scope
 from models.tables import (
     Appointment,
     AuditEvent,
+    Escalation,
     OutboundMessage,
     Slot,
     WaitlistEntry,
@@ -217,15 +218,57 @@ def test_a_visit_kept_through_a_tier_change_is_rescheduled_in_the_new_window(
     kept = _run(clinic, replace(recorded, urgency="routine"), settings)
     assert kept.appointment_id == booked.appointment_id
     with session_scope(clinic.url) as session:
-        moved = booking.reschedule_appointment(
+        moved = moves.move_appointment(
             session=session,
             appointment_id=booked.appointment_id,
             reason="patient asked",
+            policy=moves.NothingFits.KEEP,
             settings=settings,
             now=datetime(2027, 3, 1, 16, tzinfo=NY),
+            actor="test",
+            after=datetime(2027, 3, 1, 16, tzinfo=NY),
         )
         retiered = session.get_one(Appointment, booked.appointment_id)
         assert retiered.tier == "routine"
         assert moved.appointment is not None
         assert moved.appointment.start >= urgent_end
         assert moved.appointment.tier == "routine"
+
+
+def test_a_correction_nothing_fits_keeps_the_visit_in_the_new_tier_with_a_task(
+    clinic: Clinic,
+) -> None:
+    doctor = clinic.provider(family_name="Okafor")
+    clinic.lay_slots(doctor)
+    settings = get_settings(database_url=clinic.url)
+    recorded, study = _recorded(clinic, doctor)
+    booked = _run(clinic, recorded, settings)
+    assert booked.appointment_id is not None
+    with session_scope(clinic.url) as session:
+        routine = session.get_one(Appointment, booked.appointment_id)
+        routine_start = routine.start
+        for slot in session.exec(
+            select(Slot).where(Slot.status == "free", col(Slot.start) < routine_start)
+        ):
+            slot.status = "blocked"  # nothing free in the urgent window
+            session.add(slot)
+
+    outcome = _run(clinic, replace(recorded, urgency="urgent"), settings)
+    again = _run(clinic, replace(recorded, urgency="urgent"), settings)
+
+    assert outcome.appointment_id == booked.appointment_id
+    assert again == BookingOutcome(booked.appointment_id, None, "already booked")
+    with session_scope(clinic.url) as session:
+        kept = session.get_one(Appointment, booked.appointment_id)
+        task = session.get_one(Escalation, outcome.escalation_id)
+    assert (kept.status, kept.tier, kept.replaced_by_id) == ("booked", "urgent", None)
+    assert (task.kind, task.study_id, task.status) == ("reschedule", study, "open")
+    assert task.reason == outcome.reason
+    assert outcome.reason == (
+        f"report corrected to urgent: appointment {booked.appointment_id} could not be moved "
+        "(ordering provider Dr. Okafor: no free slot in the urgent window 2027-03-02–2027-03-04); "
+        "the patient keeps the "
+        f"visit of {routine_start.astimezone(settings.site_zone):%a %Y-%m-%d %H:%M %Z}: move "
+        "it by hand"
+    )
+    assert _entries(clinic, study) == []

@@ -7,11 +7,11 @@ from datetime import datetime, timedelta
 
 from sqlmodel import select
 
-from followup.scheduling import BookingWindow, DayPart, Preferences
+from followup.core.scheduling import BookingWindow, DayPart, Preferences
 from models import booking
 from models.db import session_scope
 from models.tables import Appointment, Escalation, Slot, WaitlistEntry, WaitlistOffer
-from tests.booking.conftest import NY, ROUTINE, Clinic
+from tests.booking.conftest import NY, OFFER_TIMING, ROUTINE, Clinic
 
 NOW = datetime(2027, 3, 2, 9, tzinfo=NY)
 URGENT = BookingWindow(datetime(2027, 3, 8, tzinfo=NY), datetime(2027, 3, 11, tzinfo=NY), "urgent")
@@ -73,7 +73,11 @@ def _wait(
 def _cancel(clinic: Clinic, freed: Freed, now: datetime = NOW) -> WaitlistOffer | None:
     with session_scope(clinic.url) as session:
         return booking.cancel_appointment(
-            session=session, appointment_id=freed.appointment_id, reason="cancelled", now=now
+            session=session,
+            timing=OFFER_TIMING,
+            appointment_id=freed.appointment_id,
+            reason="cancelled",
+            now=now,
         ).offer
 
 
@@ -99,7 +103,7 @@ def test_freed_slot_goes_to_the_urgent_patient_first_then_the_longest_waiting(
 
     assert offer is not None
     assert (offer.entry_id, offer.slot_id, offer.status) == (urgent_old, freed.slot_id, "pending")
-    assert offer.expires_at == NOW + booking.OFFER_TTL
+    assert offer.expires_at == NOW + OFFER_TIMING.ttl
     assert _entry(clinic, urgent_old).status == "offered"
     assert {_entry(clinic, e).status for e in (routine_old, urgent_new)} == {"waiting"}
     assert _slot_status(clinic, freed.slot_id) == "held"
@@ -143,7 +147,7 @@ def test_the_time_to_answer_runs_from_when_the_offer_may_be_texted(clinic: Clini
 
     assert offer is not None and offer.entry_id == entry
     assert offer.offered_at == NOW
-    assert offer.expires_at == datetime(2027, 3, 2, 13, tzinfo=NY) + booking.OFFER_TTL
+    assert offer.expires_at == datetime(2027, 3, 2, 13, tzinfo=NY) + OFFER_TIMING.ttl
 
 
 def test_a_patient_who_cannot_be_texted_in_time_is_passed_over(clinic: Clinic) -> None:
@@ -155,7 +159,7 @@ def test_a_patient_who_cannot_be_texted_in_time_is_passed_over(clinic: Clinic) -
     offer = _cancel(clinic, freed, now=evening)
 
     assert offer is not None and offer.entry_id == awake
-    assert offer.expires_at == evening + booking.OFFER_TTL
+    assert offer.expires_at == evening + OFFER_TIMING.ttl
     assert _entry(clinic, asleep).status == "waiting"
 
 
@@ -167,9 +171,11 @@ def test_accepting_books_the_held_slot_and_closes_the_escalation(clinic: Clinic)
 
     with session_scope(clinic.url) as session:
         appointment = booking.accept_offer(
-            session=session, offer_id=offer.id, now=NOW + timedelta(hours=1)
+            session=session, timing=OFFER_TIMING, offer_id=offer.id, now=NOW + timedelta(hours=1)
         ).appointment
-        again = booking.accept_offer(session=session, offer_id=offer.id, now=NOW)
+        again = booking.accept_offer(
+            session=session, timing=OFFER_TIMING, offer_id=offer.id, now=NOW
+        )
     assert appointment is not None and again == booking.Acceptance(None, None)
     entry = _entry(clinic, entry_id)
     assert (entry.status, entry.appointment_id) == ("booked", appointment.id)
@@ -193,7 +199,10 @@ def test_a_late_acceptance_expires_the_offer_and_the_slot_moves_on(clinic: Clini
 
     with session_scope(clinic.url) as session:
         late = booking.accept_offer(
-            session=session, offer_id=offer.id, now=offer.expires_at + timedelta(seconds=1)
+            session=session,
+            timing=OFFER_TIMING,
+            offer_id=offer.id,
+            now=offer.expires_at + timedelta(seconds=1),
         )
         next_offer = session.exec(
             select(WaitlistOffer).where(WaitlistOffer.status == "pending")
@@ -211,12 +220,24 @@ def test_decline_then_expiry_walks_the_list_and_finally_frees_the_slot(clinic: C
     assert offer is not None and offer.id is not None
 
     with session_scope(clinic.url) as session:
-        after_decline = booking.decline_offer(session=session, offer_id=offer.id, now=NOW)
+        after_decline = booking.decline_offer(
+            session=session, timing=OFFER_TIMING, offer_id=offer.id, now=NOW
+        )
     assert after_decline is not None and after_decline.entry_id == second
     with session_scope(clinic.url) as session:
-        assert booking.expire_offers(session=session, now=NOW + timedelta(hours=1)) == []
+        assert (
+            booking.expire_offers(
+                session=session, timing=OFFER_TIMING, now=NOW + timedelta(hours=1)
+            )
+            == []
+        )
     with session_scope(clinic.url) as session:
-        assert booking.expire_offers(session=session, now=after_decline.expires_at) == []
+        assert (
+            booking.expire_offers(
+                session=session, timing=OFFER_TIMING, now=after_decline.expires_at
+            )
+            == []
+        )
         statuses = sorted(o.status for o in session.exec(select(WaitlistOffer)).all())
 
     assert statuses == ["declined", "expired"]
@@ -233,7 +254,7 @@ def test_entries_lapse_when_their_window_closes_and_late_slots_are_not_offered(
     # Nine hours before the visit there is no time left to offer it (12 hours' notice).
     assert _cancel(clinic, freed, now=datetime(2027, 3, 9, 5, tzinfo=NY)) is None
     with session_scope(clinic.url) as session:
-        booking.expire_offers(session=session, now=ROUTINE.latest)
+        booking.expire_offers(session=session, timing=OFFER_TIMING, now=ROUTINE.latest)
     assert _entry(clinic, entry).status == "lapsed"
     assert _slot_status(clinic, freed.slot_id) == "free"
 
@@ -266,7 +287,11 @@ def test_withdrawing_from_the_waitlist_closes_its_unbookable_escalation(clinic: 
 
     with session_scope(clinic.url) as session:
         booking.withdraw_from_waitlist(
-            session=session, study_id=study_id, reason="result cancelled", now=NOW
+            session=session,
+            timing=OFFER_TIMING,
+            study_id=study_id,
+            reason="result cancelled",
+            now=NOW,
         )
 
     with session_scope(clinic.url) as session:

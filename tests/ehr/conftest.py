@@ -10,15 +10,19 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
-from followup import intake
-from followup.demo import restamp_for_today
-from followup.ehr.dispatch import EhrDispatcher, EhrDispatchReport, EhrPolicy, default_transports
+from followup.core.demo import restamp_for_today
+from followup.services import intake
+from followup.services.ehr_dispatch import (
+    EhrDispatcher,
+    EhrDispatchReport,
+    EhrPolicy,
+    default_transports,
+)
 from followup.settings import Settings, get_settings
 from models.db import session_scope
 from models.tables import Appointment, EhrOutboxMessage, Referral
 from models.types import utcnow
-from tests.conftest import SAMPLES, seed_clinic
-from tests.flow_steps import run_flow_steps
+from tests.conftest import SAMPLES, run_scan, seed_clinic
 
 NEUROLOGY_SCAN = SAMPLES / "hl7" / "spine_neurology_root_compression.hl7"
 MRN = "DM100101"
@@ -49,7 +53,7 @@ def ingest(settings: Settings, path: Any = NEUROLOGY_SCAN) -> dict[str, Any]:
     with session_scope(settings.database_url) as session:
         receipt = intake.receive_message(session=session, raw=raw, source="test", settings=settings)
     assert receipt.run_inbox_id is not None
-    return run_flow_steps(settings.database_url, receipt.run_inbox_id)
+    return run_scan(receipt.run_inbox_id)
 
 
 def dispatch(settings: Settings, clock: Clock, policy: EhrPolicy = POLICY) -> EhrDispatchReport:
@@ -81,9 +85,10 @@ def the_referral(database_url: str) -> Referral:
 
 
 @pytest.fixture
-def clinic(database_url: str) -> str:
-    seed_clinic(database_url)
-    return database_url
+def clinic(flow_database_url: str) -> str:
+    """The seeded clinic the scan-completed flow itself runs against."""
+    seed_clinic(flow_database_url)
+    return flow_database_url
 
 
 @pytest.fixture

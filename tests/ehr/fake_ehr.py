@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import hl7
 
-from followup.gateway.mllp import CARRIAGE_RETURN, END_BLOCK, START_BLOCK, Frame, FrameDecoder
+from followup.ris.mllp_framing import CARRIAGE_RETURN, END_BLOCK, START_BLOCK, Frame, FrameDecoder
 
 ANSWERS = ("AA", "AE", "AR", "drop", "silent")
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from followup.ehr.dispatch import EhrDispatcher, default_transports
+from followup.core.referrals import ReferralStatus
 from followup.gateway.http import create_app
-from followup.referrals import ReferralStatus
+from followup.services.ehr_dispatch import EhrDispatcher, default_transports
 from followup.settings import Settings
 from models.tables import EhrOutboxStatus
 from tests.ehr.conftest import POLICY, Clock, ingest, outbox, settings_for, the_referral, visit_id

@@ -7,12 +7,15 @@ from __future__ import annotations
 import socket
 from datetime import timedelta
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
-from followup.referrals import ReferralStatus
+from followup.core.referrals import ReferralStatus
+from followup.services import moves
+from followup.settings import Settings
 from models import booking, ehr_outbox, queries, worklist
 from models.db import session_scope
 from models.tables import Appointment, EhrOutboxStatus, Escalation, Referral
+from models.types import utcnow
 from tests.ehr.conftest import (
     ACCESSION,
     MRN,
@@ -68,13 +71,14 @@ def test_a_reschedule_sends_s13_and_a_cancel_sends_s15_and_i14(clinic: str, cloc
         dispatch(settings, clock)
         first_id = visit_id(clinic)
         with session_scope(clinic) as session:
-            booking.reschedule_appointment(
-                session=session, appointment_id=first_id, reason="patient asked", settings=settings
-            )
+            move(session, first_id, "patient asked", settings)
         dispatch(settings, clock)
         with session_scope(clinic) as session:
             booking.cancel_appointment(
-                session=session, appointment_id=visit_id(clinic), reason="test"
+                session=session,
+                timing=settings.offer_timing,
+                appointment_id=visit_id(clinic),
+                reason="test",
             )
             queries.cancel_referrals(
                 session=session,
@@ -98,12 +102,7 @@ def test_a_visit_booked_and_moved_before_sending_goes_as_one_s12(clinic: str, cl
         settings = settings_for(clinic, ehr_mllp=ehr.address)
         ingest(settings)
         with session_scope(clinic) as session:
-            booking.reschedule_appointment(
-                session=session,
-                appointment_id=visit_id(clinic),
-                reason="patient asked",
-                settings=settings,
-            )
+            move(session, visit_id(clinic), "patient asked", settings)
         dispatch(settings, clock)
         moved = the_visit(clinic)
 
@@ -121,7 +120,10 @@ def test_a_visit_booked_and_cancelled_before_sending_sends_nothing(
         ingest(settings)
         with session_scope(clinic) as session:
             booking.cancel_appointment(
-                session=session, appointment_id=visit_id(clinic), reason="test"
+                session=session,
+                timing=settings.offer_timing,
+                appointment_id=visit_id(clinic),
+                reason="test",
             )
         report = dispatch(settings, clock)
 
@@ -168,12 +170,7 @@ def test_an_ae_is_held_on_the_worklist_and_later_changes_wait_behind_it(
         ingest(settings)
         report = dispatch(settings, clock)
         with session_scope(clinic) as session:
-            booking.reschedule_appointment(
-                session=session,
-                appointment_id=visit_id(clinic),
-                reason="patient asked",
-                settings=settings,
-            )
+            move(session, visit_id(clinic), "patient asked", settings)
         clock.advance(3600)
         later = dispatch(settings, clock)
 
@@ -265,12 +262,7 @@ def test_a_held_message_released_goes_again_and_its_visits_next_message_follows(
         ingest(settings)
         dispatch(settings, clock)
         with session_scope(clinic) as session:
-            booking.reschedule_appointment(
-                session=session,
-                appointment_id=visit_id(clinic),
-                reason="patient asked",
-                settings=settings,
-            )
+            move(session, visit_id(clinic), "patient asked", settings)
         [held] = [row for row in outbox(clinic) if row.status == EhrOutboxStatus.HELD]
         assert held.id is not None
         with session_scope(clinic) as session:
@@ -281,3 +273,18 @@ def test_a_held_message_released_goes_again_and_its_visits_next_message_follows(
     assert triggers(ehr) == ["SIU^S12^SIU_S12", "SIU^S13^SIU_S12"]
     # The released message is the one refused, byte for byte (same MSH-10).
     assert ehr.received[0] == ehr.received[1]
+
+
+def move(session: Session, appointment_id: int, reason: str, settings: Settings) -> None:
+    """The one visit move, as a scheduler's reschedule asks for it."""
+    now = utcnow()
+    moves.move_appointment(
+        session=session,
+        appointment_id=appointment_id,
+        reason=reason,
+        policy=moves.NothingFits.KEEP,
+        settings=settings,
+        now=now,
+        actor="test",
+        after=now,
+    )

@@ -10,7 +10,7 @@ from datetime import datetime
 import pytest
 from sqlmodel import col, select
 
-from followup.referrals import ReferralStatus
+from followup.core.referrals import ReferralStatus
 from models import booking
 from models.db import session_scope
 from models.tables import AuditEvent, InboxMessage, InboxStatus

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from followup.scheduling import site_holidays
+from followup.core.scheduling import site_holidays
 from followup.settings import PROJECT_ROOT, get_settings
 from models.db import migrate, session_scope
 from models.seed import seed_demo_clinic

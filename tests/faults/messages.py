@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from followup.demo import restamp_for_today
+from followup.core.demo import restamp_for_today
 from followup.settings import get_settings
 from tests.conftest import SAMPLES
 

@@ -1,4 +1,4 @@
-"""Case 6 of issue 8: 20 bookings for the one free slot at once, on PostgreSQL.
+"""Fault: 20 bookings for the one free slot at once, on PostgreSQL.
 
 Each booking runs in its own thread with its own connection and transaction, so PostgreSQL sees
 20 concurrent transactions, as from 20 workers (tests/booking/test_concurrency.py races
@@ -19,7 +19,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from followup.scheduling import WorkingSession
+from followup.core.scheduling import WorkingSession
 from models import booking
 from models.db import migrate, session_scope
 from models.tables import ACTIVE_APPOINTMENT_STATUSES, Appointment, Slot

@@ -1,5 +1,6 @@
 """Fault: the application's PostgreSQL restarts while accepted scans are being processed
-(issue 19: a transient fault must never leave an AA'd scan in a terminal error).
+(a transient fault must never leave a scan answered AA in a terminal error: the sender will
+not send it again).
 
 A cluster of the test's own (tests/faults/throwaway_postgres.py) is stopped after the first
 runs and started again ten seconds later, while the remaining scans' runs keep coming, as
@@ -49,7 +50,7 @@ def test_scans_accepted_before_a_database_restart_are_all_processed_once(
 ) -> None:
     from flows.scan_completed import scan_completed
     from flows.sweep_inbox import sweep_inbox
-    from followup.intake import receive_message
+    from followup.services.intake import receive_message
 
     with throwaway_cluster() as cluster:
         monkeypatch.setenv("DATABASE_URL", cluster.url)

@@ -1,4 +1,5 @@
-"""Faults of the running engine (issue 8, cases 1, 2, 3 and 5), counted end to end.
+"""Faults of the running engine (resends, a killed run, a database outage, a crash mid-flow),
+counted end to end.
 
 One engine for the module (tests/faults/engine.py): a real Prefect server and `followup serve`
 as subprocesses, messages in over real MLLP sockets, the scan-completed runs started by the

@@ -1,8 +1,8 @@
-"""Case 8 of issue 8: oversize, wrongly encoded and hostile input; forged and replayed webhooks.
+"""Faults: oversize, wrongly encoded and hostile input; forged and replayed webhooks.
 
 HL7 v2 goes over a real socket to the production MLLP listener (tests/gateway's fixture) on
-SQLite and PostgreSQL; accepted rows then go through the scan-completed flow's steps
-(tests/faults/flow_steps.py). Twilio's webhooks go to the production router, signed (or not)
+SQLite and PostgreSQL; accepted rows then go through the scan-completed flow itself, against
+the test harness's Prefect API. Twilio's webhooks go to the production router, signed (or not)
 with Twilio's own RequestValidator, as in tests/sms.
 """
 
@@ -31,10 +31,10 @@ from sqlalchemy import text as sql
 from sqlmodel import col, select
 from twilio.request_validator import RequestValidator
 
-from followup import pipeline
+from followup.core.scheduling import site_holidays
 from followup.gateway.http import FHIR_JSON, create_app
-from followup.messaging.replies import REPLY_TASK
-from followup.scheduling import site_holidays
+from followup.services import pipeline
+from followup.services.replies import REPLY_TASK
 from followup.settings import get_settings
 from models.db import session_scope
 from models.seed import seed_demo_clinic
@@ -49,10 +49,9 @@ from models.tables import (
     Provider,
     TwilioEvent,
 )
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, run_scan
 from tests.faults.counting import check_counts, tally
 from tests.faults.messages import sample_message
-from tests.flow_steps import run_flow_steps
 from tests.gateway.conftest import VT, RunningListener, exchange, read_acks, segments
 from tests.gateway.test_http import serve
 from tests.sms.conftest import CLINIC_FROM, NOW, PHONE, Clock, World
@@ -70,13 +69,14 @@ def rows(database_url: str) -> list[InboxMessage]:
 
 
 def flow_outcomes(database_url: str) -> dict[str, str]:
-    """Run the flow's steps on every accepted row: {accession: "processed" or the error}."""
+    """Run the scan-completed flow on every accepted row: {accession: "processed" or the
+    error}. The test asks for `flow_database_url` (the same database as `mllp`'s)."""
     outcomes = {}
     for row in rows(database_url):
         if row.status == "received":
             assert row.id is not None and row.accession is not None
             try:
-                outcomes[row.accession] = run_flow_steps(database_url, row.id)["status"]
+                outcomes[row.accession] = run_scan(row.id)["status"]
             except Exception as error:  # counted: the run would fail on this row every time
                 outcomes[row.accession] = type(error).__name__
     return outcomes
@@ -127,7 +127,9 @@ OVER_LONG_FIELDS: dict[str, Callable[[bytes], bytes]] = {
 }  # fmt: skip
 
 
-def test_over_long_fields_are_refused_or_processed(mllp: RunningListener) -> None:
+def test_over_long_fields_are_refused_or_processed(
+    mllp: RunningListener, flow_database_url: str
+) -> None:
     """Fault: five ORU^R01, each with one field longer than its column: MRN (64), patient
     family and given name (128), procedure code (64) and procedure text (255).
     Expected: each is either refused with AE at intake or accepted and then processed by the
@@ -204,7 +206,9 @@ ENCODINGS: dict[str, tuple[Callable[[bytes], bytes], str, str | None]] = {
 }  # fmt: skip
 
 
-def test_wrongly_encoded_messages_are_answered_stored_and_read(mllp: RunningListener) -> None:
+def test_wrongly_encoded_messages_are_answered_stored_and_read(
+    mllp: RunningListener, flow_database_url: str
+) -> None:
     """Fault: twelve ORU^R01 in the wrong or a surprising encoding: bytes not in the declared
     charset, an unknown charset, invalid or overlong UTF-8, BOM, CR LF or LF separators, and
     whole messages in UTF-16, UTF-32 or EBCDIC.
@@ -241,7 +245,7 @@ def test_wrongly_encoded_messages_are_answered_stored_and_read(mllp: RunningList
 
 
 def test_nul_bytes_are_stored_answered_and_processed(
-    mllp: RunningListener, caplog: pytest.LogCaptureFixture
+    mllp: RunningListener, flow_database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Fault: NUL bytes in MSH-10 (control id), MSH-4 (sending facility), PID-5 (name) and
     OBX-5 (report text) of four ORU^R01.
@@ -379,7 +383,9 @@ def hl7_escape(value: str) -> str:
     return value
 
 
-def test_hostile_text_is_stored_verbatim_and_rendered_inertly(mllp: RunningListener) -> None:
+def test_hostile_text_is_stored_verbatim_and_rendered_inertly(
+    mllp: RunningListener, flow_database_url: str
+) -> None:
     """Fault: template syntax (Jinja {{ }} and {% %}) and SQL (`'); DROP TABLE …;--`) in the
     patient's names and the report (from the RIS), in the ordering provider's name (from the
     directory: it is printed in every SMS), and in a patient's text back.
@@ -407,7 +413,7 @@ def test_hostile_text_is_stored_verbatim_and_rendered_inertly(mllp: RunningListe
     [ack] = exchange(mllp, raw)
     [row] = rows(mllp.database_url)
     assert row.id is not None
-    summary = run_flow_steps(mllp.database_url, row.id)
+    summary = run_scan(row.id)
     artifact = pipeline.scheduler_markdown(summary, zone=settings.site_zone)
     with session_scope(mllp.database_url) as session:
         bodies = [message.body for message in session.exec(select(OutboundMessage))]
@@ -460,7 +466,7 @@ def test_hostile_text_is_stored_verbatim_and_rendered_inertly(mllp: RunningListe
     )
 
 
-# --- issue 19: the HTTP gateway's limits, as a real `followup gateway` process ---------------
+# --- the HTTP gateway's limits, as a real `followup gateway` process ---------------------------
 
 GATEWAY_TOKEN = "gateway-token-for-the-fault-cases"
 PUBLIC_BASE = "https://followup.example.org"
@@ -591,7 +597,8 @@ def test_unauthenticated_bodies_of_200_mib_leave_the_gateway_s_memory_alone(
     request declaring 200 MiB in Content-Length and sending nothing.
     Expected: each is refused (403, 413, 401, 401, 413), the declared one at once; the gateway
     process (which also ACKs MLLP) grows by at most 64 MiB of peak RSS over all of them, and
-    still answers /healthz. Before issue 19 the first one alone grew it by ~400 MiB."""
+    still answers /healthz. A body read whole before its limit is checked, the first one alone
+    would grow it by ~400 MiB."""
     port = gateway_process.http_port
     forged = {"X-Twilio-Signature": "A" * 27 + "=", "Content-Type": FORM}
     cases = {
@@ -721,9 +728,9 @@ def test_deep_json_and_crowded_bundles_are_refused_before_they_cost(
     RIS retrying a 5xx would), a Bundle of 1,000 entries (its report and 995 more Patients), and
     a normal report whose conclusion holds 10,000 brackets as text.
     Expected: the deep one is answered 400 naming the depth limit both times and stored
-    neither time (before issue 19: RecursionError, 503, and a `received` row the sweep
-    re-submitted forever); the Bundle is answered 400 naming the entry limit within seconds
-    (before: ~30 s of validation) and stored as refused, never as received; the brackets in
+    neither time (parsed, it would raise RecursionError: a 503, and a `received` row the sweep
+    would re-submit forever); the Bundle is answered 400 naming the entry limit within seconds
+    (validating it whole takes ~30 s) and stored as refused, never as received; the brackets in
     text are only text: 201. One row received, one refused."""
     report = json.loads((SAMPLES / "fhir" / "diagnosticreport_contained.json").read_text())
     deep = json.dumps({**report, "extension": "NEST"}).encode()
@@ -767,8 +774,8 @@ def test_a_signature_made_for_another_url_is_refused(database_url: str, world: W
     gateway's public one: to a gateway with no FOLLOWUP_TWILIO_WEBHOOK_BASE_URL, signed for the
     URL as it received them (whose host the caller's Host header chose); to one with the base
     URL, signed for the same path on another host and sent with that Host header.
-    Expected: 403 each, nothing stored, the message still `sending` (before issue 19 the first
-    was checked against the URL as received: accepted, 204, and the message `sent`); the
+    Expected: 403 each, nothing stored, the message still `sending` (checked against the URL as
+    received, the first would be accepted, 204, and the message marked `sent`); the
     same callback signed for the public URL is then accepted (204)."""
     message_id = world.message(world.patient(), status=OutboundStatus.SENDING)
     with session_scope(database_url) as session:
@@ -817,10 +824,10 @@ def test_state_changing_routes_never_run_without_a_token(database_url: str) -> N
     """Fault: FOLLOWUP_HTTP_TOKEN set empty or blank (a template left `FOLLOWUP_HTTP_TOKEN=`),
     and a gateway with no token at all, sent a FHIR report and an escalation acknowledgement
     with an empty bearer token.
-    Expected: the empty and the blank token are refused by the settings (before issue 19 the
-    empty one was taken as configured and matched a bearer with nothing after it: the report
-    was accepted); without a token, FHIR intake and the acknowledgement answer 403: no inbox
-    row, the escalation still open."""
+    Expected: the empty and the blank token are refused by the settings (taken as configured,
+    the empty one would match a bearer with nothing after it and the report be accepted);
+    without a token, FHIR intake and the acknowledgement answer 403: no inbox row, the
+    escalation still open."""
     with session_scope(database_url) as session:
         critical = Escalation(kind="critical_finding", reason="cord compression", target="npi:1")
         session.add(critical)

@@ -1,4 +1,4 @@
-"""Case 1 of issue 8 at the gateway alone: copies of one ORU^R01 arriving at the same moment.
+"""Fault: resends at the gateway alone: copies of one ORU^R01 arriving at the same moment.
 
 tests/faults/test_engine.py sends the same message three times, one after the other, through
 the whole engine. Here ten copies arrive at once on ten MLLP connections to the production

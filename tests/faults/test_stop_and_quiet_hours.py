@@ -1,4 +1,4 @@
-"""Case 9 of issue 8: a STOP in the middle of a reminder sequence; sends near quiet hours.
+"""Fault: a STOP in the middle of a reminder sequence; sends near quiet hours.
 
 The texts are the engine's own (pipeline.schedule_reminders plans and renders them for a booked
 visit); the production dispatcher sends them through TwilioSender and the official client to a
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from followup import pipeline
 from followup.messaging.sender import OutgoingSms, SendReceipt, TwilioSender
+from followup.services import pipeline
 from followup.settings import get_settings
 from models.db import session_scope
 from tests.faults.counting import check_counts, tally

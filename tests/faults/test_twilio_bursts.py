@@ -1,4 +1,4 @@
-"""Case 4 of issue 8: Twilio answers bursts of 500 and 429, and every message goes exactly once.
+"""Fault: Twilio answers bursts of 500 and 429, and every message goes exactly once.
 
 The production dispatcher and TwilioSender, with the official client, talk to a local stand-in
 at the HTTP edge: it answers the first requests with Twilio's error bodies (a burst of 500,
@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from followup.messaging.dispatch import MAX_RETRY_DELAY, DispatchPolicy
+from followup.services.dispatch import MAX_RETRY_DELAY, DispatchPolicy
 from models.tables import OutboundStatus
 from tests.faults.counting import check_counts, tally
 from tests.sms.conftest import Clock, World, dispatcher, twilio_sender

@@ -8,9 +8,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from followup.demo import restamp_for_today
-from followup.intake import receive_message
-from followup.scheduling import site_holidays
+from followup.core.demo import restamp_for_today
+from followup.core.scheduling import site_holidays
+from followup.services.intake import receive_message
 from followup.settings import Settings, get_settings
 from models.db import session_scope
 from models.seed import seed_demo_clinic

@@ -24,7 +24,7 @@ from prefect.flow_engine import run_flow
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from sqlmodel import select
 
-from followup import review
+from followup.services import review
 from followup.settings import Settings, get_settings
 from models.db import session_scope
 from models.tables import Appointment, AuditEvent, Escalation

@@ -1,4 +1,4 @@
-"""An accepted scan whose run fails is never silently terminal (issue 19, item 3).
+"""An accepted scan whose run fails is never silently terminal.
 
 Through a real Prefect API: the fault is real too (the rules file the run reads is missing, as
 when a configuration volume is not mounted yet); the row goes to `retry` with a backoff, the

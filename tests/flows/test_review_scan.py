@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from sqlmodel import select
 
-from followup import review
+from followup.services import review
 from followup.settings import Settings
 from models import worklist
 from models.db import session_scope

@@ -14,8 +14,7 @@ from sqlmodel import select
 from followup.settings import Settings
 from models.db import session_scope
 from models.tables import Appointment, OutboundMessage, Referral
-from tests.conftest import SAMPLES
-from tests.flow_steps import days_after_result
+from tests.conftest import SAMPLES, days_after_result
 from tests.flows.conftest import run_sample
 
 pytestmark = pytest.mark.prefect
@@ -132,7 +131,7 @@ def test_fhir_report_runs_through_the_same_flow(settings: Settings) -> None:
     import json
 
     from flows.scan_completed import scan_completed
-    from followup.intake import receive_fhir
+    from followup.services.intake import receive_fhir
 
     report = json.loads((SAMPLES / "fhir" / "diagnosticreport_contained.json").read_text())
     now = datetime.now(settings.site_zone)
@@ -154,8 +153,8 @@ def test_fhir_report_runs_through_the_same_flow(settings: Settings) -> None:
 
 def test_corrected_report_runs_again_and_moves_the_follow_up(settings: Settings) -> None:
     from flows.scan_completed import scan_completed
-    from followup.demo import restamp_for_today
-    from followup.intake import receive_message
+    from followup.core.demo import restamp_for_today
+    from followup.services.intake import receive_message
 
     first = run_sample(settings, "spine_neurology_root_compression.hl7")
     corrected = restamp_for_today(

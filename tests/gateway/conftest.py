@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +13,7 @@ import pytest
 from sqlmodel import col, select
 
 from followup.gateway.mllp import MLLPListener
-from followup.intake import Receipt
+from followup.services.intake import Receipt
 from followup.settings import get_settings
 from models.db import session_scope
 from models.tables import InboxMessage
@@ -37,6 +37,7 @@ class RunningListener:
     port: int
     database_url: str
     accepted: list[Receipt] = field(default_factory=list)
+    open_connections: Callable[[], int] = lambda: 0
 
     def rows(self) -> list[InboxMessage]:
         with session_scope(self.database_url) as session:
@@ -97,6 +98,7 @@ def start_listener(database_url: str, **settings: Any) -> Iterator[RunningListen
     )
     loop.run(listener.start("127.0.0.1", 0))
     running.port = listener.port
+    running.open_connections = lambda: listener.open_connections
     try:
         yield running
     finally:

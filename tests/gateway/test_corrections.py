@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from sqlmodel import Session, col, select
 
-from followup import intake
-from followup.demo import restamp_for_today
-from followup.intake import Receipt
+from followup.core.demo import restamp_for_today
+from followup.services import intake
+from followup.services.intake import Receipt
 from followup.settings import Settings, get_settings
 from models import booking, queries
 from models.db import session_scope
@@ -35,8 +35,7 @@ from models.tables import (
     Referral,
 )
 from models.types import utcnow
-from tests.conftest import SAMPLES, seed_clinic
-from tests.flow_steps import days_after_result, run_flow_steps
+from tests.conftest import SAMPLES, days_after_result, run_scan, seed_clinic
 
 HL7 = SAMPLES / "hl7"
 NEURO = HL7 / "spine_neurology_root_compression.hl7"  # ACC2026000101, routine, neurology
@@ -54,9 +53,9 @@ ADDENDUM = (
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    seed_clinic(database_url)
-    return get_settings(database_url=database_url)
+def settings(flow_database_url: str) -> Settings:
+    seed_clinic(flow_database_url)
+    return get_settings()
 
 
 def message(settings: Settings, raw: bytes) -> bytes:
@@ -99,7 +98,7 @@ def receive(settings: Settings, raw: bytes) -> Receipt:
 def ingest(settings: Settings, raw: bytes) -> dict[str, Any]:
     receipt = receive(settings, raw)
     assert receipt.should_process, receipt
-    return run_flow_steps(settings.database_url, receipt.inbox_id)
+    return run_scan(receipt.inbox_id)
 
 
 def all_rows(session: Session, table: Any) -> list[Any]:
@@ -160,7 +159,7 @@ def test_routine_corrected_to_urgent_moves_the_visit_and_replaces_its_texts(
         referrals = all_rows(session, Referral)
         assert {r.decision_id for r in referrals} == {decisions[1].id}  # both follow it now
         done = actions(session)
-        assert {"follow_up.moved", "appointment.cancelled", "referral.initiated"} <= set(done)
+        assert {"appointment.moved", "appointment.cancelled", "referral.initiated"} <= set(done)
         recorded = [
             e.detail for e in all_rows(session, AuditEvent) if e.action == "decision.recorded"
         ]
@@ -171,7 +170,7 @@ def test_replayed_or_rerun_correction_changes_nothing(settings: Settings) -> Non
     ingest(settings, message(settings, NEURO.read_bytes()))
     raw = corrected_to_urgent(settings)
     receipt = receive(settings, raw)
-    corrected = run_flow_steps(settings.database_url, receipt.inbox_id)
+    corrected = run_scan(receipt.inbox_id)
     with session_scope(settings.database_url) as session:
         before = {
             table: len(all_rows(session, table))
@@ -180,7 +179,7 @@ def test_replayed_or_rerun_correction_changes_nothing(settings: Settings) -> Non
 
     replayed = receive(settings, raw)
     # a re-submitted run of the same row
-    again = run_flow_steps(settings.database_url, receipt.inbox_id)
+    again = run_scan(receipt.inbox_id)
 
     assert (replayed.status, replayed.duplicate_of) == (InboxStatus.DUPLICATE, receipt.inbox_id)
     assert again["appointment"] == corrected["appointment"]
@@ -254,8 +253,8 @@ def test_cancelled_result_withdraws_decision_referrals_and_follow_up(settings: S
     cancel = receive(settings, with_status(message(settings, NEURO.read_bytes()), b"X", b"X-1"))
     assert cancel.should_process  # the study was routed: there is something to undo
 
-    withdrawn = run_flow_steps(settings.database_url, cancel.inbox_id)
-    again = run_flow_steps(settings.database_url, cancel.inbox_id)
+    withdrawn = run_scan(cancel.inbox_id)
+    again = run_scan(cancel.inbox_id)
 
     assert withdrawn["status"] == "processed"
     assert (withdrawn["decision"], withdrawn["appointment"], withdrawn["referrals"]) == (
@@ -291,8 +290,8 @@ def test_cancellation_run_before_its_result_leaves_that_result_stale(
     cancel = receive(settings, with_status(message(settings, NEURO.read_bytes()), b"X", b"X-2"))
     assert cancel.should_process  # its result is still waiting for a run
 
-    run_flow_steps(settings.database_url, cancel.inbox_id)
-    late = run_flow_steps(settings.database_url, final.inbox_id)
+    run_scan(cancel.inbox_id)
+    late = run_scan(final.inbox_id)
 
     assert late["status"] == InboxStatus.HELD
     assert (late["decision"], late["appointment"]) == (None, None)
@@ -308,9 +307,9 @@ def test_late_preliminary_does_not_replace_the_final_report(settings: Settings) 
     # Received before the final was routed, so intake lets it through; its run comes last.
     late = receive(settings, with_status(preliminary, b"P", b"LATE-P"))
     assert late.should_process
-    routed = run_flow_steps(settings.database_url, final.inbox_id)
+    routed = run_scan(final.inbox_id)
 
-    held = run_flow_steps(settings.database_url, late.inbox_id)
+    held = run_scan(late.inbox_id)
 
     assert held["status"] == InboxStatus.HELD
     assert held["decision"] == routed["decision"]
@@ -330,13 +329,13 @@ def test_final_delivered_after_its_correction_is_held_not_routed(settings: Setti
     # The RIS queue hands over the correction (reported 30 min ago) before the final it
     # corrects (reported an hour ago): the uncorrected text must not become the report again.
     correction = receive(settings, restamp_for_today(CORRECTED.read_bytes(), now=now))
-    routed = run_flow_steps(settings.database_url, correction.inbox_id)
+    routed = run_scan(correction.inbox_id)
     late_final = receive(
         settings, restamp_for_today(NEURO.read_bytes(), now=now - timedelta(minutes=30))
     )
     assert late_final.ack_code == "AA"
 
-    held = run_flow_steps(settings.database_url, late_final.inbox_id)
+    held = run_scan(late_final.inbox_id)
 
     assert held["status"] == InboxStatus.HELD
     assert (held["decision"], held["appointment"]) == (routed["decision"], routed["appointment"])
@@ -355,13 +354,13 @@ def test_final_reported_after_a_correction_is_new_content_and_replaces_it(
 ) -> None:
     now = datetime.now(settings.site_zone)
     correction = receive(settings, restamp_for_today(CORRECTED.read_bytes(), now=now))
-    run_flow_steps(settings.database_url, correction.inbox_id)
+    run_scan(correction.inbox_id)
 
     newer_final = receive(
         settings, restamp_for_today(NEURO.read_bytes(), now=now + timedelta(minutes=5))
     )
     assert newer_final.should_process
-    summary = run_flow_steps(settings.database_url, newer_final.inbox_id)
+    summary = run_scan(newer_final.inbox_id)
 
     assert summary["status"] == InboxStatus.PROCESSED
     with session_scope(settings.database_url) as session:
@@ -479,7 +478,7 @@ def test_fhir_patient_language_reaches_the_patient_and_the_texts(settings: Setti
             session=session, raw=json.dumps(report).encode(), source="test", settings=settings
         )
 
-    summary = run_flow_steps(settings.database_url, receipt.inbox_id)
+    summary = run_scan(receipt.inbox_id)
 
     assert {m["kind"] for m in summary["scheduled_messages"]} >= {"confirmation"}
     with session_scope(settings.database_url) as session:

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from followup.demo import restamp_for_today
+from followup.core.demo import restamp_for_today
 from followup.settings import PROJECT_ROOT, get_settings
 from models.db import session_scope
 from models.tables import Appointment, ImagingStudy, InboxMessage, InboxStatus

@@ -16,7 +16,7 @@ import uvicorn
 from sqlmodel import col, select
 
 from followup.gateway.http import create_app
-from followup.intake import Receipt
+from followup.services.intake import Receipt
 from followup.settings import get_settings
 from models.db import session_scope
 from models.tables import InboxMessage, InboxStatus

@@ -18,7 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from followup import intake, pipeline
+from followup.services import intake, pipeline
 from followup.settings import Settings, get_settings
 from models import inbox_queries
 from models.db import session_scope

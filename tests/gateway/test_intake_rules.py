@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import Session, select
 
-from followup import intake
-from followup.intake import Receipt
 from followup.ris.scan import PersonName, ScanCompleted, language_code
+from followup.services import intake
+from followup.services.intake import Receipt
 from followup.settings import get_settings
 from models import inbox_queries, queries
 from models.db import session_scope

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from followup.gateway.mllp import (
+from followup.ris.mllp_framing import (
     END_BLOCK_AT_CLOSE,
     END_BLOCK_WITHOUT_CR,
     NO_END_BLOCK,
@@ -25,7 +25,7 @@ from followup.gateway.mllp import (
     StrayBytes,
     UnterminatedFrame,
 )
-from followup.intake import parse_stored
+from followup.services.intake import parse_stored
 from followup.settings import get_settings
 from models.db import session_scope
 from models.tables import InboxStatus, Patient
@@ -55,11 +55,15 @@ def variant(raw: bytes, number: int) -> bytes:
 
 
 def wait_for_events(listener: RunningListener, count: int, timeout: float = 10) -> bool:
-    """True when exactly `count` events were emitted (the callback runs after the ACK)."""
+    """True when exactly `count` events were emitted. The callback runs after the ACK, on the
+    connection's task: once every connection the test closed is served to its end, every
+    event there will be has been emitted."""
     deadline = time.monotonic() + timeout
     while len(listener.accepted) < count and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(0.1)  # room for an unexpected extra one to show up
+    while listener.open_connections() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert listener.open_connections() == 0, "connections still open"
     return len(listener.accepted) == count
 
 

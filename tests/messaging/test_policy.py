@@ -9,12 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from followup.messaging.policy import (
+from followup.core.messaging.policy import (
     PHI_DENYLIST,
     US_STRICT_ZONES,
     ReplyIntent,
     apply_caps,
-    classify_reply,
     is_send_allowed,
     next_allowed_send_time,
     phi_terms_in,
@@ -360,7 +359,7 @@ WORSENING_REPLIES = (
     "worse", "It's getting worse", "worsening numbness", "I can't walk", "I cannot walk",
     "cant walk since yesterday", "the numbness spreading to my other leg",
     "lost bladder control", "I can\u2019t feel my legs", "Estoy peor", "no puedo caminar",
-    "perdí el control de la vejiga", "Yes, but I'm worse",
+    "perdí el control de la vejiga",
 )  # fmt: skip
 REPLY_TABLE = [
     *((text, ReplyIntent.OPT_OUT) for text in OPT_OUT_REPLIES),
@@ -386,19 +385,22 @@ REPLY_TABLE = [
 
 
 @pytest.mark.parametrize(("text", "intent"), REPLY_TABLE)
-def test_classify_reply(text: str, intent: ReplyIntent) -> None:
-    assert classify_reply(text) == intent
+def test_reply_intents(text: str, intent: ReplyIntent) -> None:
+    assert reply_intents(text) == [intent]
 
 
 def test_yes_confirms_unless_the_patient_is_opted_out() -> None:
-    assert classify_reply("YES") is ReplyIntent.CONFIRM
-    assert classify_reply("YES", opted_out=True) is ReplyIntent.OPT_IN
-    assert classify_reply("START", opted_out=True) is ReplyIntent.OPT_IN
+    assert reply_intents("YES") == [ReplyIntent.CONFIRM]
+    assert reply_intents("YES", opted_out=True) == [ReplyIntent.OPT_IN]
+    assert reply_intents("START", opted_out=True) == [ReplyIntent.OPT_IN]
+
+
+def test_worsening_comes_first_beside_a_confirmation() -> None:
+    assert reply_intents("Yes, but I'm worse") == [ReplyIntent.WORSENING, ReplyIntent.CONFIRM]
 
 
 def test_worsening_is_never_lost_behind_an_opt_out() -> None:
     text = "stop texting me, I'm getting worse"
-    assert classify_reply(text) is ReplyIntent.WORSENING
     assert reply_intents(text) == [ReplyIntent.WORSENING, ReplyIntent.OPT_OUT]
 
 

@@ -8,16 +8,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from followup.errors import TemplateProblem
-from followup.messaging.plan import display_phone
-from followup.messaging.policy import phi_terms_in
-from followup.messaging.render import (
+from followup.core.messaging.plan import display_phone
+from followup.core.messaging.policy import phi_terms_in
+from followup.core.messaging.render import (
     SMS_KINDS,
     RenderedSms,
     format_visit_time,
     render_sms,
     template_environment,
 )
+from followup.errors import TemplateProblem
 from followup.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from followup.messaging.red_flags import has_red_flag, normalize, red_flags_in
-from followup.messaging.reply_eval import evaluate_replies, load_reply_cases, understand
+from followup.core.messaging.red_flags import has_red_flag, normalize, red_flags_in
+from followup.core.messaging.reply_eval import evaluate_replies, load_reply_cases, understand
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_SPLIT = ROOT / "tests" / "corpus" / "replies_test.jsonl"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from followup.messaging.segments import (
+from followup.core.messaging.segments import (
     GSM7_BASIC,
     GSM7_EXTENSION,
     segment_count,

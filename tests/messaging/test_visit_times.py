@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from followup.messaging.plan import VisitDetails, plan_booking_messages, plan_offer_message
-from followup.messaging.render import with_article
+from followup.core.messaging.plan import VisitDetails, plan_booking_messages, plan_offer_message
+from followup.core.messaging.render import with_article
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 NEW_YORK = ZoneInfo("America/New_York")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import select
 
-from followup.worklist import CRITICAL_KINDS
+from followup.core.worklist import CRITICAL_KINDS
 from models import worklist
 from models.db import session_scope
 from models.tables import AuditEvent, Escalation

@@ -7,8 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from followup.core.referrals import IllegalReferralTransition, ReferralStatus, answer_path
 from followup.errors import InboundMessageError, InvalidField, MissingField, UnsupportedMessage
-from followup.referrals import IllegalReferralTransition, ReferralStatus, answer_path
 from followup.ris.answers import parse_answer, parse_task
 
 ZONE = ZoneInfo("America/New_York")

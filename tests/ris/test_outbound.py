@@ -151,7 +151,7 @@ def test_the_engines_own_parser_reads_them_back_too() -> None:
     pid = next(segment for segment in parsed.segments if segment.name == "PID")
 
     assert header.message_type == "REF^I12"
-    assert hl7v2._field_value(pid, 3, 1, parsed.delimiters) == "MRN|7^A"
+    assert hl7v2.field_value(pid, 3, 1, parsed.delimiters) == "MRN|7^A"
 
 
 def test_escape_breaks_lines_by_kind_of_text() -> None:

@@ -1,7 +1,7 @@
-"""Report text in NTE, FT and attachments, end to end: intake, then the scan-completed steps.
+"""Report text in NTE, FT and attachments, end to end: intake, then the scan-completed flow.
 
 A report whose text is only in notes is answered AA and routed on that text; one whose text
-cannot be read is answered AE with the reason and the field, and starts no run (issue 19).
+cannot be read is answered AE with the reason and the field, and starts no run.
 """
 
 from __future__ import annotations
@@ -14,23 +14,22 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from followup import intake
-from followup.demo import restamp_for_today
-from followup.intake import Receipt
+from followup.core.demo import restamp_for_today
+from followup.services import intake
+from followup.services.intake import Receipt
 from followup.settings import Settings, get_settings
 from models.db import session_scope
 from models.tables import ImagingStudy, InboxStatus
-from tests.conftest import SAMPLES, seed_clinic
-from tests.flow_steps import run_flow_steps
+from tests.conftest import SAMPLES, run_scan, seed_clinic
 from tests.ris import sample_documents
 
 HL7 = SAMPLES / "hl7"
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    seed_clinic(database_url)
-    return get_settings(database_url=database_url)
+def settings(flow_database_url: str) -> Settings:
+    seed_clinic(flow_database_url)
+    return get_settings()
 
 
 def receive(settings: Settings, name: str) -> Receipt:
@@ -49,7 +48,7 @@ def test_a_report_in_notes_or_a_pdf_is_routed_on_its_text(
     receipt = receive(settings, name)
     assert (receipt.ack_code, receipt.should_process) == ("AA", True)
 
-    summary = run_flow_steps(settings.database_url, receipt.inbox_id)
+    summary = run_scan(receipt.inbox_id)
 
     assert summary["status"] == InboxStatus.PROCESSED
     assert summary["decision"]["referrals"] == [referral]
@@ -111,7 +110,7 @@ def test_a_fhir_report_only_in_a_pdf_is_routed_on_its_text(settings: Settings) -
     receipt = receive_fhir(settings, fhir_pdf_report(settings, pdf))
     assert (receipt.ack_code, receipt.should_process) == ("AA", True)
 
-    summary = run_flow_steps(settings.database_url, receipt.inbox_id)
+    summary = run_scan(receipt.inbox_id)
 
     assert summary["decision"]["referrals"] == ["rheumatology"]
 

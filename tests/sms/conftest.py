@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import col, select
 
-from followup.messaging.dispatch import Dispatcher, DispatchPolicy
+from followup.core.scheduling import BookingWindow
 from followup.messaging.sender import OutgoingSms, SendReceipt, SmsSender, TwilioSender
 from followup.messaging.sender import build_twilio_client as build_client
-from followup.scheduling import BookingWindow
+from followup.services.dispatch import Dispatcher, DispatchPolicy
 from followup.settings import Settings, get_settings
 from models import booking
 from models.db import session_scope

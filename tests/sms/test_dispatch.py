@@ -8,14 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from followup.messaging.dispatch import (
+from followup.messaging.sender import DryRunSender, OutgoingSms, SendReceipt
+from followup.services.dispatch import (
     UNDELIVERABLE_TASK,
     Dispatcher,
     DispatchPolicy,
     Outcome,
     SmsConfigurationError,
 )
-from followup.messaging.sender import DryRunSender, OutgoingSms, SendReceipt
 from models import messaging_queries as mq
 from models.db import session_scope
 from models.tables import Appointment, AppointmentStatus, OutboundStatus

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from followup.messaging.dispatch import (
+from followup.core.messaging.policy import US_STRICT_ZONES
+from followup.messaging.sender import SmsSendError
+from followup.services.dispatch import (
     FINAL_STATUSES,
     TWILIO_STATUSES,
     DispatchPolicy,
@@ -22,8 +24,6 @@ from followup.messaging.dispatch import (
     classify_send_error,
     retry_delay,
 )
-from followup.messaging.policy import US_STRICT_ZONES
-from followup.messaging.sender import SmsSendError
 from models.tables import OutboundStatus
 
 POLICY = DispatchPolicy(rate_per_second=1.0)

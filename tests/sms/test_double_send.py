@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from followup.messaging.dispatch import UNKNOWN_OUTCOME, DispatchPolicy
 from followup.messaging.sender import OutgoingSms, SmsSendError, TwilioSender, build_twilio_client
+from followup.services.dispatch import UNKNOWN_OUTCOME, DispatchPolicy
 from models import messaging_queries as mq
 from models.db import session_scope
 from models.tables import OutboundStatus

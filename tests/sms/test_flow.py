@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from flows.dispatch_reminders import dispatch_reminders
-from followup.messaging import visits
+from followup.services import visits
 from followup.settings import get_settings
 from models.db import session_scope
 from models.tables import OutboundStatus

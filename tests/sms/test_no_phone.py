@@ -1,11 +1,11 @@
-"""A booked visit of a patient with no number to text becomes a call for a scheduler (issue 21):
+"""A booked visit of a patient with no number to text becomes a call for a scheduler:
 no outbox rows with an empty recipient, which could only fail at send time unseen."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from followup.messaging import visits
+from followup.services import visits
 from followup.settings import get_settings
 from models.db import session_scope
 from tests.sms.conftest import NOW, World

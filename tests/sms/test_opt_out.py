@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
-from followup.messaging.dispatch import Dispatcher, RateLimiter
-from followup.messaging.visits import OPTED_OUT_VISIT_TASK
+from followup.services.dispatch import Dispatcher, RateLimiter
+from followup.services.visits import OPTED_OUT_VISIT_TASK
 from models.db import session_scope
 from models.tables import OutboundStatus, SmsSuppression
 from tests.sms.conftest import (

@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import col, select
 
-from followup.messaging import visits
+from followup.services import visits
 from followup.settings import Settings, get_settings
 from models import booking
 from models import messaging_queries as mq
 from models.db import session_scope
 from models.tables import OutboundMessage, OutboundStatus, WaitlistEntry, WaitlistOffer
+from tests.booking.conftest import OFFER_TIMING
 from tests.sms.conftest import NOW, TEMPLATES, Clock, World, dispatcher, twilio_sender
 
 OTHER_PHONE = "+15555550177"
@@ -158,7 +159,11 @@ def test_an_offer_made_without_its_text_gets_it_from_the_next_expiry_run(
     world.waitlist(world.patient(phone=OTHER_PHONE))
     with session_scope(world.database_url) as session:
         offer = booking.cancel_appointment(
-            session=session, appointment_id=visit, reason="report cancelled", now=NOW
+            session=session,
+            timing=OFFER_TIMING,
+            appointment_id=visit,
+            reason="report cancelled",
+            now=NOW,
         ).offer
     assert offer is not None and world.messages() == []
     a_minute_later = NOW + timedelta(minutes=1)

@@ -14,13 +14,13 @@ from fastapi.testclient import TestClient
 from sqlmodel import col, select
 from twilio.request_validator import RequestValidator
 
+from followup.core.worklist import CRITICAL_KINDS
 from followup.gateway import twilio_webhooks
 from followup.gateway.twilio_webhooks import twilio_router
-from followup.messaging import visits
-from followup.messaging.dispatch import UNDELIVERABLE_TASK
-from followup.messaging.replies import REPLY_TASK, RESCHEDULE_TASK, WORSENING_TASK
 from followup.messaging.sender import SmsSender
-from followup.worklist import CRITICAL_KINDS
+from followup.services import visits
+from followup.services.dispatch import UNDELIVERABLE_TASK
+from followup.services.replies import REPLY_TASK, RESCHEDULE_TASK, WORSENING_TASK
 from models import messaging_queries as mq
 from models import worklist
 from models.db import session_scope
@@ -667,8 +667,12 @@ def test_reschedule_never_moves_the_visit_to_later_the_same_day(
     gateway.text("R")
 
     assert world.get_appointment(visit).status == "booked"
-    assert len([a for a in world.escalations() if a.kind == RESCHEDULE_TASK]) == 1
-    assert "same day" in world.escalations()[-1].reason
+    [task] = world.escalations()
+    assert task.kind == RESCHEDULE_TASK
+    assert task.reason.endswith(
+        "asks to reschedule; nothing fits after the visit's day (ordering provider Dr. Okafor: "
+        "no free slot in the routine window 2026-12-10–2026-12-22): offer other days."
+    )
     assert replies(world) == []
 
 

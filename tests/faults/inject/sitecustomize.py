@@ -8,7 +8,7 @@ power cut would) at one point, once per marker file created in FOLLOWUP_FAULTS_D
 
 * `followup.gateway.mllp._write`: the gateway dies after intake committed the inbox row and
   before the ACK is written, for a message whose ACK carries KILL_BEFORE_ACK (its MSH-10);
-* `followup.pipeline.schedule_reminders`: a flow-run process dies after the follow-up was
+* `followup.services.pipeline.schedule_reminders`: a flow-run process dies after the follow-up was
   booked and committed, before the reminders are, in a run for an accession starting with
   KILL_WORKER.
 """
@@ -69,7 +69,7 @@ def _wrap_schedule_reminders(module: Any) -> None:
 
 _WRAPPERS: dict[str, Callable[[Any], None]] = {
     "followup.gateway.mllp": _wrap_ack_write,
-    "followup.pipeline": _wrap_schedule_reminders,
+    "followup.services.pipeline": _wrap_schedule_reminders,
 }
 
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from enum import StrEnum
 
+from followup.core.scheduling import EMERGENT, ROUTINE, URGENT
 from followup.errors import FollowupError
-from followup.scheduling import EMERGENT, ROUTINE, URGENT
 
 
 class ReferralStatus(StrEnum):

@@ -12,7 +12,7 @@ from datetime import datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from followup.messaging.red_flags import has_red_flag
+from followup.core.messaging.red_flags import has_red_flag
 
 # --- content ------------------------------------------------------------------------------------
 
@@ -353,12 +353,3 @@ def reply_intents(text: str, *, opted_out: bool = False) -> list[ReplyIntent]:
     if said in _DECLINE_WORDS:
         intents.append(ReplyIntent.DECLINE)
     return intents or [ReplyIntent.OTHER]
-
-
-def classify_reply(text: str, *, opted_out: bool = False) -> ReplyIntent:
-    """The most pressing intent of one inbound SMS (see `reply_intents` for all of them).
-
-    WORSENING comes first because a missed escalation can harm the patient; a message that also
-    opts out should still be suppressed by a caller that uses `reply_intents`.
-    """
-    return reply_intents(text, opted_out=opted_out)[0]

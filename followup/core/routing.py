@@ -25,8 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from followup.findings import CODED, Finding, ReportFindings, levels_overlap, same_place
-from followup.rules import TIERS, RoutingRules
+from followup.core.findings import CODED, Finding, ReportFindings, levels_overlap, same_place
+from followup.core.rules import TIERS, RoutingRules
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +166,7 @@ def _review_reasons(
     reasons = []
     for finding in everything:
         if finding not in known and _asserted(finding):
-            quoted = f": \"{finding.sentence_text}\"" if finding.sentence_text else ""
+            quoted = f': "{finding.sentence_text}"' if finding.sentence_text else ""
             reasons.append(f"'{finding.text}' in {finding.section} matched no rule{quoted}")
     denied = [f for f in known if f.negated and not (f.historical or f.hypothetical)]
     conflicted: set[str] = set()

@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 
 from sqlmodel import Session
 
-from followup.errors import BookingError
-from followup.messaging import visits
-from followup.messaging.plan import display_phone
-from followup.messaging.policy import REPLY_KEY_PREFIX, ReplyIntent, is_keyword, reply_intents
-from followup.messaging.red_flags import normalize
-from followup.messaging.render import RenderedSms, render_sms
+from followup.core.messaging.plan import display_phone
+from followup.core.messaging.policy import REPLY_KEY_PREFIX, ReplyIntent, is_keyword, reply_intents
+from followup.core.messaging.red_flags import normalize
+from followup.core.messaging.render import RenderedSms, render_sms
+from followup.services import moves, visits
 from followup.settings import Settings
 from models import messaging_queries as mq
 from models import queries
@@ -350,41 +349,37 @@ def _decline(ctx: _Context) -> int | None:
 
 
 def _reschedule(ctx: _Context, reply_ids: list[int]) -> int | None:
-    """R / RESCHEDULE: the next fitting slot on another day in the visit's window, texted to the
-    patient with the new visit's reminders; when none fits, the booking engine's escalation
-    (the patient keeps the visit they have). A patient who cannot come at 10:00 cannot come
-    at 10:30 either: a slot the same day is not taken, a scheduler offers other days."""
+    """R / RESCHEDULE: the first fitting slot on a later day in the visit's window, texted to
+    the patient with the new visit's reminders; when none fits the patient keeps the visit and
+    a scheduler offers other days. A patient who cannot come at 10:00 cannot come at 10:30
+    either, so the search starts the next day."""
     appointment = ctx.appointment
     if appointment is None or appointment.id is None:
         return _task(ctx, RESCHEDULE_TASK, "asks to reschedule but has no upcoming visit on file")
-    old_day = appointment.start.astimezone(ctx.settings.site_zone).date()
-    savepoint = ctx.session.begin_nested()
-    try:
-        moved = visits.reschedule_visit(
-            session=ctx.session,
-            appointment_id=appointment.id,
-            reason=f"patient asked by SMS {ctx.sms.message_sid}",
-            settings=ctx.settings,
-            now=ctx.now,
-            actor=ACTOR,
-            answering=ctx.answering,
-        )
-    except BookingError:
-        savepoint.rollback()
-        return _task(ctx, RESCHEDULE_TASK, "asks to reschedule: offer another slot")
-    new = moved.result.appointment
-    if new is not None and new.start.astimezone(ctx.settings.site_zone).date() == old_day:
-        savepoint.rollback()
+    zone = ctx.settings.site_zone
+    next_day = datetime.combine(
+        appointment.start.astimezone(zone).date() + timedelta(days=1), time.min, tzinfo=zone
+    )
+    move = moves.move_appointment(
+        session=ctx.session,
+        appointment_id=appointment.id,
+        reason=f"patient asked by SMS {ctx.sms.message_sid}",
+        policy=moves.NothingFits.OFFER,
+        settings=ctx.settings,
+        now=ctx.now,
+        actor=ACTOR,
+        after=max(next_day - timedelta(seconds=1), ctx.now),
+        answering=ctx.answering,
+    )
+    if move.appointment is None:
         return _task(
             ctx,
             RESCHEDULE_TASK,
-            "asks to reschedule; the next free slot is the same day: offer another day",
+            f"asks to reschedule; nothing fits after the visit's day ({move.reason}): "
+            "offer other days",
         )
-    savepoint.commit()
-    if new is None:
-        return moved.result.escalation_id
-    assert moved.texts.notice is not None
-    reply_ids.append(moved.texts.notice)
+    assert move.texts.notice is not None
+    reply_ids.append(move.texts.notice)
     return None
 
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from followup.core.routing import Decision
+from followup.core.rules import SPECIALTIES, RoutingRules
+from followup.core.scoring import LabelScore
 from followup.nlp import classify_reports
-from followup.routing import Decision
-from followup.rules import SPECIALTIES, RoutingRules
-from followup.scoring import LabelScore
 
 _FIELDS = ("urgency", "critical", "referrals", "additional_testing", "needs_review")
 _REQUIRED_KEYS = frozenset({"id", "text", "expected"})

@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo
 from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
+from followup.core.messaging.policy import phi_terms_in
+from followup.core.messaging.segments import Encoding, segment_count, sms_encoding
 from followup.errors import TemplateProblem
-from followup.messaging.policy import phi_terms_in
-from followup.messaging.segments import Encoding, segment_count, sms_encoding
 
 SMS_KINDS = frozenset(
     {

@@ -14,12 +14,12 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
-from followup import inbox_lifecycle, intake, routing
+from followup.core import inbox_lifecycle, routing
+from followup.core.rules import RoutingRules
+from followup.core.scheduling import EMERGENT, BookingWindow, WindowPolicy, booking_window
 from followup.errors import FollowupError, InboundMessageError
-from followup.messaging import visits
 from followup.ris.scan import PersonName, ScanCompleted
-from followup.rules import RoutingRules
-from followup.scheduling import EMERGENT, BookingWindow, WindowPolicy, booking_window
+from followup.services import intake, moves, visits
 from followup.settings import Settings
 from models import booking, ehr_outbox, inbox_queries, queries
 from models.ehr_outbox import VisitChange
@@ -380,9 +380,7 @@ def book_follow_up(
     patient = session.get(Patient, recorded.patient_id)
     assert patient is not None
     if existing is not None:
-        return _move_follow_up(
-            session, study, existing, window, closed_days, patient, settings, now=now
-        )
+        return _follow_up_for_new_tier(session, existing, window, settings, now=now)
     assert recorded.ordering_provider_id is not None
     waiting = booking.open_waitlist_entry(session=session, study_id=recorded.study_id)
     if waiting is not None and waiting.urgency != window.tier:
@@ -445,22 +443,20 @@ def due_window(
     return window, closed_days
 
 
-def _move_follow_up(
+def _follow_up_for_new_tier(
     session: Session,
-    study: ImagingStudy,
     existing: Appointment,
     window: BookingWindow,
-    closed_days: frozenset[date],
-    patient: Patient,
     settings: Settings,
     *,
     now: datetime,
 ) -> BookingOutcome:
-    """The tier changed: keep the visit if it lies in the new window, else book one in it and
-    cancel the old (its unsent texts go with it; the new one gets its own)."""
-    assert existing.id is not None and study.id is not None
-    moved_from = {"appointment_id": existing.id, "tier": existing.tier, "to_tier": window.tier}
+    """The tier changed: keep the visit if it lies in the new window, else move it into it;
+    when nothing fits there the patient keeps the visit and a scheduler moves it by hand (no
+    waitlist entry: an offer accepted later would book a second visit beside the kept one)."""
+    assert existing.id is not None
     if window.contains(existing.start):
+        from_tier = existing.tier
         _retier(session, existing, window)
         queries.audit(
             session=session,
@@ -468,54 +464,28 @@ def _move_follow_up(
             action="follow_up.kept",
             entity="appointment",
             entity_id=existing.id,
-            detail={**moved_from, "reason": "still in the new tier's window"},
+            detail={
+                "appointment_id": existing.id,
+                "tier": from_tier,
+                "to_tier": window.tier,
+                "reason": "still in the new tier's window",
+            },
         )
         return BookingOutcome(existing.id, None, f"already booked, in the {window.tier} window")
-    result = booking.book_with_fallback(
-        session=session,
-        patient_id=existing.patient_id,
-        study_id=study.id,
-        ordering_provider_id=study.ordering_provider_id or existing.provider_id,
-        window=window,
-        closed_days=closed_days,
-        preferences=booking.patient_preferences(patient),
-        actor=ACTOR,
-    )
-    zone = settings.site_zone
-    if result.booked is None:
-        # Nothing free in the new window: the patient keeps the visit they have (better than
-        # none) and the schedulers move it by hand. No waitlist entry: an offer accepted
-        # later would book a second visit beside the kept one.
-        reason = (
-            f"corrected to {window.tier}: {result.reason}; the patient keeps the visit of "
-            f"{existing.start.astimezone(zone):%Y-%m-%d %H:%M}, to be moved by hand"
-        )
-        _retier(session, existing, window)
-        return replace(_unbookable(session, study, reason), appointment_id=existing.id)
-    existing.replaced_by_id = result.booked.appointment_id
-    session.add(existing)
-    cancelled = booking.cancel_appointment(
+    move = moves.move_appointment(
         session=session,
         appointment_id=existing.id,
-        reason=f"moved to appointment {result.booked.appointment_id}: report corrected to "
-        f"{window.tier}",
+        reason=f"report corrected to {window.tier}",
+        policy=moves.NothingFits.KEEP,
+        settings=settings,
         now=now,
         actor=ACTOR,
+        after=now,
+        window=window,
     )
-    visits.enqueue_offer_texts(
-        session=session, offers=[cancelled.offer], settings=settings, now=now
-    )
-    moved = session.get_one(Appointment, result.booked.appointment_id)
-    ehr_outbox.record_visit_change(session=session, appointment=moved, change=VisitChange.MOVED)
-    queries.audit(
-        session=session,
-        actor=ACTOR,
-        action="follow_up.moved",
-        entity="appointment",
-        entity_id=result.booked.appointment_id,
-        detail={**moved_from, "reason": result.reason},
-    )
-    return BookingOutcome(result.booked.appointment_id, None, f"moved: {result.reason}")
+    if move.appointment is None:
+        return BookingOutcome(existing.id, move.task_id, move.reason)
+    return BookingOutcome(move.appointment.id, None, f"moved: {move.reason}")
 
 
 def book_waiting_scans(
@@ -580,7 +550,12 @@ def _cancel_follow_up(
     only "cancelled" could read as "no care needed"). The freed slot is offered by text."""
     assert existing.id is not None and study.id is not None
     cancelled = booking.cancel_appointment(
-        session=session, appointment_id=existing.id, reason=why, now=now, actor=ACTOR
+        session=session,
+        timing=settings.offer_timing,
+        appointment_id=existing.id,
+        reason=why,
+        now=now,
+        actor=ACTOR,
     )
     visits.enqueue_offer_texts(
         session=session, offers=[cancelled.offer], settings=settings, now=now
@@ -602,7 +577,12 @@ def _withdraw_waitlisted(
     offer held goes to the next patient, by text."""
     assert study.id is not None
     withdrawal = booking.withdraw_from_waitlist(
-        session=session, study_id=study.id, reason=why, now=now, actor=ACTOR
+        session=session,
+        timing=settings.offer_timing,
+        study_id=study.id,
+        reason=why,
+        now=now,
+        actor=ACTOR,
     )
     visits.enqueue_offer_texts(
         session=session, offers=[withdrawal.next_offer], settings=settings, now=now

@@ -1,9 +1,10 @@
 """What patients are told when a visit is booked, moved or cancelled, or a freed slot is
 offered to them: the booking use cases every edge shares.
 
-The CLI, the SMS reply handler and the dispatch-reminders flow call these instead of the
-booking operations in models.booking, so a change and the texts about it are written in the
-caller's transaction and commit together or not at all. The booking operation cancels the old
+The CLI, the SMS reply handler, the dispatch-reminders flow and visit moves
+(followup.services.moves) call these instead of the booking operations in models.booking, so
+a change and the texts about it are written in the caller's transaction and commit together
+or not at all. The booking operation cancels the old
 visit's unsent texts; the new visit's notice and reminders, and the text of every waitlist
 offer the change made, are planned here in the patient's language and zone. Quiet hours, caps
 and opt-outs are checked again when each text is sent.
@@ -19,13 +20,13 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
-from followup.messaging.plan import (
+from followup.core.messaging.plan import (
     VisitDetails,
     plan_booking_messages,
     plan_offer_message,
     plan_visit_notice,
 )
-from followup.messaging.policy import REPLY_KEY_PREFIX, next_allowed_send_time
+from followup.core.messaging.policy import REPLY_KEY_PREFIX, next_allowed_send_time
 from followup.settings import Settings
 from models import booking, queries
 from models import messaging_queries as mq
@@ -193,7 +194,12 @@ def cancel_visit(
     # Never told of the visit (its confirmation unsent): its cancellation is not news to them.
     told = queries.patient_told_of(session=session, appointment_id=appointment_id)
     result = booking.cancel_appointment(
-        session=session, appointment_id=appointment_id, reason=reason, now=now, actor=actor
+        session=session,
+        timing=settings.offer_timing,
+        appointment_id=appointment_id,
+        reason=reason,
+        now=now,
+        actor=actor,
     )
     notice = None
     if was_active and told and result.appointment.start > now:
@@ -221,43 +227,6 @@ def cancel_visit(
     return Changed(result, Texts(notice=notice, offers=offers))
 
 
-def reschedule_visit(
-    *,
-    session: Session,
-    appointment_id: int,
-    reason: str,
-    settings: Settings,
-    now: datetime,
-    actor: str,
-    answering: Answering | None = None,
-) -> Changed[booking.RescheduleResult]:
-    """Move the visit to the next fitting slot (the old one's unsent texts are cancelled), plan
-    the reschedule notice and the new visit's reminders, and offer the freed slot to the
-    waitlist by text. When nothing fits, the booking operation's escalation and no texts.
-    A patient never told of the old time gets the new one's confirmation instead."""
-    told = queries.patient_told_of(session=session, appointment_id=appointment_id)
-    result = booking.reschedule_appointment(
-        session=session,
-        appointment_id=appointment_id,
-        reason=reason,
-        settings=settings,
-        now=now,
-        actor=actor,
-    )
-    if result.appointment is None or result.appointment.id is None:
-        return Changed(result, Texts())
-    texts = plan_visit_texts(
-        session=session,
-        appointment_id=result.appointment.id,
-        settings=settings,
-        now=now,
-        notice="reschedule" if told else "confirmation",
-        answering=answering,
-    )
-    offers = enqueue_offer_texts(session=session, offers=[result.offer], settings=settings, now=now)
-    return Changed(result, replace(texts, offers=offers))
-
-
 def accept_waitlist_offer(
     *,
     session: Session,
@@ -269,7 +238,9 @@ def accept_waitlist_offer(
 ) -> Changed[booking.Acceptance]:
     """Book the offered slot and confirm it with the visit's reminders; an answer that came too
     late books nothing and the slot's offer to the next patient goes out instead."""
-    acceptance = booking.accept_offer(session=session, offer_id=offer_id, now=now, actor=actor)
+    acceptance = booking.accept_offer(
+        session=session, timing=settings.offer_timing, offer_id=offer_id, now=now, actor=actor
+    )
     texts = Texts()
     if acceptance.appointment is not None and acceptance.appointment.id is not None:
         texts = plan_visit_texts(
@@ -289,7 +260,9 @@ def decline_waitlist_offer(
     *, session: Session, offer_id: int, settings: Settings, now: datetime, actor: str
 ) -> Changed[WaitlistOffer | None]:
     """The patient said no: they wait on, and the slot goes to the next patient, by text."""
-    next_offer = booking.decline_offer(session=session, offer_id=offer_id, now=now, actor=actor)
+    next_offer = booking.decline_offer(
+        session=session, timing=settings.offer_timing, offer_id=offer_id, now=now, actor=actor
+    )
     return Changed(
         next_offer,
         Texts(
@@ -308,7 +281,9 @@ def expire_waitlist_offers(
     Any other open offer still without its text gets it too: a path that frees slots through
     models.booking directly leaves the text to this run, a minute later at most.
     """
-    offers = booking.expire_offers(session=session, now=now, actor=actor)
+    offers = booking.expire_offers(
+        session=session, timing=settings.offer_timing, now=now, actor=actor
+    )
     unsent = mq.offers_without_text(session=session, now=now)
     return Changed(
         offers,

@@ -32,15 +32,14 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
-from followup.errors import FollowupError
-from followup.messaging import visits
-from followup.messaging.policy import (
+from followup.core.messaging.policy import (
     AFTER_OPT_OUT_KINDS,
     REPLY_KEY_PREFIX,
     apply_caps,
     is_send_allowed,
     next_allowed_send_time,
 )
+from followup.errors import FollowupError
 from followup.messaging.sender import (
     OutgoingSms,
     SendReceipt,
@@ -48,6 +47,7 @@ from followup.messaging.sender import (
     SmsSender,
     SmsSendError,
 )
+from followup.services import visits
 from followup.settings import Settings
 from models import messaging_queries as mq
 from models import queries

@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 
-from followup.messaging.policy import apply_caps, next_allowed_send_time, reminder_send_times
-from followup.messaging.render import format_visit_time, render_sms
+from followup.core.messaging.policy import apply_caps, next_allowed_send_time, reminder_send_times
+from followup.core.messaging.render import format_visit_time, render_sms
 
 
 def display_phone(e164: str) -> str:

@@ -37,8 +37,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from followup.core.scheduling import WEEKDAY_NAMES, WorkingSession
 from followup.errors import FollowupError
-from followup.scheduling import WEEKDAY_NAMES, WorkingSession
 
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
 FREE = "free"

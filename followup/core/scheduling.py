@@ -23,6 +23,8 @@ from zoneinfo import ZoneInfo
 
 import holidays as holidays_lib
 
+from followup.core.messaging.policy import next_allowed_send_time
+
 ROUTINE = "routine"
 URGENT = "urgent"
 EMERGENT = "emergent"
@@ -427,6 +429,81 @@ def plan_slot_sync(
 def waitlist_priority(urgency: str, waiting_since: datetime) -> tuple[int, datetime]:
     """Sort key: urgent before routine, then whoever has waited longest."""
     return (0 if urgency == URGENT else 1, waiting_since)
+
+
+@dataclass(frozen=True, slots=True)
+class OfferTiming:
+    """How long a waitlisted patient has to answer an offer, from when its text may reach
+    them (the hours texts may be sent), and how long before the visit an offer lapses at the
+    latest. From Settings (`Settings.offer_timing`)."""
+
+    ttl: timedelta
+    notice: timedelta
+    send_from_hour: int = 8
+    send_until_hour: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class FreedSlot:
+    start: datetime
+    provider_id: int
+    practice: str
+    zone: ZoneInfo  # the provider's: preferences are judged where the visit happens
+    covers_for: frozenset[int]  # providers whose covering provider the slot's provider is
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingPatient:
+    entry_id: int
+    provider_id: int  # their ordering provider
+    practice: str
+    urgency: str
+    waiting_since: datetime
+    window: BookingWindow
+    preferences: Preferences
+    zone: ZoneInfo | None  # the patient's, for quiet hours; None: the strict all-US window
+
+
+def choose_waitlist_offer(
+    slot: FreedSlot,
+    waiting: Iterable[WaitingPatient],
+    *,
+    now: datetime,
+    timing: OfferTiming,
+) -> tuple[int, datetime] | None:
+    """Who is offered the freed slot, and until when: the first waitlisted patient it suits
+    (urgent first, then longest waiting; the slot's provider is theirs, their covering provider
+    or in their practice; the slot lies in their window and as they prefer) who can be texted
+    in time. The deadline counts `timing.ttl` from when the text may reach them (quiet hours
+    in their zone), so an offer made at night does not lapse unread. None when nobody fits or
+    it is too late to offer the slot at all."""
+    if offer_deadline(now, slot.start, ttl=timing.ttl, notice=timing.notice) is None:
+        return None
+    suited = sorted(
+        (
+            patient
+            for patient in waiting
+            if patient.window.contains(slot.start)
+            and (
+                patient.provider_id == slot.provider_id
+                or patient.practice == slot.practice
+                or patient.provider_id in slot.covers_for
+            )
+            and patient.preferences.accepts(slot.start, slot.zone)
+        ),
+        key=lambda patient: waitlist_priority(patient.urgency, patient.waiting_since),
+    )
+    for patient in suited:
+        reachable = next_allowed_send_time(
+            now,
+            patient.zone,
+            start_hour=timing.send_from_hour,
+            end_hour=timing.send_until_hour,
+        )
+        deadline = offer_deadline(reachable, slot.start, ttl=timing.ttl, notice=timing.notice)
+        if deadline is not None:
+            return patient.entry_id, deadline
+    return None
 
 
 def offer_deadline(

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from followup.messaging.policy import ReplyIntent, reply_intents
-from followup.scoring import LabelScore
+from followup.core.messaging.policy import ReplyIntent, reply_intents
+from followup.core.scoring import LabelScore
 
 RED_FLAG = "red_flag"
 

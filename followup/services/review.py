@@ -19,12 +19,12 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
+from followup.core.scheduling import EMERGENT, BookingWindow
+from followup.core.worklist import REVIEWED_KINDS
 from followup.errors import FollowupError
-from followup.messaging import visits
 from followup.ris.scan import PersonName
-from followup.scheduling import EMERGENT, BookingWindow
+from followup.services import visits
 from followup.settings import Settings
-from followup.worklist import REVIEWED_KINDS
 from models import booking, queries
 from models.tables import Escalation, EscalationStatus, ImagingStudy, Patient, Provider
 from models.types import utcnow
@@ -161,7 +161,7 @@ def offer_window(
     *, session: Session, study: ImagingStudy, urgency: str, settings: Settings, now: datetime
 ) -> BookingWindow:
     """The tier's window; once it has passed (or nearly), as long a window from now."""
-    from followup.pipeline import due_window  # the booking step's own window rules
+    from followup.services.pipeline import due_window  # the booking step's own window rules
 
     if study.final_at is None or urgency == EMERGENT:
         return BookingWindow(now, now + timedelta(days=settings.routine_window_max_days), urgency)
@@ -305,13 +305,19 @@ def _book_chosen(
         session.add(existing)
         booking.cancel_appointment(
             session=session,
+            timing=settings.offer_timing,
             appointment_id=existing.id,
             reason=f"moved to appointment {booked} on review",
             now=now,
             actor=answer.by.strip(),
         )
     booking.withdraw_from_waitlist(
-        session=session, study_id=study.id, reason="booked on review", now=now, actor=answer.by
+        session=session,
+        timing=settings.offer_timing,
+        study_id=study.id,
+        reason="booked on review",
+        now=now,
+        actor=answer.by,
     )
     session.flush()
     visits.plan_visit_texts(

@@ -31,7 +31,7 @@ class WorklistTable:
 
 
 # A scan the engine could not finish alone: a review run's form closes these (no_phone is
-# followup.messaging.visits.NO_PHONE_TASK).
+# followup.services.visits.NO_PHONE_TASK).
 REVIEWED_KINDS = ("needs_review", "unbookable", "unknown_provider", "no_phone")
 
 

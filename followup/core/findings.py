@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
-from followup.rules import RoutingRules
+from followup.core.rules import RoutingRules
 
 UNCLASSIFIED = "unclassified_abnormality"
 """Label of abnormal language that matched no rule (and of unknown codes): needs a human."""

@@ -47,6 +47,12 @@ from typing import Any
 
 from sqlmodel import Session
 
+from followup.core.referrals import (
+    IllegalReferralTransition,
+    ReferralStatus,
+    UnknownReferral,
+    answer_path,
+)
 from followup.errors import (
     InboundMessageError,
     InvalidField,
@@ -54,13 +60,12 @@ from followup.errors import (
     MissingField,
     UnsupportedMessage,
 )
-from followup.referrals import IllegalReferralTransition, UnknownReferral
 from followup.ris import answers, hl7v2, updates
 from followup.ris.hl7v2 import MessageHeader
 from followup.ris.scan import ACCESSION_LENGTH, ScanCompleted
 from followup.settings import Settings
-from models import ehr_outbox, inbox_queries, queries
-from models.tables import InboxMessage, InboxStatus
+from models import inbox_queries, queries
+from models.tables import InboxMessage, InboxStatus, Referral
 from models.types import utcnow
 
 logger = logging.getLogger(__name__)
@@ -525,7 +530,7 @@ def _apply_answer(
     """A specialist's answer moves its referral; one the referral cannot take (unknown, or a
     move the state machine refuses) is answered AE with the reason, and audited."""
     try:
-        referral = ehr_outbox.apply_specialist_answer(
+        referral = _move_referral(
             session=session, answer=answer, actor=f"specialist:{row.sender}"[:64]
         )
     except (UnknownReferral, IllegalReferralTransition) as error:
@@ -619,3 +624,40 @@ def _duplicate(
         run_inbox_id=original.id if unclaimed else None,
         header=header,
     )
+
+
+def _move_referral(*, session: Session, answer: answers.SpecialistAnswer, actor: str) -> Referral:
+    """Move the referral the answer names through the state machine (each move timestamped,
+    in its history and audited); UnknownReferral or IllegalReferralTransition, with nothing
+    written, when it cannot take the answer."""
+    referral_id = answer.referral_id
+    referral = session.get(Referral, referral_id) if referral_id is not None else None
+    if referral is None or referral.id is None:
+        raise UnknownReferral(
+            f"{answer.location} {answer.identifier!r} names no referral sent by this engine"
+        )
+    path = answer_path(referral.status, answer.status)
+    why = f"{answer.message_type} from the specialist: {answer.reason}".rstrip(": ")
+    for step in path:
+        scheduled = answer.scheduled_for if step == ReferralStatus.SCHEDULED else None
+        queries.transition_referral(
+            session=session,
+            referral_id=referral.id,
+            to=step,
+            actor=actor,
+            reason=why,
+            scheduled_for=scheduled,
+        )
+    if not path and answer.scheduled_for and answer.scheduled_for != referral.scheduled_for:
+        queries.audit(
+            session=session,
+            actor=actor,
+            action="referral.rescheduled",
+            entity="referral",
+            entity_id=referral.id,
+            detail={"from": str(referral.scheduled_for), "to": str(answer.scheduled_for)},
+        )
+        referral.scheduled_for = answer.scheduled_for
+        session.add(referral)
+        session.flush()
+    return referral

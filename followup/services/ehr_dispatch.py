@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 import httpx
 from sqlmodel import Session
 
+from followup.core.referrals import ReferralStatus
 from followup.ehr import fhir_out
 from followup.ehr.transport import (
     Delivery,
@@ -44,7 +45,6 @@ from followup.ehr.transport import (
     Result,
     Transport,
 )
-from followup.referrals import ReferralStatus
 from followup.ris import outbound
 from followup.ris.outbound import (
     Envelope,
@@ -56,7 +56,7 @@ from followup.ris.outbound import (
     VisitTrigger,
 )
 from followup.settings import Settings
-from models import booking, ehr_outbox, queries
+from models import ehr_outbox, queries
 from models import messaging_queries as mq
 from models.db import session_scope
 from models.ehr_outbox import ReferralFacts, VisitFacts
@@ -401,7 +401,7 @@ def _referral_sent(session: Session, row: EhrOutboxMessage, destination: Destina
     referral = session.get_one(Referral, row.referral_id)
     if referral.status != ReferralStatus.INITIATED:
         return
-    booking.transition_referral(
+    queries.transition_referral(
         session=session,
         referral_id=row.referral_id,
         to=ReferralStatus.SENT,

@@ -1,0 +1,1 @@
+"""Patient SMS rules: rendering, segment counting, quiet hours, caps and reply reading."""
