@@ -249,7 +249,7 @@ def test_unmatched_words_are_not_listed_as_findings(rules) -> None:
     assert decision.findings == []
     assert (
         decision.explanations[-1] == "needs review: 'mass' in IMPRESSION matched no rule: "
-        '"Paraspinal soft tissue mass.", v2026.12-1'
+        '"Paraspinal soft tissue mass.", v2026.12-2'
     )
 
 
@@ -341,10 +341,10 @@ def test_contract_shape(rules) -> None:
             "section": "IMPRESSION",
         }
     ]
-    assert contract["rules_version"] == "2026.12-1"
+    assert contract["rules_version"] == "2026.12-2"
     assert contract["explanations"] == [
         "orthopedics: 'Grade 1 anterolisthesis' in IMPRESSION matched rule spondylolisthesis, "
-        "v2026.12-1"
+        "v2026.12-2"
     ]
     json.dumps(contract)  # plain JSON values only
 
@@ -360,7 +360,7 @@ def test_batch_equals_one_at_a_time(rules) -> None:
 
 
 def test_corpus_is_well_formed_and_covers_every_rule(rules) -> None:
-    names = ("dev", "test", "dev_v2", "test_v2", "test_v3")
+    names = ("dev", "test", "dev_v2", "dev_v3", "test_v2", "test_v3")
     splits = {name: load_cases(CORPUS / f"{name}.jsonl") for name in names}
     everything = [case for cases in splits.values() for case in cases]
     assert len(everything) >= 400 and len(splits["test"]) >= 50
