@@ -486,6 +486,7 @@ def test_epidural_enhancement_read_with_the_abscess_it_names(
             "cauda_equina_compression",
             "The roots of the cauda equina are tightly compressed at L2-3",
         ),
+        ("cauda_equina_compression", "L3/4 sequestered disc, CE compression"),
         ("epidural_abscess", "Peripherally enhancing ventral epidural fluid from C4 to C7"),
         ("unstable_fracture", "L3 burst fx with retropulsion"),
     ],
