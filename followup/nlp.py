@@ -27,6 +27,7 @@ about; a report without any header is read whole.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import warnings
@@ -1174,8 +1175,20 @@ def _section_findings(
             )
         if targets:
             continue  # abnormal words next to a recognised finding are that finding's description
-        for aux, (negated, uncertain, historical, hypothetical) in auxiliaries:
-            if aux._.target_rule.metadata["cue"] and not (negated or historical or hypothetical):
+        asserted_aux = [
+            (aux, uncertain)
+            for aux, (negated, uncertain, historical, hypothetical) in auxiliaries
+            if not (negated or historical or hypothetical)
+        ]
+        described = _qualify_from_another_sentence(findings, asserted_aux, rules)
+        for aux, uncertain in asserted_aux:
+            if aux._.target_rule.metadata["cue"] and not (
+                described is not None
+                and (
+                    aux.text.lower() == described.qualifier.lower()
+                    or _stem_words(aux.text) <= _stem_words(described.sentence_text)
+                )
+            ):
                 findings.append(
                     Finding(
                         label=UNCLASSIFIED,
@@ -1190,6 +1203,30 @@ def _section_findings(
                     )
                 )
     return findings
+
+
+def _qualify_from_another_sentence(
+    findings: list[Finding], asserted_aux: list[tuple[Span, bool]], rules: RoutingRules
+) -> Finding | None:
+    """A qualifier in a sentence with no finding of its own ("2. Two enhancing lesions
+    indicating active disease.") re-labels the section's finding it qualifies ("multiple
+    sclerosis" in item 1), which is returned; abnormal words of that sentence that its
+    sentence already names ("lesions") are its description, others are still reviewed."""
+    for aux, _ in asserted_aux:
+        qualifies = aux._.target_rule.metadata["qualifies"]
+        for index, finding in enumerate(findings):
+            rule = rules.rule(finding.label) if finding.label in qualifies else None
+            if rule is None or rule.qualifier is None or not _affirmed(finding):
+                continue
+            findings[index] = dataclasses.replace(
+                finding, label=rule.qualifier.label, qualifier=aux.text
+            )
+            return findings[index]
+    return None
+
+
+def _stem_words(text: str) -> set[str]:
+    return {word.removesuffix("s") for word in re.findall(r"[a-z0-9']+", text.lower())}
 
 
 def _sub_doc(body: Span) -> Doc:

@@ -668,3 +668,31 @@ def test_the_degenerative_cause_of_a_compression_is_not_referred_twice(
     )
     assert same_sentence.referrals == ["orthopedics"]
     assert separate.referrals == ["orthopedics", "pain_management"]
+
+
+@pytest.mark.parametrize(
+    ("impression", "urgency", "review"),
+    [
+        (
+            "1. Periventricular lesions compatible with multiple sclerosis.\n"
+            "2. Two enhancing lesions indicating active disease.",
+            "urgent",
+            False,
+        ),
+        (
+            "1. Stable demyelinating lesions.\n2. Enhancing mass in the left frontal lobe.",
+            "urgent",
+            True,
+        ),
+        ("1. Demyelinating lesions.\n2. No enhancing lesions.", "routine", False),
+    ],
+)
+def test_a_qualifier_in_its_own_sentence_qualifies_the_sections_finding(
+    rules: RoutingRules, impression: str, urgency: str, review: bool
+) -> None:
+    decision = classify_report(f"IMPRESSION:\n{impression}", rules)
+    assert (decision.urgency, decision.referrals, decision.needs_review) == (
+        urgency,
+        ["neurology"],
+        review,
+    ), decision.explanations
