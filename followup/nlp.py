@@ -19,10 +19,12 @@ It loads no statistical model (nothing is downloaded at run time): `medspacy.loa
 reliably on line breaks, list markers and . ; ? !
 
 Which text counts (DOMAIN.md §3): INDICATION / HISTORY / CLINICAL INFORMATION / COMPARISON /
-TECHNIQUE / EXAM never produce findings; IMPRESSION is authoritative; FINDINGS are routed only when
-there is no IMPRESSION, and otherwise read for affirmed critical findings only (a critical finding
-anywhere in FINDINGS, IMPRESSION or an addendum escalates); an ADDENDUM supersedes what it speaks
-about; a report without any header is read whole.
+TECHNIQUE / EXAM never produce findings; IMPRESSION is authoritative; FINDINGS (and level lines
+without a header) are routed when there is no IMPRESSION, when the IMPRESSION points back to them
+("as above") or names no finding with a referral (then a human is asked to review), and otherwise
+read for affirmed critical findings only (a critical finding anywhere in FINDINGS, IMPRESSION or an
+addendum escalates); an ADDENDUM supersedes what it speaks about; a report without any header is
+read whole. The body region (for the tests an incomplete study suggests) comes from the exam title.
 """
 
 from __future__ import annotations

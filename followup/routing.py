@@ -9,8 +9,8 @@ Policy (DOMAIN.md §2–4), with the rules file supplying every clinical fact:
 - A finding is not routed when a rule it is `superseded_by` is asserted in the same sentence or
   at the same spinal level (a herniation compressing the S1 root goes to neurology, not also to
   pain management); a critical superseding finding with no level given covers the whole report.
-- Nondiagnostic studies suggest additional testing; normal or incidental-only reports refer to
-  no one and stay routine.
+- Nondiagnostic studies suggest additional testing, the tests of the study's body region;
+  normal or incidental-only reports refer to no one and stay routine.
 - A human must read the report (`needs_review`) when abnormal language matched no rule, a code
   is unknown, a concept is both asserted and negated at the same place, a critical finding is
   only asked about ("evaluate for epidural abscess"), or there is no routable text at all.
