@@ -1052,6 +1052,10 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
     for section, body in sections:
         if section.category not in beside:
             continue
+        if section.category is None:
+            body = _without_title(body)
+            if not _has_text(body):
+                continue
         if not impression_refers:
             found = [
                 f
@@ -1085,6 +1089,21 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
         region=_region(sections, routed, rules),
         review_reasons=tuple(dict.fromkeys(review)),
     )
+
+
+# "MRI L-SPINE FOR CES", "MRI C-SPINE: ?CORD COMPRESSION": the exam title names the question.
+_TITLE = re.compile(r"\s*(?:mri?|mra|mr|ct|exam|examination|study)\b", re.IGNORECASE)
+
+
+def _without_title(body: Span) -> Span:
+    """Text before the first header without its first line when that line is the exam title
+    (text routed whole, in a report with no header at all, keeps it)."""
+    if not _TITLE.match(body.text):
+        return body
+    for token in body:
+        if "\n" in token.text and not token.text.strip():
+            return body.doc[token.i + 1 : body.end]
+    return body.doc[body.end : body.end]
 
 
 def _region(

@@ -696,3 +696,16 @@ def test_a_qualifier_in_its_own_sentence_qualifies_the_sections_finding(
         ["neurology"],
         review,
     ), decision.explanations
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "MRI L-SPINE FOR CES\nIMPRESSION: Normal.",
+        "MRI C-SPINE: ?CORD COMPRESSION\nIMPRESSION: No cord compression.",
+        "MRI LUMBAR SPINE - CAUDA EQUINA SYNDROME PROTOCOL\nIMPRESSION: Normal lumbar spine.",
+    ],
+)
+def test_the_exam_title_names_the_question_not_a_finding(rules: RoutingRules, report: str) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.critical, decision.referrals) == (False, []), decision.explanations
