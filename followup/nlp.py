@@ -21,7 +21,7 @@ reliably on line breaks, list markers and . ; ? !
 Which text counts (DOMAIN.md §3): INDICATION / HISTORY / CLINICAL INFORMATION / COMPARISON /
 TECHNIQUE / EXAM never produce findings; IMPRESSION is authoritative; FINDINGS (and level lines
 without a header) are routed when there is no IMPRESSION, when the IMPRESSION points back to them
-("as above") or names no finding with a referral (then a human is asked to review), and otherwise
+("as above") or names nothing the rules know (then a human is asked to review), and otherwise
 read for affirmed critical findings only (a critical finding anywhere in FINDINGS, IMPRESSION or an
 addendum escalates); an ADDENDUM supersedes what it speaks about; a report without any header is
 read whole. The body region (for the tests an incomplete study suggests) comes from the exam title.
@@ -1044,9 +1044,9 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
         if section.category in routed:
             findings += _section_findings(nlp, body, _section_name(section.category), rules)
     rule_of = {rule.label: rule for rule in rules.rules}
-    impression_refers = any(
-        rule_of[f.label].referrals for f in findings if f.label in rule_of and _affirmed(f)
-    )
+    # "Unremarkable MRI." above FINDINGS that name a root contact: the IMPRESSION names nothing
+    # the rules know (not even a negated or nondiagnostic finding), so FINDINGS are routed.
+    impression_refers = any(f.label in rule_of for f in findings)
     critical_labels = frozenset(rule.label for rule in rules.rules if rule.critical)
     beside_findings: list[Finding] = []
     for section, body in sections:

@@ -709,3 +709,21 @@ def test_a_qualifier_in_its_own_sentence_qualifies_the_sections_finding(
 def test_the_exam_title_names_the_question_not_a_finding(rules: RoutingRules, report: str) -> None:
     decision = classify_report(report, rules)
     assert (decision.critical, decision.referrals) == (False, []), decision.explanations
+
+
+def test_si_joint_erosions_in_their_own_sentence_are_sacroiliitis(rules: RoutingRules) -> None:
+    decision = classify_report(
+        "IMPRESSION:\n1. Active bilateral sacroiliitis.\n2. Small left iliac erosions.", rules
+    )
+    assert (decision.referrals, decision.needs_review) == (["rheumatology"], False)
+
+
+def test_findings_are_not_routed_over_an_impression_that_names_known_findings(
+    rules: RoutingRules,
+) -> None:
+    report = (
+        "FINDINGS: L4-5: Disc bulge and facet hypertrophy.\n"
+        "IMPRESSION: Motion-degraded, nondiagnostic examination."
+    )
+    decision = classify_report(report, rules)
+    assert (decision.referrals, decision.needs_review) == ([], False), decision.explanations
