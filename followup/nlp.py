@@ -19,14 +19,17 @@ It loads no statistical model (nothing is downloaded at run time): `medspacy.loa
 reliably on line breaks, list markers and . ; ? !
 
 Which text counts (DOMAIN.md §3): INDICATION / HISTORY / CLINICAL INFORMATION / COMPARISON /
-TECHNIQUE / EXAM never produce findings; IMPRESSION is authoritative; FINDINGS are routed only when
-there is no IMPRESSION, and otherwise read for affirmed critical findings only (a critical finding
-anywhere in FINDINGS, IMPRESSION or an addendum escalates); an ADDENDUM supersedes what it speaks
-about; a report without any header is read whole.
+TECHNIQUE / EXAM never produce findings; IMPRESSION is authoritative; FINDINGS (and level lines
+without a header) are routed when there is no IMPRESSION, when the IMPRESSION points back to them
+("as above") or names nothing the rules know (then a human is asked to review), and otherwise
+read for affirmed critical findings only (a critical finding anywhere in FINDINGS, IMPRESSION or an
+addendum escalates); an ADDENDUM supersedes what it speaks about; a report without any header is
+read whole. The body region (for the tests an incomplete study suggests) comes from the exam title.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import warnings
@@ -50,6 +53,7 @@ from followup.core.findings import (
     Finding,
     ReportFindings,
     apply_addendum,
+    body_region,
     findings_from_codes,
     spinal_levels,
 )
@@ -167,7 +171,8 @@ _SENTENCE_END = frozenset({".", "!", "?", ";"})
 def _split_sentences(doc: Doc) -> Doc:
     """Sentence starts for radiology text.
 
-    A sentence starts after a line break, after . ! ? ; (the tokenizer keeps "Dr.", "e.g." and
+    A sentence starts after a line break, after . ! ? ; (but not after a "?" that asks about
+    the next word, "?CES"; the tokenizer keeps "Dr.", "e.g." and
     "3.5" whole), and at an inline list marker "2)". ";" ends a sentence because radiologists
     join separate findings with it ("extrusion contacting S1; L4-5 protrusion"), and negation
     must not cross it. Section headers must start a sentence (see _section_rules), so
@@ -176,7 +181,7 @@ def _split_sentences(doc: Doc) -> Doc:
     words = [token.text for token in doc]
     starts = [
         i == 0
-        or words[i - 1] in _SENTENCE_END
+        or (words[i - 1] in _SENTENCE_END and not _query_mark(doc, i - 1))
         or ("\n" in words[i - 1] and not words[i - 1].strip())
         or (words[i + 1 : i + 2] == [")"] and len(word) <= 2 and word.isdigit())
         for i, word in enumerate(words)
@@ -187,6 +192,15 @@ def _split_sentences(doc: Doc) -> Doc:
         values = numpy.array([[1 if start else -1] for start in starts], dtype=numpy.int64)
         doc.from_array([SENT_START], cast(Ints2d, values.astype(numpy.uint64)))
     return doc
+
+
+def _query_mark(doc: Doc, i: int) -> bool:
+    """A question mark before a word ("?CES", "? infarct") asks about it: no sentence end."""
+    return (
+        doc[i].text == "?"
+        and i + 1 < len(doc)
+        and (not doc[i].whitespace_ or i == 0 or bool(doc[i - 1].whitespace_))
+    )
 
 
 # Radiology section headers; the category names the policy uses.
@@ -202,7 +216,14 @@ _SECTION_HEADERS = {
         "reason for study",
         "reason for referral",
     ],
-    "history": ["history", "clinical history", "relevant history", "pertinent history"],
+    "history": [
+        "history",
+        "hx",
+        "clinical",
+        "clinical history",
+        "relevant history",
+        "pertinent history",
+    ],
     "clinical_information": [
         "clinical information",
         "clinical info",
@@ -222,6 +243,8 @@ _SECTION_HEADERS = {
         "opinion",
         "final impression",
         "diagnostic impression",
+        "imp",
+        "impr",
     ],
     "addendum": ["addendum"],
 }
@@ -341,6 +364,8 @@ _CLINICAL_CUES: list[tuple[str, str, list[dict[str, Any]]]] = [
         ],
     ),
     ("imaging correlate", "FORWARD", [{"LOWER": "imaging"}, {"LOWER": "correlate"}]),
+    # "clinical ?CES": the clinician's question, shorthand
+    ("clinical query", "FORWARD", [{"LOWER": {"IN": ["clinical", "clinically"]}}, {"ORTH": "?"}]),
     (
         "to explain",
         "FORWARD",
@@ -486,6 +511,37 @@ _RADIOLOGY_CONTEXT = [
         max_scope=8,
     ),
     _rule("is absent", _NEG, "BACKWARD", [_BE, {"LOWER": "absent"}], max_scope=6),
+    # "Cord signal normal.", "cord signal is normal", "normal cord signal"; never "the cord is
+    # compressed and normal in signal" (no "is" before, no statement end after)
+    _rule(
+        "is normal",
+        _NEG,
+        "BACKWARD",
+        [_BE, {"LOWER": {"IN": ["normal", "unremarkable"]}}],
+        max_scope=3,
+    ),
+    _rule(
+        "normal.",
+        _NEG,
+        "BACKWARD",
+        [{"LOWER": {"IN": ["normal", "unremarkable"]}}, {"TEXT": {"REGEX": "^[.;,]$"}}],
+        max_scope=2,
+    ),
+    _rule("normal", _NEG, "FORWARD", max_scope=2),
+    # "plexopathy cannot be assessed": the finding is a question the study could not answer
+    _rule(
+        "cannot be assessed",
+        _HYPO,
+        "BACKWARD",
+        [
+            {"LOWER": {"IN": ["can", "could", "ca", "is", "are", "was", "were"]}},
+            _NOT,
+            {"LOWER": "be", "OP": "?"},
+            {"LOWER": {"IN": ["adequately", "fully", "reliably", "well"]}, "OP": "?"},
+            {"LOWER": {"IN": ["assessed", "evaluated", "characterized", "visualized"]}},
+        ],
+        max_scope=6,
+    ),
     _rule("is excluded", _NEG, "BACKWARD", [_BE, {"LOWER": "excluded"}], max_scope=8),
     _rule(
         "ruled out",
@@ -970,27 +1026,108 @@ def _assertion(span: Span) -> tuple[bool, bool, bool, bool]:
 
 def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
     routed = _routed_categories(doc)
-    # FINDINGS under an IMPRESSION are read for critical findings only (DOMAIN.md §3 safety
-    # rules): a cord compression stated there escalates even when the IMPRESSION is silent.
-    critical_only = "findings" if "findings" not in routed and "impression" in routed else None
-    critical_labels = frozenset(rule.label for rule in rules.rules if rule.critical)
+    # Text beside an IMPRESSION (FINDINGS, or level lines without a header) is read for
+    # critical findings only (DOMAIN.md §3 safety rules): a cord compression stated there
+    # escalates even when the IMPRESSION is silent. An IMPRESSION that points to it ("as
+    # above") routes it whole; one that names no finding with a referral while that text does
+    # is routed from it too, and a human is told why.
+    beside = [c for c in ("findings", None) if c not in routed] if "impression" in routed else []
+    sections = [(section, doc[section.body_start : section.body_end]) for section in doc._.sections]
+    sections = [(section, body) for section, body in sections if _has_text(body)]
+    if beside and any(
+        section.category == "impression" and _REFERS_BACK.search(body.text)
+        for section, body in sections
+    ):
+        routed, beside = [*routed, *beside], []
     findings: list[Finding] = []
-    for section in doc._.sections:
-        body = doc[section.body_start : section.body_end]
-        if not _has_text(body):
-            continue
+    for section, body in sections:
         if section.category in routed:
             findings += _section_findings(nlp, body, _section_name(section.category), rules)
-        elif section.category == critical_only and _critical_gate(rules)(body):
-            findings += [
+    rule_of = {rule.label: rule for rule in rules.rules}
+    # "Unremarkable MRI." above FINDINGS that name a root contact: the IMPRESSION names nothing
+    # the rules know (not even a negated or nondiagnostic finding), so FINDINGS are routed.
+    impression_refers = any(f.label in rule_of for f in findings)
+    critical_labels = frozenset(rule.label for rule in rules.rules if rule.critical)
+    beside_findings: list[Finding] = []
+    for section, body in sections:
+        if section.category not in beside:
+            continue
+        if section.category is None:
+            body = _without_title(body)
+            if not _has_text(body):
+                continue
+        if not impression_refers:
+            found = [
+                f
+                for f in _section_findings(nlp, body, "FINDINGS", rules)
+                if f.label in rule_of
+                and _affirmed(f)
+                and (rule_of[f.label].referrals or rule_of[f.label].critical)
+            ]
+            beside_findings += found
+        elif _critical_gate(rules)(body):
+            beside_findings += [
                 finding
                 for finding in _section_findings(nlp, body, "FINDINGS", rules, critical_labels)
-                if not (finding.negated or finding.historical or finding.hypothetical)
+                if _affirmed(finding)
             ]
+    findings += beside_findings
+    # A critical finding is escalated to a person now; otherwise findings the IMPRESSION left
+    # out are routed and a person is asked to read why.
+    review = (
+        []
+        if any(rule_of[f.label].critical for f in findings if f.label in rule_of and _affirmed(f))
+        else [
+            f"FINDINGS name '{f.text}' ({f.label}) that the IMPRESSION leaves out: "
+            f'"{f.sentence_text}"'
+            for f in beside_findings
+        ]
+    )
     return ReportFindings(
         findings=tuple(apply_addendum(findings)),
         routed_sections=tuple(_section_name(category) for category in routed),
+        region=_region(sections, routed, rules),
+        review_reasons=tuple(dict.fromkeys(review)),
     )
+
+
+# "MRI L-SPINE FOR CES", "MRI C-SPINE: ?CORD COMPRESSION": the exam title names the question.
+_TITLE = re.compile(r"\s*(?:mri?|mra|mr|ct|exam|examination|study)\b", re.IGNORECASE)
+
+
+def _without_title(body: Span) -> Span:
+    """Text before the first header without its first line when that line is the exam title
+    (text routed whole, in a report with no header at all, keeps it)."""
+    if not _TITLE.match(body.text):
+        return body
+    for token in body:
+        if "\n" in token.text and not token.text.strip():
+            return body.doc[token.i + 1 : body.end]
+    return body.doc[body.end : body.end]
+
+
+def _region(
+    sections: list[tuple[Any, Span]], routed: list[str | None], rules: RoutingRules
+) -> str | None:
+    """The body region from the exam title, EXAM or TECHNIQUE text, else from the routed
+    text; never from the history ("back pain radiating to the leg" is no leg study)."""
+    for wanted in (("exam", "technique", None), tuple(routed)):
+        text = " ".join(body.text for section, body in sections if section.category in wanted)
+        region = body_region(text, rules) if text else None
+        if region is not None:
+            return region
+    return None
+
+
+# "IMPRESSION: Findings at C5-6 as above." points back to the text it summarises.
+_REFERS_BACK = re.compile(
+    r"\b(?:as (?:described |detailed |noted |discussed |outlined )?above|see (?:above|findings))\b",
+    re.IGNORECASE,
+)
+
+
+def _affirmed(finding: Finding) -> bool:
+    return not (finding.negated or finding.historical or finding.hypothetical)
 
 
 def _section_findings(
@@ -1007,7 +1144,7 @@ def _section_findings(
     full-length report; ConText scopes end at sentence ends, so nothing is lost. ConText is
     skipped where nothing (or nothing of `only_labels`) matched.
     """
-    part = nlp.get_pipe("medspacy_target_matcher")(body.as_doc())
+    part = nlp.get_pipe("medspacy_target_matcher")(_sub_doc(body))
     targets = list(part.spans.get(_TARGETS, []))
     if only_labels is not None:
         targets = [span for span in targets if span.label_ in only_labels]
@@ -1059,8 +1196,20 @@ def _section_findings(
             )
         if targets:
             continue  # abnormal words next to a recognised finding are that finding's description
-        for aux, (negated, uncertain, historical, hypothetical) in auxiliaries:
-            if aux._.target_rule.metadata["cue"] and not (negated or historical or hypothetical):
+        asserted_aux = [
+            (aux, uncertain)
+            for aux, (negated, uncertain, historical, hypothetical) in auxiliaries
+            if not (negated or historical or hypothetical)
+        ]
+        described = _qualify_from_another_sentence(findings, asserted_aux, rules)
+        for aux, uncertain in asserted_aux:
+            if aux._.target_rule.metadata["cue"] and not (
+                described is not None
+                and (
+                    aux.text.lower() == described.qualifier.lower()
+                    or _stem_words(aux.text) <= _stem_words(described.sentence_text)
+                )
+            ):
                 findings.append(
                     Finding(
                         label=UNCLASSIFIED,
@@ -1075,6 +1224,48 @@ def _section_findings(
                     )
                 )
     return findings
+
+
+def _qualify_from_another_sentence(
+    findings: list[Finding], asserted_aux: list[tuple[Span, bool]], rules: RoutingRules
+) -> Finding | None:
+    """A qualifier in a sentence with no finding of its own ("2. Two enhancing lesions
+    indicating active disease.") re-labels the section's finding it qualifies ("multiple
+    sclerosis" in item 1), which is returned; abnormal words of that sentence that its
+    sentence already names ("lesions") are its description, others are still reviewed."""
+    for aux, _ in asserted_aux:
+        qualifies = aux._.target_rule.metadata["qualifies"]
+        for index, finding in enumerate(findings):
+            rule = rules.rule(finding.label) if finding.label in qualifies else None
+            if rule is None or rule.qualifier is None or not _affirmed(finding):
+                continue
+            findings[index] = dataclasses.replace(
+                finding, label=rule.qualifier.label, qualifier=aux.text
+            )
+            return findings[index]
+    return None
+
+
+def _stem_words(text: str) -> set[str]:
+    return {word.removesuffix("s") for word in re.findall(r"[a-z0-9']+", text.lower())}
+
+
+def _sub_doc(body: Span) -> Doc:
+    """A section body as a Doc of its own: its words and sentence starts, nothing else.
+
+    What `Span.as_doc` gives too, without the copies stage two never reads (the span's
+    vector, computed token by token, was most of its cost).
+    """
+    doc = Doc(
+        body.doc.vocab,
+        words=[token.text for token in body],
+        spaces=[bool(token.whitespace_) for token in body],
+    )
+    if len(doc):
+        starts = body.doc.to_array([SENT_START])[body.start : body.end].astype(numpy.int64)
+        starts[0] = 1  # a section body starts a sentence
+        doc.from_array([SENT_START], cast(Ints2d, starts.reshape(-1, 1).astype(numpy.uint64)))
+    return doc
 
 
 def _about_the_clinical_syndrome(span: Span) -> bool:

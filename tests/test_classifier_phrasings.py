@@ -472,3 +472,259 @@ def test_epidural_enhancement_read_with_the_abscess_it_names(
     rules: RoutingRules, text: str, critical: bool
 ) -> None:
     assert classify_report(f"IMPRESSION: {text}", rules).critical is critical
+
+
+# --- more written forms of the critical concepts ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("label", "phrase"),
+    [
+        ("cord_compression", "Severe canal stenosis at C3-4 with mass effect upon the spinal cord"),
+        ("cord_compression", "At C4-5 the cord is tightly compressed by a disc-osteophyte complex"),
+        ("cord_compression", "Deformity of the cord at C5-6"),
+        (
+            "cauda_equina_compression",
+            "The roots of the cauda equina are tightly compressed at L2-3",
+        ),
+        ("cauda_equina_compression", "L3/4 sequestered disc, CE compression"),
+        ("epidural_abscess", "Peripherally enhancing ventral epidural fluid from C4 to C7"),
+        ("unstable_fracture", "L3 burst fx with retropulsion"),
+    ],
+)
+def test_more_critical_forms_escalate(rules: RoutingRules, label: str, phrase: str) -> None:
+    decision = classify_report(f"IMPRESSION: {phrase}.", rules)
+    assert decision.critical and label in _labels(decision), decision.explanations
+
+
+def test_a_question_mark_before_a_word_asks_about_it(rules: RoutingRules) -> None:
+    """ "clinical ?CES" is the clinician's question: "?" there ends no sentence."""
+    decision = classify_report("IMPRESSION: clinical ?CES. Thecal sac and roots normal.", rules)
+    assert (decision.critical, decision.referrals, decision.needs_review) == (False, [], False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Cord signal normal.", "The cord signal is normal.", "Normal cord signal."],
+)
+def test_normal_negates_what_it_qualifies(rules: RoutingRules, text: str) -> None:
+    decision = classify_report(f"IMPRESSION: {text}", rules)
+    assert (decision.referrals, decision.needs_review) == ([], False), decision.explanations
+
+
+def test_normal_does_not_reach_back_over_a_compression(rules: RoutingRules) -> None:
+    decision = classify_report("IMPRESSION: The cord is compressed and normal in signal.", rules)
+    assert decision.critical
+
+
+# --- where the findings are read ---------------------------------------------------------------
+
+
+def test_level_lines_beside_an_impression_are_read_for_critical_findings(
+    rules: RoutingRules,
+) -> None:
+    report = (
+        "MRI CERVICAL SPINE\nC3-4: Normal.\nC4-5: Disc osteophyte complex; cord compressed.\n"
+        "IMPRESSION: Degenerative change, worst at C4-5."
+    )
+    decision = classify_report(report, rules)
+    assert decision.critical and "in FINDINGS" in decision.explanations[0]
+
+
+def test_an_impression_as_above_routes_the_level_lines(rules: RoutingRules) -> None:
+    report = (
+        "MRI LUMBAR SPINE\nL3-4: Facet arthropathy.\nL4-5: Grade 1 anterolisthesis with severe"
+        " canal stenosis.\nL5-S1: Right paracentral protrusion contacting the right S1 root.\n"
+        "IMPRESSION: As above."
+    )
+    decision = classify_report(report, rules)
+    assert decision.referrals == ["neurology", "orthopedics", "pain_management"]
+    assert not decision.needs_review
+    critical = classify_report(
+        "MRI CERVICAL SPINE\nCord: Flattened at C5-6 by a disc osteophyte complex.\n"
+        "IMPRESSION: Findings at C5-6 as described above.",
+        rules,
+    )
+    assert critical.critical
+
+
+def test_findings_the_impression_leaves_out_are_routed_and_reviewed(rules: RoutingRules) -> None:
+    report = (
+        "FINDINGS: L5-S1: Right paracentral extrusion contacting the descending right S1 nerve"
+        " root.\nIMPRESSION: Unremarkable MRI of the lumbar spine."
+    )
+    decision = classify_report(report, rules)
+    assert (decision.referrals, decision.needs_review) == (["neurology"], True)
+    assert any(
+        "IMPRESSION leaves out" in line and '"L5-S1' in line for line in decision.explanations
+    )
+
+
+# --- additional testing per body region --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("report", "tests"),
+    [
+        (
+            "EXAM: MRI LUMBAR SPINE\nIMPRESSION: Examination terminated because of claustrophobia.",
+            ["CT myelography", "SPECT/CT"],
+        ),
+        (
+            "EXAM: MRI LUMBAR SPINE\nIMPRESSION: MRI contraindicated; examination not performed.",
+            ["CT myelography", "SPECT/CT"],
+        ),
+        (
+            "IMPRESSION: Severe susceptibility artifact from the fusion hardware; stenosis cannot"
+            " be assessed.",
+            ["CT myelography", "SPECT/CT"],
+        ),
+        ("EXAM: MRI RIGHT KNEE\nIMPRESSION: Incomplete examination.", ["repeat MRI"]),
+        ("MRI BRAIN\nIMPRESSION: Limited study. No restricted diffusion.", ["repeat MRI"]),
+        ("MRI LEFT BRACHIAL PLEXUS\nIMPRESSION: Motion-degraded study.", ["repeat MRI"]),
+        (
+            "INDICATION: Back pain radiating to the leg.\nIMPRESSION: Study aborted.",
+            ["CT myelography", "SPECT/CT"],
+        ),
+    ],
+)
+def test_an_incomplete_study_suggests_the_tests_of_its_region(
+    rules: RoutingRules, report: str, tests: list[str]
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.additional_testing, decision.referrals) == (tests, []), decision.explanations
+
+
+def test_a_finding_an_incomplete_study_could_not_assess_is_not_asserted(
+    rules: RoutingRules,
+) -> None:
+    decision = classify_report(
+        "MRI RIGHT BRACHIAL PLEXUS\nIMPRESSION: Limited evaluation of the brachial plexus;"
+        " plexopathy cannot be assessed.",
+        rules,
+    )
+    assert (decision.referrals, decision.additional_testing) == ([], ["repeat MRI"])
+
+
+# --- joints: more written forms ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "urgency", "referrals"),
+    [
+        ("The Achilles tendon is completely ruptured.", "routine", ["orthopedics"]),
+        ("The distal biceps tendon is torn and retracted 5 cm.", "routine", ["orthopedics"]),
+        ("The supraspinatus tendon is partially torn.", "routine", ["pain_management"]),
+        ("Displaced scaphoid waist fracture.", "urgent", ["orthopedics"]),
+        ("Displaced fx distal fibula.", "urgent", ["orthopedics"]),
+        ("Intraneural ganglion of the common peroneal nerve.", "routine", ["neurology"]),
+    ],
+)
+def test_joint_and_nerve_forms(
+    rules: RoutingRules, text: str, urgency: str, referrals: list[str]
+) -> None:
+    decision = classify_report(f"IMPRESSION: {text}", rules)
+    assert (decision.urgency, decision.referrals, decision.needs_review) == (
+        urgency,
+        referrals,
+        False,
+    ), decision.explanations
+
+
+# --- the safety net: repeats are not new abnormalities, contusions and strains are -------------
+
+
+@pytest.mark.parametrize(
+    ("report", "review"),
+    [
+        ("FINDINGS: Acute L1 burst fracture with retropulsion.\nIMPRESSION: L1 fracture.", False),
+        (
+            "IMPRESSION: Enhancing demyelinating lesion in the right centrum semiovale;"
+            " additional non-enhancing periventricular lesions.",
+            False,
+        ),
+        (
+            "FINDINGS: Conus: compressed by an intradural mass at T12-L1.\nIMPRESSION: Intradural"
+            " mass at T12-L1.",
+            True,
+        ),
+        ("IMPRESSION: Bone contusions of the lateral femoral condyle.", True),
+        ("IMPRESSION: Grade 1 strain of the biceps femoris.", True),
+    ],
+)
+def test_abnormal_words_that_repeat_a_finding_are_not_reviewed(
+    rules: RoutingRules, report: str, review: bool
+) -> None:
+    assert classify_report(report, rules).needs_review is review
+
+
+def test_the_degenerative_cause_of_a_compression_is_not_referred_twice(
+    rules: RoutingRules,
+) -> None:
+    same_sentence = classify_report(
+        "IMPRESSION: Flattening of the cord at C5-6 from a disc osteophyte complex.", rules
+    )
+    separate = classify_report(
+        "IMPRESSION: Cord flattening at C5-6. Multilevel cervical spondylosis.", rules
+    )
+    assert same_sentence.referrals == ["orthopedics"]
+    assert separate.referrals == ["orthopedics", "pain_management"]
+
+
+@pytest.mark.parametrize(
+    ("impression", "urgency", "review"),
+    [
+        (
+            "1. Periventricular lesions compatible with multiple sclerosis.\n"
+            "2. Two enhancing lesions indicating active disease.",
+            "urgent",
+            False,
+        ),
+        (
+            "1. Stable demyelinating lesions.\n2. Enhancing mass in the left frontal lobe.",
+            "urgent",
+            True,
+        ),
+        ("1. Demyelinating lesions.\n2. No enhancing lesions.", "routine", False),
+    ],
+)
+def test_a_qualifier_in_its_own_sentence_qualifies_the_sections_finding(
+    rules: RoutingRules, impression: str, urgency: str, review: bool
+) -> None:
+    decision = classify_report(f"IMPRESSION:\n{impression}", rules)
+    assert (decision.urgency, decision.referrals, decision.needs_review) == (
+        urgency,
+        ["neurology"],
+        review,
+    ), decision.explanations
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "MRI L-SPINE FOR CES\nIMPRESSION: Normal.",
+        "MRI C-SPINE: ?CORD COMPRESSION\nIMPRESSION: No cord compression.",
+        "MRI LUMBAR SPINE - CAUDA EQUINA SYNDROME PROTOCOL\nIMPRESSION: Normal lumbar spine.",
+    ],
+)
+def test_the_exam_title_names_the_question_not_a_finding(rules: RoutingRules, report: str) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.critical, decision.referrals) == (False, []), decision.explanations
+
+
+def test_si_joint_erosions_in_their_own_sentence_are_sacroiliitis(rules: RoutingRules) -> None:
+    decision = classify_report(
+        "IMPRESSION:\n1. Active bilateral sacroiliitis.\n2. Small left iliac erosions.", rules
+    )
+    assert (decision.referrals, decision.needs_review) == (["rheumatology"], False)
+
+
+def test_findings_are_not_routed_over_an_impression_that_names_known_findings(
+    rules: RoutingRules,
+) -> None:
+    report = (
+        "FINDINGS: L4-5: Disc bulge and facet hypertrophy.\n"
+        "IMPRESSION: Motion-degraded, nondiagnostic examination."
+    )
+    decision = classify_report(report, rules)
+    assert (decision.referrals, decision.needs_review) == ([], False), decision.explanations

@@ -63,7 +63,7 @@ def rules():
 
 
 def test_shipped_rules_carry_version_and_sign_off_fields(rules) -> None:
-    assert rules.version == "2026.12-1"
+    assert rules.version == "2026.12-2"
     assert rules.reviewer
     assert rules.effective_date == "2026-12-07"
     assert set(rules.specialties) == SPECIALTIES
@@ -286,6 +286,35 @@ def test_reference_to_unknown_rule(tmp_path: Path) -> None:
         _error(tmp_path, text)
         == "FILE:12: rule syrinx: refers to unknown rule 'nerve_root_compression'"
     )
+
+
+def test_tests_per_region(tmp_path: Path) -> None:
+    text = (
+        VALID.replace("abnormal_cues:", "regions: {spine: [lumbar], joint: [knee]}\nabnormal_cues:")
+        + "    additional_testing: [CT myelography]\n"
+        + "    additional_testing_by_region: {joint: [repeat MRI]}\n"
+    )
+    rules = load_rules(_write(tmp_path, text))
+    syrinx = rules.rule("syrinx")
+    assert rules.regions == (("spine", ("lumbar",)), ("joint", ("knee",)))
+    assert [syrinx.tests_for(r) for r in ("joint", "spine", None)] == [
+        ("repeat MRI",),
+        ("CT myelography",),
+        ("CT myelography",),
+    ]
+
+
+def test_tests_for_an_unknown_region(tmp_path: Path) -> None:
+    text = VALID + "    additional_testing_by_region: {knee: [repeat MRI]}\n"
+    assert (
+        _error(tmp_path, text) == "FILE:12: rule syrinx: unknown region 'knee'; 'regions' names []"
+    )
+
+
+def test_superseded_in_is_place_or_sentence(tmp_path: Path) -> None:
+    assert load_rules(_write(tmp_path, VALID)).rule("syrinx").superseded_in == "place"
+    text = VALID + "    superseded_in: paragraph\n"
+    assert _error(tmp_path, text) == "FILE:17: rule syrinx: superseded_in is 'place' or 'sentence'"
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -54,6 +54,11 @@ class ReportFindings:
     routed_sections: tuple[str, ...]
     """Sections the findings were read from, e.g. ("IMPRESSION", "ADDENDUM"); empty when the
     report holds no routable text (blank, or only INDICATION/TECHNIQUE...)."""
+    region: str | None = None
+    """Body region the report is about (see `body_region`), None when it names none."""
+    review_reasons: tuple[str, ...] = ()
+    """Why a human must read the report, found while reading it (e.g. FINDINGS that name a
+    finding the IMPRESSION leaves out)."""
 
 
 class CodedItem(Protocol):
@@ -101,7 +106,11 @@ def levels_overlap(a: Sequence[str], b: Sequence[str]) -> bool:
 
 
 def apply_addendum(findings: list[Finding]) -> list[Finding]:
-    """An addendum supersedes the report's statements about the same concept and place."""
+    """An addendum supersedes the report's statements about the same concept and place.
+
+    The same concept is the same rule, or a wording the addendum's contains under another
+    rule ("abscess" in the report, "no epidural abscess" in the addendum).
+    """
     addendum = [f for f in findings if f.section == "ADDENDUM" and f.label != UNCLASSIFIED]
     if not addendum:
         return findings
@@ -110,10 +119,38 @@ def apply_addendum(findings: list[Finding]) -> list[Finding]:
         for finding in findings
         if finding.section == "ADDENDUM"
         or not any(
-            later.label == finding.label and same_place(later.levels, finding.levels)
+            (later.label == finding.label or _words(finding.text) <= _words(later.text))
+            and same_place(later.levels, finding.levels)
             for later in addendum
         )
     ]
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def body_region(text: str, rules: RoutingRules) -> str | None:
+    """The body region whose word comes first in the report ("MRI RIGHT KNEE" → "joint"),
+    None when the text names none of the rules' `regions` words."""
+    pattern = _region_pattern(rules.regions)
+    if pattern is None:
+        return None
+    found = pattern.search(text)
+    return found.lastgroup if found else None
+
+
+@lru_cache(maxsize=8)
+def _region_pattern(regions: tuple[tuple[str, tuple[str, ...]], ...]) -> re.Pattern[str] | None:
+    if not regions:
+        return None
+    groups = []
+    for name, words in regions:
+        alternatives = "|".join(
+            r"[\s-]+".join(re.escape(part) for part in word.split()) for word in words
+        )
+        groups.append(f"(?P<{name}>(?<![a-z0-9])(?:{alternatives})(?![a-z0-9]))")
+    return re.compile("|".join(groups), re.IGNORECASE)
 
 
 def same_place(a: Sequence[str], b: Sequence[str]) -> bool:

@@ -9,8 +9,8 @@ Policy (DOMAIN.md §2–4), with the rules file supplying every clinical fact:
 - A finding is not routed when a rule it is `superseded_by` is asserted in the same sentence or
   at the same spinal level (a herniation compressing the S1 root goes to neurology, not also to
   pain management); a critical superseding finding with no level given covers the whole report.
-- Nondiagnostic studies suggest additional testing; normal or incidental-only reports refer to
-  no one and stay routine.
+- Nondiagnostic studies suggest additional testing, the tests of the study's body region;
+  normal or incidental-only reports refer to no one and stay routine.
 - A human must read the report (`needs_review`) when abnormal language matched no rule, a code
   is unknown, a concept is both asserted and negated at the same place, a critical finding is
   only asked about ("evaluate for epidural abscess"), or there is no routable text at all.
@@ -67,14 +67,28 @@ def decide_report(
     analysis: ReportFindings, rules: RoutingRules, *, coded_findings: Sequence[Finding] = ()
 ) -> Decision:
     """The decision for one analysed report (and findings from the RIS's codes, if any)."""
-    decision = decide(analysis.findings, rules, coded_findings=coded_findings)
+    decision = decide(
+        analysis.findings, rules, coded_findings=coded_findings, region=analysis.region
+    )
+    if analysis.review_reasons:
+        reasons = [
+            f"needs review: {reason}, v{rules.version}" for reason in analysis.review_reasons
+        ]
+        decision = dataclasses.replace(
+            decision, needs_review=True, explanations=[*decision.explanations, *reasons]
+        )
     return decision if analysis.routed_sections else _no_routable_text(decision, rules)
 
 
 def decide(
-    findings: Sequence[Finding], rules: RoutingRules, *, coded_findings: Sequence[Finding] = ()
+    findings: Sequence[Finding],
+    rules: RoutingRules,
+    *,
+    coded_findings: Sequence[Finding] = (),
+    region: str | None = None,
 ) -> Decision:
-    """Apply the routing policy (module docstring) to a report's findings."""
+    """Apply the routing policy (module docstring) to a report's findings; `region` (the body
+    region of the study) picks the tests a rule suggests."""
     version = f"v{rules.version}"
     rule_of = {rule.label: rule for rule in rules.rules}
     everything = [*findings, *coded_findings]
@@ -86,7 +100,7 @@ def decide(
     critical = any(rule_of[f.label].critical for f in routed)
     referrals = sorted({specialty for f in routed for specialty in rule_of[f.label].referrals})
     testing = list(
-        dict.fromkeys(test for f in routed for test in rule_of[f.label].additional_testing)
+        dict.fromkeys(test for f in routed for test in rule_of[f.label].tests_for(region))
     )
 
     explanations = []
@@ -102,7 +116,7 @@ def decide(
         supporting = (f for f in routed if specialty in rule_of[f.label].referrals)
         explanations.append(f"{specialty}: {_describe(supporting)}, {version}")
     if testing:
-        reasons = (f for f in routed if rule_of[f.label].additional_testing)
+        reasons = (f for f in routed if rule_of[f.label].tests_for(region))
         explanations.append(
             f"additional testing: {_describe(reasons)}; suggest {', '.join(testing)}, {version}"
         )
@@ -139,7 +153,8 @@ def _asserted(finding: Finding) -> bool:
 
 def _covering(finding: Finding, asserted: Sequence[Finding], rules: RoutingRules) -> Finding | None:
     """The asserted finding that supersedes this one, if any (module docstring)."""
-    superseders = rules.rule(finding.label).superseded_by
+    rule = rules.rule(finding.label)
+    superseders = rule.superseded_by
     for other in asserted:
         if other.label not in superseders:
             continue
@@ -152,7 +167,9 @@ def _covering(finding: Finding, asserted: Sequence[Finding], rules: RoutingRules
         critical_here = rules.rule(other.label).critical and same_place(
             other.levels, finding.levels
         )
-        if same_sentence or known_levels_meet or critical_here:
+        if same_sentence or (
+            rule.superseded_in == "place" and (known_levels_meet or critical_here)
+        ):
             return other
     return None
 
@@ -165,7 +182,7 @@ def _review_reasons(
 ) -> list[str]:
     reasons = []
     for finding in everything:
-        if finding not in known and _asserted(finding):
+        if finding not in known and _asserted(finding) and not _described(finding, asserted):
             quoted = f': "{finding.sentence_text}"' if finding.sentence_text else ""
             reasons.append(f"'{finding.text}' in {finding.section} matched no rule{quoted}")
     denied = [f for f in known if f.negated and not (f.historical or f.hypothetical)]
@@ -196,6 +213,33 @@ def _review_reasons(
                 f"{finding.section}"
             )
     return list(dict.fromkeys(reasons))
+
+
+def _described(unrouted: Finding, asserted: Sequence[Finding]) -> bool:
+    """Whether abnormal language no rule matched names a recognised finding again: a word of
+    its wording at the same spinal level ("L1 fracture." beside "L1 burst fracture"), or in a
+    clause a semicolon joins to it ("enhancing lesion ...; additional non-enhancing lesions").
+    A word outside its wording ("mass" beside "conus compressed by a mass") is still reviewed."""
+    word = _stems(unrouted.text)
+    for finding in asserted:
+        if not word <= _stems(finding.text):
+            continue
+        same_level = bool(unrouted.levels and finding.levels) and levels_overlap(
+            unrouted.levels, finding.levels
+        )
+        joined = (
+            finding.section == unrouted.section
+            and finding.sentence_text.endswith(";")
+            and 0 <= unrouted.sentence[0] - finding.sentence[1] <= 1
+        )
+        if same_level or joined:
+            return True
+    return False
+
+
+def _stems(text: str) -> set[str]:
+    """Words without a plural s ("lesions" and "lesion" are one word here)."""
+    return {word.removesuffix("s") for word in _words(text)}
 
 
 def _no_routable_text(decision: Decision, rules: RoutingRules) -> Decision:

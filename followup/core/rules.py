@@ -76,6 +76,7 @@ _TOP_KEYS = frozenset(
         "spelling_variants",
         "rules",
         "fragments",
+        "regions",
     }
 )
 _RULE_KEYS = frozenset(
@@ -88,7 +89,9 @@ _RULE_KEYS = frozenset(
         "patterns",
         "codes",
         "additional_testing",
+        "additional_testing_by_region",
         "superseded_by",
+        "superseded_in",
         "qualifier",
     }
 )
@@ -135,9 +138,18 @@ class Rule:
     patterns: tuple[Pattern, ...]
     codes: tuple[Code, ...] = ()
     additional_testing: tuple[str, ...] = ()
+    additional_testing_by_region: tuple[tuple[str, tuple[str, ...]], ...] = ()
     superseded_by: tuple[str, ...] = ()
+    superseded_in: str = "place"
+    """Where a superseding finding covers this one: "place" (the same sentence, the same
+    spinal level, or anywhere for a critical finding with no level) or "sentence" only."""
     qualifier: Qualifier | None = None
     line: int = 0
+
+    def tests_for(self, region: str | None) -> tuple[str, ...]:
+        """The tests to suggest for a study of this body region (`additional_testing` when
+        the region is unknown or has no entry of its own)."""
+        return dict(self.additional_testing_by_region).get(region or "", self.additional_testing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +161,8 @@ class RoutingRules:
     rules: tuple[Rule, ...]
     abnormal_cues: tuple[str, ...]
     spelling_variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    regions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Body region → words that name it in the exam title or text ("knee", "lumbar")."""
     source: str = ""
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -164,6 +178,7 @@ class RoutingRules:
                 self.rules,
                 self.abnormal_cues,
                 self.spelling_variants,
+                self.regions,
                 self.source,
             )
             object.__setattr__(self, "_hash", hash(fields))
@@ -340,6 +355,7 @@ class _Validator:
                 )
         cues = self.strings(document, "abnormal_cues")
         variants = self.variants(document)
+        regions = self.word_lists(document, "regions")
         rules_node = document.get("rules")
         if not isinstance(rules_node, _Seq) or not rules_node:
             self.fail(
@@ -350,6 +366,15 @@ class _Validator:
             for node, line in zip(rules_node, rules_node.item_lines, strict=True)
         )
         self.cross_check(rules, rules_node)
+        known_regions = {name for name, _ in regions}
+        for rule in rules:
+            for region, _ in rule.additional_testing_by_region:
+                if region not in known_regions:
+                    self.fail(
+                        rule.line,
+                        f"rule {rule.label}: unknown region {region!r}; "
+                        f"'regions' names {sorted(known_regions)}",
+                    )
         return RoutingRules(
             version=version,
             reviewer=reviewer,
@@ -358,6 +383,7 @@ class _Validator:
             rules=rules,
             abnormal_cues=tuple(cues),
             spelling_variants=variants,
+            regions=regions,
             source=self.source,
         )
 
@@ -401,7 +427,9 @@ class _Validator:
             patterns=self.patterns(node, label),
             codes=self.codes(node, label),
             additional_testing=tuple(self.strings(node, "additional_testing", required=False)),
+            additional_testing_by_region=self.by_region(node, label),
             superseded_by=tuple(self.strings(node, "superseded_by", required=False)),
+            superseded_in=self.superseded_in(node, label),
             qualifier=self.qualifier(node, label),
             line=node.line,
         )
@@ -501,6 +529,37 @@ class _Validator:
         return tuple(
             (word.lower(), tuple(v.lower() for v in self.strings(raw, word))) for word in raw
         )
+
+    def superseded_in(self, node: _Map, label: str) -> str:
+        value = node.get("superseded_in", "place")
+        if value not in {"place", "sentence"}:
+            self.fail(
+                node.key_lines.get("superseded_in", node.line),
+                f"rule {label}: superseded_in is 'place' or 'sentence'",
+            )
+        return str(value)
+
+    def word_lists(self, document: _Map, key: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        raw = document.get(key)
+        if raw is None:
+            return ()
+        if not isinstance(raw, _Map):
+            self.fail(document.key_lines[key], f"{key!r} maps a name to a list of words")
+        return tuple(
+            (name.lower(), tuple(" ".join(w.lower().split()) for w in self.strings(raw, name)))
+            for name in raw
+        )
+
+    def by_region(self, node: _Map, label: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        raw = node.get("additional_testing_by_region")
+        if raw is None:
+            return ()
+        if not isinstance(raw, _Map):
+            self.fail(
+                node.key_lines["additional_testing_by_region"],
+                f"rule {label}: additional_testing_by_region maps a region to a list of tests",
+            )
+        return tuple((region.lower(), tuple(self.strings(raw, region))) for region in raw)
 
     def cross_check(self, rules: tuple[Rule, ...], rules_node: _Seq) -> None:
         seen: dict[str, int] = {}
