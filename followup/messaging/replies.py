@@ -14,6 +14,12 @@ like a critical finding), its first notice due at once; every text is shown with
 (`TwilioEvent.escalation_id`), and a later text on an open task makes the next notice due at
 once instead of being swallowed.
 
+An opt-out in the patient's own words ("stop texting me", "ya no quiero mensajes", "wrong
+number") is an opt-out like STOP (DOMAIN.md §6: revocation by any reasonable means): the number
+is suppressed (source "free_text"), queued texts are cancelled, every visit still ahead becomes
+a scheduler task, and the opt-out confirmation is sent once. A text that is also a red flag
+still gets the call-now advice in the webhook's response.
+
 Where Twilio's Advanced Opt-Out already answered a keyword (the webhook's `OptOutType`), the
 engine records the opt-out or opt-in but does not answer a second time.
 """
@@ -337,12 +343,19 @@ def _pending_offer(ctx: _Context) -> WaitlistOffer | None:
 
 
 def _decline(ctx: _Context) -> int | None:
-    """N / NO: a pending waitlist offer is declined (the patient waits on; the slot is offered
-    to the next patient by text). With none open a person reads it: a no to a visit text may
-    mean the patient cannot come."""
+    """N / NO / "not coming" / "cancel my appointment": a pending waitlist offer is declined
+    (the patient waits on; the slot is offered to the next patient by text). With none open,
+    the visit is not cancelled by a text: a scheduler calls to cancel it or find another time
+    (a no to a visit text may mean a no to the reminder, not to the visit)."""
     offer = _pending_offer(ctx)
     if offer is None or offer.id is None:
-        return _task(ctx, REPLY_TASK, "answered no, with no waitlist offer open: read it")
+        if ctx.appointment is None:
+            return _task(ctx, REPLY_TASK, "answered no, with no visit or offer open: read it")
+        return _task(
+            ctx,
+            RESCHEDULE_TASK,
+            "says they will not come to the visit: call to cancel it or find another time",
+        )
     visits.decline_waitlist_offer(
         session=ctx.session, offer_id=offer.id, settings=ctx.settings, now=ctx.now, actor=ACTOR
     )

@@ -379,8 +379,8 @@ REPLY_TABLE = [
     ("Thanks!", ReplyIntent.OTHER),
     ("Who is this?", ReplyIntent.OTHER),
     ("Can I bring my husband?", ReplyIntent.OTHER),
-    # Not the bare carrier keyword: the patient means the visit, a scheduler should read it.
-    ("cancel my appointment please", ReplyIntent.OTHER),
+    # Not the bare carrier keyword: the patient means the visit (a scheduler calls to cancel).
+    ("cancel my appointment please", ReplyIntent.DECLINE),
     ("", ReplyIntent.OTHER),
 ]
 
@@ -403,4 +403,4 @@ def test_worsening_is_never_lost_behind_an_opt_out() -> None:
 
 
 def test_reply_intents_lists_only_other_when_nothing_matched() -> None:
-    assert reply_intents("see you tuesday") == [ReplyIntent.OTHER]
+    assert reply_intents("what is the address") == [ReplyIntent.OTHER]
