@@ -50,6 +50,7 @@ from followup.gateway import OnAccepted
 from followup.gateway.http import create_app
 from followup.gateway.mllp import MLLPListener
 from followup.gateway.twilio_webhooks import twilio_router
+from followup.messaging.sender import SmsSender, build_sender
 from followup.redaction import install_redaction
 from followup.settings import PROJECT_ROOT, Settings
 
@@ -343,11 +344,18 @@ def _pool_of(spec: dict[str, Any]) -> str | None:
     return (spec.get("work_pool") or {}).get("name")
 
 
-def gateway_app(settings: Settings, *, on_accepted: OnAccepted) -> FastAPI:
-    """The HTTP gateway of the design contract: FHIR, health, and Twilio's webhooks."""
+def gateway_app(
+    settings: Settings, *, on_accepted: OnAccepted, sms_sender: SmsSender | None = None
+) -> FastAPI:
+    """The HTTP gateway of the design contract: FHIR, health, and Twilio's webhooks.
+
+    With `sms_sender`, answers to patients' texts (keyword acknowledgements, the answers to C
+    and R) are sent as soon as the webhook is answered; without one they wait in the outbox for
+    the next dispatch-reminders run (up to a minute)."""
     app = create_app(settings, on_accepted=on_accepted)
-    # No sender: answers to patients go through the outbox, sent by dispatch-reminders.
-    app.include_router(twilio_router(settings, database_url=settings.database_url))
+    app.include_router(
+        twilio_router(settings, database_url=settings.database_url, sender=sms_sender)
+    )
     return app
 
 
@@ -361,7 +369,9 @@ def _stop_on_signals() -> asyncio.Event:
 
 def _http_server(settings: Settings, on_accepted: OnAccepted) -> uvicorn.Server:
     config = uvicorn.Config(
-        gateway_app(settings, on_accepted=on_accepted),
+        # The sender dispatch-reminders uses (Twilio, or the dry-run outbox while unconfigured),
+        # built when the server starts, never at import.
+        gateway_app(settings, on_accepted=on_accepted, sms_sender=build_sender(settings)),
         host=settings.http_host,
         port=settings.http_port,
         log_level="info",

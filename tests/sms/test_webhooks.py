@@ -15,6 +15,7 @@ from sqlmodel import col, select
 from twilio.request_validator import RequestValidator
 
 from followup.gateway import twilio_webhooks
+from followup.gateway.serve import gateway_app
 from followup.gateway.twilio_webhooks import twilio_router
 from followup.messaging import visits
 from followup.messaging.dispatch import UNDELIVERABLE_TASK
@@ -42,6 +43,7 @@ from tests.sms.conftest import (
     RecordingSender,
     World,
     dispatcher,
+    twilio_sender,
     twilio_settings,
 )
 from tests.sms.twilio_mock import ACCOUNT_SID, AUTH_TOKEN
@@ -564,6 +566,28 @@ def test_with_a_sender_the_answer_goes_out_at_once(database_url: str, world: Wor
     [sms] = sender.sent
     assert sms.to == PHONE and "For help call" in sms.body
     assert replies(world) == [("help", OutboundStatus.SENT)]
+
+
+def test_the_served_gateway_sends_answers_at_once_through_twilio(
+    database_url: str, world: World, prism_url: str
+) -> None:
+    # gateway_app as `followup serve` builds it: the sender passed in, here Twilio's client
+    # over HTTP to the Prism mock; the answer to C leaves with the webhook, not a minute later.
+    patient = world.patient()
+    world.visit(patient, NOW + timedelta(days=5))
+    settings = twilio_settings(
+        prism_url, twilio_webhook_base_url=PUBLIC, database_url=database_url
+    )
+    app = gateway_app(
+        settings, on_accepted=lambda receipt: None, sms_sender=twilio_sender(prism_url)
+    )
+    with TestClient(app) as client:
+        assert Gateway(client, PUBLIC).text("C").status_code == 200
+
+    [(kind, status)] = replies(world)
+    assert (kind, status) == ("visit_confirmed", OutboundStatus.SENT)
+    [answer] = [m for m in world.messages() if m.kind == "visit_confirmed"]
+    assert answer.twilio_sid is not None
 
 
 # --- STOP in the middle of a sequence ----------------------------------------------------------
