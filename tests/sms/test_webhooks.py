@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
@@ -111,6 +111,7 @@ def make_gateway(
     sender: SmsSender | None = None,
     token: str | None = AUTH_TOKEN,
     clock: Clock | None = None,
+    on_tasks_opened: Callable[[Sequence[int]], object] | None = None,
 ) -> Gateway:
     settings = twilio_settings(
         "http://127.0.0.1:9",
@@ -120,7 +121,13 @@ def make_gateway(
     )
     app = FastAPI()
     app.include_router(
-        twilio_router(settings, database_url=database_url, sender=sender, clock=clock or Clock())
+        twilio_router(
+            settings,
+            database_url=database_url,
+            sender=sender,
+            on_tasks_opened=on_tasks_opened,
+            clock=clock or Clock(),
+        )
     )
     return Gateway(TestClient(app), public_base or PUBLIC)
 
@@ -425,6 +432,28 @@ def test_worsening_opens_an_urgent_task_and_answers_call_now(
     # (`<Message action=…>`: Twilio reports the answer's delivery on the status callback.)
     assert ">Riverside Health Clinic: Please call us now at (555) 555-0100." in response.text
     assert replies(world) == [("urgent_advice", OutboundStatus.QUEUED)]
+
+
+def test_the_worklist_hears_of_a_red_flag_task_once_it_is_committed(
+    database_url: str, world: World
+) -> None:
+    patient = world.patient()
+    world.visit(patient, NOW + timedelta(days=3))
+    heard: list[list[int]] = []
+
+    def on_tasks_opened(task_ids: Sequence[int]) -> None:
+        # Called after the commit: the task is already there for the worklist to read.
+        with session_scope(database_url) as session:
+            heard.append([t for t in task_ids if session.get(Escalation, t) is not None])
+
+    gateway = make_gateway(database_url, on_tasks_opened=on_tasks_opened)
+    gateway.text("cant feel my legs and I peed myself")
+    gateway.text("what time is my visit", sid="SM" + "04" * 16)
+    gateway.text("C", sid="SM" + "05" * 16)  # confirmed: no task, nothing to refresh
+
+    worsening, reply = world.escalations()
+    assert (worsening.kind, reply.kind) == (WORSENING_TASK, REPLY_TASK)
+    assert heard == [[worsening.id], [reply.id]]
 
 
 def test_worsening_from_an_opted_out_patient_is_still_answered(
