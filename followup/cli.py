@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -611,7 +611,7 @@ def appointments_list(
     ] = None,
 ) -> None:
     """Appointments by accession, patient (MRN) or day, with the ids the other commands take."""
-    from datetime import date, time, timedelta
+    from datetime import date, time
 
     from models import worklist
     from models.db import session_scope
@@ -769,6 +769,12 @@ def templates_check() -> None:
                         SAMPLE_OFFER_DEADLINE, settings.site_zone, language
                     ),
                     "days_before": days,
+                    "choices": [
+                        format_visit_time(
+                            SAMPLE_VISIT + timedelta(days=offset), settings.site_zone, language
+                        )
+                        for offset in (1, 2, 3)
+                    ],
                 }
                 name = kind if days is None else f"{kind} ({days} d)"
                 source = folder / f"{kind}.j2"

@@ -262,6 +262,7 @@ class ReplyIntent(StrEnum):
     CONFIRM = "confirm"
     RESCHEDULE = "reschedule"
     DECLINE = "decline"  # no to a waitlist offer (a person reads it when none is open)
+    CHOICE = "choice"  # 1, 2 or 3: one of the slots offered after R
     WORSENING = "worsening"
     OTHER = "other"
 
@@ -407,7 +408,21 @@ def reply_intents(text: str, *, opted_out: bool = False) -> list[ReplyIntent]:
         intents.append(ReplyIntent.CONFIRM)
     if declines and ReplyIntent.OPT_OUT not in intents:
         intents.append(ReplyIntent.DECLINE)
+    if chosen_number(text) is not None:
+        intents.append(ReplyIntent.CHOICE)
     return intents or [ReplyIntent.OTHER]
+
+
+_CHOICE_RE = re.compile(r"(?:(?:option|opcion|number|numero|el|la) )?#? ?([1-9])")
+
+
+def chosen_number(text: str) -> int | None:
+    """The number of a reply that is only a choice ("2", "#2", "option 2 please", "el 3")."""
+    words = _normalize_reply(text.replace("#", " ")).split()
+    while words and words[-1] in _PLEASANTRIES:
+        words.pop()
+    match = _CHOICE_RE.fullmatch(" ".join(words))
+    return int(match.group(1)) if match else None
 
 
 def _letter_then_more(text: str) -> bool:

@@ -32,10 +32,15 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
-from followup.errors import BookingError
 from followup.messaging import visits
 from followup.messaging.plan import display_phone
-from followup.messaging.policy import REPLY_KEY_PREFIX, ReplyIntent, is_keyword, reply_intents
+from followup.messaging.policy import (
+    REPLY_KEY_PREFIX,
+    ReplyIntent,
+    chosen_number,
+    is_keyword,
+    reply_intents,
+)
 from followup.messaging.red_flags import normalize
 from followup.messaging.render import RenderedSms, render_sms
 from followup.settings import Settings
@@ -163,6 +168,8 @@ def handle_inbound(
         tasks.append(_reschedule(ctx, reply_ids))
     if ReplyIntent.DECLINE in intents:
         tasks.append(_decline(ctx))
+    if ReplyIntent.CHOICE in intents:
+        tasks.append(_choose(ctx, reply_ids))
     if ReplyIntent.OTHER in intents:
         tasks.append(_task(ctx, REPLY_TASK, "replied with text the engine cannot act on: read it"))
     queries.audit(
@@ -363,40 +370,55 @@ def _decline(ctx: _Context) -> int | None:
 
 
 def _reschedule(ctx: _Context, reply_ids: list[int]) -> int | None:
-    """R / RESCHEDULE: the next fitting slot on another day in the visit's window, texted to the
-    patient with the new visit's reminders; when none fits, the booking engine's escalation
-    (the patient keeps the visit they have). A patient who cannot come at 10:00 cannot come
-    at 10:30 either: a slot the same day is not taken, a scheduler offers other days."""
+    """R / RESCHEDULE: slots on other days in the visit's window are held for the patient and
+    texted as numbered choices (reply 1, 2 or 3); the visit stays where it is until they
+    choose. When nothing fits, a scheduler offers another time."""
     appointment = ctx.appointment
     if appointment is None or appointment.id is None:
         return _task(ctx, RESCHEDULE_TASK, "asks to reschedule but has no upcoming visit on file")
-    old_day = appointment.start.astimezone(ctx.settings.site_zone).date()
-    savepoint = ctx.session.begin_nested()
-    try:
-        moved = visits.reschedule_visit(
-            session=ctx.session,
-            appointment_id=appointment.id,
-            reason=f"patient asked by SMS {ctx.sms.message_sid}",
-            settings=ctx.settings,
-            now=ctx.now,
-            actor=ACTOR,
-            answering=ctx.answering,
-        )
-    except BookingError:
-        savepoint.rollback()
-        return _task(ctx, RESCHEDULE_TASK, "asks to reschedule: offer another slot")
-    new = moved.result.appointment
-    if new is not None and new.start.astimezone(ctx.settings.site_zone).date() == old_day:
-        savepoint.rollback()
+    offered = visits.offer_reschedule_choices(
+        session=ctx.session,
+        appointment_id=appointment.id,
+        settings=ctx.settings,
+        now=ctx.now,
+        actor=ACTOR,
+        answering=ctx.answering,
+    )
+    if not offered.result:
         return _task(
             ctx,
             RESCHEDULE_TASK,
-            "asks to reschedule; the next free slot is the same day: offer another day",
+            "asks to reschedule; no free slot on another day in the visit's window: "
+            "offer another time",
         )
-    savepoint.commit()
-    if new is None:
-        return moved.result.escalation_id
-    assert moved.texts.notice is not None
+    assert offered.texts.notice is not None
+    reply_ids.append(offered.texts.notice)
+    return None
+
+
+def _choose(ctx: _Context, reply_ids: list[int]) -> int | None:
+    """1, 2 or 3: the visit moves to that held slot and the patient is told the new time.
+    A choice no longer open (the hold lapsed, or none was offered) moves nothing: a scheduler
+    calls."""
+    number = chosen_number(ctx.sms.body)
+    appointment = ctx.appointment
+    if number is None or appointment is None or appointment.id is None:
+        return _task(ctx, REPLY_TASK, "replied with a number, with no visit on file: read it")
+    moved = visits.take_reschedule_choice(
+        session=ctx.session,
+        appointment_id=appointment.id,
+        choice=number,
+        settings=ctx.settings,
+        now=ctx.now,
+        actor=ACTOR,
+        answering=ctx.answering,
+    )
+    if moved.texts.notice is None:
+        return _task(
+            ctx,
+            RESCHEDULE_TASK,
+            f"chose {number}, but no such time is held for the visit any more: offer another time",
+        )
     reply_ids.append(moved.texts.notice)
     return None
 

@@ -381,6 +381,11 @@ REPLY_TABLE = [
     ("Can I bring my husband?", ReplyIntent.OTHER),
     # Not the bare carrier keyword: the patient means the visit (a scheduler calls to cancel).
     ("cancel my appointment please", ReplyIntent.DECLINE),
+    # A number after R's choices ("reply 1, 2 or 3").
+    ("2", ReplyIntent.CHOICE),
+    ("#1", ReplyIntent.CHOICE),
+    ("option 3 please", ReplyIntent.CHOICE),
+    ("el 2 por favor", ReplyIntent.CHOICE),
     ("", ReplyIntent.OTHER),
 ]
 

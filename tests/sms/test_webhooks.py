@@ -698,9 +698,7 @@ def study_visit(world: World, patient: int) -> tuple[int, list[int]]:
         return visit, [slot.id or 0 for slot in free]
 
 
-def test_reschedule_never_moves_the_visit_to_later_the_same_day(
-    gateway: Gateway, world: World
-) -> None:
+def test_reschedule_never_offers_a_later_time_the_same_day(gateway: Gateway, world: World) -> None:
     patient = world.patient()
     visit, later_days = study_visit(world, patient)
     with session_scope(world.database_url) as session:  # the only free slot: 30 minutes on
@@ -720,17 +718,30 @@ def test_reschedule_never_moves_the_visit_to_later_the_same_day(
     gateway.text("R")
 
     assert world.get_appointment(visit).status == "booked"
-    assert len([a for a in world.escalations() if a.kind == RESCHEDULE_TASK]) == 1
-    assert "same day" in world.escalations()[-1].reason
+    [task] = world.escalations()
+    assert task.kind == RESCHEDULE_TASK and "no free slot on another day" in task.reason
     assert replies(world) == []
 
 
-def test_reschedule_moves_the_visit_to_the_next_slot_and_texts_the_new_time(
+def slot_states(world: World, slot_ids: list[int]) -> list[str]:
+    with session_scope(world.database_url) as session:
+        return [session.get_one(Slot, slot_id).status for slot_id in slot_ids]
+
+
+def test_reschedule_holds_choices_on_other_days_and_a_number_moves_the_visit_there(
     gateway: Gateway, world: World
 ) -> None:
     patient = world.patient()
-    visit, (next_slot, _) = study_visit(world, patient)
-    world.message(patient, appointment_id=visit, status="delivered", sent_at=NOW)
+    visit, (thursday, friday) = study_visit(world, patient)
+    with session_scope(world.database_url) as session:  # a later Thursday slot: not a choice
+        thursday_later = Slot(
+            provider_id=world.provider_id or 0,
+            start=session.get_one(Slot, thursday).start + timedelta(hours=2),
+            end=session.get_one(Slot, thursday).start + timedelta(hours=2, minutes=30),
+        )
+        session.add(thursday_later)
+        session.flush()
+        thursday_later_id = thursday_later.id or 0
     old_reminder = world.message(
         patient, appointment_id=visit, scheduled_for=NOW + timedelta(hours=18)
     )
@@ -739,24 +750,53 @@ def test_reschedule_moves_the_visit_to_the_next_slot_and_texts_the_new_time(
 
     gateway.text("R")
 
+    # Held for the patient, one a day, the visit's own day left out; the visit stays put.
+    assert slot_states(world, [thursday, friday, thursday_later_id]) == ["held", "held", "free"]
+    assert world.get_appointment(visit).status == "booked"
+    [choices] = [m for m in world.messages() if m.kind == "reschedule_choices"]
+    assert choices.body == (
+        "Riverside Health Clinic: To move your visit with Dr. Okafor, reply 1 for Thu Dec 10 at "
+        "10:00 AM, 2 for Fri Dec 11 at 10:00 AM. Held until Tue Dec 8 at 3:00 PM. Questions: "
+        "(555) 555-0100. Reply STOP to opt out."
+    )
+    assert (choices.appointment_id, choices.to_phone) == (visit, PHONE)
+
+    gateway.text("2", sid="SM" + "06" * 16)
+
     old = world.get_appointment(visit)
     assert old.status == "cancelled" and old.replaced_by_id is not None
     new = world.get_appointment(old.replaced_by_id)
-    assert (new.slot_id, new.status) == (next_slot, "booked")
-    [answer] = [m for m in world.messages() if m.idempotency_key.startswith("reply:")]
-    assert answer.kind == "reschedule" and "Thu Dec 10 at 10:00 AM" in answer.body
-    assert answer.appointment_id == new.id
+    assert (new.slot_id, new.status) == (friday, "booked")
+    assert slot_states(world, [thursday, friday]) == ["free", "booked"]
+    [answer] = [m for m in world.messages() if m.kind == "reschedule"]
+    assert "Fri Dec 11 at 10:00 AM" in answer.body and answer.appointment_id == new.id
     assert world.get(old_reminder).status == "cancelled"
-    # Wed Dec 9, 10:00 New York: the day-before reminder for the new visit.
-    assert [(m.kind, m.scheduled_for) for m in world.messages() if m.appointment_id == new.id] == [
-        ("reschedule", NOW),
-        ("reminder", datetime(2026, 12, 9, 15, tzinfo=UTC)),
-    ]
     # The old slot goes to the waitlist, offered by text.
     [offer_text] = [m for m in world.messages() if m.kind == "waitlist_offer"]
     assert (offer_text.patient_id, offer_text.status) == (waiting, "scheduled")
     assert "Wed Dec 9 at 10:00 AM" in offer_text.body
     assert world.escalations() == []
+
+
+def test_a_lapsed_hold_frees_its_slot_and_a_late_number_moves_nothing(
+    gateway: Gateway, world: World, clock: Clock
+) -> None:
+    patient = world.patient()
+    visit, free = study_visit(world, patient)
+    gateway.text("R")
+    assert slot_states(world, free) == ["held", "held"]
+
+    clock.now = NOW + timedelta(minutes=61)  # FOLLOWUP_RESCHEDULE_HOLD_MINUTES is 60
+    with session_scope(world.database_url) as session:
+        visits.release_lapsed_reschedule_holds(
+            session=session, settings=twilio_settings(""), now=clock.now, actor="test"
+        )
+    gateway.text("1", sid="SM" + "07" * 16)
+
+    assert slot_states(world, free) == ["free", "free"]
+    assert world.get_appointment(visit).status == "booked"
+    [task] = world.escalations()
+    assert task.kind == RESCHEDULE_TASK and "no such time is held" in task.reason
 
 
 # --- waitlist offers answered by text ----------------------------------------------------------
