@@ -1292,7 +1292,14 @@ def hold_reschedule_choices(
     on; numbered 1.. in time order. An earlier R's holds on the visit are released first.
     Empty when nothing fits: the patient keeps the visit they have."""
     previous = _appointment(session, appointment_id)
-    release_reschedule_holds(session=session, now=now, appointment_id=appointment_id, actor=actor)
+    # Free to be held again just below, not offered to the waitlist in between.
+    release_reschedule_holds(
+        session=session,
+        now=now,
+        appointment_id=appointment_id,
+        offer_to_waitlist=False,
+        actor=actor,
+    )
     if (
         previous.status not in ACTIVE_APPOINTMENT_STATUSES
         or previous.study_id is None
@@ -1439,6 +1446,7 @@ def release_reschedule_holds(
     now: datetime,
     appointment_id: int | None = None,
     expired_only: bool = False,
+    offer_to_waitlist: bool = True,
     actor: str = ACTOR,
 ) -> list[WaitlistOffer]:
     """Give held slots back (a visit's open holds, or every lapsed one when `appointment_id`
@@ -1455,7 +1463,8 @@ def release_reschedule_holds(
         hold.status = HoldStatus.EXPIRED if lapsed else HoldStatus.RELEASED
         hold.resolved_at = now
         session.add(hold)
-        if _move_slot(session, hold.slot_id, SlotStatus.HELD, SlotStatus.FREE):
+        freed = _move_slot(session, hold.slot_id, SlotStatus.HELD, SlotStatus.FREE)
+        if freed and offer_to_waitlist:
             offer = offer_freed_slot(session=session, slot_id=hold.slot_id, now=now, actor=actor)
             if offer is not None:
                 offers.append(offer)

@@ -31,6 +31,7 @@ from models.tables import (
     ImagingStudy,
     InboxMessage,
     OutboundStatus,
+    RescheduleHold,
     Slot,
     TwilioEvent,
     WaitlistOffer,
@@ -776,6 +777,27 @@ def test_reschedule_holds_choices_on_other_days_and_a_number_moves_the_visit_the
     assert (offer_text.patient_id, offer_text.status) == (waiting, "scheduled")
     assert "Wed Dec 9 at 10:00 AM" in offer_text.body
     assert world.escalations() == []
+
+
+def test_a_second_r_holds_the_same_times_again_without_offering_them_away(
+    gateway: Gateway, world: World
+) -> None:
+    patient = world.patient()
+    _, free = study_visit(world, patient)
+    world.waitlist(world.patient(phone="+15555550177"))
+
+    gateway.text("R")
+    gateway.text("R", sid="SM" + "08" * 16)
+
+    assert slot_states(world, free) == ["held", "held"]
+    first, second = [m.body for m in world.messages() if m.kind == "reschedule_choices"]
+    assert first == second
+    with session_scope(world.database_url) as session:
+        holds = session.exec(select(RescheduleHold).order_by(col(RescheduleHold.id))).all()
+        assert [(h.slot_id, h.status) for h in holds] == [
+            (free[0], "released"), (free[1], "released"), (free[0], "held"), (free[1], "held")
+        ]  # fmt: skip
+    assert [m for m in world.messages() if m.kind == "waitlist_offer"] == []
 
 
 def test_a_lapsed_hold_frees_its_slot_and_a_late_number_moves_nothing(
