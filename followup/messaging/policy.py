@@ -416,6 +416,12 @@ def reply_intents(text: str, *, opted_out: bool = False) -> list[ReplyIntent]:
 _CHOICE_RE = re.compile(r"(?:(?:option|opcion|number|numero|el|la) )?#? ?([1-9])")
 
 
+def declines_visit(text: str) -> bool:
+    """Whether a text says the patient will not come ("not coming", "cancel my appointment",
+    "no voy a ir"), beyond a bare no (which may answer the text rather than the visit)."""
+    return bool(_DECLINE_RE.search(_normalize_reply(text)))
+
+
 def chosen_number(text: str) -> int | None:
     """The number of a reply that is only a choice ("2", "#2", "option 2 please", "el 3")."""
     words = _normalize_reply(text.replace("#", " ")).split()

@@ -38,6 +38,7 @@ from followup.messaging.policy import (
     REPLY_KEY_PREFIX,
     ReplyIntent,
     chosen_number,
+    declines_visit,
     is_keyword,
     reply_intents,
 )
@@ -356,8 +357,8 @@ def _decline(ctx: _Context) -> int | None:
     (a no to a visit text may mean a no to the reminder, not to the visit)."""
     offer = _pending_offer(ctx)
     if offer is None or offer.id is None:
-        if ctx.appointment is None:
-            return _task(ctx, REPLY_TASK, "answered no, with no visit or offer open: read it")
+        if ctx.appointment is None or not declines_visit(ctx.sms.body):
+            return _task(ctx, REPLY_TASK, "answered no, with no waitlist offer open: read it")
         return _task(
             ctx,
             RESCHEDULE_TASK,

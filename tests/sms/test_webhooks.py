@@ -926,6 +926,18 @@ def test_no_without_an_open_offer_goes_to_a_scheduler(gateway: Gateway, world: W
     assert [e.kind for e in world.escalations()] == [REPLY_TASK]
 
 
+def test_not_coming_is_a_call_for_a_scheduler_and_the_visit_stays_booked(
+    gateway: Gateway, world: World
+) -> None:
+    visit = world.visit(world.patient(), NOW + timedelta(days=2))
+
+    gateway.text("I won't be coming, please cancel my appointment")
+
+    [task] = world.escalations()
+    assert task.kind == RESCHEDULE_TASK and "will not come" in task.reason
+    assert world.get_appointment(visit).status == "booked"
+
+
 def test_reschedule_without_a_visit_goes_to_a_scheduler(gateway: Gateway, world: World) -> None:
     world.patient()
 
