@@ -261,7 +261,7 @@ class ReplyIntent(StrEnum):
     HELP = "help"
     CONFIRM = "confirm"
     RESCHEDULE = "reschedule"
-    DECLINE = "decline"  # no to a waitlist offer (a person reads it when none is open)
+    DECLINE = "decline"  # no to a waitlist offer, or "not coming" (a scheduler calls)
     CHOICE = "choice"  # 1, 2 or 3: one of the slots offered after R
     WORSENING = "worsening"
     OTHER = "other"
@@ -346,7 +346,7 @@ _CONFIRM_RE = re.compile(
     r"|confirmo"
     r")\b"
 )
-_AFFIRMATIVE_WORDS = frozenset({"yep", "yup", "yeah", "ya", "sure", "claro", "confirmed"})
+_AFFIRMATIVE_WORDS = frozenset({"yep", "yup", "yeah", "sure", "claro", "confirmed"})
 # Asking to hear from the clinic again, in words: an opt-in like START.
 _RESUBSCRIBE_RE = re.compile(
     r"\b(?:"
@@ -398,7 +398,7 @@ def reply_intents(text: str, *, opted_out: bool = False) -> list[ReplyIntent]:
         or said in _AFFIRMATIVE_WORDS
         or (
             len(words) > 1
-            and first in (_CONFIRM_WORDS | _AFFIRMATIVE_WORDS) - {"c", "y", "ya"}
+            and first in (_CONFIRM_WORDS | _AFFIRMATIVE_WORDS) - {"c", "y"}
             # "si me pongo peor, a quien llamo?": "if", not "yes"
             and not (first == "si" and "?" in text)
         )
