@@ -34,9 +34,10 @@ _RESOLVED_RE = re.compile(
 )
 # Said before a flag in its clause, these suppose it rather than report it: "what do I do if
 # I get a fever", "si me pongo peor a quien llamo?". Spanish "si" is also "yes" ("si me duele
-# mas"), so it counts as "if" only after a question's words or in a text that asks.
+# mas"), so it counts as "if" only after a question's words or in a text that asks. Not "in
+# case": "texting in case it matters, my legs went numb" reports; a false alarm costs a call.
 _SUPPOSING_RE = re.compile(
-    r"\b(?:what if|in case|incase|en caso de|(?:que hago|a quien (?:llamo|le hablo)|y|solo) si)\b"
+    r"\b(?:what if|(?:que hago|a quien (?:llamo|le hablo)|y|solo) si)\b"
 )
 _SUPPOSING_IF_ASKED_RE = re.compile(
     r"(?:^| )si (?:me|te|se|le|empiezo|tengo|llego|no)\b"
