@@ -32,16 +32,21 @@ ACTOR = "flow:dispatch-reminders"
 
 @task(name="expire-waitlist-offers", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def expire_waitlist_offers() -> int:
-    """Expire what is past its deadline and enqueue the next offers' texts; how many texts.
+    """Expire what is past its deadline (waitlist offers, reschedule holds nobody chose) and
+    enqueue the texts of the offers that makes; how many texts.
 
     Synchronous: one short transaction, nothing else in the flow runs meanwhile.
     """
     settings = get_settings()
+    now = utcnow()
     with session_scope(settings.database_url) as session:
         expired = visits.expire_waitlist_offers(
-            session=session, settings=settings, now=utcnow(), actor=ACTOR
+            session=session, settings=settings, now=now, actor=ACTOR
         )
-        return len(expired.texts.offers)
+        released = visits.release_lapsed_reschedule_holds(
+            session=session, settings=settings, now=now, actor=ACTOR
+        )
+        return len(expired.texts.offers) + len(released.texts.offers)
 
 
 @task(name="send-due-sms", cache_policy=NO_CACHE)

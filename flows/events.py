@@ -1,4 +1,5 @@
-"""The `ris.scan.completed` event (design contract) that starts the scan-completed flow.
+"""The `ris.scan.completed` event (design contract) that starts the scan-completed flow, and
+`followup.escalation.opened`, which refreshes the schedulers' tables (daily-worklist).
 
 The event id is derived from the inbox row (uuid5), so the same row always yields the same
 event: when sweep-inbox re-emits for a row still unclaimed, Prefect's event deduplication
@@ -10,6 +11,7 @@ the event, is the durable record (Prefect holds accepted events in memory until 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID, uuid5
 
@@ -18,6 +20,9 @@ from prefect.events import emit_event
 from followup.services.intake import Receipt
 
 EVENT = "ris.scan.completed"
+# A patient's text opened or joined a task (prefect.yaml triggers daily-worklist on it, so the
+# schedulers' tables show a red flag at once, not at the next schedule).
+TASK_OPENED_EVENT = "followup.escalation.opened"
 # Fixed forever: changing it would let a re-emitted event start a second run.
 NAMESPACE = UUID("6f1c2a4e-3b7d-5e8f-9a0b-1c2d3e4f5a6b")
 
@@ -87,3 +92,24 @@ def emit_scan_completed(receipt: Receipt) -> None:
     assert receipt.accession is not None  # an accepted result always has its accession
     assert receipt.run_inbox_id is not None  # on_accepted is called when should_process
     emit_for_inbox(inbox_id=receipt.run_inbox_id, accession=receipt.accession)
+
+
+def emit_tasks_opened(task_ids: Sequence[int]) -> list[UUID]:
+    """The Twilio webhook's `on_tasks_opened` callback: one event per task a text opened or
+    joined (ids only: the event is visible in the Prefect UI); the ids of those emitted."""
+    emitted_ids: list[UUID] = []
+    for task_id in task_ids:
+        emitted = emit_event(
+            event=TASK_OPENED_EVENT,
+            resource={"prefect.resource.id": f"followup.escalation.{task_id}"},
+            payload={"escalation_id": task_id},
+        )
+        if emitted is None:
+            logger.warning(
+                "no event for escalation %d: Prefect API not configured; the worklist "
+                "refreshes on its schedule",
+                task_id,
+            )
+        else:
+            emitted_ids.append(emitted.id)
+    return emitted_ids

@@ -731,6 +731,12 @@ def templates_check() -> None:
                         SAMPLE_OFFER_DEADLINE, settings.site_zone, language
                     ),
                     "days_before": days,
+                    "choices": [
+                        format_visit_time(
+                            SAMPLE_VISIT + timedelta(days=offset), settings.site_zone, language
+                        )
+                        for offset in (1, 2, 3)
+                    ],
                 }
                 name = kind if days is None else f"{kind} ({days} d)"
                 source = folder / f"{kind}.j2"
@@ -789,7 +795,11 @@ def sms_dispatch(
 @sms_app.command("list")
 def sms_list(
     state: Annotated[
-        str | None, typer.Option(help="only messages in this state (scheduled, sent, failed, ...)")
+        str | None,
+        typer.Option(
+            help="only messages in this state (scheduled, sent, failed, ...); failed includes "
+            "undelivered (neither reached the patient)"
+        ),
     ] = None,
     appointment: Annotated[
         int | None, typer.Option(help="only messages about this appointment")
@@ -802,7 +812,7 @@ def sms_list(
     settings = get_settings()
     with session_scope(settings.database_url) as session:
         rows = messaging_queries.message_states(
-            session=session, status=state, appointment_id=appointment
+            session=session, statuses=_listed_states(state), appointment_id=appointment
         )
     zone = settings.site_zone
     table = Table(title=f"SMS outbox ({len(rows)} messages; due times in {zone.key})")
@@ -823,6 +833,18 @@ def sms_list(
     console = Console()
     console.width = max(console.width, 120)
     console.print(table)
+
+
+def _listed_states(state: str | None) -> set[str] | None:
+    """The outbox states `--state` lists: "failed" is every text that never reached the
+    patient (Twilio's failed and undelivered alike); any other state is itself."""
+    from models.tables import OutboundStatus
+
+    if state is None:
+        return None
+    if state == OutboundStatus.FAILED:
+        return {OutboundStatus.FAILED, OutboundStatus.UNDELIVERED}
+    return {state}
 
 
 # --- the schedulers' worklist and escalations -------------------------------------------------

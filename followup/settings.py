@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     reminder_days_before: list[int] = Field(
         default=[3, 1], validation_alias="FOLLOWUP_REMINDER_DAYS_BEFORE"
     )
+    # R: up to this many slots on other days are held for the patient, each for this long
+    # (long enough to read and answer a text, short enough not to keep them from others).
+    reschedule_choices: int = Field(
+        default=3, ge=1, le=3, validation_alias="FOLLOWUP_RESCHEDULE_CHOICES"
+    )
+    reschedule_hold_minutes: int = Field(
+        default=60, gt=0, validation_alias="FOLLOWUP_RESCHEDULE_HOLD_MINUTES"
+    )
     quiet_hours_start: int = Field(default=20, validation_alias="FOLLOWUP_QUIET_START_HOUR")
     quiet_hours_end: int = Field(default=8, validation_alias="FOLLOWUP_QUIET_END_HOUR")
     # A waitlisted patient has this long to answer an offer of a freed slot, counted from when

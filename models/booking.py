@@ -75,11 +75,14 @@ from models.tables import (
     Decision,
     Escalation,
     EscalationStatus,
+    HoldStatus,
+    ImagingStudy,
     OfferStatus,
     Patient,
     Provider,
     Referral,
     ReferralStatusChange,
+    RescheduleHold,
     SiteClosure,
     Slot,
     WaitlistEntry,
@@ -595,8 +598,12 @@ def book_slot(
         action="appointment.booked",
         entity="appointment",
         entity_id=appointment_id,
-        detail={"study_id": study_id, "slot_id": slot_id, "provider_id": slot.provider_id,
-                "step": "chosen by a person"},
+        detail={
+            "study_id": study_id,
+            "slot_id": slot_id,
+            "provider_id": slot.provider_id,
+            "step": "chosen by a person",
+        },
     )
     return appointment_id
 
@@ -1137,6 +1144,258 @@ def _in_blocked_time(session: Session, slot_id: int) -> bool:
         ).first()
         is not None
     )
+
+
+# --- rescheduling by the patient's choice -------------------------------------------------------
+
+
+def hold_reschedule_choices(
+    *,
+    session: Session,
+    appointment_id: int,
+    settings: Settings,
+    now: datetime,
+    inbound_sid: str,
+    count: int,
+    hold_for: timedelta,
+    actor: str = ACTOR,
+) -> list[RescheduleHold]:
+    """Hold the first free fitting slot of each of the next `count` days other than the
+    visit's own (a patient who cannot come at 10:00 cannot come at 10:30 either), searching
+    as booking does (ordering → covering provider → practice) in the visit's window from now
+    on; numbered 1.. in time order. An earlier R's holds on the visit are released first.
+    Empty when nothing fits: the patient keeps the visit they have."""
+    previous = _appointment(session, appointment_id)
+    # Free to be held again just below, not offered to the waitlist in between.
+    release_reschedule_holds(
+        session=session,
+        timing=settings.offer_timing,
+        now=now,
+        appointment_id=appointment_id,
+        offer_to_waitlist=False,
+        actor=actor,
+    )
+    if (
+        previous.status not in ACTIVE_APPOINTMENT_STATUSES
+        or previous.study_id is None
+        or previous.tier is None
+        or previous.window_start is None
+        or previous.window_end is None
+    ):
+        return []
+    study = session.get_one(ImagingStudy, previous.study_id)
+    patient = session.get_one(Patient, previous.patient_id)
+    ordering_id = study.ordering_provider_id or previous.provider_id
+    directory = {
+        row.id: row
+        for row in map(_ProviderRow._make, session.execute(_DIRECTORY, {"ordering": ordering_id}))
+    }
+    ordering = directory[ordering_id]
+    covering = directory.get(ordering.covering_provider_id or 0)
+    colleagues = [p for p in directory.values() if p.practice == ordering.practice]
+    window = BookingWindow(previous.window_start, previous.window_end, previous.tier)
+    window = window.starting_after(now)
+    closed_days = site_closed_days(
+        session=session, settings=settings, years=range(now.year, now.year + 2)
+    )
+    visit_provider = directory.get(previous.provider_id)
+    visit_zone = ZoneInfo(visit_provider.timezone if visit_provider else ordering.timezone)
+    days_used = {previous.start.astimezone(visit_zone).date()}
+    chosen: list[_FreeSlot] = []
+    for link in fallback_chain(ordering, covering=covering, practice=colleagues):
+        providers = [directory[pid] for pid in link.provider_ids]
+        zones = {p.id: ZoneInfo(p.timezone) for p in providers}
+        for slot in _fitting_free_slots(
+            session,
+            providers,
+            window=window,
+            closed_days=closed_days,
+            preferences=patient_preferences(patient),
+        ):
+            day = slot.start.astimezone(zones[slot.provider_id]).date()
+            if day in days_used:
+                continue
+            if not _move_slot(session, slot.id, SlotStatus.FREE, SlotStatus.HELD):
+                continue  # another booker took it meanwhile
+            days_used.add(day)
+            chosen.append(slot)
+            if len(chosen) == count:
+                break
+        if len(chosen) == count:
+            break
+    holds = [
+        RescheduleHold(
+            appointment_id=appointment_id,
+            slot_id=slot.id,
+            choice=number,
+            inbound_sid=inbound_sid,
+            held_at=now,
+            expires_at=now + hold_for,
+        )
+        for number, slot in enumerate(sorted(chosen, key=lambda s: (s.start, s.id)), start=1)
+    ]
+    session.add_all(holds)
+    session.flush()
+    audit(
+        session=session,
+        actor=actor,
+        action="reschedule.choices_held",
+        entity="appointment",
+        entity_id=appointment_id,
+        detail={"slots": [h.slot_id for h in holds], "expires_at": (now + hold_for).isoformat()},
+    )
+    return holds
+
+
+def book_held_choice(
+    *,
+    session: Session,
+    timing: OfferTiming,
+    appointment_id: int,
+    choice: int,
+    now: datetime,
+    actor: str = ACTOR,
+) -> int | None:
+    """Book the slot held for the patient under `choice` (after their R) as the visit's new
+    appointment; its id, or None when that choice is not open (never offered, already
+    answered, or lapsed: a lapsed hold is released here). The caller moves the visit onto it."""
+    holds = _open_holds(session, appointment_id)
+    chosen = next((hold for hold in holds if hold.choice == choice), None)
+    previous = _appointment(session, appointment_id)
+    if (
+        chosen is None
+        or chosen.expires_at <= now
+        or previous.status not in ACTIVE_APPOINTMENT_STATUSES
+    ):
+        # Lapsed holds go back now; a visit no longer active gives back every one.
+        release_reschedule_holds(
+            session=session,
+            timing=timing,
+            now=now,
+            appointment_id=appointment_id,
+            expired_only=previous.status in ACTIVE_APPOINTMENT_STATUSES,
+            actor=actor,
+        )
+        return None
+    if not _move_slot(session, chosen.slot_id, SlotStatus.HELD, SlotStatus.BOOKED):
+        raise BookingError(f"slot {chosen.slot_id} of reschedule hold {chosen.id} is not held")
+    assert previous.window_start is not None and previous.window_end is not None
+    assert previous.tier is not None
+    slot = session.get_one(Slot, chosen.slot_id)
+    window = BookingWindow(previous.window_start, previous.window_end, previous.tier)
+    new_id = _insert_appointment(
+        session, slot, patient_id=previous.patient_id, study_id=previous.study_id, window=window
+    )
+    chosen.status, chosen.resolved_at = HoldStatus.TAKEN, now
+    session.add(chosen)
+    audit(
+        session=session,
+        actor=actor,
+        action="appointment.booked",
+        entity="appointment",
+        entity_id=new_id,
+        detail={
+            "study_id": previous.study_id,
+            "slot_id": slot.id,
+            "step": "patient's choice",
+            "hold_id": chosen.id,
+        },
+    )
+    return new_id
+
+
+def release_reschedule_holds(
+    *,
+    session: Session,
+    timing: OfferTiming,
+    now: datetime,
+    appointment_id: int | None = None,
+    expired_only: bool = False,
+    offer_to_waitlist: bool = True,
+    actor: str = ACTOR,
+) -> list[WaitlistOffer]:
+    """Give held slots back (a visit's open holds, or every lapsed one when `appointment_id`
+    is None): each is free again and offered to the waitlist; the offers made (their texts
+    are the caller's)."""
+    query = select(RescheduleHold).where(RescheduleHold.status == HoldStatus.HELD)
+    if appointment_id is not None:
+        query = query.where(RescheduleHold.appointment_id == appointment_id)
+    if appointment_id is None or expired_only:
+        query = query.where(col(RescheduleHold.expires_at) <= now)
+    offers: list[WaitlistOffer] = []
+    for hold in session.exec(query.order_by(col(RescheduleHold.id))).all():
+        lapsed = hold.expires_at <= now
+        hold.status = HoldStatus.EXPIRED if lapsed else HoldStatus.RELEASED
+        hold.resolved_at = now
+        session.add(hold)
+        freed = _move_slot(session, hold.slot_id, SlotStatus.HELD, SlotStatus.FREE)
+        if freed and offer_to_waitlist:
+            offer = offer_freed_slot(
+                session=session, timing=timing, slot_id=hold.slot_id, now=now, actor=actor
+            )
+            if offer is not None:
+                offers.append(offer)
+        audit(
+            session=session,
+            actor=actor,
+            action=f"reschedule.hold_{hold.status}",
+            entity="appointment",
+            entity_id=hold.appointment_id,
+            detail={"hold_id": hold.id, "slot_id": hold.slot_id},
+        )
+    session.flush()
+    return offers
+
+
+def _open_holds(session: Session, appointment_id: int) -> list[RescheduleHold]:
+    return list(
+        session.exec(
+            select(RescheduleHold)
+            .where(
+                RescheduleHold.appointment_id == appointment_id,
+                RescheduleHold.status == HoldStatus.HELD,
+            )
+            .order_by(col(RescheduleHold.choice))
+        ).all()
+    )
+
+
+def _fitting_free_slots(
+    session: Session,
+    providers: Sequence[_ProviderRow],
+    *,
+    window: BookingWindow,
+    closed_days: frozenset[date],
+    preferences: Preferences,
+) -> Iterable[_FreeSlot]:
+    """The providers' free slots that fit the window, earliest first, read page by page."""
+    zones = {p.id: ZoneInfo(p.timezone) for p in providers}
+    params = {
+        "providers": list(zones),
+        "earliest": window.earliest,
+        "latest": window.latest,
+        "after_start": window.earliest,
+        "after_id": 0,
+    }
+    while True:
+        page = list(map(_FreeSlot._make, session.execute(_FREE_PAGE, params)))
+        yield from sorted(
+            (
+                slot
+                for provider_id, zone in zones.items()
+                for slot in fitting_slots(
+                    [s for s in page if s.provider_id == provider_id],
+                    window,
+                    zone=zone,
+                    closed_days=closed_days,
+                    preferences=preferences,
+                )
+            ),
+            key=lambda slot: (slot.start, slot.id),
+        )
+        if len(page) < PAGE_SIZE:
+            return
+        params |= {"after_start": page[-1].start, "after_id": page[-1].id}
 
 
 def _appointment(session: Session, appointment_id: int) -> Appointment:

@@ -548,9 +548,12 @@ class MessageState(NamedTuple):
 
 
 def message_states(
-    *, session: Session, status: str | None = None, appointment_id: int | None = None
+    *,
+    session: Session,
+    statuses: Collection[str] | None = None,
+    appointment_id: int | None = None,
 ) -> list[MessageState]:
-    """Outbox rows in due order, optionally only those in `status` or about one appointment."""
+    """Outbox rows in due order, optionally only those in `statuses` or about one appointment."""
     query = sa_select(
         col(OutboundMessage.id),
         col(OutboundMessage.appointment_id),
@@ -561,8 +564,8 @@ def message_states(
         col(OutboundMessage.error_code),
         col(OutboundMessage.twilio_sid),
     ).order_by(col(OutboundMessage.scheduled_for), col(OutboundMessage.id))
-    if status is not None:
-        query = query.where(col(OutboundMessage.status) == status)
+    if statuses is not None:
+        query = query.where(col(OutboundMessage.status).in_(list(statuses)))
     if appointment_id is not None:
         query = query.where(col(OutboundMessage.appointment_id) == appointment_id)
     return [MessageState(*row) for row in session.execute(query)]

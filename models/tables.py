@@ -436,6 +436,40 @@ class WaitlistOffer(SQLModel, table=True):
     appointment_id: int | None = Field(default=None, foreign_key="appointment.id")
 
 
+class HoldStatus(StrEnum):
+    HELD = "held"  # on offer to the patient who asked to reschedule
+    TAKEN = "taken"  # the patient chose it: the visit moved there
+    RELEASED = "released"  # the patient chose another, or the visit changed
+    EXPIRED = "expired"  # nobody answered in time
+
+
+class RescheduleHold(SQLModel, table=True):
+    """A free slot on another day held for a patient who replied R, offered as a numbered
+    choice ("reply 1, 2 or 3") until they answer or the hold lapses."""
+
+    __tablename__ = "reschedule_hold"
+    __table_args__ = (
+        # A slot is held for one patient at a time.
+        Index(
+            "uq_reschedule_hold_held_slot",
+            "slot_id",
+            unique=True,
+            sqlite_where=text("status = 'held'"),
+            postgresql_where=text("status = 'held'"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    appointment_id: int = Field(foreign_key="appointment.id", index=True)  # the visit to move
+    slot_id: int = Field(foreign_key="slot.id", index=True)
+    choice: int  # the number the patient replies with
+    status: str = Field(default=HoldStatus.HELD, max_length=16, index=True)
+    inbound_sid: str = Field(max_length=64)  # the patient's R
+    held_at: datetime = _created_at()
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    resolved_at: datetime | None = _utc_column()
+
+
 class OutboundStatus(StrEnum):
     SCHEDULED = "scheduled"
     QUEUED = "queued"

@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ from followup.gateway import OnAccepted
 from followup.gateway.http import create_app
 from followup.gateway.mllp import MLLPListener
 from followup.gateway.twilio_webhooks import twilio_router
+from followup.messaging.sender import SmsSender, build_sender
 from followup.settings import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
@@ -343,11 +345,28 @@ def _pool_of(spec: dict[str, Any]) -> str | None:
     return (spec.get("work_pool") or {}).get("name")
 
 
-def gateway_app(settings: Settings, *, on_accepted: OnAccepted) -> FastAPI:
-    """The HTTP gateway of the design contract: FHIR, health, and Twilio's webhooks."""
+def gateway_app(
+    settings: Settings,
+    *,
+    on_accepted: OnAccepted,
+    sms_sender: SmsSender | None = None,
+    on_tasks_opened: Callable[[Sequence[int]], object] | None = None,
+) -> FastAPI:
+    """The HTTP gateway of the design contract: FHIR, health, and Twilio's webhooks.
+
+    With `sms_sender`, answers to patients' texts (keyword acknowledgements, the answers to C
+    and R) are sent as soon as the webhook is answered; without one they wait in the outbox for
+    the next dispatch-reminders run (up to a minute). `on_tasks_opened` hears of the tasks a
+    text opened or joined (`followup serve` emits the event that refreshes the worklist)."""
     app = create_app(settings, on_accepted=on_accepted)
-    # No sender: answers to patients go through the outbox, sent by dispatch-reminders.
-    app.include_router(twilio_router(settings, database_url=settings.database_url))
+    app.include_router(
+        twilio_router(
+            settings,
+            database_url=settings.database_url,
+            sender=sms_sender,
+            on_tasks_opened=on_tasks_opened,
+        )
+    )
     return app
 
 
@@ -359,9 +378,20 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-def _http_server(settings: Settings, on_accepted: OnAccepted) -> uvicorn.Server:
+def _http_server(
+    settings: Settings,
+    on_accepted: OnAccepted,
+    on_tasks_opened: Callable[[Sequence[int]], object],
+) -> uvicorn.Server:
     config = uvicorn.Config(
-        gateway_app(settings, on_accepted=on_accepted),
+        gateway_app(
+            settings,
+            on_accepted=on_accepted,
+            # The sender dispatch-reminders uses (Twilio, or the dry-run outbox while
+            # unconfigured), built when the server starts, never at import.
+            sms_sender=build_sender(settings),
+            on_tasks_opened=on_tasks_opened,
+        ),
         host=settings.http_host,
         port=settings.http_port,
         log_level="info",
@@ -388,11 +418,11 @@ async def _wind_down(tasks: list[asyncio.Task[object]]) -> None:
 
 
 async def _serve_gateway(settings: Settings, api_url: str) -> None:
-    from flows.events import emit_scan_completed
+    from flows.events import emit_scan_completed, emit_tasks_opened
 
     stop = _stop_on_signals()
     listener = MLLPListener(settings, on_accepted=emit_scan_completed)
-    http = _http_server(settings, emit_scan_completed)
+    http = _http_server(settings, emit_scan_completed, emit_tasks_opened)
     tasks: list[asyncio.Task[object]] = []
     try:
         await listener.start()
@@ -423,13 +453,13 @@ async def _serve(settings: Settings, prefect_yaml: Path, warm_worker: Supervised
     from prefect import get_client
     from prefect.runner import Runner
 
-    from flows.events import emit_scan_completed
+    from flows.events import emit_scan_completed, emit_tasks_opened
     from followup.warm_worker import WARM_POOL, ensure_pool
 
     deployments = await served_deployments(prefect_yaml)
     stop = _stop_on_signals()
     listener = MLLPListener(settings, on_accepted=emit_scan_completed)
-    http = _http_server(settings, emit_scan_completed)
+    http = _http_server(settings, emit_scan_completed, emit_tasks_opened)
     # Schedules are not paused on shutdown: the server may already be gone (Ctrl-C), and a
     # restart re-applies the deployments anyway.
     runner = Runner(query_seconds=RUNNER_POLL_SECONDS, pause_on_shutdown=False)

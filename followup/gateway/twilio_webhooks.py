@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import parse_qsl
@@ -78,9 +78,12 @@ def twilio_router(
     *,
     database_url: str,
     sender: SmsSender | None = None,
+    on_tasks_opened: Callable[[Sequence[int]], object] | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> APIRouter:
-    """The webhook routes; `sender` (optional) sends answers to patients at once."""
+    """The webhook routes; `sender` (optional) sends answers to patients at once, and
+    `on_tasks_opened` (optional) hears of every task a text opened or joined once it is
+    committed (the schedulers' tables are refreshed on it)."""
     router = APIRouter(prefix="/twilio", tags=["twilio"])
     callbacks = DispatchPolicy.from_settings(settings)
     token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
@@ -149,12 +152,14 @@ def twilio_router(
             body=params.get("Body", ""),
             carrier_handled=(params.get("OptOutType") or "").upper() or None,
         )
-        reply_ids, instant = await asyncio.to_thread(
+        recorded = await asyncio.to_thread(
             _record_inbound, database_url, settings, params, sms, now=clock()
         )
-        if dispatcher is not None and reply_ids:
-            background.add_task(dispatcher.run, ids=reply_ids)
-        return Response(_twiml(instant, callbacks), media_type="text/xml")
+        if on_tasks_opened is not None and recorded.task_ids:
+            on_tasks_opened(recorded.task_ids)
+        if dispatcher is not None and recorded.reply_ids:
+            background.add_task(dispatcher.run, ids=recorded.reply_ids)
+        return Response(_twiml(recorded.instant, callbacks), media_type="text/xml")
 
     return router
 
@@ -238,9 +243,16 @@ def _twiml(answers: list[InstantAnswer], callbacks: DispatchPolicy) -> str:
     return str(response.to_xml(xml_declaration=True))
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedInbound:
+    reply_ids: list[int]  # answers in the outbox, to send now
+    instant: list[InstantAnswer]  # answers in the TwiML response
+    task_ids: list[int]  # tasks the text opened or joined
+
+
 def _record_inbound(
     database_url: str, settings: Settings, params: dict[str, str], sms: InboundSms, *, now: datetime
-) -> tuple[list[int], list[InstantAnswer]]:
+) -> RecordedInbound:
     with session_scope(database_url) as session:
         event = mq.record_twilio_event(
             session=session,
@@ -253,11 +265,17 @@ def _record_inbound(
         )
         if event is None:
             logger.info("inbound SMS %s already handled", sms.message_sid)
-            return [], list(repeated_answers(session=session, sms=sms, settings=settings))
+            return RecordedInbound(
+                [], list(repeated_answers(session=session, sms=sms, settings=settings)), []
+            )
         outcome = handle_inbound(
             session=session, sms=sms, settings=settings, now=now, event_id=event.id
         )
         event.patient_id = outcome.patient_id
         event.intents = [str(intent) for intent in outcome.intents]
         session.add(event)
-        return list(outcome.reply_message_ids), list(outcome.instant_answers)
+        return RecordedInbound(
+            list(outcome.reply_message_ids),
+            list(outcome.instant_answers),
+            list(outcome.task_ids),
+        )

@@ -73,10 +73,12 @@ def move_appointment(
     window: BookingWindow | None = None,
     first_provider_id: int | None = None,
     answering: visits.Answering | None = None,
+    held_choice: int | None = None,
 ) -> Move:
     """Move the visit to the first fitting slot starting after `after`, in `window` (default:
     the window it was booked in), trying `first_provider_id` first (default: the study's
-    ordering provider, else the visit's own). Raises BookingError for a visit not active."""
+    ordering provider, else the visit's own); or, with `held_choice`, to the slot held for the
+    patient under that number after their R. Raises BookingError for a visit not active."""
     previous = session.get(Appointment, appointment_id)
     if previous is None:
         raise LookupError(f"appointment {appointment_id} does not exist")
@@ -86,6 +88,30 @@ def move_appointment(
     if window is None:
         why = "it has no booking window on file"
         return _not_moved(session, previous, reason, why, policy, settings, window=None)
+    if held_choice is not None:
+        new_id = booking.book_held_choice(
+            session=session,
+            timing=settings.offer_timing,
+            appointment_id=appointment_id,
+            choice=held_choice,
+            now=now,
+            actor=actor,
+        )
+        if new_id is None:
+            why = f"no time is held under {held_choice} for the visit any more"
+            return _not_moved(session, previous, reason, why, policy, settings, window=window)
+        return _moved(
+            session,
+            previous,
+            new_id,
+            "the patient's choice",
+            reason,
+            settings,
+            now,
+            actor,
+            window=window,
+            answering=answering,
+        )
     study = session.get(ImagingStudy, previous.study_id) if previous.study_id else None
     patient = session.get_one(Patient, previous.patient_id)
     result = booking.book_with_fallback(
@@ -105,7 +131,37 @@ def move_appointment(
     if result.booked is None:
         why = result.reason or f"the {window.tier} window has passed"
         return _not_moved(session, previous, reason, why, policy, settings, window=window)
-    new_id = result.booked.appointment_id
+    return _moved(
+        session,
+        previous,
+        result.booked.appointment_id,
+        result.reason,
+        reason,
+        settings,
+        now,
+        actor,
+        window=window,
+        answering=answering,
+    )
+
+
+def _moved(
+    session: Session,
+    previous: Appointment,
+    new_id: int,
+    booked_how: str,
+    reason: str,
+    settings: Settings,
+    now: datetime,
+    actor: str,
+    *,
+    window: BookingWindow,
+    answering: visits.Answering | None,
+) -> Move:
+    """The new visit is booked: link and cancel the old one, release the patient's other held
+    times, tell the patient and the EHR, and offer the freed slots to the waitlist."""
+    assert previous.id is not None
+    appointment_id = previous.id
     # Asked before the old visit's texts are cancelled: a patient never told of the old time
     # gets the new one's confirmation, not a notice about a visit they never heard of.
     told = queries.patient_told_of(session=session, appointment_id=appointment_id)
@@ -119,6 +175,15 @@ def move_appointment(
         now=now,
         actor=actor,
     )
+    # After the old slot went to the waitlist: times held for the patient's R and not chosen
+    # are free again (and offered on).
+    released = booking.release_reschedule_holds(
+        session=session,
+        timing=settings.offer_timing,
+        now=now,
+        appointment_id=appointment_id,
+        actor=actor,
+    )
     texts = visits.plan_visit_texts(
         session=session,
         appointment_id=new_id,
@@ -128,7 +193,7 @@ def move_appointment(
         answering=answering,
     )
     offers = visits.enqueue_offer_texts(
-        session=session, offers=[cancelled.offer], settings=settings, now=now
+        session=session, offers=[cancelled.offer, *released], settings=settings, now=now
     )
     moved = session.get_one(Appointment, new_id)
     ehr_outbox.record_visit_change(session=session, appointment=moved, change=VisitChange.MOVED)
@@ -143,7 +208,7 @@ def move_appointment(
             "from_tier": previous.tier,
             "tier": window.tier,
             "reason": reason,
-            "booking": result.reason,
+            "booking": booked_how,
         },
     )
     return Move(
@@ -151,7 +216,7 @@ def move_appointment(
         appointment=moved,
         offer=cancelled.offer,
         task_id=None,
-        reason=result.reason,
+        reason=booked_how,
         texts=visits.Texts(notice=texts.notice, reminders=texts.reminders, offers=offers),
     )
 

@@ -14,6 +14,12 @@ like a critical finding), its first notice due at once; every text is shown with
 (`TwilioEvent.escalation_id`), and a later text on an open task makes the next notice due at
 once instead of being swallowed.
 
+An opt-out in the patient's own words ("stop texting me", "ya no quiero mensajes", "wrong
+number") is an opt-out like STOP (DOMAIN.md §6: revocation by any reasonable means): the number
+is suppressed (source "free_text"), queued texts are cancelled, every visit still ahead becomes
+a scheduler task, and the opt-out confirmation is sent once. A text that is also a red flag
+still gets the call-now advice in the webhook's response.
+
 Where Twilio's Advanced Opt-Out already answered a keyword (the webhook's `OptOutType`), the
 engine records the opt-out or opt-in but does not answer a second time.
 """
@@ -22,12 +28,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
 from followup.core.messaging.plan import display_phone
-from followup.core.messaging.policy import REPLY_KEY_PREFIX, ReplyIntent, is_keyword, reply_intents
+from followup.core.messaging.policy import (
+    REPLY_KEY_PREFIX,
+    ReplyIntent,
+    chosen_number,
+    declines_visit,
+    is_keyword,
+    reply_intents,
+)
 from followup.core.messaging.red_flags import normalize
 from followup.core.messaging.render import RenderedSms, render_sms
 from followup.services import moves, visits
@@ -156,6 +169,8 @@ def handle_inbound(
         tasks.append(_reschedule(ctx, reply_ids))
     if ReplyIntent.DECLINE in intents:
         tasks.append(_decline(ctx))
+    if ReplyIntent.CHOICE in intents:
+        tasks.append(_choose(ctx, reply_ids))
     if ReplyIntent.OTHER in intents:
         tasks.append(_task(ctx, REPLY_TASK, "replied with text the engine cannot act on: read it"))
     queries.audit(
@@ -336,12 +351,19 @@ def _pending_offer(ctx: _Context) -> WaitlistOffer | None:
 
 
 def _decline(ctx: _Context) -> int | None:
-    """N / NO: a pending waitlist offer is declined (the patient waits on; the slot is offered
-    to the next patient by text). With none open a person reads it: a no to a visit text may
-    mean the patient cannot come."""
+    """N / NO / "not coming" / "cancel my appointment": a pending waitlist offer is declined
+    (the patient waits on; the slot is offered to the next patient by text). With none open,
+    the visit is not cancelled by a text: a scheduler calls to cancel it or find another time
+    (a no to a visit text may mean a no to the reminder, not to the visit)."""
     offer = _pending_offer(ctx)
     if offer is None or offer.id is None:
-        return _task(ctx, REPLY_TASK, "answered no, with no waitlist offer open: read it")
+        if ctx.appointment is None or not declines_visit(ctx.sms.body):
+            return _task(ctx, REPLY_TASK, "answered no, with no waitlist offer open: read it")
+        return _task(
+            ctx,
+            RESCHEDULE_TASK,
+            "says they will not come to the visit: call to cancel it or find another time",
+        )
     visits.decline_waitlist_offer(
         session=ctx.session, offer_id=offer.id, settings=ctx.settings, now=ctx.now, actor=ACTOR
     )
@@ -349,37 +371,59 @@ def _decline(ctx: _Context) -> int | None:
 
 
 def _reschedule(ctx: _Context, reply_ids: list[int]) -> int | None:
-    """R / RESCHEDULE: the first fitting slot on a later day in the visit's window, texted to
-    the patient with the new visit's reminders; when none fits the patient keeps the visit and
-    a scheduler offers other days. A patient who cannot come at 10:00 cannot come at 10:30
-    either, so the search starts the next day."""
+    """R / RESCHEDULE: slots on other days in the visit's window are held for the patient and
+    texted as numbered choices (reply 1, 2 or 3); the visit stays where it is until they
+    choose. When nothing fits, a scheduler offers another time."""
     appointment = ctx.appointment
     if appointment is None or appointment.id is None:
         return _task(ctx, RESCHEDULE_TASK, "asks to reschedule but has no upcoming visit on file")
-    zone = ctx.settings.site_zone
-    next_day = datetime.combine(
-        appointment.start.astimezone(zone).date() + timedelta(days=1), time.min, tzinfo=zone
-    )
-    move = moves.move_appointment(
+    offered = visits.offer_reschedule_choices(
         session=ctx.session,
         appointment_id=appointment.id,
-        reason=f"patient asked by SMS {ctx.sms.message_sid}",
+        settings=ctx.settings,
+        now=ctx.now,
+        actor=ACTOR,
+        answering=ctx.answering,
+    )
+    if not offered.result:
+        return _task(
+            ctx,
+            RESCHEDULE_TASK,
+            "asks to reschedule; no free slot on another day in the visit's window: "
+            "offer another time",
+        )
+    assert offered.texts.notice is not None
+    reply_ids.append(offered.texts.notice)
+    return None
+
+
+def _choose(ctx: _Context, reply_ids: list[int]) -> int | None:
+    """1, 2 or 3: the visit moves to that held slot and the patient is told the new time.
+    A choice no longer open (the hold lapsed, or none was offered) moves nothing: a scheduler
+    calls."""
+    number = chosen_number(ctx.sms.body)
+    appointment = ctx.appointment
+    if number is None or appointment is None or appointment.id is None:
+        return _task(ctx, REPLY_TASK, "replied with a number, with no visit on file: read it")
+    moved = moves.move_appointment(
+        session=ctx.session,
+        appointment_id=appointment.id,
+        reason=f"patient chose {number} by SMS {ctx.sms.message_sid}",
         policy=moves.NothingFits.OFFER,
         settings=ctx.settings,
         now=ctx.now,
         actor=ACTOR,
-        after=max(next_day - timedelta(seconds=1), ctx.now),
+        after=ctx.now,
         answering=ctx.answering,
+        held_choice=number,
     )
-    if move.appointment is None:
+    if moved.texts.notice is None:
         return _task(
             ctx,
             RESCHEDULE_TASK,
-            f"asks to reschedule; nothing fits after the visit's day ({move.reason}): "
-            "offer other days",
+            f"chose {number}, but no such time is held for the visit any more: offer another time",
         )
-    assert move.texts.notice is not None
-    reply_ids.append(move.texts.notice)
+    reply_ids.append(moved.texts.notice)
     return None
 
 

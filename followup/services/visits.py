@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -24,6 +24,7 @@ from followup.core.messaging.plan import (
     VisitDetails,
     plan_booking_messages,
     plan_offer_message,
+    plan_reschedule_choices,
     plan_visit_notice,
 )
 from followup.core.messaging.policy import REPLY_KEY_PREFIX, next_allowed_send_time
@@ -35,6 +36,7 @@ from models.tables import (
     Appointment,
     Patient,
     Provider,
+    RescheduleHold,
     Slot,
     WaitlistEntry,
     WaitlistOffer,
@@ -225,6 +227,74 @@ def cancel_visit(
         notice = stored.id
     offers = enqueue_offer_texts(session=session, offers=[result.offer], settings=settings, now=now)
     return Changed(result, Texts(notice=notice, offers=offers))
+
+
+def offer_reschedule_choices(
+    *,
+    session: Session,
+    appointment_id: int,
+    settings: Settings,
+    now: datetime,
+    actor: str,
+    answering: Answering,
+) -> Changed[list[RescheduleHold]]:
+    """R: hold up to `reschedule_choices` slots on other days for the patient, for
+    `reschedule_hold_minutes`, and text them as numbered choices (the answer to their R, sent
+    at once). No holds and no text when nothing fits: the caller opens a scheduler task.
+
+    The one call that searches and holds: a visit-move service can stand behind it."""
+    holds = booking.hold_reschedule_choices(
+        session=session,
+        appointment_id=appointment_id,
+        settings=settings,
+        now=now,
+        inbound_sid=answering.message_sid,
+        count=settings.reschedule_choices,
+        hold_for=timedelta(minutes=settings.reschedule_hold_minutes),
+        actor=actor,
+    )
+    if not holds:
+        return Changed(holds, Texts())
+    appointment, patient, provider = _visit(session, appointment_id)
+    planned = plan_reschedule_choices(
+        _details(appointment.start, provider, settings),
+        choices=[session.get_one(Slot, hold.slot_id).start for hold in holds],
+        expires_at=holds[0].expires_at,
+        language=patient.language,
+        zone=_zone(patient),
+        site_zone=settings.site_zone,
+        send_at=now,
+        templates_dir=settings.templates_dir,
+    )
+    [stored] = queries.enqueue_messages(
+        session=session,
+        messages=[
+            queries.outbox_row(
+                planned,
+                key=f"{REPLY_KEY_PREFIX}{answering.message_sid}:reschedule_choices",
+                patient_id=appointment.patient_id,
+                appointment_id=appointment_id,
+                to_phone=answering.phone,
+            )
+        ],
+    )
+    return Changed(holds, Texts(notice=stored.id))
+
+
+def release_lapsed_reschedule_holds(
+    *, session: Session, settings: Settings, now: datetime, actor: str
+) -> Changed[None]:
+    """Give back every held slot nobody chose in time (each free again, offered to the
+    waitlist by text); the patients keep the visits they have."""
+    offers = booking.release_reschedule_holds(
+        session=session, timing=settings.offer_timing, now=now, actor=actor
+    )
+    return Changed(
+        None,
+        Texts(
+            offers=enqueue_offer_texts(session=session, offers=offers, settings=settings, now=now)
+        ),
+    )
 
 
 def accept_waitlist_offer(

@@ -20,6 +20,8 @@ from prefect.events.actions import RunDeployment
 from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.settings import PREFECT_API_URL
 
+from flows.events import TASK_OPENED_EVENT
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENTS: list[dict[str, Any]] = yaml.safe_load((ROOT / "prefect.yaml").read_text())[
     "deployments"
@@ -51,6 +53,14 @@ def test_entrypoint_loads_and_parameters_match_the_signature(
             p.annotation is not inspect.Parameter.empty for p in signature.parameters.values()
         )
         assert "parameters" not in deployment
+
+
+def test_daily_worklist_is_triggered_when_a_text_opens_a_task() -> None:
+    [deployment] = [d for d in DEPLOYMENTS if d["name"] == "daily-worklist"]
+    [trigger] = deployment["triggers"]
+
+    assert trigger["expect"] == [TASK_OPENED_EVENT]
+    assert trigger["match"] == {"prefect.resource.id": "followup.escalation.*"}
 
 
 def test_scan_completed_is_triggered_by_the_contract_event() -> None:

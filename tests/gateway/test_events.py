@@ -15,7 +15,7 @@ from prefect.events import emit_event
 from prefect.events.filters import EventFilter, EventIDFilter
 from sqlmodel import select
 
-from flows.events import EVENT, emit_for_inbox, event_id
+from flows.events import EVENT, TASK_OPENED_EVENT, emit_for_inbox, emit_tasks_opened, event_id
 from flows.sweep_inbox import sweep_inbox
 from followup.ris import hl7v2
 from followup.services import intake
@@ -84,6 +84,20 @@ def test_emitted_event_reaches_prefect(prefect_api: None) -> None:
     assert event.event == EVENT
     assert event.resource.id == "ris.study.ACC-EVENT-1"
     assert event.payload == {"inbox_id": 900001, "accession": "ACC-EVENT-1"}
+
+
+@pytest.mark.prefect
+def test_a_task_opened_by_a_text_reaches_prefect_as_the_worklist_s_trigger(
+    prefect_api: None,
+) -> None:
+    [emitted] = emit_tasks_opened([900002])
+
+    [event] = stored_events([emitted], expected=1)
+
+    # What prefect.yaml's daily-worklist trigger matches and expects.
+    assert event.event == TASK_OPENED_EVENT
+    assert event.resource.id == "followup.escalation.900002"
+    assert event.payload == {"escalation_id": 900002}
 
 
 @pytest.mark.prefect

@@ -378,8 +378,13 @@ REPLY_TABLE = [
     ("Thanks!", ReplyIntent.OTHER),
     ("Who is this?", ReplyIntent.OTHER),
     ("Can I bring my husband?", ReplyIntent.OTHER),
-    # Not the bare carrier keyword: the patient means the visit, a scheduler should read it.
-    ("cancel my appointment please", ReplyIntent.OTHER),
+    # Not the bare carrier keyword: the patient means the visit (a scheduler calls to cancel).
+    ("cancel my appointment please", ReplyIntent.DECLINE),
+    # A number after R's choices ("reply 1, 2 or 3").
+    ("2", ReplyIntent.CHOICE),
+    ("#1", ReplyIntent.CHOICE),
+    ("option 3 please", ReplyIntent.CHOICE),
+    ("el 2 por favor", ReplyIntent.CHOICE),
     ("", ReplyIntent.OTHER),
 ]
 
@@ -405,4 +410,4 @@ def test_worsening_is_never_lost_behind_an_opt_out() -> None:
 
 
 def test_reply_intents_lists_only_other_when_nothing_matched() -> None:
-    assert reply_intents("see you tuesday") == [ReplyIntent.OTHER]
+    assert reply_intents("what is the address") == [ReplyIntent.OTHER]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -38,6 +38,10 @@ def sample_context(language: str, **extra: object) -> dict[str, object]:
         "visit_time": format_visit_time(VISIT, NEW_YORK, language),
         "offer_expires": format_visit_time(OFFER_ENDS, NEW_YORK, language),
         "days_before": 3,
+        "choices": [
+            format_visit_time(VISIT + timedelta(days=days), NEW_YORK, language)
+            for days in (1, 2, 3)
+        ],
         **extra,
     }
 
@@ -84,6 +88,13 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
         "Riverside Clinic: Dr. Okafor can see you Tue Dec 8 at 9:30 AM. "
         "Reply C by Mon Dec 7 at 5:00 PM to book. Call 555-555-0100. Reply STOP to opt out.",
         1,
+    ),
+    (
+        "en", "reschedule_choices", 3,
+        "Riverside Clinic: To move your visit with Dr. Okafor, reply 1 for Wed Dec 9 at 9:30 AM, "
+        "2 for Thu Dec 10 at 9:30 AM, 3 for Fri Dec 11 at 9:30 AM. Held until Mon Dec 7 at "
+        "5:00 PM. Questions: 555-555-0100. Reply STOP to opt out.",
+        2,
     ),
     (
         "en", "help", 3,
@@ -165,6 +176,14 @@ GOLDEN: list[tuple[str, str, int, str, int]] = [
         "Preguntas: 555-555-0100. "
         "Responda STOP para darse de baja.",
         2,
+    ),
+    (
+        "es", "reschedule_choices", 3,
+        "Riverside Clinic: Para cambiar su cita con el Dr. Okafor, responda 1 para el miércoles "
+        "9 de diciembre a las 9:30, 2 para el jueves 10 de diciembre a las 9:30, 3 para el "
+        "viernes 11 de diciembre a las 9:30. Se guardan hasta el lunes 7 de diciembre a las "
+        "17:00. Preguntas: 555-555-0100. Responda STOP para darse de baja.",
+        3,
     ),
     (
         "es", "help", 3,

@@ -79,6 +79,7 @@ def test_sms_list_shows_every_messages_state_without_numbers_or_names(world: Wor
     every = followup("sms", "list", env=env)
     of_visit = followup("sms", "list", "--appointment", str(visit), env=env)
     undelivered = followup("sms", "list", "--state", "undelivered", env=env)
+    failed = followup("sms", "list", "--state", "failed", env=env)
 
     assert every.returncode == 0, every.stderr
     rows = _table_rows(every.stdout)
@@ -91,6 +92,8 @@ def test_sms_list_shows_every_messages_state_without_numbers_or_names(world: Wor
     assert rows[1][:3] == [str(answer), "-", "help"]
     assert [row[0] for row in _table_rows(of_visit.stdout)] == [str(sent), str(waiting)]
     assert [row[0] for row in _table_rows(undelivered.stdout)] == [str(sent)]
+    # Undelivered never reached the patient either: listed with the failed.
+    assert [row[0] for row in _table_rows(failed.stdout)] == [str(sent)]
     for output in (every.stdout, of_visit.stdout, undelivered.stdout):
         assert PHONE not in output and "Doe" not in output and "test message" not in output
 

@@ -129,6 +129,38 @@ def test_stop_means_zero_later_requests_to_twilio(
     assert "call 911" in advice.text
 
 
+def test_after_stop_zero_sends_of_any_kind_late_redeliveries_included(
+    gateway: Gateway, world: World, clock: Clock, twilio_fake: ScriptedTwilio
+) -> None:
+    patient = world.patient()
+    visit = world.visit(patient, NOW + timedelta(days=5))
+    world.message(patient, appointment_id=visit, kind="confirmation")
+    dispatcher(world.database_url, twilio_sender(twilio_fake.base_url), clock).run()
+    [sent_sid] = twilio_fake.sids
+    # Everything a patient can have queued: reminders, an answer to an earlier text, a
+    # redelivery of earlier advice, a waitlist offer, reschedule choices.
+    for days in (1, 2, 3):
+        world.message(patient, appointment_id=visit, scheduled_for=NOW + timedelta(days=days))
+    world.message(patient, kind="visit_confirmed", key="reply:SMa:visit_confirmed")
+    world.message(patient, kind="urgent_advice", key="reply:SMb:urgent_advice:redeliver1")
+    world.message(patient, kind="waitlist_offer", key="offer:99")
+    world.message(patient, kind="reschedule_choices", key="reply:SMc:reschedule_choices")
+
+    gateway.text("STOP", opt_out_type="STOP")  # Twilio's Advanced Opt-Out answered it
+    # The confirmation sent before the STOP comes back unreachable: a redelivery would be due.
+    assert gateway.status(sent_sid, "undelivered", error="30003") == 204
+    for days in (0, 1, 2, 3, 4):
+        clock.now = NOW + timedelta(days=days, minutes=30)
+        dispatcher(world.database_url, twilio_sender(twilio_fake.base_url), clock).run()
+
+    assert len(twilio_fake.requests) == 1  # the confirmation, before the STOP; nothing since
+    statuses = [(m.idempotency_key, m.status) for m in world.messages()]
+    assert statuses[0] == ("test:1", OutboundStatus.UNDELIVERED)  # the confirmation
+    assert {status for _, status in statuses[1:-1]} == {OutboundStatus.CANCELLED}  # at the STOP
+    # The redelivery the late callback made was held back at the moment of sending.
+    assert statuses[-1] == ("test:1:redeliver1", OutboundStatus.SUPPRESSED)
+
+
 def test_start_resubscribes_confirms_once_and_brings_back_upcoming_reminders(
     gateway: Gateway, world: World, clock: Clock
 ) -> None:

@@ -218,7 +218,7 @@ def test_message_states_filter_by_state_and_appointment_in_due_order(world: Worl
     with session_scope(world.database_url) as session:
         every = mq.message_states(session=session)
         of_visit = mq.message_states(session=session, appointment_id=visit)
-        only_sent = mq.message_states(session=session, status="sent")
+        only_sent = mq.message_states(session=session, statuses={"sent"})
 
     assert [m.id for m in every] == [sent, unrelated, later]
     assert [m.id for m in of_visit] == [sent, later]

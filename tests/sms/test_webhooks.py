@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
@@ -16,6 +16,7 @@ from twilio.request_validator import RequestValidator
 
 from followup.core.worklist import CRITICAL_KINDS
 from followup.gateway import twilio_webhooks
+from followup.gateway.serve import gateway_app
 from followup.gateway.twilio_webhooks import twilio_router
 from followup.messaging.sender import SmsSender
 from followup.services import visits
@@ -30,6 +31,7 @@ from models.tables import (
     ImagingStudy,
     InboxMessage,
     OutboundStatus,
+    RescheduleHold,
     Slot,
     TwilioEvent,
     WaitlistOffer,
@@ -42,6 +44,7 @@ from tests.sms.conftest import (
     RecordingSender,
     World,
     dispatcher,
+    twilio_sender,
     twilio_settings,
 )
 from tests.sms.twilio_mock import ACCOUNT_SID, AUTH_TOKEN
@@ -109,6 +112,7 @@ def make_gateway(
     sender: SmsSender | None = None,
     token: str | None = AUTH_TOKEN,
     clock: Clock | None = None,
+    on_tasks_opened: Callable[[Sequence[int]], object] | None = None,
 ) -> Gateway:
     settings = twilio_settings(
         "http://127.0.0.1:9",
@@ -118,7 +122,13 @@ def make_gateway(
     )
     app = FastAPI()
     app.include_router(
-        twilio_router(settings, database_url=database_url, sender=sender, clock=clock or Clock())
+        twilio_router(
+            settings,
+            database_url=database_url,
+            sender=sender,
+            on_tasks_opened=on_tasks_opened,
+            clock=clock or Clock(),
+        )
     )
     return Gateway(TestClient(app), public_base or PUBLIC)
 
@@ -425,6 +435,28 @@ def test_worsening_opens_an_urgent_task_and_answers_call_now(
     assert replies(world) == [("urgent_advice", OutboundStatus.QUEUED)]
 
 
+def test_the_worklist_hears_of_a_red_flag_task_once_it_is_committed(
+    database_url: str, world: World
+) -> None:
+    patient = world.patient()
+    world.visit(patient, NOW + timedelta(days=3))
+    heard: list[list[int]] = []
+
+    def on_tasks_opened(task_ids: Sequence[int]) -> None:
+        # Called after the commit: the task is already there for the worklist to read.
+        with session_scope(database_url) as session:
+            heard.append([t for t in task_ids if session.get(Escalation, t) is not None])
+
+    gateway = make_gateway(database_url, on_tasks_opened=on_tasks_opened)
+    gateway.text("cant feel my legs and I peed myself")
+    gateway.text("what time is my visit", sid="SM" + "04" * 16)
+    gateway.text("C", sid="SM" + "05" * 16)  # confirmed: no task, nothing to refresh
+
+    worsening, reply = world.escalations()
+    assert (worsening.kind, reply.kind) == (WORSENING_TASK, REPLY_TASK)
+    assert heard == [[worsening.id], [reply.id]]
+
+
 def test_worsening_from_an_opted_out_patient_is_still_answered(
     gateway: Gateway, world: World, clock: Clock
 ) -> None:
@@ -566,6 +598,28 @@ def test_with_a_sender_the_answer_goes_out_at_once(database_url: str, world: Wor
     assert replies(world) == [("help", OutboundStatus.SENT)]
 
 
+def test_the_served_gateway_sends_answers_at_once_through_twilio(
+    database_url: str, world: World, prism_url: str
+) -> None:
+    # gateway_app as `followup serve` builds it: the sender passed in, here Twilio's client
+    # over HTTP to the Prism mock; the answer to C leaves with the webhook, not a minute later.
+    patient = world.patient()
+    world.visit(patient, NOW + timedelta(days=5))
+    settings = twilio_settings(
+        prism_url, twilio_webhook_base_url=PUBLIC, database_url=database_url
+    )
+    app = gateway_app(
+        settings, on_accepted=lambda receipt: None, sms_sender=twilio_sender(prism_url)
+    )
+    with TestClient(app) as client:
+        assert Gateway(client, PUBLIC).text("C").status_code == 200
+
+    [(kind, status)] = replies(world)
+    assert (kind, status) == ("visit_confirmed", OutboundStatus.SENT)
+    [answer] = [m for m in world.messages() if m.kind == "visit_confirmed"]
+    assert answer.twilio_sid is not None
+
+
 # --- STOP in the middle of a sequence ----------------------------------------------------------
 
 
@@ -645,9 +699,7 @@ def study_visit(world: World, patient: int) -> tuple[int, list[int]]:
         return visit, [slot.id or 0 for slot in free]
 
 
-def test_reschedule_never_moves_the_visit_to_later_the_same_day(
-    gateway: Gateway, world: World
-) -> None:
+def test_reschedule_never_offers_a_later_time_the_same_day(gateway: Gateway, world: World) -> None:
     patient = world.patient()
     visit, later_days = study_visit(world, patient)
     with session_scope(world.database_url) as session:  # the only free slot: 30 minutes on
@@ -668,20 +720,29 @@ def test_reschedule_never_moves_the_visit_to_later_the_same_day(
 
     assert world.get_appointment(visit).status == "booked"
     [task] = world.escalations()
-    assert task.kind == RESCHEDULE_TASK
-    assert task.reason.endswith(
-        "asks to reschedule; nothing fits after the visit's day (ordering provider Dr. Okafor: "
-        "no free slot in the routine window 2026-12-10–2026-12-22): offer other days."
-    )
+    assert task.kind == RESCHEDULE_TASK and "no free slot on another day" in task.reason
     assert replies(world) == []
 
 
-def test_reschedule_moves_the_visit_to_the_next_slot_and_texts_the_new_time(
+def slot_states(world: World, slot_ids: list[int]) -> list[str]:
+    with session_scope(world.database_url) as session:
+        return [session.get_one(Slot, slot_id).status for slot_id in slot_ids]
+
+
+def test_reschedule_holds_choices_on_other_days_and_a_number_moves_the_visit_there(
     gateway: Gateway, world: World
 ) -> None:
     patient = world.patient()
-    visit, (next_slot, _) = study_visit(world, patient)
-    world.message(patient, appointment_id=visit, status="delivered", sent_at=NOW)
+    visit, (thursday, friday) = study_visit(world, patient)
+    with session_scope(world.database_url) as session:  # a later Thursday slot: not a choice
+        thursday_later = Slot(
+            provider_id=world.provider_id or 0,
+            start=session.get_one(Slot, thursday).start + timedelta(hours=2),
+            end=session.get_one(Slot, thursday).start + timedelta(hours=2, minutes=30),
+        )
+        session.add(thursday_later)
+        session.flush()
+        thursday_later_id = thursday_later.id or 0
     old_reminder = world.message(
         patient, appointment_id=visit, scheduled_for=NOW + timedelta(hours=18)
     )
@@ -690,24 +751,74 @@ def test_reschedule_moves_the_visit_to_the_next_slot_and_texts_the_new_time(
 
     gateway.text("R")
 
+    # Held for the patient, one a day, the visit's own day left out; the visit stays put.
+    assert slot_states(world, [thursday, friday, thursday_later_id]) == ["held", "held", "free"]
+    assert world.get_appointment(visit).status == "booked"
+    [choices] = [m for m in world.messages() if m.kind == "reschedule_choices"]
+    assert choices.body == (
+        "Riverside Health Clinic: To move your visit with Dr. Okafor, reply 1 for Thu Dec 10 at "
+        "10:00 AM, 2 for Fri Dec 11 at 10:00 AM. Held until Tue Dec 8 at 3:00 PM. Questions: "
+        "(555) 555-0100. Reply STOP to opt out."
+    )
+    assert (choices.appointment_id, choices.to_phone) == (visit, PHONE)
+
+    gateway.text("2", sid="SM" + "06" * 16)
+
     old = world.get_appointment(visit)
     assert old.status == "cancelled" and old.replaced_by_id is not None
     new = world.get_appointment(old.replaced_by_id)
-    assert (new.slot_id, new.status) == (next_slot, "booked")
-    [answer] = [m for m in world.messages() if m.idempotency_key.startswith("reply:")]
-    assert answer.kind == "reschedule" and "Thu Dec 10 at 10:00 AM" in answer.body
-    assert answer.appointment_id == new.id
+    assert (new.slot_id, new.status) == (friday, "booked")
+    assert slot_states(world, [thursday, friday]) == ["free", "booked"]
+    [answer] = [m for m in world.messages() if m.kind == "reschedule"]
+    assert "Fri Dec 11 at 10:00 AM" in answer.body and answer.appointment_id == new.id
     assert world.get(old_reminder).status == "cancelled"
-    # Wed Dec 9, 10:00 New York: the day-before reminder for the new visit.
-    assert [(m.kind, m.scheduled_for) for m in world.messages() if m.appointment_id == new.id] == [
-        ("reschedule", NOW),
-        ("reminder", datetime(2026, 12, 9, 15, tzinfo=UTC)),
-    ]
     # The old slot goes to the waitlist, offered by text.
     [offer_text] = [m for m in world.messages() if m.kind == "waitlist_offer"]
     assert (offer_text.patient_id, offer_text.status) == (waiting, "scheduled")
     assert "Wed Dec 9 at 10:00 AM" in offer_text.body
     assert world.escalations() == []
+
+
+def test_a_second_r_holds_the_same_times_again_without_offering_them_away(
+    gateway: Gateway, world: World
+) -> None:
+    patient = world.patient()
+    _, free = study_visit(world, patient)
+    world.waitlist(world.patient(phone="+15555550177"))
+
+    gateway.text("R")
+    gateway.text("R", sid="SM" + "08" * 16)
+
+    assert slot_states(world, free) == ["held", "held"]
+    first, second = [m.body for m in world.messages() if m.kind == "reschedule_choices"]
+    assert first == second
+    with session_scope(world.database_url) as session:
+        holds = session.exec(select(RescheduleHold).order_by(col(RescheduleHold.id))).all()
+        assert [(h.slot_id, h.status) for h in holds] == [
+            (free[0], "released"), (free[1], "released"), (free[0], "held"), (free[1], "held")
+        ]  # fmt: skip
+    assert [m for m in world.messages() if m.kind == "waitlist_offer"] == []
+
+
+def test_a_lapsed_hold_frees_its_slot_and_a_late_number_moves_nothing(
+    gateway: Gateway, world: World, clock: Clock
+) -> None:
+    patient = world.patient()
+    visit, free = study_visit(world, patient)
+    gateway.text("R")
+    assert slot_states(world, free) == ["held", "held"]
+
+    clock.now = NOW + timedelta(minutes=61)  # FOLLOWUP_RESCHEDULE_HOLD_MINUTES is 60
+    with session_scope(world.database_url) as session:
+        visits.release_lapsed_reschedule_holds(
+            session=session, settings=twilio_settings(""), now=clock.now, actor="test"
+        )
+    gateway.text("1", sid="SM" + "07" * 16)
+
+    assert slot_states(world, free) == ["free", "free"]
+    assert world.get_appointment(visit).status == "booked"
+    [task] = world.escalations()
+    assert task.kind == RESCHEDULE_TASK and "no such time is held" in task.reason
 
 
 # --- waitlist offers answered by text ----------------------------------------------------------
@@ -813,6 +924,18 @@ def test_no_without_an_open_offer_goes_to_a_scheduler(gateway: Gateway, world: W
     gateway.text("NO")
 
     assert [e.kind for e in world.escalations()] == [REPLY_TASK]
+
+
+def test_not_coming_is_a_call_for_a_scheduler_and_the_visit_stays_booked(
+    gateway: Gateway, world: World
+) -> None:
+    visit = world.visit(world.patient(), NOW + timedelta(days=2))
+
+    gateway.text("I won't be coming, please cancel my appointment")
+
+    [task] = world.escalations()
+    assert task.kind == RESCHEDULE_TASK and "will not come" in task.reason
+    assert world.get_appointment(visit).status == "booked"
 
 
 def test_reschedule_without_a_visit_goes_to_a_scheduler(gateway: Gateway, world: World) -> None:

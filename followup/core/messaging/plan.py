@@ -117,6 +117,30 @@ def plan_offer_message(
     return _planned("waitlist_offer", "0", send_at, language, context, templates_dir)
 
 
+def plan_reschedule_choices(
+    visit: VisitDetails,
+    *,
+    choices: list[datetime],
+    expires_at: datetime,
+    language: str,
+    zone: ZoneInfo | None,
+    site_zone: ZoneInfo,
+    send_at: datetime,
+    templates_dir: Path,
+) -> PlannedSms:
+    """The answer to R: the held slots, numbered in order, and until when they are held, on
+    the clinic's clock (the zone named when the patient's differs)."""
+    elsewhere = _elsewhere(zone, site_zone)
+    context = {
+        **_visit_context(visit, language=language, zone=zone, site_zone=site_zone),
+        "choices": [
+            format_visit_time(start, site_zone, language, name_zone=elsewhere) for start in choices
+        ],
+        "offer_expires": format_visit_time(expires_at, site_zone, language, name_zone=elsewhere),
+    }
+    return _planned("reschedule_choices", "0", send_at, language, context, templates_dir)
+
+
 def _visit_context(
     visit: VisitDetails, *, language: str, zone: ZoneInfo | None, site_zone: ZoneInfo
 ) -> dict[str, object]:

@@ -261,7 +261,8 @@ class ReplyIntent(StrEnum):
     HELP = "help"
     CONFIRM = "confirm"
     RESCHEDULE = "reschedule"
-    DECLINE = "decline"  # no to a waitlist offer (a person reads it when none is open)
+    DECLINE = "decline"  # no to a waitlist offer, or "not coming" (a scheduler calls)
+    CHOICE = "choice"  # 1, 2 or 3: one of the slots offered after R
     WORSENING = "worsening"
     OTHER = "other"
 
@@ -281,7 +282,12 @@ _CONFIRM_WORDS = frozenset(
 )
 _RESCHEDULE_WORDS = frozenset({"r", "reschedule", "cambiar", "reprogramar"})
 # Said after a one-letter keyword, these keep it a keyword ("C thanks", "R please").
-_PLEASANTRIES = frozenset({"thanks", "thank", "you", "thx", "please", "pls", "ok", "gracias"})
+_PLEASANTRIES = frozenset(
+    {"thanks", "thank", "you", "thx", "please", "pls", "ok", "gracias", "por", "favor"}
+)
+# Said right after a one-letter keyword, these start a second sentence and keep the letter a
+# keyword ("C but my legs are numb now", "R, the pain is unbearable").
+_SENTENCE_TURNS = frozenset({"but", "also", "and", "pero", "y", "tambien"})
 _DECLINE_WORDS = frozenset({"n", "no", "no thanks", "no thank you", "no gracias"})
 
 _CANT = r"(?:can'?t|cannot|can not|unable to)"
@@ -294,19 +300,60 @@ _REVOCATION_RE = re.compile(
     r"|no more (?:texts|messages|text messages|sms)"
     r"|(?:remove|take) me (?:off|from)"
     rf"|{_DONT} want (?:these|your|the|any more|anymore|any)? ?(?:texts|messages)"
-    r"|unsubscribe|opt me out|opt out|wrong number"
+    r"|unsubscribe|opt me out|opt out|wrong (?:number|person)|remove (?:my|this) number"
+    r"|leave me alone|(?:no|not) (?:want|wanting) (?:any )?(?:more )?(?:texts|messages)"
     r"|no me (?:envien|manden|escriban|contacten)"
     r"|ya no (?:me )?(?:envien|manden|escriban)"
-    r"|dar(?:me)? de baja|darse de baja|numero equivocado"
+    r"|no quiero (?:recibir )?(?:mas )?(?:mensajes|textos)"
+    r"|dejen de (?:escribir|mandar|enviar|contactar)\w*"
+    r"|dar(?:me)? de baja|darse de baja|numero equivocado|equivoca\w* de numero"
     r")\b"
 )
 _RESCHEDULE_RE = re.compile(
     r"\b(?:"
-    r"re ?schedule|change (?:my|the) (?:appointment|visit|time)"
-    r"|move (?:my|the) (?:appointment|visit)|come (?:in )?(?:earlier|sooner)"
-    rf"|different (?:time|day)|another (?:time|day)|{_CANT} make it"
-    r"|cambiar (?:la|mi) (?:cita|hora|fecha)|otra (?:fecha|hora)|otro dia"
-    r"|no puedo (?:ir|asistir|llegar)"
+    r"re ?schedule|change (?:my|the) (?:appointment|appt|visit|time|date|day)"
+    r"|move (?:my|the|it) (?:appointment|appt|visit|to)|come (?:in )?(?:earlier|sooner)"
+    r"|push (?:it|this|my appointment|the appointment) (?:back|out)"
+    r"|(?:can|could) we (?:do|switch|change|make it)|(?:day|morning|afternoon|week) instead"
+    r"|different (?:time|day|date)|another (?:time|day|date)|(?:any )?other (?:times|days|dates)"
+    r"|(?:anything|something|any openings?|any slots?) (?:next|later|else|earlier|on)"
+    rf"|{_CANT} make it(?! worse| better)"
+    r"|cambiar\b(?! (?:de )?numero)|cambio de (?:cita|fecha|hora)|reprogram\w*"
+    r"|otra (?:fecha|hora|cita)|otro dia|en vez de|mejor (?:el|otro)"
+    r"|no puedo (?:ir|asistir|llegar|ese dia)"
+    r")\b"
+)
+# Saying the patient will not come, or wants the visit cancelled: a scheduler confirms and
+# cancels, or offers the waitlist offer's slot to the next patient.
+_DECLINE_RE = re.compile(
+    r"\b(?:"
+    r"not (?:coming|going to (?:come|go|make it|be there))|no longer (?:coming|need\w*)"
+    r"|(?:wont|will not|won't) be (?:coming|there|going|attending)|(?:wont|will not) (?:come|go)"
+    rf"|{_DONT} need (?:it|this|that|the (?:visit|appointment|appt)|to come)(?: anymore)?"
+    r"|cancel (?:my|the|this) (?:appointment|appt|visit)|cancel it"
+    r"|(?:dont|do not) want (?:the|my|this) (?:appointment|visit|appt)"
+    r"|no (?:voy a|vamos a) (?:ir|poder ir|asistir|venir)|no (?:ire|asistire|vendre)"
+    r"|(?:ya )?no (?:necesito|quiero) (?:la|mi|esa) cita|cancel(?:en|ar|a) (?:mi|la) cita"
+    r"|cancelen"
+    r")\b"
+)
+_CONFIRM_RE = re.compile(
+    r"\b(?:"
+    r"(?:i'?ll|i will|ill|we'?ll|we will|will) be there|see you (?:then|there|on|tomorrow|soon"
+    r"|monday|tuesday|wednesday|thursday|friday|saturday|sunday)"
+    r"|confirm(?:ed|ing)?(?: my| the)? (?:appointment|appt|visit)|count me in"
+    r"|(?:ahi|alli|alla) (?:estare|estaremos|nos vemos)|nos vemos|si (?:voy|ire|asistire|vamos)"
+    r"|confirmo"
+    r")\b"
+)
+_AFFIRMATIVE_WORDS = frozenset({"yep", "yup", "yeah", "sure", "claro", "confirmed"})
+# Asking to hear from the clinic again, in words: an opt-in like START.
+_RESUBSCRIBE_RE = re.compile(
+    r"\b(?:"
+    r"re ?subscribe|subscribe (?:me )?again|sign me (?:back )?up"
+    r"|start (?:sending|texting)|(?:texts|messages|reminders) again"
+    r"|(?:get|receive|getting) (?:the |your )?(?:texts|messages|reminders) (?:again|back)"
+    r"|volver a recibir|recibir (?:los |sus )?(?:mensajes|textos) (?:otra vez|de nuevo)"
     r")\b"
 )
 
@@ -332,24 +379,63 @@ def reply_intents(text: str, *, opted_out: bool = False) -> list[ReplyIntent]:
     said = _normalize_reply(text)
     words = said.split()
     first = words[0] if words else ""
-    keyword = first if set(words[1:]) <= _PLEASANTRIES else None
+    keyword = first if set(words[1:]) <= _PLEASANTRIES or _letter_then_more(text) else None
     intents: list[ReplyIntent] = []
     if has_red_flag(text):
         intents.append(ReplyIntent.WORSENING)
     if said in _OPT_OUT_WORDS or first in _OPT_OUT_LEADING or _REVOCATION_RE.search(said):
         intents.append(ReplyIntent.OPT_OUT)
-    if first in _OPT_IN_WORDS or (opted_out and said == "yes"):
+    if first in _OPT_IN_WORDS or (opted_out and said == "yes") or _RESUBSCRIBE_RE.search(said):
         # YES re-subscribes only someone opted out (carriers read it so); otherwise it confirms.
         intents.append(ReplyIntent.OPT_IN)
     if said in _HELP_WORDS:
         intents.append(ReplyIntent.HELP)
-    if keyword in _RESCHEDULE_WORDS or _RESCHEDULE_RE.search(said):
+    declines = said in _DECLINE_WORDS or bool(_DECLINE_RE.search(said))
+    if not declines and (keyword in _RESCHEDULE_WORDS or _RESCHEDULE_RE.search(said)):
         intents.append(ReplyIntent.RESCHEDULE)
-    confirms = keyword in _CONFIRM_WORDS or (
-        len(words) > 1 and first in _CONFIRM_WORDS - {"c", "y"}
+    confirms = (
+        keyword in _CONFIRM_WORDS
+        or said in _AFFIRMATIVE_WORDS
+        or (
+            len(words) > 1
+            and first in (_CONFIRM_WORDS | _AFFIRMATIVE_WORDS) - {"c", "y"}
+            # "si me pongo peor, a quien llamo?": "if", not "yes"
+            and not (first == "si" and "?" in text)
+        )
+        or bool(_CONFIRM_RE.search(said))
     )
-    if confirms and ReplyIntent.OPT_IN not in intents and ReplyIntent.RESCHEDULE not in intents:
+    if confirms and not declines and not {ReplyIntent.OPT_IN, ReplyIntent.RESCHEDULE} & {*intents}:
         intents.append(ReplyIntent.CONFIRM)
-    if said in _DECLINE_WORDS:
+    if declines and ReplyIntent.OPT_OUT not in intents:
         intents.append(ReplyIntent.DECLINE)
+    if chosen_number(text) is not None:
+        intents.append(ReplyIntent.CHOICE)
     return intents or [ReplyIntent.OTHER]
+
+
+_CHOICE_RE = re.compile(r"(?:(?:option|opcion|number|numero|el|la) )?#? ?([1-9])")
+
+
+def declines_visit(text: str) -> bool:
+    """Whether a text says the patient will not come ("not coming", "cancel my appointment",
+    "no voy a ir"), beyond a bare no (which may answer the text rather than the visit)."""
+    return bool(_DECLINE_RE.search(_normalize_reply(text)))
+
+
+def chosen_number(text: str) -> int | None:
+    """The number of a reply that is only a choice ("2", "#2", "option 2 please", "el 3")."""
+    words = _normalize_reply(text.replace("#", " ")).split()
+    while words and words[-1] in _PLEASANTRIES:
+        words.pop()
+    match = _CHOICE_RE.fullmatch(" ".join(words))
+    return int(match.group(1)) if match else None
+
+
+def _letter_then_more(text: str) -> bool:
+    """A one-letter keyword ending its own sentence before more is said: "C. also my pain is
+    worse", "R - can't walk to the car", "C but my legs are numb now"."""
+    head = re.match(r"\s*([A-Za-z])\s*(?:[.,;:!\-]|\s+(\w+))", text)
+    if head is None:
+        return False
+    after = head.group(2)
+    return after is None or after.casefold() in _SENTENCE_TURNS

@@ -28,8 +28,24 @@ _NEGATION_WINDOW = 4  # words before the flag; further back the cue is about som
 _RESOLVED_RE = re.compile(
     r"\b(?:same as (?:before|always|usual)|no change|unchanged|went away|is gone|gone now"
     r"|(?:is|are|feels?) (?:fine|ok|okay|normal|better)|like before|igual que antes|ya paso"
-    r"|se me quito|(?:esta|estan) bien|como antes)\b"
+    r"|se me quito|(?:esta|estan) bien|como antes"
+    r"|now (?:im |i am |its |it is |i feel |feeling )?(?:fine|ok|okay|better|good|normal)"
+    r"|ya (?:estoy|me siento|camino) (?:bien|mejor))\b"
 )
+# Said before a flag in its clause, these suppose it rather than report it: "what do I do if
+# I get a fever", "si me pongo peor a quien llamo?". Spanish "si" is also "yes" ("si me duele
+# mas"), so it counts as "if" only after a question's words or in a text that asks. Not "in
+# case": "texting in case it matters, my legs went numb" reports; a false alarm costs a call.
+_SUPPOSING_RE = re.compile(
+    r"\b(?:what if|(?:que hago|a quien (?:llamo|le hablo)|y|solo) si)\b"
+)
+_SUPPOSING_IF_ASKED_RE = re.compile(
+    r"(?:^| )si (?:me|te|se|le|empiezo|tengo|llego|no)\b"
+    r"|\b(?:make|makes|making) (?:it|this|things) $"
+)
+# Sayings that hold a flag's word and mean nothing about the body: "peor es nada" (better than
+# nothing), "worst case", "at worst". Blanked before the flags are read.
+_IDIOM_RE = re.compile(r"\b(?:peor es nada|worst case|at worst|if worse comes to worst)\b")
 # Where one clause ends: punctuation (kept as "|" by the normaliser) and words that turn the
 # sentence ("not worse but I can't walk", "no estoy peor, pero no puedo orinar").
 _CLAUSE_BREAKS = frozenset({"|", "but", "pero", "just", "solo", "though", "however", "aunque"})
@@ -76,6 +92,12 @@ _FLAG_PATTERNS: tuple[tuple[str, str], ...] = (
     ("numb", rf"{_CANT} feel (?:anything|a thing) (?:down there|when i wipe)"),
     ("numb", rf"{_NUMB_ES}(?: \w+){{0,5}} {_SADDLE_ES}|{_SADDLE_ES}(?: \w+){{0,5}} {_NUMB_ES}"),
     ("numb", r"no siento nada (?:al limpiarme|ahi abajo|abajo)"),
+    ("numb", rf"{_CANT} feel (?:my |the |both |either )?{_SADDLE}"),
+    (
+        "numb",
+        r"(?:no|dont have|do not have|lost|losing|lost all|lost the) (?:feeling|sensation)"
+        rf" (?:in|on|of|at|down) (?:my |the |both )?{_SADDLE}",
+    ),
     (
         "numb",
         rf"{_CANT} feel (?:it|anything|a thing)(?: \w+){{0,3}}"
@@ -95,7 +117,8 @@ _FLAG_PATTERNS: tuple[tuple[str, str], ...] = (
     ("bladder", r"(?:going|went|go|peeing|pooping) in my (?:pants|underwear|diaper)"),
     (
         "bladder",
-        r"no siento cuando (?:tengo que|necesito) ir|(?:make it|get) to the (?:toilet|bathroom)",
+        r"no siento cuando (?:tengo que|necesito) ir"
+        rf"|(?:{_CANT}|didnt|did not|never) (?:\w+ )?(?:make it|get) to the (?:toilet|bathroom)",
     ),
     (
         "bladder",
@@ -141,7 +164,7 @@ _STABLE_RE = re.compile(
     r"|like before|as before|usual|still|a little|a bit|just sore|mild\w*|anymore|no longer"
     r"|for (?:months|years|weeks)|always|as usual|comes and goes|manageable"
     r"|mejor|igual|bien|ya no (?:me )?duele|como siempre|de siempre"
-    r"|un poco|leve|solo molest\w*|como antes|todavia|sigue)\b"
+    r"|un poco|leve|solo molest\w*|como antes|todavia|sigue|se me quito|ya paso)\b"
 )
 
 # Spellings within one or two typing errors of the words most flags hang on ("wlak",
@@ -172,17 +195,22 @@ def normalize(text: str) -> str:
 def red_flags_in(text: str) -> list[RedFlag]:
     """Every red flag in `text` that is not denied or supposed ("not worse", "if it gets worse")
     and not said to be unchanged ("numb legs, same as before")."""
-    said = normalize(text)
+    said = _IDIOM_RE.sub("~", normalize(text))
+    asks = "?" in text
     found: list[RedFlag] = []
     for kind, pattern in _compiled():
         for match in pattern.finditer(said):
-            if not _negated(said, match.start()) and not _resolved(said, match.end()):
+            if not (
+                _negated(said, match.start())
+                or _supposed(said, match.start(), asks=asks)
+                or _resolved(said, match.end())
+            ):
                 found.append(RedFlag(kind=kind, phrase=match.group()))
     if not found and not _STABLE_RE.search(said) and not _asks(text, said):
         found += [
             RedFlag(kind="body", phrase=match.group())
             for match in _BODY_RE.finditer(said)
-            if not _negated(said, match.start())
+            if not (_negated(said, match.start()) or _supposed(said, match.start(), asks=asks))
         ][:1]
     return found
 
@@ -220,6 +248,13 @@ def _negated(said: str, start: int) -> bool:
             break
         window.append(word)
     return any(word in _NEGATION_CUES for word in window)
+
+
+def _supposed(said: str, start: int, *, asks: bool) -> bool:
+    """A flag the patient asks about or supposes, in its own clause: "if I get worse who do I
+    call?" is a question, not a report (with no report beside it, a scheduler reads it)."""
+    clause = said[:start].rsplit("|", 1)[-1]
+    return bool(_SUPPOSING_RE.search(clause) or (asks and _SUPPOSING_IF_ASKED_RE.search(clause)))
 
 
 def _resolved(said: str, end: int) -> bool:

@@ -28,6 +28,7 @@ SMS_KINDS = frozenset(
         "reschedule",
         "cancellation",
         "waitlist_offer",
+        "reschedule_choices",
         "help",
         "opt_out_confirmation",
         "opt_in_confirmation",
