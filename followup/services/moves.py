@@ -164,7 +164,10 @@ def _moved(
     appointment_id = previous.id
     # Asked before the old visit's texts are cancelled: a patient never told of the old time
     # gets the new one's confirmation, not a notice about a visit they never heard of.
-    told = queries.patient_told_of(session=session, appointment_id=appointment_id)
+    # A patient answering a text about the visit knows of it.
+    told = answering is not None or queries.patient_told_of(
+        session=session, appointment_id=appointment_id
+    )
     previous.replaced_by_id = new_id
     session.add(previous)
     cancelled = booking.cancel_appointment(
