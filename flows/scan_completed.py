@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.daily_worklist import daily_worklist
+from flows.events import SCAN_FLOW
 from flows.hooks import publish_needs_attention
 from followup import pipeline, routing
 from followup.redaction import install_redaction
@@ -149,7 +150,7 @@ async def publish_summary(summary: dict[str, Any]) -> None:
 
 
 @flow(
-    name="scan-completed",
+    name=SCAN_FLOW,
     flow_run_name="scan-{accession}",
     log_prints=False,
     timeout_seconds=SCAN_TIMEOUT_SECONDS,

@@ -277,10 +277,10 @@ async def reap_orphaned_runs(
 
     * Cancelling: Cancelled, as its worker would have done.
     * Otherwise Crashed. A run that completed no task run did nothing (for scan-completed: it
-      never claimed its row, which would otherwise wait in `received` until Prefect stops
-      dropping its re-emitted event as a repeat, 30 minutes): it is then scheduled again
-      (AwaitingRetry) for a live worker. One that did some work stays Crashed; the inbox
-      lease gives its row to a new run (sweep-inbox).
+      never claimed its row, which would otherwise wait in `received` for sweep-inbox's
+      `older_than_seconds`): it is then scheduled again (AwaitingRetry) for a live worker.
+      One that did some work stays Crashed; the inbox lease gives its row to a new run
+      (sweep-inbox).
 
     Transitions are proposed, not forced: a run that finished meanwhile keeps its state."""
     now = now or datetime.now(UTC)
