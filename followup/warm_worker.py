@@ -20,14 +20,16 @@ What a process per run gave for free, done here:
 * A hung scan: the flow's `timeout_seconds` ends the run (its blocking steps run in threads,
   see flows/scan_completed.py); the worker and its other runs go on.
 
-The worker's event loop runs in a thread of its own: Prefect's flow engine installs a SIGTERM
-handler for the duration of a run when it runs in the main thread, which several concurrent
-runs would race over; the main thread keeps SIGTERM/SIGINT for an orderly stop (no new runs,
-in-flight runs finish within a grace period).
-
-Prefect's `prefect worker start --type` finds worker types through installed packages' entry
-points; this project runs it with `followup warm-worker --pool POOL` instead (same loop:
-`BaseWorker.start`).
+Two ways to start one, both running `WarmWorker.start` (BaseWorker's poll and heartbeat loops
+plus the cancellation watch and the reaper above):
+* `followup warm-worker --pool POOL` (what `followup serve` runs): the event loop in a thread
+  of its own, the main thread keeping SIGTERM/SIGINT for an orderly stop (no new runs,
+  in-flight runs finish within a grace period). Prefect's flow engine installs its SIGTERM
+  handler only in the main thread, so a SIGTERM does not crash the runs in flight.
+* `prefect worker start --pool POOL --type followup-warm`: Prefect finds the type through this
+  package's `prefect.collections` entry point (pyproject.toml). The loop runs in the main
+  thread, so a SIGTERM crashes the runs in flight as it would a process per run; their rows
+  go to new runs through the inbox lease.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,7 @@ from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 from prefect.states import AwaitingRetry, Cancelled, Crashed, State
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
-from followup.settings import PROJECT_ROOT, Settings
+from followup.settings import PROJECT_ROOT, Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -103,17 +105,27 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
     def __init__(
         self,
         work_pool_name: str,
-        *,
+        work_queues: list[str] | None = None,
         name: str | None = None,
+        prefetch_seconds: float | None = None,
+        create_pool_if_not_found: bool = True,
         limit: int | None = None,
-        preload: Iterable[str] = (),
-        heartbeat_interval_seconds: int = HEARTBEAT_SECONDS,
+        heartbeat_interval_seconds: int | None = HEARTBEAT_SECONDS,
+        *,
+        base_job_template: dict[str, Any] | None = None,
+        preload: Iterable[str] = (SCAN_ENTRYPOINT,),
     ) -> None:
+        """BaseWorker's arguments (those `prefect worker start` passes), and the flows to
+        import before the first run."""
         super().__init__(
             work_pool_name,
+            work_queues=work_queues,
             name=name or default_worker_name(),
+            prefetch_seconds=prefetch_seconds,
+            create_pool_if_not_found=create_pool_if_not_found,
             limit=limit,
             heartbeat_interval_seconds=heartbeat_interval_seconds,
+            base_job_template=base_job_template,
         )
         self.pool = work_pool_name
         self._flows: dict[str, Flow[..., Any]] = {}
@@ -125,6 +137,32 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
             self._flow(entrypoint)
 
     # --- Prefect's worker interface ----------------------------------------------------------
+
+    async def start(
+        self,
+        run_once: bool = False,
+        with_healthcheck: bool = False,
+        printer: Callable[..., None] = print,
+    ) -> None:
+        """BaseWorker's loops, polling every POLL_SECONDS, beside the cancellation watch and
+        the reaper; the NLP pipeline is loaded first. One API client (and connection pool)
+        serves the worker and every run it executes: a flow run's engine uses the client of
+        the context it starts in and creates its own only without one, at ~25 ms of CPU each
+        (a TLS context is built even for http), two or three per run."""
+        prepare(get_settings())
+        # Prefect's default poll (10 s) would add seconds to every scan; a poll is one query.
+        with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: POLL_SECONDS}):
+            async with AsyncClientContext() as client_context:
+                with SyncClientContext():
+                    client = client_context.client
+                    await ensure_pool(client, self.pool)
+                    async with anyio.create_task_group() as duties:
+                        duties.start_soon(self.watch_cancellations, client)
+                        duties.start_soon(self.reap_periodically, client)
+                        await super().start(
+                            run_once=run_once, with_healthcheck=with_healthcheck, printer=printer
+                        )
+                        duties.cancel_scope.cancel()
 
     async def run(
         self,
@@ -247,6 +285,8 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
     def _flow(self, entrypoint: str) -> Flow[..., Any]:
         """The flow at a deployment's entrypoint, imported once per process."""
         if entrypoint not in self._flows:
+            if str(PROJECT_ROOT) not in sys.path:
+                sys.path.insert(0, str(PROJECT_ROOT))  # the flows package, as the runner's cwd
             path, _, function = entrypoint.rpartition(":")
             resolved = Path(path) if Path(path).is_absolute() else PROJECT_ROOT / path
             flow: Flow[..., Any] = load_flow_from_entrypoint(f"{resolved}:{function}")
@@ -376,10 +416,8 @@ def serve_warm_worker(
 ) -> None:
     """Run a warm worker until SIGTERM or Ctrl-C (with `stop_with_parent`, also when the pipe
     on stdin closes: the parent ended, however); in-flight runs get STOP_GRACE_SECONDS."""
-    if str(PROJECT_ROOT) not in sys.path:
-        sys.path.insert(0, str(PROJECT_ROOT))  # the flows package, as the runner's cwd gives it
-    prepare(settings)
-    worker = WarmWorker(pool, limit=limit, preload=[SCAN_ENTRYPOINT])
+    prepare(settings)  # before the first poll, as WarmWorker.start does (it is cached)
+    worker = WarmWorker(pool, limit=limit)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -407,26 +445,8 @@ def serve_warm_worker(
 
 
 async def _work(worker: WarmWorker, stop: threading.Event) -> None:
-    # Prefect's default poll (10 s) would add seconds to every scan; a poll is one cheap query.
-    with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: POLL_SECONDS}):
-        # One API client (and connection pool) for the worker and every run it executes: a
-        # flow run's engine uses the client of the context it starts in and creates its own
-        # only without one, at ~25 ms of CPU each (a TLS context is built even for http), two
-        # or three per run.
-        async with AsyncClientContext() as client_context:
-            with SyncClientContext():
-                client = client_context.client
-                await ensure_pool(client, worker.pool)
-                await _work_until_stopped(worker, client, stop)
-
-
-async def _work_until_stopped(
-    worker: WarmWorker, client: PrefectClient, stop: threading.Event
-) -> None:
     async with anyio.create_task_group() as group:
         group.start_soon(worker.start)
-        group.start_soon(worker.watch_cancellations, client)
-        group.start_soon(worker.reap_periodically, client)
         logger.info("warm worker %s serving pool %s", worker.name, worker.pool)
         while not stop.is_set():
             await anyio.sleep(0.2)
