@@ -1,13 +1,12 @@
 """The `ris.scan.completed` event (design contract) that starts the scan-completed flow.
 
-The gateway's event id is derived from the inbox row (uuid5), so a resend of a still unclaimed
-message yields the same event and Prefect drops the copy. Prefect remembers an event id for 30
-minutes whether or not its trigger managed to create a run (an action that fails, on a Prefect
-server whose SQLite database is locked, say, is not retried), so sweep-inbox re-submits a row
-under an id of its own sweep run (`sweep_run`), and only for rows no live flow run holds. A row
-whose run died is submitted under an id derived from the dead run's claim (`previous_claim`).
+The event id is derived from the inbox row (uuid5), so the same row always yields the same
+event: a resend of a still unclaimed message announces the original's row under the
+original's id, and Prefect's event deduplication drops the copy. A row put back in the queue
+by a person (`followup inbox rerun`) is announced under an id derived from its last claim.
 The inbox row, not the event, is the durable record (Prefect holds accepted events in memory
-until processed).
+until processed, and a run its trigger failed to create is not tried again): sweep-inbox
+creates a run itself for any row left waiting that no live run holds (flows/sweep_inbox.py).
 """
 
 from __future__ import annotations
@@ -28,33 +27,20 @@ NAMESPACE = UUID("6f1c2a4e-3b7d-5e8f-9a0b-1c2d3e4f5a6b")
 logger = logging.getLogger(__name__)
 
 
-def event_id(
-    inbox_id: int,
-    accession: str,
-    previous_claim: datetime | None = None,
-    *,
-    sweep_run: UUID | None = None,
-) -> UUID:
-    """The row's event id; a row given back by a run that died (its claim `previous_claim`)
-    gets another, derived from that claim, and a row re-submitted by sweep-inbox another still,
-    derived from the sweep's flow run: Prefect drops a repeat of an id it saw in the last 30
-    minutes, even one whose run it failed to create. The accession is part of it because row
-    ids alone repeat when two application databases (two sites, or one rebuilt) share a
-    Prefect server, and Prefect would drop the second site's event as a repeat of the first's."""
+def event_id(inbox_id: int, accession: str, previous_claim: datetime | None = None) -> UUID:
+    """The row's event id; a row submitted again after a claim (`previous_claim`) gets
+    another, derived from that claim: Prefect would drop a repeat of the first for 30 minutes
+    as already seen. The accession is part of it because row ids alone repeat when two
+    application databases (two sites, or one rebuilt) share a Prefect server, and Prefect would
+    drop the second site's event as a repeat of the first's."""
     row = f"inbox:{inbox_id}:{accession}"
-    if previous_claim is not None:
-        row += f":after:{previous_claim.astimezone(UTC).isoformat()}"
-    if sweep_run is not None:
-        row += f":sweep:{sweep_run}"
-    return uuid5(NAMESPACE, row)
+    if previous_claim is None:
+        return uuid5(NAMESPACE, row)
+    return uuid5(NAMESPACE, f"{row}:after:{previous_claim.astimezone(UTC).isoformat()}")
 
 
 def emit_for_inbox(
-    *,
-    inbox_id: int,
-    accession: str,
-    previous_claim: datetime | None = None,
-    sweep_run: UUID | None = None,
+    *, inbox_id: int, accession: str, previous_claim: datetime | None = None
 ) -> bool:
     """Emit the event for one accepted inbox row; False when Prefect took nothing.
 
@@ -69,7 +55,7 @@ def emit_for_inbox(
             "followup.inbox-id": str(inbox_id),
         },
         payload={"inbox_id": inbox_id, "accession": accession},
-        id=event_id(inbox_id, accession, previous_claim, sweep_run=sweep_run),
+        id=event_id(inbox_id, accession, previous_claim),
     )
     if emitted is None:
         logger.warning(

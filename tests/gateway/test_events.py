@@ -11,8 +11,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events.filters import EventFilter, EventIDFilter
-from prefect.states import Cancelled, Scheduled, State
+from prefect.states import Cancelled
 from sqlmodel import select
 
 from flows.events import EVENT, emit_for_inbox, event_id
@@ -78,60 +81,61 @@ def test_emitted_event_reaches_prefect(prefect_api: None) -> None:
     assert event.payload == {"inbox_id": 900001, "accession": "ACC-EVENT-1"}
 
 
-def sweep(older_than_seconds: int) -> tuple[int, UUID]:
-    """One sweep-inbox run in-process: the count it emitted and its flow run's id."""
+def sweep(older_than_seconds: int) -> int:
+    """One sweep-inbox run in-process; the count of runs it submitted."""
+    return asyncio.run(sweep_inbox(older_than_seconds=older_than_seconds))
 
-    async def run() -> State[int]:
-        return await sweep_inbox(older_than_seconds=older_than_seconds, return_state=True)
 
-    state = asyncio.run(run())
-    run_id = state.state_details.flow_run_id
-    assert run_id is not None
-    return state.result(), run_id
+def scan_runs(deployment_id: UUID) -> list[tuple[str, int, str, str]]:
+    """(name, inbox id, accession, state) of the deployment's runs, oldest first."""
+
+    async def read() -> list[FlowRun]:
+        async with get_client() as client:
+            return await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            )
+
+    return [
+        (
+            run.name,
+            run.parameters["inbox_id"],
+            run.parameters["accession"],
+            str(run.state_type.value if run.state_type else None),
+        )
+        for run in asyncio.run(read())
+    ]
 
 
 @pytest.mark.prefect
-def test_sweep_re_emits_old_unclaimed_rows_under_an_id_of_each_sweep(
-    prefect_api: None, database_url: str, monkeypatch: pytest.MonkeyPatch
+def test_sweep_submits_an_old_unclaimed_row_once_while_its_run_is_live(
+    scan_deployment: UUID, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No run holds the row (its trigger never created one): every sweep re-emits it, each
-    under its own id, since Prefect drops an id it saw in the last 30 minutes."""
+    """No run holds the row (its event was lost, or its trigger failed to create the run):
+    the sweep creates one; the next sweep leaves the row to it."""
     monkeypatch.setenv("DATABASE_URL", database_url)
     old = receive(database_url, "spine_normal.hl7", age=timedelta(minutes=5))
-    recent = receive(database_url, "spine_inconclusive.hl7", age=timedelta(seconds=5))
+    receive(database_url, "spine_inconclusive.hl7", age=timedelta(seconds=5))
 
-    (first, first_sweep), (again, second_sweep) = sweep(120), sweep(120)
+    first, again = sweep(120), sweep(120)
 
-    assert (first, again) == (1, 1)
-    candidates = [
-        row_event_id(database_url, row, sweep_run=run)
-        for row in (old, recent)
-        for run in (first_sweep, second_sweep)
-    ]
-    events = stored_events(candidates, expected=2)
-    assert sorted((e.id, e.payload["inbox_id"]) for e in events) == sorted(
-        [(candidates[0], old), (candidates[1], old)]
-    )
-    assert {e.resource.id for e in events} == {"ris.study.ACC2026000107"}
+    assert (first, again) == (1, 0)
+    assert scan_runs(scan_deployment) == [("scan-ACC2026000107", old, "ACC2026000107", "SCHEDULED")]
 
 
 @pytest.mark.prefect
-def test_sweep_leaves_a_row_to_the_live_run_that_holds_it(
-    prefect_api: None, database_url: str, monkeypatch: pytest.MonkeyPatch
+def test_sweep_submits_a_row_again_once_the_run_that_held_it_ended_without_it(
+    scan_deployment: UUID, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A run waiting for a worker holds its row: not re-emitted, so a backlog is not
-    submitted twice; once that run ended without claiming it (cancelled), the row is."""
-    from flows.scan_completed import scan_completed
-
+    """A run waiting for a worker (as its trigger created it) holds its row; once that run
+    ended without claiming it (cancelled), the next sweep gives the row a new run."""
     monkeypatch.setenv("DATABASE_URL", database_url)
     waiting = receive(database_url, "spine_normal.hl7", age=timedelta(minutes=5))
 
-    async def schedule_run() -> UUID:
+    async def trigger_run() -> UUID:
         async with get_client() as client:
-            run = await client.create_flow_run(
-                scan_completed,
-                parameters={"inbox_id": waiting, "accession": "ACC2026000107"},
-                state=Scheduled(scheduled_time=utcnow() + timedelta(days=1)),
+            run = await client.create_flow_run_from_deployment(
+                scan_deployment, parameters={"inbox_id": waiting, "accession": "ACC2026000107"}
             )
             return run.id
 
@@ -139,31 +143,23 @@ def test_sweep_leaves_a_row_to_the_live_run_that_holds_it(
         async with get_client() as client:
             await client.set_flow_run_state(run_id, Cancelled(), force=True)
 
-    run_id = asyncio.run(schedule_run())
-    try:
-        held, _ = sweep(120)
-    finally:
-        asyncio.run(cancel(run_id))
-    emitted, after_cancel = sweep(120)
+    triggered = asyncio.run(trigger_run())
+    held = sweep(120)
+    asyncio.run(cancel(triggered))
+    submitted = sweep(120)
 
-    assert (held, emitted) == (0, 1)
-    [event] = stored_events(
-        [row_event_id(database_url, waiting, sweep_run=after_cancel)], expected=1
-    )
-    assert event.payload["inbox_id"] == waiting
+    assert (held, submitted) == (0, 1)
+    assert [(inbox, state) for _, inbox, _, state in scan_runs(scan_deployment)] == [
+        (waiting, "CANCELLED"),
+        (waiting, "SCHEDULED"),
+    ]
 
 
-def row_event_id(
-    database_url: str,
-    inbox_id: int,
-    claim: datetime | None = None,
-    *,
-    sweep_run: UUID | None = None,
-) -> UUID:
+def row_event_id(database_url: str, inbox_id: int, claim: datetime | None = None) -> UUID:
     with session_scope(database_url) as session:
         accession = session.get_one(InboxMessage, inbox_id).accession
     assert accession is not None
-    return event_id(inbox_id, accession, claim, sweep_run=sweep_run)
+    return event_id(inbox_id, accession, claim)
 
 
 def test_a_resubmission_gets_its_own_event_id_per_dead_claim() -> None:
@@ -188,7 +184,7 @@ def claimed(database_url: str, inbox_id: int, *, ago: timedelta) -> datetime:
 
 @pytest.mark.prefect
 def test_sweep_resubmits_a_row_whose_run_died_once_and_the_new_run_takes_it(
-    prefect_api: None, database_url: str, monkeypatch: pytest.MonkeyPatch
+    scan_deployment: UUID, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.scan_completed import scan_completed
     from followup.pipeline import InboxRowClaimed
@@ -197,18 +193,13 @@ def test_sweep_resubmits_a_row_whose_run_died_once_and_the_new_run_takes_it(
     monkeypatch.setenv("FOLLOWUP_PROCESSING_LEASE_SECONDS", "600")
     dead = receive(database_url, "spine_normal.hl7", age=timedelta(minutes=30))
     live = receive(database_url, "spine_inconclusive.hl7", age=timedelta(minutes=30))
-    dead_claim = claimed(database_url, dead, ago=timedelta(minutes=20))
+    claimed(database_url, dead, ago=timedelta(minutes=20))
     live_claim = claimed(database_url, live, ago=timedelta(minutes=1))
 
-    emitted, sweep_run = sweep(120)
+    first, again = sweep(120), sweep(120)
 
-    assert emitted == 1
-    resubmitted = row_event_id(database_url, dead, dead_claim, sweep_run=sweep_run)
-    candidates = [resubmitted, row_event_id(database_url, live, live_claim, sweep_run=sweep_run)]
-    stored_events(candidates, expected=1)
-    time.sleep(2)  # room for a second copy to (wrongly) arrive
-    events = stored_events(candidates, expected=1)
-    assert [(e.id, e.payload["inbox_id"]) for e in events] == [(resubmitted, dead)]
+    assert (first, again) == (1, 0)
+    assert [inbox for _, inbox, _, _ in scan_runs(scan_deployment)] == [dead]
     with session_scope(database_url) as session:
         released = session.exec(
             select(AuditEvent.entity_id).where(AuditEvent.action == "inbox.released")
@@ -253,7 +244,7 @@ def store_unjudged(database_url: str, sample: str, *, age: timedelta) -> int:
 
 @pytest.mark.prefect
 def test_sweep_judges_stranded_rows_and_submits_only_what_the_gateway_would_have(
-    prefect_api: None, database_url: str, monkeypatch: pytest.MonkeyPatch
+    scan_deployment: UUID, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", database_url)
     stranded_copy = store_unjudged(database_url, "spine_normal.hl7", age=timedelta(minutes=5))
@@ -261,12 +252,11 @@ def test_sweep_judges_stranded_rows_and_submits_only_what_the_gateway_would_have
     claimed(database_url, resend, ago=timedelta(minutes=1))  # a run is processing the resend
     lone = store_unjudged(database_url, "spine_inconclusive.hl7", age=timedelta(minutes=5))
 
-    emitted, sweep_run = sweep(120)
+    submitted = sweep(120)
 
-    assert emitted == 1
+    assert submitted == 1
     with session_scope(database_url) as session:
         copy_row, lone_row = (session.get_one(InboxMessage, i) for i in (stranded_copy, lone))
         assert (copy_row.status, copy_row.duplicate_of_id) == (InboxStatus.DUPLICATE, resend)
         assert (lone_row.status, lone_row.accession) == (InboxStatus.RECEIVED, "ACC2026000108")
-    [event] = stored_events([row_event_id(database_url, lone, sweep_run=sweep_run)], expected=1)
-    assert event.payload["inbox_id"] == lone
+    assert [inbox for _, inbox, _, _ in scan_runs(scan_deployment)] == [lone]
