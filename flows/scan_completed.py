@@ -26,7 +26,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.daily_worklist import daily_worklist
+from flows.daily_worklist import refresh_worklist
 from flows.events import SCAN_FLOW
 from flows.hooks import publish_needs_attention
 from followup import pipeline, routing
@@ -183,5 +183,5 @@ async def scan_completed(inbox_id: int, accession: str = "") -> dict[str, Any]:
     await publish_summary(summary)
     if summary.get("escalations"):
         # Escalations must not wait for the 07:00 refresh of the schedulers' tables.
-        await daily_worklist()
+        await refresh_worklist()
     return summary

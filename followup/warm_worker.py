@@ -150,6 +150,7 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
         the context it starts in and creates its own only without one, at ~25 ms of CPU each
         (a TLS context is built even for http), two or three per run."""
         prepare(get_settings())
+        quiet_run_loggers()
         # Prefect's default poll (10 s) would add seconds to every scan; a poll is one query.
         with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: POLL_SECONDS}):
             async with AsyncClientContext() as client_context:
@@ -295,6 +296,17 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
                 raise ValueError(f"{entrypoint}: the warm worker runs async flows only")
             self._flows[entrypoint] = flow
         return self._flows[entrypoint]
+
+
+# The engine's own lines at INFO ("Beginning flow run", "Finished in state Completed()", one
+# per run and per task run) go to the Prefect API as log rows: the run's state history says
+# the same. Warnings and errors (a failed scan, a retry) still reach the run's log in the UI.
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
+def quiet_run_loggers() -> None:
+    for name in RUN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def default_worker_name() -> str:
