@@ -44,9 +44,11 @@ WAIT_SECONDS = 120  # a loaded 2-core machine; every wait ends as soon as its co
 
 def test_the_locked_prefect_is_the_one_the_warm_worker_was_built_on() -> None:
     """The worker relies on BaseWorker's submission (PENDING, then the `prefect.worker.name`
-    label, then `run`), on `run_flow` taking an existing flow run, and on the flow engine
-    leaving SIGTERM alone outside the main thread; the tests below check each against this
-    version. A new Prefect needs them to pass again before the pin moves."""
+    label, then `run`), on `run_flow` taking an existing flow run, on the flow engine
+    leaving SIGTERM alone outside the main thread, and on `prefect worker start` finding
+    worker types through `prefect.collections` entry points and constructing them with
+    BaseWorker's arguments; the tests below check each against this version. A new Prefect
+    needs them to pass again before the pin moves."""
     assert prefect.__version__ == "3.9.1"
 
 
