@@ -118,9 +118,16 @@ async def submit_runs(rows: list[Submission], sweep_run: str) -> int:
     async with get_client() as client:
         deployment = await client.read_deployment_by_name(SCAN_DEPLOYMENT)
         held = await rows_of_live_runs(client, deployment.id)
+        # Read after the live runs: a row a run finished meanwhile (its claim released by
+        # this sweep while the run was still going, say) is no longer waiting.
+        settings = get_settings()
+        with session_scope(settings.database_url) as session:
+            waiting = inbox_queries.still_received(
+                session=session, inbox_ids=[row.inbox_id for row in rows]
+            )
         created = 0
         for row in rows:
-            if (row.inbox_id, row.accession) in held:
+            if (row.inbox_id, row.accession) in held or row.inbox_id not in waiting:
                 continue
             await client.create_flow_run_from_deployment(
                 deployment.id,

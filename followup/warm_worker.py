@@ -131,6 +131,8 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
         self._flows: dict[str, Flow[..., Any]] = {}
         self._entrypoints: dict[UUID, str] = {}
         self._in_flight: dict[UUID, anyio.CancelScope] = {}
+        # Taken from the pool and not yet run: Pending, not yet labelled with this worker.
+        self._taken: set[UUID] = set()
         self._cancel_asked: set[UUID] = set()
         self.accepting = True
         for entrypoint in preload:
@@ -187,6 +189,7 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
                 return WarmRunResult(identifier=identifier, status_code=1)
             finally:
                 del self._in_flight[flow_run.id]
+                self._taken.discard(flow_run.id)
         asked = flow_run.id in self._cancel_asked
         self._cancel_asked.discard(flow_run.id)
         if scope.cancelled_caught and asked:
@@ -210,7 +213,9 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         if not self.accepting:
             return []
-        return await super().get_and_submit_flow_runs()
+        taken = await super().get_and_submit_flow_runs()
+        self._taken.update(flow_run.id for flow_run in taken)
+        return taken
 
     # --- this worker's own duties ------------------------------------------------------------
 
@@ -256,7 +261,11 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
         while True:
             try:
                 await reap_orphaned_runs(
-                    client, self.pool, alive={self.name}, stale_after=stale_after
+                    client,
+                    self.pool,
+                    alive={self.name},
+                    stale_after=stale_after,
+                    taken=self._taken,
                 )
             except Exception:
                 logger.exception("could not reap orphaned runs; trying again")
@@ -321,11 +330,14 @@ async def reap_orphaned_runs(
     *,
     alive: set[str],
     stale_after: timedelta,
+    taken: set[UUID] | frozenset[UUID] = frozenset(),
     now: datetime | None = None,
 ) -> list[UUID]:
     """Settle the pool's live runs whose worker is gone; the runs settled. A worker is gone
     when it has sent no heartbeat for `stale_after` (those in `alive` are trusted); a run
-    Pending that long with no worker label lost its worker between Pending and the label.
+    Pending that long with no worker label lost its worker between Pending and the label,
+    unless it is one of the runs this worker has `taken` and not yet labelled (on a busy
+    Prefect server that step can take longer than `stale_after`).
 
     * Cancelling: Cancelled, as its worker would have done.
     * Otherwise Crashed. A run that completed no task run did nothing (for scan-completed: it
@@ -352,6 +364,8 @@ async def reap_orphaned_runs(
     for flow_run in runs:
         owner = flow_run.labels.get(WORKER_NAME_LABEL)
         if owner is None:
+            if flow_run.id in taken:
+                continue
             since = flow_run.state.timestamp if flow_run.state else now
             if flow_run.state_type != StateType.PENDING or now - since < stale_after:
                 continue
