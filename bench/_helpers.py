@@ -309,7 +309,9 @@ def report_pool(settings: Settings) -> dict[str, list[str]]:
         texts.append(hl7v2.parse_oru(raw, site_zone=settings.site_zone).report_text)
     rules = load_rules(settings.rules_path)
     pool: dict[str, list[str]] = {category: [] for category in MIX}
-    for text in texts:
+    # The corpus keeps empty and blank reports as edge cases; the gateway refuses a result
+    # with no report text (AE), so a replay of accepted scans leaves them out.
+    for text in filter(str.strip, texts):
         pool[category_of(nlp.classify_report(text, rules))].append(text)
     return pool
 

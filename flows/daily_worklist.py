@@ -62,3 +62,28 @@ async def daily_worklist() -> dict[str, int]:
     tables = await gather_worklist(get_settings())
     await publish_worklist(tables)
     return {table.key: len(table.rows) for table in tables}
+
+
+class _Refresh:
+    running = False
+    stale = False
+
+
+async def refresh_worklist() -> None:
+    """Refresh the tables after a change, from a scan run. Runs of one warm worker share
+    this: while one refresh runs, the others only mark it stale and return, and the running
+    one refreshes once more when it ends, so every change is in a refresh that started after
+    it, and a burst of escalations costs two refreshes, not one per scan (each is a flow run,
+    two task runs and seven table artifacts)."""
+    if _Refresh.running:
+        _Refresh.stale = True
+        return
+    _Refresh.running = True
+    try:
+        while True:
+            _Refresh.stale = False
+            await daily_worklist()
+            if not _Refresh.stale:
+                return
+    finally:
+        _Refresh.running = False

@@ -2,10 +2,12 @@
 `followup.escalation.opened`, which refreshes the schedulers' tables (daily-worklist).
 
 The event id is derived from the inbox row (uuid5), so the same row always yields the same
-event: when sweep-inbox re-emits for a row still unclaimed, Prefect's event deduplication
-drops the copy if the first one arrived, and a lost one is replaced. A row whose run died is
-submitted again under an id derived from the dead run's claim (`event_id`). The inbox row, not
-the event, is the durable record (Prefect holds accepted events in memory until processed).
+event: a resend of a still unclaimed message announces the original's row under the
+original's id, and Prefect's event deduplication drops the copy. A row put back in the queue
+by a person (`followup inbox rerun`) is announced under an id derived from its last claim.
+The inbox row, not the event, is the durable record (Prefect holds accepted events in memory
+until processed, and a run its trigger failed to create is not tried again): sweep-inbox
+creates a run itself for any row left waiting that no live run holds (flows/sweep_inbox.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ EVENT = "ris.scan.completed"
 # A patient's text opened or joined a task (prefect.yaml triggers daily-worklist on it, so the
 # schedulers' tables show a red flag at once, not at the next schedule).
 TASK_OPENED_EVENT = "followup.escalation.opened"
+SCAN_FLOW = "scan-completed"  # the flow the event starts (prefect.yaml's trigger)
 # Fixed forever: changing it would let a re-emitted event start a second run.
 NAMESPACE = UUID("6f1c2a4e-3b7d-5e8f-9a0b-1c2d3e4f5a6b")
 
@@ -30,12 +33,11 @@ logger = logging.getLogger(__name__)
 
 
 def event_id(inbox_id: int, accession: str, previous_claim: datetime | None = None) -> UUID:
-    """The row's event id; a row given back by a run that died (its claim `previous_claim`)
-    gets another, derived from that claim: Prefect would drop a repeat of the first for 30
-    minutes as already seen, and two sweeps re-submitting the same death still agree. The
-    accession is part of it because row ids alone repeat when two application databases (two
-    sites, or one rebuilt) share a Prefect server, and Prefect would drop the second site's
-    event as a repeat of the first's."""
+    """The row's event id; a row submitted again after a claim (`previous_claim`) gets
+    another, derived from that claim: Prefect would drop a repeat of the first for 30 minutes
+    as already seen. The accession is part of it because row ids alone repeat when two
+    application databases (two sites, or one rebuilt) share a Prefect server, and Prefect would
+    drop the second site's event as a repeat of the first's."""
     row = f"inbox:{inbox_id}:{accession}"
     if previous_claim is None:
         return uuid5(NAMESPACE, row)

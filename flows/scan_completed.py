@@ -27,8 +27,8 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.daily_worklist import daily_worklist
-from flows.events import emit_review_needed
+from flows.daily_worklist import refresh_worklist
+from flows.events import SCAN_FLOW, emit_review_needed
 from flows.hooks import publish_needs_attention
 from followup.core import routing
 from followup.core.redaction import install_redaction
@@ -157,7 +157,7 @@ async def publish_summary(summary: dict[str, Any]) -> None:
 
 
 @flow(
-    name="scan-completed",
+    name=SCAN_FLOW,
     flow_run_name="scan-{accession}",
     log_prints=False,
     timeout_seconds=SCAN_TIMEOUT_SECONDS,
@@ -193,5 +193,5 @@ async def scan_completed(inbox_id: int, accession: str = "") -> dict[str, Any]:
         emit_review_needed(accession=summary["accession"], task_ids=waiting)
     if summary.get("escalations"):
         # Escalations must not wait for the 07:00 refresh of the schedulers' tables.
-        await daily_worklist()
+        await refresh_worklist()
     return summary

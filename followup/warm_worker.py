@@ -20,14 +20,16 @@ What a process per run gave for free, done here:
 * A hung scan: the flow's `timeout_seconds` ends the run (its blocking steps run in threads,
   see flows/scan_completed.py); the worker and its other runs go on.
 
-The worker's event loop runs in a thread of its own: Prefect's flow engine installs a SIGTERM
-handler for the duration of a run when it runs in the main thread, which several concurrent
-runs would race over; the main thread keeps SIGTERM/SIGINT for an orderly stop (no new runs,
-in-flight runs finish within a grace period).
-
-Prefect's `prefect worker start --type` finds worker types through installed packages' entry
-points; this project runs it with `followup warm-worker --pool POOL` instead (same loop:
-`BaseWorker.start`).
+Two ways to start one, both running `WarmWorker.start` (BaseWorker's poll and heartbeat loops
+plus the cancellation watch and the reaper above):
+* `followup warm-worker --pool POOL` (what `followup serve` runs): the event loop in a thread
+  of its own, the main thread keeping SIGTERM/SIGINT for an orderly stop (no new runs,
+  in-flight runs finish within a grace period). Prefect's flow engine installs its SIGTERM
+  handler only in the main thread, so a SIGTERM does not crash the runs in flight.
+* `prefect worker start --pool POOL --type followup-warm`: Prefect finds the type through this
+  package's `prefect.collections` entry point (pyproject.toml). The loop runs in the main
+  thread, so a SIGTERM crashes the runs in flight as it would a process per run; their rows
+  go to new runs through the inbox lease.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,7 @@ from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 from prefect.states import AwaitingRetry, Cancelled, Crashed, State
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
-from followup.settings import PROJECT_ROOT, Settings
+from followup.settings import PROJECT_ROOT, Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -103,28 +105,67 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
     def __init__(
         self,
         work_pool_name: str,
-        *,
+        work_queues: list[str] | None = None,
         name: str | None = None,
+        prefetch_seconds: float | None = None,
+        create_pool_if_not_found: bool = True,
         limit: int | None = None,
-        preload: Iterable[str] = (),
-        heartbeat_interval_seconds: int = HEARTBEAT_SECONDS,
+        heartbeat_interval_seconds: int | None = HEARTBEAT_SECONDS,
+        *,
+        base_job_template: dict[str, Any] | None = None,
+        preload: Iterable[str] = (SCAN_ENTRYPOINT,),
     ) -> None:
+        """BaseWorker's arguments (those `prefect worker start` passes), and the flows to
+        import before the first run."""
         super().__init__(
             work_pool_name,
+            work_queues=work_queues,
             name=name or default_worker_name(),
+            prefetch_seconds=prefetch_seconds,
+            create_pool_if_not_found=create_pool_if_not_found,
             limit=limit,
             heartbeat_interval_seconds=heartbeat_interval_seconds,
+            base_job_template=base_job_template,
         )
         self.pool = work_pool_name
         self._flows: dict[str, Flow[..., Any]] = {}
         self._entrypoints: dict[UUID, str] = {}
         self._in_flight: dict[UUID, anyio.CancelScope] = {}
+        # Taken from the pool and not yet run: Pending, not yet labelled with this worker.
+        self._taken: set[UUID] = set()
         self._cancel_asked: set[UUID] = set()
         self.accepting = True
         for entrypoint in preload:
             self._flow(entrypoint)
 
     # --- Prefect's worker interface ----------------------------------------------------------
+
+    async def start(
+        self,
+        run_once: bool = False,
+        with_healthcheck: bool = False,
+        printer: Callable[..., None] = print,
+    ) -> None:
+        """BaseWorker's loops, polling every POLL_SECONDS, beside the cancellation watch and
+        the reaper; the NLP pipeline is loaded first. One API client (and connection pool)
+        serves the worker and every run it executes: a flow run's engine uses the client of
+        the context it starts in and creates its own only without one, at ~25 ms of CPU each
+        (a TLS context is built even for http), two or three per run."""
+        prepare(get_settings())
+        quiet_run_loggers()
+        # Prefect's default poll (10 s) would add seconds to every scan; a poll is one query.
+        with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: POLL_SECONDS}):
+            async with AsyncClientContext() as client_context:
+                with SyncClientContext():
+                    client = client_context.client
+                    await ensure_pool(client, self.pool)
+                    async with anyio.create_task_group() as duties:
+                        duties.start_soon(self.watch_cancellations, client)
+                        duties.start_soon(self.reap_periodically, client)
+                        await super().start(
+                            run_once=run_once, with_healthcheck=with_healthcheck, printer=printer
+                        )
+                        duties.cancel_scope.cancel()
 
     async def run(
         self,
@@ -148,6 +189,7 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
                 return WarmRunResult(identifier=identifier, status_code=1)
             finally:
                 del self._in_flight[flow_run.id]
+                self._taken.discard(flow_run.id)
         asked = flow_run.id in self._cancel_asked
         self._cancel_asked.discard(flow_run.id)
         if scope.cancelled_caught and asked:
@@ -171,7 +213,9 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         if not self.accepting:
             return []
-        return await super().get_and_submit_flow_runs()
+        taken = await super().get_and_submit_flow_runs()
+        self._taken.update(flow_run.id for flow_run in taken)
+        return taken
 
     # --- this worker's own duties ------------------------------------------------------------
 
@@ -217,7 +261,11 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
         while True:
             try:
                 await reap_orphaned_runs(
-                    client, self.pool, alive={self.name}, stale_after=stale_after
+                    client,
+                    self.pool,
+                    alive={self.name},
+                    stale_after=stale_after,
+                    taken=self._taken,
                 )
             except Exception:
                 logger.exception("could not reap orphaned runs; trying again")
@@ -247,6 +295,8 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
     def _flow(self, entrypoint: str) -> Flow[..., Any]:
         """The flow at a deployment's entrypoint, imported once per process."""
         if entrypoint not in self._flows:
+            if str(PROJECT_ROOT) not in sys.path:
+                sys.path.insert(0, str(PROJECT_ROOT))  # the flows package, as the runner's cwd
             path, _, function = entrypoint.rpartition(":")
             resolved = Path(path) if Path(path).is_absolute() else PROJECT_ROOT / path
             flow: Flow[..., Any] = load_flow_from_entrypoint(f"{resolved}:{function}")
@@ -255,6 +305,17 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
                 raise ValueError(f"{entrypoint}: the warm worker runs async flows only")
             self._flows[entrypoint] = flow
         return self._flows[entrypoint]
+
+
+# The engine's own lines at INFO ("Beginning flow run", "Finished in state Completed()", one
+# per run and per task run) go to the Prefect API as log rows: the run's state history says
+# the same. Warnings and errors (a failed scan, a retry) still reach the run's log in the UI.
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
+def quiet_run_loggers() -> None:
+    for name in RUN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def default_worker_name() -> str:
@@ -269,18 +330,21 @@ async def reap_orphaned_runs(
     *,
     alive: set[str],
     stale_after: timedelta,
+    taken: set[UUID] | frozenset[UUID] = frozenset(),
     now: datetime | None = None,
 ) -> list[UUID]:
     """Settle the pool's live runs whose worker is gone; the runs settled. A worker is gone
     when it has sent no heartbeat for `stale_after` (those in `alive` are trusted); a run
-    Pending that long with no worker label lost its worker between Pending and the label.
+    Pending that long with no worker label lost its worker between Pending and the label,
+    unless it is one of the runs this worker has `taken` and not yet labelled (on a busy
+    Prefect server that step can take longer than `stale_after`).
 
     * Cancelling: Cancelled, as its worker would have done.
     * Otherwise Crashed. A run that completed no task run did nothing (for scan-completed: it
-      never claimed its row, which would otherwise wait in `received` until Prefect stops
-      dropping its re-emitted event as a repeat, 30 minutes): it is then scheduled again
-      (AwaitingRetry) for a live worker. One that did some work stays Crashed; the inbox
-      lease gives its row to a new run (sweep-inbox).
+      never claimed its row, which would otherwise wait in `received` for sweep-inbox's
+      `older_than_seconds`): it is then scheduled again (AwaitingRetry) for a live worker.
+      One that did some work stays Crashed; the inbox lease gives its row to a new run
+      (sweep-inbox).
 
     Transitions are proposed, not forced: a run that finished meanwhile keeps its state."""
     now = now or datetime.now(UTC)
@@ -300,6 +364,8 @@ async def reap_orphaned_runs(
     for flow_run in runs:
         owner = flow_run.labels.get(WORKER_NAME_LABEL)
         if owner is None:
+            if flow_run.id in taken:
+                continue
             since = flow_run.state.timestamp if flow_run.state else now
             if flow_run.state_type != StateType.PENDING or now - since < stale_after:
                 continue
@@ -376,10 +442,8 @@ def serve_warm_worker(
 ) -> None:
     """Run a warm worker until SIGTERM or Ctrl-C (with `stop_with_parent`, also when the pipe
     on stdin closes: the parent ended, however); in-flight runs get STOP_GRACE_SECONDS."""
-    if str(PROJECT_ROOT) not in sys.path:
-        sys.path.insert(0, str(PROJECT_ROOT))  # the flows package, as the runner's cwd gives it
-    prepare(settings)
-    worker = WarmWorker(pool, limit=limit, preload=[SCAN_ENTRYPOINT])
+    prepare(settings)  # before the first poll, as WarmWorker.start does (it is cached)
+    worker = WarmWorker(pool, limit=limit)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -407,26 +471,8 @@ def serve_warm_worker(
 
 
 async def _work(worker: WarmWorker, stop: threading.Event) -> None:
-    # Prefect's default poll (10 s) would add seconds to every scan; a poll is one cheap query.
-    with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: POLL_SECONDS}):
-        # One API client (and connection pool) for the worker and every run it executes: a
-        # flow run's engine uses the client of the context it starts in and creates its own
-        # only without one, at ~25 ms of CPU each (a TLS context is built even for http), two
-        # or three per run.
-        async with AsyncClientContext() as client_context:
-            with SyncClientContext():
-                client = client_context.client
-                await ensure_pool(client, worker.pool)
-                await _work_until_stopped(worker, client, stop)
-
-
-async def _work_until_stopped(
-    worker: WarmWorker, client: PrefectClient, stop: threading.Event
-) -> None:
     async with anyio.create_task_group() as group:
         group.start_soon(worker.start)
-        group.start_soon(worker.watch_cancellations, client)
-        group.start_soon(worker.reap_periodically, client)
         logger.info("warm worker %s serving pool %s", worker.name, worker.pool)
         while not stop.is_set():
             await anyio.sleep(0.2)

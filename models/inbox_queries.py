@@ -219,6 +219,16 @@ def unclaimed_messages(
     ).all()
 
 
+def still_received(*, session: Session, inbox_ids: Sequence[int]) -> set[int]:
+    """Those of these rows still waiting for a run (`received`) now."""
+    found = session.exec(
+        select(InboxMessage.id).where(
+            col(InboxMessage.id).in_(inbox_ids), InboxMessage.status == InboxStatus.RECEIVED
+        )
+    ).all()
+    return {inbox_id for inbox_id in found if inbox_id is not None}
+
+
 def stranded_messages(
     *, session: Session, received_before: datetime, limit: int
 ) -> Sequence[InboxMessage]:

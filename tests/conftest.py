@@ -79,6 +79,42 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
+@pytest.fixture
+def scan_deployment(prefect_api: None) -> Iterator[uuid.UUID]:
+    """scan-completed deployed on the test server, to a work pool no worker serves: the runs
+    sweep-inbox creates wait there as Scheduled (live, holding their rows) and are deleted
+    after the test, since row ids and sample accessions repeat from test to test."""
+    import asyncio
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from flows.scan_completed import scan_completed
+    from followup.warm_worker import ensure_pool
+
+    pool = "sweep-test-unserved"
+
+    async def deploy() -> uuid.UUID:
+        async with get_client() as client:
+            await ensure_pool(client, pool)
+        deployment = await scan_completed.ato_deployment(name="scan-completed", work_pool_name=pool)
+        return await deployment.aapply()
+
+    async def delete_runs(deployment_id: uuid.UUID) -> None:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+            )
+            for run in runs:
+                await client.delete_flow_run(run.id)
+
+    deployment_id = asyncio.run(deploy())
+    try:
+        yield deployment_id
+    finally:
+        asyncio.run(delete_runs(deployment_id))
+
+
 def seed_clinic(database_url: str) -> None:
     """The demo clinic with slots from today, closed on the site's holidays, as `./run` seeds it."""
     from followup.core.scheduling import site_holidays

@@ -45,8 +45,9 @@ def rows_in(database_url: str, status: str) -> list[tuple[int, str]]:
     return [(inbox_id, accession or "") for inbox_id, accession in found if inbox_id]
 
 
+@pytest.mark.usefixtures("scan_deployment")
 def test_scans_accepted_before_a_database_restart_are_all_processed_once(
-    prefect_api: None, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from flows.scan_completed import scan_completed
     from flows.sweep_inbox import sweep_inbox

@@ -57,11 +57,6 @@ def warm_worker_pids(parent: int) -> set[int]:
     return pids
 
 
-@pytest.mark.skip(
-    reason="open defect: in 2 of 6 runs one row stayed `received` past RUN_SECONDS after the "
-    "kill (cause not established; the Prefect server here is on SQLite and logs 'database is "
-    "locked'); passes otherwise, see the issue 22 report"
-)
 def test_worker_killed_mid_burst_every_scan_is_processed_once(engine: Engine) -> None:
     """Fault: the warm worker is SIGKILLed while it runs a burst of 16 scans.
     Expected: 16 AA; every row processed once (16 appointments, 16 sets of messages); the

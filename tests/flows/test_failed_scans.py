@@ -66,6 +66,7 @@ def appointments(settings: Settings) -> int:
         return len(session.exec(select(Appointment)).all())
 
 
+@pytest.mark.usefixtures("scan_deployment")
 def test_a_transient_fault_is_retried_by_the_sweep_and_booked_once(
     settings: Settings, rules_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -90,8 +91,8 @@ def test_a_transient_fault_is_retried_by_the_sweep_and_booked_once(
     assert "retried automatically (attempt 2 of 5)" in needs_attention_table()
 
     rules_file.write_bytes(kept)
-    emitted = asyncio.run(sweep_inbox(older_than_seconds=3600))
-    assert emitted == 1
+    submitted = asyncio.run(sweep_inbox(older_than_seconds=3600))
+    assert submitted == 1
     assert inbox_row(settings, accepted.inbox_id).status == InboxStatus.RECEIVED
 
     summary = run_flow(*accepted)
@@ -110,6 +111,7 @@ def test_a_transient_fault_is_retried_by_the_sweep_and_booked_once(
     ]
 
 
+@pytest.mark.usefixtures("scan_deployment")
 def test_spent_attempts_wait_for_a_person_who_re_runs_the_row(
     settings: Settings, rules_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -38,26 +38,35 @@ pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_api")]
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLLOWUP = str(Path(sys.executable).with_name("followup"))
+PREFECT = str(Path(sys.executable).with_name("prefect"))
 WAIT_SECONDS = 120  # a loaded 2-core machine; every wait ends as soon as its condition holds
 
 
 def test_the_locked_prefect_is_the_one_the_warm_worker_was_built_on() -> None:
     """The worker relies on BaseWorker's submission (PENDING, then the `prefect.worker.name`
-    label, then `run`), on `run_flow` taking an existing flow run, and on the flow engine
-    leaving SIGTERM alone outside the main thread; the tests below check each against this
-    version. A new Prefect needs them to pass again before the pin moves."""
+    label, then `run`), on `run_flow` taking an existing flow run, on the flow engine
+    leaving SIGTERM alone outside the main thread, and on `prefect worker start` finding
+    worker types through `prefect.collections` entry points and constructing them with
+    BaseWorker's arguments; the tests below check each against this version. A new Prefect
+    needs them to pass again before the pin moves."""
     assert prefect.__version__ == "3.9.1"
 
 
 @contextmanager
-def warm_worker(pool: str, database_url: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def warm_worker(
+    pool: str, database_url: str | None = None, *, command: list[str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The worker as a subprocess, `followup warm-worker` unless `command` says otherwise."""
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     if database_url is not None:
         env["DATABASE_URL"] = database_url
     process = subprocess.Popen(
-        [FOLLOWUP, "warm-worker", "--pool", pool], cwd=ROOT, env=env, stdin=subprocess.DEVNULL
+        command or [FOLLOWUP, "warm-worker", "--pool", pool],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
     try:
         yield process
@@ -69,6 +78,38 @@ def warm_worker(pool: str, database_url: str | None = None) -> Iterator[subproce
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def test_prefects_worker_lookup_finds_the_warm_worker_through_the_entry_point(
+    tmp_path: Path,
+) -> None:
+    """The lookup `prefect worker start --type` makes, in an interpreter that has imported
+    nothing of this project: the `prefect.collections` entry point (pyproject.toml) loads it."""
+    lookup = (
+        "from prefect.workers.base import BaseWorker\n"
+        "found = BaseWorker.get_worker_class_from_type('followup-warm')\n"
+        "print(found.__module__, found.__qualname__)\n"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", lookup], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.split() == ["followup.warm_worker", "WarmWorker"]
+
+
+def test_prefect_worker_start_runs_a_deployment_flow_run_in_the_warm_worker() -> None:
+    from tests.flows.warm_flows import quick
+
+    pool = new_pool()
+    deployment_id = asyncio.run(deploy(quick, pool))
+    command = [PREFECT, "worker", "start", "--pool", pool, "--type", "followup-warm"]
+
+    with warm_worker(pool, command=command):
+        flow_run = asyncio.run(start_run(deployment_id))
+        done = wait_for(flow_run.id, in_state(StateType.COMPLETED), "the run to complete")
+
+    # The warm worker's own identifier: the run went through WarmWorker.run, in its process.
+    worker = done.labels[WORKER_NAME_LABEL]
+    assert done.infrastructure_pid == f"{worker}:{flow_run.id}"
 
 
 def new_pool() -> str:

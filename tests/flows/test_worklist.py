@@ -77,6 +77,33 @@ def test_critical_escalation_is_listed_until_acknowledged(settings: Settings) ->
     assert counts["worklist-bookings-today"] == 0  # demo bookings are 7–14 days out
 
 
+def test_refreshes_asked_while_one_runs_are_folded_into_one_more(settings: Settings) -> None:
+    """Three scans of one warm worker escalate at once: the first refreshes the tables, the
+    other two only mark them stale, and one more refresh follows that starts after all three
+    changes: two daily-worklist runs, not three."""
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+    )
+
+    from flows.daily_worklist import refresh_worklist
+
+    asked_at = utcnow()
+
+    async def three_at_once() -> int:
+        await asyncio.gather(refresh_worklist(), refresh_worklist(), refresh_worklist())
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["daily-worklist"])),
+                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=asked_at)),
+            )
+        return len(runs)
+
+    assert asyncio.run(three_at_once()) == 2
+
+
 def test_acknowledging_an_unknown_escalation_is_an_error(settings: Settings) -> None:
     with session_scope(settings.database_url) as session, pytest.raises(LookupError):
         worklist.acknowledge_escalation(session=session, escalation_id=999, by="x", now=utcnow())

@@ -11,8 +11,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events import emit_event
 from prefect.events.filters import EventFilter, EventIDFilter
+from prefect.states import Cancelled
 from sqlmodel import select
 
 from flows.events import EVENT, TASK_OPENED_EVENT, emit_for_inbox, emit_tasks_opened, event_id
@@ -86,6 +90,32 @@ def test_emitted_event_reaches_prefect(prefect_api: None) -> None:
     assert event.payload == {"inbox_id": 900001, "accession": "ACC-EVENT-1"}
 
 
+def sweep(older_than_seconds: int) -> int:
+    """One sweep-inbox run in-process; the count of runs it submitted."""
+    return asyncio.run(sweep_inbox(older_than_seconds=older_than_seconds))
+
+
+def scan_runs(deployment_id: UUID) -> list[tuple[str, int, str, str]]:
+    """(name, inbox id, accession, state) of the deployment's runs, oldest first."""
+
+    async def read() -> list[FlowRun]:
+        async with get_client() as client:
+            return await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            )
+
+    return [
+        (
+            run.name,
+            run.parameters["inbox_id"],
+            run.parameters["accession"],
+            str(run.state_type.value if run.state_type else None),
+        )
+        for run in asyncio.run(read())
+    ]
+
+
 @pytest.mark.prefect
 def test_a_task_opened_by_a_text_reaches_prefect_as_the_worklist_s_trigger(
     prefect_api: None,
@@ -101,23 +131,51 @@ def test_a_task_opened_by_a_text_reaches_prefect_as_the_worklist_s_trigger(
 
 
 @pytest.mark.prefect
-def test_sweep_re_emits_only_old_unclaimed_rows_and_prefect_keeps_one_event(
-    prefect_api: None, database_url: str, monkeypatch: pytest.MonkeyPatch
+def test_sweep_submits_an_old_unclaimed_row_once_while_its_run_is_live(
+    scan_deployment: UUID, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """No run holds the row (its event was lost, or its trigger failed to create the run):
+    the sweep creates one; the next sweep leaves the row to it."""
     monkeypatch.setenv("DATABASE_URL", database_url)
     old = receive(database_url, "spine_normal.hl7", age=timedelta(minutes=5))
-    recent = receive(database_url, "spine_inconclusive.hl7", age=timedelta(seconds=5))
+    receive(database_url, "spine_inconclusive.hl7", age=timedelta(seconds=5))
 
-    first = asyncio.run(sweep_inbox(older_than_seconds=120))
-    again = asyncio.run(sweep_inbox(older_than_seconds=120))
+    first, again = sweep(120), sweep(120)
 
-    assert (first, again) == (1, 1)
-    candidates = [row_event_id(database_url, old), row_event_id(database_url, recent)]
-    events = stored_events(candidates, expected=1)
-    emitted_before_are_stored()
-    events = stored_events(candidates, expected=1)
-    assert [(e.id, e.payload["inbox_id"]) for e in events] == [(candidates[0], old)]
-    assert events[0].resource.id == "ris.study.ACC2026000107"
+    assert (first, again) == (1, 0)
+    assert scan_runs(scan_deployment) == [("scan-ACC2026000107", old, "ACC2026000107", "SCHEDULED")]
+
+
+@pytest.mark.prefect
+def test_sweep_submits_a_row_again_once_the_run_that_held_it_ended_without_it(
+    scan_deployment: UUID, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run waiting for a worker (as its trigger created it) holds its row; once that run
+    ended without claiming it (cancelled), the next sweep gives the row a new run."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    waiting = receive(database_url, "spine_normal.hl7", age=timedelta(minutes=5))
+
+    async def trigger_run() -> UUID:
+        async with get_client() as client:
+            run = await client.create_flow_run_from_deployment(
+                scan_deployment, parameters={"inbox_id": waiting, "accession": "ACC2026000107"}
+            )
+            return run.id
+
+    async def cancel(run_id: UUID) -> None:
+        async with get_client() as client:
+            await client.set_flow_run_state(run_id, Cancelled(), force=True)
+
+    triggered = asyncio.run(trigger_run())
+    held = sweep(120)
+    asyncio.run(cancel(triggered))
+    submitted = sweep(120)
+
+    assert (held, submitted) == (0, 1)
+    assert [(inbox, state) for _, inbox, _, state in scan_runs(scan_deployment)] == [
+        (waiting, "CANCELLED"),
+        (waiting, "SCHEDULED"),
+    ]
 
 
 def row_event_id(database_url: str, inbox_id: int, claim: datetime | None = None) -> UUID:
@@ -149,7 +207,7 @@ def claimed(database_url: str, inbox_id: int, *, ago: timedelta) -> datetime:
 
 @pytest.mark.prefect
 def test_sweep_resubmits_a_row_whose_run_died_once_and_the_new_run_takes_it(
-    prefect_api: None, database_url: str, monkeypatch: pytest.MonkeyPatch
+    scan_deployment: UUID, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.scan_completed import scan_completed
     from followup.services.pipeline import InboxRowClaimed
@@ -158,21 +216,13 @@ def test_sweep_resubmits_a_row_whose_run_died_once_and_the_new_run_takes_it(
     monkeypatch.setenv("FOLLOWUP_PROCESSING_LEASE_SECONDS", "600")
     dead = receive(database_url, "spine_normal.hl7", age=timedelta(minutes=30))
     live = receive(database_url, "spine_inconclusive.hl7", age=timedelta(minutes=30))
-    dead_claim = claimed(database_url, dead, ago=timedelta(minutes=20))
+    claimed(database_url, dead, ago=timedelta(minutes=20))
     live_claim = claimed(database_url, live, ago=timedelta(minutes=1))
 
-    first = asyncio.run(sweep_inbox(older_than_seconds=120))
-    # The released row now waits as `received`: re-emitted under the same id, dropped by Prefect.
-    again = asyncio.run(sweep_inbox(older_than_seconds=120))
+    first, again = sweep(120), sweep(120)
 
-    assert (first, again) == (1, 1)
-    resubmitted = row_event_id(database_url, dead, dead_claim)
-    # (Plain row ids repeat across tests on the shared server; claim-derived ids do not.)
-    candidates = [resubmitted, row_event_id(database_url, live, live_claim)]
-    stored_events(candidates, expected=1)
-    emitted_before_are_stored()
-    events = stored_events(candidates, expected=1)
-    assert [(e.id, e.payload["inbox_id"]) for e in events] == [(resubmitted, dead)]
+    assert (first, again) == (1, 0)
+    assert [inbox for _, inbox, _, _ in scan_runs(scan_deployment)] == [dead]
     with session_scope(database_url) as session:
         released = session.exec(
             select(AuditEvent.entity_id).where(AuditEvent.action == "inbox.released")
@@ -217,7 +267,7 @@ def store_unjudged(database_url: str, sample: str, *, age: timedelta) -> int:
 
 @pytest.mark.prefect
 def test_sweep_judges_stranded_rows_and_submits_only_what_the_gateway_would_have(
-    prefect_api: None, database_url: str, monkeypatch: pytest.MonkeyPatch
+    scan_deployment: UUID, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", database_url)
     stranded_copy = store_unjudged(database_url, "spine_normal.hl7", age=timedelta(minutes=5))
@@ -225,12 +275,11 @@ def test_sweep_judges_stranded_rows_and_submits_only_what_the_gateway_would_have
     claimed(database_url, resend, ago=timedelta(minutes=1))  # a run is processing the resend
     lone = store_unjudged(database_url, "spine_inconclusive.hl7", age=timedelta(minutes=5))
 
-    emitted = asyncio.run(sweep_inbox(older_than_seconds=120))
+    submitted = sweep(120)
 
-    assert emitted == 1
+    assert submitted == 1
     with session_scope(database_url) as session:
         copy_row, lone_row = (session.get_one(InboxMessage, i) for i in (stranded_copy, lone))
         assert (copy_row.status, copy_row.duplicate_of_id) == (InboxStatus.DUPLICATE, resend)
         assert (lone_row.status, lone_row.accession) == (InboxStatus.RECEIVED, "ACC2026000108")
-    [event] = stored_events([row_event_id(database_url, lone)], expected=1)
-    assert event.payload["inbox_id"] == lone
+    assert [inbox for _, inbox, _, _ in scan_runs(scan_deployment)] == [lone]
