@@ -70,10 +70,16 @@ def claim_due_messages(
     )
     if ids is not None:
         due = due.where(col(OutboundMessage.id).in_(list(ids)))
+    # Two statements, not UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED):
+    # PostgreSQL may run that subquery once per row it updates and so ignore the limit. The
+    # status re-check moves a row once even on SQLite, which has no row locks.
+    candidates = list(session.execute(due).scalars())
+    if not candidates:
+        return []
     claimed = session.execute(
         update(OutboundMessage)
         .where(
-            col(OutboundMessage.id).in_(due.scalar_subquery()),
+            col(OutboundMessage.id).in_(candidates),
             col(OutboundMessage.status) == OutboundStatus.SCHEDULED,
         )
         .values(status=OutboundStatus.SENDING, claimed_at=now)

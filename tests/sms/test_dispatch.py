@@ -291,6 +291,17 @@ def test_dry_run_stores_and_marks_without_sending(world: World, clock: Clock) ->
     assert (message.status, message.twilio_sid, message.sent_at) == ("dry_run", None, NOW)
 
 
+def test_a_claim_takes_at_most_its_limit_of_many_due_rows(world: World) -> None:
+    """On PostgreSQL an UPDATE ... IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED) can claim
+    every due row; the claim must stop at its limit."""
+    patient = world.patient()
+    due = [world.message(patient) for _ in range(30)]
+    with session_scope(world.database_url) as session:
+        claimed = mq.claim_due_messages(session=session, now=NOW, limit=10)
+    assert claimed == due[:10]
+    assert [world.get(m).status for m in due].count("sending") == 10
+
+
 def test_a_claim_left_by_a_dead_worker_is_released(world: World, clock: Clock) -> None:
     message_id = world.message(world.patient())
     with session_scope(world.database_url) as session:
@@ -334,8 +345,9 @@ def test_the_rate_limit_paces_the_api_calls(world: World, clock: Clock) -> None:
     span = max(started) - min(started)
     assert len(started) == 11
     # 10 intervals of 50 ms = 0.5 s; a thread waking late (a loaded machine) can only make the
-    # first call look later, so the lower bound has slack. Unpaced, 11 calls take ~10 ms.
-    assert 0.4 <= span < 1.0
+    # first call look later, so the lower bound has slack. Unpaced, 11 calls take ~10 ms. No
+    # upper bound: how slow a loaded machine is belongs to the benchmark, not to this test.
+    assert span >= 0.4
 
 
 def test_a_row_twilio_already_has_is_never_claimed_again(world: World, clock: Clock) -> None:
