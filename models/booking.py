@@ -15,7 +15,7 @@ unique index `uq_appointment_active_slot` stays the last guard: a violation rais
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, NamedTuple, cast
@@ -624,34 +624,13 @@ def _take_first_fitting(
     preferences: Preferences,
 ) -> _FreeSlot | None:
     """Read the providers' free slots in the window page by page and take the first that fits."""
-    zones = {p.id: ZoneInfo(p.timezone) for p in providers}
-    params = {
-        "providers": list(zones),
-        "earliest": window.earliest,
-        "latest": window.latest,
-        "after_start": window.earliest,
-        "after_id": 0,
-    }
-    while True:
-        page = list(map(_FreeSlot._make, session.execute(_FREE_PAGE, params)))
-        candidates = sorted(
-            (
-                slot
-                for provider_id, zone in zones.items()
-                for slot in fitting_slots(
-                    [s for s in page if s.provider_id == provider_id],
-                    window,
-                    zone=zone,
-                    closed_days=closed_days,
-                    preferences=preferences,
-                )
-            ),
-            key=lambda slot: (slot.start, slot.id),
-        )
+    for candidates in _fitting_free_pages(
+        session, providers, window=window, closed_days=closed_days, preferences=preferences
+    ):
         taken = _take_first(session, candidates)
-        if taken is not None or len(page) < PAGE_SIZE:
+        if taken is not None:
             return taken
-        params |= {"after_start": page[-1].start, "after_id": page[-1].id}
+    return None
 
 
 def _take_first(session: Session, candidates: Sequence[_FreeSlot]) -> _FreeSlot | None:
@@ -1369,6 +1348,22 @@ def _fitting_free_slots(
     preferences: Preferences,
 ) -> Iterable[_FreeSlot]:
     """The providers' free slots that fit the window, earliest first, read page by page."""
+    for page in _fitting_free_pages(
+        session, providers, window=window, closed_days=closed_days, preferences=preferences
+    ):
+        yield from page
+
+
+def _fitting_free_pages(
+    session: Session,
+    providers: Sequence[_ProviderRow],
+    *,
+    window: BookingWindow,
+    closed_days: frozenset[date],
+    preferences: Preferences,
+) -> Iterator[list[_FreeSlot]]:
+    """Each page of the providers' free slots in the window, as the slots that fit it, earliest
+    first (a page can fit none; the pages end with the window)."""
     zones = {p.id: ZoneInfo(p.timezone) for p in providers}
     params = {
         "providers": list(zones),
@@ -1379,7 +1374,7 @@ def _fitting_free_slots(
     }
     while True:
         page = list(map(_FreeSlot._make, session.execute(_FREE_PAGE, params)))
-        yield from sorted(
+        yield sorted(
             (
                 slot
                 for provider_id, zone in zones.items()
