@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session
 
 from followup.core.messaging.plan import (
+    PlannedSms,
     VisitDetails,
     plan_booking_messages,
     plan_offer_message,
@@ -34,6 +35,7 @@ from models import messaging_queries as mq
 from models.tables import (
     ACTIVE_APPOINTMENT_STATUSES,
     Appointment,
+    OutboundMessage,
     Patient,
     Provider,
     RescheduleHold,
@@ -165,18 +167,7 @@ def acknowledge_confirmation(
         send_at=now,
         templates_dir=settings.templates_dir,
     )
-    [stored] = queries.enqueue_messages(
-        session=session,
-        messages=[
-            queries.outbox_row(
-                planned,
-                key=f"{REPLY_KEY_PREFIX}{answering.message_sid}:visit_confirmed",
-                patient_id=appointment.patient_id,
-                appointment_id=appointment_id,
-                to_phone=answering.phone,
-            )
-        ],
-    )
+    stored = _enqueue_answer(session, planned, answering, appointment, "visit_confirmed")
     return stored.id
 
 
@@ -266,18 +257,7 @@ def offer_reschedule_choices(
         send_at=now,
         templates_dir=settings.templates_dir,
     )
-    [stored] = queries.enqueue_messages(
-        session=session,
-        messages=[
-            queries.outbox_row(
-                planned,
-                key=f"{REPLY_KEY_PREFIX}{answering.message_sid}:reschedule_choices",
-                patient_id=appointment.patient_id,
-                appointment_id=appointment_id,
-                to_phone=answering.phone,
-            )
-        ],
-    )
+    stored = _enqueue_answer(session, planned, answering, appointment, "reschedule_choices")
     return Changed(holds, Texts(notice=stored.id))
 
 
@@ -468,3 +448,27 @@ def resume_texting(*, session: Session, patient_ids: list[int], now: datetime) -
     return mq.restore_visit_texts_after_opt_in(
         session=session, patient_ids=patient_ids, kinds=RESTORED_KINDS, now=now
     )
+
+
+def _enqueue_answer(
+    session: Session,
+    planned: PlannedSms,
+    answering: Answering,
+    appointment: Appointment,
+    kind: str,
+) -> OutboundMessage:
+    """Queue the answer to a patient's text, due now to the number that wrote, once per
+    inbound text (keyed on its sid)."""
+    [stored] = queries.enqueue_messages(
+        session=session,
+        messages=[
+            queries.outbox_row(
+                planned,
+                key=f"{REPLY_KEY_PREFIX}{answering.message_sid}:{kind}",
+                patient_id=appointment.patient_id,
+                appointment_id=appointment.id,
+                to_phone=answering.phone,
+            )
+        ],
+    )
+    return stored
