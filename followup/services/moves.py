@@ -74,11 +74,13 @@ def move_appointment(
     first_provider_id: int | None = None,
     answering: visits.Answering | None = None,
     held_choice: int | None = None,
+    chosen_slot: int | None = None,
 ) -> Move:
     """Move the visit to the first fitting slot starting after `after`, in `window` (default:
     the window it was booked in), trying `first_provider_id` first (default: the study's
     ordering provider, else the visit's own); or, with `held_choice`, to the slot held for the
-    patient under that number after their R. Raises BookingError for a visit not active."""
+    patient under that number after their R; or, with `chosen_slot`, to that free slot (a
+    scheduler's pick). Raises BookingError for a visit not active."""
     previous = session.get(Appointment, appointment_id)
     if previous is None:
         raise LookupError(f"appointment {appointment_id} does not exist")
@@ -105,6 +107,30 @@ def move_appointment(
             previous,
             new_id,
             "the patient's choice",
+            reason,
+            settings,
+            now,
+            actor,
+            window=window,
+            answering=answering,
+        )
+    if chosen_slot is not None:
+        picked = booking.book_slot(
+            session=session,
+            slot_id=chosen_slot,
+            patient_id=previous.patient_id,
+            study_id=previous.study_id,
+            window=window,
+            actor=actor,
+        )
+        if picked is None:
+            why = f"slot {chosen_slot} is no longer free"
+            return _not_moved(session, previous, reason, why, policy, settings, window=window)
+        return _moved(
+            session,
+            previous,
+            picked,
+            f"slot {chosen_slot}, picked",
             reason,
             settings,
             now,

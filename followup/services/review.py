@@ -23,10 +23,18 @@ from followup.core.scheduling import EMERGENT, BookingWindow
 from followup.core.worklist import REVIEWED_KINDS
 from followup.errors import FollowupError
 from followup.ris.scan import PersonName
-from followup.services import visits
+from followup.services import moves, visits
 from followup.settings import Settings
-from models import booking, queries
-from models.tables import Escalation, EscalationStatus, ImagingStudy, Patient, Provider
+from models import booking, ehr_outbox, queries
+from models.ehr_outbox import VisitChange
+from models.tables import (
+    Appointment,
+    Escalation,
+    EscalationStatus,
+    ImagingStudy,
+    Patient,
+    Provider,
+)
 from models.types import utcnow
 
 # Escalation kinds a review run can close: each is a scan the engine could not finish alone.
@@ -284,48 +292,49 @@ def _book_chosen(
     window = offer_window(
         session=session, study=study, urgency=answer.urgency, settings=settings, now=now
     )
+    by = answer.by.strip()
     existing = booking.active_follow_up(session=session, study_id=study.id)
-    booked = booking.book_slot(
-        session=session,
-        slot_id=slot_id,
-        patient_id=patient.id,
-        study_id=study.id,
-        window=window,
-        actor=answer.by.strip(),
-    )
+    if existing is not None and existing.id is not None:
+        move = moves.move_appointment(
+            session=session,
+            appointment_id=existing.id,
+            reason="moved on review",
+            policy=moves.NothingFits.KEEP,
+            settings=settings,
+            now=now,
+            actor=by,
+            after=now,
+            window=window,
+            chosen_slot=slot_id,
+        )
+        booked = move.appointment.id if move.appointment is not None else None
+    else:
+        booked = booking.book_slot(
+            session=session,
+            slot_id=slot_id,
+            patient_id=patient.id,
+            study_id=study.id,
+            window=window,
+            actor=by,
+        )
+        if booked is not None:
+            ehr_outbox.record_visit_change(
+                session=session,
+                appointment=session.get_one(Appointment, booked),
+                change=VisitChange.BOOKED,
+            )
+            visits.plan_visit_texts(
+                session=session, appointment_id=booked, settings=settings, now=now
+            )
     if booked is None:
         return None
-    told = (
-        existing is not None
-        and existing.id is not None
-        and queries.patient_told_of(session=session, appointment_id=existing.id)
-    )
-    if existing is not None and existing.id is not None:
-        existing.replaced_by_id = booked
-        session.add(existing)
-        booking.cancel_appointment(
-            session=session,
-            timing=settings.offer_timing,
-            appointment_id=existing.id,
-            reason=f"moved to appointment {booked} on review",
-            now=now,
-            actor=answer.by.strip(),
-        )
     booking.withdraw_from_waitlist(
         session=session,
         timing=settings.offer_timing,
         study_id=study.id,
         reason="booked on review",
         now=now,
-        actor=answer.by,
-    )
-    session.flush()
-    visits.plan_visit_texts(
-        session=session,
-        appointment_id=booked,
-        settings=settings,
-        now=now,
-        notice="reschedule" if told else "confirmation",
+        actor=by,
     )
     return booked
 

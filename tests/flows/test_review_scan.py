@@ -12,7 +12,7 @@ from followup.services import review
 from followup.settings import Settings
 from models import worklist
 from models.db import session_scope
-from models.tables import Appointment, AuditEvent, Escalation, OutboundMessage
+from models.tables import Appointment, AuditEvent, EhrOutboxMessage, Escalation, OutboundMessage
 from tests.flows.conftest import UNKNOWN_PROVIDER, run_sample
 from tests.flows.review_runs import create_review_run, execute, form_of, state_of
 
@@ -90,3 +90,46 @@ def test_a_review_run_suspends_with_its_form_and_books_the_chosen_slot_when_resu
             select(OutboundMessage.kind).where(OutboundMessage.appointment_id == visit.id)
         ).all()
         assert notices[0] == "confirmation"
+
+
+def test_a_review_that_picks_another_slot_moves_the_booked_visit(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan booked with the on-call provider (its own was unknown) and held for a person:
+    picking another offered slot moves the visit through the one move path, so the old visit
+    is cancelled and linked, the patient is told, and the EHR hears of one visit."""
+    monkeypatch.setenv("FOLLOWUP_ON_CALL_PROVIDER_NPI", "1000000001")
+    summary = run_sample(
+        settings,
+        "spine_neurology_root_compression.hl7",
+        replacing=(b"1000000001^Okafor^Adaeze", b"1999999999^Vance^Iris"),
+    )
+    first = summary["appointment"]["id"]
+    accession = summary["accession"]
+    with session_scope(settings.database_url) as session:
+        case = review.open_review(session=session, accession=accession, settings=settings)
+        assert case is not None and case.booked is not None
+        booked_slot = session.get_one(Appointment, first).slot_id
+        other = next(slot for slot in case.offered if slot.slot_id != booked_slot)
+        outcome = review.apply_review(
+            session=session,
+            accession=accession,
+            answer=review.ReviewAnswer(
+                action=review.BOOK,
+                by="sam.lee",
+                urgency=case.urgency,
+                referrals=case.referrals,
+                slot=other.label(settings.site_zone),
+            ),
+            settings=settings,
+        )
+    with session_scope(settings.database_url) as session:
+        old = session.get_one(Appointment, first)
+        new = session.get_one(Appointment, outcome.appointment_id)
+        outbox = session.exec(select(EhrOutboxMessage)).all()
+    assert (old.status, old.replaced_by_id) == ("cancelled", new.id)
+    assert (new.slot_id, new.status) == (other.slot_id, "booked")
+    # Unsent, the booking and the move fold into one S12 with the new time.
+    assert [
+        (row.subject, row.trigger, row.appointment_id) for row in outbox if row.subject == "visit"
+    ] == [("visit", "S12", new.id)]
