@@ -311,6 +311,22 @@ def test_tests_for_an_unknown_region(tmp_path: Path) -> None:
     )
 
 
+def test_typo_tolerant_stems_and_ordinary_words(tmp_path: Path) -> None:
+    text = VALID.replace(
+        "abnormal_cues:",
+        "typo_tolerant: {syrin: syrinx}\nordinary_words: [Syringe]\nabnormal_cues:",
+    )
+    rules = load_rules(_write(tmp_path, text))
+    assert (rules.typo_tolerant, rules.ordinary_words) == ((("syrin", "syrinx"),), ("syringe",))
+
+
+def test_typo_tolerant_word_must_start_with_its_stem(tmp_path: Path) -> None:
+    text = VALID.replace("abnormal_cues:", "typo_tolerant: {abcess: abscess}\nabnormal_cues:")
+    assert _error(tmp_path, text).endswith(
+        "'typo_tolerant' maps a word stem to the full word that starts with it"
+    )
+
+
 def test_superseded_in_is_place_or_sentence(tmp_path: Path) -> None:
     assert load_rules(_write(tmp_path, VALID)).rule("syrinx").superseded_in == "place"
     text = VALID + "    superseded_in: paragraph\n"
