@@ -208,6 +208,7 @@ def test_typos_and_truncations_of_critical_words_are_read_as_the_word(
         "Flattering, flatter, fattened; retrolisthesis; retro. hemosiderin",
         "Cauda equine is how some dictate it.",
         "flat back; cord compromise; CCS at L4-5",
+        "Sagittal images reformed; an old infraction; intents",
     ],
 )
 def test_ordinary_words_are_not_respelled(rules: RoutingRules, text: str) -> None:
