@@ -59,6 +59,7 @@ from followup.core.findings import (
 )
 from followup.core.routing import Decision, decide_report
 from followup.core.rules import RoutingRules, Rule, TokenPattern
+from followup.core.spelling import respeller
 from followup.errors import RulesError
 
 with warnings.catch_warnings():
@@ -89,6 +90,7 @@ _SECTION_NAMES = {"impression": "IMPRESSION", "findings": "FINDINGS", "addendum"
 def prepare(rules: RoutingRules) -> None:
     """Build (and cache) the pipeline for these rules now rather than at the first report."""
     _pipeline(rules)
+    respeller(rules)
 
 
 def classify_report(
@@ -117,7 +119,7 @@ def extract_findings(text: str, rules: RoutingRules) -> list[Finding]:
 
 def analyze_report(text: str, rules: RoutingRules) -> ReportFindings:
     nlp = _pipeline(rules)
-    return _analyze(nlp, nlp(text), rules)
+    return _analyze(nlp, nlp(respeller(rules)(text)), rules)
 
 
 def analyze_reports(
@@ -125,7 +127,8 @@ def analyze_reports(
 ) -> Iterator[ReportFindings]:
     """Batched `analyze_report` (spaCy's nlp.pipe), in input order."""
     nlp = _pipeline(rules)
-    for doc in nlp.pipe(texts, batch_size=batch_size):
+    respell = respeller(rules)
+    for doc in nlp.pipe((respell(text) for text in texts), batch_size=batch_size):
         yield _analyze(nlp, doc, rules)
 
 

@@ -2,7 +2,8 @@
 misses the patient whose radiologist writes it another way.
 
 Every critical rule in at least 8 phrasings: noun form, either word order, verb form,
-abbreviation, misspelling, stated only in FINDINGS, hedged (escalates), negated and asked about in
+abbreviation, misspelling (one the rules list, one typo they do not), truncation ("compr."),
+stated only in FINDINGS, hedged (escalates), negated and asked about in
 the INDICATION only (neither escalates). Every other routing rule in at least 3 phrasings. Then
 the scope rules of DOMAIN.md §3-4 that these families exposed: negation ends at ") and" and at
 "and"/"with" that start a new finding, a hedge about the clinical syndrome is no imaging finding,
@@ -16,6 +17,7 @@ import pytest
 
 from followup.core.routing import Decision
 from followup.core.rules import TIERS, RoutingRules, load_rules
+from followup.core.spelling import respeller
 from followup.nlp import assertion_status, classify_report
 from followup.settings import PROJECT_ROOT
 
@@ -34,6 +36,8 @@ CRITICAL_PHRASINGS: dict[str, dict[str, str]] = {
         "noun_after": "Severe C5-6 stenosis with cord flattening",
         "abbreviation": "Epidural metastasis at T6 with MESCC",
         "misspelling": "Spinal cord compresion at C6-7",
+        "typo": "Cord flatening at C5-6",
+        "truncation": "Severe C5-6 stenosis with cord compr",
     },
     "cauda_equina_compression": {
         "noun": "Cauda equina compression at L4-5",
@@ -42,6 +46,8 @@ CRITICAL_PHRASINGS: dict[str, dict[str, str]] = {
         "noun_after": "The cauda equina is severely compressed at L4-5",
         "abbreviation": "Massive L4-5 extrusion with imaging findings of CES",
         "misspelling": "Cauda equine compression at L4-5",
+        "typo": "Cauda equnia comperssion at L4-5",
+        "truncation": "Massive L4-5 extrusion with cauda equina compres",
     },
     "epidural_abscess": {
         "noun": "Dorsal epidural abscess at L3-4",
@@ -50,6 +56,8 @@ CRITICAL_PHRASINGS: dict[str, dict[str, str]] = {
         "noun_after": "Collection within the ventral epidural space at C5",
         "abbreviation": "Discitis at L2-3 with SEA",
         "misspelling": "Dorsal epidural absess at L3-4",
+        "typo": "Dorsal epidural absscess at L3-4",
+        "truncation": "Rim-enhancing ventral epidural absces",
     },
     "unstable_fracture": {
         "noun": "Acute L1 burst fracture",
@@ -58,6 +66,8 @@ CRITICAL_PHRASINGS: dict[str, dict[str, str]] = {
         "noun_after": "Acute L2 fracture with PLC disruption",
         "abbreviation": "Acute L1 burst fx",
         "misspelling": "Acute L1 burts fracture",
+        "typo": "Retropulsoin of an L1 fragment into the canal",
+        "truncation": "Acute L1 compression fracture with retrop",
     },
     "acute_infarct": {
         "noun": "Acute left MCA territory infarct",
@@ -66,6 +76,8 @@ CRITICAL_PHRASINGS: dict[str, dict[str, str]] = {
         "noun_after": "Diffusion restriction in the right thalamus",
         "abbreviation": "Acute left MCA CVA",
         "misspelling": "Acute infract in the left pons",
+        "typo": "Restircted diffusion in the left insula",
+        "truncation": "Acute left MCA territory infarc",
     },
     "intracranial_hemorrhage": {
         "noun": "Intraparenchymal hemorrhage in the left parietal lobe",
@@ -74,6 +86,8 @@ CRITICAL_PHRASINGS: dict[str, dict[str, str]] = {
         "noun_after": "Acute subdural hematoma along the falx",
         "abbreviation": "Small SAH in the right sylvian fissure",
         "misspelling": "Subdural hemorhage over the left convexity",
+        "typo": "Subarachnoid hemorrhgae in the basal cisterns",
+        "truncation": "Intraparenchymal hemorr",
     },
 }
 
@@ -151,6 +165,68 @@ def test_critical_finding_asked_about_in_the_indication_only_does_not_escalate(
         text = f"INDICATION: Evaluate for {_lower_first(phrase)}.\nIMPRESSION: Normal study."
         decision = classify_report(text, rules)
         assert (decision.critical, decision.findings) == (False, []), text
+
+
+@pytest.mark.parametrize("label", sorted(CRITICAL_PHRASINGS))
+@pytest.mark.parametrize("family", ["typo", "truncation"])
+def test_negated_typo_or_truncation_does_not_escalate(
+    rules: RoutingRules, label: str, family: str
+) -> None:
+    phrase = CRITICAL_PHRASINGS[label][family]
+    decision = classify_report(f"IMPRESSION: No {_lower_first(phrase)}.", rules)
+    assert not decision.critical, decision.explanations
+    assert [f.negated for f in decision.findings if f.label == label] == [True]
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("cord compresion", "cord compression"),
+        ("cord compresssed", "cord compressed"),
+        ("Cord Flatening", "Cord Flattening"),
+        ("MYELOPAHTY", "MYELOPATHY"),
+        ("cord flattend", "cord flattened"),
+        ("cord compr. CCS", "cord compression. CCS"),
+        ("CE compres. at L4-5", "CE compression. at L4-5"),
+        ("cord flat.", "cord flattening."),
+        ("retropuls. of bone", "retropulsion. of bone"),
+    ],
+)
+def test_typos_and_truncations_of_critical_words_are_read_as_the_word(
+    rules: RoutingRules, written: str, read: str
+) -> None:
+    assert respeller(rules)(written) == read
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "IMPRESSION: Mild spondylosis. Clinical impression of radiculopathy.",
+        "Depression and expression noted; compressive effect on the S1 root.",
+        "Comp. with prior, comparison study; complex cyst.",
+        "Multiple myeloma. Myeloma lesions. Myelogram pending.",
+        "Flattering, flatter, fattened; retrolisthesis; retro. hemosiderin",
+        "Cauda equine is how some dictate it.",
+        "flat back; cord compromise; CCS at L4-5",
+        "Sagittal images reformed; an old infraction; intents",
+    ],
+)
+def test_ordinary_words_are_not_respelled(rules: RoutingRules, text: str) -> None:
+    assert respeller(rules)(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "IMPRESSION: Mild C5-6 bulge. Clinical impresion of radiculopathy.",
+        "IMPRESSION: Moderate CCS at L4-5 without cauda equina compresion.",
+        "IMPRESSION: Comp. with prior: stable mild L4-5 bulge.",
+        "IMPRESSION: Small C5-6 protrusion without compresive effect on the cord.",
+        "IMPRESSION: Multiple myeloma without pathologic fracture or cord compr.",
+    ],
+)
+def test_look_alikes_of_critical_words_do_not_escalate(rules: RoutingRules, text: str) -> None:
+    assert not classify_report(text, rules).critical, text
 
 
 def test_every_critical_rule_has_eight_phrasing_families(rules: RoutingRules) -> None:

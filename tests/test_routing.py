@@ -249,7 +249,7 @@ def test_unmatched_words_are_not_listed_as_findings(rules) -> None:
     assert decision.findings == []
     assert (
         decision.explanations[-1] == "needs review: 'mass' in IMPRESSION matched no rule: "
-        '"Paraspinal soft tissue mass.", v2026.12-2'
+        '"Paraspinal soft tissue mass.", v2026.12-3'
     )
 
 
@@ -341,10 +341,10 @@ def test_contract_shape(rules) -> None:
             "section": "IMPRESSION",
         }
     ]
-    assert contract["rules_version"] == "2026.12-2"
+    assert contract["rules_version"] == "2026.12-3"
     assert contract["explanations"] == [
         "orthopedics: 'Grade 1 anterolisthesis' in IMPRESSION matched rule spondylolisthesis, "
-        "v2026.12-2"
+        "v2026.12-3"
     ]
     json.dumps(contract)  # plain JSON values only
 
@@ -426,7 +426,7 @@ def test_held_out_v3_does_not_fall_back(held_out_v3: EvalReport) -> None:
 
 
 def test_dev_v3_does_not_fall_back(rules) -> None:
-    """The development set the v2026.12-2 rules were tuned on (203 reports)."""
+    """The development set the v2026.12-3 rules were tuned on (203 reports)."""
     report = evaluate(load_cases(CORPUS / "dev_v3.jsonl"), rules)
     assert report.critical_recall == 1.0, format_report(report)
     assert report.exact_accuracy >= 0.99, format_report(report)

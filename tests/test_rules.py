@@ -63,7 +63,7 @@ def rules():
 
 
 def test_shipped_rules_carry_version_and_sign_off_fields(rules) -> None:
-    assert rules.version == "2026.12-2"
+    assert rules.version == "2026.12-3"
     assert rules.reviewer
     assert rules.effective_date == "2026-12-07"
     assert set(rules.specialties) == SPECIALTIES
@@ -308,6 +308,22 @@ def test_tests_for_an_unknown_region(tmp_path: Path) -> None:
     text = VALID + "    additional_testing_by_region: {knee: [repeat MRI]}\n"
     assert (
         _error(tmp_path, text) == "FILE:12: rule syrinx: unknown region 'knee'; 'regions' names []"
+    )
+
+
+def test_typo_tolerant_stems_and_ordinary_words(tmp_path: Path) -> None:
+    text = VALID.replace(
+        "abnormal_cues:",
+        "typo_tolerant: {syrin: syrinx}\nordinary_words: [Syringe]\nabnormal_cues:",
+    )
+    rules = load_rules(_write(tmp_path, text))
+    assert (rules.typo_tolerant, rules.ordinary_words) == ((("syrin", "syrinx"),), ("syringe",))
+
+
+def test_typo_tolerant_word_must_start_with_its_stem(tmp_path: Path) -> None:
+    text = VALID.replace("abnormal_cues:", "typo_tolerant: {abcess: abscess}\nabnormal_cues:")
+    assert _error(tmp_path, text).endswith(
+        "'typo_tolerant' maps a word stem to the full word that starts with it"
     )
 
 

@@ -74,6 +74,8 @@ _TOP_KEYS = frozenset(
         "specialties",
         "abnormal_cues",
         "spelling_variants",
+        "typo_tolerant",
+        "ordinary_words",
         "rules",
         "fragments",
         "regions",
@@ -163,6 +165,11 @@ class RoutingRules:
     spelling_variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
     regions: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """Body region → words that name it in the exam title or text ("knee", "lumbar")."""
+    typo_tolerant: tuple[tuple[str, str], ...] = ()
+    """Stem of a critical concept word read through a one-letter typo → the word a truncation
+    of it ("compr.") stands for."""
+    ordinary_words: tuple[str, ...] = ()
+    """Real words a typo of a critical concept word could be confused with; never re-spelled."""
     source: str = ""
     _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -179,6 +186,8 @@ class RoutingRules:
                 self.abnormal_cues,
                 self.spelling_variants,
                 self.regions,
+                self.typo_tolerant,
+                self.ordinary_words,
                 self.source,
             )
             object.__setattr__(self, "_hash", hash(fields))
@@ -356,6 +365,10 @@ class _Validator:
         cues = self.strings(document, "abnormal_cues")
         variants = self.variants(document)
         regions = self.word_lists(document, "regions")
+        typo_tolerant = self.typo_tolerant(document)
+        ordinary_words = [
+            w.lower() for w in self.strings(document, "ordinary_words", required=False)
+        ]
         rules_node = document.get("rules")
         if not isinstance(rules_node, _Seq) or not rules_node:
             self.fail(
@@ -384,6 +397,8 @@ class _Validator:
             abnormal_cues=tuple(cues),
             spelling_variants=variants,
             regions=regions,
+            typo_tolerant=typo_tolerant,
+            ordinary_words=tuple(ordinary_words),
             source=self.source,
         )
 
@@ -529,6 +544,20 @@ class _Validator:
         return tuple(
             (word.lower(), tuple(v.lower() for v in self.strings(raw, word))) for word in raw
         )
+
+    def typo_tolerant(self, document: _Map) -> tuple[tuple[str, str], ...]:
+        raw = document.get("typo_tolerant")
+        if raw is None:
+            return ()
+        line = document.key_lines["typo_tolerant"]
+        if not isinstance(raw, _Map) or not all(
+            isinstance(stem, str)
+            and isinstance(word, str)
+            and word.lower().startswith(stem.lower())
+            for stem, word in raw.items()
+        ):
+            self.fail(line, "'typo_tolerant' maps a word stem to the full word that starts with it")
+        return tuple((stem.lower(), word.lower()) for stem, word in raw.items())
 
     def superseded_in(self, node: _Map, label: str) -> str:
         value = node.get("superseded_in", "place")

@@ -1,0 +1,143 @@
+"""Re-spelling of misspelled and truncated critical concept words before a report is read.
+
+Dictated reports carry one-letter typos ("cord compresion", "flatening") and truncations
+("cord compr.", "flat."). A word that is one edit (insertion, deletion, substitution or
+transposition of neighbours) away from a critical concept word of at least six letters, and is
+itself no word the rules or the ordinary-word list know, is read as that word. A truncation of
+at least four letters ending in "." (at least five without it) that starts exactly one critical
+concept and no known word is read as that concept's full word. Both tables are built once per
+rules version from the critical rules' own vocabulary, so reading a report costs one regular
+expression pass and dictionary look-ups.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+from followup.core.rules import RoutingRules, Rule, TokenPattern
+
+_MIN_TYPO_WORD = 6  # shorter words have too many real neighbours one edit away
+_MIN_TRUNCATION = 4
+_MIN_BARE_TRUNCATION = 5  # without the period
+_WORD = re.compile(r"[A-Za-z]{4,}\.?")
+_PHRASE_WORD = re.compile(r"[a-z]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Respeller:
+    typos: dict[str, str]  # misspelling → canonical word
+    truncations: dict[str, str]  # truncation → full word
+
+    def __call__(self, text: str) -> str:
+        return _WORD.sub(self._replace, text)
+
+    def _replace(self, match: re.Match[str]) -> str:
+        found = match.group()
+        dotted = found.endswith(".")
+        word = found[:-1] if dotted else found
+        lower = word.lower()
+        canonical = self.truncations.get(lower) if dotted else None
+        if canonical is None:
+            canonical = self.typos.get(lower)
+        if canonical is None and len(lower) >= _MIN_BARE_TRUNCATION:
+            canonical = self.truncations.get(lower)
+        if canonical is None:
+            return found
+        return _same_case(word, canonical) + ("." if dotted else "")
+
+
+@lru_cache(maxsize=4)
+def respeller(rules: RoutingRules) -> Respeller:
+    """The re-speller for a rules version: its typo and truncation tables."""
+    critical = {word for rule in rules.rules if rule.critical for word in _pattern_words(rule)}
+    variants = {variant for _, forms in rules.spelling_variants for variant in forms}
+    families: dict[str, str] = {}  # concept word → the stem it belongs to
+    for stem, full in rules.typo_tolerant:
+        families[full] = stem
+        for word in critical | variants:
+            if word.startswith(stem) and len(word) >= _MIN_TYPO_WORD:
+                families.setdefault(word, stem)
+    near: dict[str, set[str]] = {}
+    for word in families:
+        for typo in _one_edit(word):
+            if typo not in families and len(typo) >= _MIN_TYPO_WORD - 1:
+                near.setdefault(typo, set()).add(word)
+    ordinary = set(rules.ordinary_words)
+    # The rules list some misspellings as patterns ("compresive myelopathy"): a word the rules
+    # know counts as a real word unless it is one edit from a concept word.
+    known = {word for word in _known_words(rules) if word not in near} | ordinary
+    chosen: dict[str, str] = {}
+    for typo, words in near.items():
+        if typo not in ordinary and len({families[word] for word in words}) == 1:
+            # "flattend" is one edit from "flatten" and "flattened": the inflected form.
+            chosen[typo] = max(words, key=lambda word: (len(word), word))
+    prefixes: dict[str, set[str]] = {}
+    for word, stem in families.items():
+        for end in range(_MIN_TRUNCATION, len(word)):
+            prefixes.setdefault(word[:end], set()).add(stem)
+    # "comp." may be "comparison", "myeloma" is no truncation of "myelomalacia": a truncation
+    # must start no ordinary word (words listed only as a typo's real neighbour, "flattering",
+    # do not count). A truncation shared with a non-critical rule word ("compr.", "compromise")
+    # is read as the critical concept: a missed cord compression costs more than a review.
+    blocked = {
+        word[:end]
+        for word in ordinary - near.keys() - families.keys()
+        for end in range(1, len(word) + 1)
+    }
+    expansion = dict(rules.typo_tolerant)
+    truncations = {
+        prefix: expansion[next(iter(stems))]
+        for prefix, stems in prefixes.items()
+        if len(stems) == 1 and prefix not in blocked and prefix not in known
+    }
+    return Respeller(typos=chosen, truncations=truncations)
+
+
+def _known_words(rules: RoutingRules) -> set[str]:
+    """Every word the rules name, their spelling variants and the ordinary-word list."""
+    words = {word for rule in rules.rules for word in _pattern_words(rule)}
+    for rule in rules.rules:
+        if rule.qualifier is not None:
+            words |= {w for phrase in rule.qualifier.phrases for w in _PHRASE_WORD.findall(phrase)}
+    words |= {w for cue in rules.abnormal_cues for w in _PHRASE_WORD.findall(cue.lower())}
+    for word, forms in rules.spelling_variants:
+        words |= {word, *forms}
+    words |= set(rules.ordinary_words)
+    return words
+
+
+def _pattern_words(rule: Rule) -> Iterator[str]:
+    for pattern in rule.patterns:
+        if isinstance(pattern, TokenPattern):
+            for spec in pattern.as_spacy():
+                lower = spec.get("LOWER")
+                if isinstance(lower, str):
+                    yield lower
+                elif isinstance(lower, dict) and isinstance(lower.get("IN"), list):
+                    yield from (w for w in lower["IN"] if isinstance(w, str) and w.isalpha())
+        else:
+            yield from _PHRASE_WORD.findall(pattern.lower())
+
+
+def _one_edit(word: str) -> Iterable[str]:
+    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    letters = string.ascii_lowercase
+    for left, right in splits:
+        if right:
+            yield left + right[1:]
+            yield from (left + c + right[1:] for c in letters if c != right[0])
+        if len(right) > 1:
+            yield left + right[1] + right[0] + right[2:]
+        yield from (left + c + right for c in letters)
+
+
+def _same_case(written: str, word: str) -> str:
+    if written.isupper() and len(written) > 1:
+        return word.upper()
+    if written[0].isupper():
+        return word.capitalize()
+    return word
