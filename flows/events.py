@@ -69,7 +69,7 @@ def emit_for_inbox(
     return emitted is not None
 
 
-REVIEW_EVENT = "followup.services.review.needed"
+REVIEW_EVENT = "followup.review.needed"
 
 
 def emit_review_needed(*, accession: str, task_ids: list[int]) -> bool:

@@ -1,7 +1,7 @@
 """review-scan: a scan the engine could not finish alone waits for a person, as a form in the
 Prefect UI, then carries on.
 
-Started by the `followup.services.review.needed` event scan-completed emits when a scan needs a
+Started by the `followup.review.needed` event scan-completed emits when a scan needs a
 person
 (a report to read, no slot, an unknown ordering provider, no phone). The run is suspended, not
 paused: it holds no worker or process while it waits (Prefect runs it again from the top once
