@@ -69,6 +69,27 @@ def emit_for_inbox(
     return emitted is not None
 
 
+SWEPT_EVENT = "followup.inbox.swept"
+
+
+def mark_swept(*, inbox_id: int, accession: str) -> bool:
+    """Take the row's own event id for a run sweep-inbox creates itself. Prefect drops an
+    event whose id it has seen, whatever its name, so a late copy of the gateway's event (a
+    resend after Prefect came back) no longer starts a second run; no trigger matches this
+    event. False when no Prefect API is configured."""
+    emitted = emit_event(
+        event=SWEPT_EVENT,
+        resource={
+            "prefect.resource.id": f"ris.study.{accession}",
+            "prefect.resource.name": accession,
+            "followup.inbox-id": str(inbox_id),
+        },
+        payload={"inbox_id": inbox_id, "accession": accession},
+        id=event_id(inbox_id, accession),
+    )
+    return emitted is not None
+
+
 REVIEW_EVENT = "followup.review.needed"
 
 

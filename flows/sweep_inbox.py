@@ -9,7 +9,10 @@ scan-completed run itself (named `scan-{accession}`, from the deployment) for ev
 again — unless a live run of that deployment holds the row (waiting for a worker or a
 concurrency slot, pending, running), so a backlog is not submitted twice. The run exists when
 the call returns, so the next sweep sees it; a sweep retried after a partial pass reuses its
-idempotency keys instead of creating a second run for a row.
+idempotency keys instead of creating a second run for a row. Before it creates the run of a
+row never claimed, it takes the row's event id (a `followup.inbox.swept` event), so a late copy
+of the gateway's event (resent by Prefect's client once the server is back) is dropped instead
+of starting a second run.
 
 A row stored but never judged (its gateway stopped between the commit of the raw bytes and
 the judgement) is judged first, as the gateway would have judged it: when its sender's
@@ -42,7 +45,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.runtime import flow_run
 
-from flows.events import SCAN_FLOW
+from flows.events import SCAN_FLOW, mark_swept
 from followup.services import intake
 from followup.settings import get_settings
 from models import inbox_queries
@@ -129,6 +132,11 @@ async def submit_runs(rows: list[Submission], sweep_run: str) -> int:
         for row in rows:
             if (row.inbox_id, row.accession) in held or row.inbox_id not in waiting:
                 continue
+            if row.previous_claim is None:
+                # The gateway's own event for this row may still arrive late (Prefect's client
+                # resends unconfirmed events when it reconnects); taking its id first makes
+                # Prefect drop that copy instead of starting a second run beside this one.
+                mark_swept(inbox_id=row.inbox_id, accession=row.accession)
             await client.create_flow_run_from_deployment(
                 deployment.id,
                 parameters={"inbox_id": row.inbox_id, "accession": row.accession},
