@@ -82,8 +82,9 @@ def prefect_api() -> Iterator[None]:
 @pytest.fixture
 def scan_deployment(prefect_api: None) -> Iterator[uuid.UUID]:
     """scan-completed deployed on the test server, to a work pool no worker serves: the runs
-    sweep-inbox creates wait there as Scheduled (live, holding their rows) and are deleted
-    after the test, since row ids and sample accessions repeat from test to test."""
+    sweep-inbox creates wait there as Scheduled (live, holding their rows). The deployment's
+    runs are deleted before and after the test, since row ids and sample accessions repeat
+    from test to test."""
     import asyncio
 
     from prefect import get_client
@@ -102,13 +103,16 @@ def scan_deployment(prefect_api: None) -> Iterator[uuid.UUID]:
 
     async def delete_runs(deployment_id: uuid.UUID) -> None:
         async with get_client() as client:
-            runs = await client.read_flow_runs(
+            while runs := await client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
-            )
-            for run in runs:
-                await client.delete_flow_run(run.id)
+            ):
+                for run in runs:
+                    await client.delete_flow_run(run.id)
 
     deployment_id = asyncio.run(deploy())
+    # Runs other tests left on the same deployment (it is one deployment for the whole session)
+    # would hold their rows: each test starts from none.
+    asyncio.run(delete_runs(deployment_id))
     try:
         yield deployment_id
     finally:
