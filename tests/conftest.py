@@ -109,7 +109,13 @@ def scan_deployment(prefect_api: None) -> Iterator[uuid.UUID]:
                 for run in runs:
                     await client.delete_flow_run(run.id)
 
+    async def drop_triggers(deployment_id: uuid.UUID) -> None:
+        # A trigger another test deployed on the same deployment would start runs of its own.
+        async with get_client() as client:
+            await client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
+
     deployment_id = asyncio.run(deploy())
+    asyncio.run(drop_triggers(deployment_id))
     # Runs other tests left on the same deployment (it is one deployment for the whole session)
     # would hold their rows: each test starts from none.
     asyncio.run(delete_runs(deployment_id))
