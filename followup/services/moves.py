@@ -90,47 +90,37 @@ def move_appointment(
     if window is None:
         why = "it has no booking window on file"
         return _not_moved(session, previous, reason, why, policy, settings, window=None)
-    if held_choice is not None:
-        new_id = booking.book_held_choice(
-            session=session,
-            timing=settings.offer_timing,
-            appointment_id=appointment_id,
-            choice=held_choice,
-            now=now,
-            actor=actor,
-        )
-        if new_id is None:
+    if held_choice is not None or chosen_slot is not None:
+        if held_choice is not None:
+            new_id = booking.book_held_choice(
+                session=session,
+                timing=settings.offer_timing,
+                appointment_id=appointment_id,
+                choice=held_choice,
+                now=now,
+                actor=actor,
+            )
+            booked_how = "the patient's choice"
             why = f"no time is held under {held_choice} for the visit any more"
+        else:
+            assert chosen_slot is not None
+            new_id = booking.book_slot(
+                session=session,
+                slot_id=chosen_slot,
+                patient_id=previous.patient_id,
+                study_id=previous.study_id,
+                window=window,
+                actor=actor,
+            )
+            booked_how = f"slot {chosen_slot}, picked"
+            why = f"slot {chosen_slot} is no longer free"
+        if new_id is None:
             return _not_moved(session, previous, reason, why, policy, settings, window=window)
         return _moved(
             session,
             previous,
             new_id,
-            "the patient's choice",
-            reason,
-            settings,
-            now,
-            actor,
-            window=window,
-            answering=answering,
-        )
-    if chosen_slot is not None:
-        picked = booking.book_slot(
-            session=session,
-            slot_id=chosen_slot,
-            patient_id=previous.patient_id,
-            study_id=previous.study_id,
-            window=window,
-            actor=actor,
-        )
-        if picked is None:
-            why = f"slot {chosen_slot} is no longer free"
-            return _not_moved(session, previous, reason, why, policy, settings, window=window)
-        return _moved(
-            session,
-            previous,
-            picked,
-            f"slot {chosen_slot}, picked",
+            booked_how,
             reason,
             settings,
             now,
