@@ -509,16 +509,7 @@ def _apply_update(
     row.accession = (update.accession or "")[:ACCESSION_LENGTH] or None
     provider = update.ordering_provider.identifier if update.ordering_provider else None
     _finish_without_run(row, {"updated": changed, "ordering_provider": provider})
-    session.add(row)
-    session.commit()
-    return Receipt(
-        inbox_id=_id(row),
-        status=row.status,
-        ack_code="AA",
-        accession=row.accession,
-        control_id=row.control_id,
-        header=header,
-    )
+    return _accepted_without_run(session, row, header)
 
 
 def _apply_answer(
@@ -548,12 +539,20 @@ def _apply_answer(
         )
         return _reject(session, row, InvalidField(str(error), location=answer.location), header)
     _finish_without_run(row, {"referral": referral.id, "status": referral.status})
+    return _accepted_without_run(session, row, header)
+
+
+def _accepted_without_run(
+    session: Session, row: InboxMessage, header: MessageHeader | None
+) -> Receipt:
+    """Commit a row finished here (no flow run needed) and answer AA."""
     session.add(row)
     session.commit()
     return Receipt(
         inbox_id=_id(row),
         status=row.status,
         ack_code="AA",
+        accession=row.accession,
         control_id=row.control_id,
         header=header,
     )
