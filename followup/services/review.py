@@ -328,13 +328,17 @@ def _book_chosen(
             )
     if booked is None:
         return None
-    booking.withdraw_from_waitlist(
+    withdrawal = booking.withdraw_from_waitlist(
         session=session,
         timing=settings.offer_timing,
         study_id=study.id,
         reason="booked on review",
         now=now,
         actor=by,
+    )
+    # The slot the study's pending offer held goes to the next patient: tell them by text.
+    visits.enqueue_offer_texts(
+        session=session, offers=[withdrawal.next_offer], settings=settings, now=now
     )
     return booked
 
