@@ -1246,13 +1246,15 @@ def book_held_choice(
         or chosen.expires_at <= now
         or previous.status not in ACTIVE_APPOINTMENT_STATUSES
     ):
-        # Lapsed holds go back now; a visit no longer active gives back every one.
+        # Lapsed holds go back now; a visit no longer active gives back every one. Free, not
+        # offered: this path has no one to text an offer (the next booking search finds them).
         release_reschedule_holds(
             session=session,
             timing=timing,
             now=now,
             appointment_id=appointment_id,
             expired_only=previous.status in ACTIVE_APPOINTMENT_STATUSES,
+            offer_to_waitlist=False,
             actor=actor,
         )
         return None
