@@ -340,11 +340,13 @@ async def reap_orphaned_runs(
     Prefect server that step can take longer than `stale_after`).
 
     * Cancelling: Cancelled, as its worker would have done.
-    * Otherwise Crashed. A run that completed no task run did nothing (for scan-completed: it
-      never claimed its row, which would otherwise wait in `received` for sweep-inbox's
-      `older_than_seconds`): it is then scheduled again (AwaitingRetry) for a live worker.
-      One that did some work stays Crashed; the inbox lease gives its row to a new run
-      (sweep-inbox).
+    * A run that completed no task run did nothing (for scan-completed: it never claimed its
+      row, which would otherwise wait in `received` for sweep-inbox's `older_than_seconds`):
+      scheduled again (AwaitingRetry, naming the dead worker) for a live worker, in one
+      transition, as Prefect reschedules a run on SIGTERM. Through Crashed first, the run
+      would be finished for a moment, and a sweep reading the live runs then would create a
+      second run for the same row.
+    * Otherwise Crashed; the inbox lease gives its row to a new run (sweep-inbox).
 
     Transitions are proposed, not forced: a run that finished meanwhile keeps its state."""
     now = now or datetime.now(UTC)
@@ -378,16 +380,12 @@ async def reap_orphaned_runs(
             if await _propose(client, flow_run, Cancelled(message=message)):
                 reaped.append(flow_run.id)
             continue
-        if not await _propose(client, flow_run, Crashed(message=message)):
-            continue
-        reaped.append(flow_run.id)
-        if not await _did_work(client, flow_run.id):
-            await client.set_flow_run_state(
-                flow_run.id,
-                AwaitingRetry(message="it did no work before its worker died: run again"),
-                force=True,  # out of Crashed, as the UI's Retry does
-            )
-            logger.warning("flow run %s (%s) scheduled again", flow_run.id, flow_run.name)
+        if await _did_work(client, flow_run.id):
+            settled = Crashed(message=message)
+        else:
+            settled = AwaitingRetry(message=f"{message}; it had done no work: run again")
+        if await _propose(client, flow_run, settled):
+            reaped.append(flow_run.id)
     return reaped
 
 
