@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -392,13 +393,21 @@ def providers_import(
             days=days,
             closed_days=_closed_days(settings, session),
         )
+        displaced = moves.move_visits_out(
+            session=session,
+            appointment_ids=report.conflicts,
+            why="the imported calendar marks its time busy",
+            settings=settings,
+            now=utcnow(),
+            actor="cli",
+        )
         waiting = pipeline.book_waiting_scans(session=session, settings=settings)
-    _print_json(
-        {
+        summary = {
             **asdict(report),
+            **_moves_summary(displaced),
             "waiting_scans_booked": [o.appointment_id for o in waiting if o.appointment_id],
         }
-    )
+    _print_json(summary)
 
 
 @providers_app.command("slots")
@@ -454,17 +463,22 @@ def providers_block(
             now=utcnow(),
             actor="cli",
         )
-        summary = {
-            "slots_blocked": block.slots_blocked,
-            "conflicts": [move.previous.id for move in block.moves],
-            "moved": [_moved(move) for move in block.moves if move.appointment is not None],
-            "worklist": [
-                {"appointment": move.previous.id, "task": move.task_id, "reason": move.reason}
-                for move in block.moves
-                if move.appointment is None
-            ],
-        }
+        summary = {"slots_blocked": block.slots_blocked, **_moves_summary(block.moves)}
     _print_json(summary)
+
+
+def _moves_summary(done: Iterable[moves.Move]) -> dict[str, Any]:
+    """The visits a change of the calendar displaced: each moved, or put on the worklist."""
+    done = list(done)
+    return {
+        "conflicts": [move.previous.id for move in done],
+        "moved": [_moved(move) for move in done if move.appointment is not None],
+        "worklist": [
+            {"appointment": move.previous.id, "task": move.task_id, "reason": move.reason}
+            for move in done
+            if move.appointment is None
+        ],
+    }
 
 
 def _moved(move: Any) -> dict[str, Any]:
@@ -486,22 +500,25 @@ def providers_close(
     day: Annotated[str, typer.Argument(help="YYYY-MM-DD, a day the whole site is closed")],
     reason: Annotated[str, typer.Option(help="why (snow day, training, ...)")] = "",
 ) -> None:
-    """Close the site for a day on top of the public holidays."""
+    """Close the site for a day on top of the public holidays, and move the visits booked that
+    day (texting each patient the new time); a visit nothing fits goes on the worklist."""
     settings = get_settings()
     migrate(settings.database_url)
     with session_scope(settings.database_url) as session:
-        change = booking.add_site_closure(
+        closure = moves.close_site_day(
             session=session,
             day=date.fromisoformat(day),
             reason=reason,
-            zone=settings.site_zone,
+            settings=settings,
+            now=utcnow(),
             actor="cli",
         )
-    _print_json(
-        {"already_closed": True}
-        if change is None
-        else {"slots_blocked": change.blocked_slots, "conflicts": list(change.conflicts)}
-    )
+        summary = (
+            {"already_closed": True}
+            if closure is None
+            else {"slots_blocked": closure.slots_blocked, **_moves_summary(closure.moves)}
+        )
+    _print_json(summary)
 
 
 @appointments_app.command("cancel")

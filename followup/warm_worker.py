@@ -381,7 +381,7 @@ async def reap_orphaned_runs(
                 reaped.append(flow_run.id)
             continue
         if await _did_work(client, flow_run.id):
-            settled = Crashed(message=message)
+            settled: State[Any] = Crashed(message=message)
         else:
             settled = AwaitingRetry(message=f"{message}; it had done no work: run again")
         if await _propose(client, flow_run, settled):

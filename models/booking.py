@@ -1083,8 +1083,8 @@ def cancel_appointment(
     if appointment.replaced_by_id is None:  # a move is told as the new appointment's change
         record_visit_change(session=session, appointment=appointment, change=VisitChange.CANCELLED)
     messages = cancel_pending_messages(session=session, appointment_id=appointment_id)
-    # A slot inside its provider's blocked time (the visit is cancelled because of it) is
-    # blocked, not freed: offering it would book the time the provider is away.
+    # A slot inside its provider's blocked time or on a closed day (the visit is cancelled
+    # because of it) is blocked, not freed: offering it would book time nobody is there.
     released = (
         SlotStatus.BLOCKED if _in_blocked_time(session, appointment.slot_id) else SlotStatus.FREE
     )
@@ -1112,17 +1112,21 @@ def cancel_appointment(
 
 
 def _in_blocked_time(session: Session, slot_id: int) -> bool:
+    """The slot lies in its provider's blocked time or on a day the site is closed (in the
+    provider's zone, as the slots are laid)."""
     slot = session.get_one(Slot, slot_id)
-    return (
-        session.exec(
-            select(BlockedPeriod.id).where(
-                BlockedPeriod.provider_id == slot.provider_id,
-                BlockedPeriod.start < slot.end,
-                BlockedPeriod.end > slot.start,
-            )
-        ).first()
-        is not None
-    )
+    blocked = session.exec(
+        select(BlockedPeriod.id).where(
+            BlockedPeriod.provider_id == slot.provider_id,
+            BlockedPeriod.start < slot.end,
+            BlockedPeriod.end > slot.start,
+        )
+    ).first()
+    if blocked is not None:
+        return True
+    zone = ZoneInfo(_provider(session, slot.provider_id).timezone)
+    day = slot.start.astimezone(zone).date()
+    return session.exec(select(SiteClosure.id).where(SiteClosure.day == day)).first() is not None
 
 
 # --- rescheduling by the patient's choice -------------------------------------------------------

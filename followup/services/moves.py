@@ -1,5 +1,6 @@
 """Moving a booked visit: the one path every edge takes (a corrected report, a scheduler's
-`appointments reschedule`, a patient's R, a provider's blocked time).
+`appointments reschedule`, a patient's R, a provider's blocked time, a closed site day, busy
+time in an imported calendar).
 
 A move books the first fitting slot through the fallback chain (the provider asked for first,
 then their covering provider, then the practice), cancels the old visit and its unsent texts,
@@ -10,8 +11,9 @@ the caller's policy says who acts on it, so no move ends silently.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 
 from sqlmodel import Session
@@ -333,7 +335,61 @@ def block_provider_time(
     why = f"provider {provider_id} blocked {start.isoformat()} to {end.isoformat()}"
     if reason:
         why += f" ({reason})"
-    moves = tuple(
+    moves = move_visits_out(
+        session=session,
+        appointment_ids=change.conflicts,
+        why=why,
+        settings=settings,
+        now=now,
+        actor=actor,
+        first_provider_id=provider_id,
+    )
+    return Block(slots_blocked=change.blocked_slots, moves=moves)
+
+
+def close_site_day(
+    *,
+    session: Session,
+    day: date,
+    reason: str,
+    settings: Settings,
+    now: datetime,
+    actor: str,
+) -> Block | None:
+    """Close the whole site for a local day and move every visit booked that day, as a
+    provider block does (the ordering provider first, then the fallback chain); None when the
+    day was already closed."""
+    change = booking.add_site_closure(
+        session=session, day=day, reason=reason, zone=settings.site_zone, actor=actor
+    )
+    if change is None:
+        return None
+    why = f"site closed {day.isoformat()}" + (f" ({reason})" if reason else "")
+    moves = move_visits_out(
+        session=session,
+        appointment_ids=change.conflicts,
+        why=why,
+        settings=settings,
+        now=now,
+        actor=actor,
+    )
+    return Block(slots_blocked=change.blocked_slots, moves=moves)
+
+
+def move_visits_out(
+    *,
+    session: Session,
+    appointment_ids: Iterable[int],
+    why: str,
+    settings: Settings,
+    now: datetime,
+    actor: str,
+    first_provider_id: int | None = None,
+) -> tuple[Move, ...]:
+    """Move each visit whose time was taken away (blocked, closed, busy in an imported
+    calendar) to the next fitting slot in its window, with the patient's notice; a visit
+    nothing fits stays booked and goes on the worklist with what to do."""
+    return tuple(
         move_appointment(
             session=session,
             appointment_id=appointment_id,
@@ -343,8 +399,7 @@ def block_provider_time(
             now=now,
             actor=actor,
             after=now,
-            first_provider_id=provider_id,
+            first_provider_id=first_provider_id,
         )
-        for appointment_id in change.conflicts
+        for appointment_id in appointment_ids
     )
-    return Block(slots_blocked=change.blocked_slots, moves=moves)

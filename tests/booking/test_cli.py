@@ -222,6 +222,50 @@ def test_blocking_a_booked_time_nothing_fits_puts_the_visit_on_the_worklist(cli:
     assert {m.status for m in _texts(cli, visit)} == {"dry_run"}  # its confirmation, untouched
 
 
+def test_closing_the_site_for_a_day_moves_its_visits_and_texts_the_patients(cli: Clinic) -> None:
+    doctor = cli.provider()
+    tomorrow = datetime.now(NY).date() + timedelta(days=1)
+    cli.lay_slots(doctor, first_day=tomorrow, days=21, closed=())
+    visit, start, _, _ = _booked_visit(cli, doctor, tomorrow)
+    day = start.astimezone(NY).date()
+
+    closed = _run("providers", "close", day.isoformat(), "--reason", "snow")
+
+    [moved] = closed["moved"]
+    assert (closed["conflicts"], closed["worklist"]) == ([visit], [])
+    assert (moved["previous"], moved["task"]) == (visit, None)
+    assert datetime.fromisoformat(moved["start"]).astimezone(NY).date() > day
+    with session_scope(cli.url) as session:
+        old = session.get_one(Appointment, visit)
+        new = session.get_one(Appointment, moved["appointment"])
+        assert session.get_one(Slot, old.slot_id).status == "blocked"
+    assert (old.status, old.replaced_by_id, new.status) == ("cancelled", new.id, "booked")
+    new_texts = _texts(cli, new.id or 0)
+    assert [m.kind for m in new_texts if m.id == moved["notice_message"]] == ["reschedule"]
+
+
+def test_an_imported_busy_period_over_a_booked_visit_moves_it(cli: Clinic, tmp_path: Path) -> None:
+    doctor = cli.provider()
+    tomorrow = datetime.now(NY).date() + timedelta(days=1)
+    cli.lay_slots(doctor, first_day=tomorrow, days=21, closed=())
+    visit, start, npi, _ = _booked_visit(cli, doctor, tomorrow)
+    busy = tmp_path / "availability.csv"
+    busy.write_text(
+        "npi,start,end,status,comment\n"
+        f"{npi},{start.isoformat()},{(start + timedelta(hours=2)).isoformat()},busy,meeting\n"
+    )
+
+    imported = _run("providers", "import", str(busy), "--days", "21")
+
+    [moved] = imported["moved"]
+    assert (imported["conflicts"], imported["worklist"]) == ([visit], [])
+    assert moved["previous"] == visit
+    assert datetime.fromisoformat(moved["start"]) >= start + timedelta(hours=2)
+    with session_scope(cli.url) as session:
+        assert session.get_one(Appointment, visit).status == "cancelled"
+        assert session.get_one(Appointment, moved["appointment"]).status == "booked"
+
+
 def _texts(clinic: Clinic, appointment_id: int) -> list[OutboundMessage]:
     with session_scope(clinic.url) as session:
         return queries.messages_for_appointment(session=session, appointment_id=appointment_id)
