@@ -84,9 +84,7 @@ def bookings_between(*, session: Session, start: datetime, end: datetime) -> lis
     ]
 
 
-def open_escalations(
-    *, session: Session, kinds: Sequence[str] | None = None
-) -> list[WorklistRow]:
+def open_escalations(*, session: Session, kinds: Sequence[str] | None = None) -> list[WorklistRow]:
     query = (
         select(Escalation, ImagingStudy, Patient)
         .join(ImagingStudy, col(ImagingStudy.id) == col(Escalation.study_id), isouter=True)

@@ -620,8 +620,10 @@ def schedule_reminders(
     instead of the confirmation when the patient was told of the old time.
     """
     replaced = queries.replaced_appointment(session=session, appointment_id=appointment_id)
-    told = replaced is not None and replaced.id is not None and queries.patient_told_of(
-        session=session, appointment_id=replaced.id
+    told = (
+        replaced is not None
+        and replaced.id is not None
+        and queries.patient_told_of(session=session, appointment_id=replaced.id)
     )
     texts = visits.plan_visit_texts(
         session=session,

@@ -464,6 +464,8 @@ def test_a_coded_conclusion_alone_is_a_report() -> None:
     scan = parse(_report(presentedForm=None, conclusion=None, conclusionCode=coded)).scan
 
     assert (scan.report_text, [item.code for item in scan.coded_items]) == ("", ["274152003"])
+
+
 def _nested(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 

@@ -605,9 +605,7 @@ def test_the_served_gateway_sends_answers_at_once_through_twilio(
     # over HTTP to the Prism mock; the answer to C leaves with the webhook, not a minute later.
     patient = world.patient()
     world.visit(patient, NOW + timedelta(days=5))
-    settings = twilio_settings(
-        prism_url, twilio_webhook_base_url=PUBLIC, database_url=database_url
-    )
+    settings = twilio_settings(prism_url, twilio_webhook_base_url=PUBLIC, database_url=database_url)
     app = gateway_app(
         settings, on_accepted=lambda receipt: None, sms_sender=twilio_sender(prism_url)
     )

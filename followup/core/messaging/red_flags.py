@@ -36,9 +36,7 @@ _RESOLVED_RE = re.compile(
 # I get a fever", "si me pongo peor a quien llamo?". Spanish "si" is also "yes" ("si me duele
 # mas"), so it counts as "if" only after a question's words or in a text that asks. Not "in
 # case": "texting in case it matters, my legs went numb" reports; a false alarm costs a call.
-_SUPPOSING_RE = re.compile(
-    r"\b(?:what if|(?:que hago|a quien (?:llamo|le hablo)|y|solo) si)\b"
-)
+_SUPPOSING_RE = re.compile(r"\b(?:what if|(?:que hago|a quien (?:llamo|le hablo)|y|solo) si)\b")
 _SUPPOSING_IF_ASKED_RE = re.compile(
     r"(?:^| )si (?:me|te|se|le|empiezo|tengo|llego|no)\b"
     r"|\b(?:make|makes|making) (?:it|this|things) $"
