@@ -190,6 +190,9 @@ def test_negated_typo_or_truncation_does_not_escalate(
         ("CE compres. at L4-5", "CE compression. at L4-5"),
         ("cord flat.", "cord flattening."),
         ("retropuls. of bone", "retropulsion. of bone"),
+        # One edit from the American and from the British spelling: one word, not ambiguous.
+        ("subdural heamatoma", "subdural hematoma"),
+        ("acute ischeamic stroke", "acute ischemic stroke"),
     ],
 )
 def test_typos_and_truncations_of_critical_words_are_read_as_the_word(

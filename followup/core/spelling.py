@@ -70,11 +70,16 @@ def respeller(rules: RoutingRules) -> Respeller:
     # The rules list some misspellings as patterns ("compresive myelopathy"): a word the rules
     # know counts as a real word unless it is one edit from a concept word.
     known = {word for word in _known_words(rules) if word not in near} | ordinary
+    # "heamorrhage" is one edit from "haemorrhage" and from "hemorrhage": two spellings of
+    # one word, so no ambiguity; it is read as the word the variants are listed under.
+    spelled = {form: word for word, forms in rules.spelling_variants for form in forms}
     chosen: dict[str, str] = {}
     for typo, words in near.items():
-        if typo not in ordinary and len({families[word] for word in words}) == 1:
+        meant = {spelled.get(word, word) for word in words}
+        stems = {families.get(spelled.get(word, word), families[word]) for word in words}
+        if typo not in ordinary and len(stems) == 1:
             # "flattend" is one edit from "flatten" and "flattened": the inflected form.
-            chosen[typo] = max(words, key=lambda word: (len(word), word))
+            chosen[typo] = max(meant, key=lambda word: (len(word), word))
     prefixes: dict[str, set[str]] = {}
     for word, stem in families.items():
         for end in range(_MIN_TRUNCATION, len(word)):
