@@ -187,9 +187,16 @@ def test_negated_typo_or_truncation_does_not_escalate(
         ("MYELOPAHTY", "MYELOPATHY"),
         ("cord flattend", "cord flattened"),
         ("cord compr. CCS", "cord compression. CCS"),
-        ("CE compres. at L4-5", "CE compression. at L4-5"),
+        # a truncation's period inside a sentence is no sentence end
+        ("CE compres. at L4-5", "CE compression at L4-5"),
         ("cord flat.", "cord flattening."),
-        ("retropuls. of bone", "retropulsion. of bone"),
+        ("retropuls. of bone", "retropulsion of bone"),
+        # any word of a critical concept, with its period: "caud." starts cauda and its
+        # variant caudal, one word
+        ("dorsal epid. absc. at L3-4", "dorsal epidural abscess at L3-4"),
+        ("caud. equina compr.", "cauda equina compression."),
+        ("Intracran. hemorr. Stable.", "Intracranial hemorrhage. Stable."),
+        ("retropuls. frag. at L1", "retropulsion fragment at L1"),
         # One edit from the American and from the British spelling: one word, not ambiguous.
         ("subdural heamatoma", "subdural hematoma"),
         ("acute ischeamic stroke", "acute ischemic stroke"),
@@ -212,6 +219,9 @@ def test_typos_and_truncations_of_critical_words_are_read_as_the_word(
         "Cauda equine is how some dictate it.",
         "flat back; cord compromise; CCS at L4-5",
         "Sagittal images reformed; an old infraction; intents",
+        # a truncation of a critical word only with its period; not of two words at once
+        "Epidermoid cyst; caudate nucleus; absent kidney; later; lateral",
+        "Subd hematoma later; spin. cord; coll. site; diff. signal; synd. pending",
     ],
 )
 def test_ordinary_words_are_not_respelled(rules: RoutingRules, text: str) -> None:
@@ -226,10 +236,31 @@ def test_ordinary_words_are_not_respelled(rules: RoutingRules, text: str) -> Non
         "IMPRESSION: Comp. with prior: stable mild L4-5 bulge.",
         "IMPRESSION: Small C5-6 protrusion without compresive effect on the cord.",
         "IMPRESSION: Multiple myeloma without pathologic fracture or cord compr.",
+        "IMPRESSION: No epid. absc. Mild L4-5 bulge.",
+        "IMPRESSION: Caud. equina nerve roots normal. No compr.",
+        "IMPRESSION: Small epidermoid cyst. Caudate nucleus normal.",
+        "HISTORY: r/o epid. absc.\nIMPRESSION: Unremarkable lumbar spine.",
     ],
 )
 def test_look_alikes_of_critical_words_do_not_escalate(rules: RoutingRules, text: str) -> None:
     assert not classify_report(text, rules).critical, text
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        ("IMPRESSION: Dorsal epid. absc. at L3-4.", "epidural_abscess"),
+        ("IMPRESSION: L4-5 extrusion with caud. equina compr.", "cauda_equina_compression"),
+        ("IMPRESSION: Intracran. hemorr. in the left frontal lobe.", "intracranial_hemorrhage"),
+        ("IMPRESSION: Subarach. hemorr. in the right sylvian fissure.", "intracranial_hemorrhage"),
+        ("impression: ventral epid. phlegm. at t8-9.", "epidural_abscess"),
+    ],
+)
+def test_truncations_of_any_critical_concept_word_escalate(
+    rules: RoutingRules, text: str, label: str
+) -> None:
+    decision = classify_report(text, rules)
+    assert decision.critical and label in {f.label for f in decision.findings}, text
 
 
 def test_every_critical_rule_has_eight_phrasing_families(rules: RoutingRules) -> None:

@@ -5,7 +5,11 @@ Dictated reports carry one-letter typos ("cord compresion", "flatening") and tru
 transposition of neighbours) away from a critical concept word of at least six letters, and is
 itself no word the rules or the ordinary-word list know, is read as that word. A truncation of
 at least four letters ending in "." (at least five without it) that starts exactly one critical
-concept and no known word is read as that concept's full word. Both tables are built once per
+concept and no known word is read as that concept's full word. Any other word of a critical
+rule is read through a truncation too, only with its period ("epid. absc.", "caud. equina"): the
+truncation must start that one word (its spelling variants count as the word) and no other word
+the rules or the ordinary-word list know. A truncation's period before a lower-case word or a
+level is dropped: inside a sentence it is no sentence end. The tables are built once per
 rules version from the critical rules' own vocabulary, so reading a report costs one regular
 expression pass and dictionary look-ups.
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from followup.core.rules import RoutingRules, Rule, TokenPattern
@@ -25,12 +29,16 @@ _MIN_TRUNCATION = 4
 _MIN_BARE_TRUNCATION = 5  # without the period
 _WORD = re.compile(r"[A-Za-z]{4,}\.?")
 _PHRASE_WORD = re.compile(r"[a-z]+")
+_CONTINUES = re.compile(r"[ \t]*(?:[a-z0-9(]|[CTLS]\d)")
 
 
 @dataclass(frozen=True, slots=True)
 class Respeller:
     typos: dict[str, str]  # misspelling → canonical word
     truncations: dict[str, str]  # truncation → full word
+    # "epid." → epidural: a truncation of any other word of a critical concept, read only with
+    # its period (a bare "later" is no "lateral")
+    dotted: dict[str, str] = field(default_factory=dict)
 
     def __call__(self, text: str) -> str:
         return _WORD.sub(self._replace, text)
@@ -41,13 +49,18 @@ class Respeller:
         word = found[:-1] if dotted else found
         lower = word.lower()
         canonical = self.truncations.get(lower) if dotted else None
+        if canonical is None and dotted:
+            canonical = self.dotted.get(lower)
         if canonical is None:
             canonical = self.typos.get(lower)
         if canonical is None and len(lower) >= _MIN_BARE_TRUNCATION:
             canonical = self.truncations.get(lower)
         if canonical is None:
             return found
-        return _same_case(word, canonical) + ("." if dotted else "")
+        # The period of a truncation inside a sentence ("epid. absc. at L3-4") is no sentence
+        # end: dropped before a lower-case word, a digit or a level, kept elsewhere.
+        keep = dotted and not _CONTINUES.match(match.string, match.end())
+        return _same_case(word, canonical) + ("." if keep else "")
 
 
 @lru_cache(maxsize=4)
@@ -99,7 +112,34 @@ def respeller(rules: RoutingRules) -> Respeller:
         for prefix, stems in prefixes.items()
         if len(stems) == 1 and prefix not in blocked and prefix not in known
     }
-    return Respeller(typos=chosen, truncations=truncations)
+    return Respeller(
+        typos=chosen,
+        truncations=truncations,
+        dotted=_dotted_truncations(critical, known, spelled),
+    )
+
+
+def _dotted_truncations(
+    critical: set[str], known: set[str], spelled: dict[str, str]
+) -> dict[str, str]:
+    """Truncations with a period of any word of a critical rule ("epid.", "caud.", "intracran.").
+
+    A truncation starts exactly one word (spelling variants of a word count as that word:
+    "caud." starts cauda and its variant caudal) among every word the rules and the
+    ordinary-word list know, that word is a critical rule's, and the truncation is no known
+    word itself.
+    """
+    starts: dict[str, set[str]] = {}
+    for word in known | critical:
+        if not word.isalpha():
+            continue
+        for end in range(_MIN_TRUNCATION, len(word)):
+            starts.setdefault(word[:end], set()).add(spelled.get(word, word))
+    return {
+        prefix: next(iter(words))
+        for prefix, words in starts.items()
+        if len(words) == 1 and prefix not in known and next(iter(words)) in critical
+    }
 
 
 def _known_words(rules: RoutingRules) -> set[str]:
