@@ -748,6 +748,29 @@ def test_joint_and_nerve_forms(
     ("report", "review"),
     [
         ("FINDINGS: Acute L1 burst fracture with retropulsion.\nIMPRESSION: L1 fracture.", False),
+        # an IMPRESSION restating a FINDINGS critical finding in short is that finding
+        (
+            "FINDINGS: Acute hemorrhage within the left occipital lobe.\n"
+            "IMPRESSION: Left occipital hemorrhage, acute.",
+            False,
+        ),
+        (
+            "FINDINGS: Rim-enhancing dorsal epidural collection.\n"
+            "IMPRESSION: Rim-enhancing dorsal collection.",
+            False,
+        ),
+        # ... but not at another level or side, and not an unrelated abnormality beside it
+        (
+            "FINDINGS: Acute hemorrhage within the left occipital lobe.\n"
+            "IMPRESSION: Right occipital hemorrhage.",
+            True,
+        ),
+        ("FINDINGS: Acute L1 burst fracture with retropulsion.\nIMPRESSION: T6 fracture.", True),
+        (
+            "FINDINGS: Acute hemorrhage within the left occipital lobe.\n"
+            "IMPRESSION: Left occipital hemorrhage, acute. Left parotid mass.",
+            True,
+        ),
         (
             "IMPRESSION: Enhancing demyelinating lesion in the right centrum semiovale;"
             " additional non-enhancing periventricular lesions.",
