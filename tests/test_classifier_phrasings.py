@@ -560,6 +560,7 @@ def test_adhesive_capsulitis_is_not_sacroiliitis(rules: RoutingRules) -> None:
         "Indeterminate mass in the left thigh.",
         "Edema in the lateral femoral condyle.",
         "Fluid collection in the surgical bed.",
+        "Enhancing mass in the vastus lateralis, not along a nerve.",
     ],
 )
 def test_unrouted_abnormality_goes_to_review_quoting_the_sentence(
@@ -728,6 +729,18 @@ def test_a_finding_an_incomplete_study_could_not_assess_is_not_asserted(
         ("Displaced scaphoid waist fracture.", "urgent", ["orthopedics"]),
         ("Displaced fx distal fibula.", "urgent", ["orthopedics"]),
         ("Intraneural ganglion of the common peroneal nerve.", "routine", ["neurology"]),
+        # a mass along a nerve (DOMAIN.md peripheral-nerve row)
+        (
+            "Fusiform enhancing mass along the course of the sciatic nerve.",
+            "routine",
+            ["neurology"],
+        ),
+        (
+            "2 cm enhancing mass along the ulnar nerve at the cubital tunnel.",
+            "routine",
+            ["neurology"],
+        ),
+        ("No mass along the sciatic nerve. Normal study.", "routine", []),
     ],
 )
 def test_joint_and_nerve_forms(
