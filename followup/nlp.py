@@ -773,7 +773,8 @@ _RADIOLOGY_CONTEXT = [
     ),
     # "no signal abnormality to suggest X": the negation carries on; "suggest" is no hedge here
     *(_rule(literal, "PSEUDO", "PSEUDO") for literal in ("to suggest", "to indicate")),
-    # "the patient could not complete the examination" is an incomplete study, not a negation
+    # "the patient could not complete the examination" is an incomplete study, not a negation;
+    # so are "images were not obtained" and a device that is "not MR conditional"
     *(
         _rule(literal, "PSEUDO", "PSEUDO")
         for literal in (
@@ -783,6 +784,9 @@ _RADIOLOGY_CONTEXT = [
             "could not tolerate",
             "did not tolerate",
             "not tolerated",
+            "not obtained",
+            "not mr conditional",
+            "not mri conditional",
         )
     ),
     # "concerning for" and "likely" are hedges DOMAIN.md §4 names that medspaCy lacks

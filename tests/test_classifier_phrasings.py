@@ -697,6 +697,25 @@ def test_findings_the_impression_leaves_out_are_routed_and_reviewed(rules: Routi
             "INDICATION: Back pain radiating to the leg.\nIMPRESSION: Study aborted.",
             ["CT myelography", "SPECT/CT"],
         ),
+        # MRI contraindicated or no images: never a silent normal
+        (
+            "EXAM: MRI LUMBAR SPINE\nIMPRESSION: MRI not performed: non-MR-conditional pacemaker.",
+            ["CT myelography", "SPECT/CT"],
+        ),
+        (
+            "EXAM: MRI LUMBAR SPINE\nIMPRESSION: No images were obtained.",
+            ["CT myelography", "SPECT/CT"],
+        ),
+        (
+            "EXAM: MRI C-SPINE\nIMPRESSION: Images were not obtained.",
+            ["CT myelography", "SPECT/CT"],
+        ),
+        (
+            "EXAM: MRI C-SPINE\nIMPRESSION: Pacemaker is not MR conditional; exam cancelled.",
+            ["CT myelography", "SPECT/CT"],
+        ),
+        # a device that is MR conditional is no contraindication
+        ("EXAM: MRI L-SPINE\nIMPRESSION: MR-conditional pacemaker. No acute abnormality.", []),
     ],
 )
 def test_an_incomplete_study_suggests_the_tests_of_its_region(
