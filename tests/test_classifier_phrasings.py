@@ -893,3 +893,36 @@ def test_findings_are_not_routed_over_an_impression_that_names_known_findings(
     )
     decision = classify_report(report, rules)
     assert (decision.referrals, decision.needs_review) == ([], False), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("report", "referrals"),
+    [
+        (
+            "FINDINGS: L5-S1 left paracentral extrusion compressing the descending left S1 nerve"
+            " root.\nIMPRESSION: L5-S1 extrusion with left S1 radiculopathy.",
+            ["neurology"],
+        ),
+        (
+            "FINDINGS: L4-5 right paracentral extrusion contacting the traversing right L5 root.\n"
+            "IMPRESSION: L4-5 extrusion.",
+            ["neurology"],
+        ),
+        # no root contact, or a root contact at another level: the herniation stays as stated
+        (
+            "FINDINGS: L4-5 broad-based protrusion without nerve root contact.\n"
+            "IMPRESSION: L4-5 protrusion.",
+            ["pain_management"],
+        ),
+        (
+            "FINDINGS: L3-4 protrusion contacting the left L4 root. Small L5-S1 protrusion.\n"
+            "IMPRESSION: L5-S1 protrusion.",
+            ["pain_management"],
+        ),
+    ],
+)
+def test_findings_that_detail_the_impressions_herniation_route_it(
+    rules: RoutingRules, report: str, referrals: list[str]
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.referrals, decision.needs_review) == (referrals, False), decision.explanations
