@@ -187,16 +187,17 @@ def test_negated_typo_or_truncation_does_not_escalate(
         ("MYELOPAHTY", "MYELOPATHY"),
         ("cord flattend", "cord flattened"),
         ("cord compr. CCS", "cord compression. CCS"),
-        # a truncation's period inside a sentence is no sentence end
-        ("CE compres. at L4-5", "CE compression at L4-5"),
+        ("CE compres. at L4-5", "CE compression. at L4-5"),
         ("cord flat.", "cord flattening."),
-        ("retropuls. of bone", "retropulsion of bone"),
+        ("retropuls. of bone", "retropulsion. of bone"),
         # any word of a critical concept, with its period: "caud." starts cauda and its
-        # variant caudal, one word
-        ("dorsal epid. absc. at L3-4", "dorsal epidural abscess at L3-4"),
+        # variant caudal, one word; the period is no sentence end when the next word goes on
+        # with the critical phrase, and kept where it may be one
+        ("dorsal epid. absc. at L3-4", "dorsal epidural abscess. at L3-4"),
         ("caud. equina compr.", "cauda equina compression."),
         ("Intracran. hemorr. Stable.", "Intracranial hemorrhage. Stable."),
-        ("retropuls. frag. at L1", "retropulsion fragment at L1"),
+        ("retropuls. frag. at L1", "retropulsion. fragment. at L1"),
+        ("no cord compr. severe stenosis", "no cord compression. severe stenosis"),
         # One edit from the American and from the British spelling: one word, not ambiguous.
         ("subdural heamatoma", "subdural hematoma"),
         ("acute ischeamic stroke", "acute ischemic stroke"),
@@ -254,6 +255,9 @@ def test_look_alikes_of_critical_words_do_not_escalate(rules: RoutingRules, text
         ("IMPRESSION: Intracran. hemorr. in the left frontal lobe.", "intracranial_hemorrhage"),
         ("IMPRESSION: Subarach. hemorr. in the right sylvian fissure.", "intracranial_hemorrhage"),
         ("impression: ventral epid. phlegm. at t8-9.", "epidural_abscess"),
+        # lower-case dictation: a truncation's period still ends the negated sentence
+        ("impression: no epid. absc. cord compr. at c5-6.", "cord_compression"),
+        ("impression: no hemorr. acute infarct in the left mca territory.", "acute_infarct"),
     ],
 )
 def test_truncations_of_any_critical_concept_word_escalate(
