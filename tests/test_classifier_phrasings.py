@@ -801,6 +801,16 @@ def test_joint_and_nerve_forms(
             "IMPRESSION: Right occipital hemorrhage.",
             True,
         ),
+        (
+            "FINDINGS: Acute hemorrhage within the left occipital lobe.\n"
+            "IMPRESSION: Left frontal hemorrhage.",
+            True,
+        ),
+        (
+            "FINDINGS: Intraparenchymal hemorrhage in the right thalamus.\n"
+            "IMPRESSION: Right thalamic hemorrhage.",
+            False,
+        ),
         ("FINDINGS: Acute L1 burst fracture with retropulsion.\nIMPRESSION: T6 fracture.", True),
         (
             "FINDINGS: Acute hemorrhage within the left occipital lobe.\n"

@@ -240,18 +240,26 @@ def _described(unrouted: Finding, asserted: Sequence[Finding], rules: RoutingRul
     return False
 
 
-_SIDES = frozenset({"left", "right", "bilateral"})
+_SAME_WORD = 6  # letters two forms of a word share ("thalamic", "thalamus")
+_FUNCTION_WORDS = frozenset({"with", "from", "this", "that", "there", "here", "also", "again"})
 
 
 def _restated(unrouted: Finding, finding: Finding, rules: RoutingRules) -> bool:
-    """A critical finding of one section said again in short in another: no level or side of
-    the restatement that the finding's sentence does not name."""
+    """A critical finding of one section said again in short in another: no level, side or
+    other word of the restatement that the finding's sentence does not name."""
     if finding.section == unrouted.section or not rules.rule(finding.label).critical:
         return False
     if unrouted.levels and not (finding.levels and levels_overlap(unrouted.levels, finding.levels)):
         return False
-    sides = _words(unrouted.sentence_text) & _SIDES
-    return sides <= _words(finding.sentence_text)
+    # a shorter form says nothing new: each of its words ("left", "occipital", "thalamic") is
+    # in the finding's sentence ("thalamus"); "left frontal hemorrhage" over a left occipital
+    # one is another finding
+    said = {word[:_SAME_WORD] for word in _words(finding.sentence_text)}
+    return all(
+        word[:_SAME_WORD] in said
+        for word in _words(unrouted.sentence_text)
+        if len(word) >= 4 and word.isalpha() and word not in _FUNCTION_WORDS
+    )
 
 
 def _stems(text: str) -> set[str]:
