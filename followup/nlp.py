@@ -22,9 +22,11 @@ Which text counts (DOMAIN.md §3): INDICATION / HISTORY / CLINICAL INFORMATION /
 TECHNIQUE / EXAM never produce findings; IMPRESSION is authoritative; FINDINGS (and level lines
 without a header) are routed when there is no IMPRESSION, when the IMPRESSION points back to them
 ("as above") or names nothing the rules know (then a human is asked to review), and otherwise
-read for affirmed critical findings only (a critical finding anywhere in FINDINGS, IMPRESSION or an
-addendum escalates); an ADDENDUM supersedes what it speaks about; a report without any header is
-read whole. The body region (for the tests an incomplete study suggests) comes from the exam title.
+read for affirmed critical findings (a critical finding anywhere in FINDINGS, IMPRESSION or an
+addendum escalates) and for the findings that detail one the IMPRESSION states (the root
+compression of "L4-5 extrusion", which supersedes it at its level); an ADDENDUM supersedes what
+it speaks about; a report without any header is read whole. The body region (for the tests an
+incomplete study suggests) comes from the exam title.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from followup.core.findings import (
     apply_addendum,
     body_region,
     findings_from_codes,
+    same_place,
     spinal_levels,
 )
 from followup.core.routing import Decision, decide_report
@@ -773,7 +776,8 @@ _RADIOLOGY_CONTEXT = [
     ),
     # "no signal abnormality to suggest X": the negation carries on; "suggest" is no hedge here
     *(_rule(literal, "PSEUDO", "PSEUDO") for literal in ("to suggest", "to indicate")),
-    # "the patient could not complete the examination" is an incomplete study, not a negation
+    # "the patient could not complete the examination" is an incomplete study, not a negation;
+    # so are "images were not obtained" and a device that is "not MR conditional"
     *(
         _rule(literal, "PSEUDO", "PSEUDO")
         for literal in (
@@ -783,6 +787,9 @@ _RADIOLOGY_CONTEXT = [
             "could not tolerate",
             "did not tolerate",
             "not tolerated",
+            "not obtained",
+            "not mr conditional",
+            "not mri conditional",
         )
     ),
     # "concerning for" and "likely" are hedges DOMAIN.md §4 names that medspaCy lacks
@@ -1052,6 +1059,7 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
     impression_refers = any(f.label in rule_of for f in findings)
     critical_labels = frozenset(rule.label for rule in rules.rules if rule.critical)
     beside_findings: list[Finding] = []
+    details: list[Finding] = []  # the IMPRESSION names them in short: nothing left out
     for section, body in sections:
         if section.category not in beside:
             continue
@@ -1068,13 +1076,15 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
                 and (rule_of[f.label].referrals or rule_of[f.label].critical)
             ]
             beside_findings += found
-        elif _critical_gate(rules)(body):
-            beside_findings += [
-                finding
-                for finding in _section_findings(nlp, body, "FINDINGS", rules, critical_labels)
-                if _affirmed(finding)
-            ]
-    findings += beside_findings
+        else:
+            if _critical_gate(rules)(body):
+                beside_findings += [
+                    finding
+                    for finding in _section_findings(nlp, body, "FINDINGS", rules, critical_labels)
+                    if _affirmed(finding)
+                ]
+            details += _details_of(nlp, body, findings, rules, critical_labels)
+    findings += beside_findings + details
     # A critical finding is escalated to a person now; otherwise findings the IMPRESSION left
     # out are routed and a person is asked to read why.
     review = (
@@ -1092,6 +1102,34 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
         region=_region(sections, routed, rules),
         review_reasons=tuple(dict.fromkeys(review)),
     )
+
+
+def _details_of(
+    nlp: Language,
+    body: Span,
+    stated: list[Finding],
+    rules: RoutingRules,
+    skip: frozenset[str],
+) -> list[Finding]:
+    """Findings beside the IMPRESSION that detail one it states: "L5-S1 extrusion with left S1
+    radiculopathy" over FINDINGS "extrusion compressing the descending left S1 nerve root" is
+    that root compression, which supersedes the extrusion (a finding of a rule in the stated
+    finding's `superseded_by`, at the same place; unknown levels count as the same place)."""
+    known = {rule.label for rule in rules.rules}
+    stated = [f for f in stated if _affirmed(f) and f.label in known]
+    labels = {label for f in stated for label in rules.rule(f.label).superseded_by} - skip
+    if not labels:
+        return []
+    return [
+        finding
+        for finding in _section_findings(nlp, body, "FINDINGS", rules, frozenset(labels))
+        if _affirmed(finding)
+        and any(
+            finding.label in rules.rule(other.label).superseded_by
+            and same_place(other.levels, finding.levels)
+            for other in stated
+        )
+    ]
 
 
 # "MRI L-SPINE FOR CES", "MRI C-SPINE: ?CORD COMPRESSION": the exam title names the question.

@@ -190,6 +190,14 @@ def test_negated_typo_or_truncation_does_not_escalate(
         ("CE compres. at L4-5", "CE compression. at L4-5"),
         ("cord flat.", "cord flattening."),
         ("retropuls. of bone", "retropulsion. of bone"),
+        # any word of a critical concept, with its period: "caud." starts cauda and its
+        # variant caudal, one word; the period is no sentence end when the next word goes on
+        # with the critical phrase, and kept where it may be one
+        ("dorsal epid. absc. at L3-4", "dorsal epidural abscess. at L3-4"),
+        ("caud. equina compr.", "cauda equina compression."),
+        ("Intracran. hemorr. Stable.", "Intracranial hemorrhage. Stable."),
+        ("retropuls. frag. at L1", "retropulsion. fragment. at L1"),
+        ("no cord compr. severe stenosis", "no cord compression. severe stenosis"),
         # One edit from the American and from the British spelling: one word, not ambiguous.
         ("subdural heamatoma", "subdural hematoma"),
         ("acute ischeamic stroke", "acute ischemic stroke"),
@@ -212,6 +220,9 @@ def test_typos_and_truncations_of_critical_words_are_read_as_the_word(
         "Cauda equine is how some dictate it.",
         "flat back; cord compromise; CCS at L4-5",
         "Sagittal images reformed; an old infraction; intents",
+        # a truncation of a critical word only with its period; not of two words at once
+        "Epidermoid cyst; caudate nucleus; absent kidney; later; lateral",
+        "Subd hematoma later; spin. cord; coll. site; diff. signal; synd. pending",
     ],
 )
 def test_ordinary_words_are_not_respelled(rules: RoutingRules, text: str) -> None:
@@ -226,10 +237,34 @@ def test_ordinary_words_are_not_respelled(rules: RoutingRules, text: str) -> Non
         "IMPRESSION: Comp. with prior: stable mild L4-5 bulge.",
         "IMPRESSION: Small C5-6 protrusion without compresive effect on the cord.",
         "IMPRESSION: Multiple myeloma without pathologic fracture or cord compr.",
+        "IMPRESSION: No epid. absc. Mild L4-5 bulge.",
+        "IMPRESSION: Caud. equina nerve roots normal. No compr.",
+        "IMPRESSION: Small epidermoid cyst. Caudate nucleus normal.",
+        "HISTORY: r/o epid. absc.\nIMPRESSION: Unremarkable lumbar spine.",
     ],
 )
 def test_look_alikes_of_critical_words_do_not_escalate(rules: RoutingRules, text: str) -> None:
     assert not classify_report(text, rules).critical, text
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        ("IMPRESSION: Dorsal epid. absc. at L3-4.", "epidural_abscess"),
+        ("IMPRESSION: L4-5 extrusion with caud. equina compr.", "cauda_equina_compression"),
+        ("IMPRESSION: Intracran. hemorr. in the left frontal lobe.", "intracranial_hemorrhage"),
+        ("IMPRESSION: Subarach. hemorr. in the right sylvian fissure.", "intracranial_hemorrhage"),
+        ("impression: ventral epid. phlegm. at t8-9.", "epidural_abscess"),
+        # lower-case dictation: a truncation's period still ends the negated sentence
+        ("impression: no epid. absc. cord compr. at c5-6.", "cord_compression"),
+        ("impression: no hemorr. acute infarct in the left mca territory.", "acute_infarct"),
+    ],
+)
+def test_truncations_of_any_critical_concept_word_escalate(
+    rules: RoutingRules, text: str, label: str
+) -> None:
+    decision = classify_report(text, rules)
+    assert decision.critical and label in {f.label for f in decision.findings}, text
 
 
 def test_every_critical_rule_has_eight_phrasing_families(rules: RoutingRules) -> None:
@@ -529,6 +564,7 @@ def test_adhesive_capsulitis_is_not_sacroiliitis(rules: RoutingRules) -> None:
         "Indeterminate mass in the left thigh.",
         "Edema in the lateral femoral condyle.",
         "Fluid collection in the surgical bed.",
+        "Enhancing mass in the vastus lateralis, not along a nerve.",
     ],
 )
 def test_unrouted_abnormality_goes_to_review_quoting_the_sentence(
@@ -665,6 +701,25 @@ def test_findings_the_impression_leaves_out_are_routed_and_reviewed(rules: Routi
             "INDICATION: Back pain radiating to the leg.\nIMPRESSION: Study aborted.",
             ["CT myelography", "SPECT/CT"],
         ),
+        # MRI contraindicated or no images: never a silent normal
+        (
+            "EXAM: MRI LUMBAR SPINE\nIMPRESSION: MRI not performed: non-MR-conditional pacemaker.",
+            ["CT myelography", "SPECT/CT"],
+        ),
+        (
+            "EXAM: MRI LUMBAR SPINE\nIMPRESSION: No images were obtained.",
+            ["CT myelography", "SPECT/CT"],
+        ),
+        (
+            "EXAM: MRI C-SPINE\nIMPRESSION: Images were not obtained.",
+            ["CT myelography", "SPECT/CT"],
+        ),
+        (
+            "EXAM: MRI C-SPINE\nIMPRESSION: Pacemaker is not MR conditional; exam cancelled.",
+            ["CT myelography", "SPECT/CT"],
+        ),
+        # a device that is MR conditional is no contraindication
+        ("EXAM: MRI L-SPINE\nIMPRESSION: MR-conditional pacemaker. No acute abnormality.", []),
     ],
 )
 def test_an_incomplete_study_suggests_the_tests_of_its_region(
@@ -697,6 +752,18 @@ def test_a_finding_an_incomplete_study_could_not_assess_is_not_asserted(
         ("Displaced scaphoid waist fracture.", "urgent", ["orthopedics"]),
         ("Displaced fx distal fibula.", "urgent", ["orthopedics"]),
         ("Intraneural ganglion of the common peroneal nerve.", "routine", ["neurology"]),
+        # a mass along a nerve (DOMAIN.md peripheral-nerve row)
+        (
+            "Fusiform enhancing mass along the course of the sciatic nerve.",
+            "routine",
+            ["neurology"],
+        ),
+        (
+            "2 cm enhancing mass along the ulnar nerve at the cubital tunnel.",
+            "routine",
+            ["neurology"],
+        ),
+        ("No mass along the sciatic nerve. Normal study.", "routine", []),
     ],
 )
 def test_joint_and_nerve_forms(
@@ -717,6 +784,39 @@ def test_joint_and_nerve_forms(
     ("report", "review"),
     [
         ("FINDINGS: Acute L1 burst fracture with retropulsion.\nIMPRESSION: L1 fracture.", False),
+        # an IMPRESSION restating a FINDINGS critical finding in short is that finding
+        (
+            "FINDINGS: Acute hemorrhage within the left occipital lobe.\n"
+            "IMPRESSION: Left occipital hemorrhage, acute.",
+            False,
+        ),
+        (
+            "FINDINGS: Rim-enhancing dorsal epidural collection.\n"
+            "IMPRESSION: Rim-enhancing dorsal collection.",
+            False,
+        ),
+        # ... but not at another level or side, and not an unrelated abnormality beside it
+        (
+            "FINDINGS: Acute hemorrhage within the left occipital lobe.\n"
+            "IMPRESSION: Right occipital hemorrhage.",
+            True,
+        ),
+        (
+            "FINDINGS: Acute hemorrhage within the left occipital lobe.\n"
+            "IMPRESSION: Left frontal hemorrhage.",
+            True,
+        ),
+        (
+            "FINDINGS: Intraparenchymal hemorrhage in the right thalamus.\n"
+            "IMPRESSION: Right thalamic hemorrhage.",
+            False,
+        ),
+        ("FINDINGS: Acute L1 burst fracture with retropulsion.\nIMPRESSION: T6 fracture.", True),
+        (
+            "FINDINGS: Acute hemorrhage within the left occipital lobe.\n"
+            "IMPRESSION: Left occipital hemorrhage, acute. Left parotid mass.",
+            True,
+        ),
         (
             "IMPRESSION: Enhancing demyelinating lesion in the right centrum semiovale;"
             " additional non-enhancing periventricular lesions.",
@@ -807,3 +907,36 @@ def test_findings_are_not_routed_over_an_impression_that_names_known_findings(
     )
     decision = classify_report(report, rules)
     assert (decision.referrals, decision.needs_review) == ([], False), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("report", "referrals"),
+    [
+        (
+            "FINDINGS: L5-S1 left paracentral extrusion compressing the descending left S1 nerve"
+            " root.\nIMPRESSION: L5-S1 extrusion with left S1 radiculopathy.",
+            ["neurology"],
+        ),
+        (
+            "FINDINGS: L4-5 right paracentral extrusion contacting the traversing right L5 root.\n"
+            "IMPRESSION: L4-5 extrusion.",
+            ["neurology"],
+        ),
+        # no root contact, or a root contact at another level: the herniation stays as stated
+        (
+            "FINDINGS: L4-5 broad-based protrusion without nerve root contact.\n"
+            "IMPRESSION: L4-5 protrusion.",
+            ["pain_management"],
+        ),
+        (
+            "FINDINGS: L3-4 protrusion contacting the left L4 root. Small L5-S1 protrusion.\n"
+            "IMPRESSION: L5-S1 protrusion.",
+            ["pain_management"],
+        ),
+    ],
+)
+def test_findings_that_detail_the_impressions_herniation_route_it(
+    rules: RoutingRules, report: str, referrals: list[str]
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.referrals, decision.needs_review) == (referrals, False), decision.explanations

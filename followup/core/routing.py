@@ -182,7 +182,7 @@ def _review_reasons(
 ) -> list[str]:
     reasons = []
     for finding in everything:
-        if finding not in known and _asserted(finding) and not _described(finding, asserted):
+        if finding not in known and _asserted(finding) and not _described(finding, asserted, rules):
             quoted = f': "{finding.sentence_text}"' if finding.sentence_text else ""
             reasons.append(f"'{finding.text}' in {finding.section} matched no rule{quoted}")
     denied = [f for f in known if f.negated and not (f.historical or f.hypothetical)]
@@ -215,11 +215,14 @@ def _review_reasons(
     return list(dict.fromkeys(reasons))
 
 
-def _described(unrouted: Finding, asserted: Sequence[Finding]) -> bool:
+def _described(unrouted: Finding, asserted: Sequence[Finding], rules: RoutingRules) -> bool:
     """Whether abnormal language no rule matched names a recognised finding again: a word of
-    its wording at the same spinal level ("L1 fracture." beside "L1 burst fracture"), or in a
-    clause a semicolon joins to it ("enhancing lesion ...; additional non-enhancing lesions").
-    A word outside its wording ("mass" beside "conus compressed by a mass") is still reviewed."""
+    its wording at the same spinal level ("L1 fracture." beside "L1 burst fracture"), in a
+    clause a semicolon joins to it ("enhancing lesion ...; additional non-enhancing lesions"),
+    or in another section restating a critical finding in short ("Left occipital hemorrhage,
+    acute." over FINDINGS "acute hemorrhage within the left occipital lobe") at no other level
+    or side. A word outside its wording ("mass" beside "conus compressed by a mass") is still
+    reviewed."""
     word = _stems(unrouted.text)
     for finding in asserted:
         if not word <= _stems(finding.text):
@@ -232,9 +235,31 @@ def _described(unrouted: Finding, asserted: Sequence[Finding]) -> bool:
             and finding.sentence_text.endswith(";")
             and 0 <= unrouted.sentence[0] - finding.sentence[1] <= 1
         )
-        if same_level or joined:
+        if same_level or joined or _restated(unrouted, finding, rules):
             return True
     return False
+
+
+_SAME_WORD = 6  # letters two forms of a word share ("thalamic", "thalamus")
+_FUNCTION_WORDS = frozenset({"with", "from", "this", "that", "there", "here", "also", "again"})
+
+
+def _restated(unrouted: Finding, finding: Finding, rules: RoutingRules) -> bool:
+    """A critical finding of one section said again in short in another: no level, side or
+    other word of the restatement that the finding's sentence does not name."""
+    if finding.section == unrouted.section or not rules.rule(finding.label).critical:
+        return False
+    if unrouted.levels and not (finding.levels and levels_overlap(unrouted.levels, finding.levels)):
+        return False
+    # a shorter form says nothing new: each of its words ("left", "occipital", "thalamic") is
+    # in the finding's sentence ("thalamus"); "left frontal hemorrhage" over a left occipital
+    # one is another finding
+    said = {word[:_SAME_WORD] for word in _words(finding.sentence_text)}
+    return all(
+        word[:_SAME_WORD] in said
+        for word in _words(unrouted.sentence_text)
+        if len(word) >= 4 and word.isalpha() and word not in _FUNCTION_WORDS
+    )
 
 
 def _stems(text: str) -> set[str]:

@@ -5,7 +5,12 @@ Dictated reports carry one-letter typos ("cord compresion", "flatening") and tru
 transposition of neighbours) away from a critical concept word of at least six letters, and is
 itself no word the rules or the ordinary-word list know, is read as that word. A truncation of
 at least four letters ending in "." (at least five without it) that starts exactly one critical
-concept and no known word is read as that concept's full word. Both tables are built once per
+concept and no known word is read as that concept's full word. Any other word of a critical
+rule is read through a truncation too, only with its period ("epid. absc.", "caud. equina"): the
+truncation must start that one word (its spelling variants count as the word) and no other word
+the rules or the ordinary-word list know. A truncation's period is dropped where the next word
+goes on with a critical phrase ("epid. absc." is "epidural abscess"): there it is no sentence
+end; elsewhere it may be one and is kept. The tables are built once per
 rules version from the critical rules' own vocabulary, so reading a report costs one regular
 expression pass and dictionary look-ups.
 """
@@ -15,8 +20,9 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import pairwise
 
 from followup.core.rules import RoutingRules, Rule, TokenPattern
 
@@ -25,12 +31,18 @@ _MIN_TRUNCATION = 4
 _MIN_BARE_TRUNCATION = 5  # without the period
 _WORD = re.compile(r"[A-Za-z]{4,}\.?")
 _PHRASE_WORD = re.compile(r"[a-z]+")
+_NEXT_WORD = re.compile(r"[ \t]+([A-Za-z]+)")
 
 
 @dataclass(frozen=True, slots=True)
 class Respeller:
     typos: dict[str, str]  # misspelling → canonical word
     truncations: dict[str, str]  # truncation → full word
+    # "epid." → epidural: a truncation of any other word of a critical concept, read only with
+    # its period (a bare "later" is no "lateral")
+    dotted: dict[str, str] = field(default_factory=dict)
+    # word → the words that follow it inside a critical phrase ("epidural" → abscess, ...)
+    followers: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def __call__(self, text: str) -> str:
         return _WORD.sub(self._replace, text)
@@ -41,13 +53,30 @@ class Respeller:
         word = found[:-1] if dotted else found
         lower = word.lower()
         canonical = self.truncations.get(lower) if dotted else None
+        if canonical is None and dotted:
+            canonical = self.dotted.get(lower)
         if canonical is None:
             canonical = self.typos.get(lower)
         if canonical is None and len(lower) >= _MIN_BARE_TRUNCATION:
             canonical = self.truncations.get(lower)
         if canonical is None:
             return found
-        return _same_case(word, canonical) + ("." if dotted else "")
+        # A truncation's period is no sentence end when the next word goes on with the same
+        # critical phrase ("epid. absc.", "caud. equina"); elsewhere it may be one, as in
+        # lower-case dictation ("no cord compr. severe stenosis at l4-5"), and is kept.
+        keep = dotted and not self._goes_on(canonical, match.string, match.end())
+        return _same_case(word, canonical) + ("." if keep else "")
+
+    def _goes_on(self, word: str, text: str, end: int) -> bool:
+        following = self.followers.get(word)
+        after = _NEXT_WORD.match(text, end)
+        if not following or after is None:
+            return False
+        lower = after.group(1).lower()
+        dotted = text.startswith(".", after.end())
+        read = (self.truncations.get(lower) or self.dotted.get(lower)) if dotted else None
+        read = read or self.typos.get(lower) or lower
+        return read in following
 
 
 @lru_cache(maxsize=4)
@@ -99,7 +128,75 @@ def respeller(rules: RoutingRules) -> Respeller:
         for prefix, stems in prefixes.items()
         if len(stems) == 1 and prefix not in blocked and prefix not in known
     }
-    return Respeller(typos=chosen, truncations=truncations)
+    return Respeller(
+        typos=chosen,
+        truncations=truncations,
+        dotted=_dotted_truncations(critical, known, spelled),
+        followers=_followers(rules, spelled),
+    )
+
+
+def _followers(rules: RoutingRules, spelled: dict[str, str]) -> dict[str, frozenset[str]]:
+    """Each word of a critical rule → the words (and their spellings) that follow it in a
+    phrase, or as the next required word of a token pattern."""
+    forms: dict[str, set[str]] = {}
+    for word, variants in rules.spelling_variants:
+        forms.setdefault(word, {word}).update(variants)
+    pairs: dict[str, set[str]] = {}
+
+    def add(first: Iterable[str], then: Iterable[str]) -> None:
+        then = {form for word in then for form in forms.get(spelled.get(word, word), {word})}
+        for word in first:
+            pairs.setdefault(spelled.get(word, word), set()).update(then)
+
+    for rule in rules.rules:
+        if not rule.critical:
+            continue
+        for pattern in rule.patterns:
+            if isinstance(pattern, TokenPattern):
+                specs = pattern.as_spacy()
+                # the next word the pattern requires; optional fillers ("severe", "the")
+                # between two words are no continuation of the first
+                required = [spec for spec in specs if spec.get("OP") not in ("*", "?")]
+                for spec, then in pairwise(required):
+                    add(_spec_words(spec), _spec_words(then))
+            else:
+                words = _PHRASE_WORD.findall(pattern.lower())
+                for first, then in pairwise(words):
+                    add([first], [then])
+    return {word: frozenset(then) for word, then in pairs.items()}
+
+
+def _spec_words(spec: dict[str, object]) -> list[str]:
+    lower = spec.get("LOWER")
+    if isinstance(lower, str):
+        return [lower]
+    if isinstance(lower, dict) and isinstance(lower.get("IN"), list):
+        return [word for word in lower["IN"] if isinstance(word, str) and word.isalpha()]
+    return []
+
+
+def _dotted_truncations(
+    critical: set[str], known: set[str], spelled: dict[str, str]
+) -> dict[str, str]:
+    """Truncations with a period of any word of a critical rule ("epid.", "caud.", "intracran.").
+
+    A truncation starts exactly one word (spelling variants of a word count as that word:
+    "caud." starts cauda and its variant caudal) among every word the rules and the
+    ordinary-word list know, that word is a critical rule's, and the truncation is no known
+    word itself.
+    """
+    starts: dict[str, set[str]] = {}
+    for word in known | critical:
+        if not word.isalpha():
+            continue
+        for end in range(_MIN_TRUNCATION, len(word)):
+            starts.setdefault(word[:end], set()).add(spelled.get(word, word))
+    return {
+        prefix: next(iter(words))
+        for prefix, words in starts.items()
+        if len(words) == 1 and prefix not in known and next(iter(words)) in critical
+    }
 
 
 def _known_words(rules: RoutingRules) -> set[str]:
