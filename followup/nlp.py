@@ -57,7 +57,7 @@ from followup.core.findings import (
     apply_addendum,
     body_region,
     findings_from_codes,
-    same_place,
+    levels_overlap,
     spinal_levels,
 )
 from followup.core.routing import Decision, decide_report
@@ -1114,7 +1114,8 @@ def _details_of(
     """Findings beside the IMPRESSION that detail one it states: "L5-S1 extrusion with left S1
     radiculopathy" over FINDINGS "extrusion compressing the descending left S1 nerve root" is
     that root compression, which supersedes the extrusion (a finding of a rule in the stated
-    finding's `superseded_by`, at the same place; unknown levels count as the same place)."""
+    finding's `superseded_by`, at the same spinal level, named on both: without levels a
+    bursitis beside a tendon tear would be read as detailing it)."""
     known = {rule.label for rule in rules.rules}
     stated = [f for f in stated if _affirmed(f) and f.label in known]
     labels = {label for f in stated for label in rules.rule(f.label).superseded_by} - skip
@@ -1126,7 +1127,8 @@ def _details_of(
         if _affirmed(finding)
         and any(
             finding.label in rules.rule(other.label).superseded_by
-            and same_place(other.levels, finding.levels)
+            and bool(other.levels and finding.levels)
+            and levels_overlap(other.levels, finding.levels)
             for other in stated
         )
     ]

@@ -933,6 +933,12 @@ def test_findings_are_not_routed_over_an_impression_that_names_known_findings(
             "IMPRESSION: L5-S1 protrusion.",
             ["pain_management"],
         ),
+        # a joint finding has no level: a bursitis beside a tendon tear is no detail of it
+        (
+            "FINDINGS: Complete tear of the supraspinatus tendon with retraction. Subdeltoid"
+            " bursitis.\nIMPRESSION: Complete supraspinatus tendon tear.",
+            ["orthopedics"],
+        ),
     ],
 )
 def test_findings_that_detail_the_impressions_herniation_route_it(
