@@ -21,7 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Blind held-out splits are opened only by whoever scores them (tests/corpus/README_v4.md).
 HELD_OUT_BLIND = frozenset(
-    {"test_v4.jsonl", "test_v5.jsonl", "test_v6.jsonl", "test_v7.jsonl", "replies_test_v2.jsonl"}
+    {
+        "test_v4.jsonl",
+        "test_v5.jsonl",
+        "test_v6.jsonl",
+        "test_v7.jsonl",
+        "test_v8.jsonl",
+        "replies_test_v2.jsonl",
+    }
 )
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
 
