@@ -369,6 +369,33 @@ _CLINICAL_CUES: list[tuple[str, str, list[dict[str, Any]]]] = [
             {"LOWER": {"IN": ["of", "suggesting", "suggestive", "concerning"]}},
         ],
     ),
+    # "CES is a clinical diagnosis": said of the syndrome after it
+    (
+        "is a clinical diagnosis",
+        "BACKWARD",
+        [
+            {"LOWER": {"IN": ["is", "remains"]}},
+            {"LOWER": {"IN": ["a", "primarily"]}, "OP": "?"},
+            {"LOWER": {"IN": ["clinical", "clinically"]}},
+            {"LOWER": {"IN": ["diagnosis", "determination", "based"]}},
+        ],
+    ),
+    # "cannot be excluded on imaging grounds alone": the imaging leaves the clinic to decide;
+    # longer than "cannot be excluded", so it replaces that hedge
+    (
+        "excluded on imaging alone",
+        "BACKWARD",
+        [
+            {"LOWER": {"IN": ["is", "are", "can", "could", "ca"]}, "OP": "?"},
+            {"LOWER": {"IN": ["not", "n't"]}, "OP": "?"},
+            {"LOWER": "be", "OP": "?"},
+            {"LOWER": {"IN": ["excluded", "diagnosed", "confirmed"]}},
+            {"LOWER": {"IN": ["on", "by"]}},
+            {"LOWER": {"IN": ["imaging", "mri"]}},
+            {"LOWER": "grounds", "OP": "?"},
+            {"LOWER": "alone"},
+        ],
+    ),
     ("imaging correlate", "FORWARD", [{"LOWER": "imaging"}, {"LOWER": "correlate"}]),
     # "clinical ?CES": the clinician's question, shorthand
     ("clinical query", "FORWARD", [{"LOWER": {"IN": ["clinical", "clinically"]}}, {"ORTH": "?"}]),

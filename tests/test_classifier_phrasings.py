@@ -501,6 +501,9 @@ def test_assertion_status_scope(sentence: str, concept: str, negated: bool) -> N
         "Clinical concern for cauda equina syndrome; the thecal sac is normal.",
         "No imaging correlate for the suspected cauda equina syndrome.",
         "No MRI evidence to explain the clinically suspected CES.",
+        "Clinical cauda equina syndrome cannot be excluded on imaging grounds alone; however, no"
+        " compressive lesion of the cauda equina is seen.",
+        "CES is a clinical diagnosis; no compression of the cauda equina.",
     ],
 )
 def test_a_hedge_about_the_clinical_syndrome_is_no_imaging_finding(
@@ -515,6 +518,8 @@ def test_a_hedge_about_the_clinical_syndrome_is_no_imaging_finding(
     [
         "Massive L4-5 extrusion, findings of CES.",
         "Cauda equina syndrome cannot be excluded.",
+        "Cord compression cannot be excluded on imaging grounds alone.",
+        "CES is a clinical diagnosis; however, a large L4-5 extrusion compresses the cauda equina.",
         "Severe stenosis at L4-5; in this clinical setting, findings could represent cauda equina"
         " syndrome.",
     ],
