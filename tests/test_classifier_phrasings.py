@@ -856,6 +856,31 @@ def test_the_degenerative_cause_of_a_compression_is_not_referred_twice(
 
 
 @pytest.mark.parametrize(
+    ("impression", "referrals"),
+    [
+        # a semicolon joins the clauses: the compression is the osteophyte bar's
+        ("C5-6 osteophyte bar; early cord compression cannot be excluded.", ["orthopedics"]),
+        ("C4-5 disc osteophyte complex; cord compressed.", ["orthopedics"]),
+        # the clauses name different levels: two findings
+        (
+            "C3-4 disc osteophyte complex; cord compression at C5-6 by an extrusion.",
+            ["orthopedics", "pain_management"],
+        ),
+        # not a critical superseder: a full-thickness tear beside bursitis is still referred
+        ("Full-thickness supraspinatus tear; subacromial bursitis.", None),
+    ],
+)
+def test_a_compression_in_the_next_clause_covers_its_degenerative_cause(
+    rules: RoutingRules, impression: str, referrals: list[str] | None
+) -> None:
+    decision = classify_report(f"IMPRESSION: {impression}", rules)
+    if referrals is None:
+        assert "orthopedics" in decision.referrals
+    else:
+        assert decision.referrals == referrals
+
+
+@pytest.mark.parametrize(
     ("impression", "urgency", "review"),
     [
         (
