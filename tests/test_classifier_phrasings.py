@@ -976,3 +976,56 @@ def test_findings_that_detail_the_impressions_herniation_route_it(
 ) -> None:
     decision = classify_report(report, rules)
     assert (decision.referrals, decision.needs_review) == (referrals, False), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("impression", "referrals"),
+    [
+        ("Non-compressive myelopathy with T2 signal in the cord from C3 to C6.", ["neurology"]),
+        (
+            "Longitudinal T2 hyperintensity in the dorsal columns from C2 to C6 with no cord"
+            " compression.",
+            ["neurology"],
+        ),
+        ("Dorsal column T2 signal from C2 to C5.", ["neurology"]),
+        # myelopathy only as the clinician's question, answered in the negative
+        (
+            "No structural cause for the suspected myelopathy: no cord compression, cord signal"
+            " normal.",
+            [],
+        ),
+        ("No signal abnormality in the dorsal columns.", []),
+    ],
+)
+def test_myelopathy_without_compression_goes_to_neurology(
+    rules: RoutingRules, impression: str, referrals: list[str]
+) -> None:
+    decision = classify_report(f"MRI C-spine. IMPRESSION: {impression}", rules)
+    assert (decision.critical, decision.needs_review, decision.referrals) == (
+        False,
+        False,
+        referrals,
+    )
+
+
+@pytest.mark.parametrize(
+    ("impression", "urgency"),
+    [
+        ("Multiple periventricular demyelinating lesions, none enhancing.", "routine"),
+        ("Demyelinating lesions, none of which enhance.", "routine"),
+        ("Demyelinating lesions without enhancement at C2 and C4.", "routine"),
+        ("Demyelinating lesions, non-enhancing.", "routine"),
+        ("Demyelinating lesions of the cord at C2 and T1.", "routine"),
+        ("Three demyelinating lesions, one of which enhances.", "urgent"),
+        ("Enhancing cord lesion at C3, c/w active demyelinating plaque.", "urgent"),
+    ],
+)
+def test_demyelination_is_urgent_only_when_enhancing(
+    rules: RoutingRules, impression: str, urgency: str
+) -> None:
+    decision = classify_report(f"IMPRESSION: {impression}", rules)
+    assert (decision.urgency, decision.referrals, decision.needs_review) == (
+        urgency,
+        ["neurology"],
+        False,
+    )
