@@ -1029,3 +1029,74 @@ def test_demyelination_is_urgent_only_when_enhancing(
         ["neurology"],
         False,
     )
+
+
+@pytest.mark.parametrize(
+    ("report", "referrals", "urgency"),
+    [
+        (
+            "MRI elbow. IMPRESSION: Full-thickness tear of the anterior bundle of the ulnar"
+            " collateral ligament.",
+            ["orthopedics"],
+            "routine",
+        ),
+        (
+            "MRI thumb. IMPRESSION: Complete tear of the ulnar collateral ligament of the first"
+            " MCP joint.",
+            ["orthopedics"],
+            "routine",
+        ),
+        (
+            "MRI knee. IMPRESSION: Complete ACL tear with pivot-shift bone contusions of the"
+            " lateral femoral condyle and posterolateral tibial plateau.",
+            ["orthopedics"],
+            "routine",
+        ),
+        (
+            "MRI knee. IMPRESSION: Displaced flap tear of the medial meniscus.",
+            ["orthopedics"],
+            "routine",
+        ),
+        (
+            "MRI thigh. IMPRESSION: Pyomyositis of the left vastus lateralis with a 3 cm"
+            " intramuscular abscess.",
+            ["orthopedics"],
+            "urgent",
+        ),
+        (
+            "MRI shoulder. IMPRESSION: Partial-thickness articular-sided supraspinatus tear;"
+            " subacromial bursitis.",
+            ["pain_management"],
+            "routine",
+        ),
+        (
+            "MRI shoulder. IMPRESSION: Full-thickness supraspinatus tear; subacromial bursitis.",
+            ["orthopedics", "pain_management"],
+            "routine",
+        ),
+    ],
+)
+def test_joint_ligament_tendon_and_muscle_findings(
+    rules: RoutingRules, report: str, referrals: list[str], urgency: str
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.referrals, decision.urgency, decision.needs_review) == (
+        referrals,
+        urgency,
+        False,
+    )
+
+
+def test_an_epidural_abscess_under_a_lowercase_conclusion_escalates_without_review(
+    rules: RoutingRules,
+) -> None:
+    decision = classify_report(
+        "MRI L-spine.\nconclusion: spinal epidural abscess at L3-4. recommend urgent spinal"
+        " surgical review.",
+        rules,
+    )
+    assert (decision.critical, decision.referrals, decision.needs_review) == (
+        True,
+        ["orthopedics"],
+        False,
+    )
