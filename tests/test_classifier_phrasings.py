@@ -1100,3 +1100,46 @@ def test_an_epidural_abscess_under_a_lowercase_conclusion_escalates_without_revi
         ["orthopedics"],
         False,
     )
+
+
+@pytest.mark.parametrize(
+    ("typo", "word"),
+    [
+        ("metastsis", "metastasis"),
+        ("menicsus", "meniscus"),
+        ("anterolisthsis", "anterolisthesis"),
+        ("demyelinatng", "demyelinating"),
+    ],
+)
+def test_a_typo_of_a_long_routed_word_is_read_as_that_word(
+    rules: RoutingRules, typo: str, word: str
+) -> None:
+    assert respeller(rules)(f"Bucket {typo} here") == f"Bucket {word} here"
+
+
+@pytest.mark.parametrize(
+    "real", ["injection", "injected", "displayed", "contracted", "narrow", "protrusions", "lesions"]
+)
+def test_real_words_near_a_routed_word_are_not_respelled(rules: RoutingRules, real: str) -> None:
+    assert respeller(rules)(f"the {real} one") == f"the {real} one"
+
+
+@pytest.mark.parametrize(
+    ("report", "referrals"),
+    [
+        ("MRI T-spine. IMPRESSION: Marrow-replacing metastsis at T9.", ["orthopedics"]),
+        ("MRI knee. IMPRESSION: Bucket-handle tear of the medial menicsus.", ["orthopedics"]),
+        ("MRI L-spine. IMPRESSION: Grade 1 anterolisthsis of L4 on L5.", ["orthopedics"]),
+        ("MRI L-spine. IMPRESSION: No metastsis. Normal study.", []),
+        ("MRI L-spine. IMPRESSION: L4-5 facet injection. No stenosis.", []),
+    ],
+)
+def test_typos_of_routed_words_route_and_their_negations_stay_negative(
+    rules: RoutingRules, report: str, referrals: list[str]
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.referrals, decision.needs_review, decision.critical) == (
+        referrals,
+        False,
+        False,
+    )
