@@ -369,6 +369,33 @@ _CLINICAL_CUES: list[tuple[str, str, list[dict[str, Any]]]] = [
             {"LOWER": {"IN": ["of", "suggesting", "suggestive", "concerning"]}},
         ],
     ),
+    # "CES is a clinical diagnosis": said of the syndrome after it
+    (
+        "is a clinical diagnosis",
+        "BACKWARD",
+        [
+            {"LOWER": {"IN": ["is", "remains"]}},
+            {"LOWER": {"IN": ["a", "primarily"]}, "OP": "?"},
+            {"LOWER": {"IN": ["clinical", "clinically"]}},
+            {"LOWER": {"IN": ["diagnosis", "determination", "based"]}},
+        ],
+    ),
+    # "cannot be excluded on imaging grounds alone": the imaging leaves the clinic to decide;
+    # longer than "cannot be excluded", so it replaces that hedge
+    (
+        "excluded on imaging alone",
+        "BACKWARD",
+        [
+            {"LOWER": {"IN": ["is", "are", "can", "could", "ca"]}, "OP": "?"},
+            {"LOWER": {"IN": ["not", "n't"]}, "OP": "?"},
+            {"LOWER": "be", "OP": "?"},
+            {"LOWER": {"IN": ["excluded", "diagnosed", "confirmed"]}},
+            {"LOWER": {"IN": ["on", "by"]}},
+            {"LOWER": {"IN": ["imaging", "mri"]}},
+            {"LOWER": "grounds", "OP": "?"},
+            {"LOWER": "alone"},
+        ],
+    ),
     ("imaging correlate", "FORWARD", [{"LOWER": "imaging"}, {"LOWER": "correlate"}]),
     # "clinical ?CES": the clinician's question, shorthand
     ("clinical query", "FORWARD", [{"LOWER": {"IN": ["clinical", "clinically"]}}, {"ORTH": "?"}]),
@@ -428,6 +455,46 @@ _RADIOLOGY_CONTEXT = [
     # "non-compressive myelopathy", "non enhancing lesions": the prefix negates the next word
     # only, so the finding it qualifies ("myelopathy", "lesions") is still read.
     _rule("non-", _NEG, "FORWARD", [{"LOWER": "non"}, {"ORTH": "-", "OP": "?"}], max_scope=1),
+    # "demyelinating lesions, none enhancing", "none of which enhance": the lesions are read,
+    # the word "none" denies what follows it closely (the enhancement)
+    _rule(
+        "none of which",
+        _NEG,
+        "FORWARD",
+        [
+            {"LOWER": "none"},
+            {"LOWER": "of", "OP": "?"},
+            {"LOWER": {"IN": ["which", "them", "these", "those"]}, "OP": "?"},
+            {
+                "LOWER": {"IN": ["is", "are", "shows", "show", "demonstrates", "demonstrate"]},
+                "OP": "?",
+            },
+        ],
+        max_scope=2,
+    ),
+    # "no structural cause for the suspected myelopathy", "no imaging explanation for the
+    # clinical myelopathy": the condition is the clinician's question, which the study answers
+    # in the negative; the hedge word belongs to the cue, so it does not cut the negation short
+    _rule(
+        "no structural cause for",
+        _NEG,
+        "FORWARD",
+        [
+            {"LOWER": "no"},
+            {
+                "LOWER": {"IN": ["structural", "compressive", "imaging", "mri", "radiologic"]},
+                "OP": "?",
+            },
+            {"LOWER": {"IN": ["cause", "explanation", "etiology", "source", "correlate"]}},
+            {"LOWER": {"IN": ["for", "of"]}},
+            {"LOWER": {"IN": ["the", "this", "a", "patient", "patient's", "'s"]}, "OP": "*"},
+            {
+                "LOWER": {"IN": ["suspected", "clinical", "clinically", "presumed", "reported"]},
+                "OP": "*",
+            },
+        ],
+        max_scope=4,
+    ),
     # "Cord compression: none." - a checklist answer, so it must end the statement.
     _rule(
         ": no",

@@ -501,6 +501,9 @@ def test_assertion_status_scope(sentence: str, concept: str, negated: bool) -> N
         "Clinical concern for cauda equina syndrome; the thecal sac is normal.",
         "No imaging correlate for the suspected cauda equina syndrome.",
         "No MRI evidence to explain the clinically suspected CES.",
+        "Clinical cauda equina syndrome cannot be excluded on imaging grounds alone; however, no"
+        " compressive lesion of the cauda equina is seen.",
+        "CES is a clinical diagnosis; no compression of the cauda equina.",
     ],
 )
 def test_a_hedge_about_the_clinical_syndrome_is_no_imaging_finding(
@@ -515,6 +518,8 @@ def test_a_hedge_about_the_clinical_syndrome_is_no_imaging_finding(
     [
         "Massive L4-5 extrusion, findings of CES.",
         "Cauda equina syndrome cannot be excluded.",
+        "Cord compression cannot be excluded on imaging grounds alone.",
+        "CES is a clinical diagnosis; however, a large L4-5 extrusion compresses the cauda equina.",
         "Severe stenosis at L4-5; in this clinical setting, findings could represent cauda equina"
         " syndrome.",
     ],
@@ -851,6 +856,31 @@ def test_the_degenerative_cause_of_a_compression_is_not_referred_twice(
 
 
 @pytest.mark.parametrize(
+    ("impression", "referrals"),
+    [
+        # a semicolon joins the clauses: the compression is the osteophyte bar's
+        ("C5-6 osteophyte bar; early cord compression cannot be excluded.", ["orthopedics"]),
+        ("C4-5 disc osteophyte complex; cord compressed.", ["orthopedics"]),
+        # the clauses name different levels: two findings
+        (
+            "C3-4 disc osteophyte complex; cord compression at C5-6 by an extrusion.",
+            ["orthopedics", "pain_management"],
+        ),
+        # not a critical superseder: a full-thickness tear beside bursitis is still referred
+        ("Full-thickness supraspinatus tear; subacromial bursitis.", None),
+    ],
+)
+def test_a_compression_in_the_next_clause_covers_its_degenerative_cause(
+    rules: RoutingRules, impression: str, referrals: list[str] | None
+) -> None:
+    decision = classify_report(f"IMPRESSION: {impression}", rules)
+    if referrals is None:
+        assert "orthopedics" in decision.referrals
+    else:
+        assert decision.referrals == referrals
+
+
+@pytest.mark.parametrize(
     ("impression", "urgency", "review"),
     [
         (
@@ -946,3 +976,170 @@ def test_findings_that_detail_the_impressions_herniation_route_it(
 ) -> None:
     decision = classify_report(report, rules)
     assert (decision.referrals, decision.needs_review) == (referrals, False), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("impression", "referrals"),
+    [
+        ("Non-compressive myelopathy with T2 signal in the cord from C3 to C6.", ["neurology"]),
+        (
+            "Longitudinal T2 hyperintensity in the dorsal columns from C2 to C6 with no cord"
+            " compression.",
+            ["neurology"],
+        ),
+        ("Dorsal column T2 signal from C2 to C5.", ["neurology"]),
+        # myelopathy only as the clinician's question, answered in the negative
+        (
+            "No structural cause for the suspected myelopathy: no cord compression, cord signal"
+            " normal.",
+            [],
+        ),
+        ("No signal abnormality in the dorsal columns.", []),
+    ],
+)
+def test_myelopathy_without_compression_goes_to_neurology(
+    rules: RoutingRules, impression: str, referrals: list[str]
+) -> None:
+    decision = classify_report(f"MRI C-spine. IMPRESSION: {impression}", rules)
+    assert (decision.critical, decision.needs_review, decision.referrals) == (
+        False,
+        False,
+        referrals,
+    )
+
+
+@pytest.mark.parametrize(
+    ("impression", "urgency"),
+    [
+        ("Multiple periventricular demyelinating lesions, none enhancing.", "routine"),
+        ("Demyelinating lesions, none of which enhance.", "routine"),
+        ("Demyelinating lesions without enhancement at C2 and C4.", "routine"),
+        ("Demyelinating lesions, non-enhancing.", "routine"),
+        ("Demyelinating lesions of the cord at C2 and T1.", "routine"),
+        ("Three demyelinating lesions, one of which enhances.", "urgent"),
+        ("Enhancing cord lesion at C3, c/w active demyelinating plaque.", "urgent"),
+    ],
+)
+def test_demyelination_is_urgent_only_when_enhancing(
+    rules: RoutingRules, impression: str, urgency: str
+) -> None:
+    decision = classify_report(f"IMPRESSION: {impression}", rules)
+    assert (decision.urgency, decision.referrals, decision.needs_review) == (
+        urgency,
+        ["neurology"],
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("report", "referrals", "urgency"),
+    [
+        (
+            "MRI elbow. IMPRESSION: Full-thickness tear of the anterior bundle of the ulnar"
+            " collateral ligament.",
+            ["orthopedics"],
+            "routine",
+        ),
+        (
+            "MRI thumb. IMPRESSION: Complete tear of the ulnar collateral ligament of the first"
+            " MCP joint.",
+            ["orthopedics"],
+            "routine",
+        ),
+        (
+            "MRI knee. IMPRESSION: Complete ACL tear with pivot-shift bone contusions of the"
+            " lateral femoral condyle and posterolateral tibial plateau.",
+            ["orthopedics"],
+            "routine",
+        ),
+        (
+            "MRI knee. IMPRESSION: Displaced flap tear of the medial meniscus.",
+            ["orthopedics"],
+            "routine",
+        ),
+        (
+            "MRI thigh. IMPRESSION: Pyomyositis of the left vastus lateralis with a 3 cm"
+            " intramuscular abscess.",
+            ["orthopedics"],
+            "urgent",
+        ),
+        (
+            "MRI shoulder. IMPRESSION: Partial-thickness articular-sided supraspinatus tear;"
+            " subacromial bursitis.",
+            ["pain_management"],
+            "routine",
+        ),
+        (
+            "MRI shoulder. IMPRESSION: Full-thickness supraspinatus tear; subacromial bursitis.",
+            ["orthopedics", "pain_management"],
+            "routine",
+        ),
+    ],
+)
+def test_joint_ligament_tendon_and_muscle_findings(
+    rules: RoutingRules, report: str, referrals: list[str], urgency: str
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.referrals, decision.urgency, decision.needs_review) == (
+        referrals,
+        urgency,
+        False,
+    )
+
+
+def test_an_epidural_abscess_under_a_lowercase_conclusion_escalates_without_review(
+    rules: RoutingRules,
+) -> None:
+    decision = classify_report(
+        "MRI L-spine.\nconclusion: spinal epidural abscess at L3-4. recommend urgent spinal"
+        " surgical review.",
+        rules,
+    )
+    assert (decision.critical, decision.referrals, decision.needs_review) == (
+        True,
+        ["orthopedics"],
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("typo", "word"),
+    [
+        ("metastsis", "metastasis"),
+        ("menicsus", "meniscus"),
+        ("anterolisthsis", "anterolisthesis"),
+        ("demyelinatng", "demyelinating"),
+    ],
+)
+def test_a_typo_of_a_long_routed_word_is_read_as_that_word(
+    rules: RoutingRules, typo: str, word: str
+) -> None:
+    assert respeller(rules)(f"Bucket {typo} here") == f"Bucket {word} here"
+
+
+@pytest.mark.parametrize(
+    "real", ["injection", "injected", "displayed", "contracted", "narrow", "protrusions", "lesions"]
+)
+def test_real_words_near_a_routed_word_are_not_respelled(rules: RoutingRules, real: str) -> None:
+    assert respeller(rules)(f"the {real} one") == f"the {real} one"
+
+
+@pytest.mark.parametrize(
+    ("report", "referrals"),
+    [
+        ("MRI T-spine. IMPRESSION: Marrow-replacing metastsis at T9.", ["orthopedics"]),
+        ("MRI knee. IMPRESSION: Bucket-handle tear of the medial menicsus.", ["orthopedics"]),
+        ("MRI L-spine. IMPRESSION: Grade 1 anterolisthsis of L4 on L5.", ["orthopedics"]),
+        ("MRI L-spine. IMPRESSION: No metastsis. Normal study.", []),
+        ("MRI L-spine. IMPRESSION: L4-5 facet injection. No stenosis.", []),
+    ],
+)
+def test_typos_of_routed_words_route_and_their_negations_stay_negative(
+    rules: RoutingRules, report: str, referrals: list[str]
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.referrals, decision.needs_review, decision.critical) == (
+        referrals,
+        False,
+        False,
+    )

@@ -158,20 +158,33 @@ def _covering(finding: Finding, asserted: Sequence[Finding], rules: RoutingRules
     for other in asserted:
         if other.label not in superseders:
             continue
-        same_sentence = (
-            other.section == finding.section != CODED and other.sentence == finding.sentence
+        critical = rules.rule(other.label).critical
+        same_sentence = other.section == finding.section != CODED and (
+            other.sentence == finding.sentence
+            or (critical and _clauses_of_one_sentence(finding, other))
         )
         known_levels_meet = bool(other.levels and finding.levels) and levels_overlap(
             other.levels, finding.levels
         )
-        critical_here = rules.rule(other.label).critical and same_place(
-            other.levels, finding.levels
-        )
+        critical_here = critical and same_place(other.levels, finding.levels)
         if same_sentence or (
             rule.superseded_in == "place" and (known_levels_meet or critical_here)
         ):
             return other
     return None
+
+
+def _clauses_of_one_sentence(a: Finding, b: Finding) -> bool:
+    """Two clauses that a semicolon joins ("C5-6 osteophyte bar; early cord compression cannot
+    be excluded"): the sentencizer splits them, but a critical compression in the one speaks of
+    the other's place unless both name levels that differ. Only for a critical superseder: a
+    "full-thickness tear; bursitis" is two findings, each routed."""
+    first, second = sorted((a, b), key=lambda f: f.sentence)
+    return (
+        first.sentence_text.rstrip().endswith(";")
+        and 0 <= second.sentence[0] - first.sentence[1] <= 2
+        and same_place(first.levels, second.levels)
+    )
 
 
 def _review_reasons(

@@ -1,4 +1,4 @@
-"""Re-spelling of misspelled and truncated critical concept words before a report is read.
+"""Re-spelling of misspelled and truncated concept words before a report is read.
 
 Dictated reports carry one-letter typos ("cord compresion", "flatening") and truncations
 ("cord compr.", "flat."). A word that is one edit (insertion, deletion, substitution or
@@ -10,7 +10,10 @@ rule is read through a truncation too, only with its period ("epid. absc.", "cau
 truncation must start that one word (its spelling variants count as the word) and no other word
 the rules or the ordinary-word list know. A truncation's period is dropped where the next word
 goes on with a critical phrase ("epid. absc." is "epidural abscess"): there it is no sentence
-end; elsewhere it may be one and is kept. The tables are built once per
+end; elsewhere it may be one and is kept. A word of another routed rule of at least eight
+letters is read through a one-edit typo too ("metastsis", "menicsus") when the typo is near that
+one word only and is no word the rules, the ordinary-word list or the critical tables know. The
+tables are built once per
 rules version from the critical rules' own vocabulary, so reading a report costs one regular
 expression pass and dictionary look-ups.
 """
@@ -27,6 +30,10 @@ from itertools import pairwise
 from followup.core.rules import RoutingRules, Rule, TokenPattern
 
 _MIN_TYPO_WORD = 6  # shorter words have too many real neighbours one edit away
+# words of routed, non-critical rules: "marrow" is one edit from "narrow", "contact" from
+# "contract"; from eight letters on the real neighbours are few and the ordinary-word list
+# names them
+_MIN_ROUTED_TYPO_WORD = 8
 _MIN_TRUNCATION = 4
 _MIN_BARE_TRUNCATION = 5  # without the period
 _WORD = re.compile(r"[A-Za-z]{4,}\.?")
@@ -109,6 +116,7 @@ def respeller(rules: RoutingRules) -> Respeller:
         if typo not in ordinary and len(stems) == 1:
             # "flattend" is one edit from "flatten" and "flattened": the inflected form.
             chosen[typo] = max(meant, key=lambda word: (len(word), word))
+    chosen = {**_routed_typos(rules, near.keys() | families.keys()), **chosen}
     prefixes: dict[str, set[str]] = {}
     for word, stem in families.items():
         for end in range(_MIN_TRUNCATION, len(word)):
@@ -134,6 +142,30 @@ def respeller(rules: RoutingRules) -> Respeller:
         dotted=_dotted_truncations(critical, known, spelled),
         followers=_followers(rules, spelled),
     )
+
+
+def _routed_typos(rules: RoutingRules, critical: Iterable[str]) -> dict[str, str]:
+    """One-edit typos of the longer words of the other routed rules ("metastsis", "menicsus").
+
+    A missed word there costs a referral, not an escalation, so the guards are stricter than
+    for critical words: the word has at least `_MIN_ROUTED_TYPO_WORD` letters, the typo is one
+    edit from that one routed word only, and it is no word the rules or the ordinary-word list
+    know, nor a typo or word of a critical concept (those tables win).
+    """
+    words = {
+        word
+        for rule in rules.rules
+        if rule.referrals and not rule.critical
+        for word in _pattern_words(rule)
+        if word.isalpha() and len(word) >= _MIN_ROUTED_TYPO_WORD
+    }
+    blocked = _known_words(rules) | set(critical)
+    near: dict[str, set[str]] = {}
+    for word in words:
+        for typo in _one_edit(word):
+            if typo not in blocked:
+                near.setdefault(typo, set()).add(word)
+    return {typo: next(iter(meant)) for typo, meant in near.items() if len(meant) == 1}
 
 
 def _followers(rules: RoutingRules, spelled: dict[str, str]) -> dict[str, frozenset[str]]:
