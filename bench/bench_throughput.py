@@ -630,6 +630,13 @@ def settled_flow_runs(api_url: str, *, timeout: float) -> Counter[str]:
                 1 for run in runs if run["state_type"] in ("SCHEDULED", "PENDING", "RUNNING")
             )
             if not active or time.monotonic() > deadline:
+                # The other deployments (sweeps, dispatch, worklist refreshes) run too; a
+                # scheduler filtering by accession must see one scan run per scan.
+                per_scan = Counter(
+                    str(run["name"]) for run in runs if str(run["name"]).startswith("scan-")
+                )
+                states["(scan runs)"] = sum(per_scan.values())
+                states["(scans with more than one run)"] = sum(n > 1 for n in per_scan.values())
                 return states
             time.sleep(2)
 
