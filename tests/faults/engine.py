@@ -196,12 +196,23 @@ class Engine:
         )  # fmt: skip
         return [run["state_type"] for run in runs]
 
-    def sweep(self) -> None:
-        """Run the sweep-inbox deployment now, for rows of any age, and wait for its end."""
+    def run_creators(self, name: str) -> list[str]:
+        """Who created each flow run with this name, oldest first: "sweep" (its idempotency
+        key) or "trigger" (the deployment's event trigger)."""
+        runs = self.api(
+            "POST", "/flow_runs/filter",
+            {"flow_runs": {"name": {"any_": [name]}}, "sort": "START_TIME_ASC"},
+        )  # fmt: skip
+        keys = [str(run.get("idempotency_key") or "") for run in runs]
+        return ["sweep" if key.startswith("sweep-inbox") else "trigger" for key in keys]
+
+    def sweep(self, older_than_seconds: int = 0) -> None:
+        """Run the sweep-inbox deployment now, for accepted rows older than
+        `older_than_seconds` (and rows of dead runs past the lease), and wait for its end."""
         deployment = self.api("GET", "/deployments/name/sweep-inbox/sweep-inbox")
         run = self.api(
             "POST", f"/deployments/{deployment['id']}/create_flow_run",
-            {"parameters": {"older_than_seconds": 0}},
+            {"parameters": {"older_than_seconds": older_than_seconds}},
         )  # fmt: skip
 
         def finished() -> bool:

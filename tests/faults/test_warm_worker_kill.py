@@ -27,6 +27,7 @@ pytestmark = pytest.mark.prefect
 
 BURST = 16
 KILLED_AT = 5  # the sixth scan of the burst kills the worker
+UNCLAIMED_AFTER_SECONDS = 30
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +80,14 @@ def test_worker_killed_mid_burst_every_scan_is_processed_once(engine: Engine) ->
     )
     # The new worker reaps the dead one's runs once its heartbeat is stale (30 s); rows of
     # crashed runs go back at the next sweep after the lease.
+    # Rows never claimed are swept only once older than the trigger's lag in creating the
+    # burst's runs, as in production (120 s): a sweep that creates a row's run before the
+    # trigger has created its own adds a second, idle run (the open defect of issue 22).
     deadline = time.monotonic() + RUN_SECONDS
     while set(inbox_statuses(engine.database_url, accessions)) - DONE_STATUSES:
         assert time.monotonic() < deadline, {a: engine.run_states(f"scan-{a}") for a in accessions}
         time.sleep(LEASE_SECONDS)
-        engine.sweep()
+        engine.sweep(older_than_seconds=UNCLAIMED_AFTER_SECONDS)
     settle(engine, accessions)
 
     runs = {a: tally(engine.run_states(f"scan-{a}")) for a in accessions}
@@ -110,5 +114,12 @@ def test_worker_killed_mid_burst_every_scan_is_processed_once(engine: Engine) ->
             "other_states": [],
             "serve_up": True,
         },
-        shown={"crashed_runs": crashed},
+        shown={
+            "crashed_runs": crashed,
+            "creators_of_scans_with_two_runs": {
+                a: engine.run_creators(f"scan-{a}")
+                for a, states in runs.items()
+                if sum(states.values()) > 1 and a != accessions[KILLED_AT]
+            },
+        },
     )
