@@ -516,6 +516,7 @@ def prefect_replay(
             replay.notes.append(
                 "flow runs: " + ", ".join(f"{n} {name}" for name, n in sorted(states.items()))
             )
+            replay.notes.append(scan_runs_note(api_url))
             replay.notes += unsuccessful_flow_runs(api_url)
             replay.notes.append(
                 f"sent {len(sent)} at {arguments.rate:g}/s in "
@@ -630,15 +631,34 @@ def settled_flow_runs(api_url: str, *, timeout: float) -> Counter[str]:
                 1 for run in runs if run["state_type"] in ("SCHEDULED", "PENDING", "RUNNING")
             )
             if not active or time.monotonic() > deadline:
-                # The other deployments (sweeps, dispatch, worklist refreshes) run too; a
-                # scheduler filtering by accession must see one scan run per scan.
-                per_scan = Counter(
-                    str(run["name"]) for run in runs if str(run["name"]).startswith("scan-")
-                )
-                states["(scan runs)"] = sum(per_scan.values())
-                states["(scans with more than one run)"] = sum(n > 1 for n in per_scan.values())
                 return states
             time.sleep(2)
+
+
+def scan_runs_note(api_url: str) -> str:
+    """The scan-completed runs apart from the other deployments' (sweeps, dispatch, worklist
+    refreshes): a scheduler filtering by accession must see one run per scan."""
+    import httpx
+
+    names: list[str] = []
+    with httpx.Client(base_url=api_url, timeout=30) as client:
+        while True:
+            page = client.post(
+                "/flow_runs/filter",
+                json={
+                    "flow_runs": {"name": {"like_": "scan-"}},
+                    "limit": 200,
+                    "offset": len(names),
+                },
+            )
+            page.raise_for_status()
+            names += [str(run["name"]) for run in page.json()]
+            if len(page.json()) < 200:
+                break
+    per_scan = Counter(name for name in names if name.startswith("scan-"))  # like_ is a substring
+    doubled = sum(n > 1 for n in per_scan.values())
+    runs = sum(per_scan.values())
+    return f"scan runs: {runs} for {len(per_scan)} scans, {doubled} scans with more than one"
 
 
 def unsuccessful_flow_runs(api_url: str) -> list[str]:
