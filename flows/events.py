@@ -52,8 +52,23 @@ def emit_for_inbox(
     `emit_event` queues the event for a background sender and returns None when no Prefect
     API is configured; the row then waits for the sweep.
     """
+    emitted = _emit_row_event(
+        EVENT, inbox_id=inbox_id, accession=accession, previous_claim=previous_claim
+    )
+    if not emitted:
+        logger.warning(
+            "no event for inbox %d (%s): Prefect API not configured", inbox_id, accession
+        )
+    return emitted
+
+
+def _emit_row_event(
+    name: str, *, inbox_id: int, accession: str, previous_claim: datetime | None = None
+) -> bool:
+    """An event about one inbox row, with the row's own event id; False when no Prefect API
+    is configured."""
     emitted = emit_event(
-        event=EVENT,
+        event=name,
         resource={
             "prefect.resource.id": f"ris.study.{accession}",
             "prefect.resource.name": accession,
@@ -62,10 +77,6 @@ def emit_for_inbox(
         payload={"inbox_id": inbox_id, "accession": accession},
         id=event_id(inbox_id, accession, previous_claim),
     )
-    if emitted is None:
-        logger.warning(
-            "no event for inbox %d (%s): Prefect API not configured", inbox_id, accession
-        )
     return emitted is not None
 
 
@@ -77,17 +88,7 @@ def mark_swept(*, inbox_id: int, accession: str) -> bool:
     event whose id it has seen, whatever its name, so a late copy of the gateway's event (a
     resend after Prefect came back) no longer starts a second run; no trigger matches this
     event. False when no Prefect API is configured."""
-    emitted = emit_event(
-        event=SWEPT_EVENT,
-        resource={
-            "prefect.resource.id": f"ris.study.{accession}",
-            "prefect.resource.name": accession,
-            "followup.inbox-id": str(inbox_id),
-        },
-        payload={"inbox_id": inbox_id, "accession": accession},
-        id=event_id(inbox_id, accession),
-    )
-    return emitted is not None
+    return _emit_row_event(SWEPT_EVENT, inbox_id=inbox_id, accession=accession)
 
 
 REVIEW_EVENT = "followup.review.needed"
