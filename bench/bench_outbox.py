@@ -6,7 +6,7 @@
 Each message is a visit booked through the production hook (`record_visit_change`, in the
 booking's transaction), then the production dispatcher (claim, build the SIU^S12, one MLLP
 connection per batch, ACK read and matched, result recorded) drains the outbox to the test
-EHR of tests/ehr/fake_ehr.py, a real MLLP listener on 127.0.0.1 answering AA. Reported:
+EHR of tools/fake_ehr.py, a real MLLP listener on 127.0.0.1 answering AA. Reported:
 throughput (messages per second from the first claim to the last recorded result), and the
 per-message exchange latency (frame written → its ACK read and judged) p50/p99, plus the
 database share (build + record) per message. Checked: every message reached the listener
@@ -48,7 +48,7 @@ from models.tables import (  # noqa: E402
     Provider,
     Slot,
 )
-from tests.ehr.fake_ehr import fake_ehr  # noqa: E402
+from tools.fake_ehr import fake_ehr  # noqa: E402
 
 START = datetime(2026, 12, 14, 14, 0, tzinfo=UTC)
 EXCHANGES: list[float] = []

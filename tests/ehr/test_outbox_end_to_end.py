@@ -1,5 +1,5 @@
 """The EHR outbox end to end on real sockets: a scan books a visit and opens a referral, the
-dispatcher sends SIU and REF over MLLP to test EHRs (tests/ehr/fake_ehr.py), and what they
+dispatcher sends SIU and REF over MLLP to test EHRs (tools/fake_ehr.py), and what they
 hold is parsed back with python-hl7."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tests.ehr.conftest import (
     the_visit,
     visit_id,
 )
-from tests.ehr.fake_ehr import FakeEhr, fake_ehr
+from tools.fake_ehr import FakeEhr, fake_ehr
 
 
 def triggers(ehr: FakeEhr) -> list[str]:

@@ -15,8 +15,8 @@ from models import booking
 from models.db import session_scope
 from models.tables import AuditEvent, InboxMessage, InboxStatus
 from tests.ehr.conftest import Clock, dispatch, ingest, settings_for, the_referral
-from tests.ehr.fake_ehr import fake_ehr
 from tests.gateway.conftest import RunningListener, exchange, segments, start_listener
+from tools.fake_ehr import fake_ehr
 
 SPECIALIST = "MSH|^~\\&|NEURO_SCHED|NEURO_CLINIC|FOLLOWUP|demo|20261207120000||{type}|{id}|P|2.5.1"
 

@@ -32,6 +32,7 @@ class RunningApp:
     client: httpx.Client
     base_url: str
     database_url: str
+    server: uvicorn.Server
     accepted: list[Receipt] = field(default_factory=list)
 
     def rows(self) -> list[InboxMessage]:
@@ -47,8 +48,9 @@ class RunningApp:
         )
 
 
-def serve(app: Any) -> Iterator[str]:
-    """Run the app under uvicorn in a thread; its base URL."""
+def serve_with_server(app: Any) -> Iterator[tuple[str, uvicorn.Server]]:
+    """Run the app under uvicorn in a thread; its base URL and the server (whose
+    `server_state.tasks` are the request cycles in flight, background tasks included)."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -58,10 +60,16 @@ def serve(app: Any) -> Iterator[str]:
     assert server.started, "uvicorn did not start"
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def serve(app: Any) -> Iterator[str]:
+    """Run the app under uvicorn in a thread; its base URL."""
+    for base_url, _ in serve_with_server(app):
+        yield base_url
 
 
 @pytest.fixture
@@ -71,10 +79,10 @@ def gateway(database_url: str) -> Iterator[RunningApp]:
     )
     accepted: list[Receipt] = []
     app = create_app(settings, on_accepted=accepted.append)
-    for base_url in serve(app):
+    for base_url, server in serve_with_server(app):
         auth = {"Authorization": f"Bearer {TOKEN}"}
         with httpx.Client(base_url=base_url, headers=auth, timeout=10) as client:
-            yield RunningApp(client, base_url, database_url, accepted)
+            yield RunningApp(client, base_url, database_url, server, accepted)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -82,10 +90,14 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def wait_for_events(app: RunningApp, count: int) -> bool:
+    """True when exactly `count` events were emitted. The emitter runs as a background task of
+    its request's cycle: once no cycle is in flight, every event there will be has been emitted."""
     deadline = time.monotonic() + 5
     while len(app.accepted) < count and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(0.1)
+    while app.server.server_state.tasks and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not app.server.server_state.tasks, "requests still in flight"
     return len(app.accepted) == count
 
 

@@ -1,4 +1,5 @@
-"""A test EHR: a real MLLP listener on 127.0.0.1 that answers as it is told.
+"""A stand-in EHR (shared by tests/ehr and bench/bench_outbox.py): a real MLLP listener on
+127.0.0.1 that answers as it is told.
 
 It reads frames with the gateway's `FrameDecoder` and answers each message with the next
 instruction of its script (AA by default): AA, AE or AR with an ACK whose MSA-2 echoes MSH-10;
