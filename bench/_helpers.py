@@ -211,7 +211,7 @@ def seed_clinic(url: str, settings: Settings, *, providers: int, days: int = 35)
     today for `days` days. Returns their NPIs."""
 
     from followup.core.scheduling import DEFAULT_SESSIONS, site_holidays
-    from models import booking
+    from models import calendar_queries
     from models.db import session_scope
     from models.tables import Provider
 
@@ -237,10 +237,10 @@ def seed_clinic(url: str, settings: Settings, *, providers: int, days: int = 35)
             if colleague < len(rows) and colleague != index:
                 provider.covering_provider_id = rows[colleague].id
             assert provider.id is not None
-            booking.set_working_hours(
+            calendar_queries.set_working_hours(
                 session=session, provider_id=provider.id, sessions=DEFAULT_SESSIONS
             )
-            booking.materialize_slots(
+            calendar_queries.materialize_slots(
                 session=session,
                 provider_id=provider.id,
                 first_day=today,

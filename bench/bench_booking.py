@@ -47,7 +47,7 @@ from followup.core.scheduling import (  # noqa: E402
     booking_window,
     site_holidays,
 )
-from models import booking  # noqa: E402
+from models import booking, calendar_queries  # noqa: E402
 from models.db import get_engine, migrate, session_scope  # noqa: E402
 from models.queries import audit  # noqa: E402
 from models.tables import Patient, Provider  # noqa: E402
@@ -140,8 +140,10 @@ def build_clinic(url: str, providers: int, days: int) -> tuple[list[int], int]:
             colleague = practice_start + (index + 1 - practice_start) % PRACTICE_SIZE
             if colleague < len(ids) and colleague != index:
                 session.get_one(Provider, provider_id).covering_provider_id = ids[colleague]
-            booking.set_working_hours(session=session, provider_id=provider_id, sessions=SESSIONS)
-            slots += booking.materialize_slots(
+            calendar_queries.set_working_hours(
+                session=session, provider_id=provider_id, sessions=SESSIONS
+            )
+            slots += calendar_queries.materialize_slots(
                 session=session,
                 provider_id=provider_id,
                 first_day=FIRST_DAY,

@@ -45,7 +45,14 @@ from followup.services import intake, moves, pipeline, visits
 from followup.services.calendar_import import import_calendars
 from followup.services.dispatch import Dispatcher, DispatchPolicy
 from followup.settings import PROJECT_ROOT, Settings, get_settings
-from models import booking, inbox_queries, messaging_queries, queries, worklist
+from models import (
+    calendar_queries,
+    inbox_queries,
+    messaging_queries,
+    queries,
+    referral_queries,
+    worklist,
+)
 from models.db import migrate, session_scope
 from models.seed import seed_demo_clinic
 from models.tables import Appointment, Escalation, InboxStatus, OutboundStatus, Provider
@@ -362,7 +369,9 @@ def _print_json(value: Any) -> None:
 def _closed_days(settings: Settings, session: Any) -> frozenset[Any]:
 
     year = datetime.now(settings.site_zone).year
-    return booking.site_closed_days(session=session, settings=settings, years=range(year, year + 2))
+    return calendar_queries.site_closed_days(
+        session=session, settings=settings, years=range(year, year + 2)
+    )
 
 
 def _aware(value: str, settings: Settings) -> datetime:
@@ -423,7 +432,7 @@ def providers_slots(
         totals = {"providers": len(providers), "created": 0, "blocked": 0, "reopened": 0}
         for provider in providers:
             assert provider.id is not None
-            sync = booking.materialize_slots(
+            sync = calendar_queries.materialize_slots(
                 session=session,
                 provider_id=provider.id,
                 first_day=datetime.now(settings.site_zone).date(),
@@ -677,7 +686,7 @@ def referrals_overdue() -> None:
                 "status": r.status,
                 "opened": r.created_at,
             }
-            for r in booking.overdue_referrals(session=session, now=utcnow())
+            for r in referral_queries.overdue_referrals(session=session, now=utcnow())
         ]
     _print_json(rows)
 

@@ -1,11 +1,11 @@
-"""Booking, waitlist and referral-tracking queries: keyword-only functions taking a session.
+"""Booking, waitlist, cancel and reschedule-hold queries: keyword-only functions taking a session.
 
 The caller owns the transaction. What fits, in which order providers are tried and who on the
 waitlist is offered a freed slot (and until when, around quiet hours) are decided by the pure
-core (followup.core.scheduling, followup.core.referrals); moving a visit and importing calendars are
-use
-cases in followup.services. This module reads and writes the rows and records every step in
-the audit trail.
+core (followup.core.scheduling); moving a visit and importing calendars are use cases in
+followup.services. Calendars (hours, slots, blocks, closures) are in models.calendar_queries,
+referral tracking in models.referral_queries. This module reads and writes the rows and records
+every step in the audit trail.
 
 No double booking: a slot changes hands by one conditional write (free → booked) that only one
 transaction can win; on PostgreSQL the winner is picked with `FOR UPDATE SKIP LOCKED`, so
@@ -15,15 +15,14 @@ unique index `uq_appointment_active_slot` stays the last guard: a violation rais
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, NamedTuple, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     BindParameter,
-    ColumnElement,
     CursorResult,
     Integer,
     and_,
@@ -35,30 +34,22 @@ from sqlalchemy import (
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, SQLModel, col, select
 
-from followup.core.referrals import (
-    AWAITING_APPOINTMENT,
-    DEFAULT_ALLOWANCE,
-)
 from followup.core.scheduling import (
     NO_PREFERENCES,
     BookingWindow,
     DayPart,
     FreedSlot,
     OfferTiming,
-    Period,
     Preferences,
-    ProviderCalendar,
     SlotStatus,
     WaitingPatient,
-    WorkingSession,
     choose_waitlist_offer,
     fallback_chain,
     fitting_slots,
-    plan_slot_sync,
-    site_holidays,
 )
 from followup.errors import BookingError
 from followup.settings import Settings
+from models.calendar_queries import provider_by_id, site_closed_days
 from models.ehr_outbox import (
     VisitChange,
     record_visit_change,
@@ -72,7 +63,6 @@ from models.tables import (
     AppointmentKind,
     AppointmentStatus,
     BlockedPeriod,
-    Decision,
     Escalation,
     EscalationStatus,
     HoldStatus,
@@ -80,237 +70,18 @@ from models.tables import (
     OfferStatus,
     Patient,
     Provider,
-    Referral,
-    ReferralStatusChange,
     RescheduleHold,
     SiteClosure,
     Slot,
     WaitlistEntry,
     WaitlistOffer,
     WaitlistStatus,
-    WorkingHours,
 )
 from models.types import utcnow
 
 ACTOR = "engine"
 SCHEDULER_QUEUE = "scheduler-queue"
 PAGE_SIZE = 16  # free slots read per round trip while looking for one that fits
-
-
-# --- site and provider calendars ---------------------------------------------------------------
-
-
-def site_closed_days(
-    *, session: Session, settings: Settings, years: Iterable[int]
-) -> frozenset[date]:
-    """Public holidays of the site's country and subdivision, plus the site's own closures."""
-    years = tuple(years)
-    closures = session.exec(
-        select(col(SiteClosure.day)).where(
-            col(SiteClosure.day) >= date(min(years), 1, 1),
-            col(SiteClosure.day) <= date(max(years), 12, 31),
-        )
-    ).all()
-    return site_holidays(settings.site_country, settings.site_subdivision, years) | set(closures)
-
-
-def provider_calendar(*, session: Session, provider: Provider) -> ProviderCalendar:
-    hours = session.exec(
-        select(WorkingHours).where(
-            WorkingHours.provider_id == provider.id, col(WorkingHours.superseded_at).is_(None)
-        )
-    ).all()
-    blocked = session.exec(
-        select(BlockedPeriod).where(BlockedPeriod.provider_id == provider.id)
-    ).all()
-    return ProviderCalendar(
-        zone=ZoneInfo(provider.timezone),
-        sessions=tuple(sorted(WorkingSession(h.weekday, h.start, h.end) for h in hours)),
-        slot_minutes=provider.slot_minutes,
-        blocked=tuple(Period(b.start, b.end) for b in blocked),
-    )
-
-
-def set_working_hours(
-    *, session: Session, provider_id: int, sessions: Iterable[WorkingSession]
-) -> bool:
-    """Make `sessions` the provider's weekly hours, superseding the old ones. True if changed."""
-    wanted = sorted(set(sessions))
-    current = session.exec(
-        select(WorkingHours).where(
-            WorkingHours.provider_id == provider_id, col(WorkingHours.superseded_at).is_(None)
-        )
-    ).all()
-    if sorted(WorkingSession(h.weekday, h.start, h.end) for h in current) == wanted:
-        return False
-    now = utcnow()
-    for row in current:
-        row.superseded_at = now
-        session.add(row)
-    session.add_all(
-        WorkingHours(provider_id=provider_id, weekday=s.weekday, start=s.start, end=s.end)
-        for s in wanted
-    )
-    session.flush()
-    return True
-
-
-@dataclass(frozen=True, slots=True)
-class SlotSync:
-    created: int
-    blocked: int
-    reopened: int
-
-
-def materialize_slots(
-    *,
-    session: Session,
-    provider_id: int,
-    first_day: date,
-    days: int,
-    closed_days: Iterable[date],
-) -> SlotSync:
-    """Lay the provider's slots for `days` days from `first_day` from its calendar (idempotent).
-
-    Slots the calendar no longer wants (changed hours, a new blocked period or closure) are
-    blocked when free; booked ones are left to the schedulers (`add_blocked_period` names them).
-    """
-    provider = _provider(session, provider_id)
-    calendar = provider_calendar(session=session, provider=provider)
-    zone = calendar.zone
-    first = datetime.combine(first_day, time.min, tzinfo=zone)
-    last = datetime.combine(first_day + timedelta(days=days), time.min, tzinfo=zone)
-    existing = session.exec(
-        select(Slot).where(Slot.provider_id == provider_id, Slot.start >= first, Slot.start < last)
-    ).all()
-    wanted = [
-        (start.astimezone(UTC), end.astimezone(UTC))
-        for start, end in calendar.slot_times(first_day, days, closed_days=frozenset(closed_days))
-    ]
-    plan = plan_slot_sync(wanted, existing)
-    for slot in plan.block:
-        slot.status = SlotStatus.BLOCKED
-    for slot in plan.reopen:
-        slot.status = SlotStatus.FREE
-    session.add_all([*plan.block, *plan.reopen])
-    session.flush()  # blocked rows leave the open-slot unique index before new ones arrive
-    session.add_all(
-        Slot(provider_id=provider_id, start=start, end=end) for start, end in plan.create
-    )
-    session.flush()
-    return SlotSync(created=len(plan.create), blocked=len(plan.block), reopened=len(plan.reopen))
-
-
-@dataclass(frozen=True, slots=True)
-class CalendarChange:
-    blocked_slots: int  # free slots that may no longer be booked
-    conflicts: tuple[int, ...]  # active appointments in the closed time: schedulers move them
-
-
-def add_blocked_period(
-    *,
-    session: Session,
-    provider_id: int,
-    start: datetime,
-    end: datetime,
-    reason: str,
-    source: str = "manual",
-    actor: str = ACTOR,
-) -> CalendarChange:
-    """Block the provider's time from `start` to `end` (vacation, busy elsewhere); idempotent."""
-    if not start < end:
-        raise BookingError(f"blocked period ends ({end}) before it starts ({start})")
-    known = session.exec(
-        select(BlockedPeriod.id).where(
-            BlockedPeriod.provider_id == provider_id,
-            BlockedPeriod.start == start,
-            BlockedPeriod.end == end,
-        )
-    ).first()
-    if known is None:
-        session.add(
-            BlockedPeriod(
-                provider_id=provider_id, start=start, end=end, reason=reason, source=source
-            )
-        )
-    overlapping = [
-        col(Slot.provider_id) == provider_id,
-        col(Slot.start) < end,
-        col(Slot.end) > start,
-    ]
-    blocked = session.exec(
-        update(Slot)
-        .where(*overlapping, col(Slot.status) == SlotStatus.FREE)
-        .values(status=SlotStatus.BLOCKED)
-    ).rowcount
-    conflicts = _active_appointments(session, overlapping)
-    session.flush()
-    audit(
-        session=session,
-        actor=actor,
-        action="calendar.blocked",
-        entity="provider",
-        entity_id=provider_id,
-        detail={
-            "start": start.isoformat(),
-            "end": end.isoformat(),
-            "reason": reason,
-            "slots_blocked": blocked,
-            "conflicting_appointments": list(conflicts),
-        },
-    )
-    return CalendarChange(blocked_slots=blocked, conflicts=conflicts)
-
-
-def add_site_closure(
-    *, session: Session, day: date, reason: str, zone: ZoneInfo, actor: str = ACTOR
-) -> CalendarChange | None:
-    """Close the whole site on `day` (local): every provider's free slots that day are blocked.
-
-    Returns None when the day was already closed.
-    """
-    if session.exec(select(SiteClosure).where(SiteClosure.day == day)).first() is not None:
-        return None
-    session.add(SiteClosure(day=day, reason=reason))
-    start = datetime.combine(day, time.min, tzinfo=zone)
-    end = start + timedelta(days=1)
-    overlapping = [col(Slot.start) < end, col(Slot.end) > start]
-    blocked = session.exec(
-        update(Slot)
-        .where(*overlapping, col(Slot.status) == SlotStatus.FREE)
-        .values(status=SlotStatus.BLOCKED)
-    ).rowcount
-    conflicts = _active_appointments(session, overlapping)
-    session.flush()
-    audit(
-        session=session,
-        actor=actor,
-        action="calendar.site_closed",
-        entity="site",
-        entity_id=None,
-        detail={
-            "day": day.isoformat(),
-            "reason": reason,
-            "slots_blocked": blocked,
-            "conflicting_appointments": list(conflicts),
-        },
-    )
-    return CalendarChange(blocked_slots=blocked, conflicts=conflicts)
-
-
-def _active_appointments(
-    session: Session, slot_conditions: Sequence[ColumnElement[bool]]
-) -> tuple[int, ...]:
-    return tuple(
-        appointment_id
-        for appointment_id in session.exec(
-            select(Appointment.id)
-            .join(Slot, col(Slot.id) == col(Appointment.slot_id))
-            .where(*slot_conditions, col(Appointment.status).in_(ACTIVE_APPOINTMENT_STATUSES))
-            .order_by(col(Appointment.start))
-        ).all()
-        if appointment_id is not None
-    )
 
 
 def provider_by_npi(*, session: Session, npi: str) -> Provider | None:
@@ -608,13 +379,6 @@ def book_slot(
     return appointment_id
 
 
-def _provider(session: Session, provider_id: int) -> Provider:
-    provider = session.get(Provider, provider_id)
-    if provider is None:
-        raise LookupError(f"provider {provider_id} does not exist")
-    return provider
-
-
 def _take_first_fitting(
     session: Session,
     providers: Sequence[_ProviderRow],
@@ -714,7 +478,7 @@ def add_to_waitlist(
         patient_id=patient_id,
         study_id=study_id,
         provider_id=provider_id,
-        practice=_provider(session, provider_id).practice,
+        practice=provider_by_id(session=session, provider_id=provider_id).practice,
         urgency=window.tier,
         window_start=window.earliest,
         window_end=window.latest,
@@ -750,7 +514,7 @@ def offer_freed_slot(
     slot = session.get(Slot, slot_id)
     if slot is None or slot.status != SlotStatus.FREE:
         return None
-    provider = _provider(session, slot.provider_id)
+    provider = provider_by_id(session=session, provider_id=slot.provider_id)
     covers_for = session.exec(
         select(Provider.id).where(Provider.covering_provider_id == provider.id)
     ).all()
@@ -1124,7 +888,7 @@ def _in_blocked_time(session: Session, slot_id: int) -> bool:
     ).first()
     if blocked is not None:
         return True
-    zone = ZoneInfo(_provider(session, slot.provider_id).timezone)
+    zone = ZoneInfo(provider_by_id(session=session, provider_id=slot.provider_id).timezone)
     day = slot.start.astimezone(zone).date()
     return session.exec(select(SiteClosure.id).where(SiteClosure.day == day)).first() is not None
 
@@ -1404,37 +1168,3 @@ def _appointment(session: Session, appointment_id: int) -> Appointment:
     if appointment is None:
         raise LookupError(f"appointment {appointment_id} does not exist")
     return appointment
-
-
-# --- referral tracking -------------------------------------------------------------------------
-
-
-def referral_history(*, session: Session, referral_id: int) -> list[ReferralStatusChange]:
-    return list(
-        session.exec(
-            select(ReferralStatusChange)
-            .where(ReferralStatusChange.referral_id == referral_id)
-            .order_by(col(ReferralStatusChange.at), col(ReferralStatusChange.id))
-        )
-    )
-
-
-def overdue_referrals(
-    *,
-    session: Session,
-    now: datetime,
-    allowance: Mapping[str, timedelta] = DEFAULT_ALLOWANCE,
-) -> list[Referral]:
-    """Open referrals still without an appointment past their tier's allowance, oldest first."""
-    late = [
-        and_(col(Decision.urgency) == tier, col(Referral.created_at) < now - delta)
-        for tier, delta in allowance.items()
-    ]
-    return list(
-        session.exec(
-            select(Referral)
-            .join(Decision, col(Decision.id) == col(Referral.decision_id))
-            .where(col(Referral.status).in_(AWAITING_APPOINTMENT), or_(*late))
-            .order_by(col(Referral.created_at), col(Referral.id))
-        )
-    )

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session, select
 
 from followup.core.scheduling import DEFAULT_SESSIONS
-from models.booking import materialize_slots, set_working_hours
+from models.calendar_queries import materialize_slots, set_working_hours
 from models.tables import Provider, WorkingHours
 
 # (NPI, family, given, practice). The bundled demo messages order from these NPIs.

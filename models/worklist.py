@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 from followup.core.worklist import DueNotice, action_for
 from followup.errors import UnknownEscalation
 from followup.ris.scan import PersonName
-from models import booking, ehr_outbox, queries
+from models import ehr_outbox, queries, referral_queries
 from models.tables import (
     Appointment,
     Escalation,
@@ -200,7 +200,7 @@ def overdue_referral_rows(
 ) -> list[WorklistRow]:
     """Referrals without an appointment past their tier's allowance, and referrals sent that
     the specialty has not answered (accepted or declined) within `answer_within`."""
-    overdue = booking.overdue_referrals(session=session, now=now)
+    overdue = referral_queries.overdue_referrals(session=session, now=now)
     studies = {
         study.id: study
         for study in session.exec(

@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from followup.core.calendars import CalendarImport
 from followup.core.scheduling import is_business_day
-from models import booking
+from models import booking, calendar_queries
 from models.queries import audit
 from models.tables import Provider, Slot, SlotSource
 
@@ -73,7 +73,7 @@ def import_calendars(
         provider.covering_provider_id = covering.id if covering else None
         session.add(provider)
         assert provider.id is not None
-        booking.set_working_hours(
+        calendar_queries.set_working_hours(
             session=session, provider_id=provider.id, sessions=record.sessions
         )
     conflicts: list[int] = []
@@ -85,7 +85,7 @@ def import_calendars(
             continue
         touched.add(provider.id)
         if not row.bookable:
-            result = booking.add_blocked_period(
+            result = calendar_queries.add_blocked_period(
                 session=session,
                 provider_id=provider.id,
                 start=row.start,
@@ -110,7 +110,7 @@ def import_calendars(
         session.flush()
         slots_created += 1
     for provider_id in sorted(touched):
-        sync = booking.materialize_slots(
+        sync = calendar_queries.materialize_slots(
             session=session,
             provider_id=provider_id,
             first_day=first_day,

@@ -22,7 +22,7 @@ from followup.core.scheduling import BookingWindow
 from followup.errors import BookingError
 from followup.services import visits
 from followup.settings import Settings
-from models import booking, ehr_outbox, queries
+from models import booking, calendar_queries, ehr_outbox, queries
 from models import messaging_queries as mq
 from models.ehr_outbox import VisitChange
 from models.tables import (
@@ -140,7 +140,7 @@ def move_appointment(
         or (study.ordering_provider_id if study else None)
         or previous.provider_id,
         window=window.starting_after(after),
-        closed_days=booking.site_closed_days(
+        closed_days=calendar_queries.site_closed_days(
             session=session, settings=settings, years=range(after.year, window.latest.year + 1)
         ),
         preferences=booking.patient_preferences(patient),
@@ -329,7 +329,7 @@ def block_provider_time(
     """Block the provider's time and move every visit booked in it: the same provider's next
     fitting slot in the visit's window, else the fallback chain, with the patient's notice;
     a visit nothing fits goes on the worklist with what to do."""
-    change = booking.add_blocked_period(
+    change = calendar_queries.add_blocked_period(
         session=session, provider_id=provider_id, start=start, end=end, reason=reason, actor=actor
     )
     why = f"provider {provider_id} blocked {start.isoformat()} to {end.isoformat()}"
@@ -359,7 +359,7 @@ def close_site_day(
     """Close the whole site for a local day and move every visit booked that day, as a
     provider block does (the ordering provider first, then the fallback chain); None when the
     day was already closed."""
-    change = booking.add_site_closure(
+    change = calendar_queries.add_site_closure(
         session=session, day=day, reason=reason, zone=settings.site_zone, actor=actor
     )
     if change is None:

@@ -21,7 +21,7 @@ from followup.errors import FollowupError, InboundMessageError
 from followup.ris.scan import PersonName, ScanCompleted
 from followup.services import intake, moves, visits
 from followup.settings import Settings
-from models import booking, ehr_outbox, inbox_queries, queries
+from models import booking, calendar_queries, ehr_outbox, inbox_queries, queries
 from models.ehr_outbox import VisitChange
 from models.tables import (
     Appointment,
@@ -423,7 +423,7 @@ def due_window(
 ) -> tuple[BookingWindow, frozenset[date]]:
     """The tier's booking window counted from the study's result, and the site's closed days."""
     assert study.final_at is not None
-    closed_days = booking.site_closed_days(
+    closed_days = calendar_queries.site_closed_days(
         session=session,
         settings=settings,
         years=range(study.final_at.year, study.final_at.year + 2),

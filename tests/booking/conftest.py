@@ -18,7 +18,7 @@ from followup.core.scheduling import (
     site_holidays,
 )
 from followup.settings import Settings
-from models import booking
+from models import booking, calendar_queries
 from models.db import session_scope
 from models.tables import (
     Decision,
@@ -73,7 +73,9 @@ class Clinic:
             session.add(provider)
             session.flush()
             assert provider.id is not None
-            booking.set_working_hours(session=session, provider_id=provider.id, sessions=sessions)
+            calendar_queries.set_working_hours(
+                session=session, provider_id=provider.id, sessions=sessions
+            )
             return provider.id
 
     def lay_slots(
@@ -83,9 +85,9 @@ class Clinic:
         first_day: date = REPORT_DAY,
         days: int = 21,
         closed: Iterable[date] = US_HOLIDAYS,
-    ) -> booking.SlotSync:
+    ) -> calendar_queries.SlotSync:
         with session_scope(self.url) as session:
-            return booking.materialize_slots(
+            return calendar_queries.materialize_slots(
                 session=session,
                 provider_id=provider_id,
                 first_day=first_day,

@@ -13,7 +13,7 @@ from followup.core.scheduling import BookingWindow, DayPart, Preferences, Workin
 from followup.services import calendar_import, moves
 from followup.services.pipeline import BookingOutcome, RecordedStudy, book_follow_up
 from followup.settings import get_settings
-from models import booking
+from models import booking, calendar_queries
 from models.db import session_scope
 from models.tables import (
     Appointment,
@@ -139,17 +139,19 @@ def test_site_closure_and_blocked_period_close_free_slots_and_name_the_conflicts
     assert booked is not None
 
     with session_scope(clinic.url) as session:
-        vacation = booking.add_blocked_period(
+        vacation = calendar_queries.add_blocked_period(
             session=session,
             provider_id=doctor,
             start=datetime(2027, 3, 8, tzinfo=NY),
             end=datetime(2027, 3, 10, tzinfo=NY),
             reason="vacation",
         )
-        closure = booking.add_site_closure(
+        closure = calendar_queries.add_site_closure(
             session=session, day=date(2027, 3, 10), reason="snow day", zone=NY
         )
-        again = booking.add_site_closure(session=session, day=date(2027, 3, 10), reason="", zone=NY)
+        again = calendar_queries.add_site_closure(
+            session=session, day=date(2027, 3, 10), reason="", zone=NY
+        )
 
     assert vacation.conflicts == (booked.appointment_id,)
     assert vacation.blocked_slots == 2 * 14 - 1
@@ -159,7 +161,9 @@ def test_site_closure_and_blocked_period_close_free_slots_and_name_the_conflicts
     assert result.booked is not None
     assert result.booked.start == datetime(2027, 3, 11, 9, tzinfo=NY)
     with session_scope(clinic.url) as session:
-        closed = booking.site_closed_days(session=session, settings=get_settings(), years=[2027])
+        closed = calendar_queries.site_closed_days(
+            session=session, settings=get_settings(), years=[2027]
+        )
     assert date(2027, 3, 10) in closed and date(2027, 7, 5) in closed
 
 
@@ -169,12 +173,14 @@ def test_laying_slots_is_idempotent_and_follows_changed_hours_without_overlap(
     doctor = clinic.provider()
     first = clinic.lay_slots(doctor, days=7)
     assert first.created == 5 * 14
-    assert clinic.lay_slots(doctor, days=7) == booking.SlotSync(created=0, blocked=0, reopened=0)
+    assert clinic.lay_slots(doctor, days=7) == calendar_queries.SlotSync(
+        created=0, blocked=0, reopened=0
+    )
     booked = clinic.book(clinic.patient(), doctor, window=_day(date(2027, 3, 1))).booked
     assert booked is not None and booked.start == datetime(2027, 3, 1, 9, tzinfo=NY)
 
     with session_scope(clinic.url) as session:
-        booking.set_working_hours(
+        calendar_queries.set_working_hours(
             session=session,
             provider_id=doctor,
             sessions=[WorkingSession(day, time(9), time(11)) for day in range(5)],
@@ -337,7 +343,7 @@ def test_a_move_books_the_next_slot_or_keeps_the_visit_with_a_task_to_move_it(
 
     # Block the rest of the window: the next move cannot book; the patient keeps the visit.
     with session_scope(clinic.url) as session:
-        booking.add_blocked_period(
+        calendar_queries.add_blocked_period(
             session=session,
             provider_id=doctor,
             start=datetime(2027, 3, 8, 10, 30, tzinfo=NY),

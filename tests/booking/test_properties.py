@@ -26,7 +26,7 @@ from followup.core.scheduling import (
     booking_window,
     is_business_day,
 )
-from models import booking
+from models import booking, calendar_queries
 from models.db import session_scope
 from models.tables import ACTIVE_APPOINTMENT_STATUSES, Appointment, Provider, Slot
 from tests.booking.conftest import NY, REPORT_DAY, US_HOLIDAYS, Clinic
@@ -160,7 +160,7 @@ def test_bookings_on_random_calendars_respect_every_constraint(
             session.add(provider)
             for offset, length in plan.vacations:
                 begin = start_of_horizon + timedelta(minutes=offset)
-                booking.add_blocked_period(
+                calendar_queries.add_blocked_period(
                     session=session,
                     provider_id=provider_id,
                     start=begin,
@@ -194,7 +194,7 @@ def test_bookings_on_random_calendars_respect_every_constraint(
                 continue
             slot = session.get_one(Slot, result.booked.slot_id)
             provider = session.get_one(Provider, slot.provider_id)
-            calendar = booking.provider_calendar(session=session, provider=provider)
+            calendar = calendar_queries.provider_calendar(session=session, provider=provider)
             local_day = slot.start.astimezone(NY).date()
 
             assert slot.provider_id in chain
@@ -215,7 +215,9 @@ def _change_hours(
 ) -> None:
     sessions, minutes = new_hours
     with session_scope(clinic.url) as session:
-        booking.set_working_hours(session=session, provider_id=provider_id, sessions=sessions)
+        calendar_queries.set_working_hours(
+            session=session, provider_id=provider_id, sessions=sessions
+        )
         session.get_one(Provider, provider_id).slot_minutes = minutes
     clinic.lay_slots(provider_id, first_day=FIRST_DAY, days=HORIZON, closed=closed)
 

@@ -15,7 +15,7 @@ from followup.core.referrals import (
     check_transition,
 )
 from followup.errors import BookingError
-from models import booking, queries
+from models import queries, referral_queries
 from models.db import session_scope
 from models.tables import AuditEvent, Referral
 from tests.booking.conftest import Clinic
@@ -71,7 +71,7 @@ def test_transitions_are_timestamped_kept_in_history_and_audited(clinic: Clinic)
             )
 
     with session_scope(clinic.url) as session:
-        history = booking.referral_history(session=session, referral_id=referral_id)
+        history = referral_queries.referral_history(session=session, referral_id=referral_id)
         audited = session.exec(
             select(AuditEvent)
             .where(AuditEvent.entity == "referral", AuditEvent.entity_id == referral_id)
@@ -104,7 +104,7 @@ def test_an_illegal_move_changes_nothing(clinic: Clinic) -> None:
         )
     with session_scope(clinic.url) as session:
         assert session.get_one(Referral, referral_id).status == "initiated"
-        assert booking.referral_history(session=session, referral_id=referral_id) == []
+        assert referral_queries.referral_history(session=session, referral_id=referral_id) == []
 
 
 def test_overdue_referrals_are_open_ones_past_their_tiers_allowance(clinic: Clinic) -> None:
@@ -132,6 +132,6 @@ def test_overdue_referrals_are_open_ones_past_their_tiers_allowance(clinic: Clin
         )
 
     with session_scope(clinic.url) as session:
-        overdue = booking.overdue_referrals(session=session, now=NOW)
+        overdue = referral_queries.overdue_referrals(session=session, now=NOW)
 
     assert [r.id for r in overdue] == [declined_late, routine_late, urgent_late]

@@ -11,7 +11,7 @@ import pytest
 from sqlmodel import col, select
 
 from followup.core.referrals import ReferralStatus
-from models import booking
+from models import referral_queries
 from models.db import session_scope
 from models.tables import AuditEvent, InboxMessage, InboxStatus
 from tests.ehr.conftest import Clock, dispatch, ingest, settings_for, the_referral
@@ -79,7 +79,7 @@ def test_an_accepting_rri_then_the_specialists_booking_and_completion_close_the_
     assert [segments(ack)["MSA"][1] for ack in acks] == ["AA", "AA", "AA"]
     assert gateway.accepted == []  # answers start no flow run
     with session_scope(clinic) as session:
-        history = booking.referral_history(session=session, referral_id=sent_referral)
+        history = referral_queries.referral_history(session=session, referral_id=sent_referral)
     assert [(change.from_status, change.to_status) for change in history][-3:] == [
         ("sent", "accepted"),
         ("accepted", "scheduled"),
@@ -98,7 +98,7 @@ def test_a_declining_rri_keeps_its_reason(
 
     assert segments(ack)["MSA"][1] == "AA"
     with session_scope(clinic) as session:
-        last = booking.referral_history(session=session, referral_id=sent_referral)[-1]
+        last = referral_queries.referral_history(session=session, referral_id=sent_referral)[-1]
     assert (last.to_status, last.reason) == (
         "declined",
         "RRI^I12 from the specialist: not a surgical case",
@@ -112,7 +112,7 @@ def test_a_booking_from_the_specialist_implies_acceptance(
 
     assert segments(ack)["MSA"][1] == "AA"
     with session_scope(clinic) as session:
-        history = booking.referral_history(session=session, referral_id=sent_referral)
+        history = referral_queries.referral_history(session=session, referral_id=sent_referral)
     assert [change.to_status for change in history][-2:] == ["accepted", "scheduled"]
 
 

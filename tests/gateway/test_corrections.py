@@ -20,7 +20,7 @@ from followup.core.demo import restamp_for_today
 from followup.services import intake
 from followup.services.intake import Receipt
 from followup.settings import Settings, get_settings
-from models import booking, queries
+from models import queries, referral_queries
 from models.db import session_scope
 from models.tables import (
     Appointment,
@@ -217,7 +217,7 @@ def test_correction_dropping_a_referral_cancels_it_through_its_state_machine(
     with session_scope(settings.database_url) as session:
         [referral] = all_rows(session, Referral)
         assert referral.status == "cancelled"
-        [change] = booking.referral_history(session=session, referral_id=referral.id)
+        [change] = referral_queries.referral_history(session=session, referral_id=referral.id)
         assert (change.from_status, change.to_status, change.actor) == (
             "initiated",
             "cancelled",
@@ -271,9 +271,9 @@ def test_cancelled_result_withdraws_decision_referrals_and_follow_up(settings: S
         assert {s for _, s in messages_of(session, appointment_id)} == {"cancelled"}
         [referral] = all_rows(session, Referral)
         assert referral.status == "cancelled"
-        assert booking.referral_history(session=session, referral_id=referral.id)[0].reason == (
-            "the result was cancelled by the RIS (OBR-25 X)"
-        )
+        assert referral_queries.referral_history(session=session, referral_id=referral.id)[
+            0
+        ].reason == ("the result was cancelled by the RIS (OBR-25 X)")
         assert [d.superseded_at is not None for d in all_rows(session, Decision)] == [True]
         study = queries.study_by_accession(session=session, accession="ACC2026000101")
         assert study is not None and study.report_status == "X"
