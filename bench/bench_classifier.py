@@ -27,6 +27,7 @@ HELD_OUT_BLIND = frozenset(
         "test_v6.jsonl",
         "test_v7.jsonl",
         "test_v8.jsonl",
+        "test_v9.jsonl",
         "replies_test_v2.jsonl",
     }
 )

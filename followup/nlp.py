@@ -1091,8 +1091,16 @@ def _spellings(nlp: Language, phrase: str, variants: dict[str, tuple[str, ...]])
 
 
 def _assertion(span: Span) -> tuple[bool, bool, bool, bool]:
-    """(negated, uncertain, historical, hypothetical) from the span's ConText modifiers."""
-    categories = {modifier.category for modifier in span._.modifiers}
+    """(negated, uncertain, historical, hypothetical) from the span's ConText modifiers.
+
+    A cue wholly inside the concept's own words names the concept, it does not qualify it:
+    "diverticulosis without diverticulitis", "neck supple, no lymphadenopathy" (the rules'
+    concepts are short finding names, so this matters for long concepts such as NegEx's)."""
+    categories = {
+        modifier.category
+        for modifier in span._.modifiers
+        if not (span.start <= modifier.modifier_span[0] and modifier.modifier_span[1] <= span.end)
+    }
     return (
         _NEG in categories,
         _POSS in categories,

@@ -453,6 +453,26 @@ def test_assertion_status(sentence: str, concept: str, expected: str | None) -> 
     assert {key for key, value in status.items() if value} == ({expected} if expected else set())
 
 
+@pytest.mark.parametrize(
+    ("sentence", "concept", "negated"),
+    [
+        # a cue wholly inside the concept is part of its name
+        (
+            "Sigmoid diverticulosis without diverticulitis.",
+            "diverticulosis without diverticulitis",
+            False,
+        ),
+        ("Abdomen soft, no guarding.", "abdomen soft, no guarding", False),
+        ("Pupils are equal and normal in size.", "pupils are equal and normal in size", False),
+        # the same cue still qualifies a concept it does not lie inside
+        ("Sigmoid diverticulosis without diverticulitis.", "diverticulitis", True),
+        ("Abdomen soft, no guarding.", "guarding", True),
+    ],
+)
+def test_a_cue_inside_the_concept_names_it(sentence: str, concept: str, negated: bool) -> None:
+    assert assertion_status(sentence, concept)["negated"] is negated
+
+
 def test_assertion_status_tolerates_case_and_spacing() -> None:
     assert assertion_status("R/O   Cord\nCompression", "cord compression")["hypothetical"]
 
