@@ -185,13 +185,7 @@ def add_blocked_period(
         col(Slot.start) < end,
         col(Slot.end) > start,
     ]
-    blocked = session.exec(
-        update(Slot)
-        .where(*overlapping, col(Slot.status) == SlotStatus.FREE)
-        .values(status=SlotStatus.BLOCKED)
-    ).rowcount
-    conflicts = _active_appointments(session, overlapping)
-    session.flush()
+    change = _block_free_slots(session, overlapping)
     audit(
         session=session,
         actor=actor,
@@ -202,11 +196,11 @@ def add_blocked_period(
             "start": start.isoformat(),
             "end": end.isoformat(),
             "reason": reason,
-            "slots_blocked": blocked,
-            "conflicting_appointments": list(conflicts),
+            "slots_blocked": change.blocked_slots,
+            "conflicting_appointments": list(change.conflicts),
         },
     )
-    return CalendarChange(blocked_slots=blocked, conflicts=conflicts)
+    return change
 
 
 def add_site_closure(
@@ -222,13 +216,7 @@ def add_site_closure(
     start = datetime.combine(day, time.min, tzinfo=zone)
     end = start + timedelta(days=1)
     overlapping = [col(Slot.start) < end, col(Slot.end) > start]
-    blocked = session.exec(
-        update(Slot)
-        .where(*overlapping, col(Slot.status) == SlotStatus.FREE)
-        .values(status=SlotStatus.BLOCKED)
-    ).rowcount
-    conflicts = _active_appointments(session, overlapping)
-    session.flush()
+    change = _block_free_slots(session, overlapping)
     audit(
         session=session,
         actor=actor,
@@ -238,10 +226,24 @@ def add_site_closure(
         detail={
             "day": day.isoformat(),
             "reason": reason,
-            "slots_blocked": blocked,
-            "conflicting_appointments": list(conflicts),
+            "slots_blocked": change.blocked_slots,
+            "conflicting_appointments": list(change.conflicts),
         },
     )
+    return change
+
+
+def _block_free_slots(
+    session: Session, overlapping: Sequence[ColumnElement[bool]]
+) -> CalendarChange:
+    """Block the free slots matching `overlapping`; the active appointments in the others."""
+    blocked = session.exec(
+        update(Slot)
+        .where(*overlapping, col(Slot.status) == SlotStatus.FREE)
+        .values(status=SlotStatus.BLOCKED)
+    ).rowcount
+    conflicts = _active_appointments(session, overlapping)
+    session.flush()
     return CalendarChange(blocked_slots=blocked, conflicts=conflicts)
 
 
