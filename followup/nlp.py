@@ -58,6 +58,7 @@ from followup.core.findings import (
     body_region,
     findings_from_codes,
     levels_overlap,
+    restates,
     spinal_levels,
 )
 from followup.core.routing import Decision, decide_report
@@ -1161,6 +1162,8 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
             f"FINDINGS name '{f.text}' ({f.label}) that the IMPRESSION leaves out: "
             f'"{f.sentence_text}"'
             for f in beside_findings
+            # "IMPRESSION: L1 fracture." names it in short (abnormal words no rule routes)
+            if not any(u.label == UNCLASSIFIED and restates(u, f) for u in findings)
         ]
     )
     return ReportFindings(
