@@ -1307,8 +1307,11 @@ def _section_findings(
                     qualifier=qualifier,
                 )
             )
-        if targets:
-            continue  # abnormal words next to a recognised finding are that finding's description
+        # abnormal words next to a recognised finding are that finding's description; next to
+        # denied ones only ("Acute C6 fracture (no retropulsion, no cord compression)", "spinal
+        # epidural hematoma (no cord compression)") they name something no rule routes
+        if any(_affirmed(finding) for finding in findings[len(findings) - len(targets) :]):
+            continue
         asserted_aux = [
             (aux, uncertain)
             for aux, (negated, uncertain, historical, hypothetical) in auxiliaries

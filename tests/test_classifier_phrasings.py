@@ -1327,3 +1327,28 @@ def test_short_typos_of_routed_words_route(
 ) -> None:
     decision = classify_report(report, rules)
     assert (decision.referrals, decision.needs_review) == (referrals, False)
+
+
+@pytest.mark.parametrize(
+    "impression",
+    [
+        "Acute C6 fracture (no retropulsion, no cord compression).",
+        "Spinal epidural hematoma T2-T4 (no cord compression).",
+    ],
+)
+def test_abnormal_words_beside_only_denied_findings_are_reviewed(
+    rules: RoutingRules, impression: str
+) -> None:
+    decision = classify_report(f"MRI spine. IMPRESSION: {impression}", rules)
+    assert (decision.critical, decision.needs_review) == (False, True)
+
+
+@pytest.mark.parametrize(
+    "impression",
+    ["No fracture or cord compression.", "No acute fracture; no retropulsion."],
+)
+def test_denied_abnormal_words_beside_denied_findings_are_not_reviewed(
+    rules: RoutingRules, impression: str
+) -> None:
+    decision = classify_report(f"MRI spine. IMPRESSION: {impression}", rules)
+    assert (decision.critical, decision.referrals, decision.needs_review) == (False, [], False)
