@@ -58,6 +58,7 @@ from followup.core.findings import (
     body_region,
     findings_from_codes,
     levels_overlap,
+    restates,
     spinal_levels,
 )
 from followup.core.routing import Decision, decide_report
@@ -1169,6 +1170,8 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
             f"FINDINGS name '{f.text}' ({f.label}) that the IMPRESSION leaves out: "
             f'"{f.sentence_text}"'
             for f in beside_findings
+            # "IMPRESSION: L1 fracture." names it in short (abnormal words no rule routes)
+            if not any(u.label == UNCLASSIFIED and restates(u, f) for u in findings)
         ]
     )
     return ReportFindings(
@@ -1312,8 +1315,11 @@ def _section_findings(
                     qualifier=qualifier,
                 )
             )
-        if targets:
-            continue  # abnormal words next to a recognised finding are that finding's description
+        # abnormal words next to a recognised finding are that finding's description; next to
+        # denied ones only ("Acute C6 fracture (no retropulsion, no cord compression)", "spinal
+        # epidural hematoma (no cord compression)") they name something no rule routes
+        if any(_affirmed(finding) for finding in findings[len(findings) - len(targets) :]):
+            continue
         asserted_aux = [
             (aux, uncertain)
             for aux, (negated, uncertain, historical, hypothetical) in auxiliaries

@@ -1143,3 +1143,212 @@ def test_typos_of_routed_words_route_and_their_negations_stay_negative(
         False,
         False,
     )
+
+
+@pytest.mark.parametrize(
+    "impression",
+    [
+        # one sentence that asserts and denies a concept says where each holds
+        "Cord compression at T8 from a dorsal epidural abscess (no cord compression at other"
+        " levels).",
+        "Compression of the cauda equina at L3-4 by an epidural abscess (no compression of the"
+        " cauda equina at L5-S1).",
+        # a denial "elsewhere" leaves the named place alone
+        "Cord compression at C6-7 from an epidural phlegmon. No cord compression elsewhere.",
+    ],
+)
+def test_a_critical_denied_only_at_other_places_needs_no_review(
+    rules: RoutingRules, impression: str
+) -> None:
+    decision = classify_report(f"MRI spine. IMPRESSION: {impression}", rules)
+    assert (decision.critical, decision.referrals, decision.needs_review) == (
+        True,
+        ["orthopedics"],
+        False,
+    )
+
+
+def test_a_critical_asserted_and_denied_in_two_sentences_is_still_reviewed(
+    rules: RoutingRules,
+) -> None:
+    report = "MRI C-spine. IMPRESSION: Cord compression at C5-6. No cord compression."
+    assert classify_report(report, rules).needs_review
+
+
+@pytest.mark.parametrize(
+    ("report", "urgency"),
+    [
+        (
+            "MRI L-spine\nFINDINGS: There is an acute compression fracture of the L1 vertebral"
+            " body with marrow edema.\nIMPRESSION: L1 fracture.",
+            "urgent",
+        ),
+        (
+            "MRI knee\nFINDINGS: Nondisplaced fracture of the lateral tibial plateau with marrow"
+            " edema.\nIMPRESSION: Tibial plateau fracture.",
+            "routine",
+        ),
+    ],
+)
+def test_a_short_impression_restating_the_findings_needs_no_review(
+    rules: RoutingRules, report: str, urgency: str
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.urgency, decision.referrals, decision.needs_review) == (
+        urgency,
+        ["orthopedics"],
+        False,
+    )
+
+
+def test_a_short_impression_naming_another_place_is_still_reviewed(rules: RoutingRules) -> None:
+    report = (
+        "MRI knee\nFINDINGS: Nondisplaced fracture of the medial femoral condyle with marrow"
+        " edema.\nIMPRESSION: Lateral tibial plateau fracture."
+    )
+    decision = classify_report(report, rules)
+    assert (decision.referrals, decision.needs_review) == (["orthopedics"], True)
+
+
+@pytest.mark.parametrize(
+    ("report", "referrals"),
+    [
+        (
+            "MRI C-spine. IMPRESSION: Acute epidural hematoma C6-T1 with cord compression.",
+            ["orthopedics"],
+        ),
+        (
+            "MRI L-spine. IMPRESSION: Acute epidural hematoma L2-L4 compressing the cauda equina.",
+            ["orthopedics"],
+        ),
+        (
+            "MRI T-spine. IMPRESSION: Acute spinal subdural hematoma T10-T12 with compression of"
+            " the conus.",
+            ["orthopedics"],
+        ),
+        # intracranial: still neurology
+        (
+            "MRI brain. IMPRESSION: Acute epidural hematoma over the left temporal convexity.",
+            ["neurology"],
+        ),
+    ],
+)
+def test_a_spinal_hematoma_compressing_the_cord_is_that_compression(
+    rules: RoutingRules, report: str, referrals: list[str]
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.critical, decision.referrals) == (True, referrals)
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "MRI C-spine. CONCLUSION: Non-compressive myelopathy at C4-5.",
+        "MRI C-spine.\nOPINION:\nNoncompressive myelopathy from C3 to C5.",
+        "MRI T-spine. Conclusion: Non compressive myelopathy of the thoracic cord.",
+        "MRI C-spine. OPINION: Non-compressive myelopath. C2-C4.",
+    ],
+)
+def test_non_compressive_myelopathy_goes_to_neurology(rules: RoutingRules, report: str) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.critical, decision.referrals, decision.needs_review) == (
+        False,
+        ["neurology"],
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    "impression",
+    [
+        "Tear of the dorsal band of the scapholunate ligament.",
+        "Torn membranous portion of the lunotriquetral ligament.",
+        "Full-thickness tear through the volar band of the scapholunate ligament.",
+        "Disruption of the palmar segment of the lunotriquetral ligament.",
+    ],
+)
+def test_a_tear_of_a_named_band_of_a_wrist_ligament_goes_to_orthopedics(
+    rules: RoutingRules, impression: str
+) -> None:
+    decision = classify_report(f"MRI wrist. IMPRESSION: {impression}", rules)
+    assert (decision.referrals, decision.needs_review) == (["orthopedics"], False)
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        # the period stays where the next word does not go on with the phrase: it may end
+        # the sentence
+        ("Dorsal epidural abs. T7-T9", "Dorsal epidural abscess. T7-T9"),
+        ("Ventral epidural coll.", "Ventral epidural collection."),
+        ("Subarachnoid hem. in the fissure", "Subarachnoid hemorrhage. in the fissure"),
+        ("cauda equina synd.", "cauda equina syndrome."),
+        # without a word before it that decides it, a short or shared truncation stays
+        ("Coll. ligaments intact", "Coll. ligaments intact"),
+        ("Abs. of effusion", "Abs. of effusion"),
+        ("no abs. seen", "no abs. seen"),
+        # "subdural hem." may be hematoma or hemorrhage of one rule: read as one of them
+        ("Subdural hem. over the convexity", "Subdural hematoma. over the convexity"),
+    ],
+)
+def test_short_and_shared_truncations_are_read_after_the_word_before_them(
+    rules: RoutingRules, written: str, read: str
+) -> None:
+    assert respeller(rules)(written) == read
+
+
+@pytest.mark.parametrize(
+    ("typo", "word"),
+    [("tera", "tear"), ("nreve", "nerve"), ("nevre", "nerve"), ("ulnra", "ulnar")],
+)
+def test_a_swap_of_two_letters_in_a_short_routed_word_is_read_as_that_word(
+    rules: RoutingRules, typo: str, word: str
+) -> None:
+    assert respeller(rules)(f"the {typo} here") == f"the {word} here"
+
+
+@pytest.mark.parametrize("real", ["raising", "lunar", "trees", "terse", "form", "serve", "year"])
+def test_real_words_a_swap_away_from_a_short_routed_word_are_not_respelled(
+    rules: RoutingRules, real: str
+) -> None:
+    assert respeller(rules)(f"the {real} one") == f"the {real} one"
+
+
+@pytest.mark.parametrize(
+    ("report", "referrals"),
+    [
+        ("MRI knee. IMPRESSION: Bucket-handle tera of the medial meniscus.", ["orthopedics"]),
+        ("MRI elbow. IMPRESSION: Ulnar nreve entrapment at the cubital tunnel.", ["neurology"]),
+        ("MRI knee. IMPRESSION: Intact menisci. No tera.", []),
+    ],
+)
+def test_short_typos_of_routed_words_route(
+    rules: RoutingRules, report: str, referrals: list[str]
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.referrals, decision.needs_review) == (referrals, False)
+
+
+@pytest.mark.parametrize(
+    "impression",
+    [
+        "Acute C6 fracture (no retropulsion, no cord compression).",
+        "Spinal epidural hematoma T2-T4 (no cord compression).",
+    ],
+)
+def test_abnormal_words_beside_only_denied_findings_are_reviewed(
+    rules: RoutingRules, impression: str
+) -> None:
+    decision = classify_report(f"MRI spine. IMPRESSION: {impression}", rules)
+    assert (decision.critical, decision.needs_review) == (False, True)
+
+
+@pytest.mark.parametrize(
+    "impression",
+    ["No fracture or cord compression.", "No acute fracture; no retropulsion."],
+)
+def test_denied_abnormal_words_beside_denied_findings_are_not_reviewed(
+    rules: RoutingRules, impression: str
+) -> None:
+    decision = classify_report(f"MRI spine. IMPRESSION: {impression}", rules)
+    assert (decision.critical, decision.referrals, decision.needs_review) == (False, [], False)

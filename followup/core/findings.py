@@ -130,6 +130,33 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9']+", text.lower()))
 
 
+_SAME_WORD = 6  # letters two forms of a word share ("thalamic", "thalamus")
+_FUNCTION_WORDS = frozenset({"with", "from", "this", "that", "there", "here", "also", "again"})
+
+
+def restates(short: Finding, finding: Finding) -> bool:
+    """Whether abnormal language of one section (`short`, "L1 fracture.") says a finding of
+    another section again in fewer words (FINDINGS "acute compression fracture of the L1
+    vertebral body with marrow edema"): its words are the finding's ("fracture"), and its
+    sentence names no level, side or other word that the finding's sentence does not name."""
+    if finding.section == short.section:
+        return False
+    stems = {word.removesuffix("s") for word in _words(short.text)}
+    if not stems <= {word.removesuffix("s") for word in _words(finding.text)}:
+        return False
+    if short.levels and not (finding.levels and levels_overlap(short.levels, finding.levels)):
+        return False
+    # a shorter form says nothing new: each of its words ("left", "occipital", "thalamic") is
+    # in the finding's sentence ("thalamus"); "left frontal hemorrhage" over a left occipital
+    # one is another finding
+    said = {word[:_SAME_WORD] for word in _words(finding.sentence_text)}
+    return all(
+        word[:_SAME_WORD] in said
+        for word in _words(short.sentence_text)
+        if len(word) >= 4 and word.isalpha() and word not in _FUNCTION_WORDS
+    )
+
+
 def body_region(text: str, rules: RoutingRules) -> str | None:
     """The body region whose word comes first in the report ("MRI RIGHT KNEE" → "joint"),
     None when the text names none of the rules' `regions` words."""

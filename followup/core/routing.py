@@ -12,7 +12,8 @@ Policy (DOMAIN.md §2–4), with the rules file supplying every clinical fact:
 - Nondiagnostic studies suggest additional testing, the tests of the study's body region;
   normal or incidental-only reports refer to no one and stay routine.
 - A human must read the report (`needs_review`) when abnormal language matched no rule, a code
-  is unknown, a concept is both asserted and negated at the same place, a critical finding is
+  is unknown, a concept is both asserted and negated at the same place (in two sentences; a
+  denial "elsewhere" or in the asserting sentence says where each holds), a critical finding is
   only asked about ("evaluate for epidural abscess"), or there is no routable text at all.
   The engine never turns "don't know" into a silent routine.
 """
@@ -25,7 +26,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from followup.core.findings import CODED, Finding, ReportFindings, levels_overlap, same_place
+from followup.core.findings import (
+    CODED,
+    Finding,
+    ReportFindings,
+    levels_overlap,
+    restates,
+    same_place,
+)
 from followup.core.rules import TIERS, RoutingRules
 
 
@@ -198,13 +206,25 @@ def _review_reasons(
         if finding not in known and _asserted(finding) and not _described(finding, asserted, rules):
             quoted = f': "{finding.sentence_text}"' if finding.sentence_text else ""
             reasons.append(f"'{finding.text}' in {finding.section} matched no rule{quoted}")
-    denied = [f for f in known if f.negated and not (f.historical or f.hypothetical)]
+    # "No cord compression elsewhere" denies it only at the places the report does not name
+    denied = [
+        f
+        for f in known
+        if f.negated
+        and not (f.historical or f.hypothetical)
+        and not _ELSEWHERE.search(f.sentence_text)
+    ]
     conflicted: set[str] = set()
     for finding in asserted:
         for negation in denied:
             if (
                 negation.label == finding.label
                 and finding.label not in conflicted
+                # one sentence that asserts and denies a concept says where each holds: "cord
+                # compression at T8 (no cord compression at other levels)"
+                and not (
+                    negation.section == finding.section and negation.sentence == finding.sentence
+                )
                 and _same_concept(negation.text, finding.text)
                 # "No X" with no level denies X everywhere; "no X at C3-4" only there.
                 and (not negation.levels or levels_overlap(negation.levels, finding.levels))
@@ -228,6 +248,12 @@ def _review_reasons(
     return list(dict.fromkeys(reasons))
 
 
+_ELSEWHERE = re.compile(
+    r"\b(?:elsewhere|(?:other|remaining) (?:levels?|segments?|sites?))\b",
+    re.IGNORECASE,
+)
+
+
 def _described(unrouted: Finding, asserted: Sequence[Finding], rules: RoutingRules) -> bool:
     """Whether abnormal language no rule matched names a recognised finding again: a word of
     its wording at the same spinal level ("L1 fracture." beside "L1 burst fracture"), in a
@@ -248,31 +274,9 @@ def _described(unrouted: Finding, asserted: Sequence[Finding], rules: RoutingRul
             and finding.sentence_text.endswith(";")
             and 0 <= unrouted.sentence[0] - finding.sentence[1] <= 1
         )
-        if same_level or joined or _restated(unrouted, finding, rules):
+        if same_level or joined or restates(unrouted, finding):
             return True
     return False
-
-
-_SAME_WORD = 6  # letters two forms of a word share ("thalamic", "thalamus")
-_FUNCTION_WORDS = frozenset({"with", "from", "this", "that", "there", "here", "also", "again"})
-
-
-def _restated(unrouted: Finding, finding: Finding, rules: RoutingRules) -> bool:
-    """A critical finding of one section said again in short in another: no level, side or
-    other word of the restatement that the finding's sentence does not name."""
-    if finding.section == unrouted.section or not rules.rule(finding.label).critical:
-        return False
-    if unrouted.levels and not (finding.levels and levels_overlap(unrouted.levels, finding.levels)):
-        return False
-    # a shorter form says nothing new: each of its words ("left", "occipital", "thalamic") is
-    # in the finding's sentence ("thalamus"); "left frontal hemorrhage" over a left occipital
-    # one is another finding
-    said = {word[:_SAME_WORD] for word in _words(finding.sentence_text)}
-    return all(
-        word[:_SAME_WORD] in said
-        for word in _words(unrouted.sentence_text)
-        if len(word) >= 4 and word.isalpha() and word not in _FUNCTION_WORDS
-    )
 
 
 def _stems(text: str) -> set[str]:

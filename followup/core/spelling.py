@@ -12,8 +12,12 @@ the rules or the ordinary-word list know. A truncation's period is dropped where
 goes on with a critical phrase ("epid. absc." is "epidural abscess"): there it is no sentence
 end; elsewhere it may be one and is kept. A word of another routed rule of at least eight
 letters is read through a one-edit typo too ("metastsis", "menicsus") when the typo is near that
-one word only and is no word the rules, the ordinary-word list or the critical tables know. The
-tables are built once per
+one word only and is no word the rules, the ordinary-word list or the critical tables know;
+a shorter word a pattern requires ("tear", "nerve") only through a swap of two neighbouring
+letters ("tera", "nreve") that is one edit from no other known word. A truncation of three
+letters ("abs.", "hem.") or one that starts two words ("coll.", "synd.") is read only after a
+word that goes on, in one critical rule's patterns, with words of that rule starting with it
+("epidural abs.", "cauda equina synd."). The tables are built once per
 rules version from the critical rules' own vocabulary, so reading a report costs one regular
 expression pass and dictionary look-ups.
 """
@@ -36,7 +40,19 @@ _MIN_TYPO_WORD = 6  # shorter words have too many real neighbours one edit away
 _MIN_ROUTED_TYPO_WORD = 8
 _MIN_TRUNCATION = 4
 _MIN_BARE_TRUNCATION = 5  # without the period
-_WORD = re.compile(r"[A-Za-z]{4,}\.?")
+_WORD = re.compile(r"[A-Za-z]{3,}\.?")
+# a short truncation ("abs.", "hem.") or one that starts two words ("coll.", "synd.") is read
+# only after a word that goes on with exactly one rule's word starting with it ("epidural
+# abs.", "subarachnoid hem.", "cauda equina synd."); that word has at least this many letters,
+# so "the", "of", "with" never decide it
+_MIN_CONTEXT_WORD = 5
+_MIN_CONTEXT_TRUNCATION = 3
+_MAX_CONTEXT_TRUNCATION = 4
+# words of routed rules shorter than _MIN_ROUTED_TYPO_WORD are read through a swap of two
+# neighbouring letters only ("tera", "nreve"): deletions, insertions and substitutions of short
+# words make real words ("nerve" - "serve", "tear" - "year") the rules cannot all list
+_MIN_SWAP_WORD = 4
+_PREVIOUS_WORD = re.compile(r"([A-Za-z]+)(\.?)[ \t]+$")
 _PHRASE_WORD = re.compile(r"[a-z]+")
 _NEXT_WORD = re.compile(r"[ \t]+([A-Za-z]+)")
 
@@ -50,6 +66,9 @@ class Respeller:
     dotted: dict[str, str] = field(default_factory=dict)
     # word → the words that follow it inside a critical phrase ("epidural" → abscess, ...)
     followers: dict[str, frozenset[str]] = field(default_factory=dict)
+    # previous word → truncation → word: truncations read only after that word ("epidural" →
+    # "abs" → abscess)
+    after: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __call__(self, text: str) -> str:
         return _WORD.sub(self._replace, text)
@@ -66,6 +85,8 @@ class Respeller:
             canonical = self.typos.get(lower)
         if canonical is None and len(lower) >= _MIN_BARE_TRUNCATION:
             canonical = self.truncations.get(lower)
+        if canonical is None and dotted and self.after:
+            canonical = self._after_previous(lower, match.string, match.start())
         if canonical is None:
             return found
         # A truncation's period is no sentence end when the next word goes on with the same
@@ -73,6 +94,20 @@ class Respeller:
         # lower-case dictation ("no cord compr. severe stenosis at l4-5"), and is kept.
         keep = dotted and not self._goes_on(canonical, match.string, match.end())
         return _same_case(word, canonical) + ("." if keep else "")
+
+    def _after_previous(self, lower: str, text: str, start: int) -> str | None:
+        """The word a truncation stands for after the word before it ("epidural abs.")."""
+        before = _PREVIOUS_WORD.search(text, max(0, start - 40), start)
+        if before is None:
+            return None
+        previous = before.group(1).lower()
+        read = (
+            (self.truncations.get(previous) or self.dotted.get(previous))
+            if before.group(2)
+            else None
+        )
+        read = read or self.typos.get(previous) or previous
+        return self.after.get(read, {}).get(lower)
 
     def _goes_on(self, word: str, text: str, end: int) -> bool:
         following = self.followers.get(word)
@@ -141,6 +176,7 @@ def respeller(rules: RoutingRules) -> Respeller:
         truncations=truncations,
         dotted=_dotted_truncations(critical, known, spelled),
         followers=_followers(rules, spelled),
+        after=_truncations_after(rules, known | critical, spelled),
     )
 
 
@@ -165,7 +201,44 @@ def _routed_typos(rules: RoutingRules, critical: Iterable[str]) -> dict[str, str
         for typo in _one_edit(word):
             if typo not in blocked:
                 near.setdefault(typo, set()).add(word)
-    return {typo: next(iter(meant)) for typo, meant in near.items() if len(meant) == 1}
+    typos = {typo: next(iter(meant)) for typo, meant in near.items() if len(meant) == 1}
+    for word in _head_words(rules):
+        for typo in _swaps(word):
+            # no other word the rules know is one edit away ("tera" is only "tear")
+            if (
+                typo not in blocked
+                and typo not in typos
+                and not any(other in blocked and other != word for other in _one_edit(typo))
+            ):
+                typos[typo] = word
+    return typos
+
+
+def _head_words(rules: RoutingRules) -> set[str]:
+    """Words of routed, non-critical rules of `_MIN_SWAP_WORD` up to `_MIN_ROUTED_TYPO_WORD`
+    letters that a pattern requires ("tear", "nerve", "ulnar"), not its optional fillers."""
+    words: set[str] = set()
+    for rule in rules.rules:
+        if not rule.referrals or rule.critical:
+            continue
+        for pattern in rule.patterns:
+            if isinstance(pattern, TokenPattern):
+                for spec in pattern.as_spacy():
+                    if spec.get("OP") not in ("*", "?"):
+                        words.update(_spec_words(spec))
+            else:
+                words.update(_PHRASE_WORD.findall(pattern.lower()))
+    return {
+        word
+        for word in words
+        if word.isalpha() and _MIN_SWAP_WORD <= len(word) < _MIN_ROUTED_TYPO_WORD
+    }
+
+
+def _swaps(word: str) -> Iterator[str]:
+    for i in range(len(word) - 1):
+        if word[i] != word[i + 1]:
+            yield word[:i] + word[i + 1] + word[i] + word[i + 2 :]
 
 
 def _followers(rules: RoutingRules, spelled: dict[str, str]) -> dict[str, frozenset[str]]:
@@ -175,28 +248,65 @@ def _followers(rules: RoutingRules, spelled: dict[str, str]) -> dict[str, frozen
     for word, variants in rules.spelling_variants:
         forms.setdefault(word, {word}).update(variants)
     pairs: dict[str, set[str]] = {}
-
-    def add(first: Iterable[str], then: Iterable[str]) -> None:
-        then = {form for word in then for form in forms.get(spelled.get(word, word), {word})}
-        for word in first:
-            pairs.setdefault(spelled.get(word, word), set()).update(then)
-
     for rule in rules.rules:
         if not rule.critical:
             continue
-        for pattern in rule.patterns:
-            if isinstance(pattern, TokenPattern):
-                specs = pattern.as_spacy()
-                # the next word the pattern requires; optional fillers ("severe", "the")
-                # between two words are no continuation of the first
-                required = [spec for spec in specs if spec.get("OP") not in ("*", "?")]
-                for spec, then in pairwise(required):
-                    add(_spec_words(spec), _spec_words(then))
-            else:
-                words = _PHRASE_WORD.findall(pattern.lower())
-                for first, then in pairwise(words):
-                    add([first], [then])
+        for first, then in _word_pairs(rule):
+            spelt = {form for word in then for form in forms.get(spelled.get(word, word), {word})}
+            for word in first:
+                pairs.setdefault(spelled.get(word, word), set()).update(spelt)
     return {word: frozenset(then) for word, then in pairs.items()}
+
+
+def _word_pairs(rule: Rule) -> Iterator[tuple[list[str], list[str]]]:
+    """Each word of a rule's patterns with the words that can follow it: the next word of a
+    phrase, or the next word a token pattern requires (optional fillers, "severe", "the",
+    between two words are no continuation of the first)."""
+    for pattern in rule.patterns:
+        if isinstance(pattern, TokenPattern):
+            required = [spec for spec in pattern.as_spacy() if spec.get("OP") not in ("*", "?")]
+            for spec, then in pairwise(required):
+                yield _spec_words(spec), _spec_words(then)
+        else:
+            for first, then in pairwise(_PHRASE_WORD.findall(pattern.lower())):
+                yield [first], [then]
+
+
+def _truncations_after(
+    rules: RoutingRules, known: set[str], spelled: dict[str, str]
+) -> dict[str, dict[str, str]]:
+    """Previous word → truncation → word, for truncations of critical concepts read only in
+    context.
+
+    "abs." alone may be "absent", "coll." "collateral": after "epidural" each starts words of
+    one critical rule only (abscess, collection), and that rule's word is read. A truncation
+    has `_MIN_CONTEXT_TRUNCATION` to `_MAX_CONTEXT_TRUNCATION` letters and is no known word (a
+    longer real word, "fibula", is no truncation); the previous word has at least
+    `_MIN_CONTEXT_WORD` letters; when the words it may start belong to more than one rule
+    ("subdural hem." is hematoma or hemorrhage, one rule) it stays as written.
+    """
+    options: dict[tuple[str, str], dict[str, set[str]]] = {}
+    for rule in rules.rules:
+        if not rule.critical:
+            continue
+        for first, then in _word_pairs(rule):
+            for previous in {spelled.get(word, word) for word in first}:
+                if len(previous) < _MIN_CONTEXT_WORD or not previous.isalpha():
+                    continue
+                for word in {spelled.get(word, word) for word in then}:
+                    # longer truncations are read without context (`_dotted_truncations`) or
+                    # not at all: "fibula." after "distal" is a bone, no truncation of "fibular"
+                    for end in range(
+                        _MIN_CONTEXT_TRUNCATION, min(len(word), _MAX_CONTEXT_TRUNCATION + 1)
+                    ):
+                        by_rule = options.setdefault((previous, word[:end]), {})
+                        by_rule.setdefault(rule.label, set()).add(word)
+    after: dict[str, dict[str, str]] = {}
+    for (previous, prefix), by_rule in options.items():
+        if len(by_rule) == 1 and prefix not in known:
+            (words,) = by_rule.values()
+            after.setdefault(previous, {})[prefix] = min(words, key=lambda w: (len(w), w))
+    return after
 
 
 def _spec_words(spec: dict[str, object]) -> list[str]:
