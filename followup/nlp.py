@@ -160,7 +160,9 @@ def assertion_status(sentence: str, concept: str) -> dict[str, bool]:
         raise ValueError(f"concept {concept!r} does not align with the sentence's tokens")
     doc.spans[_TARGETS] = [span]
     doc = nlp.get_pipe("medspacy_context")(doc)
-    negated, uncertain, historical, hypothetical = _assertion(doc.spans[_TARGETS][0])
+    negated, uncertain, historical, hypothetical = _assertion(
+        doc.spans[_TARGETS][0], cues_inside_name_it=True
+    )
     return {
         "negated": negated,
         "uncertain": uncertain,
@@ -292,6 +294,10 @@ _NOT = {"LOWER": {"IN": ["not", "n't"]}}
 _CAN_NOT = [{"LOWER": {"IN": ["can", "could", "ca"]}}, _NOT]
 _ENTIRELY = {"LOWER": {"IN": ["entirely", "completely", "definitely", "fully"]}, "OP": "?"}
 _BE = {"LOWER": {"IN": ["is", "are", "was", "were", "been", "remains", "remain"]}}
+_COULD_NOT_LOCALIZE = frozenset(
+    {"determined", "localized", "localised", "identified", "established", "isolated", "ascertained"}
+)
+_REPORTING_VERBS = frozenset({"mention", "describe", "report", "include", "comment"})
 # Cues starting with "not" take an optional "is" in front: otherwise they tie in length with
 # medspaCy's forward "is not" and overlap pruning may keep that one instead.
 
@@ -860,6 +866,59 @@ _RADIOLOGY_CONTEXT = [
             "not mri conditional",
         )
     ),
+    # What the study could not do is a finding of its own (rule localization), not a negation:
+    # "the symptomatic level cannot be determined", "pain generator is not identified"
+    _rule(
+        "level cannot be localized",
+        "PSEUDO",
+        "PSEUDO",
+        [
+            {
+                "LOWER": {
+                    "IN": ["level", "levels", "segment", "segments", "generator", "generators"]
+                }
+            },
+            {"LOWER": {"IN": ["can", "could", "ca", "is", "are", "was", "were"]}},
+            _NOT,
+            {"LOWER": "be", "OP": "?"},
+            {"LOWER": {"IN": sorted(_COULD_NOT_LOCALIZE)}},
+        ],
+    ),
+    # An addendum about the report itself: "the original report did not mention compression of
+    # the cauda equina; this is present" affirms the compression
+    _rule(
+        "did not mention",
+        "PSEUDO",
+        "PSEUDO",
+        [
+            {"LOWER": {"IN": ["did", "does", "do"]}},
+            _NOT,
+            {"LOWER": {"IN": sorted(_REPORTING_VERBS)}},
+        ],
+    ),
+    _rule(
+        "failed to mention",
+        "PSEUDO",
+        "PSEUDO",
+        [
+            {"LOWER": {"IN": ["failed", "fails", "neglected"]}},
+            {"LOWER": "to"},
+            {"LOWER": {"IN": sorted(_REPORTING_VERBS)}},
+        ],
+    ),
+    _rule(
+        "not mentioned in the original report",
+        "PSEUDO",
+        "PSEUDO",
+        [
+            _NOT,
+            {"LOWER": {"IN": ["mentioned", "described", "reported", "included"]}},
+            {"LOWER": {"IN": ["in", "on", "by"]}},
+            {"LOWER": {"IN": ["the", "this"]}},
+            {"LOWER": {"IN": ["original", "initial", "preliminary", "first"]}},
+            {"LOWER": {"IN": ["report", "dictation", "read", "interpretation"]}},
+        ],
+    ),
     # "concerning for" and "likely" are hedges DOMAIN.md §4 names that medspaCy lacks
     *(_rule(literal, _POSS, "FORWARD") for literal in ("concerning for", "concern for", "likely")),
     # scope terminators (medspaCy's defaults already stop at "but", "however", "secondary to")
@@ -1091,16 +1150,22 @@ def _spellings(nlp: Language, phrase: str, variants: dict[str, tuple[str, ...]])
 # --- reading a processed report ---------------------------------------------------------------
 
 
-def _assertion(span: Span) -> tuple[bool, bool, bool, bool]:
+def _assertion(span: Span, *, cues_inside_name_it: bool = False) -> tuple[bool, bool, bool, bool]:
     """(negated, uncertain, historical, hypothetical) from the span's ConText modifiers.
 
-    A cue wholly inside the concept's own words names the concept, it does not qualify it:
-    "diverticulosis without diverticulitis", "neck supple, no lymphadenopathy" (the rules'
-    concepts are short finding names, so this matters for long concepts such as NegEx's)."""
+    With `cues_inside_name_it`, a cue wholly inside the span's own words names the concept and
+    does not qualify it: "diverticulosis without diverticulitis", "neck supple, no
+    lymphadenopathy". That holds for a concept named by a caller (`assertion_status`), not for
+    a rule's match, whose pattern may take in a cue on purpose ("epidural enhancement without
+    abscess" is the negated abscess)."""
     categories = {
         modifier.category
         for modifier in span._.modifiers
-        if not (span.start <= modifier.modifier_span[0] and modifier.modifier_span[1] <= span.end)
+        if not (
+            cues_inside_name_it
+            and span.start <= modifier.modifier_span[0]
+            and modifier.modifier_span[1] <= span.end
+        )
     }
     return (
         _NEG in categories,

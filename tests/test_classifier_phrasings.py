@@ -404,6 +404,11 @@ ROUTING_PHRASINGS: dict[str, tuple[str, str, str]] = {
         "Examination terminated because of claustrophobia",
         "The exam is incomplete",
     ),
+    "localization": (
+        "The symptomatic level cannot be determined on MRI",
+        "Pain generator is not identified",
+        "SPECT/CT may help localize the symptomatic level",
+    ),
     "disc_bulge": ("Mild disc bulge at L3-4", "Bulging disc at L4-5", "Disc bulges at C5-6"),
     "nonsevere_stenosis": (
         "Mild canal stenosis at L3-4",
@@ -688,40 +693,40 @@ def test_findings_the_impression_leaves_out_are_routed_and_reviewed(rules: Routi
     [
         (
             "EXAM: MRI LUMBAR SPINE\nIMPRESSION: Examination terminated because of claustrophobia.",
-            ["CT myelography", "SPECT/CT"],
+            ["CT myelography"],
         ),
         (
             "EXAM: MRI LUMBAR SPINE\nIMPRESSION: MRI contraindicated; examination not performed.",
-            ["CT myelography", "SPECT/CT"],
+            ["CT myelography"],
         ),
         (
             "IMPRESSION: Severe susceptibility artifact from the fusion hardware; stenosis cannot"
             " be assessed.",
-            ["CT myelography", "SPECT/CT"],
+            ["CT myelography"],
         ),
         ("EXAM: MRI RIGHT KNEE\nIMPRESSION: Incomplete examination.", ["repeat MRI"]),
         ("MRI BRAIN\nIMPRESSION: Limited study. No restricted diffusion.", ["repeat MRI"]),
         ("MRI LEFT BRACHIAL PLEXUS\nIMPRESSION: Motion-degraded study.", ["repeat MRI"]),
         (
             "INDICATION: Back pain radiating to the leg.\nIMPRESSION: Study aborted.",
-            ["CT myelography", "SPECT/CT"],
+            ["CT myelography"],
         ),
         # MRI contraindicated or no images: never a silent normal
         (
             "EXAM: MRI LUMBAR SPINE\nIMPRESSION: MRI not performed: non-MR-conditional pacemaker.",
-            ["CT myelography", "SPECT/CT"],
+            ["CT myelography"],
         ),
         (
             "EXAM: MRI LUMBAR SPINE\nIMPRESSION: No images were obtained.",
-            ["CT myelography", "SPECT/CT"],
+            ["CT myelography"],
         ),
         (
             "EXAM: MRI C-SPINE\nIMPRESSION: Images were not obtained.",
-            ["CT myelography", "SPECT/CT"],
+            ["CT myelography"],
         ),
         (
             "EXAM: MRI C-SPINE\nIMPRESSION: Pacemaker is not MR conditional; exam cancelled.",
-            ["CT myelography", "SPECT/CT"],
+            ["CT myelography"],
         ),
         # a device that is MR conditional is no contraindication
         ("EXAM: MRI L-SPINE\nIMPRESSION: MR-conditional pacemaker. No acute abnormality.", []),
@@ -732,6 +737,29 @@ def test_an_incomplete_study_suggests_the_tests_of_its_region(
 ) -> None:
     decision = classify_report(report, rules)
     assert (decision.additional_testing, decision.referrals) == (tests, []), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("report", "tests"),
+    [
+        (
+            "IMPRESSION: Facet arthropathy L3-S1; the symptomatic level cannot be localized.",
+            ["SPECT/CT"],
+        ),
+        (
+            "IMPRESSION: Limited study. The culprit level could not be identified.",
+            ["CT myelography", "SPECT/CT"],
+        ),
+        ("IMPRESSION: Mild facet arthropathy at L4-5. No stenosis.", []),
+        ("IMPRESSION: Motion-degraded study; stenosis not excluded.", ["CT myelography"]),
+    ],
+)
+def test_spect_ct_is_for_localization_ct_myelography_for_an_incomplete_study(
+    rules: RoutingRules, report: str, tests: list[str]
+) -> None:
+    """DOMAIN.md: "CT myelography if MRI nondiagnostic or contraindicated; SPECT/CT for
+    localization"."""
+    assert classify_report(report, rules).additional_testing == tests
 
 
 def test_a_finding_an_incomplete_study_could_not_assess_is_not_asserted(
@@ -1352,3 +1380,25 @@ def test_denied_abnormal_words_beside_denied_findings_are_not_reviewed(
 ) -> None:
     decision = classify_report(f"MRI spine. IMPRESSION: {impression}", rules)
     assert (decision.critical, decision.referrals, decision.needs_review) == (False, [], False)
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "IMPRESSION: Spondylosis.\nADDENDUM: The original report did not mention compression of the"
+        " cauda equina at L4-5 by an extruded fragment; this is present.",
+        "IMPRESSION: Degenerative change.\nADDENDUM: The preliminary read failed to mention"
+        " compression of the cord at C5-6.",
+        "IMPRESSION: Mild spondylosis.\nADDENDUM: Cord compression at T8 was not mentioned in the"
+        " original report and is present.",
+    ],
+)
+def test_an_addendum_about_what_the_report_left_out_affirms_it(
+    rules: RoutingRules, report: str
+) -> None:
+    assert classify_report(report, rules).critical
+
+
+def test_a_plain_negation_beside_a_reporting_verb_still_negates(rules: RoutingRules) -> None:
+    report = "IMPRESSION: No cord compression. Findings were discussed and did not change."
+    assert not classify_report(report, rules).critical

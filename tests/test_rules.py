@@ -41,6 +41,7 @@ TABLE = {
     "fatty_corner_lesion": ("routine", ["rheumatology"]),
     "fat_metaplasia": ("routine", ["rheumatology"]),
     "nondiagnostic": ("routine", []),
+    "localization": ("routine", []),
     "incidental": ("routine", []),
     "disc_bulge": ("routine", []),
     "nonsevere_stenosis": ("routine", []),
@@ -63,7 +64,7 @@ def rules():
 
 
 def test_shipped_rules_carry_version_and_sign_off_fields(rules) -> None:
-    assert rules.version == "2026.12-7"
+    assert rules.version == "2026.12-8"
     assert rules.reviewer
     assert rules.effective_date == "2026-12-07"
     assert set(rules.specialties) == SPECIALTIES
@@ -81,8 +82,11 @@ def test_critical_is_exactly_the_emergent_tier(rules) -> None:
 
 def test_nondiagnostic_suggests_further_testing_without_referral(rules) -> None:
     nondiagnostic = rules.rule("nondiagnostic")
-    assert nondiagnostic.additional_testing == ("CT myelography", "SPECT/CT")
+    assert nondiagnostic.additional_testing == ("CT myelography",)
     assert nondiagnostic.referrals == ()
+    localization = rules.rule("localization")
+    assert localization.additional_testing == ("SPECT/CT",)
+    assert localization.referrals == ()
 
 
 def test_disc_nomenclature_bulge_is_not_a_herniation(rules) -> None:
