@@ -28,6 +28,8 @@ HELD_OUT_BLIND = frozenset(
         "test_v7.jsonl",
         "test_v8.jsonl",
         "test_v9.jsonl",
+        "test_v10.jsonl",
+        "test_v11.jsonl",
         "replies_test_v2.jsonl",
     }
 )
