@@ -864,6 +864,9 @@ _RADIOLOGY_CONTEXT = [
             "not obtained",
             "not mr conditional",
             "not mri conditional",
+            # "post-contrast images, not available at the time of the original read, show an
+            # epidural abscess": a statement about the images
+            "not available",
         )
     ),
     # What the study could not do is a finding of its own (rule localization), not a negation:

@@ -1402,3 +1402,44 @@ def test_an_addendum_about_what_the_report_left_out_affirms_it(
 def test_a_plain_negation_beside_a_reporting_verb_still_negates(rules: RoutingRules) -> None:
     report = "IMPRESSION: No cord compression. Findings were discussed and did not change."
     assert not classify_report(report, rules).critical
+
+
+@pytest.mark.parametrize(
+    ("report", "critical"),
+    [
+        # a typo of a short critical word, read beside the other word of its phrase
+        ("IMP: L4-5 large extrusion with severe compression of the caude equina.", True),
+        ("IMPRESSION: Spinal crod compression at T6 from a metastasis.", True),
+        # an addendum about images that were not available at the first read
+        (
+            "IMPRESSION: No acute abnormality.\nADDENDUM: Post-contrast images, not available at"
+            " the time of the original read, show a rim-enhancing dorsal epidural collection"
+            " consistent with epidural abscess.",
+            True,
+        ),
+        ("IMPRESSION: No prior study available for comparison. No cord compression.", False),
+    ],
+)
+def test_short_word_typos_and_unavailable_images(
+    rules: RoutingRules, report: str, critical: bool
+) -> None:
+    assert classify_report(report, rules).critical is critical
+
+
+def test_mets_is_metastasis(rules: RoutingRules) -> None:
+    decision = classify_report("IMP: enhancing lesions L1 + L4 bodies c/w mets.", rules)
+    assert (decision.urgency, decision.referrals) == ("urgent", ["orthopedics"])
+
+
+@pytest.mark.parametrize(
+    ("report", "tests"),
+    [
+        ("IMPRESSION: Facet arthropathy L4-S1. SPECT/CT suggested for localization.", ["SPECT/CT"]),
+        ("IMPRESSION: Facet arthropathy L4-S1. SPECT-CT may help.", ["SPECT/CT"]),
+        ("IMPRESSION: Facet arthropathy. Prior SPECT/CT showed uptake at L4-5.", []),
+    ],
+)
+def test_a_suggested_spect_ct_is_passed_on(
+    rules: RoutingRules, report: str, tests: list[str]
+) -> None:
+    assert classify_report(report, rules).additional_testing == tests

@@ -17,7 +17,9 @@ a shorter word a pattern requires ("tear", "nerve") only through a swap of two n
 letters ("tera", "nreve") that is one edit from no other known word. A truncation of three
 letters ("abs.", "hem.") or one that starts two words ("coll.", "synd.") is read only after a
 word that goes on, in one critical rule's patterns, with words of that rule starting with it
-("epidural abs.", "cauda equina synd."). The tables are built once per
+("epidural abs.", "cauda equina synd."). A one-edit typo of a shorter critical word (four or
+five letters) is read only beside the word that goes on with it in a critical phrase: "caude
+equina", "spinal crod". The tables are built once per
 rules version from the critical rules' own vocabulary, so reading a report costs one regular
 expression pass and dictionary look-ups.
 """
@@ -69,6 +71,10 @@ class Respeller:
     # previous word → truncation → word: truncations read only after that word ("epidural" →
     # "abs" → abscess)
     after: dict[str, dict[str, str]] = field(default_factory=dict)
+    # typos of short critical words, read only beside their phrase's other word: typo → next
+    # word → word ("caude" → equina → cauda), previous word → typo → word ("spinal" → "crod")
+    typos_before: dict[str, dict[str, str]] = field(default_factory=dict)
+    typos_after: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __call__(self, text: str) -> str:
         return _WORD.sub(self._replace, text)
@@ -87,6 +93,8 @@ class Respeller:
             canonical = self.truncations.get(lower)
         if canonical is None and dotted and self.after:
             canonical = self._after_previous(lower, match.string, match.start())
+        if canonical is None and not dotted:
+            canonical = self._beside_phrase_word(lower, match.string, match.start(), match.end())
         if canonical is None:
             return found
         # A truncation's period is no sentence end when the next word goes on with the same
@@ -108,6 +116,22 @@ class Respeller:
         )
         read = read or self.typos.get(previous) or previous
         return self.after.get(read, {}).get(lower)
+
+    def _beside_phrase_word(self, lower: str, text: str, start: int, end: int) -> str | None:
+        """A short critical word's typo, read by the word after it or before it."""
+        before_next = self.typos_before.get(lower)
+        if before_next is not None:
+            after = _NEXT_WORD.match(text, end)
+            if after is not None:
+                following = after.group(1).lower()
+                read = before_next.get(self.typos.get(following, following))
+                if read is not None:
+                    return read
+        before = _PREVIOUS_WORD.search(text, max(0, start - 40), start)
+        if before is None or before.group(2):
+            return None
+        previous = before.group(1).lower()
+        return self.typos_after.get(self.typos.get(previous, previous), {}).get(lower)
 
     def _goes_on(self, word: str, text: str, end: int) -> bool:
         following = self.followers.get(word)
@@ -177,6 +201,7 @@ def respeller(rules: RoutingRules) -> Respeller:
         dotted=_dotted_truncations(critical, known, spelled),
         followers=_followers(rules, spelled),
         after=_truncations_after(rules, known | critical, spelled),
+        **_short_word_typos(rules, known | critical | near.keys(), spelled),
     )
 
 
@@ -307,6 +332,53 @@ def _truncations_after(
             (words,) = by_rule.values()
             after.setdefault(previous, {})[prefix] = min(words, key=lambda w: (len(w), w))
     return after
+
+
+def _short_word_typos(
+    rules: RoutingRules, known: set[str], spelled: dict[str, str]
+) -> dict[str, dict[str, dict[str, str]]]:
+    """One-edit typos of critical words of `_MIN_SWAP_WORD` to `_MIN_TYPO_WORD - 1` letters,
+    each read only beside the word that goes on with it in a critical rule ("caude equina",
+    "spinal crod"): alone, a short word has too many real neighbours. The neighbour has at
+    least `_MIN_CONTEXT_WORD` letters ("the crod" decides nothing). A typo that is a known word,
+    or that two words could mean beside the same neighbour, stays as written."""
+    before: dict[str, dict[str, set[str]]] = {}
+    after: dict[str, dict[str, set[str]]] = {}
+    for rule in rules.rules:
+        if not rule.critical:
+            continue
+        for first, then in _word_pairs(rule):
+            firsts = {spelled.get(word, word) for word in first if word.isalpha()}
+            thens = {spelled.get(word, word) for word in then if word.isalpha()}
+            for word in firsts:
+                if _MIN_SWAP_WORD <= len(word) < _MIN_TYPO_WORD:
+                    for typo in _short_typos(word, known):
+                        for following in thens:
+                            if len(following) < _MIN_CONTEXT_WORD:
+                                continue  # "the", "of" decide nothing
+                            before.setdefault(typo, {}).setdefault(following, set()).add(word)
+            for word in thens:
+                if _MIN_SWAP_WORD <= len(word) < _MIN_TYPO_WORD:
+                    for typo in _short_typos(word, known):
+                        for previous in firsts:
+                            if len(previous) < _MIN_CONTEXT_WORD:
+                                continue
+                            after.setdefault(previous, {}).setdefault(typo, set()).add(word)
+    return {
+        "typos_before": {
+            typo: {nxt: min(words) for nxt, words in by_next.items() if len(words) == 1}
+            for typo, by_next in before.items()
+        },
+        "typos_after": {
+            previous: {typo: min(words) for typo, words in by_typo.items() if len(words) == 1}
+            for previous, by_typo in after.items()
+        },
+    }
+
+
+def _short_typos(word: str, known: set[str]) -> set[str]:
+    # a letter added at the end is an inflection ("cords"), not a typo
+    return {typo for typo in _one_edit(word) if typo not in known and not typo.startswith(word)}
 
 
 def _spec_words(spec: dict[str, object]) -> list[str]:
