@@ -21,12 +21,12 @@ import argparse
 import json
 import os
 import signal
-import sys
 import time
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
+MEASUREMENT = "measurement (sampler, py-spy)"
 
 
 def kind_of(cmdline: str, comm: str) -> str:
@@ -51,7 +51,7 @@ def kind_of(cmdline: str, comm: str) -> str:
     if "bench_replay.py" in cmdline or "bench_throughput.py" in cmdline:
         return "bench driver"
     if "cpu_sample.py" in cmdline or "py-spy" in cmdline:
-        return "measurement (sampler, py-spy)"
+        return MEASUREMENT
     return "other"
 
 
@@ -118,23 +118,25 @@ def report(path: Path, scans: int, start: float | None, end: float | None) -> st
             # The first kind that names it: an exiting process's cmdline reads empty.
             named = last[pid][0] if pid in last and last[pid][0] != "other" else kind
             last[pid] = (named, ticks)
-    per_kind: Counter[str] = Counter()
+    per_kind: defaultdict[str, float] = defaultdict(float)
     for pid, (kind, ticks) in last.items():
         per_kind[kind] += (ticks - first.get(pid, 0)) / TICKS
     seconds = window[-1]["t"] - window[0]["t"]
-    total = sum(v for k, v in per_kind.items() if k != "other")
+    apart = ("other", MEASUREMENT)  # not the replay's: other sessions, and this measurement
+    total = sum(v for k, v in per_kind.items() if k not in apart)
     rows = [
-        f"window {seconds:.0f} s, {scans} scans; CPU-s per scan (share of all but 'other'):",
+        f"window {seconds:.0f} s, {scans} scans; CPU-s per scan (share of the replay's processes):",
         "| process | CPU-s | CPU-s per scan | share | cores busy |",
         "|---|---:|---:|---:|---:|",
     ]
-    for kind, value in per_kind.most_common():
-        share = f"{100 * value / total:.0f} %" if kind != "other" else "-"
+    for kind, value in sorted(per_kind.items(), key=lambda item: -item[1]):
+        share = f"{100 * value / total:.0f} %" if kind not in apart else "-"
         rows.append(
             f"| {kind} | {value:.1f} | {value / scans:.3f} | {share} | {value / seconds:.2f} |"
         )
     rows.append(
-        f"| all but 'other' | {total:.1f} | {total / scans:.3f} | 100 % | {total / seconds:.2f} |"
+        f"| the replay's processes | {total:.1f} | {total / scans:.3f} | 100 % "
+        f"| {total / seconds:.2f} |"
     )
     databases: dict[str, list[float]] = {}
     for s in window:
@@ -171,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
