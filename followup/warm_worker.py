@@ -93,6 +93,9 @@ POLL_SECONDS = 0.25
 MISSED_HEARTBEATS = 3
 REAP_EVERY_SECONDS = 10.0
 CANCEL_POLL_SECONDS = 2.0
+# Even with every slot busy, a poll this often: Prefect's foreman marks a work queue and its
+# deployments not ready after 60 s without one (runs hung until their timeout, say).
+FULL_POLL_SECONDS = 30.0
 # The Prefect settings the worker and the runs it executes see.
 RUN_SETTINGS = {
     # Prefect's default poll (10 s) would add seconds to every scan; a poll is one query.
@@ -147,6 +150,7 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
         self._in_flight: dict[UUID, anyio.CancelScope] = {}
         # Taken from the pool and not yet run: Pending, not yet labelled with this worker.
         self._taken: set[UUID] = set()
+        self._polled_at = float("-inf")  # time.monotonic() of the last poll sent
         self._cancel_asked: set[UUID] = set()
         self.accepting = True
         for entrypoint in preload:
@@ -226,11 +230,12 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         if not self.accepting:
             return []
-        if self.full():
+        if self.full() and time.monotonic() - self._polled_at < FULL_POLL_SECONDS:
             # Every slot holds a run: a poll could take nothing, and in a backlog each poll
             # has the server list (and this worker parse) up to 200 waiting runs and queue
             # two bookkeeping tasks. The next tick after a run ends polls again.
             return []
+        self._polled_at = time.monotonic()
         taken = await super().get_and_submit_flow_runs()
         self._taken.update(flow_run.id for flow_run in taken)
         return taken

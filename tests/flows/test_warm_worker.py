@@ -337,9 +337,11 @@ def test_a_worker_with_every_slot_taken_skips_its_polls_and_stays_healthy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With `--limit` slots all running, a poll could take nothing: none is sent (in a
-    backlog each lists up to 200 waiting runs), and the healthcheck still says polling."""
+    backlog each lists up to 200 waiting runs) but one every FULL_POLL_SECONDS, and the
+    healthcheck still says polling."""
     from prefect.workers.base import BaseWorker
 
+    from followup import warm_worker as warm_worker_module
     from followup.warm_worker import WarmWorker
 
     polls: list[int] = []
@@ -359,8 +361,14 @@ def test_a_worker_with_every_slot_taken_skips_its_polls_and_stays_healthy(
             assert await worker.get_and_submit_flow_runs() == []
             assert polls == [1]
             assert worker.is_worker_still_polling(query_interval_seconds=0)
-            worker.limiter.release_on_behalf_of("a run")
+            # Full for FULL_POLL_SECONDS: one poll anyway, so the server keeps the work
+            # queue and its deployments ready.
+            monkeypatch.setattr(warm_worker_module, "FULL_POLL_SECONDS", 0.0)
             await worker.get_and_submit_flow_runs()
             assert polls == [1, 1]
+            monkeypatch.setattr(warm_worker_module, "FULL_POLL_SECONDS", 30.0)
+            worker.limiter.release_on_behalf_of("a run")
+            await worker.get_and_submit_flow_runs()
+            assert polls == [1, 1, 1]
 
     asyncio.run(scenario())
