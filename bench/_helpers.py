@@ -646,14 +646,18 @@ def prefect_server(folder: Path, postgres_url: str | None = None) -> Iterator[st
     under `folder` (as `followup serve` starts it), or with `postgres_url` a new database on
     that PostgreSQL server (as production runs it, see DESIGN.md), dropped after.
 
-    PREFECT_HOME and the runner's poll interval are set in this process's environment, which
-    the server and the served engine inherit."""
+    PREFECT_HOME, the runner's poll interval and the server settings `followup serve` gives its
+    server (PREFECT_SERVER_TUNING) are set in this process's environment, which the server and
+    the served engine inherit."""
+    from followup.gateway.serve import PREFECT_SERVER_TUNING
+
     folder.mkdir(parents=True, exist_ok=True)
     os.environ.update(
         {
             "PREFECT_HOME": str(folder / "prefect"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            **PREFECT_SERVER_TUNING,
         }
     )
     os.environ.pop("PREFECT_API_URL", None)

@@ -70,7 +70,11 @@ from prefect.context import AsyncClientContext, SyncClientContext
 from prefect.exceptions import InfrastructureNotFound, ObjectAlreadyExists
 from prefect.flow_engine import run_flow
 from prefect.flows import load_flow_from_entrypoint
-from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
+from prefect.settings import (
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    PREFECT_WORKER_QUERY_SECONDS,
+    temporary_settings,
+)
 from prefect.states import AwaitingRetry, Cancelled, Crashed, State
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
@@ -89,6 +93,19 @@ POLL_SECONDS = 0.25
 MISSED_HEARTBEATS = 3
 REAP_EVERY_SECONDS = 10.0
 CANCEL_POLL_SECONDS = 2.0
+# Even with every slot busy, a poll this often: Prefect's foreman marks a work queue and its
+# deployments not ready after 60 s without one (runs hung until their timeout, say).
+FULL_POLL_SECONDS = 30.0
+# The Prefect settings the worker and the runs it executes see.
+RUN_SETTINGS = {
+    # Prefect's default poll (10 s) would add seconds to every scan; a poll is one query.
+    PREFECT_WORKER_QUERY_SECONDS: POLL_SECONDS,
+    # No flow-run heartbeat thread and event per run (Prefect sends one at the start of each
+    # run, then every 180 s): nothing on the server acts on them unless an automation is
+    # written for them, and a dead worker's runs are found by the reaper below, from the
+    # worker's own heartbeats.
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+}
 STOP_GRACE_SECONDS = 15.0
 LIVE_STATES = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
 
@@ -133,6 +150,7 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
         self._in_flight: dict[UUID, anyio.CancelScope] = {}
         # Taken from the pool and not yet run: Pending, not yet labelled with this worker.
         self._taken: set[UUID] = set()
+        self._polled_at = float("-inf")  # time.monotonic() of the last poll sent
         self._cancel_asked: set[UUID] = set()
         self.accepting = True
         for entrypoint in preload:
@@ -153,8 +171,7 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
         (a TLS context is built even for http), two or three per run."""
         prepare(get_settings())
         quiet_run_loggers()
-        # Prefect's default poll (10 s) would add seconds to every scan; a poll is one query.
-        with temporary_settings({PREFECT_WORKER_QUERY_SECONDS: POLL_SECONDS}):
+        with temporary_settings(RUN_SETTINGS):
             async with AsyncClientContext() as client_context:
                 with SyncClientContext():
                     client = client_context.client
@@ -213,9 +230,26 @@ class WarmWorker(BaseWorker[BaseJobConfiguration, BaseVariables, WarmRunResult])
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         if not self.accepting:
             return []
+        if self.full() and time.monotonic() - self._polled_at < FULL_POLL_SECONDS:
+            # Every slot holds a run: a poll could take nothing, and in a backlog each poll
+            # has the server list (and this worker parse) up to 200 waiting runs and queue
+            # two bookkeeping tasks. The next tick after a run ends polls again.
+            return []
+        self._polled_at = time.monotonic()
         taken = await super().get_and_submit_flow_runs()
         self._taken.update(flow_run.id for flow_run in taken)
         return taken
+
+    def full(self) -> bool:
+        """True while every slot of `--limit` holds a run (never without a limit)."""
+        try:
+            return self.limiter.available_tokens < 1
+        except RuntimeError:  # no limit: no limiter
+            return False
+
+    def is_worker_still_polling(self, query_interval_seconds: float) -> bool:
+        # A worker whose slots are all busy skips its polls (above) and is healthy.
+        return self.full() or super().is_worker_still_polling(query_interval_seconds)
 
     # --- this worker's own duties ------------------------------------------------------------
 

@@ -66,10 +66,30 @@ logger = logging.getLogger(__name__)
 PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 RUNNER_POLL_SECONDS = 1
 SERVER_STARTUP_SECONDS = 180  # a cold first start migrates Prefect's own SQLite database
+# The Prefect server's own settings for a burst of scans (each a flow run with three task
+# runs), set for the server `followup serve` starts and by docs/deploy.md for a production one;
+# bench/results/cpu_breakdown.md has the measurements behind them.
+PREFECT_SERVER_TUNING = {
+    # Its database pool: at the default 5 (+10 overflow) a burst opened and closed ~5
+    # PostgreSQL connections per scan (a backend started, asyncpg's type introspection and
+    # every statement prepared again each time). The runs in flight, the worker's polls and
+    # the services' consumers need about 15 at once; PostgreSQL allows 100 by default.
+    "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "20",
+    # A run of a backlog waits for a concurrency slot in Scheduled; after the default 15 s the
+    # late-runs service moves every one of them to Late (a state transition, its event and
+    # its DB writes per scan) only for the worker to take it from Late. Late now means behind
+    # by more than the flow's own timeout.
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": "300",
+    # Task-run states arrive as events; by default each is written in a transaction of its
+    # own (nine per scan). In batches, within a second.
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "25",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+}
 _PREFECT_SERVER_ENV = {
     "PREFECT_HOME": str(PROJECT_ROOT / "var" / "prefect"),
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # clinic networks are often offline
     "PREFECT_RUNNER_POLL_FREQUENCY": str(RUNNER_POLL_SECONDS),
+    **PREFECT_SERVER_TUNING,
 }
 
 

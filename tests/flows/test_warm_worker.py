@@ -331,3 +331,44 @@ def test_a_sync_flow_is_refused_rather_than_run_on_the_workers_loop() -> None:
 
     with pytest.raises(ValueError, match="async flows only"):
         WarmWorker(new_pool(), preload=["tests/flows/warm_flows.py:sync_flow"])
+
+
+def test_a_worker_with_every_slot_taken_skips_its_polls_and_stays_healthy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With `--limit` slots all running, a poll could take nothing: none is sent (in a
+    backlog each lists up to 200 waiting runs) but one every FULL_POLL_SECONDS, and the
+    healthcheck still says polling."""
+    from prefect.workers.base import BaseWorker
+
+    from followup import warm_worker as warm_worker_module
+    from followup.warm_worker import WarmWorker
+
+    polls: list[int] = []
+
+    async def poll(self: BaseWorker[Any, Any, Any]) -> list[FlowRun]:
+        polls.append(1)
+        return []
+
+    monkeypatch.setattr(BaseWorker, "get_and_submit_flow_runs", poll)
+    worker = WarmWorker(new_pool(), limit=1, preload=())
+
+    async def scenario() -> None:
+        async with worker:
+            await worker.get_and_submit_flow_runs()
+            assert polls == [1]
+            worker.limiter.acquire_on_behalf_of_nowait("a run")
+            assert await worker.get_and_submit_flow_runs() == []
+            assert polls == [1]
+            assert worker.is_worker_still_polling(query_interval_seconds=0)
+            # Full for FULL_POLL_SECONDS: one poll anyway, so the server keeps the work
+            # queue and its deployments ready.
+            monkeypatch.setattr(warm_worker_module, "FULL_POLL_SECONDS", 0.0)
+            await worker.get_and_submit_flow_runs()
+            assert polls == [1, 1]
+            monkeypatch.setattr(warm_worker_module, "FULL_POLL_SECONDS", 30.0)
+            worker.limiter.release_on_behalf_of("a run")
+            await worker.get_and_submit_flow_runs()
+            assert polls == [1, 1, 1]
+
+    asyncio.run(scenario())
