@@ -428,11 +428,16 @@ _DROPPED_DEFAULTS = frozenset(
         "unlikely",
         ": no",
         ": none",
+        "no",
     }
 )
 
 _RADIOLOGY_CONTEXT = [
     # negation
+    # medspaCy's "no" also takes a following "abnormal" or "new" into the cue, and a cue that
+    # overlaps a target never modifies it: "No abnormal signal." (the target "abnormal signal")
+    # and "No new lesions." were read as affirmed abnormalities
+    _rule("no", _NEG, "FORWARD", [{"LOWER": "no"}]),
     _rule(
         "no evidence of",
         _NEG,

@@ -1443,3 +1443,15 @@ def test_a_suggested_spect_ct_is_passed_on(
     rules: RoutingRules, report: str, tests: list[str]
 ) -> None:
     assert classify_report(report, rules).additional_testing == tests
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "MRI BRAIN\nFINDINGS: Ventricles normal. No abnormal signal. No restricted diffusion.",
+        "IMPRESSION: No abnormal enhancement.",
+        "IMPRESSION: Treated L2 metastasis, unchanged. No new lesions.",
+    ],
+)
+def test_no_before_abnormal_or_new_negates_what_follows(rules: RoutingRules, report: str) -> None:
+    assert not classify_report(report, rules).needs_review
