@@ -442,7 +442,7 @@ def test_every_routing_rule_has_three_phrasings(rules: RoutingRules) -> None:
     ("text", "referrals"),
     [
         (
-            "Spondylosis (no cord compression) and severe right foraminal stenosis at C6-7.",
+            "C4-5 protrusion (no cord compression) and severe right foraminal stenosis at C6-7.",
             ["orthopedics", "pain_management"],
         ),
         ("No cord compression and a severe left C5-6 foraminal stenosis.", ["orthopedics"]),
@@ -878,6 +878,86 @@ def test_a_compression_in_the_next_clause_covers_its_degenerative_cause(
         assert "orthopedics" in decision.referrals
     else:
         assert decision.referrals == referrals
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "IMPRESSION: Severe right neural foraminal stenosis"
+        " at C6-7 due to uncovertebral hypertrophy.",
+        "IMPRESSION: Compression of the thoracic cord"
+        " at T10-11 from ligamentum flavum hypertrophy.",
+        "IMPRESSION: Severe L4-5 canal stenosis from"
+        " a broad-based protrusion and facet hypertrophy.",
+        "IMPRESSION: Cauda equina compression at L3-4 secondary"
+        " to an extrusion and facet hypertrophy.",
+        "IMPRESSION: C5-6 disc osteophyte complex (no cord compression) and severe right C5-6"
+        " foraminal stenosis.",
+        "IMPRESSION: L4-5 extrusion (no root contact) with severe left lateral recess stenosis.",
+        # the compression is in FINDINGS, its cause in the IMPRESSION at that level only
+        "FINDINGS: At C5-6 a disc osteophyte complex flattens the cord.\n"
+        "IMPRESSION: C5-6 disc osteophyte complex.",
+        # a compression that names no level, right after its cause
+        "IMPRESSION: C5-6 disc osteophyte with spin. cord compr.",
+    ],
+)
+def test_a_degenerative_cause_of_a_compression_or_severe_stenosis_routes_with_it(
+    rules: RoutingRules, report: str
+) -> None:
+    decision = classify_report(report, rules)
+    assert decision.referrals == ["orthopedics"], decision.explanations
+    assert not decision.needs_review
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "IMPRESSION: Severe L4-5 canal stenosis from facet hypertrophy. Mild L5-S1 facet"
+        " arthropathy.",
+        "IMPRESSION: 1. C6-7 disc osteophyte complex compresses the cord. 2. Multilevel facet"
+        " arthropathy.",
+        "IMPRESSION: Severe canal stenosis at L4-5. Facet arthropathy L3-S1.",
+        "IMPRESSION: Severe canal stenosis at L4-5 and mild facet arthropathy at L5-S1.",
+        "IMPRESSION: Cauda equina compression at L4-5 by an extrusion. L5-S1 degenerative disc"
+        " disease.",
+        # the IMPRESSION's degeneration is at more levels than the compression it causes
+        "FINDINGS: C5-6: disc osteophyte complex flattening the cord. C6-7: disc desiccation.\n"
+        "IMPRESSION: Cervical spondylosis, worst at C5-6.",
+        "FINDINGS: L4-5: extrusion compressing the cauda equina.\n"
+        "IMPRESSION: Degenerative disc disease at L4-5 and L5-S1.",
+        # not named as the cause: a degenerative statement of its own with no level
+        "IMPRESSION: Possible cord compression at T4 from a retropulsed fragment. Thoracic"
+        " spondylosis.",
+    ],
+)
+def test_a_degenerative_finding_elsewhere_still_goes_to_pain_management(
+    rules: RoutingRules, report: str
+) -> None:
+    decision = classify_report(report, rules)
+    assert "pain_management" in decision.referrals, decision.explanations
+    assert "orthopedics" in decision.referrals
+
+
+@pytest.mark.parametrize(
+    ("impression", "referrals"),
+    [
+        (
+            "L4-5 extrusion with severe left lateral recess stenosis compressing the traversing"
+            " left L5 nerve root.",
+            ["neurology", "orthopedics"],
+        ),
+        (
+            "Severe right L4-5 foraminal stenosis from facet hypertrophy, contacting the exiting"
+            " right L4 nerve root.",
+            ["neurology", "orthopedics"],
+        ),
+        ("L5-S1 extrusion contacting the descending left S1 nerve root.", ["neurology"]),
+    ],
+)
+def test_a_nerve_root_contact_beside_a_severe_stenosis_keeps_neurology(
+    rules: RoutingRules, impression: str, referrals: list[str]
+) -> None:
+    assert classify_report(f"IMPRESSION: {impression}", rules).referrals == referrals
 
 
 @pytest.mark.parametrize(
