@@ -1357,9 +1357,11 @@ def test_a_tear_of_a_named_band_of_a_wrist_ligament_goes_to_orthopedics(
 @pytest.mark.parametrize(
     ("written", "read"),
     [
+        # a level or size after it is the finding's own: no sentence end
+        ("Dorsal epidural abs. T7-T9", "Dorsal epidural abscess T7-T9"),
+        ("Epidural absc. 9 x 14 mm", "Epidural abscess 9 x 14 mm"),
         # the period stays where the next word does not go on with the phrase: it may end
         # the sentence
-        ("Dorsal epidural abs. T7-T9", "Dorsal epidural abscess. T7-T9"),
         ("Ventral epidural coll.", "Ventral epidural collection."),
         ("Subarachnoid hem. in the fissure", "Subarachnoid hemorrhage. in the fissure"),
         ("cauda equina synd.", "cauda equina syndrome."),
@@ -1432,3 +1434,138 @@ def test_denied_abnormal_words_beside_denied_findings_are_not_reviewed(
 ) -> None:
     decision = classify_report(f"MRI spine. IMPRESSION: {impression}", rules)
     assert (decision.critical, decision.referrals, decision.needs_review) == (False, [], False)
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "MRI RIGHT THIGH. IMPRESSION: Avulsion of the conjoint hamstring tendon from the ischial"
+        " tuberosity.",
+        "MRI LEFT ELBOW. IMPRESSION: Distal biceps tendon rupture; the lacertus fibrosus is also"
+        " torn.",
+        "MRI RIGHT ANKLE. IMPRESSION: Complete Achilles tendon tear. The plantaris is also torn.",
+        # a part of the routed tear said "also torn" in words the tear rule uses
+        "MRI CHEST. IMPRESSION: Full-thickness tear of the pectoralis major tendon at the humeral"
+        " insertion; the sternal head is also torn.",
+    ],
+)
+def test_a_tendon_tear_named_by_its_anatomy_goes_to_orthopedics_without_review(
+    rules: RoutingRules, report: str
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.referrals, decision.needs_review) == (["orthopedics"], False), (
+        decision.explanations
+    )
+
+
+def test_also_with_a_word_the_routed_rule_does_not_use_is_still_reviewed(
+    rules: RoutingRules,
+) -> None:
+    decision = classify_report(
+        "IMPRESSION: Full-thickness supraspinatus tear. There is also a mass in the deltoid.", rules
+    )
+    assert decision.needs_review
+
+
+@pytest.mark.parametrize(
+    "impression",
+    [
+        "Synovitis + marginal erosions 1st-5th MTP.",
+        "Enhancing synovitis of the radiocarpal and intercarpal joints with marginal erosions of"
+        " the scaphoid and lunate.",
+    ],
+)
+def test_telegraphic_erosive_synovitis_goes_to_rheumatology(
+    rules: RoutingRules, impression: str
+) -> None:
+    decision = classify_report(f"MRI HAND. IMPRESSION: {impression}", rules)
+    assert (decision.referrals, decision.needs_review) == (["rheumatology"], False)
+
+
+def test_synovitis_and_a_denied_erosion_is_not_erosive_arthritis(rules: RoutingRules) -> None:
+    decision = classify_report(
+        "MRI HAND. IMPRESSION: Synovitis of the 2nd MCP joint without erosions.", rules
+    )
+    assert "rheumatology" not in decision.referrals
+
+
+@pytest.mark.parametrize(
+    "impression",
+    [
+        "Asymmetric thickening and enhancement of the right lumbosacral plexus.",
+        "Diffuse T2 hyperintensity and thickening of the right brachial plexus trunks.",
+        "The left brachial plexus trunks are diffusely thickened and hyperintense.",
+    ],
+)
+def test_a_plexopathy_described_by_its_signs_goes_to_neurology(
+    rules: RoutingRules, impression: str
+) -> None:
+    decision = classify_report(f"MRI PLEXUS. IMPRESSION: {impression}", rules)
+    assert (decision.referrals, decision.needs_review) == (["neurology"], False)
+
+
+@pytest.mark.parametrize(
+    ("report", "urgency", "referrals"),
+    [
+        (
+            "MRI L-SPINE. IMPRESSION: No epidural abscess. No abnormal epidural or disc"
+            " enhancement.",
+            "routine",
+            [],
+        ),
+        (
+            "MRI L-SPINE. IMPRESSION: L3-4 discitis-osteomyelitis. No epidural abscess; no"
+            " abnormal epidural enhancement.",
+            "urgent",
+            ["orthopedics"],
+        ),
+        # the level and size after a truncation do not start a sentence of their own
+        (
+            "MRI L-SPINE. IMPRESSION: Dorsal epid. absc. L2-4, 8 mm, mild thecal sac mass effect.",
+            "emergent",
+            ["orthopedics"],
+        ),
+        (
+            "MRI LEFT FOOT. IMPRESSION: 1st MTP joint effusion with synovial enhancement and a"
+            " marginal erosion; septic arthritis is likely.",
+            "urgent",
+            ["orthopedics"],
+        ),
+    ],
+)
+def test_denials_truncations_and_likely_diagnoses_raise_no_spurious_review(
+    rules: RoutingRules, report: str, urgency: str, referrals: list[str]
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.urgency, decision.referrals, decision.needs_review) == (
+        urgency,
+        referrals,
+        False,
+    ), decision.explanations
+
+
+def test_signs_beside_a_diagnosis_stated_outright_are_still_reviewed(rules: RoutingRules) -> None:
+    decision = classify_report(
+        "MRI L-SPINE. IMPRESSION: Fluid collection in the surgical bed; L4-5 discitis.", rules
+    )
+    assert decision.needs_review
+
+
+@pytest.mark.parametrize(
+    "impression",
+    [
+        "L5-S1 extrusion (no evidence of cauda equina compression) contacting the descending S1"
+        " root.",
+        "L4-5 extrusion (cauda equina not compressed) displacing the right L5 root.",
+        "C6-7 protrusion (no cord compression) abutting the exiting left C7 nerve root.",
+    ],
+)
+def test_a_denial_inside_parentheses_does_not_reach_the_root_contact_after_them(
+    rules: RoutingRules, impression: str
+) -> None:
+    decision = classify_report(f"MRI SPINE. IMPRESSION: {impression}", rules)
+    assert (decision.critical, decision.referrals) == (False, ["neurology"])
+
+
+def test_a_denial_outside_parentheses_keeps_its_scope(rules: RoutingRules) -> None:
+    assert assertion_status("No active (enhancing) lesions.", "lesions")["negated"]

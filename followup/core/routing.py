@@ -29,6 +29,7 @@ import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from followup.core.findings import (
@@ -41,7 +42,7 @@ from followup.core.findings import (
     same_place,
     spinal_levels,
 )
-from followup.core.rules import TIERS, RoutingRules
+from followup.core.rules import TIERS, RoutingRules, Rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +319,10 @@ def _described(unrouted: Finding, asserted: Sequence[Finding], rules: RoutingRul
     reviewed."""
     word = _stems(unrouted.text)
     for finding in asserted:
+        if _concluded_in_next_clause(unrouted, finding, rules) or _also_the_same(
+            unrouted, finding, rules
+        ):
+            return True
         if not word <= _stems(finding.text):
             continue
         same_level = bool(unrouted.levels and finding.levels) and levels_overlap(
@@ -331,6 +336,43 @@ def _described(unrouted: Finding, asserted: Sequence[Finding], rules: RoutingRul
         if same_level or joined or restates(unrouted, finding):
             return True
     return False
+
+
+def _also_the_same(unrouted: Finding, finding: Finding, rules: RoutingRules) -> bool:
+    """A word of the finding's own rule said "also" right after it names that finding at another
+    structure: "Full-thickness pectoralis major tear. The sternal head is also torn." A word
+    the rule does not use ("There is also a mass") is still reviewed."""
+    return (
+        finding.section == unrouted.section
+        and 0 <= unrouted.sentence[0] - finding.sentence[1] <= 2
+        and _ALSO.search(unrouted.sentence_text) is not None
+        and _words(unrouted.text) <= _rule_words(rules.rule(finding.label))
+    )
+
+
+_ALSO = re.compile(r"\b(?:also|likewise|similarly)\b", re.IGNORECASE)
+
+
+@lru_cache(maxsize=256)
+def _rule_words(rule: Rule) -> frozenset[str]:
+    """The words a rule's phrases and token patterns name."""
+    text = " ".join(p if isinstance(p, str) else p.json for p in rule.patterns)
+    return frozenset(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def _concluded_in_next_clause(unrouted: Finding, finding: Finding, rules: RoutingRules) -> bool:
+    """Signs in a clause that the next one, after a semicolon, reads as a likely urgent or
+    critical diagnosis: "1st MTP effusion with synovial enhancement and a marginal erosion;
+    septic arthritis is likely". The diagnosis is routed with its urgency; its signs are not
+    another finding to review. A diagnosis stated outright beside them is not their reading
+    ("fluid collection in the surgical bed; L4-5 discitis" is still reviewed)."""
+    return (
+        finding.uncertain
+        and finding.section == unrouted.section
+        and unrouted.sentence_text.endswith(";")
+        and 0 <= finding.sentence[0] - unrouted.sentence[1] <= 1
+        and rules.rule(finding.label).tier != "routine"
+    )
 
 
 def _stems(text: str) -> set[str]:
