@@ -1174,6 +1174,7 @@ def _assertion(span: Span, *, cues_inside_name_it: bool = False) -> tuple[bool, 
             and span.start <= modifier.modifier_span[0]
             and modifier.modifier_span[1] <= span.end
         )
+        and not _shut_in_parentheses(span, modifier.modifier_span)
     }
     return (
         _NEG in categories,
@@ -1181,6 +1182,23 @@ def _assertion(span: Span, *, cues_inside_name_it: bool = False) -> tuple[bool, 
         _HIST in categories and _CURRENT not in categories,
         _HYPO in categories,
     )
+
+
+def _shut_in_parentheses(span: Span, cue: tuple[int, int]) -> bool:
+    """Whether a cue stands inside parentheses that the concept is outside of: "L5-S1 extrusion
+    (no evidence of cauda equina compression) contacting the descending S1 root" denies nothing
+    of the root contact (DOMAIN.md §4: negation scope ends at a closing parenthesis). A cue
+    outside them keeps its scope: "no active (enhancing) lesions"."""
+    doc, sentence = span.doc, span.sent
+    opened = next(
+        (i for i in range(cue[0] - 1, sentence.start - 1, -1) if doc[i].text in "()"), None
+    )
+    if opened is None or doc[opened].text != "(":
+        return False
+    closed = next((i for i in range(cue[1], sentence.end) if doc[i].text in "()"), None)
+    if closed is None or doc[closed].text != ")":
+        return False
+    return span.end <= opened or span.start > closed
 
 
 def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:

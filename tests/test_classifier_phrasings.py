@@ -447,7 +447,7 @@ def test_every_routing_rule_has_three_phrasings(rules: RoutingRules) -> None:
     ("text", "referrals"),
     [
         (
-            "Spondylosis (no cord compression) and severe right foraminal stenosis at C6-7.",
+            "C4-5 protrusion (no cord compression) and severe right foraminal stenosis at C6-7.",
             ["orthopedics", "pain_management"],
         ),
         ("No cord compression and a severe left C5-6 foraminal stenosis.", ["orthopedics"]),
@@ -909,6 +909,86 @@ def test_a_compression_in_the_next_clause_covers_its_degenerative_cause(
 
 
 @pytest.mark.parametrize(
+    "report",
+    [
+        "IMPRESSION: Severe right neural foraminal stenosis"
+        " at C6-7 due to uncovertebral hypertrophy.",
+        "IMPRESSION: Compression of the thoracic cord"
+        " at T10-11 from ligamentum flavum hypertrophy.",
+        "IMPRESSION: Severe L4-5 canal stenosis from"
+        " a broad-based protrusion and facet hypertrophy.",
+        "IMPRESSION: Cauda equina compression at L3-4 secondary"
+        " to an extrusion and facet hypertrophy.",
+        "IMPRESSION: C5-6 disc osteophyte complex (no cord compression) and severe right C5-6"
+        " foraminal stenosis.",
+        "IMPRESSION: L4-5 extrusion (no root contact) with severe left lateral recess stenosis.",
+        # the compression is in FINDINGS, its cause in the IMPRESSION at that level only
+        "FINDINGS: At C5-6 a disc osteophyte complex flattens the cord.\n"
+        "IMPRESSION: C5-6 disc osteophyte complex.",
+        # a compression that names no level, right after its cause
+        "IMPRESSION: C5-6 disc osteophyte with spin. cord compr.",
+    ],
+)
+def test_a_degenerative_cause_of_a_compression_or_severe_stenosis_routes_with_it(
+    rules: RoutingRules, report: str
+) -> None:
+    decision = classify_report(report, rules)
+    assert decision.referrals == ["orthopedics"], decision.explanations
+    assert not decision.needs_review
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "IMPRESSION: Severe L4-5 canal stenosis from facet hypertrophy. Mild L5-S1 facet"
+        " arthropathy.",
+        "IMPRESSION: 1. C6-7 disc osteophyte complex compresses the cord. 2. Multilevel facet"
+        " arthropathy.",
+        "IMPRESSION: Severe canal stenosis at L4-5. Facet arthropathy L3-S1.",
+        "IMPRESSION: Severe canal stenosis at L4-5 and mild facet arthropathy at L5-S1.",
+        "IMPRESSION: Cauda equina compression at L4-5 by an extrusion. L5-S1 degenerative disc"
+        " disease.",
+        # the IMPRESSION's degeneration is at more levels than the compression it causes
+        "FINDINGS: C5-6: disc osteophyte complex flattening the cord. C6-7: disc desiccation.\n"
+        "IMPRESSION: Cervical spondylosis, worst at C5-6.",
+        "FINDINGS: L4-5: extrusion compressing the cauda equina.\n"
+        "IMPRESSION: Degenerative disc disease at L4-5 and L5-S1.",
+        # not named as the cause: a degenerative statement of its own with no level
+        "IMPRESSION: Possible cord compression at T4 from a retropulsed fragment. Thoracic"
+        " spondylosis.",
+    ],
+)
+def test_a_degenerative_finding_elsewhere_still_goes_to_pain_management(
+    rules: RoutingRules, report: str
+) -> None:
+    decision = classify_report(report, rules)
+    assert "pain_management" in decision.referrals, decision.explanations
+    assert "orthopedics" in decision.referrals
+
+
+@pytest.mark.parametrize(
+    ("impression", "referrals"),
+    [
+        (
+            "L4-5 extrusion with severe left lateral recess stenosis compressing the traversing"
+            " left L5 nerve root.",
+            ["neurology", "orthopedics"],
+        ),
+        (
+            "Severe right L4-5 foraminal stenosis from facet hypertrophy, contacting the exiting"
+            " right L4 nerve root.",
+            ["neurology", "orthopedics"],
+        ),
+        ("L5-S1 extrusion contacting the descending left S1 nerve root.", ["neurology"]),
+    ],
+)
+def test_a_nerve_root_contact_beside_a_severe_stenosis_keeps_neurology(
+    rules: RoutingRules, impression: str, referrals: list[str]
+) -> None:
+    assert classify_report(f"IMPRESSION: {impression}", rules).referrals == referrals
+
+
+@pytest.mark.parametrize(
     ("impression", "urgency", "review"),
     [
         (
@@ -1305,9 +1385,11 @@ def test_a_tear_of_a_named_band_of_a_wrist_ligament_goes_to_orthopedics(
 @pytest.mark.parametrize(
     ("written", "read"),
     [
+        # a level or size after it is the finding's own: no sentence end
+        ("Dorsal epidural abs. T7-T9", "Dorsal epidural abscess T7-T9"),
+        ("Epidural absc. 9 x 14 mm", "Epidural abscess 9 x 14 mm"),
         # the period stays where the next word does not go on with the phrase: it may end
         # the sentence
-        ("Dorsal epidural abs. T7-T9", "Dorsal epidural abscess. T7-T9"),
         ("Ventral epidural coll.", "Ventral epidural collection."),
         ("Subarachnoid hem. in the fissure", "Subarachnoid hemorrhage. in the fissure"),
         ("cauda equina synd.", "cauda equina syndrome."),
@@ -1455,3 +1537,138 @@ def test_a_suggested_spect_ct_is_passed_on(
 )
 def test_no_before_abnormal_or_new_negates_what_follows(rules: RoutingRules, report: str) -> None:
     assert not classify_report(report, rules).needs_review
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "MRI RIGHT THIGH. IMPRESSION: Avulsion of the conjoint hamstring tendon from the ischial"
+        " tuberosity.",
+        "MRI LEFT ELBOW. IMPRESSION: Distal biceps tendon rupture; the lacertus fibrosus is also"
+        " torn.",
+        "MRI RIGHT ANKLE. IMPRESSION: Complete Achilles tendon tear. The plantaris is also torn.",
+        # a part of the routed tear said "also torn" in words the tear rule uses
+        "MRI CHEST. IMPRESSION: Full-thickness tear of the pectoralis major tendon at the humeral"
+        " insertion; the sternal head is also torn.",
+    ],
+)
+def test_a_tendon_tear_named_by_its_anatomy_goes_to_orthopedics_without_review(
+    rules: RoutingRules, report: str
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.referrals, decision.needs_review) == (["orthopedics"], False), (
+        decision.explanations
+    )
+
+
+def test_also_with_a_word_the_routed_rule_does_not_use_is_still_reviewed(
+    rules: RoutingRules,
+) -> None:
+    decision = classify_report(
+        "IMPRESSION: Full-thickness supraspinatus tear. There is also a mass in the deltoid.", rules
+    )
+    assert decision.needs_review
+
+
+@pytest.mark.parametrize(
+    "impression",
+    [
+        "Synovitis + marginal erosions 1st-5th MTP.",
+        "Enhancing synovitis of the radiocarpal and intercarpal joints with marginal erosions of"
+        " the scaphoid and lunate.",
+    ],
+)
+def test_telegraphic_erosive_synovitis_goes_to_rheumatology(
+    rules: RoutingRules, impression: str
+) -> None:
+    decision = classify_report(f"MRI HAND. IMPRESSION: {impression}", rules)
+    assert (decision.referrals, decision.needs_review) == (["rheumatology"], False)
+
+
+def test_synovitis_and_a_denied_erosion_is_not_erosive_arthritis(rules: RoutingRules) -> None:
+    decision = classify_report(
+        "MRI HAND. IMPRESSION: Synovitis of the 2nd MCP joint without erosions.", rules
+    )
+    assert "rheumatology" not in decision.referrals
+
+
+@pytest.mark.parametrize(
+    "impression",
+    [
+        "Asymmetric thickening and enhancement of the right lumbosacral plexus.",
+        "Diffuse T2 hyperintensity and thickening of the right brachial plexus trunks.",
+        "The left brachial plexus trunks are diffusely thickened and hyperintense.",
+    ],
+)
+def test_a_plexopathy_described_by_its_signs_goes_to_neurology(
+    rules: RoutingRules, impression: str
+) -> None:
+    decision = classify_report(f"MRI PLEXUS. IMPRESSION: {impression}", rules)
+    assert (decision.referrals, decision.needs_review) == (["neurology"], False)
+
+
+@pytest.mark.parametrize(
+    ("report", "urgency", "referrals"),
+    [
+        (
+            "MRI L-SPINE. IMPRESSION: No epidural abscess. No abnormal epidural or disc"
+            " enhancement.",
+            "routine",
+            [],
+        ),
+        (
+            "MRI L-SPINE. IMPRESSION: L3-4 discitis-osteomyelitis. No epidural abscess; no"
+            " abnormal epidural enhancement.",
+            "urgent",
+            ["orthopedics"],
+        ),
+        # the level and size after a truncation do not start a sentence of their own
+        (
+            "MRI L-SPINE. IMPRESSION: Dorsal epid. absc. L2-4, 8 mm, mild thecal sac mass effect.",
+            "emergent",
+            ["orthopedics"],
+        ),
+        (
+            "MRI LEFT FOOT. IMPRESSION: 1st MTP joint effusion with synovial enhancement and a"
+            " marginal erosion; septic arthritis is likely.",
+            "urgent",
+            ["orthopedics"],
+        ),
+    ],
+)
+def test_denials_truncations_and_likely_diagnoses_raise_no_spurious_review(
+    rules: RoutingRules, report: str, urgency: str, referrals: list[str]
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.urgency, decision.referrals, decision.needs_review) == (
+        urgency,
+        referrals,
+        False,
+    ), decision.explanations
+
+
+def test_signs_beside_a_diagnosis_stated_outright_are_still_reviewed(rules: RoutingRules) -> None:
+    decision = classify_report(
+        "MRI L-SPINE. IMPRESSION: Fluid collection in the surgical bed; L4-5 discitis.", rules
+    )
+    assert decision.needs_review
+
+
+@pytest.mark.parametrize(
+    "impression",
+    [
+        "L5-S1 extrusion (no evidence of cauda equina compression) contacting the descending S1"
+        " root.",
+        "L4-5 extrusion (cauda equina not compressed) displacing the right L5 root.",
+        "C6-7 protrusion (no cord compression) abutting the exiting left C7 nerve root.",
+    ],
+)
+def test_a_denial_inside_parentheses_does_not_reach_the_root_contact_after_them(
+    rules: RoutingRules, impression: str
+) -> None:
+    decision = classify_report(f"MRI SPINE. IMPRESSION: {impression}", rules)
+    assert (decision.critical, decision.referrals) == (False, ["neurology"])
+
+
+def test_a_denial_outside_parentheses_keeps_its_scope(rules: RoutingRules) -> None:
+    assert assertion_status("No active (enhancing) lesions.", "lesions")["negated"]

@@ -17,6 +17,7 @@ from followup.core.findings import (
     Finding,
     findings_from_codes,
     levels_overlap,
+    levels_within,
     spinal_levels,
 )
 from followup.core.rules import load_rules
@@ -408,6 +409,22 @@ def test_spinal_levels() -> None:
 )
 def test_levels_overlap(a, b, overlap: bool) -> None:
     assert levels_overlap(a, b) is overlap
+
+
+@pytest.mark.parametrize(
+    ("inner", "outer", "within"),
+    [
+        (("L4-L5",), ("L4-L5",), True),
+        (("L4-L5", "L5"), ("L4-L5",), True),  # the L5 root named beside the L4-5 disc
+        (("L3-S1",), ("L4-L5",), False),  # facet arthropathy L3-S1 is also at other levels
+        (("L4-L5", "L5-S1"), ("L4-L5",), False),
+        (("C5-C6",), ("C4-C7",), True),
+        ((), ("L4-L5",), False),
+        (("L4-L5",), (), False),
+    ],
+)
+def test_levels_within(inner, outer, within: bool) -> None:
+    assert levels_within(inner, outer) is within
 
 
 # --- coded findings ---------------------------------------------------------------------------

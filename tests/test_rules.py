@@ -64,7 +64,7 @@ def rules():
 
 
 def test_shipped_rules_carry_version_and_sign_off_fields(rules) -> None:
-    assert rules.version == "2026.12-9"
+    assert rules.version == "2026.12-10"
     assert rules.reviewer
     assert rules.effective_date == "2026-12-07"
     assert set(rules.specialties) == SPECIALTIES
@@ -290,6 +290,20 @@ def test_reference_to_unknown_rule(tmp_path: Path) -> None:
         _error(tmp_path, text)
         == "FILE:12: rule syrinx: refers to unknown rule 'nerve_root_compression'"
     )
+
+
+def test_cause_of_names_known_rules(tmp_path: Path) -> None:
+    text = VALID + "    cause_of: [severe_stenosis]\n"
+    assert (
+        _error(tmp_path, text) == "FILE:12: rule syrinx: refers to unknown rule 'severe_stenosis'"
+    )
+    shipped = load_rules(RULES_PATH)
+    for label in ("disc_herniation", "degenerative_disc_disease", "facet_arthropathy"):
+        assert set(shipped.rule(label).cause_of) == {
+            "cord_compression",
+            "cauda_equina_compression",
+            "severe_stenosis",
+        }
 
 
 def test_tests_per_region(tmp_path: Path) -> None:

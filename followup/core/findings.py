@@ -105,6 +105,17 @@ def levels_overlap(a: Sequence[str], b: Sequence[str]) -> bool:
     return False
 
 
+def levels_within(inner: Sequence[str], outer: Sequence[str]) -> bool:
+    """Whether every level of `inner` lies inside one of `outer`: "L4-L5" and the "L5" root are
+    inside "L4-L5"; "L3-S1", or "L4-L5" with "L5-S1", also name places outside it."""
+
+    def inside(level: str, other: str) -> bool:
+        (low, high), (other_low, other_high) = _level_span(level), _level_span(other)
+        return other_low <= low and high <= other_high
+
+    return bool(inner and outer) and all(any(inside(a, b) for b in outer) for a in inner)
+
+
 def apply_addendum(findings: list[Finding]) -> list[Finding]:
     """An addendum supersedes the report's statements about the same concept and place.
 

@@ -9,6 +9,11 @@ Policy (DOMAIN.md §2–4), with the rules file supplying every clinical fact:
 - A finding is not routed when a rule it is `superseded_by` is asserted in the same sentence or
   at the same spinal level (a herniation compressing the S1 root goes to neurology, not also to
   pain management); a critical superseding finding with no level given covers the whole report.
+- A degenerative finding named as the cause of a finding in its rule's `cause_of` (a cord or
+  cauda equina compression, a severe stenosis) is routed with it: in the same statement, or at
+  its spinal levels only, or just before a compression that names no level. One that also speaks
+  of other places ("multilevel spondylosis", "worst at C5-6", "L3-S1") in a statement of its own
+  is a finding of those places too and is routed.
 - Nondiagnostic studies suggest additional testing, the tests of the study's body region;
   normal or incidental-only reports refer to no one and stay routine.
 - A human must read the report (`needs_review`) when abnormal language matched no rule, a code
@@ -24,6 +29,7 @@ import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from followup.core.findings import (
@@ -31,10 +37,12 @@ from followup.core.findings import (
     Finding,
     ReportFindings,
     levels_overlap,
+    levels_within,
     restates,
     same_place,
+    spinal_levels,
 )
-from followup.core.rules import TIERS, RoutingRules
+from followup.core.rules import TIERS, RoutingRules, Rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +187,54 @@ def _covering(finding: Finding, asserted: Sequence[Finding], rules: RoutingRules
             rule.superseded_in == "place" and (known_levels_meet or critical_here)
         ):
             return other
+    for other in asserted:
+        if other.label in rule.cause_of and _named_as_cause(finding, other):
+            return other
     return None
+
+
+def _named_as_cause(cause: Finding, effect: Finding) -> bool:
+    """Whether a degenerative finding is named as the cause of a compression or stenosis
+    (module docstring): "Severe L4-5 stenosis from facet hypertrophy", "C5-6 disc osteophyte
+    complex (no cord compression) and severe right C5-6 foraminal stenosis", FINDINGS "At C5-6
+    a disc osteophyte complex flattens the cord" under IMPRESSION "C5-6 disc osteophyte
+    complex", "C5-6 disc osteophyte with spin. cord compr." """
+    if cause.section == effect.section != CODED:
+        if cause.sentence == effect.sentence:
+            # "Severe canal stenosis at L4-5 and facet arthropathy at L5-S1": two places
+            return same_place(_clause_levels(cause), _clause_levels(effect))
+        if _clauses_of_one_sentence(cause, effect):
+            return True
+        next_sentence = 0 <= effect.sentence[0] - cause.sentence[1] <= 2
+        if next_sentence and not effect.levels and not _SEVERAL_PLACES.search(cause.sentence_text):
+            return True
+    return levels_within(cause.levels, effect.levels) and not _SEVERAL_PLACES.search(
+        cause.sentence_text
+    )
+
+
+def _clause_levels(finding: Finding) -> tuple[str, ...]:
+    """The spinal levels of the clause of its sentence that holds a finding ("and", "with", a
+    comma or a parenthesis ends one), when its sentence names places apart from each other;
+    else the sentence's levels."""
+    levels = finding.levels
+    if all(levels_overlap((a,), (b,)) for a in levels for b in levels):
+        return levels
+    for clause in _CLAUSE_END.split(finding.sentence_text):
+        if finding.text in clause:
+            return spinal_levels(clause) or levels
+    return levels
+
+
+_CLAUSE_END = re.compile(r"[,;()]|\b(?:and|with|while|but)\b", re.IGNORECASE)
+
+# "Multilevel spondylosis", "Cervical spondylosis, worst at C5-6": degeneration at other levels
+_SEVERAL_PLACES = re.compile(
+    r"\b(?:multi-?level|multiple levels|several levels|diffuse(?:ly)?|throughout|elsewhere"
+    r"|(?:other|remaining) levels|(?:worst|greatest|most (?:pronounced|severe|marked|prominent|"
+    r"advanced)) at)\b",
+    re.IGNORECASE,
+)
 
 
 def _clauses_of_one_sentence(a: Finding, b: Finding) -> bool:
@@ -264,6 +319,10 @@ def _described(unrouted: Finding, asserted: Sequence[Finding], rules: RoutingRul
     reviewed."""
     word = _stems(unrouted.text)
     for finding in asserted:
+        if _concluded_in_next_clause(unrouted, finding, rules) or _also_the_same(
+            unrouted, finding, rules
+        ):
+            return True
         if not word <= _stems(finding.text):
             continue
         same_level = bool(unrouted.levels and finding.levels) and levels_overlap(
@@ -277,6 +336,43 @@ def _described(unrouted: Finding, asserted: Sequence[Finding], rules: RoutingRul
         if same_level or joined or restates(unrouted, finding):
             return True
     return False
+
+
+def _also_the_same(unrouted: Finding, finding: Finding, rules: RoutingRules) -> bool:
+    """A word of the finding's own rule said "also" right after it names that finding at another
+    structure: "Full-thickness pectoralis major tear. The sternal head is also torn." A word
+    the rule does not use ("There is also a mass") is still reviewed."""
+    return (
+        finding.section == unrouted.section
+        and 0 <= unrouted.sentence[0] - finding.sentence[1] <= 2
+        and _ALSO.search(unrouted.sentence_text) is not None
+        and _words(unrouted.text) <= _rule_words(rules.rule(finding.label))
+    )
+
+
+_ALSO = re.compile(r"\b(?:also|likewise|similarly)\b", re.IGNORECASE)
+
+
+@lru_cache(maxsize=256)
+def _rule_words(rule: Rule) -> frozenset[str]:
+    """The words a rule's phrases and token patterns name."""
+    text = " ".join(p if isinstance(p, str) else p.json for p in rule.patterns)
+    return frozenset(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def _concluded_in_next_clause(unrouted: Finding, finding: Finding, rules: RoutingRules) -> bool:
+    """Signs in a clause that the next one, after a semicolon, reads as a likely urgent or
+    critical diagnosis: "1st MTP effusion with synovial enhancement and a marginal erosion;
+    septic arthritis is likely". The diagnosis is routed with its urgency; its signs are not
+    another finding to review. A diagnosis stated outright beside them is not their reading
+    ("fluid collection in the surgical bed; L4-5 discitis" is still reviewed)."""
+    return (
+        finding.uncertain
+        and finding.section == unrouted.section
+        and unrouted.sentence_text.endswith(";")
+        and 0 <= finding.sentence[0] - unrouted.sentence[1] <= 1
+        and rules.rule(finding.label).tier != "routine"
+    )
 
 
 def _stems(text: str) -> set[str]:

@@ -94,6 +94,7 @@ _RULE_KEYS = frozenset(
         "additional_testing_by_region",
         "superseded_by",
         "superseded_in",
+        "cause_of",
         "qualifier",
     }
 )
@@ -145,6 +146,10 @@ class Rule:
     superseded_in: str = "place"
     """Where a superseding finding covers this one: "place" (the same sentence, the same
     spinal level, or anywhere for a critical finding with no level) or "sentence" only."""
+    cause_of: tuple[str, ...] = ()
+    """Rules whose finding this one is routed with when it is named as that finding's cause: in
+    the same statement, or at that finding's spinal levels only (a disc osteophyte complex
+    compressing the cord is the compression, not also a pain-management finding)."""
     qualifier: Qualifier | None = None
     line: int = 0
 
@@ -445,6 +450,7 @@ class _Validator:
             additional_testing_by_region=self.by_region(node, label),
             superseded_by=tuple(self.strings(node, "superseded_by", required=False)),
             superseded_in=self.superseded_in(node, label),
+            cause_of=tuple(self.strings(node, "cause_of", required=False)),
             qualifier=self.qualifier(node, label),
             line=node.line,
         )
@@ -610,7 +616,11 @@ class _Validator:
                     )
                 codes[key] = rule.label
         for rule in rules:
-            referenced = [*rule.superseded_by, *([rule.qualifier.label] if rule.qualifier else [])]
+            referenced = [
+                *rule.superseded_by,
+                *rule.cause_of,
+                *([rule.qualifier.label] if rule.qualifier else []),
+            ]
             for other in referenced:
                 if other not in seen:
                     self.fail(rule.line, f"rule {rule.label}: refers to unknown rule {other!r}")

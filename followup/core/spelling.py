@@ -56,6 +56,11 @@ _MAX_CONTEXT_TRUNCATION = 4
 _MIN_SWAP_WORD = 4
 _PREVIOUS_WORD = re.compile(r"([A-Za-z]+)(\.?)[ \t]+$")
 _PHRASE_WORD = re.compile(r"[a-z]+")
+_PLACE_OR_SIZE = re.compile(
+    r"[ \t]+(?:[CTLS]\d{1,2}(?:\s*[-/]\s*[CTLS]?\d{1,2})?(?![A-Za-z0-9])"
+    r"|\d+(?:\.\d+)?\s*(?:x|mm|cm)\b)",
+    re.IGNORECASE,
+)
 _NEXT_WORD = re.compile(r"[ \t]+([A-Za-z]+)")
 
 
@@ -100,7 +105,12 @@ class Respeller:
         # A truncation's period is no sentence end when the next word goes on with the same
         # critical phrase ("epid. absc.", "caud. equina"); elsewhere it may be one, as in
         # lower-case dictation ("no cord compr. severe stenosis at l4-5"), and is kept.
-        keep = dotted and not self._goes_on(canonical, match.string, match.end())
+        # Nor when the finding's level or size follows ("Epidural absc. L4-5, 9 x 14 mm.").
+        keep = (
+            dotted
+            and not self._goes_on(canonical, match.string, match.end())
+            and not _PLACE_OR_SIZE.match(match.string, match.end())
+        )
         return _same_case(word, canonical) + ("." if keep else "")
 
     def _after_previous(self, lower: str, text: str, start: int) -> str | None:

@@ -16,10 +16,16 @@ Labelling choices where the policy leaves room (stated once here, applied throug
   partial-thickness tear, tendinosis, bursitis, adhesive capsulitis → pain management; a joint
   effusion alone, a Baker cyst → ordering provider only;
 - an incomplete study (terminated, aborted, claustrophobia, limited, motion) → the
-  nondiagnostic route: additional testing CT myelography and SPECT/CT, no review flag;
+  nondiagnostic route: additional testing CT myelography (DOMAIN.md keeps SPECT/CT for
+  localization; relabelled in both banks after they were first written), no review flag;
 - a critical finding affirmed only in FINDINGS is critical; non-critical FINDINGS-only
   findings are not routed (IMPRESSION is authoritative);
 - infection anywhere → orthopedics, urgent, never rheumatology;
+- a degenerative finding (herniation, osteophyte, spondylosis, facet hypertrophy) named in the
+  same statement as, or only at the level of, a cord or cauda equina compression or a severe
+  stenosis is its cause and routes with it (orthopedics), not also to pain management (DOMAIN.md's
+  pain-management row is for findings without neural contact; relabelled in both banks after
+  they were first written);
 - abnormal words (mass, lesion, edema, collection, tear, ...) that no policy row covers → review.
 """
 
@@ -31,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-TESTING = ["CT myelography", "SPECT/CT"]
+TESTING = ["CT myelography"]
 
 
 def expect(
@@ -388,7 +394,7 @@ TEST_ENTRIES: list[Entry] = [
         "negation_scope",
         "spine",
         "Multilevel spondylosis (no cord compression) and severe right foraminal stenosis at C6-7.",
-        expect(referrals=("orthopedics", "pain_management")),
+        ORTHO,
     ),
     (
         "negation_scope",
@@ -896,7 +902,7 @@ DEV_ENTRIES: list[Entry] = [
         "verb_form",
         "spine",
         "A posterior osteophyte at C5-6 impinges upon the cord.",
-        expect("emergent", ("orthopedics", "pain_management")),
+        CRIT_ORTHO,
     ),
     ("noun_form", "spine", "Severe canal stenosis at T11-12 with conus flattening.", CRIT_ORTHO),
     # --- cauda equina
@@ -979,7 +985,7 @@ DEV_ENTRIES: list[Entry] = [
         "negation_scope",
         "spine",
         "Spondylosis (no cord compression) and severe left C6-7 foraminal stenosis.",
-        expect(referrals=("orthopedics", "pain_management")),
+        ORTHO,
     ),
     ("negation_scope", "spine", "No fracture and a grade 2 anterolisthesis of L5 on S1.", ORTHO),
     (
