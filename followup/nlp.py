@@ -297,6 +297,7 @@ _BE = {"LOWER": {"IN": ["is", "are", "was", "were", "been", "remains", "remain"]
 _COULD_NOT_LOCALIZE = frozenset(
     {"determined", "localized", "localised", "identified", "established", "isolated", "ascertained"}
 )
+_AFTER_RESOLVED = {"LOWER": {"IN": [".", ",", ";", "on", "after", "following", "with", "since"]}}
 _REPORTING_VERBS = frozenset({"mention", "describe", "report", "include", "comment"})
 # Cues starting with "not" take an optional "is" in front: otherwise they tie in length with
 # medspaCy's forward "is not" and overlap pruning may keep that one instead.
@@ -429,6 +430,7 @@ _DROPPED_DEFAULTS = frozenset(
         ": no",
         ": none",
         "no",
+        "resolved",
     }
 )
 
@@ -526,6 +528,38 @@ _RADIOLOGY_CONTEXT = [
         "BACKWARD",
         [{"LOWER": "interval"}, {"LOWER": {"IN": ["resolution", "resolved"]}}],
         max_scope=8,
+    ),
+    # "resolved abscess" (medspaCy's "resolved" scoped the whole sentence: "resolved hematoma,
+    # residual cord compression" lost the compression) and, in telegraphic dictation,
+    # "epidural abscess resolved, no residual collection": the longer backward cue wins where
+    # both match, so a finding after "resolved," is left alone
+    _rule("resolved", _NEG, "FORWARD", max_scope=3),
+    *(
+        _rule("abscess resolved", _NEG, "BACKWARD", [{"LOWER": "resolved"}, after], max_scope=4)
+        for after in (_AFTER_RESOLVED, {"IS_SPACE": True})
+    ),
+    # "epidural abscess, not resolved", "partially resolved": still there
+    *(
+        _rule(
+            "not resolved",
+            "PSEUDO",
+            "PSEUDO",
+            [
+                {"LOWER": {"IN": ["not", "n't", "incompletely", "partially", "partly", "never"]}},
+                {"LOWER": {"IN": ["completely", "fully", "yet", "entirely"]}, "OP": "?"},
+                {"LOWER": "resolved"},
+                after,
+            ],
+        )
+        for after in (_AFTER_RESOLVED, {"IS_SPACE": True})
+    ),
+    # a structured report's field: "Cord compression: none", "Retropulsion: absent"
+    _rule(
+        ": none",
+        _NEG,
+        "BACKWARD",
+        [{"ORTH": ":"}, {"LOWER": {"IN": ["none", "absent", "negative", "nil"]}}],
+        max_scope=4,
     ),
     _rule(
         "has resolved",

@@ -1672,3 +1672,26 @@ def test_a_denial_inside_parentheses_does_not_reach_the_root_contact_after_them(
 
 def test_a_denial_outside_parentheses_keeps_its_scope(rules: RoutingRules) -> None:
     assert assertion_status("No active (enhancing) lesions.", "lesions")["negated"]
+
+
+@pytest.mark.parametrize(
+    ("report", "critical"),
+    [
+        ("FINDINGS: prior epidural abscess resolved, no residual collection", False),
+        ("IMPRESSION: Epidural abscess resolved on antibiotics.", False),
+        ("IMPRESSION: Resolved epidural abscess.", False),
+        # "resolved" reaches neither past its comma nor far ahead
+        ("IMPRESSION: Hematoma resolved, new cord compression at T4.", True),
+        ("IMPRESSION: Resolved hematoma, residual cord compression at T4.", True),
+        # still there
+        ("IMPRESSION: Epidural abscess, not resolved.", True),
+        ("IMPRESSION: Epidural abscess, partially resolved.", True),
+        # a structured report's field
+        ("IMPRESSION: Cord compression: none. Severe left L5-S1 foraminal stenosis.", False),
+        ("IMPRESSION: Cord compression: severe at C5-6.", True),
+        # a vascular territory between "acute" and "infarct"
+        ("IMPRESSION: Acute right PICA infarct.", True),
+    ],
+)
+def test_resolved_and_field_answers(rules: RoutingRules, report: str, critical: bool) -> None:
+    assert classify_report(report, rules).critical is critical
