@@ -201,6 +201,14 @@ def test_negated_typo_or_truncation_does_not_escalate(
         # One edit from the American and from the British spelling: one word, not ambiguous.
         ("subdural heamatoma", "subdural hematoma"),
         ("acute ischeamic stroke", "acute ischemic stroke"),
+        # a short critical word's typo, read beside the other word of its phrase only
+        ("compression of the caude equina", "compression of the cauda equina"),
+        ("Caude equina compressed", "Cauda equina compressed"),
+        ("spinal crod compression", "spinal cord compression"),
+        ("the caude of the pain", "the caude of the pain"),
+        # an added last letter is an inflection, not a typo; a real word stays itself
+        ("the spinal cords", "the spinal cords"),
+        ("core decompression of the femoral head", "core decompression of the femoral head"),
     ],
 )
 def test_typos_and_truncations_of_critical_words_are_read_as_the_word(
