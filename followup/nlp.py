@@ -297,7 +297,8 @@ _BE = {"LOWER": {"IN": ["is", "are", "was", "were", "been", "remains", "remain"]
 _COULD_NOT_LOCALIZE = frozenset(
     {"determined", "localized", "localised", "identified", "established", "isolated", "ascertained"}
 )
-_AFTER_RESOLVED = {"LOWER": {"IN": [".", ",", ";", "on", "after", "following", "with", "since"]}}
+# what follows "resolved" when it speaks of the words before it: a stop, a line end, "on", "after"
+_AFTER_RESOLVED = {"LOWER": {"REGEX": r"^(?:[.,;]|on|after|following|with|since|\s+)$"}}
 _REPORTING_VERBS = frozenset({"mention", "describe", "report", "include", "comment"})
 # Cues starting with "not" take an optional "is" in front: otherwise they tie in length with
 # medspaCy's forward "is not" and overlap pruning may keep that one instead.
@@ -534,24 +535,18 @@ _RADIOLOGY_CONTEXT = [
     # "epidural abscess resolved, no residual collection": the longer backward cue wins where
     # both match, so a finding after "resolved," is left alone
     _rule("resolved", _NEG, "FORWARD", max_scope=3),
-    *(
-        _rule("abscess resolved", _NEG, "BACKWARD", [{"LOWER": "resolved"}, after], max_scope=4)
-        for after in (_AFTER_RESOLVED, {"IS_SPACE": True})
-    ),
+    _rule("X resolved", _NEG, "BACKWARD", [{"LOWER": "resolved"}, _AFTER_RESOLVED], max_scope=4),
     # "epidural abscess, not resolved", "partially resolved": still there
-    *(
-        _rule(
-            "not resolved",
-            "PSEUDO",
-            "PSEUDO",
-            [
-                {"LOWER": {"IN": ["not", "n't", "incompletely", "partially", "partly", "never"]}},
-                {"LOWER": {"IN": ["completely", "fully", "yet", "entirely"]}, "OP": "?"},
-                {"LOWER": "resolved"},
-                after,
-            ],
-        )
-        for after in (_AFTER_RESOLVED, {"IS_SPACE": True})
+    _rule(
+        "not resolved",
+        "PSEUDO",
+        "PSEUDO",
+        [
+            {"LOWER": {"IN": ["not", "n't", "incompletely", "partially", "partly", "never"]}},
+            {"LOWER": {"IN": ["completely", "fully", "yet", "entirely"]}, "OP": "?"},
+            {"LOWER": "resolved"},
+            _AFTER_RESOLVED,
+        ],
     ),
     # a structured report's field: "Cord compression: none", "Retropulsion: absent"
     _rule(
