@@ -527,6 +527,8 @@ def test_assertion_status_scope(sentence: str, concept: str, negated: bool) -> N
         "Clinical cauda equina syndrome cannot be excluded on imaging grounds alone; however, no"
         " compressive lesion of the cauda equina is seen.",
         "CES is a clinical diagnosis; no compression of the cauda equina.",
+        "Cauda equina syndrome cannot be excluded on clinical grounds; however, no compressive"
+        " lesion is demonstrated on imaging.",
     ],
 )
 def test_a_hedge_about_the_clinical_syndrome_is_no_imaging_finding(
@@ -1709,6 +1711,12 @@ def test_a_denial_outside_parentheses_keeps_its_scope(rules: RoutingRules) -> No
         # a structured report's field
         ("IMPRESSION: Cord compression: none. Severe left L5-S1 foraminal stenosis.", False),
         ("IMPRESSION: Cord compression: severe at C5-6.", True),
+        # a field whose answer denies what follows it
+        (
+            "FINDINGS:\nEpidural space: Negative for epidural abscess.\nIMPRESSION:\nDiscitis."
+            " Negative for epidural abscess.",
+            False,
+        ),
         # a vascular territory between "acute" and "infarct"
         ("IMPRESSION: Acute right PICA infarct.", True),
     ],
@@ -1749,3 +1757,27 @@ def test_a_joint_effusion_is_routed_only_alone(
     rules: RoutingRules, report: str, referrals: list[str]
 ) -> None:
     assert classify_report(report, rules).referrals == referrals
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "MRI C-SPINE\nhx: myelopathic sx, falls\nC6-7: lg central HNP w/ cord deformity\n"
+        "C5-6: mild bulge\nimp: as above",
+        "HISTORY: Neck pain.\nC6-7: cord compression by a large extrusion.",
+        "INDICATION: Neck pain.\nC5/6: large extrusion flattening the cord.\nIMPRESSION: C5-6"
+        " extrusion.",
+    ],
+)
+def test_level_lines_under_a_history_header_are_findings(rules: RoutingRules, report: str) -> None:
+    decision = classify_report(report, rules)
+    assert decision.critical, decision.explanations
+
+
+def test_a_history_line_is_not_a_level_line(rules: RoutingRules) -> None:
+    decision = classify_report(
+        "HISTORY: C6-7 cord compression in 2019, decompressed.\nIMPRESSION: Postoperative"
+        " changes at C6-7 without residual stenosis.",
+        rules,
+    )
+    assert not decision.critical, decision.explanations
