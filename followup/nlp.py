@@ -242,7 +242,17 @@ _SECTION_HEADERS = {
     ],
     "comparison": ["comparison", "comparisons", "prior studies", "prior exams"],
     "technique": ["technique", "protocol", "sequences", "contrast"],
-    "findings": ["findings", "finding"],
+    "findings": [
+        "findings",
+        "finding",
+        "report",
+        "result",
+        "results",
+        "observations",
+        "description",
+        "mri findings",
+        "imaging findings",
+    ],
     "impression": [
         "impression",
         "impressions",
@@ -254,9 +264,18 @@ _SECTION_HEADERS = {
         "diagnostic impression",
         "imp",
         "impr",
+        "comment",
+        "comments",
+        "interpretation",
+        "discussion",
+        "findings and impression",
+        "findings / impression",
     ],
     "addendum": ["addendum"],
 }
+# Headers only at the start of a line or sentence: "OUTSIDE REPORT: possible cord compression"
+# is a comparison, not this report's findings.
+_LINE_START_ONLY = frozenset({"report", "result", "results", "description", "comment", "comments"})
 # Written on a line of their own without a colon by some RIS templates.
 _BARE_HEADERS = {"impression": "IMPRESSION", "findings": "FINDINGS", "addendum": "ADDENDUM"}
 
@@ -271,6 +290,8 @@ def _section_rules() -> list[SectionRule]:
             if category == "addendum":  # "Addendum #2:"
                 tail += [{"ORTH": "#", "OP": "?"}, {"IS_DIGIT": True, "OP": "?"}]
             rules.append(SectionRule(phrase, category, pattern=[first, *tail, {"ORTH": ":"}]))
+            if phrase in _LINE_START_ONLY:
+                continue
             # An all-capitals header is a header wherever it is ("...at 10:32. IMPRESSION: ...").
             caps = [{"ORTH": word.upper()} for word in words]
             rules.append(SectionRule(phrase, category, pattern=[*caps, {"ORTH": ":"}]))

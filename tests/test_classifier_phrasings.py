@@ -1781,3 +1781,26 @@ def test_a_history_line_is_not_a_level_line(rules: RoutingRules) -> None:
         rules,
     )
     assert not decision.critical, decision.explanations
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "Clinical details: Neck pain.\nReport: Large C5-6 extrusion compressing the spinal cord."
+        "\nConclusion: Degenerative change.",
+        "Indication: back pain\nFindings/Impression: L4-5 extrusion compressing the cauda equina.",
+        "History: weakness\nInterpretation: Acute infarct in the left MCA territory.",
+        "Hx: fall\nComment: Burst fracture of L1 with retropulsion.",
+        "INDICATION: Neck pain.\nRESULTS: Flattening of the cord at C5-6.\nIMPRESSION: C5-6 disc.",
+    ],
+)
+def test_findings_under_other_headers_are_read(rules: RoutingRules, report: str) -> None:
+    assert classify_report(report, rules).critical
+
+
+def test_a_report_named_inside_a_comparison_is_no_header(rules: RoutingRules) -> None:
+    decision = classify_report(
+        "COMPARISON: OUTSIDE REPORT: POSSIBLE CORD COMPRESSION.\nIMPRESSION: NO CORD COMPRESSION.",
+        rules,
+    )
+    assert not decision.critical, decision.explanations
