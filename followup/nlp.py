@@ -506,6 +506,8 @@ _RADIOLOGY_CONTEXT = [
     # "non-compressive myelopathy", "non enhancing lesions": the prefix negates the next word
     # only, so the finding it qualifies ("myelopathy", "lesions") is still read.
     _rule("non-", _NEG, "FORWARD", [{"LOWER": "non"}, {"ORTH": "-", "OP": "?"}], max_scope=1),
+    # "avascular necrosis, pre-collapse": the stage before the collapse, not a collapse
+    _rule("pre-", _NEG, "FORWARD", [{"LOWER": "pre"}, {"ORTH": "-", "OP": "?"}], max_scope=1),
     # "demyelinating lesions, none enhancing", "none of which enhance": the lesions are read,
     # the word "none" denies what follows it closely (the enhancement)
     _rule(

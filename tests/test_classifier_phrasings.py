@@ -1804,3 +1804,69 @@ def test_a_report_named_inside_a_comparison_is_no_header(rules: RoutingRules) ->
         rules,
     )
     assert not decision.critical, decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("report", "label"),
+    [
+        (
+            "IMPRESSION: Acute right cerebellar haemorrhage, probably hypertensive.",
+            "intracranial_hemorrhage",
+        ),
+        ("IMPRESSION: Acute left thalamic intraparenchymal hematoma.", "intracranial_hemorrhage"),
+        (
+            "IMPRESSION: Along the dorsal epidural space at T6-T8 there is a thin enhancing"
+            " collection that is concerning for abscess.",
+            "epidural_abscess",
+        ),
+        (
+            "IMPRESSION: L2-3 extrusion, caudal equina roots crowded + compressed.",
+            "cauda_equina_compression",
+        ),
+    ],
+)
+def test_critical_findings_across_a_statement_escalate(
+    rules: RoutingRules, report: str, label: str
+) -> None:
+    decision = classify_report(report, rules)
+    assert decision.critical, decision.explanations
+    assert label in _labels(decision)
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "IMPRESSION: Epidural space is clear; left psoas abscess.",
+        "IMPRESSION: The epidural space is normal, with a right paraspinal abscess.",
+        "IMPRESSION: No abscess in the epidural space.",
+        "FINDINGS: Epidural space: no abscess or collection.\nIMPRESSION: Discitis at L2-3.",
+    ],
+)
+def test_an_abscess_beside_a_normal_epidural_space_does_not_escalate(
+    rules: RoutingRules, report: str
+) -> None:
+    assert not classify_report(report, rules).critical
+
+
+@pytest.mark.parametrize(
+    ("report", "label", "urgency"),
+    [
+        ("IMPRESSION: Stable non-enhancing demyelinating lesions.", "demyelination", "routine"),
+        (
+            "IMPRESSION: Right femoral head avascular necrosis, pre-collapse.",
+            "osteonecrosis",
+            "routine",
+        ),
+        (
+            "IMPRESSION: Right femoral head avascular necrosis with collapse.",
+            "osteonecrosis_collapse",
+            "urgent",
+        ),
+    ],
+)
+def test_a_prefix_denies_the_qualifier_not_the_finding(
+    rules: RoutingRules, report: str, label: str, urgency: str
+) -> None:
+    decision = classify_report(report, rules)
+    assert label in _labels(decision), decision.explanations
+    assert decision.urgency == urgency
