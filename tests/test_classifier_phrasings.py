@@ -13,6 +13,8 @@ language no rule routes goes to review with its sentence quoted.
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 
 from followup.core.routing import Decision
@@ -135,6 +137,34 @@ def test_critical_phrasing_only_in_findings_escalates_and_says_where(
     assert label in _labels(decision)
     assert decision.explanations[0].startswith("emergent: ")
     assert "in FINDINGS" in decision.explanations[0]
+
+
+_WRAP_LEAD = "Compared with the outside study there has been interval change, and now"
+
+
+@pytest.mark.parametrize("width", [40, 52, 64, 72, 80])
+@pytest.mark.parametrize("label", sorted(CRITICAL_PHRASINGS))
+def test_critical_phrasing_wrapped_at_a_fixed_width_escalates(
+    rules: RoutingRules, label: str, width: int
+) -> None:
+    """A RIS that wraps the report (one OBX segment per line) cuts phrases in two."""
+    for family, phrase in CRITICAL_PHRASINGS[label].items():
+        prose = f"{_WRAP_LEAD} {_lower_first(phrase)}. {_MILD_IMPRESSION.split(':', 1)[1]}"
+        text = "IMPRESSION:\n" + "\n".join(textwrap.wrap(prose, width))
+        decision = classify_report(text, rules)
+        assert decision.critical, (family, text, decision.explanations)
+        assert label in _labels(decision), (family, text)
+
+
+@pytest.mark.parametrize("width", [40, 52, 64, 72, 80])
+@pytest.mark.parametrize("label", sorted(CRITICAL_PHRASINGS))
+def test_negated_critical_phrasing_wrapped_does_not_escalate(
+    rules: RoutingRules, label: str, width: int
+) -> None:
+    noun = _lower_first(CRITICAL_PHRASINGS[label]["noun"])
+    prose = f"{_WRAP_LEAD} there is no evidence of {noun}. Mild degenerative change."
+    text = "IMPRESSION:\n" + "\n".join(textwrap.wrap(prose, width))
+    assert not classify_report(text, rules).critical, text
 
 
 @pytest.mark.parametrize("label", sorted(CRITICAL_PHRASINGS))
