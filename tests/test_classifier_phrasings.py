@@ -424,6 +424,16 @@ ROUTING_PHRASINGS: dict[str, tuple[str, str, str]] = {
         "Effacement of the thecal sac",
     ),
     "incidental": ("L2 hemangioma", "Tarlov cyst at S2", "Chronic microvascular ischemic change"),
+    "joint_effusion": (
+        "Moderate joint effusion",
+        "Large knee effusion",
+        "Effusion of the left knee joint",
+    ),
+    "physiologic_joint_fluid": (
+        "Physiologic joint fluid",
+        "Small joint effusion",
+        "Trace knee effusion",
+    ),
 }
 
 
@@ -964,6 +974,8 @@ def test_a_degenerative_cause_of_a_compression_or_severe_stenosis_routes_with_it
         # not named as the cause: a degenerative statement of its own with no level
         "IMPRESSION: Possible cord compression at T4 from a retropulsed fragment. Thoracic"
         " spondylosis.",
+        # a statement of its own after a semicolon, about more levels than the stenosis
+        "IMPRESSION: Severe left C5-6 foraminal stenosis; multilevel degenerative disc disease.",
     ],
 )
 def test_a_degenerative_finding_elsewhere_still_goes_to_pain_management(
@@ -1703,3 +1715,37 @@ def test_a_denial_outside_parentheses_keeps_its_scope(rules: RoutingRules) -> No
 )
 def test_resolved_and_field_answers(rules: RoutingRules, report: str, critical: bool) -> None:
     assert classify_report(report, rules).critical is critical
+
+
+@pytest.mark.parametrize(
+    ("report", "label"),
+    [
+        ("IMPRESSION: Severe R C5-6 foraminal stenosis.", "severe_stenosis"),
+        ("IMPRESSION: Severe bilat L4-5 neuroforaminal narrowing.", "severe_stenosis"),
+        ("FINDINGS: Marrow replacing lesion of the T9 body.\nIMPRESSION: T9 met.", "metastasis"),
+        ("IMPRESSION: Solitary osseous met in L2.", "metastasis"),
+    ],
+)
+def test_shorthand_of_the_impression_routes(rules: RoutingRules, report: str, label: str) -> None:
+    decision = classify_report(report, rules)
+    assert label in _labels(decision), decision.explanations
+    assert not decision.needs_review, decision.explanations
+
+
+def test_criteria_met_is_no_metastasis(rules: RoutingRules) -> None:
+    decision = classify_report("IMPRESSION: Criteria met for mild canal stenosis at L4-5.", rules)
+    assert "metastasis" not in _labels(decision)
+
+
+@pytest.mark.parametrize(
+    ("report", "referrals"),
+    [
+        ("IMPRESSION: Moderate joint effusion; otherwise normal knee MRI.", ["pain_management"]),
+        ("IMPRESSION: Large effusion. Complex tear of the medial meniscus.", ["orthopedics"]),
+        ("IMPRESSION: Small joint effusion. Otherwise normal knee.", []),
+    ],
+)
+def test_a_joint_effusion_is_routed_only_alone(
+    rules: RoutingRules, report: str, referrals: list[str]
+) -> None:
+    assert classify_report(report, rules).referrals == referrals
