@@ -1246,7 +1246,17 @@ def test_a_typo_of_a_long_routed_word_is_read_as_that_word(
 
 
 @pytest.mark.parametrize(
-    "real", ["injection", "injected", "displayed", "contracted", "narrow", "protrusions", "lesions"]
+    "real",
+    [
+        "injection",
+        "injected",
+        "displayed",
+        "contracted",
+        "narrow",
+        "protrusions",
+        "lesions",
+        "fraction",
+    ],
 )
 def test_real_words_near_a_routed_word_are_not_respelled(rules: RoutingRules, real: str) -> None:
     assert respeller(rules)(f"the {real} one") == f"the {real} one"
@@ -1749,3 +1759,103 @@ def test_a_joint_effusion_is_routed_only_alone(
     rules: RoutingRules, report: str, referrals: list[str]
 ) -> None:
     assert classify_report(report, rules).referrals == referrals
+
+
+# --- MSK shorthand, eponyms and nerve acronyms of community and teleradiology reports ----------
+
+MSK_SHORTHAND: list[tuple[str, str, str]] = [
+    # (impression, routed label, family)
+    ("Bucket handle MM tear, fragment in the notch.", "tendon_ligament_tear", "meniscus acronym"),
+    ("PHMM radial tear.", "tendon_ligament_tear", "meniscus acronym"),
+    ("LM posterior horn horizontal tear.", "tendon_ligament_tear", "meniscus acronym"),
+    ("Complex tear of the menicus.", "tendon_ligament_tear", "misspelling"),
+    ("FT SSP tear w/ 3 cm retraction.", "tendon_ligament_tear", "cuff acronym"),
+    ("Subscap tendon FT tear with medial LHB dislocation.", "tendon_ligament_tear", "cuff acronym"),
+    ("Full thickness tear of the supraspinatous tendon.", "tendon_ligament_tear", "misspelling"),
+    ("FT glut med tear, retracted 2 cm.", "tendon_ligament_tear", "gluteal shorthand"),
+    ("Torn anterosup labrum.", "tendon_ligament_tear", "position shorthand"),
+    ("Bankart lesion and Hill-Sachs defect.", "tendon_ligament_tear", "eponym"),
+    ("HAGL lesion.", "tendon_ligament_tear", "acronym"),
+    ("ALPSA lesion.", "tendon_ligament_tear", "acronym"),
+    ("Stener lesion.", "tendon_ligament_tear", "eponym"),
+    ("Segond fracture.", "tendon_ligament_tear", "eponym"),
+    ("Posterolateral corner injury.", "tendon_ligament_tear", "knee corner"),
+    ("SL ligament tear with scapholunate widening.", "tendon_ligament_tear", "wrist acronym"),
+    ("Unstable OCD lesion of the medial femoral condyle.", "osteonecrosis", "acronym"),
+    ("OLT medial talar dome.", "osteonecrosis", "acronym"),
+    ("SONK of the medial femoral condyle.", "osteonecrosis", "acronym"),
+    ("Bilateral femoral head ON, ARCO II.", "osteonecrosis", "acronym and stage"),
+    ("Freiberg infraction of the second metatarsal head.", "osteonecrosis", "eponym"),
+    ("Kienbock disease, Lichtman stage II.", "osteonecrosis", "eponym without umlaut"),
+    ("High-grade PTT of SSP, bursal surface.", "partial_tear_tendinosis", "acronym"),
+    ("De Quervain tenosynovitis.", "partial_tear_tendinosis", "eponym"),
+    ("ITB friction syndrome.", "partial_tear_tendinosis", "syndrome"),
+    ("Jumper's knee.", "partial_tear_tendinosis", "syndrome"),
+    ("CuTS.", "peripheral_nerve", "acronym"),
+    ("CTS.", "peripheral_nerve", "acronym"),
+    ("Ulnar n. compression at Guyon canal.", "peripheral_nerve", "n. for nerve"),
+    ("PIN entrapment at the arcade of Frohse.", "peripheral_nerve", "nerve acronym"),
+    ("Compression of the AIN.", "peripheral_nerve", "nerve acronym"),
+    ("Meralgia paresthetica.", "peripheral_nerve", "eponym"),
+]
+
+
+@pytest.mark.parametrize(("impression", "label", "family"), MSK_SHORTHAND)
+def test_msk_shorthand_and_eponyms_route_without_review(
+    rules: RoutingRules, impression: str, label: str, family: str
+) -> None:
+    decision = classify_report(f"MRI JOINT. IMPRESSION: {impression}", rules)
+    assert label in _labels(decision), (family, decision.explanations)
+    assert set(rules.rule(label).referrals) <= set(decision.referrals)
+    assert not decision.critical
+    assert not decision.needs_review, decision.explanations
+
+
+@pytest.mark.parametrize(
+    "impression",
+    [
+        "No FT SSP tear.",
+        "No Hill-Sachs or Bankart lesion.",
+        "No OCD.",
+        "Ulnar n. normal. No CuTS.",
+        "No PIN entrapment.",
+        "Labral tear unlikely. RC intact.",
+        "No menisical tear. No ligamnet tear.",
+    ],
+)
+def test_denied_msk_shorthand_routes_nothing(rules: RoutingRules, impression: str) -> None:
+    decision = classify_report(f"MRI JOINT. IMPRESSION: {impression}", rules)
+    assert (decision.referrals, decision.critical) == ([], False), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("report", "label"),
+    [
+        # a size before "tear" is no meniscus: the annular tear is still reviewed, not orthopedics
+        ("MRI LUMBAR SPINE. IMPRESSION: 3 mm tear of the annulus at L4-5.", "tendon_ligament_tear"),
+        # upper-case ON is a word in an all-caps report
+        ("MRI HIPS. IMPRESSION: SMALL CYST IN THE FEMORAL HEAD ON THE LEFT.", "osteonecrosis"),
+        # "cuts" and a displaced pin are no nerve findings
+        (
+            "MRI WRIST. IMPRESSION: Axial cuts through the carpal tunnel are normal.",
+            "peripheral_nerve",
+        ),
+        ("MRI HAND. IMPRESSION: K-wire pin displaced from the metacarpal.", "peripheral_nerve"),
+    ],
+)
+def test_msk_acronyms_keep_out_of_look_alikes(rules: RoutingRules, report: str, label: str) -> None:
+    assert label not in _labels(classify_report(report, rules))
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        # PLC in a spine report is the posterior ligamentous complex of an unstable fracture
+        "MRI T-SPINE. IMPRESSION: Acute T11 fracture with PLC disruption.",
+        "MRI T-SPINE. IMPRESSION: Disruption of the PLC with an acute T11 fracture.",
+    ],
+)
+def test_plc_in_a_spine_report_stays_the_unstable_fracture(
+    rules: RoutingRules, report: str
+) -> None:
+    assert classify_report(report, rules).critical
