@@ -1797,6 +1797,17 @@ MSK_SHORTHAND: list[tuple[str, str, str]] = [
     ("PIN entrapment at the arcade of Frohse.", "peripheral_nerve", "nerve acronym"),
     ("Compression of the AIN.", "peripheral_nerve", "nerve acronym"),
     ("Meralgia paresthetica.", "peripheral_nerve", "eponym"),
+    ("ACL not visualised, in keeping with complete rupture.", "tendon_ligament_tear", "no name"),
+    ("Grade III MCL sprain.", "tendon_ligament_tear", "sprain grade"),
+    ("ACL graft rupture.", "tendon_ligament_tear", "graft"),
+    ("SLAP lesion type II.", "tendon_ligament_tear", "acronym and type"),
+    ("Displaced meniscal flap in the superior recess.", "tendon_ligament_tear", "displaced flap"),
+    ("Medial meniscal root tear with 4 mm extrusion.", "tendon_ligament_tear", "extruded meniscus"),
+    ("The medial meniscus body is extruded.", "tendon_ligament_tear", "extruded meniscus"),
+    ("Hamstring origin avulsion with 5 cm retraction.", "tendon_ligament_tear", "origin"),
+    ("Gluteus minimus and medius full thickness tears.", "tendon_ligament_tear", "two tendons"),
+    ("Peroneus brevis split tear.", "tendon_ligament_tear", "split tear"),
+    ("LHBT rupture.", "tendon_ligament_tear", "acronym"),
 ]
 
 
@@ -1841,6 +1852,13 @@ def test_denied_msk_shorthand_routes_nothing(rules: RoutingRules, impression: st
             "peripheral_nerve",
         ),
         ("MRI HAND. IMPRESSION: K-wire pin displaced from the metacarpal.", "peripheral_nerve"),
+        # "complete tear of" something no rule knows is still reviewed, not orthopedics
+        ("MRI L-SPINE. IMPRESSION: Complete tear of the annulus at L4-5.", "tendon_ligament_tear"),
+        # disc words that describe a meniscus, an acetabulum or a muscle
+        ("MRI KNEE. IMPRESSION: Medial meniscal root tear with extrusion.", "disc_herniation"),
+        ("MRI HIP. IMPRESSION: Acetabular protrusion.", "disc_herniation"),
+        ("MRI LEG. IMPRESSION: Muscle herniation through a fascial defect.", "disc_herniation"),
+        ("MRI HIP. IMPRESSION: Synovial herniation pit of the femoral neck.", "disc_herniation"),
     ],
 )
 def test_msk_acronyms_keep_out_of_look_alikes(rules: RoutingRules, report: str, label: str) -> None:
