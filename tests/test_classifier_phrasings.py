@@ -1808,6 +1808,16 @@ MSK_SHORTHAND: list[tuple[str, str, str]] = [
     ("Gluteus minimus and medius full thickness tears.", "tendon_ligament_tear", "two tendons"),
     ("Peroneus brevis split tear.", "tendon_ligament_tear", "split tear"),
     ("LHBT rupture.", "tendon_ligament_tear", "acronym"),
+    ("Intrasubstance tear of the SSP.", "partial_tear_tendinosis", "one-surface tear"),
+    ("Articular-sided tear of the supraspinatus.", "partial_tear_tendinosis", "one-surface tear"),
+    ("Thickened, T2 hyperintense ulnar nerve.", "peripheral_nerve", "signs before the nerve"),
+    ("The ulnar nerve is thickened and T2 hyperintense.", "peripheral_nerve", "nerve is"),
+    ("Septic knee.", "soft_tissue_joint_infection", "joint named for its infection"),
+    ("Pyarthrosis of the knee.", "soft_tissue_joint_infection", "pyarthrosis"),
+    ("Flexor tenosynovitis, likely infectious.", "soft_tissue_joint_infection", "after"),
+    ("RA with erosions of the MCP joints.", "inflammatory_arthritis", "RA"),
+    ("Active synovitis and bony erosions c/w RA.", "inflammatory_arthritis", "bony erosions"),
+    ("Gouty erosions 1st MTP with tophus.", "inflammatory_arthritis", "gout"),
 ]
 
 
@@ -1832,6 +1842,8 @@ def test_msk_shorthand_and_eponyms_route_without_review(
         "No PIN entrapment.",
         "Labral tear unlikely. RC intact.",
         "No menisical tear. No ligamnet tear.",
+        "No septic knee.",
+        "No erosions. RA not excluded clinically.",
     ],
 )
 def test_denied_msk_shorthand_routes_nothing(rules: RoutingRules, impression: str) -> None:
