@@ -1818,6 +1818,8 @@ MSK_SHORTHAND: list[tuple[str, str, str]] = [
     ("RA with erosions of the MCP joints.", "inflammatory_arthritis", "RA"),
     ("Active synovitis and bony erosions c/w RA.", "inflammatory_arthritis", "bony erosions"),
     ("Gouty erosions 1st MTP with tophus.", "inflammatory_arthritis", "gout"),
+    ("MM tear PH.", "tendon_ligament_tear", "meniscus acronym, part after"),
+    ("CET tear.", "tendon_ligament_tear", "elbow acronym"),
 ]
 
 
