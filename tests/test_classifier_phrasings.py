@@ -1256,6 +1256,9 @@ def test_a_typo_of_a_long_routed_word_is_read_as_that_word(
         "protrusions",
         "lesions",
         "fraction",
+        "possible",
+        "probable",
+        "there",
     ],
 )
 def test_real_words_near_a_routed_word_are_not_respelled(rules: RoutingRules, real: str) -> None:
