@@ -2015,3 +2015,30 @@ def test_a_prefix_denies_the_qualifier_not_the_finding(
     decision = classify_report(report, rules)
     assert label in _labels(decision), decision.explanations
     assert decision.urgency == urgency
+
+
+@pytest.mark.parametrize(
+    ("report", "critical", "referrals"),
+    [
+        # a one-line report whose IMPRESSION points back: the title is only its first sentence
+        (
+            "MRI C-spine. Severe cord compression at C5-6 with T2 cord signal. Imp: as above.",
+            True,
+            ["orthopedics"],
+        ),
+        (
+            "mri shoulder lt. FT tear of the infraspinatus tendon, 1.5 cm retraction."
+            " imp: as above.",
+            False,
+            ["orthopedics"],
+        ),
+        # the title sentence itself still names the question, not a finding
+        ("MRI C-SPINE: ?CORD COMPRESSION. Imp: as above.", False, []),
+        ("MRI L-SPINE FOR CES. Imp: as above.", False, []),
+    ],
+)
+def test_a_one_line_report_loses_only_its_title_sentence(
+    rules: RoutingRules, report: str, critical: bool, referrals: list[str]
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.critical, decision.referrals) == (critical, referrals), decision.explanations
