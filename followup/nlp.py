@@ -1291,15 +1291,26 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
     # is routed from it too, and a human is told why.
     beside = [c for c in ("findings", None) if c not in routed] if "impression" in routed else []
     sections = [(category, body) for category, body in sections if _has_text(body)]
+    read_whole = False  # the IMPRESSION points back to the text beside it
     if beside and any(
         category == "impression" and _REFERS_BACK.search(body.text) for category, body in sections
     ):
         routed, beside = [*routed, *beside], []
+        read_whole = True
+    # Text without a header, routed because the report has headers but no IMPRESSION or
+    # FINDINGS (level lines under a HISTORY header): its first line may be the exam title
+    instead_of_findings = (
+        None in routed
+        and not {"impression", "findings"} & set(routed)
+        and any(category is not None for category, _ in sections)
+    )
     findings: list[Finding] = []
     for category, body in sections:
         if category in routed:
-            if category is None and routed != [None]:
+            if category is None and instead_of_findings:
                 body = _without_title(body)
+            elif category is None and read_whole:
+                body = _without_asking_title(body)
             findings += _section_findings(nlp, body, _section_name(category), rules)
     rule_of = {rule.label: rule for rule in rules.rules}
     # "Unremarkable MRI." above FINDINGS that name a root contact: the IMPRESSION names nothing
@@ -1401,6 +1412,21 @@ def _without_title(body: Span) -> Span:
         if token.i > body.start and token.is_sent_start:
             return body.doc[token.i : body.end]
     return body.doc[body.end : body.end]
+
+
+# "MRI L SPINE FOR ?CES", "MRI C-SPINE: R/O CORD COMPRESSION": the clinician's question
+_QUESTION = re.compile(
+    r"\?|\b(?:for|r/o|rule out|query|eval(?:uate|uation)?|exclude|assess(?:ment)?)\b",
+    re.IGNORECASE,
+)
+
+
+def _without_asking_title(body: Span) -> Span:
+    """Text routed whole without its title line when the title asks a question; a title
+    that states a finding keeps it ("mri c-spine: cord compression C5-6. imp: as above")."""
+    rest = _without_title(body)
+    title = body.doc[body.start : rest.start] if rest.start > body.start else body
+    return rest if _QUESTION.search(title.text) else body
 
 
 def _region(

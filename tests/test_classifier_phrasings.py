@@ -2072,3 +2072,24 @@ def test_a_one_line_report_loses_only_its_title_sentence(
 ) -> None:
     decision = classify_report(report, rules)
     assert (decision.critical, decision.referrals) == (critical, referrals), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("report", "critical"),
+    [
+        # the title states the finding: it is the report's text
+        ("mri c-spine: cord compression C5-6. imp: as above.", True),
+        ("MRI C-spine. Severe cord compression at C5-6 with T2 cord signal. Imp: as above.", True),
+        # the title asks the clinician's question: no finding
+        ("MRI C-SPINE: ?CORD COMPRESSION. Imp: as above.", False),
+        ("MRI L SPINE FOR CES\nL4-5: mild bulge\nimp: as above", False),
+        (
+            "MRI C-SPINE ?CORD COMPRESSION\nC5-6: extrusion compressing the cord\nIMP: as above",
+            True,
+        ),
+    ],
+)
+def test_an_impression_as_above_reads_the_title_only_when_it_asks_nothing(
+    rules: RoutingRules, report: str, critical: bool
+) -> None:
+    assert classify_report(report, rules).critical is critical
