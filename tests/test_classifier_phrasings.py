@@ -665,6 +665,20 @@ def test_epidural_enhancement_read_with_the_abscess_it_names(
         ("cauda_equina_compression", "L3/4 sequestered disc, CE compression"),
         ("epidural_abscess", "Peripherally enhancing ventral epidural fluid from C4 to C7"),
         ("unstable_fracture", "L3 burst fx with retropulsion"),
+        # a probe of 40 forms written 2026-12-08 before the rules that read them (6 missed)
+        ("cord_compression", "Critical canal stenosis at C5-6 with cord effacement"),
+        ("cord_compression", "Effacement of the spinal cord at C5-6"),
+        ("cord_compression", "Cord compromise at C5-6"),
+        (
+            "cord_compression",
+            "Myelopathic signal in the cord at C3-4 due to severe compressive stenosis",
+        ),
+        (
+            "cauda_equina_compression",
+            "Mass effect upon the thecal sac and cauda equina at L3-4 from a sequestered fragment",
+        ),
+        ("intracranial_hemorrhage", "Intraventricular extension of hemorrhage"),
+        ("intracranial_hemorrhage", "Right frontal intraparenchymal bleed with surrounding edema"),
     ],
 )
 def test_more_critical_forms_escalate(rules: RoutingRules, label: str, phrase: str) -> None:
