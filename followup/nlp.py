@@ -1344,6 +1344,10 @@ def _without_title(body: Span) -> Span:
     for token in body:
         if "\n" in token.text and not token.text.strip():
             return body.doc[token.i + 1 : body.end]
+        # a report dictated on one line: the title is its first sentence ("MRI C-SPINE.
+        # Cord: compressed at C5-6 ... IMPRESSION: See checklist above.")
+        if token.i > body.start and token.is_sent_start:
+            return body.doc[token.i : body.end]
     return body.doc[body.end : body.end]
 
 

@@ -1703,3 +1703,32 @@ def test_a_denial_outside_parentheses_keeps_its_scope(rules: RoutingRules) -> No
 )
 def test_resolved_and_field_answers(rules: RoutingRules, report: str, critical: bool) -> None:
     assert classify_report(report, rules).critical is critical
+
+
+# --- spine and brain voices: checklists, one-line dictation, speech recognition, shorthand -------
+
+
+@pytest.mark.parametrize(
+    ("report", "critical"),
+    [
+        # a one-line report: its title is the first sentence, not the whole line
+        (
+            "MRI C-SPINE. Alignment: normal. Cord: compressed at C5-6 by a disc extrusion."
+            " IMPRESSION: See checklist above.",
+            True,
+        ),
+        (
+            "MRI C-SPINE. Motion-degraded. Cord compression cannot be excluded at C5-6."
+            " IMPRESSION: Nondiagnostic study.",
+            True,
+        ),
+        (
+            "MRI L-SPINE FOR CES. Conus normal. IMPRESSION: Mild L4-5 facet arthropathy.",
+            False,
+        ),
+    ],
+)
+def test_one_line_report_text_beside_the_impression_is_read(
+    rules: RoutingRules, report: str, critical: bool
+) -> None:
+    assert classify_report(report, rules).critical is critical
