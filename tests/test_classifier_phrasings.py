@@ -1732,3 +1732,30 @@ def test_one_line_report_text_beside_the_impression_is_read(
     rules: RoutingRules, report: str, critical: bool
 ) -> None:
     assert classify_report(report, rules).critical is critical
+
+
+@pytest.mark.parametrize(
+    ("report", "critical", "label"),
+    [
+        (
+            "MRI LUMBAR SPINE\nCauda equina: nerve roots are compressed at L4-5.",
+            True,
+            "cauda_equina_compression",
+        ),
+        ("MRI BRAIN\nIMPRESSION: R temporal EDH 12 mm.", True, "intracranial_hemorrhage"),
+        (
+            "MRI BRAIN\nIMPRESSION: L basal ganglia IPH with IVH extension.",
+            True,
+            "intracranial_hemorrhage",
+        ),
+        ("MRI BRAIN\nIMPRESSION: No EDH, SDH or IPH.", False, None),
+        ("MRI BRAIN\nIMPRESSION: No IVH.", False, None),
+    ],
+)
+def test_checklist_fields_and_bleed_shorthand(
+    rules: RoutingRules, report: str, critical: bool, label: str | None
+) -> None:
+    decision = classify_report(report, rules)
+    assert decision.critical is critical, decision.explanations
+    if label is not None:
+        assert label in _labels(decision)
