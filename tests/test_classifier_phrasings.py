@@ -1759,3 +1759,41 @@ def test_checklist_fields_and_bleed_shorthand(
     assert decision.critical is critical, decision.explanations
     if label is not None:
         assert label in _labels(decision)
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        # a word speech recognition split: the pieces joined are a concept word, or a typo
+        # of one from pieces the rules do not know
+        ("severe stenosis with cord come pression", "severe stenosis with cord compression"),
+        ("dorsal epi dural abcess", "dorsal epidural abscess"),
+        ("L4-5 disk itis and osteo my elitis", "L4-5 diskitis and osteomyelitis"),
+        ("end plate destruction", "endplate destruction"),
+        # a piece the rules know is no piece of a typo ("infarctin", "nocompressive" are one
+        # edit from infarction, noncompressive), and a join never crosses a stop
+        ("old infarct in the left thalamus", "old infarct in the left thalamus"),
+        ("no compressive lesion", "no compressive lesion"),
+        ("the fracture is healed", "the fracture is healed"),
+        ("no disk. Itis", "no disk. Itis"),
+    ],
+)
+def test_words_split_by_speech_recognition_are_joined(
+    rules: RoutingRules, written: str, read: str
+) -> None:
+    assert respeller(rules)(written) == read
+
+
+@pytest.mark.parametrize(
+    ("report", "urgency"),
+    [
+        (
+            "MRI C-SPINE\nIMPRESSION: Severe C6-7 canal stenosis with cord come pression.",
+            "emergent",
+        ),
+        ("MRI L-SPINE\nIMPRESSION: L4-5 disk itis and osteo my elitis.", "urgent"),
+        ("MRI L-SPINE\nIMPRESSION: No compressive lesion. No disk itis.", "routine"),
+    ],
+)
+def test_split_words_route_like_the_word(rules: RoutingRules, report: str, urgency: str) -> None:
+    assert classify_report(report, rules).urgency == urgency
