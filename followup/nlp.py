@@ -261,6 +261,12 @@ _SECTION_HEADERS = {
 _BARE_HEADERS = {"impression": "IMPRESSION", "findings": "FINDINGS", "addendum": "ADDENDUM"}
 
 
+# "ADDENDUM (attending):", "Addendum (Dr Lee, 14:02):" - who wrote it, before the colon; the
+# tokenizer keeps "):" as one token
+_SIGNER: dict[str, Any] = {"ORTH": {"NOT_IN": [")", "):", "(", "\n"]}, "IS_SPACE": False, "OP": "?"}
+_CLOSE_COLON: list[list[dict[str, Any]]] = [[{"ORTH": "):"}], [{"ORTH": ")"}, {"ORTH": ":"}]]
+
+
 def _section_rules() -> list[SectionRule]:
     rules = []
     for category, phrases in _SECTION_HEADERS.items():
@@ -268,12 +274,16 @@ def _section_rules() -> list[SectionRule]:
             words = phrase.split()
             first = {"LOWER": words[0], "IS_SENT_START": True}
             tail: list[dict[str, Any]] = [{"LOWER": word} for word in words[1:]]
-            if category == "addendum":  # "Addendum #2:"
+            caps: list[dict[str, Any]] = [{"ORTH": word.upper()} for word in words]
+            ends: list[list[dict[str, Any]]] = [[{"ORTH": ":"}]]
+            if category == "addendum":  # "Addendum #2:", "ADDENDUM (attending):"
                 tail += [{"ORTH": "#", "OP": "?"}, {"IS_DIGIT": True, "OP": "?"}]
-            rules.append(SectionRule(phrase, category, pattern=[first, *tail, {"ORTH": ":"}]))
-            # An all-capitals header is a header wherever it is ("...at 10:32. IMPRESSION: ...").
-            caps = [{"ORTH": word.upper()} for word in words]
-            rules.append(SectionRule(phrase, category, pattern=[*caps, {"ORTH": ":"}]))
+                caps += [{"ORTH": "#", "OP": "?"}, {"IS_DIGIT": True, "OP": "?"}]
+                ends += [[{"ORTH": "("}, *[_SIGNER] * 4, *close] for close in _CLOSE_COLON]
+            for end in ends:
+                rules.append(SectionRule(phrase, category, pattern=[first, *tail, *end]))
+                # An all-capitals header is a header wherever it is ("...at 10:32. IMPRESSION:").
+                rules.append(SectionRule(phrase, category, pattern=[*caps, *end]))
     for category, word in _BARE_HEADERS.items():
         pattern = [{"ORTH": word, "IS_SENT_START": True}, {"IS_SPACE": True}]
         rules.append(SectionRule(word.lower(), category, pattern=pattern))
@@ -1248,6 +1258,8 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
     findings: list[Finding] = []
     for section, body in sections:
         if section.category in routed:
+            if section.category is None and "addendum" in routed:
+                body = _without_title(body)  # the exam title asks, it finds nothing
             findings += _section_findings(nlp, body, _section_name(section.category), rules)
     rule_of = {rule.label: rule for rule in rules.rules}
     # "Unremarkable MRI." above FINDINGS that name a root contact: the IMPRESSION names nothing
@@ -1295,7 +1307,7 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
         ]
     )
     return ReportFindings(
-        findings=tuple(apply_addendum(findings)),
+        findings=tuple(apply_addendum(findings, keep=critical_labels)),
         routed_sections=tuple(_section_name(category) for category in routed),
         region=_region(sections, routed, rules),
         review_reasons=tuple(dict.fromkeys(review)),
@@ -1541,6 +1553,11 @@ def _routed_categories(doc: Doc) -> list[str | None]:
         routed.append("impression")
     elif has_text("findings"):
         routed.append("findings")
+    elif has_text("addendum") and has_text(None):
+        # "PRELIMINARY: cord compression at C5-6. ADDENDUM: also a T11 hemangioma." - the
+        # text without a header is the report the addendum adds to (and supersedes where it
+        # speaks of the same concept and place)
+        routed.append(None)
     if has_text("addendum"):
         routed.append("addendum")
     return routed

@@ -1797,3 +1797,54 @@ def test_words_split_by_speech_recognition_are_joined(
 )
 def test_split_words_route_like_the_word(rules: RoutingRules, report: str, urgency: str) -> None:
     assert classify_report(report, rules).urgency == urgency
+
+
+@pytest.mark.parametrize(
+    ("report", "urgency", "referrals"),
+    [
+        # a preliminary read without headers, then the attending's addendum: both are read,
+        # the addendum supersedes what it speaks of
+        (
+            "MRI C-spine. Cord compression at C5-6. ADDENDUM: Also note a T11 hemangioma.",
+            "emergent",
+            ["orthopedics"],
+        ),
+        (
+            "PRELIMINARY: MRI C-spine. No cord compression. ADDENDUM (attending): On review,"
+            " cord compression at C4-5.",
+            "emergent",
+            ["orthopedics"],
+        ),
+        (
+            "PRELIMINARY: MRI T-spine. Possible cord compression at T7. Addendum (Dr Lee,"
+            " attending): there is no cord compression.",
+            "routine",
+            [],
+        ),
+        # the same structure at the same level, read again: the addendum's reading stands
+        (
+            "PRELIMINARY: MRI L-spine. Degenerative endplate changes at L5-S1. ADDENDUM: Disc"
+            " enhancement and endplate erosion at L5-S1, concerning for discitis.",
+            "urgent",
+            ["orthopedics"],
+        ),
+        # a critical finding of the first read is superseded only by the same concept
+        (
+            "PRELIMINARY: MRI C-spine. Cord compression at C5-6. ADDENDUM: Also compression of"
+            " the exiting right C6 nerve root at C5-6.",
+            "emergent",
+            ["neurology", "orthopedics"],
+        ),
+        # the exam title of the first read asks, it finds nothing
+        (
+            "MRI C-SPINE FOR CORD COMPRESSION. Normal. ADDENDUM: T11 hemangioma.",
+            "routine",
+            [],
+        ),
+    ],
+)
+def test_a_first_read_and_its_addendum(
+    rules: RoutingRules, report: str, urgency: str, referrals: list[str]
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.urgency, decision.referrals) == (urgency, referrals), decision.explanations
