@@ -445,6 +445,39 @@ _DROPPED_DEFAULTS = frozenset(
     }
 )
 
+_ARTIFACT_KINDS = [
+    "csf",
+    "flow",
+    "pulsation",
+    "pulsatile",
+    "motion",
+    "susceptibility",
+    "truncation",
+    "gibbs",
+    "phase",
+    "ghosting",
+    "chemical",
+    "shift",
+    "related",
+    "-",
+]
+
+_ARTIFACT_VERBS = [
+    "is",
+    "are",
+    "was",
+    "were",
+    "represents",
+    "represent",
+    "reflects",
+    "reflect",
+    "likely",
+    "probably",
+    "presumably",
+    "compatible",
+    "consistent",
+]
+
 _RADIOLOGY_CONTEXT = [
     # negation
     # medspaCy's "no" also takes a following "abnormal" or "new" into the cue, and a cue that
@@ -545,6 +578,19 @@ _RADIOLOGY_CONTEXT = [
     # "epidural abscess resolved, no residual collection": the longer backward cue wins where
     # both match, so a finding after "resolved," is left alone
     _rule("resolved", _NEG, "FORWARD", max_scope=3),
+    # "the apparent T7 abnormality is CSF flow artifact", "signal change, likely susceptibility
+    # artefact": what the words just before it name is no finding
+    _rule(
+        "is artifact",
+        _NEG,
+        "BACKWARD",
+        [
+            {"LOWER": {"IN": _ARTIFACT_VERBS}},
+            {"LOWER": {"IN": [*_ARTIFACT_KINDS, "with", "likely", "most", "a", "an"]}, "OP": "*"},
+            {"LOWER": {"IN": ["artifact", "artifacts", "artefact", "artefacts", "artifactual"]}},
+        ],
+        max_scope=5,
+    ),
     _rule("X resolved", _NEG, "BACKWARD", [{"LOWER": "resolved"}, _AFTER_RESOLVED], max_scope=4),
     # "epidural abscess, not resolved", "partially resolved": still there
     _rule(

@@ -1848,3 +1848,30 @@ def test_a_first_read_and_its_addendum(
 ) -> None:
     decision = classify_report(report, rules)
     assert (decision.urgency, decision.referrals) == (urgency, referrals), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("report", "critical", "review"),
+    [
+        # what the words just before "is ... artifact" name is no finding
+        (
+            "MRI T-SPINE. IMPRESSION: The apparent T7 abnormality is CSF flow artifact.",
+            False,
+            False,
+        ),
+        ("MRI C-SPINE. IMPRESSION: Cord signal abnormality, likely motion artefact.", False, False),
+        # an artifact elsewhere in the report denies nothing
+        (
+            "MRI C-SPINE. IMPRESSION: Cord compression at C5-6; the T2 signal in the cord is"
+            " motion artifact.",
+            True,
+            False,
+        ),
+        ("MRI BRAIN. IMPRESSION: Acute left MCA infarct. Motion artifact.", True, False),
+    ],
+)
+def test_what_is_called_artifact_is_no_finding(
+    rules: RoutingRules, report: str, critical: bool, review: bool
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.critical, decision.needs_review) == (critical, review), decision.explanations
