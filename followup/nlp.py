@@ -609,7 +609,10 @@ _RADIOLOGY_CONTEXT = [
         ": none",
         _NEG,
         "BACKWARD",
-        [{"ORTH": ":"}, {"LOWER": {"IN": ["none", "absent", "negative", "nil"]}}],
+        [
+            {"ORTH": {"IN": [":", "-", "–"]}},
+            {"LOWER": {"IN": ["none", "absent", "negative", "nil"]}},
+        ],
         max_scope=4,
     ),
     _rule(

@@ -1875,3 +1875,55 @@ def test_what_is_called_artifact_is_no_finding(
 ) -> None:
     decision = classify_report(report, rules)
     assert (decision.critical, decision.needs_review) == (critical, review), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("impression", "label"),
+    [
+        (
+            "Focus of DWI hyperintensity with low ADC values in the left corona radiata",
+            "acute_infarct",
+        ),
+        ("Right pontine DWI signal with corresponding ADC hypointensity", "acute_infarct"),
+        ("New left occipital infarct", "acute_infarct"),
+        ("Recent left thalamic infarct", "acute_infarct"),
+        ("Evolving right MCA infarct", "acute_infarct"),
+        ("Right temporal extradural haematoma with mass effect", "intracranial_hemorrhage"),
+        ("Left frontal epidural hematoma", "intracranial_hemorrhage"),
+        ("Intracerebral haematoma, right frontal lobe", "intracranial_hemorrhage"),
+        ("Compressive cervical myelopathy at C4-5", "cord_compression"),
+        ("Cord compression - severe at C5-6", "cord_compression"),
+    ],
+)
+def test_spine_and_brain_critical_wordings_escalate(
+    rules: RoutingRules, impression: str, label: str
+) -> None:
+    decision = classify_report(f"MRI. IMPRESSION: {impression}.", rules)
+    assert decision.critical and label in _labels(decision), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("impression", "referrals"),
+    [
+        ("No new infarct. Chronic small vessel change.", []),
+        ("Compared with the recent MRI, no acute infarct.", []),
+        ("No low ADC to suggest infarct.", []),
+        ("Non-compressive cervical myelopathy.", ["neurology"]),
+        ("Noncompressive thoracic myelopathy.", ["neurology"]),
+        ("Cord compression - none; cord signal normal.", []),
+    ],
+)
+def test_spine_and_brain_look_alikes_do_not_escalate(
+    rules: RoutingRules, impression: str, referrals: list[str]
+) -> None:
+    decision = classify_report(f"MRI. IMPRESSION: {impression}", rules)
+    assert (decision.critical, decision.referrals) == (False, referrals), decision.explanations
+
+
+def test_a_spinal_epidural_hematoma_is_no_intracranial_bleed(rules: RoutingRules) -> None:
+    decision = classify_report(
+        "MRI L-SPINE. IMPRESSION: Small postoperative dorsal epidural hematoma at L4-5 without"
+        " mass effect.",
+        rules,
+    )
+    assert not decision.critical
