@@ -1426,8 +1426,13 @@ def _region(
 
 
 # "IMPRESSION: Findings at C5-6 as above." points back to the text it summarises.
+# So do "As detailed.", "see checklist above", "as per checklist", "see report body".
 _REFERS_BACK = re.compile(
-    r"\b(?:as (?:described |detailed |noted |discussed |outlined )?above|see (?:above|findings))\b",
+    r"\b(?:as (?:described |detailed |noted |discussed |outlined )?above"
+    r"|as (?:described|detailed|outlined)(?=\s*(?:[.;]|$))"
+    r"|as per (?:the )?(?:checklist|findings|report|body)"
+    r"|see (?:the )?(?:(?:checklist|report|body|level[- ]by[- ]level|details?) )?"
+    r"(?:above|findings|body|checklist))\b",
     re.IGNORECASE,
 )
 

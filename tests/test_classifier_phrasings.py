@@ -1927,3 +1927,45 @@ def test_a_spinal_epidural_hematoma_is_no_intracranial_bleed(rules: RoutingRules
         rules,
     )
     assert not decision.critical
+
+
+@pytest.mark.parametrize(
+    ("report", "critical"),
+    [
+        (
+            "MRI L-SPINE\nConus/cauda equina: Severe compression at L2-3 by a sequestered"
+            " fragment.\nIMPRESSION: Sequestered L2-3 disc.",
+            True,
+        ),
+        ("MRI C-SPINE. Opinion: Canal stenosis at C5/6 with cord compromise.", True),
+        ("MRI C-SPINE. Opinion: Canal stenosis at C5/6 without cord compromise.", False),
+        ("MRI BRAIN. IMPRESSION: Acute in farct in the left MCA territory.", True),
+        ("MRI BRAIN. IMPRESSION: Old infarct in the left MCA territory.", False),
+        # an IMPRESSION that points back routes the text it points to
+        (
+            "MRI C-SPINE\nCord: flattened at C6-7 with myelomalacia.\nIMPRESSION: As per"
+            " checklist.",
+            True,
+        ),
+        ("MRI C-SPINE\nC5-6: cord compressed.\nIMPRESSION: As detailed.", True),
+    ],
+)
+def test_more_spine_and_brain_voices(rules: RoutingRules, report: str, critical: bool) -> None:
+    assert classify_report(report, rules).critical is critical
+
+
+@pytest.mark.parametrize(
+    ("impression", "refers"),
+    [
+        ("As detailed.", True),
+        ("Sequestered L4-5 disc fragment, as described.", True),
+        ("See checklist above.", True),
+        ("Degenerative disc disease, see level-by-level findings.", True),
+        ("As per checklist.", True),
+        ("Findings as described by the referring clinician are not seen.", False),
+    ],
+)
+def test_an_impression_that_points_back(impression: str, refers: bool) -> None:
+    from followup.nlp import _REFERS_BACK
+
+    assert bool(_REFERS_BACK.search(impression)) is refers

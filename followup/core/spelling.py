@@ -66,6 +66,7 @@ _PIECE = re.compile(r"(?<![A-Za-z])[A-Za-z]{2,}(?![A-Za-z])")
 # a split word is joined only into a word this long: shorter joins ("a cute", "in tact") make
 # too many real words out of two
 _MIN_JOINED_WORD = 8
+_MIN_JOINED_CRITICAL_WORD = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +277,10 @@ def _joins(rules: RoutingRules, critical: Iterable[str]) -> dict[str, str]:
     for word, forms in rules.spelling_variants:
         if word in words:
             words |= set(forms)
-    return {word: word for word in words if len(word) >= _MIN_JOINED_WORD}
+    joins = {word: word for word in words if len(word) >= _MIN_JOINED_WORD}
+    # a critical concept word one letter shorter too: "acute in farct"
+    joins.update({word: word for word in critical if len(word) >= _MIN_JOINED_CRITICAL_WORD})
+    return joins
 
 
 def _routed_typos(rules: RoutingRules, critical: Iterable[str]) -> dict[str, str]:
