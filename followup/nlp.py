@@ -59,6 +59,7 @@ from followup.core.findings import (
     findings_from_codes,
     levels_overlap,
     restates,
+    same_place,
     spinal_levels,
 )
 from followup.core.routing import Decision, decide_report
@@ -941,6 +942,15 @@ _RADIOLOGY_CONTEXT = [
         _rule(literal, _CLINICAL, direction, pattern, max_scope=8)
         for literal, direction, pattern in _CLINICAL_CUES
     ),
+    # "patient with CES symptoms": the word right before it names the syndrome the patient has
+    # ("consistent with CES given the patient's symptoms" stays an imaging finding)
+    _rule(
+        "syndrome symptoms",
+        _CLINICAL,
+        "BACKWARD",
+        [{"LOWER": {"IN": ["symptoms", "symptom", "signs", "symptomatology", "presentation"]}}],
+        max_scope=1,
+    ),
     # "no signal abnormality to suggest X": the negation carries on; "suggest" is no hedge here
     *(_rule(literal, "PSEUDO", "PSEUDO") for literal in ("to suggest", "to indicate")),
     # "the patient could not complete the examination" is an incomplete study, not a negation;
@@ -1317,6 +1327,20 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
     critical_labels = frozenset(rule.label for rule in rules.rules if rule.critical)
     beside_findings: list[Finding] = []
     details: list[Finding] = []  # the IMPRESSION names them in short: nothing left out
+    # Text without a header beside the IMPRESSION may be the clinician's question ("For
+    # evaluation of cord compression."): what the IMPRESSION denies at the same place is not
+    # taken from it.
+    denied = [f for f in findings if f.section == "IMPRESSION" and f.negated]
+
+    def undenied(found: list[Finding], category: str | None) -> list[Finding]:
+        if category is not None:
+            return found
+        return [
+            f
+            for f in found
+            if not any(d.label == f.label and same_place(d.levels, f.levels) for d in denied)
+        ]
+
     for section, body in sections:
         if section.category not in beside:
             continue
@@ -1332,14 +1356,15 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
                 and _affirmed(f)
                 and (rule_of[f.label].referrals or rule_of[f.label].critical)
             ]
-            beside_findings += found
+            beside_findings += undenied(found, section.category)
         else:
             if _critical_gate(rules)(body):
-                beside_findings += [
+                found = [
                     finding
                     for finding in _section_findings(nlp, body, "FINDINGS", rules, critical_labels)
                     if _affirmed(finding)
                 ]
+                beside_findings += undenied(found, section.category)
             details += _details_of(nlp, body, findings, rules, critical_labels)
     findings += beside_findings + details
     # A critical finding is escalated to a person now; otherwise findings the IMPRESSION left

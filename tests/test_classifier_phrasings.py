@@ -1969,3 +1969,33 @@ def test_an_impression_that_points_back(impression: str, refers: bool) -> None:
     from followup.nlp import _REFERS_BACK
 
     assert bool(_REFERS_BACK.search(impression)) is refers
+
+
+@pytest.mark.parametrize(
+    ("report", "critical"),
+    [
+        # the clinician's words without a header beside an IMPRESSION that denies them
+        (
+            "MRI C-SPINE. For evaluation of cord compression. IMPRESSION: No cord compression.",
+            False,
+        ),
+        ("MRI C-SPINE\nQuestion of cord compression.\nIMPRESSION: No cord compression.", False),
+        ("MRI T-SPINE. Epidural abscess follow-up. IMPRESSION: Resolved epidural abscess.", False),
+        ("MRI BRAIN. Follow-up of recent infarct. IMPRESSION: No new infarct.", False),
+        ("MRI BRAIN. 67M with recent stroke symptoms. IMPRESSION: No acute infarct.", False),
+        ("MRI L-SPINE. Pt with CES symptoms. IMPRESSION: Mild facet arthropathy.", False),
+        # a denial at another level denies nothing here; a silent IMPRESSION denies nothing
+        ("MRI C-SPINE. C4-5: cord compressed. IMPRESSION: No cord compression at C6-7.", True),
+        ("MRI C-SPINE. C4-5: cord compressed. IMPRESSION: Spondylosis.", True),
+        # the syndrome named by imaging, the patient's symptoms further on
+        (
+            "MRI L-SPINE. IMPRESSION: Large extrusion; consistent with CES given the patient's"
+            " symptoms.",
+            True,
+        ),
+    ],
+)
+def test_unheaded_text_beside_a_denying_impression(
+    rules: RoutingRules, report: str, critical: bool
+) -> None:
+    assert classify_report(report, rules).critical is critical
