@@ -168,6 +168,9 @@ async def scan_completed(inbox_id: int, accession: str = "") -> dict[str, Any]:
     """Process one stored scan-completed message (the inbox row is the durable record).
 
     `accession` only names the run; the accession processed is the one in the stored message.
+    A second run for a row another live run holds (a repeated event, the sweep) ends Completed,
+    tagged `inbox:duplicate-run`: the holder answers for the row, and if it dies the lease hands
+    the row to sweep-inbox, so no person has anything to do and no needs-attention alert fires.
     """
     settings = get_settings()
     install_redaction("", "prefect")
@@ -184,6 +187,10 @@ async def scan_completed(inbox_id: int, accession: str = "") -> dict[str, Any]:
         # A stray or repeated event for a row already done: its answer, no work redone.
         get_run_logger().info("%s", finished)
         return finished.summary
+    except pipeline.InboxRowClaimed as claimed:
+        get_run_logger().info("%s", claimed)
+        await tag_this_run([pipeline.tag("inbox", "duplicate-run")])
+        return {"inbox_id": inbox_id, "duplicate_run": True}
     except Exception as error:
         await mark_failed(inbox_id, error, settings)
         raise

@@ -118,6 +118,22 @@ def classify(
     typer.echo(json.dumps(decision.to_contract(), indent=2))
 
 
+@app.command("check-rules")
+def check_rules(
+    path: Annotated[
+        Path | None, typer.Argument(help="rules file (default: FOLLOWUP_RULES_PATH)")
+    ] = None,
+) -> None:
+    """Validate a rules file as this release reads it and build its NLP pipeline; run it
+    before a rules file replaces the one running workers re-read for every scan (an
+    unreadable file fails every scan until it is mended, docs/deploy.md)."""
+    from followup import nlp
+
+    rules = load_rules(path or get_settings().rules_path)
+    nlp.prepare(rules)
+    typer.echo(f"rules v{rules.version}: {len(rules.rules)} rules, readable by this release")
+
+
 @app.command("eval")
 def evaluate_corpus(
     corpus: Annotated[Path, typer.Argument(help="JSONL of labelled reports")] = PROJECT_ROOT

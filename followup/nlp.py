@@ -59,7 +59,6 @@ from followup.core.findings import (
     findings_from_codes,
     levels_overlap,
     restates,
-    same_place,
     spinal_levels,
 )
 from followup.core.routing import Decision, decide_report
@@ -243,7 +242,17 @@ _SECTION_HEADERS = {
     ],
     "comparison": ["comparison", "comparisons", "prior studies", "prior exams"],
     "technique": ["technique", "protocol", "sequences", "contrast"],
-    "findings": ["findings", "finding"],
+    "findings": [
+        "findings",
+        "finding",
+        "report",
+        "result",
+        "results",
+        "observations",
+        "description",
+        "mri findings",
+        "imaging findings",
+    ],
     "impression": [
         "impression",
         "impressions",
@@ -255,9 +264,18 @@ _SECTION_HEADERS = {
         "diagnostic impression",
         "imp",
         "impr",
+        "comment",
+        "comments",
+        "interpretation",
+        "discussion",
+        "findings and impression",
+        "findings / impression",
     ],
     "addendum": ["addendum"],
 }
+# Headers only at the start of a line or sentence: "OUTSIDE REPORT: possible cord compression"
+# is a comparison, not this report's findings.
+_LINE_START_ONLY = frozenset({"report", "result", "results", "description", "comment", "comments"})
 # Written on a line of their own without a colon by some RIS templates.
 _BARE_HEADERS = {"impression": "IMPRESSION", "findings": "FINDINGS", "addendum": "ADDENDUM"}
 
@@ -283,6 +301,8 @@ def _section_rules() -> list[SectionRule]:
                 ends += [[{"ORTH": "("}, *[_SIGNER] * 4, *close] for close in _CLOSE_COLON]
             for end in ends:
                 rules.append(SectionRule(phrase, category, pattern=[first, *tail, *end]))
+                if phrase in _LINE_START_ONLY:
+                    continue
                 # An all-capitals header is a header wherever it is ("...at 10:32. IMPRESSION:").
                 rules.append(SectionRule(phrase, category, pattern=[*caps, *end]))
     for category, word in _BARE_HEADERS.items():
@@ -416,6 +436,21 @@ _CLINICAL_CUES: list[tuple[str, str, list[dict[str, Any]]]] = [
             {"LOWER": "alone"},
         ],
     ),
+    # "cannot be excluded on clinical grounds": the clinic decides, not the images
+    (
+        "excluded on clinical grounds",
+        "BACKWARD",
+        [
+            {"LOWER": {"IN": ["is", "are", "can", "could", "ca"]}, "OP": "?"},
+            {"LOWER": {"IN": ["not", "n't"]}, "OP": "?"},
+            {"LOWER": "be", "OP": "?"},
+            {"LOWER": {"IN": ["excluded", "diagnosed", "confirmed", "ruled"]}},
+            {"LOWER": "out", "OP": "?"},
+            {"LOWER": "on"},
+            {"LOWER": {"IN": ["clinical", "clinically"]}},
+            {"LOWER": {"IN": ["grounds", "basis", "assessment", "examination", "exam"]}},
+        ],
+    ),
     ("imaging correlate", "FORWARD", [{"LOWER": "imaging"}, {"LOWER": "correlate"}]),
     # "clinical ?CES": the clinician's question, shorthand
     ("clinical query", "FORWARD", [{"LOWER": {"IN": ["clinical", "clinically"]}}, {"ORTH": "?"}]),
@@ -514,6 +549,8 @@ _RADIOLOGY_CONTEXT = [
     # "non-compressive myelopathy", "non enhancing lesions": the prefix negates the next word
     # only, so the finding it qualifies ("myelopathy", "lesions") is still read.
     _rule("non-", _NEG, "FORWARD", [{"LOWER": "non"}, {"ORTH": "-", "OP": "?"}], max_scope=1),
+    # "avascular necrosis, pre-collapse": the stage before the collapse, not a collapse
+    _rule("pre-", _NEG, "FORWARD", [{"LOWER": "pre"}, {"ORTH": "-", "OP": "?"}], max_scope=1),
     # "demyelinating lesions, none enhancing", "none of which enhance": the lesions are read,
     # the word "none" denies what follows it closely (the enhancement)
     _rule(
@@ -615,6 +652,14 @@ _RADIOLOGY_CONTEXT = [
             {"LOWER": {"IN": ["none", "absent", "negative", "nil"]}},
         ],
         max_scope=4,
+    ),
+    # ...but "Epidural space: negative for epidural abscess" denies what follows; the longer
+    # cue replaces the one above
+    _rule(
+        ": negative for",
+        _NEG,
+        "FORWARD",
+        [{"ORTH": ":"}, {"LOWER": {"IN": ["negative", "none", "nil"]}}, {"LOWER": "for"}],
     ),
     _rule(
         "has resolved",
@@ -1300,26 +1345,29 @@ def _shut_in_parentheses(span: Span, cue: tuple[int, int]) -> bool:
 
 
 def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
-    routed = _routed_categories(doc)
+    sections = [
+        part
+        for section in doc._.sections
+        for part in _level_lines_apart(section.category, doc[section.body_start : section.body_end])
+    ]
+    routed = _routed_categories(sections)
     # Text beside an IMPRESSION (FINDINGS, or level lines without a header) is read for
     # critical findings only (DOMAIN.md §3 safety rules): a cord compression stated there
     # escalates even when the IMPRESSION is silent. An IMPRESSION that points to it ("as
     # above") routes it whole; one that names no finding with a referral while that text does
     # is routed from it too, and a human is told why.
     beside = [c for c in ("findings", None) if c not in routed] if "impression" in routed else []
-    sections = [(section, doc[section.body_start : section.body_end]) for section in doc._.sections]
-    sections = [(section, body) for section, body in sections if _has_text(body)]
+    sections = [(category, body) for category, body in sections if _has_text(body)]
     if beside and any(
-        section.category == "impression" and _REFERS_BACK.search(body.text)
-        for section, body in sections
+        category == "impression" and _REFERS_BACK.search(body.text) for category, body in sections
     ):
         routed, beside = [*routed, *beside], []
     findings: list[Finding] = []
-    for section, body in sections:
-        if section.category in routed:
-            if section.category is None and "addendum" in routed:
-                body = _without_title(body)  # the exam title asks, it finds nothing
-            findings += _section_findings(nlp, body, _section_name(section.category), rules)
+    for category, body in sections:
+        if category in routed:
+            if category is None and routed != [None]:
+                body = _without_title(body)
+            findings += _section_findings(nlp, body, _section_name(category), rules)
     rule_of = {rule.label: rule for rule in rules.rules}
     # "Unremarkable MRI." above FINDINGS that name a root contact: the IMPRESSION names nothing
     # the rules know (not even a negated or nondiagnostic finding), so FINDINGS are routed.
@@ -1328,23 +1376,19 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
     beside_findings: list[Finding] = []
     details: list[Finding] = []  # the IMPRESSION names them in short: nothing left out
     # Text without a header beside the IMPRESSION may be the clinician's question ("For
-    # evaluation of cord compression."): what the IMPRESSION denies at the same place is not
-    # taken from it.
-    denied = [f for f in findings if f.section == "IMPRESSION" and f.negated]
+    # evaluation of cord compression."): a finding there that names no spinal level (a level
+    # line is a finding) and that the IMPRESSION denies is not taken from it.
+    denied = {f.label for f in findings if f.section == "IMPRESSION" and f.negated}
 
     def undenied(found: list[Finding], category: str | None) -> list[Finding]:
         if category is not None:
             return found
-        return [
-            f
-            for f in found
-            if not any(d.label == f.label and same_place(d.levels, f.levels) for d in denied)
-        ]
+        return [f for f in found if f.levels or f.label not in denied]
 
-    for section, body in sections:
-        if section.category not in beside:
+    for category, body in sections:
+        if category not in beside:
             continue
-        if section.category is None:
+        if category is None:
             body = _without_title(body)
             if not _has_text(body):
                 continue
@@ -1356,7 +1400,7 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
                 and _affirmed(f)
                 and (rule_of[f.label].referrals or rule_of[f.label].critical)
             ]
-            beside_findings += undenied(found, section.category)
+            beside_findings += undenied(found, category)
         else:
             if _critical_gate(rules)(body):
                 found = [
@@ -1364,7 +1408,7 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
                     for finding in _section_findings(nlp, body, "FINDINGS", rules, critical_labels)
                     if _affirmed(finding)
                 ]
-                beside_findings += undenied(found, section.category)
+                beside_findings += undenied(found, category)
             details += _details_of(nlp, body, findings, rules, critical_labels)
     findings += beside_findings + details
     # A critical finding is escalated to a person now; otherwise findings the IMPRESSION left
@@ -1438,12 +1482,12 @@ def _without_title(body: Span) -> Span:
 
 
 def _region(
-    sections: list[tuple[Any, Span]], routed: list[str | None], rules: RoutingRules
+    sections: list[tuple[str | None, Span]], routed: list[str | None], rules: RoutingRules
 ) -> str | None:
     """The body region from the exam title, EXAM or TECHNIQUE text, else from the routed
     text; never from the history ("back pain radiating to the leg" is no leg study)."""
     for wanted in (("exam", "technique", None), tuple(routed)):
-        text = " ".join(body.text for section, body in sections if section.category in wanted)
+        text = " ".join(body.text for category, body in sections if category in wanted)
         region = body_region(text, rules) if text else None
         if region is not None:
             return region
@@ -1615,12 +1659,33 @@ def _has_text(span: Span) -> bool:
     return any(not (token.is_space or token.is_punct) for token in span)
 
 
-def _routed_categories(doc: Doc) -> list[str | None]:
+# "HX: myelopathic sx\nC6-7: large HNP with cord deformity": a line that starts with a spinal
+# level and a colon is the report's findings, whatever header came before it
+_LEVEL_LINE = re.compile(r"[ctls]\d{1,2}(?:\s*[-/]\s*[ctls]?\d{1,2})?\s*:", re.IGNORECASE)
+_NEVER_ROUTED = frozenset(
+    {"exam", "indication", "history", "clinical_information", "comparison", "technique"}
+)
+
+
+def _level_lines_apart(category: str | None, body: Span) -> list[tuple[str | None, Span]]:
+    """A section whose text is never routed, with its level lines split off as text without
+    a header (read as level lines are)."""
+    if category not in _NEVER_ROUTED:
+        return [(category, body)]
+    doc = body.doc
+    for token in body[1:]:
+        previous = doc[token.i - 1]
+        line_start = previous.is_space and "\n" in previous.text
+        if line_start and _LEVEL_LINE.match(doc.text, token.idx):
+            return [(category, doc[body.start : token.i]), (None, doc[token.i : body.end])]
+    return [(category, body)]
+
+
+def _routed_categories(sections: list[tuple[str | None, Span]]) -> list[str | None]:
     """Section categories to read, in the policy's order (see module docstring)."""
     bodies: dict[str | None, list[Span]] = {}
-    for section in doc._.sections:
-        start, end = section.body_span
-        bodies.setdefault(section.category, []).append(doc[start:end])
+    for category, body in sections:
+        bodies.setdefault(category, []).append(body)
 
     def has_text(category: str | None) -> bool:
         return any(_has_text(body) for body in bodies.get(category, []))
@@ -1632,11 +1697,8 @@ def _routed_categories(doc: Doc) -> list[str | None]:
         routed.append("impression")
     elif has_text("findings"):
         routed.append("findings")
-    elif has_text("addendum") and has_text(None):
-        # "PRELIMINARY: cord compression at C5-6. ADDENDUM: also a T11 hemangioma." - the
-        # text without a header is the report the addendum adds to (and supersedes where it
-        # speaks of the same concept and place)
-        routed.append(None)
+    elif any(_has_text(_without_title(body)) for body in bodies.get(None, [])):
+        routed.append(None)  # level lines under a HISTORY header, or text before it
     if has_text("addendum"):
         routed.append("addendum")
     return routed

@@ -424,6 +424,16 @@ ROUTING_PHRASINGS: dict[str, tuple[str, str, str]] = {
         "Effacement of the thecal sac",
     ),
     "incidental": ("L2 hemangioma", "Tarlov cyst at S2", "Chronic microvascular ischemic change"),
+    "joint_effusion": (
+        "Moderate joint effusion",
+        "Large knee effusion",
+        "Effusion of the left knee joint",
+    ),
+    "physiologic_joint_fluid": (
+        "Physiologic joint fluid",
+        "Small joint effusion",
+        "Trace knee effusion",
+    ),
 }
 
 
@@ -517,6 +527,8 @@ def test_assertion_status_scope(sentence: str, concept: str, negated: bool) -> N
         "Clinical cauda equina syndrome cannot be excluded on imaging grounds alone; however, no"
         " compressive lesion of the cauda equina is seen.",
         "CES is a clinical diagnosis; no compression of the cauda equina.",
+        "Cauda equina syndrome cannot be excluded on clinical grounds; however, no compressive"
+        " lesion is demonstrated on imaging.",
     ],
 )
 def test_a_hedge_about_the_clinical_syndrome_is_no_imaging_finding(
@@ -964,6 +976,8 @@ def test_a_degenerative_cause_of_a_compression_or_severe_stenosis_routes_with_it
         # not named as the cause: a degenerative statement of its own with no level
         "IMPRESSION: Possible cord compression at T4 from a retropulsed fragment. Thoracic"
         " spondylosis.",
+        # a statement of its own after a semicolon, about more levels than the stenosis
+        "IMPRESSION: Severe left C5-6 foraminal stenosis; multilevel degenerative disc disease.",
     ],
 )
 def test_a_degenerative_finding_elsewhere_still_goes_to_pain_management(
@@ -1697,6 +1711,12 @@ def test_a_denial_outside_parentheses_keeps_its_scope(rules: RoutingRules) -> No
         # a structured report's field
         ("IMPRESSION: Cord compression: none. Severe left L5-S1 foraminal stenosis.", False),
         ("IMPRESSION: Cord compression: severe at C5-6.", True),
+        # a field whose answer denies what follows it
+        (
+            "FINDINGS:\nEpidural space: Negative for epidural abscess.\nIMPRESSION:\nDiscitis."
+            " Negative for epidural abscess.",
+            False,
+        ),
         # a vascular territory between "acute" and "infarct"
         ("IMPRESSION: Acute right PICA infarct.", True),
     ],
@@ -1999,3 +2019,150 @@ def test_unheaded_text_beside_a_denying_impression(
     rules: RoutingRules, report: str, critical: bool
 ) -> None:
     assert classify_report(report, rules).critical is critical
+
+
+@pytest.mark.parametrize(
+    ("report", "label"),
+    [
+        ("IMPRESSION: Severe R C5-6 foraminal stenosis.", "severe_stenosis"),
+        ("IMPRESSION: Severe bilat L4-5 neuroforaminal narrowing.", "severe_stenosis"),
+        ("FINDINGS: Marrow replacing lesion of the T9 body.\nIMPRESSION: T9 met.", "metastasis"),
+        ("IMPRESSION: Solitary osseous met in L2.", "metastasis"),
+    ],
+)
+def test_shorthand_of_the_impression_routes(rules: RoutingRules, report: str, label: str) -> None:
+    decision = classify_report(report, rules)
+    assert label in _labels(decision), decision.explanations
+    assert not decision.needs_review, decision.explanations
+
+
+def test_criteria_met_is_no_metastasis(rules: RoutingRules) -> None:
+    decision = classify_report("IMPRESSION: Criteria met for mild canal stenosis at L4-5.", rules)
+    assert "metastasis" not in _labels(decision)
+
+
+@pytest.mark.parametrize(
+    ("report", "referrals"),
+    [
+        ("IMPRESSION: Moderate joint effusion; otherwise normal knee MRI.", ["pain_management"]),
+        ("IMPRESSION: Large effusion. Complex tear of the medial meniscus.", ["orthopedics"]),
+        ("IMPRESSION: Small joint effusion. Otherwise normal knee.", []),
+    ],
+)
+def test_a_joint_effusion_is_routed_only_alone(
+    rules: RoutingRules, report: str, referrals: list[str]
+) -> None:
+    assert classify_report(report, rules).referrals == referrals
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "MRI C-SPINE\nhx: myelopathic sx, falls\nC6-7: lg central HNP w/ cord deformity\n"
+        "C5-6: mild bulge\nimp: as above",
+        "HISTORY: Neck pain.\nC6-7: cord compression by a large extrusion.",
+        "INDICATION: Neck pain.\nC5/6: large extrusion flattening the cord.\nIMPRESSION: C5-6"
+        " extrusion.",
+    ],
+)
+def test_level_lines_under_a_history_header_are_findings(rules: RoutingRules, report: str) -> None:
+    decision = classify_report(report, rules)
+    assert decision.critical, decision.explanations
+
+
+def test_a_history_line_is_not_a_level_line(rules: RoutingRules) -> None:
+    decision = classify_report(
+        "HISTORY: C6-7 cord compression in 2019, decompressed.\nIMPRESSION: Postoperative"
+        " changes at C6-7 without residual stenosis.",
+        rules,
+    )
+    assert not decision.critical, decision.explanations
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "Clinical details: Neck pain.\nReport: Large C5-6 extrusion compressing the spinal cord."
+        "\nConclusion: Degenerative change.",
+        "Indication: back pain\nFindings/Impression: L4-5 extrusion compressing the cauda equina.",
+        "History: weakness\nInterpretation: Acute infarct in the left MCA territory.",
+        "Hx: fall\nComment: Burst fracture of L1 with retropulsion.",
+        "INDICATION: Neck pain.\nRESULTS: Flattening of the cord at C5-6.\nIMPRESSION: C5-6 disc.",
+    ],
+)
+def test_findings_under_other_headers_are_read(rules: RoutingRules, report: str) -> None:
+    assert classify_report(report, rules).critical
+
+
+def test_a_report_named_inside_a_comparison_is_no_header(rules: RoutingRules) -> None:
+    decision = classify_report(
+        "COMPARISON: OUTSIDE REPORT: POSSIBLE CORD COMPRESSION.\nIMPRESSION: NO CORD COMPRESSION.",
+        rules,
+    )
+    assert not decision.critical, decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("report", "label"),
+    [
+        (
+            "IMPRESSION: Acute right cerebellar haemorrhage, probably hypertensive.",
+            "intracranial_hemorrhage",
+        ),
+        ("IMPRESSION: Acute left thalamic intraparenchymal hematoma.", "intracranial_hemorrhage"),
+        (
+            "IMPRESSION: Along the dorsal epidural space at T6-T8 there is a thin enhancing"
+            " collection that is concerning for abscess.",
+            "epidural_abscess",
+        ),
+        (
+            "IMPRESSION: L2-3 extrusion, caudal equina roots crowded + compressed.",
+            "cauda_equina_compression",
+        ),
+    ],
+)
+def test_critical_findings_across_a_statement_escalate(
+    rules: RoutingRules, report: str, label: str
+) -> None:
+    decision = classify_report(report, rules)
+    assert decision.critical, decision.explanations
+    assert label in _labels(decision)
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "IMPRESSION: Epidural space is clear; left psoas abscess.",
+        "IMPRESSION: The epidural space is normal, with a right paraspinal abscess.",
+        "IMPRESSION: No abscess in the epidural space.",
+        "FINDINGS: Epidural space: no abscess or collection.\nIMPRESSION: Discitis at L2-3.",
+    ],
+)
+def test_an_abscess_beside_a_normal_epidural_space_does_not_escalate(
+    rules: RoutingRules, report: str
+) -> None:
+    assert not classify_report(report, rules).critical
+
+
+@pytest.mark.parametrize(
+    ("report", "label", "urgency"),
+    [
+        ("IMPRESSION: Stable non-enhancing demyelinating lesions.", "demyelination", "routine"),
+        (
+            "IMPRESSION: Right femoral head avascular necrosis, pre-collapse.",
+            "osteonecrosis",
+            "routine",
+        ),
+        (
+            "IMPRESSION: Right femoral head avascular necrosis with collapse.",
+            "osteonecrosis_collapse",
+            "urgent",
+        ),
+    ],
+)
+def test_a_prefix_denies_the_qualifier_not_the_finding(
+    rules: RoutingRules, report: str, label: str, urgency: str
+) -> None:
+    decision = classify_report(report, rules)
+    assert label in _labels(decision), decision.explanations
+    assert decision.urgency == urgency

@@ -131,3 +131,17 @@ def test_appointments_and_referrals_are_listed_by_accession_patient_and_day(
     assert two_selectors.returncode == 2 and "exactly one of" in two_selectors.stderr
     assert bad_day.returncode == 2 and "YYYY-MM-DD" in bad_day.stderr
     assert "Traceback" not in two_selectors.stderr + bad_day.stderr
+
+
+def test_check_rules_names_the_version_or_the_line_at_fault(tmp_path: Path) -> None:
+    shipped = _followup("check-rules", env={})
+    assert shipped.returncode == 0, shipped.stderr
+    assert shipped.stdout.startswith("rules v2026.")
+
+    broken = tmp_path / "routing.yaml"
+    text = (ROOT / "rules" / "routing.yaml").read_text(encoding="utf-8")
+    broken.write_text(text.replace("    tier: emergent\n", "    tier: soon\n", 1), encoding="utf-8")
+    result = _followup("check-rules", str(broken), env={})
+    assert result.returncode == 1
+    assert str(broken) in result.stderr
+    assert "tier" in result.stderr

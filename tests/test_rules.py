@@ -53,6 +53,8 @@ TABLE = {
     "osteonecrosis_collapse": ("urgent", ["orthopedics"]),
     "tendon_ligament_tear": ("routine", ["orthopedics"]),
     "partial_tear_tendinosis": ("routine", ["pain_management"]),
+    "joint_effusion": ("routine", ["pain_management"]),
+    "physiologic_joint_fluid": ("routine", []),
     "inflammatory_arthritis": ("routine", ["rheumatology"]),
     "peripheral_nerve": ("routine", ["neurology"]),
 }
@@ -64,7 +66,7 @@ def rules():
 
 
 def test_shipped_rules_carry_version_and_sign_off_fields(rules) -> None:
-    assert rules.version == "2026.12-11"
+    assert rules.version == "2026.12-15"
     assert rules.reviewer
     assert rules.effective_date == "2026-12-07"
     assert set(rules.specialties) == SPECIALTIES
@@ -345,10 +347,12 @@ def test_typo_tolerant_word_must_start_with_its_stem(tmp_path: Path) -> None:
     )
 
 
-def test_superseded_in_is_place_or_sentence(tmp_path: Path) -> None:
+def test_superseded_in_is_place_sentence_or_report(tmp_path: Path) -> None:
     assert load_rules(_write(tmp_path, VALID)).rule("syrinx").superseded_in == "place"
     text = VALID + "    superseded_in: paragraph\n"
-    assert _error(tmp_path, text) == "FILE:17: rule syrinx: superseded_in is 'place' or 'sentence'"
+    assert _error(tmp_path, text) == (
+        "FILE:17: rule syrinx: superseded_in is 'place', 'sentence' or 'report'"
+    )
 
 
 def test_missing_file(tmp_path: Path) -> None:

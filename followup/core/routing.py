@@ -8,7 +8,8 @@ Policy (DOMAIN.md §2–4), with the rules file supplying every clinical fact:
   decision critical (emergent: escalate now, never a routine booking).
 - A finding is not routed when a rule it is `superseded_by` is asserted in the same sentence or
   at the same spinal level (a herniation compressing the S1 root goes to neurology, not also to
-  pain management); a critical superseding finding with no level given covers the whole report.
+  pain management); a critical superseding finding with no level given covers the whole report,
+  and so does any finding for a rule superseded in the "report" (a joint effusion counts alone).
 - A degenerative finding named as the cause of a finding in its rule's `cause_of` (a cord or
   cauda equina compression, a severe stenosis) is routed with it: in the same statement, or at
   its spinal levels only, or just before a compression that names no level. One that also speaks
@@ -183,8 +184,10 @@ def _covering(finding: Finding, asserted: Sequence[Finding], rules: RoutingRules
             other.levels, finding.levels
         )
         critical_here = critical and same_place(other.levels, finding.levels)
-        if same_sentence or (
-            rule.superseded_in == "place" and (known_levels_meet or critical_here)
+        if (
+            same_sentence
+            or rule.superseded_in == "report"
+            or (rule.superseded_in == "place" and (known_levels_meet or critical_here))
         ):
             return other
     for other in asserted:
@@ -204,7 +207,8 @@ def _named_as_cause(cause: Finding, effect: Finding) -> bool:
             # "Severe canal stenosis at L4-5 and facet arthropathy at L5-S1": two places
             return same_place(_clause_levels(cause), _clause_levels(effect))
         if _clauses_of_one_sentence(cause, effect):
-            return True
+            # "Severe left C5-6 foraminal stenosis; multilevel degenerative disc disease"
+            return not _SEVERAL_PLACES.search(cause.sentence_text)
         next_sentence = 0 <= effect.sentence[0] - cause.sentence[1] <= 2
         if next_sentence and not effect.levels and not _SEVERAL_PLACES.search(cause.sentence_text):
             return True

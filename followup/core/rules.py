@@ -145,7 +145,8 @@ class Rule:
     superseded_by: tuple[str, ...] = ()
     superseded_in: str = "place"
     """Where a superseding finding covers this one: "place" (the same sentence, the same
-    spinal level, or anywhere for a critical finding with no level) or "sentence" only."""
+    spinal level, or anywhere for a critical finding with no level), "sentence" only, or
+    "report" (anywhere in it: a joint effusion is routed only when it is the sole finding)."""
     cause_of: tuple[str, ...] = ()
     """Rules whose finding this one is routed with when it is named as that finding's cause: in
     the same statement, or at that finding's spinal levels only (a disc osteophyte complex
@@ -567,10 +568,10 @@ class _Validator:
 
     def superseded_in(self, node: _Map, label: str) -> str:
         value = node.get("superseded_in", "place")
-        if value not in {"place", "sentence"}:
+        if value not in {"place", "sentence", "report"}:
             self.fail(
                 node.key_lines.get("superseded_in", node.line),
-                f"rule {label}: superseded_in is 'place' or 'sentence'",
+                f"rule {label}: superseded_in is 'place', 'sentence' or 'report'",
             )
         return str(value)
 

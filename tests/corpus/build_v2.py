@@ -13,8 +13,10 @@ untouched.
 
 Labelling choices where the policy leaves room (stated once here, applied throughout):
 - a tear of a meniscus, labrum, ligament or a full-thickness tendon tear → orthopedics; a
-  partial-thickness tear, tendinosis, bursitis, adhesive capsulitis → pain management; a joint
-  effusion alone, a Baker cyst → ordering provider only;
+  partial-thickness tear, tendinosis, bursitis, adhesive capsulitis and a joint effusion alone →
+  pain management (DOMAIN.md's row, as its blind authors read it; the effusions were first
+  labelled ordering provider only and relabelled); a small effusion, a Baker cyst → ordering
+  provider only;
 - an incomplete study (terminated, aborted, claustrophobia, limited, motion) → the
   nondiagnostic route: additional testing CT myelography (DOMAIN.md keeps SPECT/CT for
   localization; relabelled in both banks after they were first written), no review flag;
@@ -544,7 +546,7 @@ TEST_ENTRIES: list[Entry] = [
         PAIN,
     ),
     ("joint_mild", "joint", "Small knee joint effusion, otherwise normal.", NONE),
-    ("joint_mild", "joint", "Moderate glenohumeral joint effusion.", NONE),
+    ("joint_mild", "joint", "Moderate glenohumeral joint effusion.", PAIN),
     ("joint_mild", "joint", "Gluteus medius tendinosis with peritendinous edema.", PAIN),
     ("joint_mild", "joint", "Subacromial-subdeltoid bursitis.", PAIN),
     # --- joints to orthopedics
@@ -1052,7 +1054,7 @@ DEV_ENTRIES: list[Entry] = [
     ("joint_mild", "joint", "Retrocalcaneal bursitis.", PAIN),
     ("joint_mild", "joint", "Partial-thickness bursal-surface tear of the infraspinatus.", PAIN),
     ("joint_mild", "joint", "Patellar tendinosis.", PAIN),
-    ("joint_mild", "joint", "Large joint effusion.", NONE),
+    ("joint_mild", "joint", "Large joint effusion.", PAIN),
     # --- joints
     ("joint", "joint", "Full-thickness tear of the supraspinatus tendon.", ORTHO),
     ("joint", "joint", "Torn ACL.", ORTHO),

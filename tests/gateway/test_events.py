@@ -210,7 +210,6 @@ def test_sweep_resubmits_a_row_whose_run_died_once_and_the_new_run_takes_it(
     scan_deployment: UUID, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.scan_completed import scan_completed
-    from followup.services.pipeline import InboxRowClaimed
 
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("FOLLOWUP_PROCESSING_LEASE_SECONDS", "600")
@@ -230,10 +229,10 @@ def test_sweep_resubmits_a_row_whose_run_died_once_and_the_new_run_takes_it(
         assert released == [dead]
 
     summary = asyncio.run(scan_completed(inbox_id=dead, accession="ACC2026000107"))
-    with pytest.raises(InboxRowClaimed):
-        asyncio.run(scan_completed(inbox_id=live, accession="ACC2026000108"))
+    duplicate = asyncio.run(scan_completed(inbox_id=live, accession="ACC2026000108"))
 
     assert summary["status"] == InboxStatus.PROCESSED
+    assert duplicate == {"inbox_id": live, "duplicate_run": True}
     with session_scope(database_url) as session:
         held = session.get_one(InboxMessage, live)
         assert (held.status, held.claimed_at, held.error) == (
