@@ -1375,15 +1375,20 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
     critical_labels = frozenset(rule.label for rule in rules.rules if rule.critical)
     beside_findings: list[Finding] = []
     details: list[Finding] = []  # the IMPRESSION names them in short: nothing left out
-    # Text without a header beside the IMPRESSION may be the clinician's question ("For
-    # evaluation of cord compression."): a finding there that names no spinal level (a level
-    # line is a finding) and that the IMPRESSION denies is not taken from it.
+    # Text without a header beside the IMPRESSION may be the clinician's question or history
+    # ("For evaluation of cord compression.", "Known L1 burst fracture, treated."): a finding
+    # there that names no spinal level (a level line is a finding) and that the IMPRESSION
+    # denies, or one in a sentence that speaks of the past, is not taken from it.
     denied = {f.label for f in findings if f.section == "IMPRESSION" and f.negated}
 
     def undenied(found: list[Finding], category: str | None) -> list[Finding]:
         if category is not None:
             return found
-        return [f for f in found if f.levels or f.label not in denied]
+        return [
+            f
+            for f in found
+            if (f.levels or f.label not in denied) and not _PAST.search(f.sentence_text)
+        ]
 
     for category, body in sections:
         if category not in beside:
@@ -1464,6 +1469,17 @@ def _details_of(
 
 # "MRI L-SPINE FOR CES", "MRI C-SPINE: ?CORD COMPRESSION": the exam title names the question.
 _TITLE = re.compile(r"\s*(?:mri?|mra|mr|ct|exam|examination|study)\b", re.IGNORECASE)
+
+
+# A sentence without a header that speaks of the patient's past ("Known L1 burst fracture,
+# treated.", "Prior SAH.", "Hx of SDH.") or asks for a follow-up ("SAH follow-up."); not one
+# that compares ("Compared with prior, new cord compression", "Previously seen abscess, larger")
+_PAST = re.compile(
+    r"^\W*(?:known|prior(?!\s+(?:study|studies|exam|examination|mri|mr|imaging|scan|ct)\b)"
+    r"|history|hx|h/o|s/p|status post)\b"
+    r"|\b(?:follow[- ]?up|f/u|treated|evacuated|repaired)\W*$",
+    re.IGNORECASE,
+)
 
 
 def _without_title(body: Span) -> Span:

@@ -2166,3 +2166,33 @@ def test_a_prefix_denies_the_qualifier_not_the_finding(
     decision = classify_report(report, rules)
     assert label in _labels(decision), decision.explanations
     assert decision.urgency == urgency
+
+
+@pytest.mark.parametrize(
+    ("report", "critical"),
+    [
+        # history or a follow-up request without a header, beside an IMPRESSION
+        (
+            "MRI L-SPINE. Known L1 burst fracture with retropulsion, treated. IMPRESSION: Stable.",
+            False,
+        ),
+        ("MRI BRAIN. Stroke protocol. Prior SAH. IMPRESSION: No acute abnormality.", False),
+        ("MRI BRAIN\nSAH follow-up.\nIMPRESSION: No residual hemorrhage.", False),
+        ("MRI BRAIN. Hx of SDH. IMPRESSION: Normal.", False),
+        # a comparison is no history: what it finds now escalates
+        (
+            "MRI C-SPINE. Compared with prior, new cord compression at C5-6. IMPRESSION:"
+            " Spondylosis.",
+            True,
+        ),
+        (
+            "MRI T-SPINE. Previously seen epidural abscess, now larger. IMPRESSION: Discitis T6-7.",
+            True,
+        ),
+        ("MRI C-SPINE. Prior MRI 2024. Cord compression at C5-6. IMPRESSION: Spondylosis.", True),
+    ],
+)
+def test_unheaded_history_beside_an_impression_is_not_read_as_a_finding(
+    rules: RoutingRules, report: str, critical: bool
+) -> None:
+    assert classify_report(report, rules).critical is critical
