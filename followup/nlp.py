@@ -1472,11 +1472,13 @@ _TITLE = re.compile(r"\s*(?:mri?|mra|mr|ct|exam|examination|study)\b", re.IGNORE
 
 
 # A sentence without a header that speaks of the patient's past ("Known L1 burst fracture,
-# treated.", "Prior SAH.", "Hx of SDH.") or asks for a follow-up ("SAH follow-up."); not one
-# that compares ("Compared with prior, new cord compression", "Previously seen abscess, larger")
+# treated.", "Prior SAH.", "Hx of SDH."), asks the clinician's question ("Query cauda equina
+# syndrome.", "?cord compression.") or asks for a follow-up ("SAH follow-up."); not one that
+# compares ("Compared with prior, new cord compression", "Previously seen abscess, larger")
 _PAST = re.compile(
     r"^\W*(?:known|prior(?!\s+(?:study|studies|exam|examination|mri|mr|imaging|scan|ct)\b)"
-    r"|history|hx|h/o|s/p|status post)\b"
+    r"|history|hx|h/o|s/p|status post|query|queried|question of|r/o|rule out|evaluate|assess"
+    r"|for (?:evaluation|assessment|exclusion))\b|^\W*\?"
     r"|\b(?:follow[- ]?up|f/u|treated|evacuated|repaired)\W*$",
     re.IGNORECASE,
 )

@@ -2179,6 +2179,12 @@ def test_a_prefix_denies_the_qualifier_not_the_finding(
         ("MRI BRAIN. Stroke protocol. Prior SAH. IMPRESSION: No acute abnormality.", False),
         ("MRI BRAIN\nSAH follow-up.\nIMPRESSION: No residual hemorrhage.", False),
         ("MRI BRAIN. Hx of SDH. IMPRESSION: Normal.", False),
+        # the clinician's question without a header; under FINDINGS or in the IMPRESSION a
+        # question mark is the radiologist's hedge and escalates
+        ("MRI L-SPINE. Query cauda equina syndrome. IMPRESSION: Normal lumbar spine.", False),
+        ("MRI L-SPINE\n?cord compression.\nIMPRESSION: Normal lumbar spine.", False),
+        ("MRI C-SPINE\nFINDINGS: ?cord compression at C5-6.\nIMPRESSION: Spondylosis.", True),
+        ("MRI L-SPINE. IMPRESSION: Query cauda equina compression at L4-5.", True),
         # a comparison is no history: what it finds now escalates
         (
             "MRI C-SPINE. Compared with prior, new cord compression at C5-6. IMPRESSION:"
