@@ -64,6 +64,7 @@ from followup.core.findings import (
 from followup.core.routing import Decision, decide_report
 from followup.core.rules import RoutingRules, Rule, TokenPattern
 from followup.core.spelling import respeller
+from followup.core.wrapping import unwrap
 from followup.errors import RulesError
 
 with warnings.catch_warnings():
@@ -123,7 +124,7 @@ def extract_findings(text: str, rules: RoutingRules) -> list[Finding]:
 
 def analyze_report(text: str, rules: RoutingRules) -> ReportFindings:
     nlp = _pipeline(rules)
-    return _analyze(nlp, nlp(respeller(rules)(text)), rules)
+    return _analyze(nlp, nlp(respeller(rules)(unwrap(text))), rules)
 
 
 def analyze_reports(
@@ -132,7 +133,7 @@ def analyze_reports(
     """Batched `analyze_report` (spaCy's nlp.pipe), in input order."""
     nlp = _pipeline(rules)
     respell = respeller(rules)
-    for doc in nlp.pipe((respell(text) for text in texts), batch_size=batch_size):
+    for doc in nlp.pipe((respell(unwrap(text)) for text in texts), batch_size=batch_size):
         yield _analyze(nlp, doc, rules)
 
 

@@ -13,6 +13,8 @@ language no rule routes goes to review with its sentence quoted.
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 
 from followup.core.routing import Decision
@@ -135,6 +137,34 @@ def test_critical_phrasing_only_in_findings_escalates_and_says_where(
     assert label in _labels(decision)
     assert decision.explanations[0].startswith("emergent: ")
     assert "in FINDINGS" in decision.explanations[0]
+
+
+_WRAP_LEAD = "Compared with the outside study there has been interval change, and now"
+
+
+@pytest.mark.parametrize("width", [40, 52, 64, 72, 80])
+@pytest.mark.parametrize("label", sorted(CRITICAL_PHRASINGS))
+def test_critical_phrasing_wrapped_at_a_fixed_width_escalates(
+    rules: RoutingRules, label: str, width: int
+) -> None:
+    """A RIS that wraps the report (one OBX segment per line) cuts phrases in two."""
+    for family, phrase in CRITICAL_PHRASINGS[label].items():
+        prose = f"{_WRAP_LEAD} {_lower_first(phrase)}. {_MILD_IMPRESSION.split(':', 1)[1]}"
+        text = "IMPRESSION:\n" + "\n".join(textwrap.wrap(prose, width))
+        decision = classify_report(text, rules)
+        assert decision.critical, (family, text, decision.explanations)
+        assert label in _labels(decision), (family, text)
+
+
+@pytest.mark.parametrize("width", [40, 52, 64, 72, 80])
+@pytest.mark.parametrize("label", sorted(CRITICAL_PHRASINGS))
+def test_negated_critical_phrasing_wrapped_does_not_escalate(
+    rules: RoutingRules, label: str, width: int
+) -> None:
+    noun = _lower_first(CRITICAL_PHRASINGS[label]["noun"])
+    prose = f"{_WRAP_LEAD} there is no evidence of {noun}. Mild degenerative change."
+    text = "IMPRESSION:\n" + "\n".join(textwrap.wrap(prose, width))
+    assert not classify_report(text, rules).critical, text
 
 
 @pytest.mark.parametrize("label", sorted(CRITICAL_PHRASINGS))
@@ -1248,7 +1278,20 @@ def test_a_typo_of_a_long_routed_word_is_read_as_that_word(
 
 
 @pytest.mark.parametrize(
-    "real", ["injection", "injected", "displayed", "contracted", "narrow", "protrusions", "lesions"]
+    "real",
+    [
+        "injection",
+        "injected",
+        "displayed",
+        "contracted",
+        "narrow",
+        "protrusions",
+        "lesions",
+        "fraction",
+        "possible",
+        "probable",
+        "there",
+    ],
 )
 def test_real_words_near_a_routed_word_are_not_respelled(rules: RoutingRules, real: str) -> None:
     assert respeller(rules)(f"the {real} one") == f"the {real} one"
@@ -2055,6 +2098,138 @@ def test_a_joint_effusion_is_routed_only_alone(
     assert classify_report(report, rules).referrals == referrals
 
 
+# --- MSK shorthand, eponyms and nerve acronyms of community and teleradiology reports ----------
+
+MSK_SHORTHAND: list[tuple[str, str, str]] = [
+    # (impression, routed label, family)
+    ("Bucket handle MM tear, fragment in the notch.", "tendon_ligament_tear", "meniscus acronym"),
+    ("PHMM radial tear.", "tendon_ligament_tear", "meniscus acronym"),
+    ("LM posterior horn horizontal tear.", "tendon_ligament_tear", "meniscus acronym"),
+    ("Complex tear of the menicus.", "tendon_ligament_tear", "misspelling"),
+    ("FT SSP tear w/ 3 cm retraction.", "tendon_ligament_tear", "cuff acronym"),
+    ("Subscap tendon FT tear with medial LHB dislocation.", "tendon_ligament_tear", "cuff acronym"),
+    ("Full thickness tear of the supraspinatous tendon.", "tendon_ligament_tear", "misspelling"),
+    ("FT glut med tear, retracted 2 cm.", "tendon_ligament_tear", "gluteal shorthand"),
+    ("Torn anterosup labrum.", "tendon_ligament_tear", "position shorthand"),
+    ("Bankart lesion and Hill-Sachs defect.", "tendon_ligament_tear", "eponym"),
+    ("HAGL lesion.", "tendon_ligament_tear", "acronym"),
+    ("ALPSA lesion.", "tendon_ligament_tear", "acronym"),
+    ("Stener lesion.", "tendon_ligament_tear", "eponym"),
+    ("Segond fracture.", "tendon_ligament_tear", "eponym"),
+    ("Posterolateral corner injury.", "tendon_ligament_tear", "knee corner"),
+    ("SL ligament tear with scapholunate widening.", "tendon_ligament_tear", "wrist acronym"),
+    ("Unstable OCD lesion of the medial femoral condyle.", "osteonecrosis", "acronym"),
+    ("OLT medial talar dome.", "osteonecrosis", "acronym"),
+    ("SONK of the medial femoral condyle.", "osteonecrosis", "acronym"),
+    ("Bilateral femoral head ON, ARCO II.", "osteonecrosis", "acronym and stage"),
+    ("Freiberg infraction of the second metatarsal head.", "osteonecrosis", "eponym"),
+    ("Kienbock disease, Lichtman stage II.", "osteonecrosis", "eponym without umlaut"),
+    ("High-grade PTT of SSP, bursal surface.", "partial_tear_tendinosis", "acronym"),
+    ("De Quervain tenosynovitis.", "partial_tear_tendinosis", "eponym"),
+    ("ITB friction syndrome.", "partial_tear_tendinosis", "syndrome"),
+    ("Jumper's knee.", "partial_tear_tendinosis", "syndrome"),
+    ("CuTS.", "peripheral_nerve", "acronym"),
+    ("CTS.", "peripheral_nerve", "acronym"),
+    ("Ulnar n. compression at Guyon canal.", "peripheral_nerve", "n. for nerve"),
+    ("PIN entrapment at the arcade of Frohse.", "peripheral_nerve", "nerve acronym"),
+    ("Compression of the AIN.", "peripheral_nerve", "nerve acronym"),
+    ("Meralgia paresthetica.", "peripheral_nerve", "eponym"),
+    ("ACL not visualised, in keeping with complete rupture.", "tendon_ligament_tear", "no name"),
+    ("Grade III MCL sprain.", "tendon_ligament_tear", "sprain grade"),
+    ("ACL graft rupture.", "tendon_ligament_tear", "graft"),
+    ("SLAP lesion type II.", "tendon_ligament_tear", "acronym and type"),
+    ("Displaced meniscal flap in the superior recess.", "tendon_ligament_tear", "displaced flap"),
+    ("Medial meniscal root tear with 4 mm extrusion.", "tendon_ligament_tear", "extruded meniscus"),
+    ("The medial meniscus body is extruded.", "tendon_ligament_tear", "extruded meniscus"),
+    ("Hamstring origin avulsion with 5 cm retraction.", "tendon_ligament_tear", "origin"),
+    ("Gluteus minimus and medius full thickness tears.", "tendon_ligament_tear", "two tendons"),
+    ("Peroneus brevis split tear.", "tendon_ligament_tear", "split tear"),
+    ("LHBT rupture.", "tendon_ligament_tear", "acronym"),
+    ("Intrasubstance tear of the SSP.", "partial_tear_tendinosis", "one-surface tear"),
+    ("Articular-sided tear of the supraspinatus.", "partial_tear_tendinosis", "one-surface tear"),
+    ("Thickened, T2 hyperintense ulnar nerve.", "peripheral_nerve", "signs before the nerve"),
+    ("The ulnar nerve is thickened and T2 hyperintense.", "peripheral_nerve", "nerve is"),
+    ("Septic knee.", "soft_tissue_joint_infection", "joint named for its infection"),
+    ("Pyarthrosis of the knee.", "soft_tissue_joint_infection", "pyarthrosis"),
+    ("Flexor tenosynovitis, likely infectious.", "soft_tissue_joint_infection", "after"),
+    ("RA with erosions of the MCP joints.", "inflammatory_arthritis", "RA"),
+    ("Active synovitis and bony erosions c/w RA.", "inflammatory_arthritis", "bony erosions"),
+    ("Gouty erosions 1st MTP with tophus.", "inflammatory_arthritis", "gout"),
+    ("MM tear PH.", "tendon_ligament_tear", "meniscus acronym, part after"),
+    ("CET tear.", "tendon_ligament_tear", "elbow acronym"),
+]
+
+
+@pytest.mark.parametrize(("impression", "label", "family"), MSK_SHORTHAND)
+def test_msk_shorthand_and_eponyms_route_without_review(
+    rules: RoutingRules, impression: str, label: str, family: str
+) -> None:
+    decision = classify_report(f"MRI JOINT. IMPRESSION: {impression}", rules)
+    assert label in _labels(decision), (family, decision.explanations)
+    assert set(rules.rule(label).referrals) <= set(decision.referrals)
+    assert not decision.critical
+    assert not decision.needs_review, decision.explanations
+
+
+@pytest.mark.parametrize(
+    "impression",
+    [
+        "No FT SSP tear.",
+        "No Hill-Sachs or Bankart lesion.",
+        "No OCD.",
+        "Ulnar n. normal. No CuTS.",
+        "No PIN entrapment.",
+        "Labral tear unlikely. RC intact.",
+        "No menisical tear. No ligamnet tear.",
+        "No septic knee.",
+        "No erosions. RA not excluded clinically.",
+    ],
+)
+def test_denied_msk_shorthand_routes_nothing(rules: RoutingRules, impression: str) -> None:
+    decision = classify_report(f"MRI JOINT. IMPRESSION: {impression}", rules)
+    assert (decision.referrals, decision.critical) == ([], False), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("report", "label"),
+    [
+        # a size before "tear" is no meniscus: the annular tear is still reviewed, not orthopedics
+        ("MRI LUMBAR SPINE. IMPRESSION: 3 mm tear of the annulus at L4-5.", "tendon_ligament_tear"),
+        # upper-case ON is a word in an all-caps report
+        ("MRI HIPS. IMPRESSION: SMALL CYST IN THE FEMORAL HEAD ON THE LEFT.", "osteonecrosis"),
+        # "cuts" and a displaced pin are no nerve findings
+        (
+            "MRI WRIST. IMPRESSION: Axial cuts through the carpal tunnel are normal.",
+            "peripheral_nerve",
+        ),
+        ("MRI HAND. IMPRESSION: K-wire pin displaced from the metacarpal.", "peripheral_nerve"),
+        # "complete tear of" something no rule knows is still reviewed, not orthopedics
+        ("MRI L-SPINE. IMPRESSION: Complete tear of the annulus at L4-5.", "tendon_ligament_tear"),
+        # disc words that describe a meniscus, an acetabulum or a muscle
+        ("MRI KNEE. IMPRESSION: Medial meniscal root tear with extrusion.", "disc_herniation"),
+        ("MRI HIP. IMPRESSION: Acetabular protrusion.", "disc_herniation"),
+        ("MRI LEG. IMPRESSION: Muscle herniation through a fascial defect.", "disc_herniation"),
+        ("MRI HIP. IMPRESSION: Synovial herniation pit of the femoral neck.", "disc_herniation"),
+    ],
+)
+def test_msk_acronyms_keep_out_of_look_alikes(rules: RoutingRules, report: str, label: str) -> None:
+    assert label not in _labels(classify_report(report, rules))
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        # PLC in a spine report is the posterior ligamentous complex of an unstable fracture
+        "MRI T-SPINE. IMPRESSION: Acute T11 fracture with PLC disruption.",
+        "MRI T-SPINE. IMPRESSION: Disruption of the PLC with an acute T11 fracture.",
+    ],
+)
+def test_plc_in_a_spine_report_stays_the_unstable_fracture(
+    rules: RoutingRules, report: str
+) -> None:
+    assert classify_report(report, rules).critical
+
+
 @pytest.mark.parametrize(
     "report",
     [
@@ -2202,3 +2377,30 @@ def test_unheaded_history_beside_an_impression_is_not_read_as_a_finding(
     rules: RoutingRules, report: str, critical: bool
 ) -> None:
     assert classify_report(report, rules).critical is critical
+
+
+@pytest.mark.parametrize(
+    ("report", "critical", "referrals"),
+    [
+        # a one-line report whose IMPRESSION points back: the title is only its first sentence
+        (
+            "MRI C-spine. Severe cord compression at C5-6 with T2 cord signal. Imp: as above.",
+            True,
+            ["orthopedics"],
+        ),
+        (
+            "mri shoulder lt. FT tear of the infraspinatus tendon, 1.5 cm retraction."
+            " imp: as above.",
+            False,
+            ["orthopedics"],
+        ),
+        # the title sentence itself still names the question, not a finding
+        ("MRI C-SPINE: ?CORD COMPRESSION. Imp: as above.", False, []),
+        ("MRI L-SPINE FOR CES. Imp: as above.", False, []),
+    ],
+)
+def test_a_one_line_report_loses_only_its_title_sentence(
+    rules: RoutingRules, report: str, critical: bool, referrals: list[str]
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.critical, decision.referrals) == (critical, referrals), decision.explanations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import textwrap
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -1252,3 +1253,28 @@ def test_values_as_long_as_their_columns_are_accepted() -> None:
         128,
     )
     assert (len(scan.procedure_code), len(scan.procedure_text)) == (64, 255)
+
+
+@pytest.mark.parametrize("width", [42, 58, 62])
+def test_a_report_wrapped_over_obx_segments_is_read_whole(width: int) -> None:
+    """A RIS that wraps the report at a fixed width, one TX OBX per wrapped line: the cord
+    compression cut over two segments still escalates."""
+    from followup.core.rules import load_rules
+    from followup.nlp import classify_report
+    from followup.settings import PROJECT_ROOT
+
+    message = load(SAMPLES / "spine_critical_cord_compression.hl7")
+    header = [s for s in message.split("\r") if s and not s.startswith("OBX|")]
+    prose = (
+        "There is a large central disc osteophyte complex at C5-6 causing severe spinal canal"
+        " stenosis with compression of the spinal cord and intramedullary T2 signal. Mild"
+        " degenerative change elsewhere."
+    )
+    lines = ["IMPRESSION:", *textwrap.wrap(prose, width)]
+    obx = [f"OBX|{n}|TX|19005-8^Impression^LN|1|{line}||||||F" for n, line in enumerate(lines, 1)]
+    scan = parse_oru("\r".join([*header, *obx]), site_zone=ZONE)
+    rules = load_rules(PROJECT_ROOT / "rules" / "routing.yaml")
+
+    assert scan.report_text.split("\n") == lines
+    assert not any("compression of the spinal cord" in line for line in lines)
+    assert classify_report(scan.report_text, rules).critical
