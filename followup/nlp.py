@@ -281,6 +281,12 @@ _LINE_START_ONLY = frozenset({"report", "result", "results", "description", "com
 _BARE_HEADERS = {"impression": "IMPRESSION", "findings": "FINDINGS", "addendum": "ADDENDUM"}
 
 
+# "ADDENDUM (attending):", "Addendum (Dr Lee, 14:02):" - who wrote it, before the colon; the
+# tokenizer keeps "):" as one token
+_SIGNER: dict[str, Any] = {"ORTH": {"NOT_IN": [")", "):", "(", "\n"]}, "IS_SPACE": False, "OP": "?"}
+_CLOSE_COLON: list[list[dict[str, Any]]] = [[{"ORTH": "):"}], [{"ORTH": ")"}, {"ORTH": ":"}]]
+
+
 def _section_rules() -> list[SectionRule]:
     rules = []
     for category, phrases in _SECTION_HEADERS.items():
@@ -288,14 +294,18 @@ def _section_rules() -> list[SectionRule]:
             words = phrase.split()
             first = {"LOWER": words[0], "IS_SENT_START": True}
             tail: list[dict[str, Any]] = [{"LOWER": word} for word in words[1:]]
-            if category == "addendum":  # "Addendum #2:"
+            caps: list[dict[str, Any]] = [{"ORTH": word.upper()} for word in words]
+            ends: list[list[dict[str, Any]]] = [[{"ORTH": ":"}]]
+            if category == "addendum":  # "Addendum #2:", "ADDENDUM (attending):"
                 tail += [{"ORTH": "#", "OP": "?"}, {"IS_DIGIT": True, "OP": "?"}]
-            rules.append(SectionRule(phrase, category, pattern=[first, *tail, {"ORTH": ":"}]))
-            if phrase in _LINE_START_ONLY:
-                continue
-            # An all-capitals header is a header wherever it is ("...at 10:32. IMPRESSION: ...").
-            caps = [{"ORTH": word.upper()} for word in words]
-            rules.append(SectionRule(phrase, category, pattern=[*caps, {"ORTH": ":"}]))
+                caps += [{"ORTH": "#", "OP": "?"}, {"IS_DIGIT": True, "OP": "?"}]
+                ends += [[{"ORTH": "("}, *[_SIGNER] * 4, *close] for close in _CLOSE_COLON]
+            for end in ends:
+                rules.append(SectionRule(phrase, category, pattern=[first, *tail, *end]))
+                if phrase in _LINE_START_ONLY:
+                    continue
+                # An all-capitals header is a header wherever it is ("...at 10:32. IMPRESSION:").
+                rules.append(SectionRule(phrase, category, pattern=[*caps, *end]))
     for category, word in _BARE_HEADERS.items():
         pattern = [{"ORTH": word, "IS_SENT_START": True}, {"IS_SPACE": True}]
         rules.append(SectionRule(word.lower(), category, pattern=pattern))
@@ -472,6 +482,39 @@ _DROPPED_DEFAULTS = frozenset(
     }
 )
 
+_ARTIFACT_KINDS = [
+    "csf",
+    "flow",
+    "pulsation",
+    "pulsatile",
+    "motion",
+    "susceptibility",
+    "truncation",
+    "gibbs",
+    "phase",
+    "ghosting",
+    "chemical",
+    "shift",
+    "related",
+    "-",
+]
+
+_ARTIFACT_VERBS = [
+    "is",
+    "are",
+    "was",
+    "were",
+    "represents",
+    "represent",
+    "reflects",
+    "reflect",
+    "likely",
+    "probably",
+    "presumably",
+    "compatible",
+    "consistent",
+]
+
 _RADIOLOGY_CONTEXT = [
     # negation
     # medspaCy's "no" also takes a following "abnormal" or "new" into the cue, and a cue that
@@ -574,6 +617,19 @@ _RADIOLOGY_CONTEXT = [
     # "epidural abscess resolved, no residual collection": the longer backward cue wins where
     # both match, so a finding after "resolved," is left alone
     _rule("resolved", _NEG, "FORWARD", max_scope=3),
+    # "the apparent T7 abnormality is CSF flow artifact", "signal change, likely susceptibility
+    # artefact": what the words just before it name is no finding
+    _rule(
+        "is artifact",
+        _NEG,
+        "BACKWARD",
+        [
+            {"LOWER": {"IN": _ARTIFACT_VERBS}},
+            {"LOWER": {"IN": [*_ARTIFACT_KINDS, "with", "likely", "most", "a", "an"]}, "OP": "*"},
+            {"LOWER": {"IN": ["artifact", "artifacts", "artefact", "artefacts", "artifactual"]}},
+        ],
+        max_scope=5,
+    ),
     _rule("X resolved", _NEG, "BACKWARD", [{"LOWER": "resolved"}, _AFTER_RESOLVED], max_scope=4),
     # "epidural abscess, not resolved", "partially resolved": still there
     _rule(
@@ -592,7 +648,10 @@ _RADIOLOGY_CONTEXT = [
         ": none",
         _NEG,
         "BACKWARD",
-        [{"ORTH": ":"}, {"LOWER": {"IN": ["none", "absent", "negative", "nil"]}}],
+        [
+            {"ORTH": {"IN": [":", "-", "–"]}},
+            {"LOWER": {"IN": ["none", "absent", "negative", "nil"]}},
+        ],
         max_scope=4,
     ),
     # ...but "Epidural space: negative for epidural abscess" denies what follows; the longer
@@ -928,6 +987,15 @@ _RADIOLOGY_CONTEXT = [
     *(
         _rule(literal, _CLINICAL, direction, pattern, max_scope=8)
         for literal, direction, pattern in _CLINICAL_CUES
+    ),
+    # "patient with CES symptoms": the word right before it names the syndrome the patient has
+    # ("consistent with CES given the patient's symptoms" stays an imaging finding)
+    _rule(
+        "syndrome symptoms",
+        _CLINICAL,
+        "BACKWARD",
+        [{"LOWER": {"IN": ["symptoms", "symptom", "signs", "symptomatology", "presentation"]}}],
+        max_scope=1,
     ),
     # "no signal abnormality to suggest X": the negation carries on; "suggest" is no hedge here
     *(_rule(literal, "PSEUDO", "PSEUDO") for literal in ("to suggest", "to indicate")),
@@ -1319,6 +1387,21 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
     critical_labels = frozenset(rule.label for rule in rules.rules if rule.critical)
     beside_findings: list[Finding] = []
     details: list[Finding] = []  # the IMPRESSION names them in short: nothing left out
+    # Text without a header beside the IMPRESSION may be the clinician's question or history
+    # ("For evaluation of cord compression.", "Known L1 burst fracture, treated."): a finding
+    # there that names no spinal level (a level line is a finding) and that the IMPRESSION
+    # denies, or one in a sentence that speaks of the past, is not taken from it.
+    denied = {f.label for f in findings if f.section == "IMPRESSION" and f.negated}
+
+    def undenied(found: list[Finding], category: str | None) -> list[Finding]:
+        if category is not None:
+            return found
+        return [
+            f
+            for f in found
+            if (f.levels or f.label not in denied) and not _PAST.search(f.sentence_text)
+        ]
+
     for category, body in sections:
         if category not in beside:
             continue
@@ -1334,14 +1417,15 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
                 and _affirmed(f)
                 and (rule_of[f.label].referrals or rule_of[f.label].critical)
             ]
-            beside_findings += found
+            beside_findings += undenied(found, category)
         else:
             if _critical_gate(rules)(body):
-                beside_findings += [
+                found = [
                     finding
                     for finding in _section_findings(nlp, body, "FINDINGS", rules, critical_labels)
                     if _affirmed(finding)
                 ]
+                beside_findings += undenied(found, category)
             details += _details_of(nlp, body, findings, rules, critical_labels)
     findings += beside_findings + details
     # A critical finding is escalated to a person now; otherwise findings the IMPRESSION left
@@ -1358,7 +1442,7 @@ def _analyze(nlp: Language, doc: Doc, rules: RoutingRules) -> ReportFindings:
         ]
     )
     return ReportFindings(
-        findings=tuple(apply_addendum(findings)),
+        findings=tuple(apply_addendum(findings, keep=critical_labels)),
         routed_sections=tuple(_section_name(category) for category in routed),
         region=_region(sections, routed, rules),
         review_reasons=tuple(dict.fromkeys(review)),
@@ -1397,6 +1481,19 @@ def _details_of(
 
 # "MRI L-SPINE FOR CES", "MRI C-SPINE: ?CORD COMPRESSION": the exam title names the question.
 _TITLE = re.compile(r"\s*(?:mri?|mra|mr|ct|exam|examination|study)\b", re.IGNORECASE)
+
+
+# A sentence without a header that speaks of the patient's past ("Known L1 burst fracture,
+# treated.", "Prior SAH.", "Hx of SDH."), asks the clinician's question ("Query cauda equina
+# syndrome.", "?cord compression.") or asks for a follow-up ("SAH follow-up."); not one that
+# compares ("Compared with prior, new cord compression", "Previously seen abscess, larger")
+_PAST = re.compile(
+    r"^\W*(?:known|prior(?!\s+(?:study|studies|exam|examination|mri|mr|imaging|scan|ct)\b)"
+    r"|history|hx|h/o|s/p|status post|query|queried|question of|r/o|rule out|evaluate|assess"
+    r"|for (?:evaluation|assessment|exclusion))\b|^\W*\?"
+    r"|\b(?:follow[- ]?up|f/u|treated|evacuated|repaired)\W*$",
+    re.IGNORECASE,
+)
 
 
 def _without_title(body: Span) -> Span:
@@ -1443,8 +1540,13 @@ def _region(
 
 
 # "IMPRESSION: Findings at C5-6 as above." points back to the text it summarises.
+# So do "As detailed.", "see checklist above", "as per checklist", "see report body".
 _REFERS_BACK = re.compile(
-    r"\b(?:as (?:described |detailed |noted |discussed |outlined )?above|see (?:above|findings))\b",
+    r"\b(?:as (?:described |detailed |noted |discussed |outlined )?above"
+    r"|as (?:described|detailed|outlined)(?=\s*(?:[.;]|$))"
+    r"|as per (?:the )?(?:checklist|findings|report|body)"
+    r"|see (?:the )?(?:(?:checklist|report|body|level[- ]by[- ]level|details?) )?"
+    r"(?:above|findings|body|checklist))\b",
     re.IGNORECASE,
 )
 

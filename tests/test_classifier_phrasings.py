@@ -1782,6 +1782,302 @@ def test_resolved_and_field_answers(rules: RoutingRules, report: str, critical: 
     assert classify_report(report, rules).critical is critical
 
 
+# --- spine and brain voices: checklists, one-line dictation, speech recognition, shorthand -------
+
+
+@pytest.mark.parametrize(
+    ("report", "critical"),
+    [
+        # a one-line report: its title is the first sentence, not the whole line
+        (
+            "MRI C-SPINE. Alignment: normal. Cord: compressed at C5-6 by a disc extrusion."
+            " IMPRESSION: See checklist above.",
+            True,
+        ),
+        (
+            "MRI C-SPINE. Motion-degraded. Cord compression cannot be excluded at C5-6."
+            " IMPRESSION: Nondiagnostic study.",
+            True,
+        ),
+        (
+            "MRI L-SPINE FOR CES. Conus normal. IMPRESSION: Mild L4-5 facet arthropathy.",
+            False,
+        ),
+    ],
+)
+def test_one_line_report_text_beside_the_impression_is_read(
+    rules: RoutingRules, report: str, critical: bool
+) -> None:
+    assert classify_report(report, rules).critical is critical
+
+
+@pytest.mark.parametrize(
+    ("report", "critical", "label"),
+    [
+        (
+            "MRI LUMBAR SPINE\nCauda equina: nerve roots are compressed at L4-5.",
+            True,
+            "cauda_equina_compression",
+        ),
+        ("MRI BRAIN\nIMPRESSION: R temporal EDH 12 mm.", True, "intracranial_hemorrhage"),
+        (
+            "MRI BRAIN\nIMPRESSION: L basal ganglia IPH with IVH extension.",
+            True,
+            "intracranial_hemorrhage",
+        ),
+        ("MRI BRAIN\nIMPRESSION: No EDH, SDH or IPH.", False, None),
+        ("MRI BRAIN\nIMPRESSION: No IVH.", False, None),
+    ],
+)
+def test_checklist_fields_and_bleed_shorthand(
+    rules: RoutingRules, report: str, critical: bool, label: str | None
+) -> None:
+    decision = classify_report(report, rules)
+    assert decision.critical is critical, decision.explanations
+    if label is not None:
+        assert label in _labels(decision)
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        # a word speech recognition split: the pieces joined are a concept word, or a typo
+        # of one from pieces the rules do not know
+        ("severe stenosis with cord come pression", "severe stenosis with cord compression"),
+        ("dorsal epi dural abcess", "dorsal epidural abscess"),
+        ("L4-5 disk itis and osteo my elitis", "L4-5 diskitis and osteomyelitis"),
+        ("end plate destruction", "endplate destruction"),
+        # a piece the rules know is no piece of a typo ("infarctin", "nocompressive" are one
+        # edit from infarction, noncompressive), and a join never crosses a stop
+        ("old infarct in the left thalamus", "old infarct in the left thalamus"),
+        ("no compressive lesion", "no compressive lesion"),
+        ("the fracture is healed", "the fracture is healed"),
+        ("no disk. Itis", "no disk. Itis"),
+    ],
+)
+def test_words_split_by_speech_recognition_are_joined(
+    rules: RoutingRules, written: str, read: str
+) -> None:
+    assert respeller(rules)(written) == read
+
+
+@pytest.mark.parametrize(
+    ("report", "urgency"),
+    [
+        (
+            "MRI C-SPINE\nIMPRESSION: Severe C6-7 canal stenosis with cord come pression.",
+            "emergent",
+        ),
+        ("MRI L-SPINE\nIMPRESSION: L4-5 disk itis and osteo my elitis.", "urgent"),
+        ("MRI L-SPINE\nIMPRESSION: No compressive lesion. No disk itis.", "routine"),
+    ],
+)
+def test_split_words_route_like_the_word(rules: RoutingRules, report: str, urgency: str) -> None:
+    assert classify_report(report, rules).urgency == urgency
+
+
+@pytest.mark.parametrize(
+    ("report", "urgency", "referrals"),
+    [
+        # a preliminary read without headers, then the attending's addendum: both are read,
+        # the addendum supersedes what it speaks of
+        (
+            "MRI C-spine. Cord compression at C5-6. ADDENDUM: Also note a T11 hemangioma.",
+            "emergent",
+            ["orthopedics"],
+        ),
+        (
+            "PRELIMINARY: MRI C-spine. No cord compression. ADDENDUM (attending): On review,"
+            " cord compression at C4-5.",
+            "emergent",
+            ["orthopedics"],
+        ),
+        (
+            "PRELIMINARY: MRI T-spine. Possible cord compression at T7. Addendum (Dr Lee,"
+            " attending): there is no cord compression.",
+            "routine",
+            [],
+        ),
+        # the same structure at the same level, read again: the addendum's reading stands
+        (
+            "PRELIMINARY: MRI L-spine. Degenerative endplate changes at L5-S1. ADDENDUM: Disc"
+            " enhancement and endplate erosion at L5-S1, concerning for discitis.",
+            "urgent",
+            ["orthopedics"],
+        ),
+        # a critical finding of the first read is superseded only by the same concept
+        (
+            "PRELIMINARY: MRI C-spine. Cord compression at C5-6. ADDENDUM: Also compression of"
+            " the exiting right C6 nerve root at C5-6.",
+            "emergent",
+            ["neurology", "orthopedics"],
+        ),
+        # the exam title of the first read asks, it finds nothing
+        (
+            "MRI C-SPINE FOR CORD COMPRESSION. Normal. ADDENDUM: T11 hemangioma.",
+            "routine",
+            [],
+        ),
+    ],
+)
+def test_a_first_read_and_its_addendum(
+    rules: RoutingRules, report: str, urgency: str, referrals: list[str]
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.urgency, decision.referrals) == (urgency, referrals), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("report", "critical", "review"),
+    [
+        # what the words just before "is ... artifact" name is no finding
+        (
+            "MRI T-SPINE. IMPRESSION: The apparent T7 abnormality is CSF flow artifact.",
+            False,
+            False,
+        ),
+        ("MRI C-SPINE. IMPRESSION: Cord signal abnormality, likely motion artefact.", False, False),
+        # an artifact elsewhere in the report denies nothing
+        (
+            "MRI C-SPINE. IMPRESSION: Cord compression at C5-6; the T2 signal in the cord is"
+            " motion artifact.",
+            True,
+            False,
+        ),
+        ("MRI BRAIN. IMPRESSION: Acute left MCA infarct. Motion artifact.", True, False),
+    ],
+)
+def test_what_is_called_artifact_is_no_finding(
+    rules: RoutingRules, report: str, critical: bool, review: bool
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.critical, decision.needs_review) == (critical, review), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("impression", "label"),
+    [
+        (
+            "Focus of DWI hyperintensity with low ADC values in the left corona radiata",
+            "acute_infarct",
+        ),
+        ("Right pontine DWI signal with corresponding ADC hypointensity", "acute_infarct"),
+        ("New left occipital infarct", "acute_infarct"),
+        ("Recent left thalamic infarct", "acute_infarct"),
+        ("Evolving right MCA infarct", "acute_infarct"),
+        ("Right temporal extradural haematoma with mass effect", "intracranial_hemorrhage"),
+        ("Left frontal epidural hematoma", "intracranial_hemorrhage"),
+        ("Intracerebral haematoma, right frontal lobe", "intracranial_hemorrhage"),
+        ("Compressive cervical myelopathy at C4-5", "cord_compression"),
+        ("Cord compression - severe at C5-6", "cord_compression"),
+    ],
+)
+def test_spine_and_brain_critical_wordings_escalate(
+    rules: RoutingRules, impression: str, label: str
+) -> None:
+    decision = classify_report(f"MRI. IMPRESSION: {impression}.", rules)
+    assert decision.critical and label in _labels(decision), decision.explanations
+
+
+@pytest.mark.parametrize(
+    ("impression", "referrals"),
+    [
+        ("No new infarct. Chronic small vessel change.", []),
+        ("Compared with the recent MRI, no acute infarct.", []),
+        ("No low ADC to suggest infarct.", []),
+        ("Non-compressive cervical myelopathy.", ["neurology"]),
+        ("Noncompressive thoracic myelopathy.", ["neurology"]),
+        ("Cord compression - none; cord signal normal.", []),
+    ],
+)
+def test_spine_and_brain_look_alikes_do_not_escalate(
+    rules: RoutingRules, impression: str, referrals: list[str]
+) -> None:
+    decision = classify_report(f"MRI. IMPRESSION: {impression}", rules)
+    assert (decision.critical, decision.referrals) == (False, referrals), decision.explanations
+
+
+def test_a_spinal_epidural_hematoma_is_no_intracranial_bleed(rules: RoutingRules) -> None:
+    decision = classify_report(
+        "MRI L-SPINE. IMPRESSION: Small postoperative dorsal epidural hematoma at L4-5 without"
+        " mass effect.",
+        rules,
+    )
+    assert not decision.critical
+
+
+@pytest.mark.parametrize(
+    ("report", "critical"),
+    [
+        (
+            "MRI L-SPINE\nConus/cauda equina: Severe compression at L2-3 by a sequestered"
+            " fragment.\nIMPRESSION: Sequestered L2-3 disc.",
+            True,
+        ),
+        ("MRI C-SPINE. Opinion: Canal stenosis at C5/6 with cord compromise.", True),
+        ("MRI C-SPINE. Opinion: Canal stenosis at C5/6 without cord compromise.", False),
+        ("MRI BRAIN. IMPRESSION: Acute in farct in the left MCA territory.", True),
+        ("MRI BRAIN. IMPRESSION: Old infarct in the left MCA territory.", False),
+        # an IMPRESSION that points back routes the text it points to
+        (
+            "MRI C-SPINE\nCord: flattened at C6-7 with myelomalacia.\nIMPRESSION: As per"
+            " checklist.",
+            True,
+        ),
+        ("MRI C-SPINE\nC5-6: cord compressed.\nIMPRESSION: As detailed.", True),
+    ],
+)
+def test_more_spine_and_brain_voices(rules: RoutingRules, report: str, critical: bool) -> None:
+    assert classify_report(report, rules).critical is critical
+
+
+@pytest.mark.parametrize(
+    ("impression", "refers"),
+    [
+        ("As detailed.", True),
+        ("Sequestered L4-5 disc fragment, as described.", True),
+        ("See checklist above.", True),
+        ("Degenerative disc disease, see level-by-level findings.", True),
+        ("As per checklist.", True),
+        ("Findings as described by the referring clinician are not seen.", False),
+    ],
+)
+def test_an_impression_that_points_back(impression: str, refers: bool) -> None:
+    from followup.nlp import _REFERS_BACK
+
+    assert bool(_REFERS_BACK.search(impression)) is refers
+
+
+@pytest.mark.parametrize(
+    ("report", "critical"),
+    [
+        # the clinician's words without a header beside an IMPRESSION that denies them
+        (
+            "MRI C-SPINE. For evaluation of cord compression. IMPRESSION: No cord compression.",
+            False,
+        ),
+        ("MRI C-SPINE\nQuestion of cord compression.\nIMPRESSION: No cord compression.", False),
+        ("MRI T-SPINE. Epidural abscess follow-up. IMPRESSION: Resolved epidural abscess.", False),
+        ("MRI BRAIN. Follow-up of recent infarct. IMPRESSION: No new infarct.", False),
+        ("MRI BRAIN. 67M with recent stroke symptoms. IMPRESSION: No acute infarct.", False),
+        ("MRI L-SPINE. Pt with CES symptoms. IMPRESSION: Mild facet arthropathy.", False),
+        # a denial at another level denies nothing here; a silent IMPRESSION denies nothing
+        ("MRI C-SPINE. C4-5: cord compressed. IMPRESSION: No cord compression at C6-7.", True),
+        ("MRI C-SPINE. C4-5: cord compressed. IMPRESSION: Spondylosis.", True),
+        # the syndrome named by imaging, the patient's symptoms further on
+        (
+            "MRI L-SPINE. IMPRESSION: Large extrusion; consistent with CES given the patient's"
+            " symptoms.",
+            True,
+        ),
+    ],
+)
+def test_unheaded_text_beside_a_denying_impression(
+    rules: RoutingRules, report: str, critical: bool
+) -> None:
+    assert classify_report(report, rules).critical is critical
+
+
 @pytest.mark.parametrize(
     ("report", "label"),
     [
@@ -2059,6 +2355,42 @@ def test_a_prefix_denies_the_qualifier_not_the_finding(
     decision = classify_report(report, rules)
     assert label in _labels(decision), decision.explanations
     assert decision.urgency == urgency
+
+
+@pytest.mark.parametrize(
+    ("report", "critical"),
+    [
+        # history or a follow-up request without a header, beside an IMPRESSION
+        (
+            "MRI L-SPINE. Known L1 burst fracture with retropulsion, treated. IMPRESSION: Stable.",
+            False,
+        ),
+        ("MRI BRAIN. Stroke protocol. Prior SAH. IMPRESSION: No acute abnormality.", False),
+        ("MRI BRAIN\nSAH follow-up.\nIMPRESSION: No residual hemorrhage.", False),
+        ("MRI BRAIN. Hx of SDH. IMPRESSION: Normal.", False),
+        # the clinician's question without a header; under FINDINGS or in the IMPRESSION a
+        # question mark is the radiologist's hedge and escalates
+        ("MRI L-SPINE. Query cauda equina syndrome. IMPRESSION: Normal lumbar spine.", False),
+        ("MRI L-SPINE\n?cord compression.\nIMPRESSION: Normal lumbar spine.", False),
+        ("MRI C-SPINE\nFINDINGS: ?cord compression at C5-6.\nIMPRESSION: Spondylosis.", True),
+        ("MRI L-SPINE. IMPRESSION: Query cauda equina compression at L4-5.", True),
+        # a comparison is no history: what it finds now escalates
+        (
+            "MRI C-SPINE. Compared with prior, new cord compression at C5-6. IMPRESSION:"
+            " Spondylosis.",
+            True,
+        ),
+        (
+            "MRI T-SPINE. Previously seen epidural abscess, now larger. IMPRESSION: Discitis T6-7.",
+            True,
+        ),
+        ("MRI C-SPINE. Prior MRI 2024. Cord compression at C5-6. IMPRESSION: Spondylosis.", True),
+    ],
+)
+def test_unheaded_history_beside_an_impression_is_not_read_as_a_finding(
+    rules: RoutingRules, report: str, critical: bool
+) -> None:
+    assert classify_report(report, rules).critical is critical
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ and decisions without loading spaCy (a second per flow-run process; see docs/arc
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
@@ -116,11 +116,14 @@ def levels_within(inner: Sequence[str], outer: Sequence[str]) -> bool:
     return bool(inner and outer) and all(any(inside(a, b) for b in outer) for a in inner)
 
 
-def apply_addendum(findings: list[Finding]) -> list[Finding]:
+def apply_addendum(findings: list[Finding], keep: Collection[str] = ()) -> list[Finding]:
     """An addendum supersedes the report's statements about the same concept and place.
 
     The same concept is the same rule, or a wording the addendum's contains under another
-    rule ("abscess" in the report, "no epidural abscess" in the addendum).
+    rule ("abscess" in the report, "no epidural abscess" in the addendum). A finding of a rule
+    not in `keep` (the critical ones are kept) is superseded too by an addendum finding at the
+    same spinal level that names the same structure: "degenerative endplate changes at L5-S1"
+    read again as "endplate erosion at L5-S1, concerning for discitis".
     """
     addendum = [f for f in findings if f.section == "ADDENDUM" and f.label != UNCLASSIFIED]
     if not addendum:
@@ -130,11 +133,26 @@ def apply_addendum(findings: list[Finding]) -> list[Finding]:
         for finding in findings
         if finding.section == "ADDENDUM"
         or not any(
-            (later.label == finding.label or _words(finding.text) <= _words(later.text))
-            and same_place(later.levels, finding.levels)
+            (
+                (later.label == finding.label or _words(finding.text) <= _words(later.text))
+                and same_place(later.levels, finding.levels)
+            )
+            or (finding.label not in keep and _same_structure(finding, later))
             for later in addendum
         )
     ]
+
+
+_STRUCTURE_WORD = 5  # letters of a word that names a structure ("endplate", "facet", "annulus")
+
+
+def _same_structure(earlier: Finding, later: Finding) -> bool:
+    """Both at overlapping known spinal levels, their matched words sharing a word of
+    `_STRUCTURE_WORD` letters or more."""
+    if not (earlier.levels and later.levels and levels_overlap(earlier.levels, later.levels)):
+        return False
+    shared = {w for w in _words(earlier.text) & _words(later.text) if len(w) >= _STRUCTURE_WORD}
+    return bool(shared)
 
 
 def _words(text: str) -> set[str]:

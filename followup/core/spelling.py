@@ -62,6 +62,11 @@ _PLACE_OR_SIZE = re.compile(
     re.IGNORECASE,
 )
 _NEXT_WORD = re.compile(r"[ \t]+([A-Za-z]+)")
+_PIECE = re.compile(r"(?<![A-Za-z])[A-Za-z]{2,}(?![A-Za-z])")
+# a split word is joined only into a word this long: shorter joins ("a cute", "in tact") make
+# too many real words out of two
+_MIN_JOINED_WORD = 8
+_MIN_JOINED_CRITICAL_WORD = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +85,49 @@ class Respeller:
     # word → word ("caude" → equina → cauda), previous word → typo → word ("spinal" → "crod")
     typos_before: dict[str, dict[str, str]] = field(default_factory=dict)
     typos_after: dict[str, dict[str, str]] = field(default_factory=dict)
+    # a word speech recognition split in two or three ("cord come pression", "disk itis",
+    # "osteo my elitis"): the pieces joined → the word they are read as
+    joins: dict[str, str] = field(default_factory=dict)
+    # words the rules know: a piece that is one ("infarct in", "no compressive") is never
+    # joined into a typo ("infarctin" is one edit from "infarction")
+    known: frozenset[str] = frozenset()
 
     def __call__(self, text: str) -> str:
+        if self.joins:
+            text = self._join_split_words(text)
         return _WORD.sub(self._replace, text)
+
+    def _join_split_words(self, text: str) -> str:
+        """Pieces of one word split by single spaces, each of two letters or more, whose
+        joined letters are a concept word of at least `_MIN_JOINED_WORD` letters (or a typo
+        of one, from pieces the rules do not know) are read as that word."""
+        pieces = list(_PIECE.finditer(text))
+        out: list[str] = []
+        done = 0
+        i = 0
+        while i < len(pieces):
+            for count in (3, 2):
+                group = pieces[i : i + count]
+                if len(group) < count or any(
+                    text[a.end() : b.start()] != " " for a, b in pairwise(group)
+                ):
+                    continue
+                joined = "".join(piece.group() for piece in group).lower()
+                word = self.joins.get(joined)
+                if word is None and all(
+                    len(piece.group()) > 2 and piece.group().lower() not in self.known
+                    for piece in group
+                ):
+                    word = self.typos.get(joined)
+                    word = word if word in self.joins else None
+                if word is not None:
+                    out += [text[done : group[0].start()], _same_case(group[0].group(), word)]
+                    done = group[-1].end()
+                    i += count
+                    break
+            else:
+                i += 1
+        return "".join(out) + text[done:] if out else text
 
     def _replace(self, match: re.Match[str]) -> str:
         found = match.group()
@@ -212,7 +257,30 @@ def respeller(rules: RoutingRules) -> Respeller:
         followers=_followers(rules, spelled),
         after=_truncations_after(rules, known | critical, spelled),
         **_short_word_typos(rules, known | critical | near.keys(), spelled),
+        joins=_joins(rules, families.keys()),
+        known=frozenset(known | critical),
     )
+
+
+def _joins(rules: RoutingRules, critical: Iterable[str]) -> dict[str, str]:
+    """Joined pieces → word: the words of critical and routed rules and their spelling
+    variants of at least `_MIN_JOINED_WORD` letters. A typo of one of them is joined too
+    ("come pression" is "comepression", one edit from "compression") when no piece is a
+    word the rules know or of two letters (see `Respeller._join_split_words`)."""
+    words = {
+        word
+        for rule in rules.rules
+        if rule.referrals or rule.critical
+        for word in _pattern_words(rule)
+        if word.isalpha()
+    } | set(critical)
+    for word, forms in rules.spelling_variants:
+        if word in words:
+            words |= set(forms)
+    joins = {word: word for word in words if len(word) >= _MIN_JOINED_WORD}
+    # a critical concept word one letter shorter too: "acute in farct"
+    joins.update({word: word for word in critical if len(word) >= _MIN_JOINED_CRITICAL_WORD})
+    return joins
 
 
 def _routed_typos(rules: RoutingRules, critical: Iterable[str]) -> dict[str, str]:
