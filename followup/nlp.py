@@ -617,6 +617,17 @@ _RADIOLOGY_CONTEXT = [
     # "epidural abscess resolved, no residual collection": the longer backward cue wins where
     # both match, so a finding after "resolved," is left alone
     _rule("resolved", _NEG, "FORWARD", max_scope=3),
+    # "resolved L3-4 discitis": the level is part of the cue, so the finding after it is in reach
+    _rule(
+        "resolved <level>",
+        _NEG,
+        "FORWARD",
+        [
+            {"LOWER": "resolved"},
+            {"LOWER": {"REGEX": r"^([ctls]\d{1,2}|-|/|\d{1,2})$"}, "OP": "+"},
+        ],
+        max_scope=3,
+    ),
     # "the apparent T7 abnormality is CSF flow artifact", "signal change, likely susceptibility
     # artefact": what the words just before it name is no finding
     _rule(
@@ -660,7 +671,23 @@ _RADIOLOGY_CONTEXT = [
         ": negative for",
         _NEG,
         "FORWARD",
-        [{"ORTH": ":"}, {"LOWER": {"IN": ["negative", "none", "nil"]}}, {"LOWER": "for"}],
+        [
+            {"ORTH": {"IN": [":", "-", "–"]}},
+            {"LOWER": {"IN": ["negative", "none", "nil"]}},
+            {"LOWER": "for"},
+        ],
+    ),
+    # "Diffusion-weighted images are negative for restricted diffusion": longer than medspaCy's
+    # backward "are negative" (which would deny the images and leave the finding asserted)
+    _rule(
+        "is negative for",
+        _NEG,
+        "FORWARD",
+        [
+            {"LOWER": {"IN": ["is", "are", "was", "were", "remains", "remain"]}},
+            {"LOWER": {"IN": ["negative", "neg"]}},
+            {"LOWER": "for"},
+        ],
     ),
     _rule(
         "has resolved",
@@ -1704,9 +1731,12 @@ def _has_text(span: Span) -> bool:
     return any(not (token.is_space or token.is_punct) for token in span)
 
 
-# "HX: myelopathic sx\nC6-7: large HNP with cord deformity": a line that starts with a spinal
-# level and a colon is the report's findings, whatever header came before it
-_LEVEL_LINE = re.compile(r"[ctls]\d{1,2}(?:\s*[-/]\s*[ctls]?\d{1,2})?\s*:", re.IGNORECASE)
+# "HX: myelopathic sx\nC6-7: large HNP with cord deformity", "hx: back pain\nL3-4 huge
+# herniation": a line that starts with a spinal level is the report's findings, whatever header
+# came before it
+_LEVEL_LINE = re.compile(
+    r"[ctls]\d{1,2}(?:\s*[-/]\s*[ctls]?\d{1,2})?(?:\s*:|\s+[a-z])", re.IGNORECASE
+)
 _NEVER_ROUTED = frozenset(
     {"exam", "indication", "history", "clinical_information", "comparison", "technique"}
 )

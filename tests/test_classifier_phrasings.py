@@ -2439,3 +2439,31 @@ def test_an_impression_as_above_reads_the_title_only_when_it_asks_nothing(
     rules: RoutingRules, report: str, critical: bool
 ) -> None:
     assert classify_report(report, rules).critical is critical
+
+
+@pytest.mark.parametrize(
+    ("report", "urgency", "referrals"),
+    [
+        # a level line without a colon under a history header
+        (
+            "mri l spine w/o\nhx: back pain, cant void x1 day\nL3-4 huge central herniation,"
+            " cauda equina compressed.\nimp: as above.",
+            "emergent",
+            ["orthopedics"],
+        ),
+        ("IMPRESSION: Displaced left subcapital femoral neck fracture.", "urgent", ["orthopedics"]),
+        ("IMPRESSION: Partial-thickness gluteus medius tear.", "routine", ["pain_management"]),
+        ("IMPRESSION: resolved L3-4 discitis, no abscess", "routine", []),
+        (
+            "IMPRESSION: Diffusion-weighted images are negative for restricted diffusion.",
+            "routine",
+            [],
+        ),
+        ("IMPRESSION: DWI is negative for restricted diffusion.", "routine", []),
+    ],
+)
+def test_test_v17_families(
+    rules: RoutingRules, report: str, urgency: str, referrals: list[str]
+) -> None:
+    decision = classify_report(report, rules)
+    assert (decision.urgency, decision.referrals) == (urgency, referrals), decision.explanations
