@@ -569,6 +569,15 @@ _RADIOLOGY_CONTEXT = [
         ],
         max_scope=2,
     ),
+    # "clinical myelopathy not explained": the word "clinical" right before a condition makes it
+    # the clinician's diagnosis, which the study was asked about, not an imaging finding
+    _rule(
+        "clinical <condition>",
+        _HYPO,
+        "FORWARD",
+        [{"LOWER": {"IN": ["clinical", "clinically"]}}],
+        max_scope=1,
+    ),
     # "no structural cause for the suspected myelopathy", "no imaging explanation for the
     # clinical myelopathy": the condition is the clinician's question, which the study answers
     # in the negative; the hedge word belongs to the cue, so it does not cut the negation short

@@ -2460,9 +2460,28 @@ def test_an_impression_as_above_reads_the_title_only_when_it_asks_nothing(
             [],
         ),
         ("IMPRESSION: DWI is negative for restricted diffusion.", "routine", []),
+        # test_v18's
+        (
+            "IMPRESSION: L4-5 extrusion.\nADDENDUM: Correction - the extrusion compresses the"
+            " entire cauda equina at L4-5.",
+            "emergent",
+            ["orthopedics"],
+        ),
+        ("IMPRESSION: acute left cerebellar (PICA) infarct.", "emergent", ["neurology"]),
+        (
+            "IMPRESSION: clinical myelopathy not explained - no cord compression. mild C3-4"
+            " facet arthropathy.",
+            "routine",
+            ["pain_management"],
+        ),
+        (
+            "IMPRESSION: Cord compression at C5-6 with clinical myelopathy.",
+            "emergent",
+            ["orthopedics"],
+        ),
     ],
 )
-def test_test_v17_families(
+def test_blind_set_families_read_after_scoring(
     rules: RoutingRules, report: str, urgency: str, referrals: list[str]
 ) -> None:
     decision = classify_report(report, rules)
