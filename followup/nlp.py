@@ -268,6 +268,7 @@ _SECTION_HEADERS = {
         "comment",
         "comments",
         "interpretation",
+        "assessment",
         "discussion",
         "findings and impression",
         "findings / impression",
@@ -327,7 +328,19 @@ _CAN_NOT = [{"LOWER": {"IN": ["can", "could", "ca"]}}, _NOT]
 _ENTIRELY = {"LOWER": {"IN": ["entirely", "completely", "definitely", "fully"]}, "OP": "?"}
 _BE = {"LOWER": {"IN": ["is", "are", "was", "were", "been", "remains", "remain"]}}
 _COULD_NOT_LOCALIZE = frozenset(
-    {"determined", "localized", "localised", "identified", "established", "isolated", "ascertained"}
+    {
+        "determined",
+        "localized",
+        "localised",
+        "identified",
+        "established",
+        "isolated",
+        "ascertained",
+        "determinable",
+        "localizable",
+        "localisable",
+        "identifiable",
+    }
 )
 # what follows "resolved" when it speaks of the words before it: a stop, a line end, "on", "after"
 _AFTER_RESOLVED = {"LOWER": {"REGEX": r"^(?:[.,;]|on|after|following|with|since|\s+)$"}}
@@ -1066,7 +1079,7 @@ _RADIOLOGY_CONTEXT = [
                     "IN": ["level", "levels", "segment", "segments", "generator", "generators"]
                 }
             },
-            {"LOWER": {"IN": ["can", "could", "ca", "is", "are", "was", "were"]}},
+            {"LOWER": {"IN": ["can", "could", "ca", "is", "are", "was", "were"]}, "OP": "?"},
             _NOT,
             {"LOWER": "be", "OP": "?"},
             {"LOWER": {"IN": sorted(_COULD_NOT_LOCALIZE)}},

@@ -2479,6 +2479,31 @@ def test_an_impression_as_above_reads_the_title_only_when_it_asks_nothing(
             "emergent",
             ["orthopedics"],
         ),
+        # test_v21's
+        (
+            "MRI brain.\nLeft occipital T1 bright focus with SWI blooming = acute-subacute"
+            " haemorrhage, 12 mm.\nOpinion: No acute infarct. See findings.",
+            "emergent",
+            ["neurology"],
+        ),
+        (
+            "Findings: T8/9 endplates eroded and enhancing.\nAssessment: Spondylodiscitis T8/9.",
+            "urgent",
+            ["orthopedics"],
+        ),
+        ("Opinion: OCL talar dome.", "routine", ["orthopedics"]),
+        (
+            "MRI cervical spine.\nMRI contraindicated.\nAssessment: No diagnostic images. CT"
+            " myelography is suggested.",
+            "routine",
+            [],
+        ),
+        (
+            "IMPRESSION: C6-7 extrusion flattening the cord. Degenerative disc disease, worst"
+            " C6-7.",
+            "emergent",
+            ["orthopedics", "pain_management"],
+        ),
     ],
 )
 def test_blind_set_families_read_after_scoring(
@@ -2486,3 +2511,12 @@ def test_blind_set_families_read_after_scoring(
 ) -> None:
     decision = classify_report(report, rules)
     assert (decision.urgency, decision.referrals) == (urgency, referrals), decision.explanations
+
+
+def test_a_pain_generator_not_determinable_suggests_spect_ct(rules: RoutingRules) -> None:
+    decision = classify_report(
+        "IMPRESSION: Bisegmental degenerative disc disease; pain generator not determinable on"
+        " MRI.",
+        rules,
+    )
+    assert (decision.referrals, decision.additional_testing) == (["pain_management"], ["SPECT/CT"])

@@ -249,7 +249,7 @@ def test_unmatched_words_are_not_listed_as_findings(rules) -> None:
     assert decision.findings == []
     assert (
         decision.explanations[-1] == "needs review: 'mass' in IMPRESSION matched no rule: "
-        '"Paraspinal soft tissue mass.", v2026.12-21'
+        '"Paraspinal soft tissue mass.", v2026.12-22'
     )
 
 
@@ -341,10 +341,10 @@ def test_contract_shape(rules) -> None:
             "section": "IMPRESSION",
         }
     ]
-    assert contract["rules_version"] == "2026.12-21"
+    assert contract["rules_version"] == "2026.12-22"
     assert contract["explanations"] == [
         "orthopedics: 'Grade 1 anterolisthesis' in IMPRESSION matched rule spondylolisthesis, "
-        "v2026.12-21"
+        "v2026.12-22"
     ]
     json.dumps(contract)  # plain JSON values only
 

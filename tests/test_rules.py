@@ -66,7 +66,7 @@ def rules():
 
 
 def test_shipped_rules_carry_version_and_sign_off_fields(rules) -> None:
-    assert rules.version == "2026.12-21"
+    assert rules.version == "2026.12-22"
     assert rules.reviewer
     assert rules.effective_date == "2026-12-07"
     assert set(rules.specialties) == SPECIALTIES
