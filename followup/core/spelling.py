@@ -67,6 +67,8 @@ _PIECE = re.compile(r"(?<![A-Za-z])[A-Za-z]{2,}(?![A-Za-z])")
 # too many real words out of two
 _MIN_JOINED_WORD = 8
 _MIN_JOINED_CRITICAL_WORD = 7
+# a one-edit typo of the shortest joined word: nothing shorter is worth looking up
+_MIN_JOINED_TYPO = _MIN_JOINED_CRITICAL_WORD - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +87,18 @@ class Respeller:
     # word → word ("caude" → equina → cauda), previous word → typo → word ("spinal" → "crod")
     typos_before: dict[str, dict[str, str]] = field(default_factory=dict)
     typos_after: dict[str, dict[str, str]] = field(default_factory=dict)
+    # every typo some previous word reads: any other word needs no look back
+    typos_read_after: frozenset[str] = field(init=False)
     # a word speech recognition split in two or three ("cord come pression", "disk itis",
     # "osteo my elitis"): the pieces joined → the word they are read as
     joins: dict[str, str] = field(default_factory=dict)
     # words the rules know: a piece that is one ("infarct in", "no compressive") is never
     # joined into a typo ("infarctin" is one edit from "infarction")
     known: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        read_after = frozenset(typo for by_typo in self.typos_after.values() for typo in by_typo)
+        object.__setattr__(self, "typos_read_after", read_after)
 
     def __call__(self, text: str) -> str:
         if self.joins:
@@ -102,27 +110,33 @@ class Respeller:
         joined letters are a concept word of at least `_MIN_JOINED_WORD` letters (or a typo
         of one, from pieces the rules do not know) are read as that word."""
         pieces = list(_PIECE.finditer(text))
+        lowers = [piece.group().lower() for piece in pieces]
+        # piece k and piece k + 1 are split by one space
+        spaced = [
+            pieces[k].end() + 1 == pieces[k + 1].start() and text[pieces[k].end()] == " "
+            for k in range(len(pieces) - 1)
+        ]
         out: list[str] = []
         done = 0
         i = 0
         while i < len(pieces):
             for count in (3, 2):
-                group = pieces[i : i + count]
-                if len(group) < count or any(
-                    text[a.end() : b.start()] != " " for a, b in pairwise(group)
-                ):
+                if i + count > len(pieces) or not all(spaced[i : i + count - 1]):
                     continue
-                joined = "".join(piece.group() for piece in group).lower()
+                group = lowers[i : i + count]
+                joined = "".join(group)
+                if len(joined) < _MIN_JOINED_TYPO:
+                    continue
                 word = self.joins.get(joined)
                 if word is None and all(
-                    len(piece.group()) > 2 and piece.group().lower() not in self.known
-                    for piece in group
+                    len(piece) > 2 and piece not in self.known for piece in group
                 ):
                     word = self.typos.get(joined)
                     word = word if word in self.joins else None
                 if word is not None:
-                    out += [text[done : group[0].start()], _same_case(group[0].group(), word)]
-                    done = group[-1].end()
+                    first, last = pieces[i], pieces[i + count - 1]
+                    out += [text[done : first.start()], _same_case(first.group(), word)]
+                    done = last.end()
                     i += count
                     break
             else:
@@ -182,6 +196,8 @@ class Respeller:
                 read = before_next.get(self.typos.get(following, following))
                 if read is not None:
                     return read
+        if lower not in self.typos_read_after:
+            return None
         before = _PREVIOUS_WORD.search(text, max(0, start - 40), start)
         if before is None or before.group(2):
             return None
