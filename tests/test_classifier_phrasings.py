@@ -1022,6 +1022,9 @@ def test_a_degenerative_cause_of_a_compression_or_severe_stenosis_routes_with_it
         " spondylosis.",
         # a statement of its own after a semicolon, about more levels than the stenosis
         "IMPRESSION: Severe left C5-6 foraminal stenosis; multilevel degenerative disc disease.",
+        # "worst at" names more places than one, with or without a level after it
+        "IMPRESSION: Severe L4-5 stenosis from facet hypertrophy; spondylosis, worst at the"
+        " lumbosacral junction.",
     ],
 )
 def test_a_degenerative_finding_elsewhere_still_goes_to_pain_management(

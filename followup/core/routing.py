@@ -236,7 +236,7 @@ _CLAUSE_END = re.compile(r"[,;()]|\b(?:and|with|while|but)\b", re.IGNORECASE)
 _SEVERAL_PLACES = re.compile(
     r"\b(?:multi-?level|multiple levels|several levels|diffuse(?:ly)?|throughout|elsewhere"
     r"|(?:other|remaining) levels|(?:worst|greatest|most (?:pronounced|severe|marked|prominent|"
-    r"advanced))(?: at)?\s+[ctls]\d)\b",
+    r"advanced))(?:\s+at|\s+[ctls]\d))\b",
     re.IGNORECASE,
 )
 
