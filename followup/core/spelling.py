@@ -89,9 +89,9 @@ class Respeller:
     typos_after: dict[str, dict[str, str]] = field(default_factory=dict)
     # every typo some previous word reads: any other word needs no look back
     typos_read_after: frozenset[str] = field(init=False)
-    # a word speech recognition split in two or three ("cord come pression", "disk itis",
-    # "osteo my elitis"): the pieces joined → the word they are read as
-    joins: dict[str, str] = field(default_factory=dict)
+    # the words a word speech recognition split in two or three is read as, once its pieces
+    # are joined ("cord come pression", "disk itis", "osteo my elitis")
+    joins: frozenset[str] = frozenset()
     # words the rules know: a piece that is one ("infarct in", "no compressive") is never
     # joined into a typo ("infarctin" is one edit from "infarction")
     known: frozenset[str] = frozenset()
@@ -127,7 +127,7 @@ class Respeller:
                 joined = "".join(group)
                 if len(joined) < _MIN_JOINED_TYPO:
                     continue
-                word = self.joins.get(joined)
+                word = joined if joined in self.joins else None
                 if word is None and all(
                     len(piece) > 2 and piece not in self.known for piece in group
                 ):
@@ -278,11 +278,11 @@ def respeller(rules: RoutingRules) -> Respeller:
     )
 
 
-def _joins(rules: RoutingRules, critical: Iterable[str]) -> dict[str, str]:
-    """Joined pieces → word: the words of critical and routed rules and their spelling
-    variants of at least `_MIN_JOINED_WORD` letters. A typo of one of them is joined too
-    ("come pression" is "comepression", one edit from "compression") when no piece is a
-    word the rules know or of two letters (see `Respeller._join_split_words`)."""
+def _joins(rules: RoutingRules, critical: Iterable[str]) -> frozenset[str]:
+    """The words split pieces are joined into: the words of critical and routed rules and
+    their spelling variants of at least `_MIN_JOINED_WORD` letters. A typo of one of them is
+    joined too ("come pression" is "comepression", one edit from "compression") when no piece
+    is a word the rules know or of two letters (see `Respeller._join_split_words`)."""
     words = {
         word
         for rule in rules.rules
@@ -293,10 +293,11 @@ def _joins(rules: RoutingRules, critical: Iterable[str]) -> dict[str, str]:
     for word, forms in rules.spelling_variants:
         if word in words:
             words |= set(forms)
-    joins = {word: word for word in words if len(word) >= _MIN_JOINED_WORD}
     # a critical concept word one letter shorter too: "acute in farct"
-    joins.update({word: word for word in critical if len(word) >= _MIN_JOINED_CRITICAL_WORD})
-    return joins
+    return frozenset(
+        {word for word in words if len(word) >= _MIN_JOINED_WORD}
+        | {word for word in critical if len(word) >= _MIN_JOINED_CRITICAL_WORD}
+    )
 
 
 def _routed_typos(rules: RoutingRules, critical: Iterable[str]) -> dict[str, str]:
